@@ -1,0 +1,321 @@
+"""The HTTP API under /v1, plus /healthz, /readyz, /metrics and the OpenAPI document.
+
+Malformed requests get a 4xx that names the field; policy decisions are data: a rejected
+message still gets an id, a status and reason codes (201).
+"""
+
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import sendguard
+from sendguard.errors import StoreError
+from sendguard.gateway import Forbidden
+from sendguard.messages import MessageIn
+from sendguard.runtime import Runtime
+from sendguard.store import Status, decode_reasons
+from sendguard.tokens import Principal, Role
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class ReasonOut(BaseModel):
+    code: str
+    detail: str
+
+
+class Decision(BaseModel):
+    """The answer to a submission: always an id and a status, with reasons when there are any."""
+
+    id: str
+    status: str
+    reasons: list[ReasonOut]
+
+
+class Transition(BaseModel):
+    at: str
+    status: str
+    cause: str
+    detail: str
+
+
+class MessageOut(BaseModel):
+    id: str
+    status: str
+    agent: str
+    agent_version: str
+    from_: str = Field(serialization_alias="from")
+    to: str
+    subject: str
+    segment: str | None
+    campaign: str | None
+    run_id: str | None
+    attempts: int
+    uncertain: int
+    reasons: list[ReasonOut]
+    smtp_code: int | None
+    smtp_text: str | None
+    waiting_for: str | None
+    rules_version: str
+    created_at: str
+    history: list[Transition]
+
+
+class SuppressionsIn(BaseModel):
+    entries: list[Annotated[str, Field(min_length=1, max_length=320)]] = Field(
+        min_length=1,
+        max_length=100_000,
+        description="addresses (with @) and whole domains (without)",
+    )
+
+
+class SuppressionsOut(BaseModel):
+    addresses: list[str]
+    domains: list[str]
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with 413, before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
+            await _too_large(self._limit)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self._limit:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self._app(scope, limited, send)
+        except _BodyTooLarge:
+            await _too_large(self._limit)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(
+        {"error": "body_too_large", "detail": f"request body is over the {limit} byte limit"},
+        status_code=413,
+    )
+
+
+def _iso(ms: str | int | None) -> str:
+    if ms in (None, ""):
+        return ""
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(
+        title="sendguard",
+        version=sendguard.__version__,
+        description="Safety gateway for outbound email sent by AI agents.",
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"] if part != "body"]
+            field = ".".join(loc) or "body"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if field == "body" and error["type"] in ("model_attributes_type", "dict_type"):
+                message = "must be a JSON object, sent with Content-Type: application/json"
+            errors.append({"field": field, "message": message})
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return JSONResponse({"error": "invalid_request", "detail": detail, "errors": errors}, 422)
+
+    @app.exception_handler(StoreError)
+    async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse(
+            {"error": "store_unavailable", "detail": "the state store is unreachable; retry"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def principal(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        found = await runtime.tokens.verify(credentials.credentials)
+        if found is None:
+            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        return found
+
+    def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
+        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            if who.role not in allowed:
+                raise HTTPException(403, f"a {who.role.value} token may not do this")
+            return who
+
+        return check
+
+    Agent = Annotated[Principal, Depends(role(Role.AGENT))]
+    Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.ADMIN))]
+    Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
+
+    @app.post("/v1/messages", status_code=201, response_model=Decision)
+    async def submit(payload: MessageIn, who: Agent) -> Decision | JSONResponse:
+        try:
+            admission = await runtime.gateway.submit(who.name, payload, runtime.rules)
+        except Forbidden as exc:
+            return JSONResponse(
+                {
+                    "error": "forbidden",
+                    "detail": exc.reason.detail,
+                    "reasons": [exc.reason.as_dict()],
+                },
+                status_code=403,
+            )
+        return Decision(
+            id=admission.message_id,
+            status=admission.status.value,
+            reasons=[ReasonOut(**r) for r in admission.reasons],
+        )
+
+    async def _visible(message_id: str, who: Principal) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        found = await runtime.store.get(message_id) if message_id.isalnum() else None
+        # Another agent's message is "not found", not "forbidden": ids must not leak.
+        if found is None or (who.role is Role.AGENT and found[0].get("agent") != who.name):
+            raise HTTPException(404, f"no message {message_id}")
+        return found
+
+    @app.get("/v1/messages/{message_id}", response_model=MessageOut, response_model_by_alias=True)
+    async def read(message_id: str, who: Reader) -> MessageOut:
+        record, history = await _visible(message_id, who)
+        return MessageOut(
+            id=record["id"],
+            status=record["status"],
+            agent=record.get("agent", ""),
+            agent_version=record.get("agent_version", ""),
+            from_=record.get("from_addr", ""),
+            to=record.get("to", ""),
+            subject=record.get("subject", ""),
+            segment=record.get("segment") or None,
+            campaign=record.get("campaign") or None,
+            run_id=record.get("run_id") or None,
+            attempts=int(record.get("attempts", 0)),
+            uncertain=int(record.get("uncertain", 0)),
+            reasons=[ReasonOut(**r) for r in decode_reasons(record.get("reasons"))],
+            smtp_code=int(record["smtp_code"]) if record.get("smtp_code") else None,
+            smtp_text=record.get("smtp_text") or None,
+            waiting_for=record.get("waiting_for") or None,
+            rules_version=record.get("rules_version", ""),
+            created_at=_iso(record.get("created")),
+            history=[
+                Transition(at=_iso(h["at"]), status=h["status"], cause=h["cause"], detail=h["detail"])
+                for h in history
+            ],
+        )
+
+    @app.post("/v1/messages/{message_id}/cancel", response_model=Decision)
+    async def cancel(message_id: str, who: Reader) -> Decision:
+        record, _ = await _visible(message_id, who)
+        done = await runtime.store.transition(
+            message_id,
+            to=Status.CANCELLED,
+            cause="cancelled",
+            detail=f"by {who.role.value} {who.name}",
+            allowed_from=(Status.QUEUED, Status.DEFERRED),
+            recipient=record.get("to", "-"),
+        )
+        if not done:
+            current = (await _visible(message_id, who))[0]["status"]
+            raise HTTPException(409, f"message {message_id} is {current} and can no longer be cancelled")
+        return Decision(id=message_id, status=Status.CANCELLED.value, reasons=[])
+
+    @app.get("/v1/suppressions", response_model=SuppressionsOut)
+    async def list_suppressions(who: Admin) -> SuppressionsOut:
+        keys = runtime.store.keys
+        addresses = await runtime.redis.smembers(keys.suppressed_addresses)
+        domains = await runtime.redis.smembers(keys.suppressed_domains)
+        return SuppressionsOut(addresses=sorted(map(str, addresses)), domains=sorted(map(str, domains)))
+
+    @app.post("/v1/suppressions", response_model=SuppressionsOut)
+    async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
+        addresses, domains = _split_entries(body.entries)
+        keys = runtime.store.keys
+        async with runtime.redis.pipeline(transaction=True) as pipe:
+            if addresses:
+                pipe.sadd(keys.suppressed_addresses, *addresses)
+            if domains:
+                pipe.sadd(keys.suppressed_domains, *domains)
+            await pipe.execute()
+        return SuppressionsOut(addresses=sorted(addresses), domains=sorted(domains))
+
+    @app.delete("/v1/suppressions/{entry}", status_code=204)
+    async def remove_suppression(entry: str, who: Admin) -> Response:
+        addresses, domains = _split_entries([entry])
+        keys = runtime.store.keys
+        removed = 0
+        if addresses:
+            removed += await runtime.redis.srem(keys.suppressed_addresses, *addresses)
+        if domains:
+            removed += await runtime.redis.srem(keys.suppressed_domains, *domains)
+        if not removed:
+            raise HTTPException(404, f"{entry} is not suppressed")
+        return Response(status_code=204)
+
+    @app.get("/healthz", include_in_schema=True)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        try:
+            await runtime.redis.ping()
+        except Exception as exc:  # any failure to reach Redis means not ready
+            return JSONResponse({"status": "not_ready", "redis": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "rules_version": runtime.rules.version})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=runtime.settings.max_request_bytes)
+    return app
+
+
+def _split_entries(entries: list[str]) -> tuple[list[str], list[str]]:
+    """Normalise suppression entries; an invalid one is a 422 that names it."""
+    addresses, domains = [], []
+    for raw in entries:
+        entry = raw.strip()
+        candidate = entry if "@" in entry else f"x@{entry}"
+        try:
+            valid = validate_email(candidate, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise HTTPException(422, f"entries: {raw!r} is not an address or domain: {exc}") from exc
+        if "@" in entry:
+            addresses.append(f"{valid.local_part}@{valid.domain}".lower())
+        else:
+            domains.append(valid.ascii_domain.lower())
+    return addresses, domains

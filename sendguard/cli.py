@@ -1,0 +1,110 @@
+"""The `sendguard` command: run the daemon, mint and revoke tokens, check a rules file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from sendguard import daemon, logs
+from sendguard.config import Settings
+from sendguard.errors import SendguardError
+from sendguard.keys import Keys
+from sendguard.rules import default_rules_path, load_rules
+from sendguard.tokens import Role, Tokens
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sendguard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the daemon (embedded Redis and sandbox outbox by default)")
+
+    token = commands.add_parser("token", help="mint, list and revoke bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="mint a token; it is printed once")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", metavar="NAME", help="an agent from the rules file's register")
+    who.add_argument("--admin", metavar="NAME", help="a person who administers sendguard")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id or the token itself")
+    revoke.add_argument("token")
+    token_commands.add_parser("list", help="list token ids, roles and names (never secrets)")
+
+    rules = commands.add_parser("rules", help="work with the rules file")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_commands.add_parser("check", help="validate a rules file and say what it holds")
+    check.add_argument("path", nargs="?", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.configure()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"sendguard: bad setting: {_setting_errors(exc)}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "run":
+            return daemon.run(settings)
+        if args.command == "token":
+            return asyncio.run(_token(settings, args))
+        return _check_rules(args.path or default_rules_path(settings.rules))
+    except SendguardError as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 2
+
+
+def _setting_errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"SENDGUARD_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors(include_input=False)
+    )
+
+
+async def _token(settings: Settings, args: argparse.Namespace) -> int:
+    if args.token_command == "create" and args.agent:
+        rules = load_rules(default_rules_path(settings.rules))
+        if rules.agent(args.agent) is None:
+            print(
+                f"sendguard: agent {args.agent!r} is not in {rules.path}; add an [[agent]] entry first",
+                file=sys.stderr,
+            )
+            return 2
+    async with daemon.redis_connection(settings, for_daemon=False) as (client, _):
+        tokens = Tokens(client, Keys(settings.redis_prefix))
+        if args.token_command == "create":
+            role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
+            token_id, token = await tokens.create(role, name)
+            print(token)
+            print(
+                f"token {token_id} for {role.value} {name!r}: shown once, only its hash is stored",
+                file=sys.stderr,
+            )
+            return 0
+        if args.token_command == "revoke":
+            if await tokens.revoke(args.token):
+                print("revoked", file=sys.stderr)
+                return 0
+            print("sendguard: no such token", file=sys.stderr)
+            return 1
+        for entry in await tokens.list():
+            print(f"{entry['id']}\t{entry['role']}\t{entry['name']}\t{entry['created']}")
+        return 0
+
+
+def _check_rules(path: Path) -> int:
+    rules = load_rules(path)
+    print(
+        f"{path}: ok (version {rules.version}): {len(rules.file.throttle)} throttles, "
+        f"{len(rules.file.agent)} agents, {len(rules.free_domains)} free-mail domains, "
+        f"{len(rules.role_accounts)} role accounts, {len(rules.disposable_domains)} disposable domains"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

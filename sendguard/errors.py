@@ -1,0 +1,49 @@
+"""sendguard's own errors; library errors are translated into these at the boundary.
+
+SendguardError
+├── ConfigError          settings or rules file cannot be used (names file, table, key)
+├── StoreError           Redis unreachable or answered with an error
+├── EmbeddedRedisError   the embedded Redis server could not be started
+└── RelayError           the SMTP relay could not be reached or spoke nonsense
+    └── RelayReply       the relay answered a command with a non-2xx reply (code, text, stage)
+"""
+
+from __future__ import annotations
+
+
+class SendguardError(Exception):
+    """Base of every error sendguard raises on purpose."""
+
+
+class ConfigError(SendguardError):
+    """Settings or the rules file are invalid; the message names what is wrong."""
+
+
+class StoreError(SendguardError):
+    """The state store (Redis) failed; the operation may be retried."""
+
+
+class EmbeddedRedisError(SendguardError):
+    """The embedded Redis server could not be started or adopted."""
+
+
+class RelayError(SendguardError):
+    """The relay could not be reached or the connection broke; always temporary."""
+
+
+class RelayReply(RelayError):
+    """The relay refused a command with an SMTP reply.
+
+    `stage` is the command that was refused (mail, rcpt, data), because a 5xx at RCPT
+    or DATA is a bounce while a 5xx at MAIL usually means our own setup is wrong.
+    """
+
+    def __init__(self, code: int, text: str, stage: str) -> None:
+        super().__init__(f"{stage}: {code} {text}")
+        self.code = code
+        self.text = text
+        self.stage = stage
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600

@@ -1,0 +1,80 @@
+"""Every Redis key sendguard uses, in one place, under the deployment's prefix.
+
+Layout (P = prefix, default `sg`):
+    P:msg:{id}              hash   the message record (fields below, JSON-free where possible)
+    P:hist:{id}             list   transitions, JSON objects {at, status, cause, detail}
+    P:due                   zset   messages waiting to be worked on, score = due time (ms)
+    P:inflight              zset   messages claimed by a daemon, score = claim time (ms)
+    P:count                 hash   number of waiting messages per status, kept by the scripts
+    P:stats                 hash   lifetime totals that must survive restarts (uncertain deliveries)
+    P:inst:{id}             string a live daemon instance; expires unless its heartbeat renews it
+    P:idem:{agent}:{key}    string message id for an agent's idempotency key
+    P:cool:{address}        string message id holding a recipient's cooldown
+    P:supp:addr / supp:dom  set    suppressed addresses / domains
+    P:thr:{scope}:{per}:{value}  zset  sends in a throttle bucket, score = latest possible send time (ms)
+    P:gap:{scope}:{value}   string earliest next send (ms) in a bucket with min_gap
+    P:tok:{id}              hash   a token: sha256 of its secret, role, name; never the secret
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix, so several deployments can share a Redis."""
+
+    prefix: str
+
+    def msg(self, message_id: str) -> str:
+        return f"{self.prefix}:msg:{message_id}"
+
+    def hist(self, message_id: str) -> str:
+        return f"{self.prefix}:hist:{message_id}"
+
+    @property
+    def due(self) -> str:
+        return f"{self.prefix}:due"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    @property
+    def count(self) -> str:
+        return f"{self.prefix}:count"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    def instance(self, instance_id: str) -> str:
+        return f"{self.prefix}:inst:{instance_id}"
+
+    def idempotency(self, agent: str, key: str) -> str:
+        return f"{self.prefix}:idem:{agent}:{key}"
+
+    def cooldown(self, address: str) -> str:
+        return f"{self.prefix}:cool:{address}"
+
+    @property
+    def suppressed_addresses(self) -> str:
+        return f"{self.prefix}:supp:addr"
+
+    @property
+    def suppressed_domains(self) -> str:
+        return f"{self.prefix}:supp:dom"
+
+    def throttle(self, scope: str, per_ms: int, value: str) -> str:
+        return f"{self.prefix}:thr:{scope}:{per_ms}:{value}"
+
+    def gap(self, scope: str, value: str) -> str:
+        return f"{self.prefix}:gap:{scope}:{value}"
+
+    def token(self, token_id: str) -> str:
+        return f"{self.prefix}:tok:{token_id}"
+
+    @property
+    def token_pattern(self) -> str:
+        return f"{self.prefix}:tok:*"

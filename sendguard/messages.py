@@ -1,0 +1,186 @@
+"""What an agent submits, how it is checked for form, and the RFC 5322 message built from it.
+
+Form errors (a CR in a header, a reserved header, no body) are protocol errors (422); the
+policy checks live in `ingress.py` and produce reason codes instead.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import secrets
+import time
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, getaddresses
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+# Headers an agent may set besides From/To/Subject. Anything else is refused: routing and
+# identity headers (Bcc, Received, Return-Path, ...) are how injected mail would hide.
+ALLOWED_HEADERS = frozenset(
+    {
+        "reply-to",
+        "in-reply-to",
+        "references",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "list-id",
+        "precedence",
+        "auto-submitted",
+        "comments",
+        "keywords",
+        "organization",
+    }
+)
+RESERVED_HEADERS = frozenset(
+    {
+        "bcc",
+        "cc",
+        "to",
+        "from",
+        "sender",
+        "subject",
+        "date",
+        "message-id",
+        "received",
+        "return-path",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "dkim-signature",
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+        "authentication-results",
+        "delivered-to",
+        "x-original-to",
+    }
+)
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+MAX_SUBJECT = 998
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
+SingleLine = Annotated[str, AfterValidator(_single_line)]
+
+
+class MessageIn(BaseModel):
+    """The body of `POST /v1/messages`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: SingleLine = Field(alias="from", min_length=3, max_length=998)
+    to: SingleLine = Field(min_length=3, max_length=320)
+    subject: SingleLine = Field(max_length=MAX_SUBJECT)
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, SingleLine] = Field(default_factory=dict, max_length=50)
+    segment: Annotated[str, Field(pattern=_LABEL)] | None = None
+    campaign: Annotated[str, Field(pattern=_LABEL)] | None = None
+    agent_version: SingleLine = Field(min_length=1, max_length=128)
+    run_id: SingleLine | None = Field(default=None, max_length=128)
+    idempotency_key: SingleLine | None = Field(default=None, min_length=1, max_length=200)
+    send_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> MessageIn:
+        if not self.text and not self.html:
+            raise ValueError("one of 'text' or 'html' is required")
+        for name, value in self.headers.items():
+            lowered = name.lower()
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"headers: {name!r} is not a valid header name")
+            if lowered in RESERVED_HEADERS or lowered.startswith("x-sendguard"):
+                raise ValueError(f"headers: {name!r} is reserved and cannot be set")
+            if lowered not in ALLOWED_HEADERS and not lowered.startswith("x-"):
+                raise ValueError(f"headers: {name!r} is not a known header; use X- for custom headers")
+            if len(value) > 998:
+                raise ValueError(f"headers: {name!r} value is longer than 998 characters")
+        return self
+
+    @property
+    def sender(self) -> Sender:
+        return parse_sender(self.from_)
+
+
+class Sender(BaseModel):
+    """The From header split into display name and normalised address."""
+
+    display_name: str
+    address: str
+    domain: str
+
+
+def parse_sender(value: str) -> Sender:
+    """Parse `Alice <alice@acme.example>`; ValueError says what is wrong with it."""
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise ValueError("'from' must hold exactly one address")
+    name, address = pairs[0]
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"'from' address is not valid: {exc}") from exc
+    normalized = f"{valid.local_part}@{valid.domain}".lower()
+    return Sender(display_name=name, address=normalized, domain=valid.domain.lower())
+
+
+def new_message_id() -> str:
+    """Time-ordered, unguessable id: 11 hex digits of milliseconds plus 48 random bits."""
+    return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -> bytes:
+    """Build the RFC 5322 message for a stored record; its Message-ID ties bounces back to it."""
+    utf8 = not (record["from_addr"].isascii() and record["to"].isascii())
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    message = EmailMessage(policy=policy)
+    message["From"] = formataddr((record["from_name"], record["from_addr"]))
+    message["To"] = record["to"]
+    message["Subject"] = record["subject"]
+    message["Date"] = format_datetime(sent_at)
+    message["Message-ID"] = message_id_header(record["id"], record["from_addr"])
+    for name, value in headers.items():
+        message[name] = value
+    text, html = record.get("text", ""), record.get("html", "")
+    if text:
+        message.set_content(text)
+        if html:
+            message.add_alternative(html, subtype="html")
+    else:
+        message.set_content(html, subtype="html")
+    return message.as_bytes()
+
+
+def message_id_header(message_id: str, from_addr: str) -> str:
+    domain = from_addr.rpartition("@")[2]
+    return f"<{message_id}.sg@{domain}>"
+
+
+def public_fields(payload: MessageIn) -> dict[str, Any]:
+    """The submission as it is stored (strings only, so it fits a Redis hash)."""
+    sender = payload.sender
+    return {
+        "from_name": sender.display_name,
+        "from_addr": sender.address,
+        "subject": payload.subject,
+        "text": payload.text or "",
+        "html": payload.html or "",
+        "segment": payload.segment or "",
+        "campaign": payload.campaign or "",
+        "agent_version": payload.agent_version,
+        "run_id": payload.run_id or "",
+        "idempotency_key": payload.idempotency_key or "",
+        "send_at": payload.send_at.isoformat() if payload.send_at else "",
+    }

@@ -1,0 +1,144 @@
+"""Can this domain receive mail? MX look-ups through dnspython, cached with the answer's TTL.
+
+A timeout or SERVFAIL is not a verdict: it comes back as `TEMPORARY`, uncached, so the message
+is deferred and checked again later instead of being rejected for a resolver's bad minute.
+Negative answers (NXDOMAIN, no records) are cached for the zone's SOA minimum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from enum import StrEnum
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from sendguard.config import parse_nameserver
+
+_DEFAULT_NEGATIVE_TTL = 300
+_MAX_TTL = 86400
+_CACHE_SIZE = 100_000
+
+
+class MailHost(StrEnum):
+    """The verdict on a recipient domain; every value but OK and TEMPORARY is a reason code."""
+
+    OK = "ok"
+    DOMAIN_NOT_FOUND = "domain_not_found"
+    NULL_MX = "null_mx"
+    NO_MAIL_HOST = "no_mail_host"
+    TEMPORARY = "dns_temporary"
+
+
+DETAILS = {
+    MailHost.DOMAIN_NOT_FOUND: "the recipient domain does not exist (NXDOMAIN)",
+    MailHost.NULL_MX: "the recipient domain publishes a null MX and accepts no mail (RFC 7505)",
+    MailHost.NO_MAIL_HOST: "the recipient domain has no MX, A or AAAA record",
+    MailHost.TEMPORARY: "DNS did not answer in time or failed temporarily; will check again",
+}
+
+
+class _Temporary(Exception):
+    pass
+
+
+class MxChecker:
+    """Resolves recipient domains once per TTL, shares in-flight look-ups between callers."""
+
+    def __init__(self, nameservers: list[str], timeout: float) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*parse_nameserver(entry)) for entry in nameservers
+            ]
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = timeout
+        self._resolver.cache = None
+        self._cache: OrderedDict[str, tuple[MailHost, float]] = OrderedDict()
+        self._pending: dict[str, asyncio.Task[MailHost]] = {}
+
+    async def check(self, domain: str) -> MailHost:
+        """The verdict for an ASCII (IDNA) domain."""
+        domain = domain.lower().rstrip(".")
+        cached = self._cache.get(domain)
+        if cached is not None:
+            if cached[1] > time.monotonic():
+                self._cache.move_to_end(domain)
+                return cached[0]
+            del self._cache[domain]
+        task = self._pending.get(domain)
+        if task is None:
+            task = asyncio.ensure_future(self._resolve_and_cache(domain))
+            self._pending[domain] = task
+            task.add_done_callback(lambda _: self._pending.pop(domain, None))
+        return await asyncio.shield(task)
+
+    async def _resolve_and_cache(self, domain: str) -> MailHost:
+        try:
+            verdict, ttl = await self._resolve(dns.name.from_text(domain))
+        except _Temporary:
+            return MailHost.TEMPORARY
+        except (dns.exception.DNSException, ValueError):
+            # A name dnspython cannot even form (too long, empty label) cannot receive mail.
+            verdict, ttl = MailHost.DOMAIN_NOT_FOUND, _DEFAULT_NEGATIVE_TTL
+        self._cache[domain] = (verdict, time.monotonic() + min(ttl, _MAX_TTL))
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verdict
+
+    async def _resolve(self, name: dns.name.Name) -> tuple[MailHost, int]:
+        try:
+            answer = await self._query(name, dns.rdatatype.MX)
+        except dns.resolver.NXDOMAIN as exc:
+            return MailHost.DOMAIN_NOT_FOUND, _negative_ttl(exc)
+        except dns.resolver.NoAnswer as exc:
+            return await self._implicit_mx(name, _negative_ttl(exc))
+        assert answer.rrset is not None
+        records = list(answer.rrset)
+        if len(records) == 1 and records[0].exchange == dns.name.root:
+            return MailHost.NULL_MX, answer.rrset.ttl
+        return MailHost.OK, answer.rrset.ttl
+
+    async def _implicit_mx(self, name: dns.name.Name, negative_ttl: int) -> tuple[MailHost, int]:
+        """RFC 5321 §5.1: without MX, an A or AAAA record is the mail host."""
+        for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            try:
+                answer = await self._query(name, rdtype)
+            except dns.resolver.NXDOMAIN as exc:
+                return MailHost.DOMAIN_NOT_FOUND, _negative_ttl(exc)
+            except dns.resolver.NoAnswer:
+                continue
+            assert answer.rrset is not None
+            return MailHost.OK, answer.rrset.ttl
+        return MailHost.NO_MAIL_HOST, negative_ttl
+
+    async def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
+        try:
+            return await self._resolver.resolve(name, rdtype, search=False)
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise _Temporary from exc
+
+
+def _negative_ttl(exc: dns.exception.DNSException) -> int:
+    """The SOA minimum from a negative answer's authority section (RFC 2308), else a default."""
+    responses: list[dns.message.Message] = []
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        responses = list(exc.responses().values())  # type: ignore[no-untyped-call]
+    elif isinstance(exc, dns.resolver.NoAnswer):
+        response = exc.response()  # type: ignore[no-untyped-call]
+        if isinstance(response, dns.message.Message):
+            responses = [response]
+    for response in responses:
+        for rrset in response.authority:
+            if rrset.rdtype == dns.rdatatype.SOA:
+                return int(min(rrset.ttl, rrset[0].minimum))
+    return _DEFAULT_NEGATIVE_TTL

@@ -1,0 +1,217 @@
+"""The rules file: policy that RevOps tunes (ingress checks, throttles, the agent register).
+
+Settings the file leaves out take their defaults; the lists (`[[throttle]]`, `[[agent]]`) are
+exactly what the file says. Every error names the file, the table and the key, because the
+person reading it is editing that file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from sendguard.errors import ConfigError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """`90s`, `15m`, `1h30m`, `7d` into seconds; a bare number is refused as ambiguous."""
+    if not isinstance(value, str):
+        raise ValueError("must be a duration string such as '90s', '15m', '1h' or '7d'")
+    text = value.strip().lower()
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration such as '90s', '15m', '1h' or '7d'")
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ScopeKind(StrEnum):
+    """The kinds of scope a throttle (and later safe mode) can be keyed by."""
+
+    RECIPIENT_DOMAIN = "recipient_domain"
+    SENDER_DOMAIN = "sender_domain"
+    INBOX = "inbox"
+    SEGMENT = "segment"
+    CAMPAIGN = "campaign"
+    AGENT = "agent"
+    GLOBAL = "global"
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngressRules(_Table):
+    block_free_domains: bool = True
+    block_role_accounts: bool = True
+    block_disposable: bool = True
+    mx_check: Literal["enforce", "off"] = "enforce"
+    recipient_cooldown: Duration = Field(default=72 * 3600.0, ge=0)
+    # Paths relative to the rules file; left out, the lists shipped with sendguard are used.
+    free_domains_list: str | None = None
+    role_accounts_list: str | None = None
+    disposable_domains_list: str | None = None
+
+
+class ThrottleRule(_Table):
+    scope: ScopeKind
+    match: str = Field(default="*", min_length=1)
+    limit: int = Field(gt=0)
+    per: Duration = Field(gt=0)
+    min_gap: Duration = Field(default=0.0, ge=0)
+    jitter: Duration = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _lowercase_match(self) -> ThrottleRule:
+        if self.scope is ScopeKind.GLOBAL and self.match != "*":
+            raise ValueError("a global throttle has one bucket; its match must be '*'")
+        if self.scope in {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}:
+            object.__setattr__(self, "match", self.match.lower())
+        return self
+
+    def applies_to(self, value: str | None) -> bool:
+        return value is not None and (self.match == "*" or self.match == value)
+
+
+class AgentEntry(_Table):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    owner: str = Field(min_length=1)
+    inboxes: list[str] = Field(min_length=1)
+    segments: list[str] = ["*"]
+
+    @model_validator(mode="after")
+    def _check_inboxes(self) -> AgentEntry:
+        for pattern in self.inboxes:
+            if "@" not in pattern:
+                raise ValueError(f"inbox pattern {pattern!r} must be an address or *@domain")
+        return self
+
+    def may_use_inbox(self, address: str) -> bool:
+        address = address.lower()
+        domain = address.rpartition("@")[2]
+        return any(p.lower() in (address, f"*@{domain}") for p in self.inboxes)
+
+    def may_use_segment(self, segment: str | None) -> bool:
+        return segment is None or "*" in self.segments or segment in self.segments
+
+
+class RulesFile(_Table):
+    ingress: IngressRules = IngressRules()
+    throttle: list[ThrottleRule] = []
+    agent: list[AgentEntry] = []
+
+    @model_validator(mode="after")
+    def _unique_agents(self) -> RulesFile:
+        names = [a.name for a in self.agent]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"agent names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A loaded rules file with its lists; `version` is the file's content hash, for the record."""
+
+    path: Path
+    version: str
+    file: RulesFile
+    free_domains: frozenset[str]
+    role_accounts: frozenset[str]
+    disposable_domains: frozenset[str]
+
+    def agent(self, name: str) -> AgentEntry | None:
+        return next((a for a in self.file.agent if a.name == name), None)
+
+
+def packaged_rules_dir() -> Path:
+    """The default rules shipped inside the wheel, or the repo's `rules/` in a source checkout."""
+    packaged = Path(str(resources.files("sendguard"))) / "_rules"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+def default_rules_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    local = Path("rules/sendguard.toml")
+    return local if local.is_file() else packaged_rules_dir() / "sendguard.toml"
+
+
+def load_rules(path: Path) -> Rules:
+    """Read and validate a rules file; ConfigError names the file, table and key on any fault."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"rules file {path}: cannot be read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"rules file {path}: not valid TOML: {exc}") from exc
+    try:
+        parsed = RulesFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc)) from exc
+    return Rules(
+        path=path,
+        version=hashlib.sha256(raw).hexdigest()[:16],
+        file=parsed,
+        free_domains=_read_list(path, parsed.ingress, "free_domains"),
+        role_accounts=_read_list(path, parsed.ingress, "role_accounts"),
+        disposable_domains=_read_list(path, parsed.ingress, "disposable_domains"),
+    )
+
+
+def _read_list(rules_path: Path, ingress: IngressRules, name: str) -> frozenset[str]:
+    key = f"{name}_list"
+    configured: str | None = getattr(ingress, key)
+    if configured is None:
+        list_path = packaged_rules_dir() / "lists" / f"{name}.txt"
+    else:
+        list_path = rules_path.parent / configured
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(
+            f"rules file {rules_path}: [ingress] key '{key}': cannot read {list_path}: {exc.strerror}"
+        ) from exc
+    return frozenset(entry.lower() for line in lines if (entry := line.split("#", 1)[0].strip()))
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        table = "top level"
+        if loc and loc[0] in ("throttle", "agent"):
+            name = loc.pop(0)
+            table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
+        elif loc and loc[0] == "ingress":
+            loc.pop(0)
+            table = "[ingress]"
+        key = ".".join(str(part) for part in loc)
+        where = f"{table} key '{key}'" if key else table
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"rules file {path}: {where}: {message}")
+    return "\n".join(problems)

@@ -1,0 +1,25 @@
+"""Everything a running daemon shares between its API and its delivery loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from sendguard.config import Settings
+from sendguard.gateway import Gateway
+from sendguard.rules import Rules
+from sendguard.store import Store
+from sendguard.tokens import Tokens
+
+
+@dataclass
+class Runtime:
+    """The daemon's parts; `rules` is replaced whole when the rules change, never edited."""
+
+    settings: Settings
+    redis: aioredis.Redis
+    store: Store
+    tokens: Tokens
+    gateway: Gateway
+    rules: Rules

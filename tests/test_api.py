@@ -1,0 +1,229 @@
+"""The HTTP API against a real daemon: identity, form errors, every ingress reason code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.conftest import Api, Daemon, message
+from tests.peers import DnsServer, SmtpSink
+
+RULES = """
+[ingress]
+mx_check = "enforce"
+recipient_cooldown = "72h"
+"""
+
+
+@pytest.fixture
+def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
+    return make_daemon(RULES)
+
+
+ClientFor = Callable[[Daemon, str, str], Api]
+
+
+@pytest.fixture
+def api(daemon: Daemon, client_for: ClientFor) -> Api:
+    return client_for(daemon, "agent", "sdr-bot")
+
+
+def test_every_v1_route_needs_a_valid_token(daemon: Daemon) -> None:
+    bare = httpx.post(f"{daemon.base}/v1/messages", json=message("bob@customer.example"))
+    assert bare.status_code == 401
+    assert bare.headers["www-authenticate"] == "Bearer"
+    forged = httpx.get(f"{daemon.base}/v1/suppressions", headers={"Authorization": "Bearer sg_abc_notatoken"})
+    assert forged.status_code == 401
+
+
+def test_roles_limit_what_a_token_may_do(daemon: Daemon, client_for: ClientFor) -> None:
+    admin = client_for(daemon, "admin", "dana")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    assert admin.client.post("/v1/messages", json=message("bob@customer.example")).status_code == 403
+    assert agent.client.get("/v1/suppressions").status_code == 403
+    assert admin.client.get("/v1/suppressions").status_code == 200
+
+
+def test_revoked_token_is_refused(daemon: Daemon, client_for: ClientFor) -> None:
+    import os
+    import subprocess
+    import sys
+
+    client = client_for(daemon, "agent", "sdr-bot")
+    token = client.client.headers["Authorization"].removeprefix("Bearer ")
+    assert client.client.get("/v1/messages/0000").status_code == 404
+    subprocess.run(
+        [sys.executable, "-m", "sendguard.cli", "token", "revoke", token],
+        env={
+            "PATH": os.environ["PATH"],
+            "SENDGUARD_REDIS_URL": daemon.env["SENDGUARD_REDIS_URL"],
+            "SENDGUARD_REDIS_PREFIX": daemon.env["SENDGUARD_REDIS_PREFIX"],
+        },
+        check=True,
+        capture_output=True,
+    )
+    assert client.client.get("/v1/messages/0000").status_code == 401
+
+
+def test_agent_may_only_use_its_inboxes_and_segments(api: Api) -> None:
+    wrong_inbox = api.client.post(
+        "/v1/messages", json=message("bob@customer.example", **{"from": "Eve <eve@evil.example>"})
+    )
+    assert wrong_inbox.status_code == 403
+    assert wrong_inbox.json()["reasons"][0]["code"] == "inbox_not_allowed"
+    wrong_segment = api.client.post(
+        "/v1/messages", json=message("bob@customer.example", segment="all-customers")
+    )
+    assert wrong_segment.status_code == 403
+    assert wrong_segment.json()["reasons"][0]["code"] == "segment_not_allowed"
+    assert api.send("bob@customer.example", segment="smb")["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "code"),
+    [
+        ("not an address", "invalid_address"),
+        ("bob@@customer.example", "invalid_address"),
+        ("someone@gmail.com", "free_domain"),
+        ("info@customer.example", "role_account"),
+        ("sales+eu@customer.example", "role_account"),
+        ("x@mailinator.com", "disposable_domain"),
+        ("bob@missing.example", "domain_not_found"),
+        ("bob@nullmx.example", "null_mx"),
+        ("bob@nomail.example", "no_mail_host"),
+    ],
+)
+def test_each_ingress_check_rejects_with_its_reason_code(api: Api, recipient: str, code: str) -> None:
+    decision = api.send(recipient)
+    assert decision["status"] == "rejected"
+    assert [r["code"] for r in decision["reasons"]] == [code]
+    assert decision["id"]
+    assert api.status(decision["id"])["status"] == "rejected"
+
+
+def test_suppressed_address_and_domain_are_rejected(
+    api: Api, daemon: Daemon, client_for: ClientFor
+) -> None:
+    admin = client_for(daemon, "admin", "dana")
+    added = admin.client.post(
+        "/v1/suppressions", json={"entries": ["Gone@Customer.example", "other.example"]}
+    )
+    assert added.status_code == 200, added.text
+    assert api.send("gone@customer.example")["reasons"][0]["code"] == "suppressed"
+    assert api.send("anyone@other.example")["reasons"][0]["code"] == "suppressed"
+    assert admin.client.delete("/v1/suppressions/other.example").status_code == 204
+    assert api.send("anyone@other.example")["status"] == "queued"
+    bad = admin.client.post("/v1/suppressions", json={"entries": ["not a domain!"]})
+    assert bad.status_code == 422
+    assert "not a domain!" in bad.text
+
+
+def test_recipient_cooldown_spans_agents(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
+    first = api.send("carol@customer.example")
+    assert first["status"] == "queued"
+    support = client_for(daemon, "agent", "support-bot")
+    second = support.send("Carol@customer.example", **{"from": "help@acme.example"})
+    assert second["status"] == "rejected"
+    assert second["reasons"][0]["code"] == "recipient_cooldown"
+    assert first["id"] in second["reasons"][0]["detail"]
+
+
+def test_domain_with_only_an_a_record_is_deliverable(api: Api, smtp: SmtpSink) -> None:
+    """RFC 5321 implicit MX: no MX but an A (or AAAA) record accepts mail."""
+    a_only = api.send("bob@aonly.example")
+    aaaa_only = api.send("bob@aaaaonly.example")
+    assert (a_only["status"], aaaa_only["status"]) == ("queued", "queued")
+    api.wait_status(a_only["id"], "sent")
+    api.wait_status(aaaa_only["id"], "sent")
+
+
+def test_dns_temporary_failure_defers_then_delivers(api: Api, dns_server: DnsServer, smtp: SmtpSink) -> None:
+    dns_server.add_mx_domain("flaky.example")
+    dns_server.set_servfail("flaky.example", True)
+    try:
+        decision = api.send("bob@flaky.example")
+        assert decision["status"] == "deferred"
+        assert decision["reasons"][0]["code"] == "dns_temporary"
+        slow = api.send("bob@slow.example")
+        assert slow["status"] == "deferred"
+    finally:
+        dns_server.set_servfail("flaky.example", False)
+    sent = api.wait_status(decision["id"], "sent")
+    assert "dns_resolved" in [h["cause"] for h in sent["history"]]
+    assert [r.rcpt_tos for r in smtp.snapshot()] == [("bob@flaky.example",)]
+
+
+def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api, smtp: SmtpSink) -> None:
+    first = api.send("dave@customer.example", idempotency_key="run-7-step-3")
+    again = api.send("dave@customer.example", idempotency_key="run-7-step-3", subject="changed")
+    assert again["id"] == first["id"]  # the first message, in whatever state it has reached
+    api.wait_status(first["id"], "sent")
+    other = api.send("erin@customer.example", idempotency_key="run-7-step-4")
+    api.wait_status(other["id"], "sent")
+    assert sorted(r.rcpt_tos[0] for r in smtp.snapshot()) == [
+        "dave@customer.example",
+        "erin@customer.example",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject", "CR or LF"),
+        ({"headers": {"X-Campaign": "a\nBcc: x@y.z"}}, "headers.X-Campaign", "CR or LF"),
+        ({"headers": {"Bcc": "x@y.z"}}, "body", "'Bcc' is reserved"),
+        ({"headers": {"Received": "from evil"}}, "body", "'Received' is reserved"),
+        ({"headers": {"Disposition-Notification-To": "a@b.c"}}, "body", "not a known header"),
+        ({"text": None, "html": None}, "body", "one of 'text' or 'html'"),
+        ({"agent_version": None}, "agent_version", ""),
+        ({"send_at": "tomorrow"}, "send_at", ""),
+        ({"surprise": 1}, "surprise", "Extra inputs"),
+    ],
+)
+def test_malformed_submissions_get_422_naming_the_field(
+    api: Api, overrides: dict[str, object], field: str, words: str
+) -> None:
+    body = {k: v for k, v in message("bob@customer.example", **overrides).items() if v is not None}
+    response = api.client.post("/v1/messages", json=body)
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    assert any(e["field"] == field and words in e["message"] for e in errors), errors
+
+
+def test_non_json_and_oversized_bodies_are_refused(api: Api) -> None:
+    not_json = api.client.post("/v1/messages", content=b"to=bob", headers={"content-type": "text/plain"})
+    assert not_json.status_code == 422
+    assert "JSON" in not_json.json()["detail"]
+    huge = api.client.post("/v1/messages", json=message("bob@customer.example", text="x" * 2_000_000))
+    assert huge.status_code == 413
+    assert huge.json()["error"] == "body_too_large"
+
+
+def test_agent_sees_only_its_own_messages_and_can_cancel(
+    api: Api, daemon: Daemon, client_for: ClientFor
+) -> None:
+    later = api.send("frank@customer.example", send_at="2099-01-01T00:00:00Z")
+    support = client_for(daemon, "agent", "support-bot")
+    assert support.client.get(f"/v1/messages/{later['id']}").status_code == 404
+    assert support.client.post(f"/v1/messages/{later['id']}/cancel").status_code == 404
+    cancelled = api.client.post(f"/v1/messages/{later['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    record = api.status(later["id"])
+    assert [h["status"] for h in record["history"]] == ["queued", "cancelled"]
+    assert api.client.post(f"/v1/messages/{later['id']}/cancel").status_code == 409
+    # Cancelling gave the recipient's cooldown back.
+    assert api.send("frank@customer.example")["status"] == "queued"
+
+
+def test_health_readiness_metrics_and_openapi(api: Api, daemon: Daemon) -> None:
+    api.wait_status(api.send("gina@customer.example")["id"], "sent")
+    assert httpx.get(f"{daemon.base}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{daemon.base}/readyz").json()["status"] == "ready"
+    metrics = httpx.get(f"{daemon.base}/metrics").text
+    assert 'sendguard_submissions_total{outcome="queued",reason="none"} 1.0' in metrics
+    assert "sendguard_messages_sent_total 1.0" in metrics
+    assert "sendguard_delivery_seconds_bucket" in metrics
+    paths = httpx.get(f"{daemon.base}/openapi.json").json()["paths"]
+    assert {"/v1/messages", "/v1/messages/{message_id}", "/v1/suppressions"} <= set(paths)
