@@ -21,7 +21,8 @@ from sendguard.keys import Keys
 from sendguard.rules import ScopeKind, ThrottleRule
 from sendguard.store import translated
 
-_RESERVE = """
+_IN_FLIGHT_RECHECK_MS = 200
+_RESERVE = f"local IN_FLIGHT_RECHECK_MS = {_IN_FLIGHT_RECHECK_MS}\n" + """
 -- KEYS: n window keys, then m gap keys
 -- ARGV: member lease_ms n m, then n x (limit per_ms), then m x (gap_ms)
 local t = redis.call('TIME')
@@ -36,6 +37,9 @@ for i = 1, n do
   if count >= limit then
     local oldest = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
     local w = tonumber(oldest[2]) + per + 1 - now
+    -- Blocked by a send still in flight: its score drops to its answer time within moments,
+    -- so look again soon instead of waiting out the whole in-flight lease.
+    if tonumber(oldest[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
     if w > wait then wait, blocker = w, i end
   end
 end
