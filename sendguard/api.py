@@ -4,7 +4,6 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
-
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any

@@ -22,7 +22,9 @@ from sendguard.rules import ScopeKind, ThrottleRule
 from sendguard.store import translated
 
 _IN_FLIGHT_RECHECK_MS = 200
-_RESERVE = f"local IN_FLIGHT_RECHECK_MS = {_IN_FLIGHT_RECHECK_MS}\n" + """
+_RESERVE = (
+    f"local IN_FLIGHT_RECHECK_MS = {_IN_FLIGHT_RECHECK_MS}\n"
+    + """
 -- KEYS: n window keys, then m gap keys
 -- ARGV: member lease_ms n m, then n x (limit per_ms), then m x (gap_ms)
 local t = redis.call('TIME')
@@ -58,6 +60,7 @@ for j = 1, m do
 end
 return {0, 0, now}
 """
+)
 
 _SETTLE = """
 -- KEYS: window keys; ARGV: member delivered('1' keeps it at the answer time, '0' removes it)

@@ -71,9 +71,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), "--appendonly", "yes", "--save", ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(redis_server_binary()),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url)
         try:
@@ -141,7 +153,10 @@ class Daemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sendguard.cli", "run"],
-                env=self.env, stdout=log, stderr=log, cwd=self.env["SENDGUARD_DATA_DIR"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.env["SENDGUARD_DATA_DIR"],
             )
         wait_until(self._ready, timeout=30, what=f"daemon on port {self.port} to be ready")
         return self
@@ -218,9 +233,15 @@ def mint(redis_url: str, prefix: str) -> Callable[[str, str], str]:
     def create(role: str, name: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "sendguard.cli", "token", "create", f"--{role}", name],
-            env={"PATH": os.environ["PATH"], "SENDGUARD_REDIS_URL": redis_url,
-                 "SENDGUARD_REDIS_PREFIX": prefix, "SENDGUARD_RULES": str(_rules_for_tokens())},
-            capture_output=True, text=True, check=True,
+            env={
+                "PATH": os.environ["PATH"],
+                "SENDGUARD_REDIS_URL": redis_url,
+                "SENDGUARD_REDIS_PREFIX": prefix,
+                "SENDGUARD_RULES": str(_rules_for_tokens()),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return result.stdout.strip()
 
@@ -263,8 +284,9 @@ class Api:
     """A small client for one daemon and one token."""
 
     def __init__(self, daemon: Daemon, token: str) -> None:
-        self.client = httpx.Client(base_url=daemon.base, headers={"Authorization": f"Bearer {token}"},
-                                   timeout=10)
+        self.client = httpx.Client(
+            base_url=daemon.base, headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
 
     def send(self, to: str, **overrides: Any) -> dict[str, Any]:
         response = self.client.post("/v1/messages", json=message(to, **overrides))
@@ -281,7 +303,8 @@ class Api:
     def wait_status(self, message_id: str, status: str, timeout: float = 15) -> dict[str, Any]:
         return wait_until(  # type: ignore[no-any-return]
             lambda: (found := self.status(message_id))["status"] == status and found,
-            timeout=timeout, what=f"message {message_id} to become {status}",
+            timeout=timeout,
+            what=f"message {message_id} to become {status}",
         )
 
     def close(self) -> None:

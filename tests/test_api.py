@@ -103,9 +103,7 @@ def test_each_ingress_check_rejects_with_its_reason_code(api: Api, recipient: st
     assert api.status(decision["id"])["status"] == "rejected"
 
 
-def test_suppressed_address_and_domain_are_rejected(
-    api: Api, daemon: Daemon, client_for: ClientFor
-) -> None:
+def test_suppressed_address_and_domain_are_rejected(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
     admin = client_for(daemon, "admin", "dana")
     added = admin.client.post(
         "/v1/suppressions", json={"entries": ["Gone@Customer.example", "other.example"]}
