@@ -114,6 +114,7 @@ async def serve(settings: Settings) -> None:
             rules=lambda: runtime.rules,
             settings=settings,
             instance=instance,
+            concurrency=transport.concurrency or settings.workers,
         )
         runtime = Runtime(
             settings=settings,

@@ -13,10 +13,19 @@ import time
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses
+from functools import cached_property
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Headers an agent may set besides From/To/Subject. Anything else is refused: routing and
 # identity headers (Bcc, Received, Return-Path, ...) are how injected mail would hide.
@@ -93,6 +102,12 @@ class MessageIn(BaseModel):
     idempotency_key: SingleLine | None = Field(default=None, min_length=1, max_length=200)
     send_at: AwareDatetime | None = None
 
+    @field_validator("from_")
+    @classmethod
+    def _parseable_sender(cls, value: str) -> str:
+        parse_sender(value)
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> MessageIn:
         if not self.text and not self.html:
@@ -109,7 +124,7 @@ class MessageIn(BaseModel):
                 raise ValueError(f"headers: {name!r} value is longer than 998 characters")
         return self
 
-    @property
+    @cached_property
     def sender(self) -> Sender:
         return parse_sender(self.from_)
 

@@ -30,6 +30,10 @@ class Transport(Protocol):
     @property
     def description(self) -> str: ...
 
+    @property
+    def concurrency(self) -> int | None:
+        """How many sends it can carry at once (None: no limit of its own)."""
+
 
 class UncertainDelivery(RelayError):
     """The body was sent but no reply came: the relay may or may not have accepted it."""
@@ -44,6 +48,10 @@ class SandboxOutbox:
     @property
     def description(self) -> str:
         return f"sandbox outbox {self._directory} (nothing leaves this machine)"
+
+    @property
+    def concurrency(self) -> int | None:
+        return None
 
     async def send(self, message_id: str, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
         await asyncio.to_thread(self._write, message_id, data)
@@ -83,11 +91,16 @@ class RelayPool:
         self._password = parts.password
         self._timeout = timeout
         self._idle: asyncio.LifoQueue[aiosmtplib.SMTP] = asyncio.LifoQueue()
+        self._size = size
         self._slots = asyncio.Semaphore(size)
 
     @property
     def description(self) -> str:
         return f"relay {self._url}"
+
+    @property
+    def concurrency(self) -> int | None:
+        return self._size
 
     async def send(self, message_id: str, sender: str, recipient: str, data: bytes) -> tuple[int, str]:
         async with self._slots:

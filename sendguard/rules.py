@@ -118,14 +118,6 @@ class RulesFile(_Table):
     throttle: list[ThrottleRule] = []
     agent: list[AgentEntry] = []
 
-    @model_validator(mode="after")
-    def _unique_agents(self) -> RulesFile:
-        names = [a.name for a in self.agent]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"agent names must be unique, repeated: {', '.join(dupes)}")
-        return self
-
 
 @dataclass(frozen=True)
 class Rules:
@@ -171,6 +163,14 @@ def load_rules(path: Path) -> Rules:
         parsed = RulesFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc)) from exc
+    first_seen: dict[str, int] = {}
+    for number, agent in enumerate(parsed.agent, start=1):
+        if agent.name in first_seen:
+            raise ConfigError(
+                f"rules file {path}: [[agent]] #{number} key 'name': {agent.name!r} "
+                f"repeats [[agent]] #{first_seen[agent.name]}"
+            )
+        first_seen[agent.name] = number
     return Rules(
         path=path,
         version=hashlib.sha256(raw).hexdigest()[:16],

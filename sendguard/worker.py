@@ -60,6 +60,7 @@ class Deliverer:
         rules: Callable[[], Rules],
         settings: Settings,
         instance: str,
+        concurrency: int,
     ) -> None:
         self._store = store
         self._throttles = throttles
@@ -68,7 +69,9 @@ class Deliverer:
         self._rules = rules
         self._settings = settings
         self._instance = instance
-        self._slots = asyncio.Semaphore(settings.workers)
+        # Never more deliveries than relay connections: a delivery waiting for a connection
+        # would spend its send deadline (and its throttle lease) in a queue.
+        self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,7 +184,10 @@ class Deliverer:
         except (UncertainDelivery, TimeoutError) as exc:
             delivered = True  # it may have left: keep its throttle slot
             metrics.UNCERTAIN.inc()
-            outcome = self._retry(attempt, "uncertain", f"{exc or 'deadline passed'}", {"uncertain": 1})
+            uncertain = int(claim.record.get("uncertain") or 0) + 1
+            outcome = self._retry(
+                attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": uncertain}
+            )
             metrics.DEFERRED.labels("connection").inc()
         except RelayError as exc:
             outcome = self._retry(attempt, "connection", str(exc), {})

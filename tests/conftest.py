@@ -223,7 +223,10 @@ def make_daemon(
     yield make
     for daemon in started:
         if daemon.process is not None:
-            daemon.kill()
+            try:
+                daemon.terminate(timeout=15)  # lets an embedded redis-server stop with it
+            except subprocess.TimeoutExpired:
+                daemon.kill()
 
 
 @pytest.fixture

@@ -178,6 +178,8 @@ def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api,
         ({"agent_version": None}, "agent_version", ""),
         ({"send_at": "tomorrow"}, "send_at", ""),
         ({"surprise": 1}, "surprise", "Extra inputs"),
+        ({"from": "Alice <alice@acme..example>"}, "from", "not valid"),
+        ({"from": "a@acme.example, b@acme.example"}, "from", "exactly one address"),
     ],
 )
 def test_malformed_submissions_get_422_naming_the_field(

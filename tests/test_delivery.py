@@ -1,0 +1,416 @@
+"""Delivery end to end: a real daemon process, a real Redis and a real SMTP relay (SmtpSink)."""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from sendguard.keys import Keys
+from tests.conftest import Api, Daemon, wait_until
+from tests.peers import SmtpSink
+
+RULES = """
+[ingress]
+mx_check = "off"
+recipient_cooldown = "0s"
+"""
+
+TERMINAL = frozenset({"sent", "bounced", "failed", "rejected", "cancelled"})
+MESSAGE_ID = re.compile(r"^<[0-9a-f]{23}\.sg@acme\.example>$")
+
+Mint = Callable[[str, str], str]
+MakeDaemon = Callable[..., Daemon]
+ClientFor = Callable[[Daemon, str, str], Api]
+
+
+def header_id(message_id: str) -> str:
+    """The Message-ID header sendguard puts on a message from alice@acme.example."""
+    return f"<{message_id}.sg@acme.example>"
+
+
+def settle(api: Api, ids: list[str], timeout: float = 30) -> dict[str, dict[str, Any]]:
+    """Wait until every message reached a final status; return their records by id."""
+    records: dict[str, dict[str, Any]] = {}
+
+    def all_final() -> bool:
+        for message_id in ids:
+            if records.get(message_id, {}).get("status") not in TERMINAL:
+                records[message_id] = api.status(message_id)
+        return all(records[i]["status"] in TERMINAL for i in ids)
+
+    wait_until(all_final, timeout=timeout, what=f"{len(ids)} messages to reach a final status")
+    return records
+
+
+def statuses(record: dict[str, Any]) -> list[str]:
+    return [step["status"] for step in record["history"]]
+
+
+def causes(record: dict[str, Any]) -> list[str]:
+    return [step["cause"] for step in record["history"]]
+
+
+def received_ids(sink: SmtpSink) -> Counter[str | None]:
+    return Counter(received.message_id for received in sink.received)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):
+        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            return False
+    return True
+
+
+@pytest.fixture
+def api(make_daemon: MakeDaemon, client_for: ClientFor) -> Api:
+    return client_for(make_daemon(RULES), "agent", "sdr-bot")
+
+
+# -- outcomes of one delivery -------------------------------------------------
+
+
+def test_accepted_message_is_sent_once_with_its_message_id(api: Api, smtp: SmtpSink) -> None:
+    decision = api.send("dana@customer.example", subject="Hello Dana")
+    assert decision["status"] == "queued"
+    message_id = decision["id"]
+
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "sent"
+    assert record["attempts"] == 1
+    assert record["uncertain"] == 0
+    assert record["smtp_code"] == 250
+
+    received = smtp.received
+    assert len(received) == 1
+    got = received[0]
+    assert got.message_id == header_id(message_id)
+    assert MESSAGE_ID.match(got.message_id)
+    assert got.mail_from == "alice@acme.example"
+    assert got.rcpt_tos == ("dana@customer.example",)
+    assert got.message["Subject"] == "Hello Dana"
+    assert got.message["To"] == "dana@customer.example"
+
+    assert statuses(record) == ["queued", "sending", "sent"]
+    assert causes(record) == ["submitted", "attempt", "relay_accepted"]
+    assert record["history"][1]["detail"] == "attempt 1"
+    assert record["history"][2]["detail"].startswith("250")
+    assert all(step["at"] for step in record["history"])
+
+
+def test_550_at_rcpt_bounces_without_retry(api: Api, smtp: SmtpSink) -> None:
+    bounced_id = api.send("bounce.me@customer.example")["id"]
+    record = settle(api, [bounced_id])[bounced_id]
+    assert record["status"] == "bounced"
+    assert record["smtp_code"] == 550
+    assert "user unknown" in (record["smtp_text"] or "")
+    assert record["attempts"] == 1
+    assert statuses(record) == ["queued", "sending", "bounced"]
+    assert causes(record)[-1] == "smtp_5xx"
+    assert record["history"][-1]["detail"].startswith("rcpt: 550")
+
+    # The due queue is worked in time order: a message due later than any retry of the bounce
+    # could be (retry base 0.2 s, +20% jitter) is only sent after such a retry would have been.
+    send_at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    later_id = api.send("erin@customer.example", send_at=send_at)["id"]
+    assert settle(api, [later_id])[later_id]["status"] == "sent"
+    assert api.status(bounced_id)["attempts"] == 1
+    assert list(received_ids(smtp)) == [header_id(later_id)]
+
+
+def test_451_at_rcpt_is_retried_until_max_attempts(
+    make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    api = client_for(make_daemon(RULES, max_attempts="3"), "agent", "sdr-bot")
+    message_id = api.send("defer.me@customer.example")["id"]
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "failed"
+    assert record["attempts"] == 3
+    assert record["smtp_code"] == 451
+    assert statuses(record) == [
+        "queued",
+        "sending",
+        "deferred",
+        "sending",
+        "deferred",
+        "sending",
+        "failed",
+    ]
+    assert causes(record)[2] == causes(record)[4] == "smtp_4xx"
+    assert causes(record)[-1] == "retries_exhausted"
+    assert "after 3 attempts" in record["history"][-1]["detail"]
+    assert smtp.received == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["454 4.7.0 Throttling failure", "421 4.7.0 Too many connections, closing channel"],
+    ids=["454", "421"],
+)
+def test_relay_slow_down_is_retried_until_sent(api: Api, smtp: SmtpSink, reply: str) -> None:
+    smtp.mail_reply = reply
+    ids = [api.send(f"slow{i}@customer.example")["id"] for i in range(5)]
+
+    def deferred_twice() -> bool:
+        return all(statuses(api.status(i)).count("deferred") >= 2 for i in ids)
+
+    wait_until(deferred_twice, timeout=20, what="every message to be deferred twice by the relay")
+    assert smtp.received == []
+    smtp.mail_reply = None
+
+    records = settle(api, ids)
+    assert {i: r["status"] for i, r in records.items()} == dict.fromkeys(ids, "sent")
+    code = reply[:3]
+    for record in records.values():
+        assert "bounced" not in statuses(record)
+        assert record["uncertain"] == 0
+        deferrals = [step for step in record["history"] if step["status"] == "deferred"]
+        assert any(step["detail"].startswith(f"mail: {code}") for step in deferrals), deferrals
+    assert received_ids(smtp) == Counter({header_id(i): 1 for i in ids})
+
+
+def test_every_uncertain_attempt_is_counted(
+    make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """Each attempt whose body went out without a reply in time may have delivered: each one counts."""
+    api = client_for(make_daemon(RULES, smtp_timeout="0.5"), "agent", "sdr-bot")
+    smtp.delay = 1.0  # the relay answers DATA only after sendguard's deadline
+    message_id = api.send("late@customer.example")["id"]
+
+    def uncertain_attempts() -> int:
+        return causes(api.status(message_id)).count("uncertain")
+
+    wait_until(lambda: uncertain_attempts() >= 2, timeout=20, what="two uncertain attempts")
+    smtp.delay = 0.0
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "sent"
+    counted = causes(record).count("uncertain")
+    assert counted >= 2
+    assert record["uncertain"] == counted, record["history"]
+    assert received_ids(smtp)[header_id(message_id)] - 1 <= record["uncertain"]
+    for step in record["history"]:
+        if step["cause"] == "uncertain":
+            assert step["detail"], f"an uncertain attempt should say what happened: {record['history']}"
+
+
+def test_waiting_for_a_relay_connection_is_not_an_uncertain_send(
+    make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """A relay that answers every message well within the timeout gets each message exactly once,
+    even when messages queue for the daemon's only relay connection."""
+    daemon = make_daemon(RULES, smtp_timeout="2", smtp_connections="1")
+    api = client_for(daemon, "agent", "sdr-bot")
+    smtp.delay = 0.8
+    ids = [api.send(f"queue{i}@customer.example")["id"] for i in range(4)]
+    records = settle(api, ids, timeout=60)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    assert {i: r["uncertain"] for i, r in records.items()} == dict.fromkeys(ids, 0), {
+        i: [(h["status"], h["cause"]) for h in r["history"]] for i, r in records.items()
+    }
+    assert received_ids(smtp) == Counter({header_id(i): 1 for i in ids})
+
+
+def test_connections_to_the_relay_are_reused(
+    make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    api = client_for(make_daemon(RULES, smtp_connections="3"), "agent", "sdr-bot")
+    ids = [api.send(f"reuse{i}@customer.example")["id"] for i in range(20)]
+    records = settle(api, ids)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    assert received_ids(smtp) == Counter({header_id(i): 1 for i in ids})
+    assert smtp.connections <= 3, f"{smtp.connections} SMTP connections for 20 messages"
+
+
+def test_sandbox_outbox_when_no_relay_is_configured(
+    make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES, smtp_url="")
+    api = client_for(daemon, "agent", "sdr-bot")
+    recipients = [f"box{i}@customer.example" for i in range(3)]
+    ids = [api.send(to, subject=f"Outbox {to}")["id"] for to in recipients]
+    records = settle(api, ids)
+    assert {r["status"] for r in records.values()} == {"sent"}
+    assert all("sandbox outbox" in (r["smtp_text"] or "") for r in records.values())
+
+    outbox = Path(daemon.env["SENDGUARD_DATA_DIR"]) / "outbox"
+    assert sorted(p.name for p in outbox.iterdir()) == sorted(f"{i}.eml" for i in ids)
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    for message_id, to in zip(ids, recipients, strict=True):
+        parsed = parser.parsebytes((outbox / f"{message_id}.eml").read_bytes())
+        assert parsed["To"] == to
+        assert parsed["Message-ID"] == header_id(message_id)
+        assert parsed["Subject"] == f"Outbox {to}"
+        assert parsed["From"].addresses[0].addr_spec == "alice@acme.example"
+        assert parsed["Date"] is not None
+        body = parsed.get_body(("plain",))
+        assert body is not None
+        assert body.get_content().strip() == "Hello from the test suite"
+    assert smtp.received == []
+    assert smtp.connections == 0
+
+
+# -- drills -------------------------------------------------------------------
+
+
+@pytest.mark.drill
+def test_sigterm_drains_in_flight_deliveries(
+    make_daemon: MakeDaemon, mint: Mint, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    smtp.delay = 0.5
+    token = mint("agent", "sdr-bot")
+    first = make_daemon(RULES)
+    api = Api(first, token)
+    try:
+        ids = [api.send(f"drain{i}@customer.example")["id"] for i in range(5)]
+        wait_until(
+            lambda: any(api.status(i)["status"] == "sending" for i in ids),
+            what="a delivery to be in flight",
+        )
+        in_flight = {i for i in ids if api.status(i)["status"] == "sending"}
+    finally:
+        api.close()
+    assert first.terminate() == 0, first.log()
+
+    # What was in flight when SIGTERM came finished before the daemon exited; nothing is left mid-send.
+    keys = Keys(prefix)
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        after = {i: store.hget(keys.msg(i), "status") for i in ids}
+    finally:
+        store.close()
+    assert "sending" not in after.values(), after
+    assert {i: after[i] for i in in_flight} == dict.fromkeys(in_flight, "sent")
+    assert set(after.values()) <= {"sent", "queued", "deferred"}, after
+    drained = received_ids(smtp)
+    assert all(drained[header_id(i)] >= 1 for i in in_flight)
+
+    second = make_daemon(RULES)
+    api = Api(second, token)
+    try:
+        records = settle(api, ids)
+    finally:
+        api.close()
+    assert {i: r["status"] for i, r in records.items()} == dict.fromkeys(ids, "sent")
+    counts = received_ids(smtp)
+    assert set(counts) == {header_id(i) for i in ids}
+    duplicates = sum(count - 1 for count in counts.values())
+    uncertain = sum(r["uncertain"] for r in records.values())
+    assert duplicates <= uncertain, (counts, uncertain)
+
+
+def redis_servers_of(data: Path) -> list[int]:
+    """Pids of running redis-servers working in this data dir (the embedded config's `dir`)."""
+    redis_dir = (data / "redis").resolve()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() != "redis-server":
+                    continue
+                if (entry / "cwd").resolve() == redis_dir and alive(int(entry.name)):
+                    pids.append(int(entry.name))
+    return sorted(pids)
+
+
+@pytest.fixture
+def embedded_redis_reaper() -> Iterator[list[Path]]:
+    """Data dirs whose embedded redis-servers this test started; any still running are stopped after it."""
+    data_dirs: list[Path] = []
+    yield data_dirs
+    for data in data_dirs:
+        for pid in redis_servers_of(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
+def cli_token(daemon: Daemon) -> str:
+    """`sendguard token create` against the running daemon's embedded Redis (no SENDGUARD_REDIS_URL)."""
+    env = {
+        name: daemon.env[name]
+        for name in ("PATH", "PYTHONPATH", "SENDGUARD_DATA_DIR", "SENDGUARD_RULES", "SENDGUARD_REDIS_PREFIX")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sendguard.cli", "token", "create", "--agent", "sdr-bot"],
+        env=env,
+        cwd=env["SENDGUARD_DATA_DIR"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.mark.drill
+def test_embedded_redis_survives_a_daemon_crash(
+    make_daemon: MakeDaemon, tmp_path: Path, embedded_redis_reaper: list[Path]
+) -> None:
+    first = make_daemon(RULES, embedded=True)
+    assert "SENDGUARD_REDIS_URL" not in first.env
+    assert first.env["SENDGUARD_RULES"] == str(tmp_path / "rules.toml")
+    data = Path(first.env["SENDGUARD_DATA_DIR"])
+    embedded_redis_reaper.append(data)
+    pid_file = data / "redis" / "redis.pid"
+
+    token = cli_token(first)
+    api = Api(first, token)
+    try:
+        send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        decision = api.send("later@customer.example", send_at=send_at)
+        assert decision["status"] == "queued"
+        message_id = decision["id"]
+        before = api.status(message_id)
+    finally:
+        api.close()
+
+    old_pid = int(pid_file.read_text())
+    assert alive(old_pid)
+    assert redis_servers_of(data) == [old_pid]
+    first.kill()
+    assert alive(old_pid), "SIGKILL to the daemon should leave its embedded redis-server orphaned"
+
+    second = make_daemon(RULES, embedded=True, data_dir=data)
+    new_pid = int(pid_file.read_text())
+    assert new_pid != old_pid
+    assert not alive(old_pid), "the orphaned redis-server was not replaced"
+    assert alive(new_pid)
+    assert redis_servers_of(data) == [new_pid]
+
+    api = Api(second, token)
+    try:
+        after = api.status(message_id)
+    finally:
+        api.close()
+    assert after["status"] == "queued"
+    assert after["to"] == "later@customer.example"
+    assert after["attempts"] == 0
+    assert after["history"] == before["history"]
+
+    assert second.terminate() == 0, second.log()
+    wait_until(
+        lambda: not alive(new_pid), timeout=10, what="the embedded redis-server to stop with its daemon"
+    )
+    assert redis_servers_of(data) == []

@@ -1,0 +1,257 @@
+"""Unit tests of the rules file: durations, the shipped rules, and errors that name file, table and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sendguard.errors import ConfigError
+from sendguard.rules import Rules, ScopeKind, load_rules, parse_duration
+
+REPO_RULES = Path(__file__).resolve().parent.parent / "rules"
+
+AGENT = """
+[[agent]]
+name = "sdr-bot"
+owner = "sales"
+inboxes = ["*@acme.example"]
+"""
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    """A directory holding a copy of the repo's lists, for rules files that name them relatively."""
+    shutil.copytree(REPO_RULES / "lists", tmp_path / "lists")
+    return tmp_path
+
+
+def write(directory: Path, text: str, name: str = "rules.toml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_rules(path)
+    message = str(caught.value)
+    assert str(path) in message, message
+    return message
+
+
+# -- parse_duration -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("1h30m", 5400.0),
+        ("7d", 604800.0),
+        ("1h", 3600.0),
+        ("500ms", 0.5),
+        ("0s", 0.0),
+        (" 2H ", 7200.0),
+    ],
+)
+def test_parse_duration_accepts(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["10", "1x", "", "   ", "h", "1h 30m", "-5s", "1.5", "s90"])
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", [10, 1.5, None])
+def test_parse_duration_refuses_non_strings(value: object) -> None:
+    with pytest.raises(ValueError, match="duration string"):
+        parse_duration(value)
+
+
+# -- the shipped rules file ---------------------------------------------------
+
+
+def test_repo_rules_load() -> None:
+    rules = load_rules(REPO_RULES / "sendguard.toml")
+    assert isinstance(rules, Rules)
+    assert len(rules.version) == 16
+    int(rules.version, 16)
+
+    agent = rules.agent("sdr-bot")
+    assert agent is not None
+    assert agent.owner == "sales"
+    assert agent.may_use_inbox("alice@acme.example")
+    assert not agent.may_use_inbox("alice@other.example")
+    assert rules.agent("nobody") is None
+
+    throttles = rules.file.throttle
+    assert len(throttles) == 3
+    assert [t.scope for t in throttles] == [ScopeKind.RECIPIENT_DOMAIN, ScopeKind.INBOX, ScopeKind.GLOBAL]
+    assert (throttles[0].limit, throttles[0].per) == (20, 3600.0)
+    assert (throttles[1].limit, throttles[1].per) == (40, 86400.0)
+    assert (throttles[1].min_gap, throttles[1].jitter) == (90.0, 60.0)
+    assert (throttles[2].limit, throttles[2].per, throttles[2].match) == (2000, 3600.0, "*")
+
+    ingress = rules.file.ingress
+    assert ingress.mx_check == "enforce"
+    assert ingress.recipient_cooldown == 72 * 3600.0
+
+    assert "mailinator.com" in rules.disposable_domains
+    assert "gmail.com" in rules.free_domains
+    assert "info" in rules.role_accounts
+    assert "gmail.com" not in rules.disposable_domains
+    # Comments and blank lines in the lists are not entries.
+    for listed in (rules.disposable_domains, rules.free_domains, rules.role_accounts):
+        assert "" not in listed
+        assert not any(entry.startswith("#") or entry != entry.strip() for entry in listed)
+
+
+def test_version_changes_with_content(rules_dir: Path) -> None:
+    first = load_rules(write(rules_dir, AGENT, "a.toml"))
+    second = load_rules(write(rules_dir, AGENT + "\n# a comment\n", "b.toml"))
+    again = load_rules(write(rules_dir, AGENT, "c.toml"))
+    assert first.version != second.version
+    assert first.version == again.version
+
+
+def test_file_without_throttles_has_none(rules_dir: Path) -> None:
+    rules = load_rules(write(rules_dir, '[ingress]\nmx_check = "off"\n' + AGENT))
+    assert rules.file.throttle == []
+    assert rules.file.ingress.mx_check == "off"
+    # Left-out settings take their defaults.
+    assert rules.file.ingress.block_free_domains is True
+    assert rules.file.ingress.recipient_cooldown == 72 * 3600.0
+
+
+def test_absolute_list_paths(tmp_path: Path) -> None:
+    lists = REPO_RULES / "lists"
+    text = (
+        "[ingress]\n"
+        f'free_domains_list = "{lists / "free_domains.txt"}"\n'
+        f'role_accounts_list = "{lists / "role_accounts.txt"}"\n'
+        f'disposable_domains_list = "{lists / "disposable_domains.txt"}"\n'
+    )
+    rules = load_rules(write(tmp_path, text))
+    assert "gmail.com" in rules.free_domains
+    assert rules.file.agent == []
+
+
+# -- refused files ------------------------------------------------------------
+
+
+def test_unknown_key_in_ingress(rules_dir: Path) -> None:
+    path = write(rules_dir, '[ingress]\nmx_chek = "off"\n' + AGENT)
+    message = refused(path)
+    assert "[ingress]" in message
+    assert "'mx_chek'" in message
+    assert "unknown key" in message
+
+
+def test_unknown_table(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, '[ingres]\nmx_check = "off"\n'))
+    assert "'ingres'" in message
+    assert "unknown key" in message
+
+
+def test_second_throttle_with_zero_limit(rules_dir: Path) -> None:
+    text = (
+        '[[throttle]]\nscope = "global"\nlimit = 10\nper = "1h"\n\n'
+        '[[throttle]]\nscope = "agent"\nlimit = 0\nper = "1h"\n'
+    )
+    message = refused(write(rules_dir, text))
+    assert "[[throttle]] #2" in message
+    assert "'limit'" in message
+    assert "#1" not in message
+
+
+def test_bad_duration_in_per(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, '[[throttle]]\nscope = "inbox"\nlimit = 5\nper = "10"\n'))
+    assert "[[throttle]] #1" in message
+    assert "'per'" in message
+    assert "'10'" in message
+
+
+def test_bad_duration_in_ingress(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, '[ingress]\nrecipient_cooldown = "3 days"\n'))
+    assert "[ingress]" in message
+    assert "'recipient_cooldown'" in message
+
+
+def test_unknown_scope(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, '[[throttle]]\nscope = "planet"\nlimit = 5\nper = "1h"\n'))
+    assert "[[throttle]] #1" in message
+    assert "'scope'" in message
+    assert "recipient_domain" in message  # says what is allowed
+
+
+def test_mx_check_maybe(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, '[ingress]\nmx_check = "maybe"\n'))
+    assert "[ingress]" in message
+    assert "'mx_check'" in message
+    assert "enforce" in message
+
+
+def test_invalid_toml_names_line(rules_dir: Path) -> None:
+    path = write(rules_dir, '[ingress]\nmx_check = "off"\nrecipient_cooldown = \n')
+    message = refused(path)
+    assert "TOML" in message
+    assert "line 3" in message
+
+
+def test_duplicate_agent_names(rules_dir: Path) -> None:
+    message = refused(write(rules_dir, AGENT + AGENT))
+    assert "sdr-bot" in message
+    assert "[[agent]]" in message
+    assert "name" in message
+
+
+def test_global_throttle_with_specific_match(rules_dir: Path) -> None:
+    text = '[[throttle]]\nscope = "global"\nmatch = "acme.example"\nlimit = 5\nper = "1h"\n'
+    message = refused(write(rules_dir, text))
+    assert "[[throttle]] #1" in message
+    assert "match" in message
+
+
+def test_bad_agent_inbox(rules_dir: Path) -> None:
+    text = '[[agent]]\nname = "a"\nowner = "o"\ninboxes = ["acme.example"]\n'
+    message = refused(write(rules_dir, text))
+    assert "[[agent]] #1" in message
+    assert "acme.example" in message
+
+
+def test_missing_list_file_is_named(rules_dir: Path) -> None:
+    path = write(rules_dir, '[ingress]\nrole_accounts_list = "lists/nope.txt"\n' + AGENT)
+    message = refused(path)
+    assert str(rules_dir / "lists" / "nope.txt") in message
+    assert "[ingress]" in message
+    assert "'role_accounts_list'" in message
+
+
+def test_lists_default_to_the_shipped_ones(tmp_path: Path) -> None:
+    """A rules file that names no lists gets the lists shipped with sendguard, wherever it lives."""
+    rules = load_rules(write(tmp_path, AGENT))
+    shipped = load_rules(REPO_RULES / "sendguard.toml")
+    assert "gmail.com" in rules.free_domains
+    assert rules.free_domains == shipped.free_domains
+    assert rules.role_accounts == shipped.role_accounts
+    assert rules.disposable_domains == shipped.disposable_domains
+
+
+def test_list_paths_are_relative_to_the_rules_file(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "free.txt").write_text(
+        "# my list\nexample.org  # trailing comment\n\n  EXAMPLE.NET\n"
+    )
+    rules = load_rules(write(tmp_path, '[ingress]\nfree_domains_list = "mine/free.txt"\n'))
+    assert rules.free_domains == frozenset({"example.org", "example.net"})
+    assert "info" in rules.role_accounts  # the others still default to the shipped lists
+
+
+def test_missing_rules_file(tmp_path: Path) -> None:
+    message = refused(tmp_path / "absent.toml")
+    assert "cannot be read" in message
