@@ -161,7 +161,7 @@ class EmbeddedRedis:
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT
-        while _alive(pid):
+        while process_alive(pid):
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + _STOP_TIMEOUT
@@ -196,7 +196,8 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (dead, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -211,7 +212,7 @@ def _alive(pid: int) -> bool:
 
 
 def _is_redis(pid: int) -> bool:
-    if not _alive(pid):
+    if not process_alive(pid):
         return False
     try:
         return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis
 
+from sendguard.embedded import process_alive
 from sendguard.keys import Keys
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import SmtpSink
@@ -67,18 +68,6 @@ def causes(record: dict[str, Any]) -> list[str]:
 
 def received_ids(sink: SmtpSink) -> Counter[str | None]:
     return Counter(received.message_id for received in sink.received)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, killed but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):
-        if "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text():
-            return False
-    return True
 
 
 @pytest.fixture
@@ -326,7 +315,7 @@ def redis_servers_of(data: Path) -> list[int]:
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() != "redis-server":
                     continue
-                if (entry / "cwd").resolve() == redis_dir and alive(int(entry.name)):
+                if (entry / "cwd").resolve() == redis_dir and process_alive(int(entry.name)):
                     pids.append(int(entry.name))
     return sorted(pids)
 
@@ -341,7 +330,7 @@ def embedded_redis_reaper() -> Iterator[list[Path]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
 
 
@@ -387,16 +376,16 @@ def test_embedded_redis_survives_a_daemon_crash(
         api.close()
 
     old_pid = int(pid_file.read_text())
-    assert alive(old_pid)
+    assert process_alive(old_pid)
     assert redis_servers_of(data) == [old_pid]
     first.kill()
-    assert alive(old_pid), "SIGKILL to the daemon should leave its embedded redis-server orphaned"
+    assert process_alive(old_pid), "SIGKILL to the daemon should leave its embedded redis-server orphaned"
 
     second = make_daemon(RULES, embedded=True, data_dir=data)
     new_pid = int(pid_file.read_text())
     assert new_pid != old_pid
-    assert not alive(old_pid), "the orphaned redis-server was not replaced"
-    assert alive(new_pid)
+    assert not process_alive(old_pid), "the orphaned redis-server was not replaced"
+    assert process_alive(new_pid)
     assert redis_servers_of(data) == [new_pid]
 
     api = Api(second, token)
@@ -411,6 +400,8 @@ def test_embedded_redis_survives_a_daemon_crash(
 
     assert second.terminate() == 0, second.log()
     wait_until(
-        lambda: not alive(new_pid), timeout=10, what="the embedded redis-server to stop with its daemon"
+        lambda: not process_alive(new_pid),
+        timeout=10,
+        what="the embedded redis-server to stop with its daemon",
     )
     assert redis_servers_of(data) == []
