@@ -16,7 +16,7 @@ SUBMISSIONS = Counter(
 SENT = Counter("sendguard_messages_sent_total", "Messages the relay accepted with a 2xx reply.")
 DEFERRED = Counter(
     "sendguard_messages_deferred_total",
-    "Temporary failures that will be retried, by cause (smtp_4xx, connection, dns).",
+    "Temporary failures that will be retried, by cause (smtp_4xx, connection, uncertain, dns).",
     ["cause"],
 )
 BOUNCED = Counter(

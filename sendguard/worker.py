@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sendguard import metrics
 from sendguard.config import Settings
@@ -45,6 +46,15 @@ def scope_values(record: dict[str, str]) -> dict[ScopeKind, str | None]:
         ScopeKind.AGENT: record["agent"],
         ScopeKind.GLOBAL: "*",
     }
+
+
+class Outcome(NamedTuple):
+    """How a delivery attempt ended: the new status, why, and what to record on the message."""
+
+    status: Status
+    cause: str
+    detail: str
+    fields: dict[str, str | int]
 
 
 class Deliverer:
@@ -171,7 +181,7 @@ class Deliverer:
         record = claim.record
         data = render(record, json.loads(record.get("headers") or "{}"), datetime.now(UTC))
         started = time.perf_counter()
-        outcome: tuple[Status, str, str, dict[str, str | int]]
+        outcome: Outcome
         delivered = False
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
@@ -188,22 +198,20 @@ class Deliverer:
             outcome = self._retry(
                 attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": uncertain}
             )
-            metrics.DEFERRED.labels("connection").inc()
         except RelayError as exc:
             outcome = self._retry(attempt, "connection", str(exc), {})
-            metrics.DEFERRED.labels("connection").inc()
         else:
             delivered = True
             metrics.SMTP_REPLIES.labels(f"{code // 100}xx", "data").inc()
             metrics.SENT.inc()
-            outcome = (
+            outcome = Outcome(
                 Status.SENT,
                 "relay_accepted",
                 f"{code} {text}",
                 {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
             )
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
-        status = outcome[0]
+        status = outcome.status
         due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, a shutdown must not lose the record of it.
         await asyncio.shield(self._record(claim, buckets, member, delivered, outcome, due))
@@ -223,7 +231,7 @@ class Deliverer:
         buckets: Buckets,
         member: str,
         delivered: bool,
-        outcome: tuple[Status, str, str, dict[str, str | int]],
+        outcome: Outcome,
         due: int | None,
     ) -> None:
         status, cause, detail, fields = outcome
@@ -239,7 +247,7 @@ class Deliverer:
             fields=fields,
         )
 
-    def _refused(self, reply: RelayReply, attempt: int) -> tuple[Status, str, str, dict[str, str | int]]:
+    def _refused(self, reply: RelayReply, attempt: int) -> Outcome:
         fields: dict[str, str | int] = {
             "smtp_code": reply.code,
             "smtp_text": reply.text,
@@ -247,26 +255,22 @@ class Deliverer:
         }
         detail = f"{reply.stage}: {reply.code} {reply.text}"
         if not reply.permanent:
-            metrics.DEFERRED.labels("smtp_4xx").inc()
             return self._retry(attempt, "smtp_4xx", detail, fields)
         if reply.stage == "mail":
             metrics.FAILED.inc()
-            return Status.FAILED, "sender_refused", detail, fields
+            return Outcome(Status.FAILED, "sender_refused", detail, fields)
         metrics.BOUNCED.inc()
-        return Status.BOUNCED, "smtp_5xx", detail, fields
+        return Outcome(Status.BOUNCED, "smtp_5xx", detail, fields)
 
-    def _retry(
-        self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]
-    ) -> tuple[Status, str, str, dict[str, str | int]]:
+    def _retry(self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]) -> Outcome:
+        """Deferred for another attempt, or failed once the attempts are used up."""
         if attempt >= self._settings.max_attempts:
             metrics.FAILED.inc()
-            return (
-                Status.FAILED,
-                "retries_exhausted",
-                f"after {attempt} attempts; last: {detail}",
-                fields,
+            return Outcome(
+                Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", fields
             )
-        return Status.DEFERRED, cause, detail, fields
+        metrics.DEFERRED.labels(cause).inc()
+        return Outcome(Status.DEFERRED, cause, detail, fields)
 
     def _backoff_ms(self, attempt: int) -> int:
         """Exponential backoff with jitter, so retries from many messages do not arrive in step."""
