@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +22,7 @@ from sendguard.gateway import Forbidden
 from sendguard.messages import MessageIn
 from sendguard.runtime import Runtime
 from sendguard.store import Status, decode_reasons
+from sendguard.suppression import split_entries
 from sendguard.tokens import Principal, Role
 
 _bearer = HTTPBearer(auto_error=False)
@@ -253,33 +253,18 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/v1/suppressions", response_model=SuppressionsOut)
     async def list_suppressions(who: Admin) -> SuppressionsOut:
-        keys = runtime.store.keys
-        addresses = await runtime.redis.smembers(keys.suppressed_addresses)
-        domains = await runtime.redis.smembers(keys.suppressed_domains)
-        return SuppressionsOut(addresses=sorted(map(str, addresses)), domains=sorted(map(str, domains)))
+        addresses, domains = await runtime.suppressions.list()
+        return SuppressionsOut(addresses=addresses, domains=domains)
 
     @app.post("/v1/suppressions", response_model=SuppressionsOut)
     async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
-        addresses, domains = _split_entries(body.entries)
-        keys = runtime.store.keys
-        async with runtime.redis.pipeline(transaction=True) as pipe:
-            if addresses:
-                pipe.sadd(keys.suppressed_addresses, *addresses)
-            if domains:
-                pipe.sadd(keys.suppressed_domains, *domains)
-            await pipe.execute()
+        addresses, domains = _entries(body.entries)
+        await runtime.suppressions.add(addresses, domains)
         return SuppressionsOut(addresses=sorted(addresses), domains=sorted(domains))
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:
-        addresses, domains = _split_entries([entry])
-        keys = runtime.store.keys
-        removed = 0
-        if addresses:
-            removed += await runtime.redis.srem(keys.suppressed_addresses, *addresses)
-        if domains:
-            removed += await runtime.redis.srem(keys.suppressed_domains, *domains)
-        if not removed:
+        if not await runtime.suppressions.remove(*_entries([entry])):
             raise HTTPException(404, f"{entry} is not suppressed")
         return Response(status_code=204)
 
@@ -303,18 +288,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     return app
 
 
-def _split_entries(entries: list[str]) -> tuple[list[str], list[str]]:
-    """Normalise suppression entries; an invalid one is a 422 that names it."""
-    addresses, domains = [], []
-    for raw in entries:
-        entry = raw.strip()
-        candidate = entry if "@" in entry else f"x@{entry}"
-        try:
-            valid = validate_email(candidate, check_deliverability=False)
-        except EmailNotValidError as exc:
-            raise HTTPException(422, f"entries: {raw!r} is not an address or domain: {exc}") from exc
-        if "@" in entry:
-            addresses.append(f"{valid.local_part}@{valid.domain}".lower())
-        else:
-            domains.append(valid.ascii_domain.lower())
-    return addresses, domains
+def _entries(entries: list[str]) -> tuple[list[str], list[str]]:
+    try:
+        return split_entries(entries)
+    except ValueError as exc:
+        raise HTTPException(422, f"entries: {exc}") from exc

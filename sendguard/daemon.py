@@ -33,6 +33,7 @@ from sendguard.relay import make_transport
 from sendguard.rules import default_rules_path, load_rules
 from sendguard.runtime import Runtime
 from sendguard.store import Store
+from sendguard.suppression import Suppressions
 from sendguard.throttle import Throttles
 from sendguard.tokens import Tokens
 from sendguard.worker import Deliverer
@@ -120,6 +121,7 @@ async def serve(settings: Settings) -> None:
             settings=settings,
             redis=client,
             store=store,
+            suppressions=Suppressions(client, keys),
             tokens=Tokens(client, keys),
             gateway=Gateway(store, ingress, settings.retry_base, deliverer.wake),
             rules=rules,

@@ -13,7 +13,6 @@ import time
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses
-from functools import cached_property
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -21,9 +20,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    field_validator,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -84,12 +84,48 @@ def _single_line(value: str) -> str:
 SingleLine = Annotated[str, AfterValidator(_single_line)]
 
 
+class Sender(BaseModel):
+    """The From header split into display name and normalised address."""
+
+    display_name: str
+    address: str
+    domain: str
+
+
+def parse_sender(value: object) -> Sender:
+    """Parse `Alice <alice@acme.example>`; ValueError says what is wrong with it."""
+    if isinstance(value, Sender):
+        return value
+    if not isinstance(value, str) or len(value) > 998:
+        raise ValueError("'from' must be a header value of at most 998 characters")
+    _single_line(value)
+    pairs = getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise ValueError("'from' must hold exactly one address")
+    name, address = pairs[0]
+    try:
+        valid = validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"'from' address is not valid: {exc}") from exc
+    normalized = f"{valid.local_part}@{valid.domain}".lower()
+    return Sender(display_name=name, address=normalized, domain=valid.domain.lower())
+
+
+# Parsed once, while the request is validated, so an error is located at 'from'; the
+# OpenAPI document still shows it as the header string it is.
+SenderHeader = Annotated[
+    Sender,
+    BeforeValidator(parse_sender),
+    WithJsonSchema({"type": "string", "maxLength": 998, "examples": ["Alice <alice@acme.example>"]}),
+]
+
+
 class MessageIn(BaseModel):
     """The body of `POST /v1/messages`."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: SingleLine = Field(alias="from", min_length=3, max_length=998)
+    sender: SenderHeader = Field(alias="from")
     to: SingleLine = Field(min_length=3, max_length=320)
     subject: SingleLine = Field(max_length=MAX_SUBJECT)
     text: str | None = None
@@ -101,12 +137,6 @@ class MessageIn(BaseModel):
     run_id: SingleLine | None = Field(default=None, max_length=128)
     idempotency_key: SingleLine | None = Field(default=None, min_length=1, max_length=200)
     send_at: AwareDatetime | None = None
-
-    @field_validator("from_")
-    @classmethod
-    def _parseable_sender(cls, value: str) -> str:
-        parse_sender(value)
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> MessageIn:
@@ -123,32 +153,6 @@ class MessageIn(BaseModel):
             if len(value) > 998:
                 raise ValueError(f"headers: {name!r} value is longer than 998 characters")
         return self
-
-    @cached_property
-    def sender(self) -> Sender:
-        return parse_sender(self.from_)
-
-
-class Sender(BaseModel):
-    """The From header split into display name and normalised address."""
-
-    display_name: str
-    address: str
-    domain: str
-
-
-def parse_sender(value: str) -> Sender:
-    """Parse `Alice <alice@acme.example>`; ValueError says what is wrong with it."""
-    pairs = getaddresses([value])
-    if len(pairs) != 1 or not pairs[0][1]:
-        raise ValueError("'from' must hold exactly one address")
-    name, address = pairs[0]
-    try:
-        valid = validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"'from' address is not valid: {exc}") from exc
-    normalized = f"{valid.local_part}@{valid.domain}".lower()
-    return Sender(display_name=name, address=normalized, domain=valid.domain.lower())
 
 
 def new_message_id() -> str:

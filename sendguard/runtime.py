@@ -10,6 +10,7 @@ from sendguard.config import Settings
 from sendguard.gateway import Gateway
 from sendguard.rules import Rules
 from sendguard.store import Store
+from sendguard.suppression import Suppressions
 from sendguard.tokens import Tokens
 
 
@@ -20,6 +21,7 @@ class Runtime:
     settings: Settings
     redis: aioredis.Redis
     store: Store
+    suppressions: Suppressions
     tokens: Tokens
     gateway: Gateway
     rules: Rules

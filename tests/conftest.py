@@ -169,6 +169,10 @@ class Daemon:
             return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
         return False
 
+    def cli(self, *args: str) -> str:
+        """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
+        return run_cli(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -229,26 +233,31 @@ def make_daemon(
                 daemon.kill()
 
 
+def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
+    """Run `sendguard ARGS` as a user would; its stdout, or a failure showing its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sendguard.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, f"sendguard {' '.join(args)}: {result.stderr}"
+    return result.stdout.strip()
+
+
 @pytest.fixture
 def mint(redis_url: str, prefix: str) -> Callable[[str, str], str]:
-    """Mint a token with the same code `sendguard token create` uses."""
-
-    def create(role: str, name: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "sendguard.cli", "token", "create", f"--{role}", name],
-            env={
-                "PATH": os.environ["PATH"],
-                "SENDGUARD_REDIS_URL": redis_url,
-                "SENDGUARD_REDIS_PREFIX": prefix,
-                "SENDGUARD_RULES": str(_rules_for_tokens()),
-            },
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return result.stdout.strip()
-
-    return create
+    """Mint a token with `sendguard token create`, before any daemon runs."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "SENDGUARD_REDIS_URL": redis_url,
+        "SENDGUARD_REDIS_PREFIX": prefix,
+        "SENDGUARD_RULES": str(_rules_for_tokens()),
+    }
+    return lambda role, name: run_cli(env, "token", "create", f"--{role}", name)
 
 
 @pytest.fixture

@@ -47,23 +47,10 @@ def test_roles_limit_what_a_token_may_do(daemon: Daemon, client_for: ClientFor) 
 
 
 def test_revoked_token_is_refused(daemon: Daemon, client_for: ClientFor) -> None:
-    import os
-    import subprocess
-    import sys
-
     client = client_for(daemon, "agent", "sdr-bot")
     token = client.client.headers["Authorization"].removeprefix("Bearer ")
     assert client.client.get("/v1/messages/0000").status_code == 404
-    subprocess.run(
-        [sys.executable, "-m", "sendguard.cli", "token", "revoke", token],
-        env={
-            "PATH": os.environ["PATH"],
-            "SENDGUARD_REDIS_URL": daemon.env["SENDGUARD_REDIS_URL"],
-            "SENDGUARD_REDIS_PREFIX": daemon.env["SENDGUARD_REDIS_PREFIX"],
-        },
-        check=True,
-        capture_output=True,
-    )
+    daemon.cli("token", "revoke", token)
     assert client.client.get("/v1/messages/0000").status_code == 401
 
 

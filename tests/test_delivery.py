@@ -8,8 +8,6 @@ import email.policy
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -334,25 +332,6 @@ def embedded_redis_reaper() -> Iterator[list[Path]]:
                 time.sleep(0.02)
 
 
-def cli_token(daemon: Daemon) -> str:
-    """`sendguard token create` against the running daemon's embedded Redis (no SENDGUARD_REDIS_URL)."""
-    env = {
-        name: daemon.env[name]
-        for name in ("PATH", "PYTHONPATH", "SENDGUARD_DATA_DIR", "SENDGUARD_RULES", "SENDGUARD_REDIS_PREFIX")
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "sendguard.cli", "token", "create", "--agent", "sdr-bot"],
-        env=env,
-        cwd=env["SENDGUARD_DATA_DIR"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 @pytest.mark.drill
 def test_embedded_redis_survives_a_daemon_crash(
     make_daemon: MakeDaemon, tmp_path: Path, embedded_redis_reaper: list[Path]
@@ -364,7 +343,7 @@ def test_embedded_redis_survives_a_daemon_crash(
     embedded_redis_reaper.append(data)
     pid_file = data / "redis" / "redis.pid"
 
-    token = cli_token(first)
+    token = first.cli("token", "create", "--agent", "sdr-bot")
     api = Api(first, token)
     try:
         send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections import defaultdict
 from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import Api, Daemon, wait_until
+from tests.conftest import Api, Daemon
 from tests.peers import Received, SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
@@ -17,6 +18,15 @@ BASE = """
 mx_check = "off"
 recipient_cooldown = "0s"
 """
+
+
+def rules_with(*throttles: dict[str, str | int]) -> str:
+    """The base rules plus one [[throttle]] table per mapping."""
+    tables = "".join(
+        "\n[[throttle]]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
+        for table in throttles
+    )
+    return BASE + tables
 
 
 def max_in_any_window(times: list[float], per: float) -> int:
@@ -40,19 +50,9 @@ def by_domain(received: list[Received]) -> dict[str, list[float]]:
 def test_windows_are_exact_with_two_daemons_sharing_redis(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    rules = (
-        BASE
-        + """
-[[throttle]]
-scope = "recipient_domain"
-limit = 3
-per = "2s"
-
-[[throttle]]
-scope = "inbox"
-limit = 5
-per = "3s"
-"""
+    rules = rules_with(
+        {"scope": "recipient_domain", "limit": 3, "per": "2s"},
+        {"scope": "inbox", "limit": 5, "per": "3s"},
     )
     smtp.delay = 0.05  # deliveries overlap in flight, as they do with a real relay
     daemons = [make_daemon(rules), make_daemon(rules)]
@@ -80,16 +80,7 @@ per = "3s"
 def test_a_throttled_domain_does_not_hold_up_others(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    rules = (
-        BASE
-        + """
-[[throttle]]
-scope = "recipient_domain"
-match = "customer.example"
-limit = 1
-per = "1h"
-"""
-    )
+    rules = rules_with({"scope": "recipient_domain", "match": "customer.example", "limit": 1, "per": "1h"})
     daemon = make_daemon(rules, workers="2")
     api = client_for(daemon, "agent", "sdr-bot")
     held = [api.send(f"held{n}@customer.example")["id"] for n in range(6)]
@@ -108,17 +99,7 @@ per = "1h"
 def test_min_gap_spaces_sends_and_waiting_messages_leave_by_themselves(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    rules = (
-        BASE
-        + """
-[[throttle]]
-scope = "inbox"
-limit = 100
-per = "1h"
-min_gap = "700ms"
-jitter = "200ms"
-"""
-    )
+    rules = rules_with({"scope": "inbox", "limit": 100, "per": "1h", "min_gap": "700ms", "jitter": "200ms"})
     daemon = make_daemon(rules)
     api = client_for(daemon, "agent", "sdr-bot")
     for n in range(4):
@@ -127,4 +108,4 @@ jitter = "200ms"
     times = sorted(r.at for r in received)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert all(gap >= 0.69 for gap in gaps), gaps
-    wait_until(lambda: len(smtp.snapshot()) == 4, what="no extra deliveries")
+    assert len(smtp.snapshot()) == 4
