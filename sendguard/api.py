@@ -4,28 +4,26 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sendguard
+from sendguard import api_safemode
+from sendguard.access import Admin, Agent, Reader
 from sendguard.errors import StoreError
 from sendguard.gateway import Forbidden
 from sendguard.messages import MessageIn
 from sendguard.runtime import Runtime
-from sendguard.store import Status, decode_reasons
+from sendguard.store import CANCELLABLE, Status, decode_reasons
 from sendguard.suppression import split_entries
 from sendguard.tokens import Principal, Role
-
-_bearer = HTTPBearer(auto_error=False)
 
 
 class ReasonOut(BaseModel):
@@ -65,6 +63,7 @@ class MessageOut(BaseModel):
     smtp_code: int | None
     smtp_text: str | None
     waiting_for: str | None
+    held_by: str | None = Field(description="the tripped scope holding the message, while it is held")
     rules_version: str
     created_at: str
     history: list[Transition]
@@ -84,19 +83,24 @@ class SuppressionsOut(BaseModel):
 
 
 class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413, before they are read into memory."""
+    """Refuses request bodies over the limit with 413, before they are read into memory.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    `paths` gives some routes a limit of their own (raw inbound mail is larger than JSON).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int]) -> None:
         self._app = app
-        self._limit = limit
+        self._default = limit
+        self._paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        limit = self._paths.get(scope["path"], self._default)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
-            await _too_large(self._limit)(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _too_large(limit)(scope, receive, send)
             return
         seen = 0
 
@@ -104,14 +108,14 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self._limit:
+            if seen > limit:
                 raise _BodyTooLarge
             return message
 
         try:
             await self._app(scope, limited, send)
         except _BodyTooLarge:
-            await _too_large(self._limit)(scope, receive, send)
+            await _too_large(limit)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -137,6 +141,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         version=sendguard.__version__,
         description="Safety gateway for outbound email sent by AI agents.",
     )
+    app.state.runtime = runtime
+    app.include_router(api_safemode.router)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -158,28 +164,6 @@ def create_app(runtime: Runtime) -> FastAPI:
             status_code=503,
             headers={"Retry-After": "1"},
         )
-
-    async def principal(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Principal:
-        if credentials is None:
-            raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        found = await runtime.tokens.verify(credentials.credentials)
-        if found is None:
-            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
-        return found
-
-    def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
-        async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
-            if who.role not in allowed:
-                raise HTTPException(403, f"a {who.role.value} token may not do this")
-            return who
-
-        return check
-
-    Agent = Annotated[Principal, Depends(role(Role.AGENT))]
-    Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.ADMIN))]
-    Admin = Annotated[Principal, Depends(role(Role.ADMIN))]
 
     @app.post("/v1/messages", status_code=201, response_model=Decision)
     async def submit(payload: MessageIn, who: Agent) -> Decision | JSONResponse:
@@ -227,6 +211,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             smtp_code=int(record["smtp_code"]) if record.get("smtp_code") else None,
             smtp_text=record.get("smtp_text") or None,
             waiting_for=record.get("waiting_for") or None,
+            held_by=record.get("held_by") or None,
             rules_version=record.get("rules_version", ""),
             created_at=_iso(record.get("created")),
             history=[
@@ -243,7 +228,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             to=Status.CANCELLED,
             cause="cancelled",
             detail=f"by {who.role.value} {who.name}",
-            allowed_from=(Status.QUEUED, Status.DEFERRED),
+            allowed_from=CANCELLABLE,
             recipient=record.get("to", "-"),
         )
         if not done:
@@ -284,7 +269,12 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, limit=runtime.settings.max_request_bytes)
+    settings = runtime.settings
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_request_bytes,
+        paths={"/v1/inbound": settings.inbound_max_bytes},
+    )
     return app
 
 

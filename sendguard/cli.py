@@ -1,9 +1,11 @@
-"""The `sendguard` command: run the daemon, mint and revoke tokens, check a rules file."""
+"""The `sendguard` command: run the daemon, mint and revoke tokens, trip and resume safe mode,
+check a rules file."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +16,11 @@ from sendguard import daemon, logs
 from sendguard.config import Settings
 from sendguard.errors import SendguardError
 from sendguard.keys import Keys
+from sendguard.notify import Notifier
 from sendguard.rules import default_rules_path, load_rules
+from sendguard.safemode import SafeMode
+from sendguard.scopes import parse_scope
+from sendguard.store import Store
 from sendguard.tokens import Role, Tokens
 
 
@@ -32,6 +38,18 @@ def _parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id or the token itself")
     revoke.add_argument("token")
     token_commands.add_parser("list", help="list token ids, roles and names (never secrets)")
+
+    safe = commands.add_parser("safe-mode", help="list, trip and resume safe-mode scopes")
+    safe_commands = safe.add_subparsers(dest="safe_command", required=True)
+    safe_commands.add_parser("list", help="the scopes in safe mode now")
+    for name, text in (
+        ("trip", "stop sending in a scope ('global' stops everything)"),
+        ("resume", "resume a scope: its held messages go back to the queue"),
+    ):
+        action = safe_commands.add_parser(name, help=text)
+        action.add_argument("scope", help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
+        action.add_argument("--reason", required=True, help="why; recorded with the trip or resume")
+        action.add_argument("--by", default=None, help="who (default: your login name)")
 
     rules = commands.add_parser("rules", help="work with the rules file")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
@@ -53,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return daemon.run(settings)
         if args.command == "token":
             return asyncio.run(_token(settings, args))
+        if args.command == "safe-mode":
+            return asyncio.run(_safe_mode(settings, args))
         return _check_rules(args.path or default_rules_path(settings.rules))
     except SendguardError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
@@ -94,6 +114,47 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
         for entry in await tokens.list():
             print(f"{entry['id']}\t{entry['role']}\t{entry['name']}\t{entry['created']}")
         return 0
+
+
+async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
+    rules = load_rules(default_rules_path(settings.rules))
+    by = getattr(args, "by", None) or _login()
+    scope = ""
+    if args.safe_command != "list":
+        try:
+            scope = parse_scope(args.scope)
+        except ValueError as exc:
+            print(f"sendguard: {exc}", file=sys.stderr)
+            return 2
+    async with daemon.redis_connection(settings, for_daemon=False) as (client, _):
+        keys = Keys(settings.redis_prefix)
+        notifier = Notifier(settings.notify_url)
+        safe_mode = SafeMode(client, keys, Store(client, keys), notifier, lambda: rules)
+        if args.safe_command == "list":
+            for trip in await safe_mode.active():
+                print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
+            return 0
+        if args.safe_command == "trip":
+            trip, created = await safe_mode.trip(scope, "manual", by, args.reason)
+            print(f"{scope}: {'tripped' if created else 'already in safe mode'} ({trip.detail})")
+        else:
+            resumed = await safe_mode.resume(scope, by, args.reason)
+            if resumed.trip is None and not resumed.released and not resumed.still_held:
+                print(f"sendguard: {scope} is not in safe mode", file=sys.stderr)
+                return 1
+            print(
+                f"{scope}: resumed; {resumed.released} held messages released, "
+                f"{resumed.still_held} still held by other scopes"
+            )
+        await notifier.drain(10.0)
+        return 0
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in some containers
+        return "cli"
 
 
 def _check_rules(path: Path) -> int:

@@ -52,7 +52,18 @@ class RedactedURL:
         return hash(self._raw)
 
 
-def _to_url(schemes: tuple[str, ...]) -> Any:
+class WebhookURL(RedactedURL):
+    """A webhook URL: its path is often the secret (Slack's are), so only scheme and host show."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        parts = self.parts
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}/***"
+
+
+def _to_url(schemes: tuple[str, ...], kind: type[RedactedURL] = RedactedURL) -> Any:
     def parse(value: object) -> RedactedURL | None:
         if value is None or value == "":
             return None
@@ -60,7 +71,7 @@ def _to_url(schemes: tuple[str, ...]) -> Any:
             return value
         if not isinstance(value, str):
             raise ValueError("must be a URL string")
-        url = RedactedURL(value.strip())
+        url = kind(value.strip())
         if url.parts.scheme not in schemes:
             raise ValueError(f"scheme must be one of {', '.join(schemes)}, got {url.parts.scheme!r}")
         if url.parts.scheme != "unix" and not url.parts.hostname:
@@ -73,6 +84,7 @@ def _to_url(schemes: tuple[str, ...]) -> Any:
 _mask = PlainSerializer(lambda url: str(url) if url is not None else None, return_type=str | None)
 RedisURL = Annotated[RedactedURL | None, _to_url(("redis", "rediss", "unix")), _mask]
 SmtpURL = Annotated[RedactedURL | None, _to_url(("smtp", "smtps")), _mask]
+NotifyURL = Annotated[RedactedURL | None, _to_url(("http", "https"), WebhookURL), _mask]
 
 
 class Settings(BaseSettings):
@@ -103,6 +115,20 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(default=3600.0, gt=0)
     max_attempts: int = Field(default=10, ge=1, le=100)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    notify_url: NotifyURL = None
+    bounce_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+    inbound_smtp: str | None = None
+    inbound_max_bytes: int = Field(default=10_485_760, ge=1024)
+    inbound_timeout: float = Field(default=10.0, gt=0, le=300)
+    circuit_failures: int = Field(default=5, ge=1, le=1000)
+    circuit_max_delay: float = Field(default=60.0, gt=0)
+
+    @field_validator("inbound_smtp")
+    @classmethod
+    def _check_listener(cls, value: str | None) -> str | None:
+        if value:
+            parse_host_port(value, 25)
+        return value or None
 
     @field_validator("dns_nameservers", mode="before")
     @classmethod
@@ -115,13 +141,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_nameservers(cls, value: list[str]) -> list[str]:
         for entry in value:
-            parse_nameserver(entry)
+            parse_host_port(entry, 53)
         return value
 
 
-def parse_nameserver(entry: str) -> tuple[str, int]:
+def parse_host_port(entry: str, default_port: int) -> tuple[str, int]:
     """`host` or `host:port` (IPv6 as `[addr]:port`) into a pair; ValueError names the entry."""
-    host, port = entry, 53
+    host, port = entry, default_port
     if entry.startswith("["):
         host, _, rest = entry[1:].partition("]")
         if rest.startswith(":"):
@@ -130,11 +156,11 @@ def parse_nameserver(entry: str) -> tuple[str, int]:
         host, _, raw_port = entry.partition(":")
         port = _port(raw_port, entry)
     if not host:
-        raise ValueError(f"nameserver {entry!r} has no host")
+        raise ValueError(f"{entry!r} has no host")
     return host, port
 
 
 def _port(raw: str, entry: str) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ValueError(f"nameserver {entry!r} has a bad port")
+        raise ValueError(f"{entry!r} has a bad port")
     return int(raw)

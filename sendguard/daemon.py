@@ -22,16 +22,21 @@ import uvicorn
 import sendguard
 from sendguard import metrics
 from sendguard.api import create_app
-from sendguard.config import Settings
+from sendguard.circuit import Circuit
+from sendguard.config import Settings, parse_host_port
 from sendguard.embedded import DaemonLock, DataDir, EmbeddedRedis
 from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
+from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
+from sendguard.inbox import Inbox, start_listener
 from sendguard.ingress import Ingress
 from sendguard.keys import Keys
 from sendguard.mx import MxChecker
+from sendguard.notify import Notifier
 from sendguard.relay import make_transport
 from sendguard.rules import default_rules_path, load_rules
 from sendguard.runtime import Runtime
+from sendguard.safemode import SafeMode
 from sendguard.store import Store
 from sendguard.suppression import Suppressions
 from sendguard.throttle import Throttles
@@ -107,23 +112,34 @@ async def serve(settings: Settings) -> None:
         instance = secrets.token_hex(6)
         throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
         runtime: Runtime
+        notifier = Notifier(settings.notify_url)
+        safe_mode = SafeMode(client, keys, store, notifier, lambda: runtime.rules)
+        suppressions = Suppressions(client, keys)
+        feedback = Feedback(store, suppressions, safe_mode)
         deliverer = Deliverer(
             store=store,
             throttles=throttles,
             ingress=ingress,
             transport=transport,
+            safe_mode=safe_mode,
+            feedback=feedback,
+            circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay),
             rules=lambda: runtime.rules,
             settings=settings,
             instance=instance,
             concurrency=transport.concurrency or settings.workers,
         )
+        inbox = Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout)
         runtime = Runtime(
             settings=settings,
             redis=client,
             store=store,
-            suppressions=Suppressions(client, keys),
+            suppressions=suppressions,
             tokens=Tokens(client, keys),
-            gateway=Gateway(store, ingress, settings.retry_base, deliverer.wake),
+            gateway=Gateway(store, ingress, safe_mode, settings.retry_base, deliverer.wake),
+            safe_mode=safe_mode,
+            feedback=feedback,
+            inbox=inbox,
             rules=rules,
         )
         ttl_ms = int(settings.instance_ttl * 1000)
@@ -139,16 +155,24 @@ async def serve(settings: Settings) -> None:
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace)),
             )
         )
+        listener = None
+        if settings.inbound_smtp:
+            host, port = parse_host_port(settings.inbound_smtp, 25)
+            listener = await start_listener(inbox, host, port, settings.inbound_max_bytes)
         _announce(settings, redis_description, transport.description, rules.path)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_exit)
-        maintenance = asyncio.create_task(_maintain(store, instance, ttl_ms, settings.instance_ttl))
+        maintenance = asyncio.create_task(
+            _maintain(store, safe_mode, instance, ttl_ms, settings.instance_ttl)
+        )
         delivery = asyncio.create_task(deliverer.run())
         try:
             await server.serve()  # returns once a signal asked it to stop
         finally:
             log.info("shutting down: no new claims, draining in-flight deliveries")
+            if listener is not None:
+                listener.close()
             await deliverer.stop(settings.shutdown_grace)
             delivery.cancel()
             maintenance.cancel()
@@ -158,6 +182,7 @@ async def serve(settings: Settings) -> None:
                 await store.forget_instance(instance)
                 await store.recover()
             await transport.close()
+            await notifier.drain(settings.shutdown_grace)
     log.info("stopped")
 
 
@@ -172,8 +197,8 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-async def _maintain(store: Store, instance: str, ttl_ms: int, ttl: float) -> None:
-    """Heartbeat, recover the work of daemons that died, and refresh the waiting gauges."""
+async def _maintain(store: Store, safe_mode: SafeMode, instance: str, ttl_ms: int, ttl: float) -> None:
+    """Heartbeat, recover the work of daemons that died, and refresh the gauges."""
     while True:
         try:
             await store.heartbeat(instance, ttl_ms)
@@ -187,6 +212,7 @@ async def _maintain(store: Store, instance: str, ttl_ms: int, ttl: float) -> Non
                 metrics.UNCERTAIN.inc(uncertain)
             for state, count in (await store.waiting_counts()).items():
                 metrics.WAITING.labels(state).set(count)
+            await safe_mode.refresh_metrics()
         except StoreError as exc:
             log.warning("maintenance failed, retrying: %s", exc)
         await asyncio.sleep(ttl / 3)
@@ -201,6 +227,7 @@ def _announce(settings: Settings, redis_description: str, relay: str, rules_path
         f"  redis: {redis_description}",
         f"  delivery: {relay}",
         f"  rules: {rules_path}",
+        *([f"  inbound SMTP: {settings.inbound_smtp}"] if settings.inbound_smtp else []),
         "  mint a token: sendguard token create --agent <name from the rules file>   "
         "(admin: sendguard token create --admin <your name>)",
     ]

@@ -6,6 +6,7 @@ id, a status and reason codes, rejections included.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from collections.abc import Callable
 from sendguard import metrics
 from sendguard.ingress import Ingress, Reason
 from sendguard.messages import MessageIn, message_id_header, new_message_id, public_fields
-from sendguard.rules import AgentEntry, Rules
+from sendguard.rules import AgentEntry, Rules, ScopeKind
+from sendguard.safemode import SafeMode
+from sendguard.scopes import message_scopes, scope_name, scope_values
+from sendguard.signals import Signal
 from sendguard.store import Admission, Status, Store, now_ms
 
 
@@ -28,15 +32,27 @@ class Forbidden(Exception):
 class Gateway:
     """Runs the checks and admits a submission into the durable store."""
 
-    def __init__(self, store: Store, ingress: Ingress, retry_base: float, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ingress: Ingress,
+        safe_mode: SafeMode,
+        retry_base: float,
+        wake: Callable[[], None],
+    ) -> None:
         self._store = store
         self._ingress = ingress
+        self._safe_mode = safe_mode
         self._retry_base_ms = int(retry_base * 1000)
         self._wake = wake
 
     async def submit(self, agent_name: str, payload: MessageIn, rules: Rules) -> Admission:
         started = time.perf_counter()
-        agent = self.authorize(agent_name, payload, rules)
+        try:
+            agent = self.authorize(agent_name, payload, rules)
+        except Forbidden:
+            await self._denied(agent_name)
+            raise
         recipient = await self._ingress.check(payload.to, rules)
         if recipient.reasons:
             status = Status.REJECTED
@@ -61,6 +77,7 @@ class Gateway:
             "dns_pending": "1" if status is Status.DEFERRED else "0",
             "dns_checks": "1" if status is Status.DEFERRED else "0",
             "rules_version": rules.version,
+            "not_before": str(due),
             "message_id_header": message_id_header(message_id, fields["from_addr"]),
         }
         admission = await self._store.admit(
@@ -73,15 +90,29 @@ class Gateway:
             due_ms=due,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency_key=payload.idempotency_key,
+            scopes=message_scopes(scope_values(fields)),
             fields=fields,
         )
         if not admission.existing:
             first = admission.reasons[0]["code"] if admission.reasons else "none"
             metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
-            if admission.status is not Status.REJECTED:
+            if admission.status is Status.REJECTED:
+                await self._denied(agent.name)
+            elif admission.status is not Status.HELD:
                 self._wake()
+        if admission.held_by:
+            held = {
+                "code": "safe_mode",
+                "detail": f"scope {admission.held_by} is in safe mode: "
+                "accepted and held until a person resumes it",
+            }
+            admission = dataclasses.replace(admission, reasons=[*admission.reasons, held])
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return admission
+
+    async def _denied(self, agent: str) -> None:
+        """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
+        await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
 
     @staticmethod
     def authorize(agent_name: str, payload: MessageIn, rules: Rules) -> AgentEntry:

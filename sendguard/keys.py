@@ -14,6 +14,13 @@ Layout (P = prefix, default `sg`):
     P:thr:{scope}:{per}:{value}  zset  sends in a throttle bucket, score = latest possible send time (ms)
     P:gap:{scope}:{value}   string earliest next send (ms) in a bucket with min_gap
     P:tok:{id}              hash   a token: sha256 of its secret, role, name; never the secret
+    P:rcpt:{address}        set    ids of messages admitted for an address (a reply cancels the waiting)
+    P:last:{address}        string id of the last message sent to an address (events tied by recipient)
+    P:sig:{scope}           hash   signal counts per time slot `{slot}:{signal}`, window totals `t:{signal}`
+    P:sig:active            zset   scopes with signals, score = last signal time (ms), for the gauges
+    P:trips                 hash   scope -> JSON of its active safe-mode trip
+    P:held:{scope}          set    ids of messages held by that scope's trip
+    P:unparsed              list   raw inbound mail that could not be parsed, JSON, newest first, capped
 """
 
 from __future__ import annotations
@@ -78,3 +85,27 @@ class Keys:
     @property
     def token_pattern(self) -> str:
         return f"{self.prefix}:tok:*"
+
+    def recipient(self, address: str) -> str:
+        return f"{self.prefix}:rcpt:{address}"
+
+    def last_sent(self, address: str) -> str:
+        return f"{self.prefix}:last:{address}"
+
+    def signals(self, scope: str) -> str:
+        return f"{self.prefix}:sig:{scope}"
+
+    @property
+    def active_scopes(self) -> str:
+        return f"{self.prefix}:sig:active"
+
+    @property
+    def trips(self) -> str:
+        return f"{self.prefix}:trips"
+
+    def held(self, scope: str) -> str:
+        return f"{self.prefix}:held:{scope}"
+
+    @property
+    def unparsed(self) -> str:
+        return f"{self.prefix}:unparsed"

@@ -20,7 +20,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from sendguard.config import parse_nameserver
+from sendguard.config import parse_host_port
 
 _DEFAULT_NEGATIVE_TTL = 300
 _MAX_TTL = 86400
@@ -56,7 +56,7 @@ class MxChecker:
         if nameservers:
             self._resolver = dns.asyncresolver.Resolver(configure=False)
             self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(*parse_nameserver(entry)) for entry in nameservers
+                dns.nameserver.Do53Nameserver(*parse_host_port(entry, 53)) for entry in nameservers
             ]
         else:
             self._resolver = dns.asyncresolver.Resolver()

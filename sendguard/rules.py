@@ -16,7 +16,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sendguard.errors import ConfigError
 
@@ -44,7 +52,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class ScopeKind(StrEnum):
-    """The kinds of scope a throttle (and later safe mode) can be keyed by."""
+    """The kinds of scope a throttle or a safe-mode trip can be keyed by."""
 
     RECIPIENT_DOMAIN = "recipient_domain"
     SENDER_DOMAIN = "sender_domain"
@@ -113,8 +121,34 @@ class AgentEntry(_Table):
         return segment is None or "*" in self.segments or segment in self.segments
 
 
+_ALL_SCOPE_KINDS: list[ScopeKind] = [kind for kind in ScopeKind if kind is not ScopeKind.RECIPIENT_DOMAIN]
+
+
+class SafeModeRules(_Table):
+    """When the signals trip safe mode; defaults follow SES and Gmail's published lines."""
+
+    window: Duration = Field(default=3600.0, ge=60)
+    scopes: list[ScopeKind] = Field(default=_ALL_SCOPE_KINDS)
+    min_sent: int = Field(default=50, ge=1)
+    bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    complaint_rate: float = Field(default=0.003, gt=0, le=1)
+    min_replies: int = Field(default=5, ge=1)
+    negative_reply_rate: float = Field(default=0.3, gt=0, le=1)
+    abusive_replies: int = Field(default=3, ge=1)
+    max_denials: int = Field(default=20, ge=1)
+
+    @field_validator("scopes")
+    @classmethod
+    def _bounded(cls, scopes: list[ScopeKind]) -> list[ScopeKind]:
+        if ScopeKind.RECIPIENT_DOMAIN in scopes:
+            # One counter set (and metric label) per recipient domain would grow without bound.
+            raise ValueError("recipient_domain cannot be watched; trip a recipient domain by hand instead")
+        return list(dict.fromkeys(scopes))
+
+
 class RulesFile(_Table):
     ingress: IngressRules = IngressRules()
+    safe_mode: SafeModeRules = SafeModeRules()
     throttle: list[ThrottleRule] = []
     agent: list[AgentEntry] = []
 
@@ -205,9 +239,8 @@ def _describe(path: Path, exc: ValidationError) -> str:
         if loc and loc[0] in ("throttle", "agent"):
             name = loc.pop(0)
             table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
-        elif loc and loc[0] == "ingress":
-            loc.pop(0)
-            table = "[ingress]"
+        elif loc and loc[0] in ("ingress", "safe_mode"):
+            table = f"[{loc.pop(0)}]"
         key = ".".join(str(part) for part in loc)
         where = f"{table} key '{key}'" if key else table
         message = error["msg"].removeprefix("Value error, ")

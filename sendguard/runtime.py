@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from sendguard.config import Settings
+from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
+from sendguard.inbox import Inbox
 from sendguard.rules import Rules
+from sendguard.safemode import SafeMode
 from sendguard.store import Store
 from sendguard.suppression import Suppressions
 from sendguard.tokens import Tokens
@@ -24,4 +27,7 @@ class Runtime:
     suppressions: Suppressions
     tokens: Tokens
     gateway: Gateway
+    safe_mode: SafeMode
+    feedback: Feedback
+    inbox: Inbox
     rules: Rules

@@ -31,6 +31,7 @@ class Status(StrEnum):
     """The message lifecycle (see PRODUCT.md)."""
 
     REJECTED = "rejected"
+    HELD = "held"
     QUEUED = "queued"
     DEFERRED = "deferred"
     SENDING = "sending"
@@ -40,7 +41,8 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-WAITING = (Status.QUEUED, Status.DEFERRED, Status.SENDING)
+WAITING = (Status.HELD, Status.QUEUED, Status.DEFERRED, Status.SENDING)
+CANCELLABLE = (Status.HELD, Status.QUEUED, Status.DEFERRED)
 _LUA_STATUS_SETS = f"""
 local WAITING = {{{", ".join(f"['{s}']=true" for s in WAITING)}}}
 local TERMINAL = {{{", ".join(f"['{s}']=true" for s in Status if s not in WAITING)}}}
@@ -48,12 +50,40 @@ local function history(key, at, status, cause, detail)
   redis.call('RPUSH', key, cjson.encode({{at=at, status=status, cause=cause, detail=detail}}))
 end
 """
+# Safe mode, shared by admission, claims and the start of a send: a message whose scopes
+# include a tripped one is held in that scope's set instead of going on.
+_LUA_SAFE_MODE = """
+local function tripped(prefix, scopes)
+  if not scopes or scopes == '' then return nil end
+  local list = cjson.decode(scopes)
+  if #list == 0 then return nil end
+  local found = redis.call('HMGET', prefix .. ':trips', unpack(list))
+  for i = 1, #list do
+    if found[i] then return list[i] end
+  end
+  return nil
+end
+local function hold(prefix, id, scope, at, from)
+  local key = prefix .. ':msg:' .. id
+  redis.call('HSET', key, 'status', 'held', 'held_by', scope)
+  redis.call('HDEL', key, 'claim', 'owner')
+  redis.call('ZREM', prefix .. ':inflight', id)
+  redis.call('ZREM', prefix .. ':due', id)
+  redis.call('SADD', prefix .. ':held:' .. scope, id)
+  if from then redis.call('HINCRBY', prefix .. ':count', from, -1) end
+  redis.call('HINCRBY', prefix .. ':count', 'held', 1)
+  history(prefix .. ':hist:' .. id, at, 'held', 'safe_mode',
+    'scope ' .. scope .. ' is in safe mode; held until a person resumes it')
+end
+"""
 
 _ADMIT = (
     _LUA_STATUS_SETS
+    + _LUA_SAFE_MODE
     + """
--- KEYS: msg hist due count idem cooldown supp_addr supp_dom
--- ARGV: id now status reasons due cooldown_ms address domain idem_ttl use_idem retention fields...
+-- KEYS: msg hist due count idem cooldown supp_addr supp_dom rcpt
+-- ARGV: id now status reasons due cooldown_ms address domain idem_ttl use_idem retention prefix scopes
+--       fields...
 if ARGV[10] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing and redis.call('EXISTS', KEYS[1]:sub(1, -#ARGV[1] - 1) .. existing) == 1 then
@@ -76,52 +106,84 @@ end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', status, 'reasons', encoded,
-  'created', ARGV[2], 'attempts', '0', unpack(ARGV, 12))
+  'created', ARGV[2], 'attempts', '0', 'scopes', ARGV[13], unpack(ARGV, 14))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(KEYS[2], tonumber(ARGV[2]), status, 'submitted', detail)
+local held_by = ''
 if WAITING[status] then
-  redis.call('HINCRBY', KEYS[4], status, 1)
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  redis.call('SADD', KEYS[9], ARGV[1])
+  redis.call('PEXPIRE', KEYS[9], ARGV[11])
+  held_by = tripped(ARGV[12], ARGV[13])
+  if held_by then
+    hold(ARGV[12], ARGV[1], held_by, tonumber(ARGV[2]), nil)
+    status = 'held'
+  else
+    held_by = ''
+    redis.call('HINCRBY', KEYS[4], status, 1)
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+  end
 else
   redis.call('PEXPIRE', KEYS[1], ARGV[11])
   redis.call('PEXPIRE', KEYS[2], ARGV[11])
 end
 if ARGV[10] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9]) end
-return {'new', status, encoded}
+return {'new', status, encoded, held_by}
 """
 )
 
-_CLAIM = """
+_CLAIM = (
+    _LUA_STATUS_SETS
+    + _LUA_SAFE_MODE
+    + """
 -- KEYS: due inflight; ARGV: owner claim prefix
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
-if #ids == 0 then
-  local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {'', tostring(nxt[2] or ''), tostring(now)}
+-- Messages of tripped scopes met on the way are held, so a trip costs no claim per message.
+for _ = 1, 32 do
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
+  if #ids == 0 then
+    local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {'', tostring(nxt[2] or ''), tostring(now)}
+  end
+  local id = ids[1]
+  local key = ARGV[3] .. ':msg:' .. id
+  redis.call('ZREM', KEYS[1], id)
+  local cur = redis.call('HMGET', key, 'status', 'scopes')
+  if cur[1] then
+    local scope = tripped(ARGV[3], cur[2])
+    if not scope then
+      redis.call('ZADD', KEYS[2], now, id)
+      redis.call('HSET', key, 'owner', ARGV[1], 'claim', ARGV[2])
+      return {id, '', tostring(now), redis.call('HGETALL', key)}
+    end
+    hold(ARGV[3], id, scope, now, cur[1])
+  end
 end
-local id = ids[1]
-local key = ARGV[3] .. ':msg:' .. id
-redis.call('ZREM', KEYS[1], id)
-if redis.call('EXISTS', key) == 0 then return {'', '0', tostring(now)} end
-redis.call('ZADD', KEYS[2], now, id)
-redis.call('HSET', key, 'owner', ARGV[1], 'claim', ARGV[2])
-return {id, '', tostring(now), redis.call('HGETALL', key)}
+return {'', '0', tostring(now)}
 """
+)
 
 _TRANSITION = (
     _LUA_STATUS_SETS
+    + _LUA_SAFE_MODE
     + """
 -- KEYS: msg hist due inflight count cooldown
--- ARGV: id now claim allowed_from new_status cause detail due keep_claim retention fields...
-local cur = redis.call('HMGET', KEYS[1], 'status', 'claim')
+-- ARGV: id now claim allowed_from new_status cause detail due keep_claim retention prefix hold fields...
+local cur = redis.call('HMGET', KEYS[1], 'status', 'claim', 'scopes')
 if not cur[1] then return {0, ''} end
 if ARGV[3] ~= '' and cur[2] ~= ARGV[3] then return {0, cur[1]} end
 if ARGV[4] ~= '' and not string.find(',' .. ARGV[4] .. ',', ',' .. cur[1] .. ',', 1, true) then
   return {0, cur[1]}
 end
-if #ARGV > 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
+if ARGV[12] == '1' then
+  local scope = tripped(ARGV[11], cur[3])
+  if scope then
+    hold(ARGV[11], ARGV[1], scope, tonumber(ARGV[2]), cur[1])
+    return {2, scope}
+  end
+end
+if #ARGV > 12 then redis.call('HSET', KEYS[1], unpack(ARGV, 13)) end
 local new = ARGV[5]
 if new == '' then new = cur[1] end
 if new ~= cur[1] then
@@ -179,6 +241,59 @@ return {recovered, uncertain}
 """
 )
 
+_RELEASE = (
+    _LUA_STATUS_SETS
+    + _LUA_SAFE_MODE
+    + """
+-- KEYS: held due count; ARGV: scope prefix now limit detail
+local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[4]))
+local released, still = 0, 0
+for _, id in ipairs(ids) do
+  local key = ARGV[2] .. ':msg:' .. id
+  local cur = redis.call('HMGET', key, 'status', 'held_by', 'scopes', 'not_before')
+  if cur[1] == 'held' and cur[2] == ARGV[1] then
+    local other = tripped(ARGV[2], cur[3])
+    if other then
+      redis.call('HSET', key, 'held_by', other)
+      redis.call('SADD', ARGV[2] .. ':held:' .. other, id)
+      history(ARGV[2] .. ':hist:' .. id, tonumber(ARGV[3]), 'held', 'safe_mode',
+        ARGV[1] .. ' resumed, but scope ' .. other .. ' is in safe mode')
+      still = still + 1
+    else
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'held_by')
+      redis.call('HINCRBY', KEYS[3], 'held', -1)
+      redis.call('HINCRBY', KEYS[3], 'queued', 1)
+      redis.call('ZADD', KEYS[2], math.max(tonumber(ARGV[3]), tonumber(cur[4] or '0')), id)
+      history(ARGV[2] .. ':hist:' .. id, tonumber(ARGV[3]), 'queued', 'resumed', ARGV[5])
+      released = released + 1
+    end
+  end
+end
+return {released, still, redis.call('SCARD', KEYS[1])}
+"""
+)
+
+_ANNOTATE = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: msg hist; ARGV: now cause detail fields...
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+history(KEYS[2], tonumber(ARGV[1]), status, ARGV[2], ARGV[3])
+return 1
+"""
+)
+
+
+class Begin(StrEnum):
+    """How the start of a send went: it may go, its scope is in safe mode, or it moved on."""
+
+    BEGAN = "began"
+    HELD = "held"
+    LOST = "lost"
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -188,6 +303,7 @@ class Admission:
     status: Status
     reasons: list[dict[str, str]]
     existing: bool
+    held_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,6 +351,8 @@ class Store:
         self._claim = client.register_script(_CLAIM)
         self._transition = client.register_script(_TRANSITION)
         self._recover = client.register_script(_RECOVER)
+        self._release = client.register_script(_RELEASE)
+        self._annotate = client.register_script(_ANNOTATE)
 
     async def admit(
         self,
@@ -248,6 +366,7 @@ class Store:
         due_ms: int,
         cooldown_ms: int,
         idempotency_key: str | None,
+        scopes: list[str],
         fields: Mapping[str, str],
     ) -> Admission:
         k = self.keys
@@ -265,6 +384,8 @@ class Store:
             IDEMPOTENCY_TTL_MS,
             "1" if idempotency_key else "0",
             RETENTION_MS,
+            k.prefix,
+            json.dumps(scopes),
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -279,6 +400,7 @@ class Store:
                     k.cooldown(address),
                     k.suppressed_addresses,
                     k.suppressed_domains,
+                    k.recipient(address),
                 ],
                 args=args,
             )
@@ -290,7 +412,9 @@ class Store:
                     reasons=decode_reasons(str(record.get("reasons", ""))),
                     existing=True,
                 )
-        return Admission(message_id, Status(result[1]), decode_reasons(result[2]), existing=False)
+        return Admission(
+            message_id, Status(result[1]), decode_reasons(result[2]), existing=False, held_by=result[3]
+        )
 
     async def claim(self, owner: str, token: str) -> Claim | NoWork:
         k = self.keys
@@ -321,6 +445,56 @@ class Store:
 
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
         """
+        result = await self._move(
+            message_id,
+            to=to,
+            cause=cause,
+            detail=detail,
+            claim=claim,
+            allowed_from=allowed_from,
+            due_ms=due_ms,
+            keep_claim=keep_claim,
+            fields=fields,
+            recipient=recipient,
+            hold=False,
+        )
+        return result == 1
+
+    async def begin(self, message_id: str, claim: str, detail: str, fields: Mapping[str, str | int]) -> Begin:
+        """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
+
+        Checked in the same script that starts the send, so after a trip no new send starts.
+        """
+        result = await self._move(
+            message_id,
+            to=Status.SENDING,
+            cause="attempt",
+            detail=detail,
+            claim=claim,
+            allowed_from=(Status.QUEUED, Status.DEFERRED),
+            due_ms=None,
+            keep_claim=True,
+            fields=fields,
+            recipient="-",
+            hold=True,
+        )
+        return {1: Begin.BEGAN, 2: Begin.HELD}.get(result, Begin.LOST)
+
+    async def _move(
+        self,
+        message_id: str,
+        *,
+        to: Status | None,
+        cause: str,
+        detail: str,
+        claim: str,
+        allowed_from: Iterable[Status],
+        due_ms: int | None,
+        keep_claim: bool,
+        fields: Mapping[str, str | int] | None,
+        recipient: str,
+        hold: bool,
+    ) -> int:
         k = self.keys
         record = k.msg(message_id)
         args: list[Any] = [
@@ -334,6 +508,8 @@ class Store:
             -1 if due_ms is None else due_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
+            k.prefix,
+            "1" if hold else "0",
         ]
         for name, value in (fields or {}).items():
             args += [name, value]
@@ -349,7 +525,41 @@ class Store:
                 ],
                 args=args,
             )
-        return bool(result[0])
+        return int(result[0])
+
+    async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
+        """Put the messages a scope's trip held back in the queue; (released, held by another trip).
+
+        The trip must already be gone. Messages still in another tripped scope move to its set.
+        """
+        k = self.keys
+        released = still = 0
+        while True:
+            async with translated():
+                done, other, left = await self._release(
+                    keys=[k.held(scope), k.due, k.count], args=[scope, k.prefix, now_ms(), batch, detail]
+                )
+            released, still = released + int(done), still + int(other)
+            if not int(left):
+                return released, still
+
+    async def annotate(
+        self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None
+    ) -> bool:
+        """Record something that happened to a message without changing where it is; False if gone."""
+        args: list[Any] = [now_ms(), cause, detail]
+        for name, value in (fields or {}).items():
+            args += [name, value]
+        async with translated():
+            found = await self._annotate(
+                keys=[self.keys.msg(message_id), self.keys.hist(message_id)], args=args
+            )
+        return bool(found)
+
+    async def recipient_messages(self, address: str) -> list[str]:
+        """Ids of the messages admitted for an address within the retention period."""
+        async with translated():
+            return sorted(str(member) for member in await self.redis.smembers(self.keys.recipient(address)))
 
     async def recover(self, limit: int = 1000) -> tuple[int, int]:
         """Requeue messages whose daemon died; returns (recovered, of which uncertain)."""

@@ -19,33 +19,24 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from sendguard import metrics
+from sendguard.circuit import Circuit
 from sendguard.config import Settings
 from sendguard.errors import RelayError, RelayReply, StoreError
+from sendguard.feedback import Feedback
 from sendguard.ingress import Ingress, Recipient
 from sendguard.messages import render
 from sendguard.relay import Transport, UncertainDelivery
-from sendguard.rules import Rules, ScopeKind
-from sendguard.store import Claim, NoWork, Status, Store, now_ms
+from sendguard.rules import Rules
+from sendguard.safemode import SafeMode
+from sendguard.scopes import scope_values
+from sendguard.signals import Signal
+from sendguard.store import Begin, Claim, NoWork, Status, Store, now_ms
 from sendguard.throttle import Buckets, Throttles
 
 log = logging.getLogger("sendguard.worker")
 
 _IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
 _CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
-
-
-def scope_values(record: dict[str, str]) -> dict[ScopeKind, str | None]:
-    """The value a message has for each scope kind (None: the scope does not apply)."""
-    inbox = record["from_addr"]
-    return {
-        ScopeKind.RECIPIENT_DOMAIN: record["to_domain"],
-        ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
-        ScopeKind.INBOX: inbox,
-        ScopeKind.SEGMENT: record.get("segment") or None,
-        ScopeKind.CAMPAIGN: record.get("campaign") or None,
-        ScopeKind.AGENT: record["agent"],
-        ScopeKind.GLOBAL: "*",
-    }
 
 
 class Outcome(NamedTuple):
@@ -67,6 +58,9 @@ class Deliverer:
         throttles: Throttles,
         ingress: Ingress,
         transport: Transport,
+        safe_mode: SafeMode,
+        feedback: Feedback,
+        circuit: Circuit,
         rules: Callable[[], Rules],
         settings: Settings,
         instance: str,
@@ -76,6 +70,9 @@ class Deliverer:
         self._throttles = throttles
         self._ingress = ingress
         self._transport = transport
+        self._safe_mode = safe_mode
+        self._feedback = feedback
+        self._circuit = circuit
         self._rules = rules
         self._settings = settings
         self._instance = instance
@@ -93,17 +90,20 @@ class Deliverer:
     async def run(self) -> None:
         while not self._stopping:
             await self._slots.acquire()
+            await self._circuit.ready()
             if self._stopping:
                 self._slots.release()
                 break
             try:
                 claimed = await self._store.claim(self._instance, secrets.token_hex(8))
             except StoreError as exc:
+                self._circuit.unused()
                 self._slots.release()
                 log.warning("claim failed, retrying: %s", exc)
                 await self._sleep(1.0)
                 continue
             if isinstance(claimed, NoWork):
+                self._circuit.unused()
                 self._slots.release()
                 await self._sleep(_idle_for(claimed))
                 continue
@@ -162,17 +162,14 @@ class Deliverer:
                 fields={"waiting_for": reservation.blocked_by.value},
             )
             return
-        began = await self._store.transition(
+        began = await self._store.begin(
             message_id,
-            to=Status.SENDING,
-            cause="attempt",
-            detail=f"attempt {attempt}",
-            claim=claim.token,
-            allowed_from=_CLAIMABLE,
-            keep_claim=True,
-            fields={"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
+            claim.token,
+            f"attempt {attempt}",
+            {"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
         )
-        if not began:  # cancelled while we waited for the throttle
+        if began is not Begin.BEGAN:  # its scope tripped, or it was cancelled, since the claim
+            self._circuit.unused()
             await self._throttles.settle(buckets, member, delivered=False)
             return
         await self._send(claim, attempt, buckets, member)
@@ -189,9 +186,11 @@ class Deliverer:
                     claim.message_id, record["from_addr"], record["to"], data
                 )
         except RelayReply as reply:
+            self._circuit.succeeded()  # any reply proves the relay is there
             metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()
             outcome = self._refused(reply, attempt)
         except (UncertainDelivery, TimeoutError) as exc:
+            self._circuit.failed()
             delivered = True  # it may have left: keep its throttle slot
             metrics.UNCERTAIN.inc()
             uncertain = int(claim.record.get("uncertain") or 0) + 1
@@ -199,8 +198,10 @@ class Deliverer:
                 attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": uncertain}
             )
         except RelayError as exc:
+            self._circuit.failed()
             outcome = self._retry(attempt, "connection", str(exc), {})
         else:
+            self._circuit.succeeded()
             delivered = True
             metrics.SMTP_REPLIES.labels(f"{code // 100}xx", "data").inc()
             metrics.SENT.inc()
@@ -246,6 +247,16 @@ class Deliverer:
             due_ms=due,
             fields=fields,
         )
+        record = claim.record
+        if status is Status.SENT:
+            await self._safe_mode.observe(
+                json.loads(record.get("scopes") or "[]"),
+                [Signal.SENT],
+                last_sent_to=record["to"],
+                message_id=claim.message_id,
+            )
+        elif status is Status.BOUNCED:
+            await self._feedback.bounced(claim.message_id, record)
 
     def _refused(self, reply: RelayReply, attempt: int) -> Outcome:
         fields: dict[str, str | int] = {
@@ -263,8 +274,12 @@ class Deliverer:
         return Outcome(Status.BOUNCED, "smtp_5xx", detail, fields)
 
     def _retry(self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]) -> Outcome:
-        """Deferred for another attempt, or failed once the attempts are used up."""
-        if attempt >= self._settings.max_attempts:
+        """Deferred for another attempt, or failed once the attempts are used up.
+
+        An unreachable relay never uses up attempts: the circuit holds dispatch back meanwhile,
+        and the message has not been refused by anyone.
+        """
+        if attempt >= self._settings.max_attempts and cause != "connection":
             metrics.FAILED.inc()
             return Outcome(
                 Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", fields

@@ -113,6 +113,7 @@ class _SinkHandler:
         rcpt_options: list[str],
     ) -> str:
         reply = self._sink.reply_for_rcpt(address)
+        self._sink._log_rcpt(address, reply)
         if reply.startswith("2"):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -164,6 +165,7 @@ class SmtpSink:
         self.delay: float = 0.0
         self._cond = threading.Condition()
         self._received: list[Received] = []
+        self._rcpts: list[tuple[float, str, str]] = []
         self._connections = 0
         self._handler = _SinkHandler(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,6 +203,17 @@ class SmtpSink:
         """Forget accepted messages, e.g. between phases of one test."""
         with self._cond:
             self._received.clear()
+            self._rcpts.clear()
+
+    @property
+    def rcpts(self) -> list[tuple[float, str, str]]:
+        """Every RCPT the sink was asked for, accepted or not: (time.time(), address, reply)."""
+        with self._cond:
+            return list(self._rcpts)
+
+    def _log_rcpt(self, address: str, reply: str) -> None:
+        with self._cond:
+            self._rcpts.append((time.time(), address.lower(), reply))
 
     @property
     def connections(self) -> int:

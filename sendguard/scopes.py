@@ -1,0 +1,62 @@
+"""Scopes: the slices of traffic a throttle counts and a safe-mode trip stops.
+
+A scope is written `global` or `<kind>:<value>` (`segment:cfo-na-q4`, `inbox:alice@acme.example`),
+the form people type, the API returns and Redis stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from sendguard.rules import ScopeKind
+
+GLOBAL = "global"
+_CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}
+
+
+def scope_values(record: Mapping[str, str]) -> dict[ScopeKind, str | None]:
+    """The value a message has for each scope kind (None: the scope does not apply)."""
+    inbox = record["from_addr"]
+    return {
+        ScopeKind.RECIPIENT_DOMAIN: record["to_domain"],
+        ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
+        ScopeKind.INBOX: inbox,
+        ScopeKind.SEGMENT: record.get("segment") or None,
+        ScopeKind.CAMPAIGN: record.get("campaign") or None,
+        ScopeKind.AGENT: record["agent"],
+        ScopeKind.GLOBAL: "*",
+    }
+
+
+def scope_name(kind: ScopeKind, value: str) -> str:
+    return GLOBAL if kind is ScopeKind.GLOBAL else f"{kind.value}:{value}"
+
+
+def message_scopes(
+    values: Mapping[ScopeKind, str | None], kinds: Iterable[ScopeKind] = ScopeKind
+) -> list[str]:
+    """The scope names a message belongs to, for the given kinds."""
+    return [scope_name(kind, value) for kind in kinds if (value := values.get(kind)) is not None]
+
+
+def parse_scope(text: str) -> str:
+    """Normalise a scope a person typed; ValueError says what a scope looks like."""
+    text = text.strip()
+    if text == GLOBAL:
+        return GLOBAL
+    kind_text, sep, value = text.partition(":")
+    kinds = ", ".join(k.value for k in ScopeKind if k is not ScopeKind.GLOBAL)
+    try:
+        kind = ScopeKind(kind_text)
+    except ValueError:
+        kind = None
+    if not sep or kind is None or kind is ScopeKind.GLOBAL or not value.strip():
+        raise ValueError(f"scope {text!r} must be 'global' or '<kind>:<value>' with kind one of {kinds}")
+    value = value.strip()
+    return scope_name(kind, value.lower() if kind in _CASE_INSENSITIVE else value)
+
+
+def split_scope(scope: str) -> tuple[str, str]:
+    """(kind, value) for metric labels; global is ("global", "global")."""
+    kind, _, value = scope.partition(":")
+    return kind, value or GLOBAL

@@ -1,0 +1,527 @@
+"""parse_inbound over hand-written DSNs, ARF reports and replies, and over broken versions of them."""
+
+from __future__ import annotations
+
+import email
+import random
+from collections.abc import Sequence
+from email.policy import compat32
+from pathlib import Path
+
+import pytest
+
+from sendguard.events import BounceType, EventType, Sentiment, sendguard_id
+from sendguard.inbound import MAX_PARSED_BYTES, Inbound, InboundKind, UnparsableMail, parse_inbound
+from sendguard.sentiment import classify
+
+SAMPLES = Path(__file__).parent / "samples"
+BOUNCE_DOMAIN = "bounce.acme.example"
+ID_1D, ID_2E, ID_3F, ID_4A = (
+    "0192a3b4c5d6e7f8a9b0c1d",
+    "0192a3b4c5d6e7f8a9b0c2e",
+    "0192a3b4c5d6e7f8a9b0c3f",
+    "0192a3b4c5d6e7f8a9b0c4a",
+)
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def parse(
+    raw: bytes, *, envelope_recipients: Sequence[str] = (), bounce_domain: str | None = BOUNCE_DOMAIN
+) -> Inbound:
+    return parse_inbound(raw, envelope_recipients=envelope_recipients, bounce_domain=bounce_domain)
+
+
+def swap(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """raw with `old` replaced, failing loudly if the sample no longer contains it."""
+    assert old in raw, old
+    return raw.replace(old, new)
+
+
+def reply(headers: str, body: str = "Sounds good, talk Thursday.\n") -> bytes:
+    return f"{headers.strip()}\nMIME-Version: 1.0\n\n{body}".encode()
+
+
+# --- delivery-status reports ------------------------------------------------------------------
+
+
+def test_postfix_hard_bounce() -> None:
+    raw = sample("dsn_postfix_hard.eml")
+    assert b"Auto-Submitted: auto-replied" in raw  # a report, even though it is an automatic reply
+
+    inbound = parse(raw)
+
+    assert inbound.kind is InboundKind.DSN
+    assert inbound.summary == "DSN from mx.customer.example: 1 hard bounce (5.1.1)"
+    [event] = inbound.events
+    assert event.type is EventType.BOUNCE
+    assert event.bounce_type is BounceType.HARD
+    assert event.hard
+    assert event.status == "5.1.1"
+    assert event.recipient == "dana@customer.example"
+    assert event.message_id == f"<{ID_1D}.sg@acme.example>"
+    assert event.detail == (
+        "smtp; 550 5.1.1 <dana@customer.example>: Recipient address rejected: "
+        "User unknown in virtual mailbox table"
+    )
+
+
+def test_returned_message_id_wins_over_verp_and_verp_stands_in_without_it() -> None:
+    raw = sample("dsn_postfix_hard.eml")
+    assert parse(raw, bounce_domain=None).events[0].message_id == f"<{ID_1D}.sg@acme.example>"
+
+    foreign = swap(raw, f"<{ID_1D}.sg@acme.example>".encode(), b"<CAF=x7Ym2k@mail.example>")
+    assert parse(foreign).events[0].message_id == f"bounces+{ID_1D}@{BOUNCE_DOMAIN}"
+    untied = parse(foreign, bounce_domain=None).events[0]
+    assert untied.message_id is None
+    assert untied.recipient == "dana@customer.example"
+
+
+def test_exchange_delayed_is_a_soft_bounce_tied_by_the_returned_message() -> None:
+    inbound = parse(sample("dsn_exchange_delayed.eml"), bounce_domain=None)
+
+    assert inbound.kind is InboundKind.DSN
+    assert inbound.summary == "DSN from AM0PR06MB6321.eurprd06.prod.outlook.com: 1 soft bounce (4.4.7)"
+    [event] = inbound.events
+    assert event.type is EventType.BOUNCE
+    assert event.bounce_type is BounceType.SOFT
+    assert not event.hard
+    assert event.status == "4.4.7"
+    assert event.recipient == "lee@customer.example"
+    assert event.message_id == f"<{ID_2E}.sg@acme.example>"
+    assert event.detail == "smtp;400 4.4.7 Message delayed"
+
+
+def test_multi_recipient_dsn_is_tied_by_verp() -> None:
+    inbound = parse(sample("dsn_multi_recipient.eml"))
+
+    assert inbound.kind is InboundKind.DSN
+    assert inbound.summary == "DSN from mail.partner.example: 1 hard bounce (5.2.2), 1 delivered"
+    bounce, delivered = inbound.events
+    assert bounce.type is EventType.BOUNCE
+    assert bounce.bounce_type is BounceType.HARD
+    assert bounce.status == "5.2.2"
+    assert bounce.recipient == "ops@partner.example"
+    assert bounce.detail == "SMTP; 552 5.2.2 <Ops@Partner.example>... Mailbox full"
+    assert delivered.type is EventType.DELIVERED
+    assert delivered.bounce_type is None
+    assert delivered.status == "2.0.0"
+    assert delivered.recipient == "priya@partner.example"
+    for event in inbound.events:
+        assert event.message_id == f"bounces+{ID_3F}@{BOUNCE_DOMAIN}"
+        assert sendguard_id(event.message_id) == ID_3F
+
+
+@pytest.mark.parametrize("bounce_domain", [None, "bounce.other.example"])
+def test_verp_counts_only_at_the_bounce_domain(bounce_domain: str | None) -> None:
+    inbound = parse(sample("dsn_multi_recipient.eml"), bounce_domain=bounce_domain)
+
+    assert [event.message_id for event in inbound.events] == [None, None]
+    assert [event.recipient for event in inbound.events] == ["ops@partner.example", "priya@partner.example"]
+
+
+def test_verp_from_the_envelope_recipients() -> None:
+    verp = f"bounces+{ID_3F}@{BOUNCE_DOMAIN}".encode()
+    raw = swap(sample("dsn_multi_recipient.eml"), verp, b"bounces@acme.example")
+
+    assert parse(raw).events[0].message_id is None
+    tied = parse(raw, envelope_recipients=[f"bounces+{ID_3F}@Bounce.Acme.Example"])
+    assert tied.events[0].message_id == f"bounces+{ID_3F}@{BOUNCE_DOMAIN}"
+
+
+def test_malformed_status_goes_into_detail() -> None:
+    raw = swap(sample("dsn_postfix_hard.eml"), b"Status: 5.1.1\n", b"Status: 5.1\n")
+
+    [event] = parse(raw).events
+
+    assert event.status is None
+    assert event.bounce_type is BounceType.HARD
+    assert event.detail is not None
+    assert event.detail.startswith("Status: 5.1; smtp; 550 5.1.1")
+
+
+def test_failed_with_a_4xx_status_is_soft() -> None:
+    raw = swap(sample("dsn_postfix_hard.eml"), b"Status: 5.1.1\n", b"Status: 4.4.7\n")
+
+    [event] = parse(raw).events
+
+    assert event.bounce_type is BounceType.SOFT
+    assert parse(raw).summary == "DSN from mx.customer.example: 1 soft bounce (4.4.7)"
+
+
+def test_diagnostic_code_is_trimmed_to_2000_chars() -> None:
+    long_code = b"smtp; 550 5.1.1 " + b"x" * 5000
+    raw = swap(sample("dsn_exchange_delayed.eml"), b"smtp;400 4.4.7 Message delayed", long_code)
+
+    [event] = parse(raw).events
+
+    assert event.detail is not None
+    assert len(event.detail) == 2000
+
+
+# --- feedback reports --------------------------------------------------------------------------
+
+
+def test_arf_abuse_complaint() -> None:
+    inbound = parse(sample("arf_abuse.eml"))
+
+    assert inbound.kind is InboundKind.ARF
+    assert inbound.summary == "ARF from Yahoo!-Mail-Feedback/2.0: abuse complaint"
+    [event] = inbound.events
+    assert event.type is EventType.COMPLAINT
+    assert event.recipient == "riley@mailprovider.example"
+    assert event.message_id == f"<{ID_4A}.sg@acme.example>"
+    assert event.detail == "Feedback-Type: abuse; User-Agent: Yahoo!-Mail-Feedback/2.0"
+
+
+def test_arf_not_spam_is_understood_but_records_nothing() -> None:
+    raw = swap(sample("arf_abuse.eml"), b"Feedback-Type: abuse", b"Feedback-Type: not-spam")
+
+    inbound = parse(raw)
+
+    assert inbound.kind is InboundKind.ARF
+    assert inbound.events == []
+    assert "not-spam" in inbound.summary
+
+
+def test_arf_recipient_falls_back_to_the_returned_to() -> None:
+    raw = swap(sample("arf_abuse.eml"), b"Original-Rcpt-To: <Riley@MailProvider.example>\n", b"")
+
+    [event] = parse(raw).events
+
+    assert event.recipient == "riley@mailprovider.example"
+
+
+def test_arf_without_message_id_is_tied_by_original_mail_from() -> None:
+    raw = swap(sample("arf_abuse.eml"), f"Message-ID: <{ID_4A}.sg@acme.example>\n".encode(), b"")
+
+    [event] = parse(raw).events
+
+    assert event.message_id == f"bounces+{ID_4A}@{BOUNCE_DOMAIN}"
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+# Each sample's quote or signature holds words that would change the verdict if they were kept.
+REPLIES = [
+    (
+        "reply_positive.eml",
+        ID_2E,
+        "dana@customer.example",
+        Sentiment.POSITIVE,
+        False,
+        "Could you send over a few times next week for a 30-minute call?\n\nBest,\nDana",
+        "If this isn't a fit, reply \"unsubscribe\" and I'll stop emailing you.",
+    ),
+    (
+        "reply_unsubscribe.eml",
+        ID_3F,
+        "lee@customer.example",
+        Sentiment.NEUTRAL,
+        True,
+        "Please remove me from your mailing list.\n\nLee",
+        "Not interested in a full rollout yet?",
+    ),
+    (
+        "reply_abusive.eml",
+        ID_4A,
+        "riley@mailprovider.example",
+        Sentiment.ABUSIVE,
+        False,
+        "This is a scam and I'm reporting you to your provider.",
+        'If not, just reply "remove me" and I\'ll take you off the list.',
+    ),
+    (
+        "reply_negative.eml",
+        ID_1D,
+        "jordan@partner.example",
+        Sentiment.NEGATIVE,
+        False,
+        "Not interested, please don't follow up.\n\nJordan",
+        "Setup is idiot-proof and takes ten minutes.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "sent_id", "sender", "sentiment", "unsubscribe", "ending", "quoted"), REPLIES
+)
+def test_reply(
+    name: str, sent_id: str, sender: str, sentiment: Sentiment, unsubscribe: bool, ending: str, quoted: str
+) -> None:
+    inbound = parse(sample(name))
+
+    assert inbound.kind is InboundKind.REPLY
+    assert inbound.summary == f"reply from {sender} to {sent_id}"
+    [event] = inbound.events
+    assert event.type is EventType.REPLY
+    assert event.message_id == f"<{sent_id}.sg@acme.example>"
+    assert event.recipient == sender
+    assert event.sentiment is None
+    assert event.text is not None
+    assert event.text.endswith(ending)
+    assert "wrote:" not in event.text
+    assert "Sent:" not in event.text
+    verdict = classify(event.text)
+    assert (verdict.sentiment, verdict.unsubscribe) == (sentiment, unsubscribe)
+    # The quoted text was there, and would have changed the verdict had it been kept.
+    unwrapped = " ".join(sample(name).decode("latin-1").replace("=\n", "").replace("> ", " ").split())
+    assert " ".join(quoted.split()) in unwrapped
+    kept = classify(f"{event.text}\n{quoted}")
+    assert (kept.sentiment, kept.unsubscribe) != (sentiment, unsubscribe)
+
+
+def test_html_only_reply_is_read_from_its_html() -> None:
+    alternative = email.message_from_bytes(sample("reply_unsubscribe.eml"), policy=compat32)
+    html_part = alternative.get_payload()[1]
+    assert html_part.get_content_type() == "text/html"
+    raw = reply(
+        f"""
+From: Lee Chen <lee@customer.example>
+In-Reply-To: <{ID_3F}.sg@acme.example>
+Content-Type: text/html; charset="iso-8859-1"
+Content-Transfer-Encoding: quoted-printable
+""",
+        html_part.get_payload(),
+    )
+
+    [event] = parse(raw).events
+
+    assert event.text == "Please remove me from your mailing list.\nLee"
+
+
+def test_reply_id_from_references_newest_first() -> None:
+    raw = reply(
+        f"""
+From: priya@partner.example
+In-Reply-To: <CAF=x7Ym2k@mail.example>
+References: <{ID_1D}.sg@acme.example> <CAF=x7Ym2k@mail.example>
+ <{ID_2E}.sg@acme.example>
+"""
+    )
+
+    [event] = parse(raw).events
+
+    assert event.message_id == f"<{ID_2E}.sg@acme.example>"
+
+
+def test_reply_without_any_reference_is_tied_by_its_sender() -> None:
+    [event] = parse(reply("From: Priya N <Priya@Partner.example>")).events
+
+    assert event.message_id is None
+    assert event.recipient == "priya@partner.example"
+    assert event.text == "Sounds good, talk Thursday."
+
+
+def test_reply_that_is_all_quote_is_an_empty_reply() -> None:
+    body = "On Tue, 3 Nov 2026 at 10:02, Sam Rivera <sam@acme.example> wrote:\n> Worth a call?\n"
+    [event] = parse(
+        reply(f"From: dana@customer.example\nIn-Reply-To: <{ID_1D}.sg@acme.example>", body)
+    ).events
+
+    assert event.text == ""
+
+
+def test_reply_text_is_trimmed_to_100000_chars() -> None:
+    [event] = parse(reply("From: dana@customer.example", "yes " * 40_000)).events
+
+    assert event.text is not None
+    assert len(event.text) == 100_000
+
+
+def test_attachments_past_the_parse_budget_do_not_matter() -> None:
+    attachment = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB\n" * 60_000
+    body = f"""--b
+Content-Type: text/plain; charset=utf-8
+
+Happy to talk, send me some times.
+--b
+Content-Type: application/pdf; name="deck.pdf"
+Content-Disposition: attachment; filename="deck.pdf"
+Content-Transfer-Encoding: base64
+
+{attachment}--b--
+"""
+    raw = reply('From: dana@customer.example\nContent-Type: multipart/mixed; boundary="b"', body)
+    assert len(raw) > 3 * MAX_PARSED_BYTES
+
+    [event] = parse(raw).events
+
+    assert event.text == "Happy to talk, send me some times."
+
+
+def test_auto_reply_sample_is_ignored() -> None:
+    inbound = parse(sample("auto_reply.eml"))
+
+    assert inbound.kind is InboundKind.REPLY
+    assert inbound.events == []
+    assert inbound.summary == "auto-reply ignored"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Auto-Submitted: auto-replied",
+        "Auto-Submitted: auto-generated",
+        "X-Autoreply: yes",
+        "X-Autorespond: Out of office",
+        "Precedence: auto_reply",
+        "Subject: Out of Office: Quick question",
+        "Subject: Automatic reply: Quick question",
+        "Subject: =?utf-8?q?Automatic_reply=3A_Quick_question?=",
+        "Subject: Autoreply: Quick question",
+    ],
+)
+def test_auto_reply_markers(header: str) -> None:
+    person = parse(reply("From: dana@customer.example\nSubject: Re: Quick question"))
+    auto = parse(reply(f"From: dana@customer.example\n{header}"))
+
+    assert len(person.events) == 1
+    assert auto.events == []
+    assert auto.summary == "auto-reply ignored"
+
+
+def test_auto_submitted_no_is_a_person() -> None:
+    assert len(parse(reply("From: dana@customer.example\nAuto-Submitted: no")).events) == 1
+
+
+# --- what cannot be read ------------------------------------------------------------------------
+
+DSN_HEAD = """From: MAILER-DAEMON@mx.customer.example
+To: bounces+{id}@bounce.acme.example
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b"
+
+--b
+Content-Type: text/plain
+
+Delivery failed.
+--b
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.customer.example
+"""
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        pytest.param(sample("not_mail.txt"), "not an email message: no headers", id="not-mail"),
+        pytest.param(b"", "not an email message: no headers", id="empty"),
+        pytest.param(
+            DSN_HEAD.format(id=ID_1D).encode() + b"--b--\n",
+            "a delivery-status report with no per-recipient fields",
+            id="dsn-no-recipients",
+        ),
+        pytest.param(
+            DSN_HEAD.format(id=ID_1D).encode()
+            + b"\nFinal-Recipient: rfc822; dana@customer.example\nAction: bounced\nStatus: 5.1.1\n--b--\n",
+            "a delivery-status report whose recipients have no known Action",
+            id="dsn-unknown-action",
+        ),
+        pytest.param(
+            DSN_HEAD.format(id="not-an-id").encode()
+            + b"\nFinal-Recipient: rfc822; dana\nAction: failed\n--b--\n",
+            "cannot tie it to a message: no Message-ID, VERP address or recipient",
+            id="dsn-untied",
+        ),
+        pytest.param(
+            b"From: MAILER-DAEMON@mx.example\nContent-Type: multipart/report; report-type=delivery-status; "
+            b'boundary="b"\n\n--b\nContent-Type: text/plain\n\nFailed.\n--b--\n',
+            "a delivery-status report with no message/delivery-status part",
+            id="dsn-no-status-part",
+        ),
+        pytest.param(
+            swap(sample("arf_abuse.eml"), b"Feedback-Type: abuse\n", b""),
+            "a feedback report with no Feedback-Type",
+            id="arf-no-type",
+        ),
+        pytest.param(
+            b"From: lee@customer.example\n"
+            b'Content-Type: multipart/report; report-type=disposition-notification; boundary="b"\n'
+            b"\n--b\nContent-Type: text/plain\n\nRead.\n--b--\n",
+            "a report of type 'disposition-notification'",
+            id="read-receipt",
+        ),
+        pytest.param(
+            b"From: MAILER-DAEMON@mail.partner.example\nSubject: failure notice\n\n"
+            b"Sorry, I couldn't deliver your message to <ops@partner.example>.\n",
+            "a bounce from mailer-daemon@mail.partner.example that is not a delivery-status report",
+            id="plain-text-bounce",
+        ),
+        pytest.param(
+            b"From: dana@customer.example\nContent-Type: image/png\n"
+            b"Content-Transfer-Encoding: base64\n\niVBORw0K\n",
+            "a reply with no text",
+            id="reply-no-text",
+        ),
+        pytest.param(
+            b"Subject: hello\n\nIs this thing on?\n",
+            "cannot tie it to a message: no Message-ID, VERP address or recipient",
+            id="reply-untied",
+        ),
+    ],
+)
+def test_unparsable_mail_says_what_is_wrong(raw: bytes, says: str) -> None:
+    with pytest.raises(UnparsableMail) as caught:
+        parse(raw)
+
+    assert says in str(caught.value)
+
+
+def test_unparsable_mail_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="no headers"):
+        parse_inbound(b"\x00\x01\x02")
+
+
+# --- robustness ---------------------------------------------------------------------------------
+
+HOSTILE = [
+    b"Content-Type: multipart/mixed; boundary=a\n\n"
+    + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 500,
+    b"From: dana@customer.example\nContent-Type: text/plain; charset=zlib\n\nhello\n",
+    b"From: dana@customer.example\nContent-Type: text/plain; charset*=utf-8''%ff%fe\n\nhello\n",
+    b"From: dana@customer.example\nContent-Transfer-Encoding: base64\n\n!!!not base64===\n",
+    b"From: \xff\xfe <\xff@\xfe>\nSubject: =?x-unknown?q?caf=E9?=\n\nhello\n",
+    b"From: dana@customer.example\nContent-Type: text/html\n\n" + b"<script>" * 20_000,
+    b"From: dana@customer.example\nContent-Type: text/html\n\n" + b"<!--" * 50_000,
+    b"From: dana@customer.example\nIn-Reply-To: " + b"<" * 10_000 + b"\n\nhi\n",
+    b"Content-Type: multipart/report; report-type=feedback-report; boundary=b\n\n--b\n"
+    b"Content-Type: message/feedback-report\nContent-Transfer-Encoding: base64\n\nRmVlZGJhY2s=\n--b--\n",
+]
+
+
+def mutations() -> list[bytes]:
+    """About 200 truncated and byte-flipped versions of the samples, the same on every run."""
+    rng = random.Random(20261103)
+    variants: list[bytes] = []
+    for path in sorted(SAMPLES.iterdir()):
+        raw = path.read_bytes()
+        variants += [raw[:offset] for offset in range(0, len(raw), 37)]
+        for _ in range(10):
+            flipped = bytearray(raw)
+            for _ in range(rng.randint(1, 12)):
+                flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+            variants.append(bytes(flipped))
+    return variants
+
+
+def test_broken_mail_gives_an_inbound_or_unparsable_mail() -> None:
+    variants = mutations() + HOSTILE
+    assert len(variants) >= 200
+    outcomes: dict[str, int] = {}
+    for raw in variants:
+        try:
+            inbound = parse(raw)
+        except UnparsableMail as exc:
+            # The catch-all is a safety net; the parser itself should understand every failure.
+            assert not str(exc).startswith("malformed mail"), (str(exc), raw[:200])
+            outcomes["unparsable"] = outcomes.get("unparsable", 0) + 1
+        else:
+            assert isinstance(inbound, Inbound)
+            assert inbound.summary
+            outcomes[inbound.kind] = outcomes.get(inbound.kind, 0) + 1
+    # The mutations exercise every path, not just the error paths.
+    assert set(outcomes) == {"unparsable", *InboundKind}

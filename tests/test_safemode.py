@@ -1,0 +1,166 @@
+"""Safe mode end to end: real daemons, a real SMTP server answering 550, trips shared by Redis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+
+import httpx
+from conftest import Api, Daemon, message, wait_until
+from peers import SmtpSink
+
+CONNECTIONS = 4
+STORM_RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[safe_mode]
+min_sent = 10
+bounce_rate = 0.1
+"""
+
+
+def _metric(daemon: Daemon, name: str, **labels: str) -> float | None:
+    text = httpx.get(f"{daemon.base}/metrics", timeout=5).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    return None
+
+
+def test_a_bounce_storm_stops_its_segment_within_the_in_flight_sends(
+    make_daemon: Callable[..., Daemon],
+    client_for: Callable[[Daemon, str, str], Api],
+    smtp: SmtpSink,
+) -> None:
+    smtp.delay = 0.05  # a relay that takes its time, so the storm is still running at the trip
+    daemon = make_daemon(STORM_RULES, smtp_connections=str(CONNECTIONS))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+    storm, calm = [], []
+    for i in range(60):  # a fifth of the bad list bounces
+        local = f"bounce{i}" if i % 5 == 2 else f"lead{i}"
+        storm.append(agent.send(f"{local}@customer.example", segment="cfo-na-q4")["id"])
+        if i % 3 == 0:
+            calm.append(agent.send(f"buyer{i}@other.example", segment="smb")["id"])
+
+    trips = wait_until(lambda: admin.client.get("/v1/safe-mode").json(), what="the storm to trip safe mode")
+    assert [t["scope"] for t in trips] == ["segment:cfo-na-q4"]
+    trip = trips[0]
+    assert trip["cause"] == "bounce_rate"
+    assert trip["threshold"] == 0.1 and trip["value"] >= 0.1
+    assert trip["by"] == "sendguard"
+
+    # The other segment keeps sending; the stormy one stops, its rest held, nothing dropped.
+    for message_id in calm:
+        agent.wait_status(message_id, "sent")
+    states = wait_until(
+        lambda: (s := [agent.status(m)["status"] for m in storm]).count("sending") == 0 and s,
+        what="in-flight sends to finish",
+    )
+    assert set(states) <= {"sent", "bounced", "held"}, states
+    assert states.count("held") >= 60 - 10 - 2 * CONNECTIONS - 5
+
+    # Trip-to-halt: no transaction to the stormy segment starts once the trip is recorded,
+    # beyond the ones already in flight.
+    tripped_at = _ms(trip["at"])
+    storm_addresses = {agent.status(m)["to"] for m in storm}
+    after = [at for at, address, _ in smtp.rcpts if address in storm_addresses and at * 1000 > tripped_at]
+    assert len(after) <= CONNECTIONS, f"{len(after)} sends after the trip with {CONNECTIONS} in flight"
+    crossing = max(
+        at for at, address, reply in smtp.rcpts if reply.startswith("550") and at * 1000 <= tripped_at
+    )
+    print(
+        f"\ntrip recorded {tripped_at - crossing * 1000:.1f} ms after the crossing 550; "
+        f"{len(after)} RCPTs to the tripped segment after it ({CONNECTIONS} connections)"
+    )
+
+    held = next(m for m, s in zip(storm, states, strict=True) if s == "held")
+    assert agent.status(held)["held_by"] == "segment:cfo-na-q4"
+    wait_until(
+        lambda: _metric(daemon, "sendguard_safe_mode", scope_kind="segment", scope="cfo-na-q4") == 1,
+        what="the safe-mode gauge",
+    )
+    assert (_metric(daemon, "sendguard_bounce_rate", scope_kind="segment", scope="cfo-na-q4") or 0) >= 0.1
+    assert _metric(daemon, "sendguard_safe_mode", scope_kind="segment", scope="smb") == 0
+
+    # A new submission into the tripped scope is accepted and held, not rejected.
+    late = agent.client.post(
+        "/v1/messages", json=message("late@customer.example", segment="cfo-na-q4")
+    ).json()
+    assert late["status"] == "held"
+    assert late["reasons"][0]["code"] == "safe_mode"
+
+    # A person fixes the list and resumes: everything held goes out, nothing lost.
+    smtp.rcpt_replies = {address: "250 OK" for address in storm_addresses}
+    refused = admin.client.delete("/v1/safe-mode/segment:cfo-na-q4")
+    assert refused.status_code == 422 and "reason" in refused.text
+    resumed = admin.client.delete(
+        "/v1/safe-mode/segment:cfo-na-q4", params={"reason": "bad rows removed from the list"}
+    ).json()
+    assert resumed["released"] == states.count("held") + 1
+    assert resumed["resumed"]["cause"] == "bounce_rate"
+    agent.wait_status(held, "sent")
+    agent.wait_status(late["id"], "sent")
+    final = wait_until(
+        lambda: (s := [agent.status(m)["status"] for m in storm]).count("held") == 0 and s,
+        what="released messages to be delivered",
+    )
+    assert set(final) <= {"sent", "bounced"}
+    assert admin.client.get("/v1/safe-mode").json() == []
+    history = agent.status(held)["history"]
+    assert [h["cause"] for h in history][-3:] == ["resumed", "attempt", "relay_accepted"]
+    assert "bad rows removed" in history[-3]["detail"]
+
+
+def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
+    make_daemon: Callable[..., Daemon],
+    client_for: Callable[[Daemon, str, str], Api],
+    smtp: SmtpSink,
+) -> None:
+    first = make_daemon("")
+    second = make_daemon("")
+    admin = client_for(first, "admin", "dana")
+    agent = client_for(second, "agent", "sdr-bot")
+    tripped = admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill switch drill"})
+    assert tripped.status_code == 201, tripped.text
+    assert tripped.json()["cause"] == "manual" and tripped.json()["by"] == "dana"
+    again = admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "twice"})
+    assert again.status_code == 200 and again.json()["detail"] == "kill switch drill"
+
+    ids = [agent.send(f"lead{i}@customer.example")["id"] for i in range(3)]
+    assert {agent.status(m)["status"] for m in ids} == {"held"}
+    assert agent.client.get("/v1/safe-mode").json()[0]["scope"] == "global"
+    assert smtp.received == []
+
+    out = second.cli("safe-mode", "resume", "global", "--reason", "drill over", "--by", "sam")
+    assert "3 held messages released" in out
+    for message_id in ids:
+        agent.wait_status(message_id, "sent")
+    assert "resumed by sam" in agent.status(ids[0])["history"][-3]["detail"]
+
+
+def test_a_hijacked_agent_trips_on_its_refusals(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
+) -> None:
+    daemon = make_daemon("[safe_mode]\nmax_denials = 5\n")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+    for i in range(3):  # a mailbox it may not use: 403
+        forged = message(f"x{i}@customer.example", **{"from": "ceo@evil.example"})
+        assert agent.client.post("/v1/messages", json=forged).status_code == 403
+    for i in range(2):  # free-mail addresses: rejected
+        assert agent.send(f"someone{i}@gmail.com")["status"] == "rejected"
+    trips = admin.client.get("/v1/safe-mode").json()
+    assert [(t["scope"], t["cause"], t["value"]) for t in trips] == [("agent:sdr-bot", "denials", 5)]
+    assert agent.send("lead@customer.example")["status"] == "held"
+    other = client_for(daemon, "agent", "support-bot")
+    sent = other.send("someone@customer.example", **{"from": "help@acme.example"})
+    other.wait_status(sent["id"], "sent")
+
+
+def _ms(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp() * 1000
