@@ -146,7 +146,7 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
                 f"{scope}: resumed; {resumed.released} held messages released, "
                 f"{resumed.still_held} still held by other scopes"
             )
-        await notifier.drain(10.0)
+        await safe_mode.drain(10.0)
         return 0
 
 

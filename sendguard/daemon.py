@@ -182,7 +182,7 @@ async def serve(settings: Settings) -> None:
                 await store.forget_instance(instance)
                 await store.recover()
             await transport.close()
-            await notifier.drain(settings.shutdown_grace)
+            await safe_mode.drain(settings.shutdown_grace)
     log.info("stopped")
 
 

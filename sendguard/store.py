@@ -274,6 +274,31 @@ return {released, still, redis.call('SCARD', KEYS[1])}
 """
 )
 
+_SWEEP = (
+    _LUA_STATUS_SETS
+    + _LUA_SAFE_MODE
+    + """
+-- KEYS: due; ARGV: prefix scope cursor now
+if redis.call('HEXISTS', ARGV[1] .. ':trips', ARGV[2]) == 0 then return {'0', 0} end
+local scan = redis.call('ZSCAN', KEYS[1], ARGV[3], 'COUNT', 500)
+local held = 0
+for i = 1, #scan[2], 2 do
+  local id = scan[2][i]
+  local cur = redis.call('HMGET', ARGV[1] .. ':msg:' .. id, 'status', 'scopes')
+  if cur[1] and cur[2] then
+    for _, scope in ipairs(cjson.decode(cur[2])) do
+      if scope == ARGV[2] then
+        hold(ARGV[1], id, scope, tonumber(ARGV[4]), cur[1])
+        held = held + 1
+        break
+      end
+    end
+  end
+end
+return {scan[1], held}
+"""
+)
+
 _ANNOTATE = (
     _LUA_STATUS_SETS
     + """
@@ -353,6 +378,7 @@ class Store:
         self._recover = client.register_script(_RECOVER)
         self._release = client.register_script(_RELEASE)
         self._annotate = client.register_script(_ANNOTATE)
+        self._sweep = client.register_script(_SWEEP)
 
     async def admit(
         self,
@@ -542,6 +568,22 @@ class Store:
             released, still = released + int(done), still + int(other)
             if not int(left):
                 return released, still
+
+    async def hold_waiting(self, scope: str) -> int:
+        """Hold every queued message of a freshly tripped scope now, not only when it comes due.
+
+        Claims and the start of a send check the trips anyway; this keeps the states honest
+        for people looking at them.
+        """
+        cursor, held = "0", 0
+        while True:
+            async with translated():
+                cursor, found = await self._sweep(
+                    keys=[self.keys.due], args=[self.keys.prefix, scope, cursor, now_ms()]
+                )
+            held += int(found)
+            if str(cursor) == "0":
+                return held
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None

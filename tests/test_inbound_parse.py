@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import random
 from collections.abc import Sequence
+from email.message import Message
 from email.policy import compat32
 from pathlib import Path
 
@@ -129,6 +130,15 @@ def test_verp_from_the_envelope_recipients() -> None:
     assert parse(raw).events[0].message_id is None
     tied = parse(raw, envelope_recipients=[f"bounces+{ID_3F}@Bounce.Acme.Example"])
     assert tied.events[0].message_id == f"bounces+{ID_3F}@{BOUNCE_DOMAIN}"
+
+
+def test_original_recipient_is_the_address_we_sent_to() -> None:
+    forwarded = b"Final-Recipient: rfc822; dana.whitfield@mailstore.customer.example"
+    raw = swap(sample("dsn_postfix_hard.eml"), b"Final-Recipient: rfc822; dana@customer.example", forwarded)
+    assert parse(raw).events[0].recipient == "dana@customer.example"
+
+    without_original = swap(raw, b"Original-Recipient: rfc822;dana@customer.example\n", b"")
+    assert parse(without_original).events[0].recipient == "dana.whitfield@mailstore.customer.example"
 
 
 def test_malformed_status_goes_into_detail() -> None:
@@ -275,8 +285,13 @@ def test_reply(
 
 def test_html_only_reply_is_read_from_its_html() -> None:
     alternative = email.message_from_bytes(sample("reply_unsubscribe.eml"), policy=compat32)
-    html_part = alternative.get_payload()[1]
+    parts = alternative.get_payload()
+    assert isinstance(parts, list)
+    html_part = parts[1]
+    assert isinstance(html_part, Message)
     assert html_part.get_content_type() == "text/html"
+    markup = html_part.get_payload()
+    assert isinstance(markup, str)
     raw = reply(
         f"""
 From: Lee Chen <lee@customer.example>
@@ -284,7 +299,7 @@ In-Reply-To: <{ID_3F}.sg@acme.example>
 Content-Type: text/html; charset="iso-8859-1"
 Content-Transfer-Encoding: quoted-printable
 """,
-        html_part.get_payload(),
+        markup,
     )
 
     [event] = parse(raw).events
@@ -305,6 +320,12 @@ References: <{ID_1D}.sg@acme.example> <CAF=x7Ym2k@mail.example>
     [event] = parse(raw).events
 
     assert event.message_id == f"<{ID_2E}.sg@acme.example>"
+
+
+def test_a_bare_id_is_not_a_message_id() -> None:
+    [event] = parse(reply(f"From: dana@customer.example\nIn-Reply-To: <{ID_1D}>")).events
+
+    assert event.message_id is None
 
 
 def test_reply_without_any_reference_is_tied_by_its_sender() -> None:
@@ -482,6 +503,9 @@ HOSTILE = [
     b"Content-Type: multipart/mixed; boundary=a\n\n"
     + b"--a\nContent-Type: multipart/mixed; boundary=a\n\n" * 500,
     b"From: dana@customer.example\nContent-Type: text/plain; charset=zlib\n\nhello\n",
+    b'From: dana@customer.example\nContent-Type: text/plain; charset="utf\x00-8"\n\nhello \xff\n',
+    b"Content-Type: multipart/report; boundary=b\n\n"
+    b'--b\nContent-Type: text/plain; charset="a\x00"\n\n\xff\n--b--\n',
     b"From: dana@customer.example\nContent-Type: text/plain; charset*=utf-8''%ff%fe\n\nhello\n",
     b"From: dana@customer.example\nContent-Transfer-Encoding: base64\n\n!!!not base64===\n",
     b"From: \xff\xfe <\xff@\xfe>\nSubject: =?x-unknown?q?caf=E9?=\n\nhello\n",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from conftest import Api, Daemon, message, wait_until
@@ -164,3 +164,22 @@ def test_a_hijacked_agent_trips_on_its_refusals(
 
 def _ms(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp() * 1000
+
+
+def test_a_trip_holds_messages_due_later_at_once_and_resume_keeps_their_time(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
+) -> None:
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    waiting = [agent.send(f"lead{i}@customer.example", campaign="q4", send_at=later)["id"] for i in range(3)]
+    elsewhere = agent.send("lead9@customer.example", campaign="q1", send_at=later)["id"]
+    assert admin.client.post("/v1/safe-mode", json={"scope": "campaign:q4", "reason": "x"}).status_code == 201
+    wait_until(lambda: {agent.status(m)["status"] for m in waiting} == {"held"}, what="the sweep")
+    assert agent.status(elsewhere)["status"] == "queued"
+
+    resumed = admin.client.delete("/v1/safe-mode/campaign:q4", params={"reason": "checked"}).json()
+    assert resumed["released"] == 3
+    assert {agent.status(m)["status"] for m in waiting} == {"queued"}
+    assert smtp.received == []  # back in the queue for their send_at, not sent at once
