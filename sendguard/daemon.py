@@ -158,7 +158,12 @@ async def serve(settings: Settings) -> None:
         listener = None
         if settings.inbound_smtp:
             host, port = parse_host_port(settings.inbound_smtp, 25)
-            listener = await start_listener(inbox, host, port, settings.inbound_max_bytes)
+            try:
+                listener = await start_listener(inbox, host, port, settings.inbound_max_bytes)
+            except OSError as exc:
+                raise ConfigError(
+                    f"SENDGUARD_INBOUND_SMTP={settings.inbound_smtp}: cannot listen: {exc.strerror or exc}"
+                ) from exc
         _announce(settings, redis_description, transport.description, rules.path)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
