@@ -1,6 +1,5 @@
 """The stop-sending API: signals in (events, raw inbound mail, Alertmanager alerts), safe mode out."""
 
-import base64
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -142,17 +141,17 @@ async def post_inbound(request: Request, runtime: RuntimeDep, who: Reader) -> In
 
 @router.get("/v1/inbound/unparsed")
 async def list_unparsed(runtime: RuntimeDep, who: Admin) -> list[dict[str, Any]]:
-    """Inbound mail that was not understood, newest first (raw bytes base64-encoded)."""
+    """Inbound mail that was not understood, newest first: why, from where, how large."""
     return await runtime.inbox.unparsed()
 
 
 @router.get("/v1/inbound/unparsed/{kept_as}", response_class=Response)
 async def get_unparsed(kept_as: str, runtime: RuntimeDep, who: Admin) -> Response:
-    """One kept message, as it arrived."""
-    for entry in await runtime.inbox.unparsed():
-        if entry["id"] == kept_as:
-            return Response(base64.b64decode(entry["raw"]), media_type="message/rfc822")
-    raise HTTPException(404, f"no kept message {kept_as}")
+    """One kept message, as it arrived (its first 256 KiB)."""
+    raw = await runtime.inbox.unparsed_raw(kept_as)
+    if raw is None:
+        raise HTTPException(404, f"no kept message {kept_as}")
+    return Response(raw, media_type="message/rfc822")
 
 
 @router.get("/v1/safe-mode", response_model=list[TripOut])

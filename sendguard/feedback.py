@@ -45,85 +45,61 @@ class Feedback:
 
     async def bounced(self, message_id: str, record: dict[str, str]) -> list[Trip]:
         """The relay refused a message with a 5xx at RCPT or DATA: a hard bounce, and a send."""
-        metrics.BOUNCES.labels("hard").inc()
-        trips = await self._safe_mode.observe(
+        recorded = await self._safe_mode.observe(
             _scopes(record),
             [Signal.SENT, Signal.HARD],
             message_id=message_id,
             once="hard_bounce",
             last_sent_to=record["to"],
         )
+        if recorded.counted:
+            metrics.BOUNCES.labels("hard").inc()
         await self._suppress(record["to"], "recipient_suppressed", "the address bounced", message_id)
-        return trips
+        return recorded.trips
 
     async def apply(self, event: EventIn, source: str) -> Applied:
         message_id, record = await self._find(event)
         applied = Applied(event.type, message_id)
-        recipient = event.recipient or (record or {}).get("to")
-        if record is None:
-            metrics.UNMATCHED_EVENTS.labels(event.type.value).inc()
-        scopes = _scopes(record) if record else []
-        note = ""
-        if event.type is EventType.BOUNCE:
-            kind = "hard" if event.hard else "soft"
-            metrics.BOUNCES.labels(kind).inc()
-            note = f"{kind} bounce {event.status or ''} {event.detail or ''}".strip()
-            if message_id and record:
-                signal = Signal.HARD if event.hard else Signal.SOFT
-                applied.trips = await self._safe_mode.observe(
-                    scopes, [signal], message_id=message_id, once=f"{kind}_bounce"
-                )
-                if event.hard:
-                    await self._store.transition(
-                        message_id,
-                        to=Status.BOUNCED,
-                        cause="bounce_report",
-                        detail=note,
-                        allowed_from=[Status.SENT],
-                    )
-            if event.hard and recipient:
-                applied.suppressed = recipient
-        elif event.type is EventType.COMPLAINT:
-            metrics.COMPLAINTS.inc()
-            note = f"complaint {event.detail or ''}".strip()
-            if message_id and record:
-                applied.trips = await self._safe_mode.observe(
-                    scopes, [Signal.COMPLAINT], message_id=message_id, once="complaint"
-                )
-            applied.suppressed = recipient
-        elif event.type is EventType.REPLY:
-            verdict = classify(event.text or "")
-            sentiment = event.sentiment or verdict.sentiment
-            applied.sentiment, applied.unsubscribe = sentiment, verdict.unsubscribe
-            metrics.REPLIES.labels(sentiment.value).inc()
-            note = f"reply: {sentiment.value}" + (", asks to unsubscribe" if verdict.unsubscribe else "")
-            if message_id and record:
-                signals = [Signal.REPLY]
-                if sentiment in (Sentiment.NEGATIVE, Sentiment.ABUSIVE):
-                    signals.append(Signal(sentiment.value))
-                applied.trips = await self._safe_mode.observe(
-                    scopes, signals, message_id=message_id, once=f"reply_{sentiment.value}"
-                )
-            if verdict.unsubscribe:
-                metrics.UNSUBSCRIBES.inc()
-                applied.suppressed = recipient
-        elif event.type is EventType.UNSUBSCRIBE:
-            metrics.UNSUBSCRIBES.inc()
-            note = "unsubscribe request"
-            applied.suppressed = recipient
-        else:
-            note = f"delivered {event.detail or ''}".strip()
+        judged = _judge(event)
+        applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
+        counted = True
         if message_id and record:
-            await self._store.annotate(message_id, event.type.value, f"{note} (via {source})")
-        if recipient and event.type is EventType.REPLY:
-            applied.cancelled += await self._cancel_waiting(
-                recipient, "recipient_replied", "the recipient replied"
-            )
-        if recipient and applied.suppressed:
-            applied.cancelled += await self._suppress(
-                recipient, "recipient_suppressed", f"suppressed after a {event.type.value}", message_id
-            )
-        log.info("event %s applied", event.type.value, extra={"message_id": message_id or "", "status": note})
+            if judged.signals:
+                recorded = await self._safe_mode.observe(
+                    _scopes(record), judged.signals, message_id=message_id, once=judged.once
+                )
+                applied.trips, counted = recorded.trips, recorded.counted
+            if event.hard:
+                await self._store.transition(
+                    message_id,
+                    to=Status.BOUNCED,
+                    cause="bounce_report",
+                    detail=judged.note,
+                    allowed_from=[Status.SENT],
+                )
+            await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {source})")
+        else:
+            metrics.UNMATCHED_EVENTS.labels(event.type.value).inc()
+        if counted:
+            _count(event, judged)
+        # The address we mailed and the one the event names differ when a person replies from an
+        # alias or a report names a forwarding target: both are meant.
+        addresses = dict.fromkeys(a for a in (event.recipient, (record or {}).get("to")) if a)
+        for address in addresses:
+            if event.type is EventType.REPLY:
+                applied.cancelled += await self._cancel_waiting(
+                    address, "recipient_replied", "the recipient replied"
+                )
+            if judged.suppress:
+                applied.suppressed = applied.suppressed or address
+                applied.cancelled += await self._suppress(
+                    address, "recipient_suppressed", f"suppressed after a {event.type.value}", message_id
+                )
+        log.info(
+            "event %s applied",
+            event.type.value,
+            extra={"message_id": message_id or "", "status": judged.note},
+        )
         return applied
 
     async def _find(self, event: EventIn) -> tuple[str | None, dict[str, str] | None]:
@@ -156,6 +132,58 @@ class Feedback:
             ):
                 cancelled += 1
         return cancelled
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """What an event means: the signals it counts (once per message), and what else it does."""
+
+    signals: list[Signal]
+    once: str
+    note: str
+    suppress: bool
+    sentiment: Sentiment | None = None
+    unsubscribe: bool = False
+
+
+def _judge(event: EventIn) -> _Judged:
+    detail = event.detail or ""
+    if event.type is EventType.BOUNCE:
+        kind = "hard" if event.hard else "soft"
+        words = f"{kind} bounce {event.status or ''} {detail}".split()
+        signal = Signal.HARD if event.hard else Signal.SOFT
+        return _Judged([signal], f"{kind}_bounce", " ".join(words), suppress=event.hard)
+    if event.type is EventType.COMPLAINT:
+        return _Judged([Signal.COMPLAINT], "complaint", f"complaint {detail}".strip(), suppress=True)
+    if event.type is EventType.REPLY:
+        verdict = classify(event.text or "")
+        sentiment = event.sentiment or verdict.sentiment
+        signals = [Signal.REPLY]
+        if sentiment in (Sentiment.NEGATIVE, Sentiment.ABUSIVE):
+            signals.append(Signal(sentiment.value))
+        asks = ", asks to unsubscribe" if verdict.unsubscribe else ""
+        return _Judged(
+            signals,
+            f"reply_{sentiment.value}",
+            f"reply: {sentiment.value}{asks}",
+            verdict.unsubscribe,
+            sentiment,
+            verdict.unsubscribe,
+        )
+    if event.type is EventType.UNSUBSCRIBE:
+        return _Judged([], "", "unsubscribe request", suppress=True, unsubscribe=True)
+    return _Judged([], "", f"delivered {detail}".strip(), suppress=False)
+
+
+def _count(event: EventIn, judged: _Judged) -> None:
+    if event.type is EventType.BOUNCE:
+        metrics.BOUNCES.labels("hard" if event.hard else "soft").inc()
+    elif event.type is EventType.COMPLAINT:
+        metrics.COMPLAINTS.inc()
+    elif judged.sentiment is not None:
+        metrics.REPLIES.labels(judged.sentiment.value).inc()
+    if judged.unsubscribe:
+        metrics.UNSUBSCRIBES.inc()
 
 
 def _scopes(record: dict[str, str]) -> list[str]:

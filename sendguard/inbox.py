@@ -2,7 +2,8 @@
 
 Parsing runs in a worker thread under a time limit, so one pathological message cannot stall
 the daemon. Mail that cannot be understood is never dropped: it is counted and kept in Redis
-(the newest `KEEP_UNPARSED`) for a person to inspect.
+for a person to inspect (the newest `KEEP_UNPARSED`, each cut at `KEEP_BYTES`, so a flood of junk
+mail cannot fill Redis).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from sendguard.keys import Keys
 from sendguard.store import now_ms, translated
 
 log = logging.getLogger("sendguard.inbox")
-KEEP_UNPARSED = 1000
+KEEP_UNPARSED = 500
+KEEP_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,15 @@ class Inbox:
         return Received(inbound, applied)
 
     async def unparsed(self) -> list[dict[str, Any]]:
-        """The kept mail, newest first, with its raw bytes base64-encoded."""
+        """What was kept, newest first, without the raw bytes."""
+        return [{k: v for k, v in entry.items() if k != "raw"} for entry in await self._kept()]
+
+    async def unparsed_raw(self, kept_as: str) -> bytes | None:
+        """The raw bytes kept under `kept_as` (cut at KEEP_BYTES), or None."""
+        found = next((entry for entry in await self._kept() if entry["id"] == kept_as), None)
+        return base64.b64decode(found["raw"]) if found else None
+
+    async def _kept(self) -> list[dict[str, Any]]:
         async with translated():
             entries = await self._redis.lrange(self._keys.unparsed, 0, -1)
         return [json.loads(entry) for entry in entries]
@@ -94,7 +104,8 @@ class Inbox:
             "source": source,
             "reason": reason,
             "size": len(raw),
-            "raw": base64.b64encode(raw).decode("ascii"),
+            "truncated": len(raw) > KEEP_BYTES,
+            "raw": base64.b64encode(raw[:KEEP_BYTES]).decode("ascii"),
         }
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.lpush(self._keys.unparsed, json.dumps(entry))

@@ -20,7 +20,7 @@ from sendguard.keys import Keys
 from sendguard.notify import Notifier
 from sendguard.rules import Rules, ScopeKind
 from sendguard.scopes import split_scope
-from sendguard.signals import Signal, Signals, Trip
+from sendguard.signals import Recorded, Signal, Signals, Trip
 from sendguard.store import Store, now_ms, translated
 
 log = logging.getLogger("sendguard.safemode")
@@ -83,7 +83,7 @@ class SafeMode:
         message_id: str = "",
         once: str = "",
         last_sent_to: str = "",
-    ) -> list[Trip]:
+    ) -> Recorded:
         """Count signals in the watched ones of `scopes`; announce any trip they cause."""
         rules = self._rules().file.safe_mode
         watched = set(rules.scopes)
@@ -91,7 +91,7 @@ class SafeMode:
             watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
         order = _LIST_FIRST if {Signal.HARD, Signal.COMPLAINT} & set(signals) else _AGENT_FIRST
         rank = {kind.value: order.index(kind) for kind in watched}
-        trips = await self._signals.record(
+        recorded = await self._signals.record(
             sorted((s for s in scopes if split_scope(s)[0] in rank), key=lambda s: rank[split_scope(s)[0]]),
             signals,
             rules,
@@ -99,9 +99,9 @@ class SafeMode:
             once=once,
             last_sent_to=last_sent_to,
         )
-        for trip in trips:
+        for trip in recorded.trips:
             self._announce(trip)
-        return trips
+        return recorded
 
     async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
         """Trip a scope by hand or on an alert; (the active trip, whether this call made it)."""

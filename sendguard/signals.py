@@ -81,11 +81,11 @@ local window = tonumber(ARGV[1])
 local slot_ms = math.floor(window / tonumber(ARGV[2]))
 local retention = tonumber(ARGV[8])
 local slot = math.floor(now / slot_ms)
-if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], now) == 0 then return {} end
+if ARGV[4] ~= '' and redis.call('HSETNX', KEYS[3], ARGV[4], now) == 0 then return {0} end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], ARGV[5], 'PX', retention) end
 local counters = cjson.decode(ARGV[3])
 local r = cjson.decode(ARGV[6])
-local trips = {}
+local trips = {1}  -- counted, then the trips
 local function over(n, d, rate) return d > 0 and n >= rate * d - 1e-9 end
 for i = 5, #KEYS do
   local key, scope = KEYS[i], ARGV[i + 5]
@@ -178,6 +178,14 @@ class Trip:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """Whether a signal counted (not already counted for its message), and the trips it caused."""
+
+    counted: bool
+    trips: list[Trip]
+
+
+@dataclass(frozen=True)
 class Totals:
     """One scope's counts over the current window."""
 
@@ -218,7 +226,7 @@ class Signals:
         message_id: str = "",
         once: str = "",
         last_sent_to: str = "",
-    ) -> list[Trip]:
+    ) -> Recorded:
         """Count `signals` for each scope; with a bad signal, trip the first scope that crosses.
 
         `scopes` must come most specific first (see the script for why).
@@ -228,7 +236,7 @@ class Signals:
         """
         k = self._keys
         if not scopes and not once and not last_sent_to:
-            return []
+            return Recorded(counted=True, trips=[])
         thresholds = rules.model_dump(exclude={"window", "scopes"})
         async with translated():
             raw = await self._record(
@@ -252,7 +260,7 @@ class Signals:
                     *scopes,
                 ],
             )
-        return [Trip.from_json(trip) for trip in raw]
+        return Recorded(counted=raw[0] == 1, trips=[Trip.from_json(trip) for trip in raw[1:]])
 
     async def totals(self, rules: SafeModeRules) -> list[Totals]:
         """Window totals of every scope that saw a signal within the window."""

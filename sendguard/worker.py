@@ -22,6 +22,7 @@ from sendguard import metrics
 from sendguard.circuit import Circuit
 from sendguard.config import Settings
 from sendguard.errors import RelayError, RelayReply, StoreError
+from sendguard.events import verp_address
 from sendguard.feedback import Feedback
 from sendguard.ingress import Ingress, Recipient
 from sendguard.messages import render
@@ -180,11 +181,12 @@ class Deliverer:
         started = time.perf_counter()
         outcome: Outcome
         delivered = False
+        # With a bounce domain, the envelope sender carries the id, so any bounce finds its message.
+        bounce_domain = self._settings.bounce_domain
+        sender = verp_address(claim.message_id, bounce_domain) if bounce_domain else record["from_addr"]
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
-                code, text = await self._transport.send(
-                    claim.message_id, record["from_addr"], record["to"], data
-                )
+                code, text = await self._transport.send(claim.message_id, sender, record["to"], data)
         except RelayReply as reply:
             self._circuit.succeeded()  # any reply proves the relay is there
             metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()

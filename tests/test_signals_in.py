@@ -1,0 +1,541 @@
+"""Signals in, end to end: events, DSNs, ARF reports and replies reaching a real daemon.
+
+They arrive by `POST /v1/events`, by `POST /v1/inbound` and by the inbound SMTP listener. The
+mail is built from the samples in tests/samples, rewritten to be about a message the daemon
+really sent to the SMTP sink: its id, its Message-ID and its recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import aiosmtplib
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from sendguard.keys import Keys
+from sendguard.tokens import Role, Tokens
+from tests.conftest import Api, Daemon, free_port, wait_until
+from tests.peers import SmtpSink
+
+MakeDaemon = Callable[..., Daemon]
+
+SAMPLES = Path(__file__).parent / "samples"
+BOUNCE_DOMAIN = "bounce.acme.example"
+FEEDBACK_ADDRESS = f"fbl@{BOUNCE_DOMAIN}"
+GLOBAL = {"scope_kind": "global", "scope": "global"}
+NO_COOLDOWN = '[ingress]\nrecipient_cooldown = "0s"\n'
+# The fake sendguard id each sample is about, and the address it was sent to (or replies from).
+FAKES = {
+    "dsn_postfix_hard.eml": ("0192a3b4c5d6e7f8a9b0c1d", "dana@customer.example"),
+    "dsn_multi_recipient.eml": ("0192a3b4c5d6e7f8a9b0c3f", "ops@partner.example"),
+    "arf_abuse.eml": ("0192a3b4c5d6e7f8a9b0c4a", "riley@mailprovider.example"),
+    "reply_positive.eml": ("0192a3b4c5d6e7f8a9b0c2e", "dana@customer.example"),
+    "reply_unsubscribe.eml": ("0192a3b4c5d6e7f8a9b0c3f", "lee@customer.example"),
+    "reply_abusive.eml": ("0192a3b4c5d6e7f8a9b0c4a", "riley@mailprovider.example"),
+}
+UNKNOWN_ID = "0192a3b4c5d6e7f8a9b0fff"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """A message the relay accepted: sendguard's id, its recipient, the Message-ID it carried."""
+
+    id: str
+    to: str
+    header: str
+
+
+class Gateway(NamedTuple):
+    """A running daemon with an agent client (sdr-bot) and an admin client (dana)."""
+
+    daemon: Daemon
+    agent: Api
+    admin: Api
+
+
+Start = Callable[..., Gateway]
+
+
+@pytest.fixture
+def start(make_daemon: MakeDaemon, redis_url: str, prefix: str) -> Iterator[Callable[..., Gateway]]:
+    """Start a daemon (rules, settings) while its two tokens are minted.
+
+    Tokens are minted in-process: `sendguard token create` costs a second of imports each time.
+    """
+    opened: list[Api] = []
+
+    def run(rules: str = "", **settings: str) -> Gateway:
+        with ThreadPoolExecutor(2) as pool:  # threads have no event loop, so async tests may call it
+            started = pool.submit(make_daemon, rules, **settings)
+            agent, admin = pool.submit(asyncio.run, _mint(redis_url, prefix)).result()
+            daemon = started.result()
+        opened.extend((Api(daemon, agent), Api(daemon, admin)))
+        return Gateway(daemon, *opened[-2:])
+
+    yield run
+    for api in opened:
+        api.close()
+
+
+async def _mint(redis_url: str, prefix: str) -> tuple[str, str]:
+    """A token for agent sdr-bot and one for admin dana."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        tokens = Tokens(client, Keys(prefix))
+        return (await tokens.create(Role.AGENT, "sdr-bot"))[1], (await tokens.create(Role.ADMIN, "dana"))[1]
+    finally:
+        await client.aclose()
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _deliver(agent: Api, smtp: SmtpSink, to: str) -> Sent:
+    """Submit a message and wait until the relay has it."""
+    message_id = agent.send(to)["id"]
+    agent.wait_status(message_id, "sent")
+    header = next(r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or ""))
+    assert header is not None
+    return Sent(message_id, to, header)
+
+
+def _waiting(agent: Api, to: str) -> str:
+    """A message to `to` that waits in the queue for an hour; its id."""
+    later = agent.send(to, send_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    assert later["status"] == "queued", later
+    return str(later["id"])
+
+
+def _about(sample: str, sent: Sent, *, untraceable: bool = False) -> bytes:
+    """A sample rewritten to be about `sent`: its id and its recipient swapped in.
+
+    `untraceable` first drops every line naming the id (the returned Message-ID, Return-Path and
+    all VERP addresses), so only the recipient is left to tie the mail back.
+    """
+    fake_id, fake_to = (value.encode() for value in FAKES[sample])
+    raw = (SAMPLES / sample).read_bytes()
+    assert fake_id in raw and fake_to in raw.lower(), f"{sample} no longer has {fake_id!r}, {fake_to!r}"
+    if untraceable:
+        raw = b"".join(line for line in raw.splitlines(keepends=True) if fake_id not in line)
+    raw = re.sub(re.escape(fake_to), sent.to.encode(), raw, flags=re.IGNORECASE)
+    return raw.replace(fake_id, sent.id.encode())
+
+
+def _inbound(api: Api, raw: bytes | Iterator[bytes]) -> httpx.Response:
+    return api.client.post("/v1/inbound", content=raw, headers={"Content-Type": "message/rfc822"})
+
+
+def _applied(api: Api, raw: bytes) -> dict[str, Any]:
+    """POST raw mail that must be understood; the daemon's account of it."""
+    response = _inbound(api, raw)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _event(api: Api, **fields: str) -> dict[str, Any]:
+    response = api.client.post("/v1/events", json=fields)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _suppressed(admin: Api) -> list[str]:
+    addresses: list[str] = admin.client.get("/v1/suppressions").json()["addresses"]
+    return addresses
+
+
+def _history(api: Api, message_id: str) -> list[tuple[str, str]]:
+    """(cause, detail) of each recorded step of a message."""
+    return [(step["cause"], step["detail"]) for step in api.status(message_id)["history"]]
+
+
+def _causes(api: Api, message_id: str) -> list[str]:
+    return [cause for cause, _ in _history(api, message_id)]
+
+
+def _metric(daemon: Daemon, sample: str, **labels: str) -> float | None:
+    """One sample of the daemon's /metrics, read with Prometheus' own parser; None if absent."""
+    text = httpx.get(f"{daemon.base}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == sample and found.labels == labels:
+                return float(found.value)
+    return None
+
+
+def _global_bounce_rate(daemon: Daemon, sent: int) -> float | None:
+    """The global bounce-rate gauge, once the maintenance loop has counted `sent` in the window."""
+    wait_until(
+        lambda: _metric(daemon, "sendguard_window_sent", **GLOBAL) == sent,
+        what="the maintenance loop to refresh the per-scope gauges",
+    )
+    return _metric(daemon, "sendguard_bounce_rate", **GLOBAL)
+
+
+def _unparsed(admin: Api) -> list[dict[str, Any]]:
+    response = admin.client.get("/v1/inbound/unparsed")
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()
+    return entries
+
+
+async def _over_smtp(port: int, recipient: str, raw: bytes) -> aiosmtplib.SMTPResponse:
+    """Hand raw mail to the inbound listener as a remote MTA returns a bounce: MAIL FROM:<>."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=10) as client:
+        await client.mail("")
+        await client.rcpt(recipient)
+        return await client.data(raw)
+
+
+# --- POST /v1/events -----------------------------------------------------------------------------
+
+
+def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, smtp: SmtpSink) -> None:
+    # 1 hard bounce of 2 sent stays under 75 %; the same bounce counted twice would trip.
+    daemon, agent, admin = start("[safe_mode]\nmin_sent = 2\nbounce_rate = 0.75\n")
+    bounced = _deliver(agent, smtp, "dana@customer.example")
+    _deliver(agent, smtp, "lee@customer.example")
+    report = {"type": "bounce", "message_id": bounced.header, "status": "5.1.1", "detail": "user unknown"}
+
+    first = _event(agent, **report)
+    assert first == {
+        "type": "bounce",
+        "message_id": bounced.id,
+        "sentiment": None,
+        "unsubscribe": False,
+        "suppressed": "dana@customer.example",
+        "cancelled": 0,
+        "tripped": [],
+    }
+    assert _metric(daemon, "sendguard_bounces_total", type="hard") == 1
+    assert _event(admin, **report)["tripped"] == []  # the same report again, from an admin
+
+    assert admin.client.get("/v1/safe-mode").json() == []
+    assert _global_bounce_rate(daemon, sent=2) == 0.5
+    assert agent.status(bounced.id)["status"] == "bounced"
+    assert _causes(agent, bounced.id).count("bounce_report") == 1
+    assert _suppressed(admin) == ["dana@customer.example"]
+    again = agent.send("dana@customer.example")
+    assert again["status"] == "rejected"
+    assert [reason["code"] for reason in again["reasons"]] == ["suppressed"]
+
+
+def test_a_bounce_reported_twice_is_one_bounce_on_the_counter_too(start: Start, smtp: SmtpSink) -> None:
+    daemon, agent, _ = start()
+    sent = _deliver(agent, smtp, "dana@customer.example")
+
+    for _ in range(2):
+        _event(agent, type="bounce", message_id=sent.id, status="5.1.1")
+
+    assert _metric(daemon, "sendguard_bounces_total", type="hard") == 1
+
+
+def test_a_soft_bounce_and_a_delivery_are_recorded_without_consequences(start: Start, smtp: SmtpSink) -> None:
+    # One message sent: a soft bounce counted as hard would make the bounce rate 100 %.
+    daemon, agent, admin = start("[safe_mode]\nmin_sent = 1\nbounce_rate = 0.5\n")
+    sent = _deliver(agent, smtp, "dana@customer.example")
+
+    soft = _event(agent, type="bounce", bounce_type="soft", message_id=sent.id, status="4.2.2")
+    delivered = _event(agent, type="delivered", message_id=sent.id, detail="250 2.0.0 stored")
+
+    assert (soft["message_id"], soft["suppressed"], soft["tripped"]) == (sent.id, None, [])
+    assert (delivered["message_id"], delivered["suppressed"]) == (sent.id, None)
+    assert agent.status(sent.id)["status"] == "sent"
+    assert _history(agent, sent.id)[-2:] == [
+        ("bounce", "soft bounce 4.2.2 (via api (sdr-bot))"),
+        ("delivered", "delivered 250 2.0.0 stored (via api (sdr-bot))"),
+    ]
+    assert _suppressed(admin) == []
+    assert admin.client.get("/v1/safe-mode").json() == []
+    assert _metric(daemon, "sendguard_bounces_total", type="soft") == 1
+    assert _metric(daemon, "sendguard_bounces_total", type="hard") is None
+    assert _global_bounce_rate(daemon, sent=1) == 0
+
+
+def test_complaints_and_unsubscribes_suppress_and_cancel_what_waits(start: Start, smtp: SmtpSink) -> None:
+    daemon, agent, admin = start(NO_COOLDOWN)
+    complained = _deliver(agent, smtp, "riley@other.example")
+    unsubscribed = _deliver(agent, smtp, "lee@customer.example")
+    waiting = _waiting(agent, "lee@customer.example")
+
+    complaint = _event(admin, type="complaint", message_id=complained.header, detail="Feedback-Type: abuse")
+    # Only the address is known: tied to the last message sent there, whatever its case.
+    unsubscribe = _event(admin, type="unsubscribe", recipient="Lee@Customer.example")
+
+    assert (complaint["message_id"], complaint["suppressed"]) == (complained.id, "riley@other.example")
+    assert unsubscribe["message_id"] == unsubscribed.id
+    assert (unsubscribe["suppressed"], unsubscribe["cancelled"]) == ("lee@customer.example", 1)
+    assert _suppressed(admin) == ["lee@customer.example", "riley@other.example"]
+    cancelled = agent.status(waiting)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["reasons"][0]["code"] == "recipient_suppressed"
+    assert _causes(agent, complained.id)[-1] == "complaint"
+    assert _causes(agent, unsubscribed.id)[-1] == "unsubscribe"
+    assert _metric(daemon, "sendguard_complaints_total") == 1
+    assert _metric(daemon, "sendguard_unsubscribes_total") == 1
+
+
+def test_an_event_for_an_unknown_message_is_counted_and_still_suppresses(
+    start: Start,
+) -> None:
+    daemon, agent, admin = start()
+
+    out = _event(agent, type="bounce", message_id=UNKNOWN_ID, recipient="gone@third.example")
+
+    assert (out["message_id"], out["suppressed"], out["tripped"]) == (UNKNOWN_ID, "gone@third.example", [])
+    assert _metric(daemon, "sendguard_events_unmatched_total", type="bounce") == 1
+    assert _suppressed(admin) == ["gone@third.example"]
+
+
+def test_a_malformed_event_gets_422_naming_the_field(start: Start) -> None:
+    _, agent, admin = start()
+    cases = [
+        ({"type": "bounce"}, "message_id or recipient"),
+        ({"type": "bounce", "message_id": "<not-ours@acme.example>"}, "message_id"),
+        ({"type": "reply", "message_id": UNKNOWN_ID, "bounce_type": "hard"}, "bounce_type"),
+        ({"type": "opened", "message_id": UNKNOWN_ID}, "type"),
+    ]
+
+    answers = [agent.client.post("/v1/events", json=body) for body, _ in cases]
+
+    for (body, field), answer in zip(cases, answers, strict=True):
+        assert answer.status_code == 422, (body, answer.text)
+        assert field in answer.json()["detail"], (body, answer.json())
+    assert answers[-1].json()["errors"][0]["field"] == "type"
+    assert _suppressed(admin) == []
+
+
+# --- POST /v1/inbound: reports ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sample", "settings", "untraceable", "tied_to"),
+    [
+        pytest.param("dsn_postfix_hard.eml", {}, False, 0, id="by-returned-message-id"),
+        pytest.param(
+            "dsn_multi_recipient.eml", {"bounce_domain": BOUNCE_DOMAIN}, False, 0, id="by-verp-address"
+        ),
+        pytest.param("dsn_postfix_hard.eml", {}, True, 1, id="by-recipient-last-sent"),
+    ],
+)
+def test_a_dsn_ties_back_to_its_message_bounces_it_and_suppresses(
+    start: Start,
+    smtp: SmtpSink,
+    sample: str,
+    settings: dict[str, str],
+    untraceable: bool,
+    tied_to: int,
+) -> None:
+    daemon, agent, admin = start(NO_COOLDOWN, **settings)
+    # Two messages to one address: only the one the DSN names, or else the latest, may bounce.
+    messages = [_deliver(agent, smtp, "dana@customer.example") for _ in range(2)]
+
+    out = _applied(agent, _about(sample, messages[0], untraceable=untraceable))
+
+    assert out["kind"] == "dsn"
+    assert "1 hard bounce (5." in out["summary"], out["summary"]
+    bounce = out["events"][0]
+    assert (bounce["type"], bounce["message_id"]) == ("bounce", messages[tied_to].id)
+    assert bounce["suppressed"] == "dana@customer.example"
+    assert [agent.status(m.id)["status"] for m in messages] == [
+        "bounced" if i == tied_to else "sent" for i in range(2)
+    ]
+    assert "bounce_report" in _causes(agent, messages[tied_to].id)
+    assert _suppressed(admin) == ["dana@customer.example"]  # not the report's other recipients
+    assert _metric(daemon, "sendguard_inbound_messages_total", kind="dsn") == 1
+
+
+def test_an_arf_abuse_report_is_a_complaint_that_suppresses(start: Start, smtp: SmtpSink) -> None:
+    daemon, agent, admin = start()
+    sent = _deliver(agent, smtp, "riley@other.example")
+
+    out = _applied(agent, _about("arf_abuse.eml", sent))
+
+    assert (out["kind"], out["summary"]) == ("arf", "ARF from Yahoo!-Mail-Feedback/2.0: abuse complaint")
+    [complaint] = out["events"]
+    assert (complaint["type"], complaint["message_id"]) == ("complaint", sent.id)
+    assert complaint["suppressed"] == "riley@other.example"
+    assert agent.status(sent.id)["status"] == "sent"
+    assert _causes(agent, sent.id)[-1] == "complaint"
+    assert _suppressed(admin) == ["riley@other.example"]
+    assert _metric(daemon, "sendguard_complaints_total") == 1
+    assert _metric(daemon, "sendguard_inbound_messages_total", kind="arf") == 1
+
+
+# --- replies ---------------------------------------------------------------------------------------
+
+
+def test_a_reply_is_classified_and_cancels_the_sends_waiting_for_its_author(
+    start: Start, smtp: SmtpSink
+) -> None:
+    daemon, agent, admin = start(NO_COOLDOWN)
+    sent = _deliver(agent, smtp, "dana@customer.example")
+    follow_up = _waiting(agent, "dana@customer.example")
+
+    out = _applied(agent, _about("reply_positive.eml", sent))
+
+    assert (out["kind"], out["summary"]) == ("reply", f"reply from dana@customer.example to {sent.id}")
+    [reply] = out["events"]
+    assert (reply["type"], reply["message_id"], reply["sentiment"]) == ("reply", sent.id, "positive")
+    assert (reply["unsubscribe"], reply["suppressed"], reply["cancelled"]) == (False, None, 1)
+    cancelled = agent.status(follow_up)
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["reasons"][0]["code"] == "recipient_replied"
+    assert agent.status(sent.id)["status"] == "sent"
+    assert _history(agent, sent.id)[-1] == ("reply", "reply: positive (via api (sdr-bot))")
+    assert _suppressed(admin) == []
+    assert _metric(daemon, "sendguard_replies_total", sentiment="positive") == 1
+
+
+def test_a_reply_from_another_address_still_cancels_the_sends_waiting_for_the_one_mailed(
+    start: Start, smtp: SmtpSink
+) -> None:
+    _, agent, _ = start(NO_COOLDOWN)
+    sent = _deliver(agent, smtp, "dana@customer.example")
+    follow_up = _waiting(agent, "dana@customer.example")
+    # Dana answers from her other address; the reply still names the message it answers.
+    alias = dataclasses.replace(sent, to="dana.whitfield@customer.example")
+
+    out = _applied(agent, _about("reply_positive.eml", alias))
+
+    assert out["events"][0]["message_id"] == sent.id
+    assert agent.status(follow_up)["status"] == "cancelled"
+
+
+def test_an_unsubscribe_reply_suppresses_the_replier(start: Start, smtp: SmtpSink) -> None:
+    daemon, agent, admin = start()
+    sent = _deliver(agent, smtp, "lee@customer.example")
+
+    [reply] = _applied(agent, _about("reply_unsubscribe.eml", sent))["events"]
+
+    assert (reply["message_id"], reply["unsubscribe"]) == (sent.id, True)
+    assert reply["suppressed"] == "lee@customer.example"
+    assert _suppressed(admin) == ["lee@customer.example"]
+    assert agent.send("lee@customer.example")["status"] == "rejected"
+    assert _metric(daemon, "sendguard_unsubscribes_total") == 1
+
+
+def test_the_callers_sentiment_wins_over_the_classifier(start: Start, smtp: SmtpSink) -> None:
+    # Half of two replies negative trips the agent; the classifier alone finds none negative.
+    daemon, agent, _ = start("[safe_mode]\nmin_replies = 2\nnegative_reply_rate = 0.5\n")
+    first, second = (_deliver(agent, smtp, to) for to in ("dana@customer.example", "lee@customer.example"))
+    text = "Thanks, sounds great. Let's talk Thursday."
+
+    classified = _event(agent, type="reply", message_id=first.id, text=text)
+    decided = _event(agent, type="reply", message_id=second.id, text=text, sentiment="negative")
+
+    assert (classified["sentiment"], classified["tripped"]) == ("positive", [])
+    assert (decided["sentiment"], decided["tripped"]) == ("negative", ["agent:sdr-bot"])
+    assert _metric(daemon, "sendguard_replies_total", sentiment="negative") == 1
+    assert _metric(daemon, "sendguard_replies_total", sentiment="positive") == 1
+
+
+def test_an_abusive_burst_trips_the_agent(start: Start, smtp: SmtpSink) -> None:
+    daemon, agent, admin = start("[safe_mode]\nabusive_replies = 3\n")
+    sent = [_deliver(agent, smtp, f"lead{i}@customer.example") for i in range(3)]
+
+    tripped = [_applied(admin, _about("reply_abusive.eml", m))["events"][0]["tripped"] for m in sent]
+
+    assert tripped == [[], [], ["agent:sdr-bot"]]
+    trips = admin.client.get("/v1/safe-mode").json()
+    assert [(t["scope"], t["cause"], t["value"], t["threshold"]) for t in trips] == [
+        ("agent:sdr-bot", "abusive_replies", 3, 3)
+    ]
+    late = agent.send("lead9@customer.example")
+    assert (late["status"], late["reasons"][0]["code"]) == ("held", "safe_mode")
+    assert _metric(daemon, "sendguard_replies_total", sentiment="abusive") == 3
+    assert _metric(daemon, "sendguard_safe_mode_trips_total", cause="abusive_replies") == 1
+
+
+# --- what cannot be parsed, or is too big -----------------------------------------------------------
+
+
+def test_unparsable_mail_is_refused_and_kept_byte_for_byte(start: Start) -> None:
+    daemon, agent, admin = start()
+    raw = (SAMPLES / "not_mail.txt").read_bytes()
+
+    response = _inbound(agent, raw)
+
+    assert response.status_code == 422, response.text
+    refused = response.json()
+    assert refused["error"] == "unparsable" and refused["detail"]
+    assert agent.client.get("/v1/inbound/unparsed").status_code == 403
+    [kept] = _unparsed(admin)
+    assert (kept["id"], kept["reason"], kept["size"]) == (refused["kept_as"], refused["detail"], len(raw))
+    assert kept["source"] == "api (sdr-bot)"
+    assert "raw" not in kept and kept["truncated"] is False
+    one = admin.client.get(f"/v1/inbound/unparsed/{kept['id']}")
+    assert one.status_code == 200
+    assert (one.content, one.headers["content-type"]) == (raw, "message/rfc822")
+    assert admin.client.get("/v1/inbound/unparsed/0000").status_code == 404
+    assert _metric(daemon, "sendguard_inbound_messages_total", kind="unparsed") == 1
+
+
+async def test_oversized_inbound_mail_is_refused_over_http_and_smtp(start: Start) -> None:
+    port = free_port()
+    _, agent, admin = start(inbound_max_bytes="2048", inbound_smtp=f"127.0.0.1:{port}")
+    big = (b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n") * 40
+
+    declared = _inbound(agent, big)
+    streamed = _inbound(agent, iter([big[:1000], big[1000:]]))  # chunked: no Content-Length
+    with pytest.raises(aiosmtplib.SMTPResponseException) as over_smtp:
+        await _over_smtp(port, FEEDBACK_ADDRESS, big)
+
+    assert (declared.status_code, declared.json()["error"]) == (413, "body_too_large")
+    assert (streamed.status_code, streamed.json()["error"]) == (413, "body_too_large")
+    assert over_smtp.value.code == 552
+    assert _inbound(agent, big[:2000]).status_code == 422  # under the limit: read, and kept
+    assert len(_unparsed(admin)) == 1
+
+
+# --- the inbound SMTP listener -----------------------------------------------------------------------
+
+
+async def test_the_smtp_listener_takes_every_message_in_and_ties_back_what_it_understands(
+    start: Start, smtp: SmtpSink
+) -> None:
+    port = free_port()
+    daemon, agent, admin = start(NO_COOLDOWN, bounce_domain=BOUNCE_DOMAIN, inbound_smtp=f"127.0.0.1:{port}")
+    first, second = (_deliver(agent, smtp, "dana@customer.example") for _ in range(2))
+    # Nothing in the DSN names the message: only the envelope recipient does.
+    dsn = _about("dsn_postfix_hard.eml", first, untraceable=True)
+    garbage = b"this is not an email\r\njust some bytes\r\n"
+
+    understood = await _over_smtp(port, f"bounces+{first.id}@{BOUNCE_DOMAIN}", dsn)
+    kept = await _over_smtp(port, FEEDBACK_ADDRESS, garbage)
+
+    assert (understood.code, understood.message) == (
+        250,
+        "2.0.0 DSN from mx.customer.example: 1 hard bounce (5.1.1)",
+    )
+    assert [agent.status(m.id)["status"] for m in (first, second)] == ["bounced", "sent"]
+    assert "bounce_report" in _causes(agent, first.id)
+    assert _suppressed(admin) == ["dana@customer.example"]
+    # An MTA told anything but 250 would retry, or bounce the bounce: what is not understood is kept.
+    assert kept.code == 250
+    [entry] = _unparsed(admin)
+    assert kept.message == f"2.0.0 kept for inspection as {entry['id']}"
+    assert entry["source"] == "smtp"
+    assert admin.client.get(f"/v1/inbound/unparsed/{entry['id']}").content == garbage
+    assert _metric(daemon, "sendguard_inbound_messages_total", kind="unparsed") == 1
+    assert _metric(daemon, "sendguard_inbound_messages_total", kind="dsn") == 1
+
+
+def test_with_a_bounce_domain_mail_leaves_with_a_verp_envelope_sender(start: Start, smtp: SmtpSink) -> None:
+    _, agent, _ = start(bounce_domain=BOUNCE_DOMAIN)
+
+    sent = _deliver(agent, smtp, "dana@customer.example")
+
+    [received] = smtp.received
+    assert received.mail_from == f"bounces+{sent.id}@{BOUNCE_DOMAIN}"
