@@ -12,8 +12,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sendguard import daemon, logs
+from sendguard import logs
 from sendguard.config import Settings
+from sendguard.connection import redis_connection
 from sendguard.errors import SendguardError
 from sendguard.keys import Keys
 from sendguard.notify import Notifier
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "run":
+            from sendguard import daemon  # the HTTP stack loads only for the daemon
+
             return daemon.run(settings)
         if args.command == "token":
             return asyncio.run(_token(settings, args))
@@ -94,7 +97,7 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    async with daemon.redis_connection(settings, for_daemon=False) as (client, _):
+    async with redis_connection(settings, for_daemon=False) as (client, _):
         tokens = Tokens(client, Keys(settings.redis_prefix))
         if args.token_command == "create":
             role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
@@ -126,7 +129,7 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"sendguard: {exc}", file=sys.stderr)
             return 2
-    async with daemon.redis_connection(settings, for_daemon=False) as (client, _):
+    async with redis_connection(settings, for_daemon=False) as (client, _):
         keys = Keys(settings.redis_prefix)
         notifier = Notifier(settings.notify_url)
         safe_mode = SafeMode(client, keys, Store(client, keys), notifier, lambda: rules)
