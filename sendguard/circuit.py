@@ -38,11 +38,11 @@ class Circuit:
         self._changed = asyncio.Event()
         self.state = State.CLOSED
 
-    async def ready(self) -> None:
-        """Wait until a delivery may be dispatched: closed, or this one is the half-open probe."""
+    async def ready(self) -> bool:
+        """Wait until a delivery may be dispatched; True when it is the half-open probe."""
         while True:
             if self.state is State.CLOSED:
-                return
+                return False
             if self.state is State.OPEN:
                 delay = self._retry_at - time.monotonic()
                 if delay > 0:
@@ -52,14 +52,14 @@ class Circuit:
                 self._probing = False
             if not self._probing:
                 self._probing = True
-                return
+                return True
             self._changed.clear()
             await self._changed.wait()
 
-    def unused(self) -> None:
-        """The probe slot was granted but nothing was due: let the next dispatch be the probe."""
-        if self.state is State.HALF_OPEN:
-            self._probing = False
+    def release(self, probe: bool) -> None:
+        """A dispatch is over. If it was the probe and never reached the relay, the next one probes."""
+        if probe and self.state is State.HALF_OPEN:
+            self._wake()
 
     def succeeded(self) -> None:
         if self.state is not State.CLOSED:

@@ -117,8 +117,9 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_exit)
+        stopping = asyncio.Event()
         maintenance = asyncio.create_task(
-            _maintain(store, safe_mode, instance, ttl_ms, settings.instance_ttl)
+            _maintain(store, safe_mode, instance, ttl_ms, settings.instance_ttl, stopping)
         )
         delivery = asyncio.create_task(deliverer.run())
         try:
@@ -128,9 +129,8 @@ async def serve(settings: Settings) -> None:
             if listener is not None:
                 listener.close()
             await deliverer.stop(settings.shutdown_grace)
-            delivery.cancel()
-            maintenance.cancel()
-            await asyncio.gather(delivery, maintenance, return_exceptions=True)
+            stopping.set()
+            await _finish(delivery, maintenance)
             # Whatever is still claimed goes back to the queue now, not when our lease ends.
             with contextlib.suppress(StoreError):
                 await store.forget_instance(instance)
@@ -151,9 +151,25 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
-async def _maintain(store: Store, safe_mode: SafeMode, instance: str, ttl_ms: int, ttl: float) -> None:
+async def _finish(*tasks: asyncio.Task[None]) -> None:
+    """Let the loops end by themselves, cancelling what does not.
+
+    Cancelling more than once: redis-py can swallow a cancellation that lands mid-command.
+    """
+    pending = {task for task in tasks if not task.done()}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=2)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1)
+
+
+async def _maintain(
+    store: Store, safe_mode: SafeMode, instance: str, ttl_ms: int, ttl: float, stopping: asyncio.Event
+) -> None:
     """Heartbeat, recover the work of daemons that died, and refresh the gauges."""
-    while True:
+    while not stopping.is_set():
         try:
             await store.heartbeat(instance, ttl_ms)
             recovered, uncertain = await store.recover()
@@ -169,7 +185,8 @@ async def _maintain(store: Store, safe_mode: SafeMode, instance: str, ttl_ms: in
             await safe_mode.refresh_metrics()
         except StoreError as exc:
             log.warning("maintenance failed, retrying: %s", exc)
-        await asyncio.sleep(ttl / 3)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), ttl / 3)
 
 
 def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:

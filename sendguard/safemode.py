@@ -119,13 +119,15 @@ class SafeMode:
     async def resume(self, scope: str, by: str, reason: str) -> Resumed:
         """Lift a trip, restart the scope's window and release what it held."""
         k = self._keys
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hget(k.trips, scope)
-            pipe.hdel(k.trips, scope)
-            pipe.delete(k.signals(scope))
-            pipe.zrem(k.active_scopes, scope)
-            raw, *_ = await pipe.execute()
-        raw = str(raw) if raw else None
+        async with translated():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(k.trips, scope)
+                pipe.hdel(k.trips, scope)
+                raw, removed = await pipe.execute()
+            if removed:  # a fresh window, so it does not trip again on the counts that tripped it
+                await self._redis.delete(k.signals(scope))
+                await self._redis.zrem(k.active_scopes, scope)
+        raw = str(raw) if removed else None
         released, still = await self._store.release(scope, f"{scope} resumed by {by}: {reason}")
         resumed = Resumed(scope, Trip.from_json(raw) if raw else None, released, still)
         if resumed.trip is not None:

@@ -91,24 +91,24 @@ class Deliverer:
     async def run(self) -> None:
         while not self._stopping:
             await self._slots.acquire()
-            await self._circuit.ready()
+            probe = await self._circuit.ready()
             if self._stopping:
                 self._slots.release()
                 break
             try:
                 claimed = await self._store.claim(self._instance, secrets.token_hex(8))
             except StoreError as exc:
-                self._circuit.unused()
+                self._circuit.release(probe)
                 self._slots.release()
                 log.warning("claim failed, retrying: %s", exc)
                 await self._sleep(1.0)
                 continue
             if isinstance(claimed, NoWork):
-                self._circuit.unused()
+                self._circuit.release(probe)
                 self._slots.release()
                 await self._sleep(_idle_for(claimed))
                 continue
-            task = asyncio.create_task(self._deliver(claimed))
+            task = asyncio.create_task(self._deliver(claimed, probe))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -134,12 +134,15 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, claim: Claim, probe: bool) -> None:
         try:
             await self._attempt(claim)
         except StoreError as exc:
             # The claim stays in flight; recovery requeues it once this daemon's lease ends.
             log.warning("store failed mid-delivery: %s", exc, extra={"message_id": claim.message_id})
+        finally:
+            # A probe that never reached the relay (throttled, held, DNS) hands its turn on.
+            self._circuit.release(probe)
 
     async def _attempt(self, claim: Claim) -> None:
         record = claim.record
@@ -170,7 +173,6 @@ class Deliverer:
             {"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
         )
         if began is not Begin.BEGAN:  # its scope tripped, or it was cancelled, since the claim
-            self._circuit.unused()
             await self._throttles.settle(buckets, member, delivered=False)
             return
         await self._send(claim, attempt, buckets, member)

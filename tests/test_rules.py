@@ -255,3 +255,47 @@ def test_list_paths_are_relative_to_the_rules_file(tmp_path: Path) -> None:
 def test_missing_rules_file(tmp_path: Path) -> None:
     message = refused(tmp_path / "absent.toml")
     assert "cannot be read" in message
+
+
+# -- [safe_mode] ----------------------------------------------------------------
+
+
+def test_safe_mode_defaults_when_the_table_is_absent(rules_dir: Path) -> None:
+    safe_mode = load_rules(write(rules_dir, AGENT)).file.safe_mode
+    assert safe_mode.window == 3600.0
+    assert ScopeKind.RECIPIENT_DOMAIN not in safe_mode.scopes
+    assert set(safe_mode.scopes) == set(ScopeKind) - {ScopeKind.RECIPIENT_DOMAIN}
+    assert (safe_mode.min_sent, safe_mode.bounce_rate, safe_mode.complaint_rate) == (50, 0.05, 0.003)
+    assert (safe_mode.min_replies, safe_mode.negative_reply_rate) == (5, 0.3)
+    assert (safe_mode.abusive_replies, safe_mode.max_denials) == (3, 20)
+
+
+def test_safe_mode_settings_are_read(rules_dir: Path) -> None:
+    text = '[safe_mode]\nwindow = "28d"\nscopes = ["segment", "agent", "segment"]\nbounce_rate = 0.02\n'
+    safe_mode = load_rules(write(rules_dir, text + AGENT)).file.safe_mode
+    assert safe_mode.window == 28 * 86400.0
+    assert safe_mode.scopes == [ScopeKind.SEGMENT, ScopeKind.AGENT]
+    assert safe_mode.bounce_rate == 0.02
+    assert safe_mode.min_sent == 50  # left out: its default
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "says"),
+    [
+        ("bounce_rate = 1.5", "bounce_rate", "less than or equal to 1"),
+        ("complaint_rate = 0", "complaint_rate", "greater than 0"),
+        ('scopes = ["recipient_domain"]', "scopes", "recipient_domain cannot be watched"),
+        ('scopes = ["planet"]', "scopes.0", "recipient_domain"),
+        ("bounce_rat = 0.1", "bounce_rat", "unknown key"),
+        ('window = "30s"', "window", "greater than or equal to 60"),
+        ("window = 3600", "window", "duration string"),
+        ("min_sent = 0", "min_sent", "greater than or equal to 1"),
+        ("max_denials = 0", "max_denials", "greater than or equal to 1"),
+    ],
+)
+def test_safe_mode_refuses_a_bad_setting_naming_its_key(
+    rules_dir: Path, line: str, key: str, says: str
+) -> None:
+    message = refused(write(rules_dir, f"[safe_mode]\n{line}\n" + AGENT))
+    assert f"[safe_mode] key '{key}'" in message
+    assert says in message
