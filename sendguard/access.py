@@ -45,5 +45,9 @@ def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
 
 
 Agent = Annotated[Principal, Depends(role(Role.AGENT))]
-Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.ADMIN))]
+# Agents read their own messages; operators and admins read everything.
+Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.OPERATOR, Role.ADMIN))]
+Operator = Annotated[Principal, Depends(role(Role.OPERATOR, Role.ADMIN))]
+Approver = Annotated[Principal, Depends(role(Role.APPROVER))]
+Auditor = Annotated[Principal, Depends(role(Role.AUDITOR, Role.ADMIN))]
 Admin = Annotated[Principal, Depends(role(Role.ADMIN))]

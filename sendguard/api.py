@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sendguard
-from sendguard import api_safemode
+from sendguard import api_governance, api_safemode
 from sendguard.access import Admin, Agent, Reader
 from sendguard.errors import StoreError
 from sendguard.gateway import Forbidden
@@ -143,6 +143,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.state.runtime = runtime
     app.include_router(api_safemode.router)
+    app.include_router(api_governance.router)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

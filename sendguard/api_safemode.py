@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sendguard.access import Admin, Reader, RuntimeDep
+from sendguard.access import Admin, Operator, Reader, RuntimeDep
 from sendguard.events import EventIn
 from sendguard.feedback import Applied
 from sendguard.inbox import Unparsed
@@ -140,13 +140,13 @@ async def post_inbound(request: Request, runtime: RuntimeDep, who: Reader) -> In
 
 
 @router.get("/v1/inbound/unparsed")
-async def list_unparsed(runtime: RuntimeDep, who: Admin) -> list[dict[str, Any]]:
+async def list_unparsed(runtime: RuntimeDep, who: Operator) -> list[dict[str, Any]]:
     """Inbound mail that was not understood, newest first: why, from where, how large."""
     return await runtime.inbox.unparsed()
 
 
 @router.get("/v1/inbound/unparsed/{kept_as}", response_class=Response)
-async def get_unparsed(kept_as: str, runtime: RuntimeDep, who: Admin) -> Response:
+async def get_unparsed(kept_as: str, runtime: RuntimeDep, who: Operator) -> Response:
     """One kept message, as it arrived (its first 256 KiB)."""
     raw = await runtime.inbox.unparsed_raw(kept_as)
     if raw is None:
@@ -161,7 +161,7 @@ async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
 
 
 @router.post("/v1/safe-mode", response_model=TripOut, status_code=201)
-async def trip(body: TripIn, runtime: RuntimeDep, who: Admin) -> TripOut | JSONResponse:
+async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JSONResponse:
     """Trip a scope by hand; `global` stops everything (the kill switch)."""
     active, created = await runtime.safe_mode.trip(_scope(body.scope), "manual", who.name, body.reason)
     if not created:
@@ -189,7 +189,7 @@ async def resume(
 
 
 @router.post("/v1/alerts", response_model=AlertsOut)
-async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Admin) -> AlertsOut:
+async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> AlertsOut:
     """Alertmanager's webhook: a firing alert labelled `sendguard_scope` trips that scope.
 
     A resolved alert does not resume: a person does.

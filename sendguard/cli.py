@@ -15,10 +15,10 @@ from pydantic import ValidationError
 from sendguard import logs
 from sendguard.config import Settings
 from sendguard.connection import redis_connection
-from sendguard.errors import SendguardError
+from sendguard.errors import ConfigError, SendguardError
 from sendguard.keys import Keys
 from sendguard.notify import Notifier
-from sendguard.rules import default_rules_path, load_rules
+from sendguard.rules import default_rules_path, load_rules, parse_duration
 from sendguard.safemode import SafeMode
 from sendguard.scopes import parse_scope
 from sendguard.store import Store
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("--agent", metavar="NAME", help="an agent from the rules file's register")
     who.add_argument("--admin", metavar="NAME", help="a person who administers sendguard")
+    who.add_argument("--role", choices=[role.value for role in Role], help="any role, with --name")
+    create.add_argument("--name", help="who the token is for (with --role)")
+    create.add_argument("--group", default="", help="an approver's group, e.g. ops, sales, revops")
+    create.add_argument("--expires", metavar="DURATION", help="stop working after this long, e.g. 30d")
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id or the token itself")
     revoke.add_argument("token")
     token_commands.add_parser("list", help="list token ids, roles and names (never secrets)")
@@ -51,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("scope", help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
         action.add_argument("--reason", required=True, help="why; recorded with the trip or resume")
         action.add_argument("--by", default=None, help="who (default: your login name)")
+
+    kill = commands.add_parser("kill", help="stop all sending now: trips global safe mode")
+    kill.add_argument("--reason", required=True, help="why; recorded with the trip")
+    kill.add_argument("--by", default=None, help="who (default: your login name)")
 
     rules = commands.add_parser("rules", help="work with the rules file")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
@@ -76,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_token(settings, args))
         if args.command == "safe-mode":
             return asyncio.run(_safe_mode(settings, args))
+        if args.command == "kill":
+            args.safe_command, args.scope = "trip", "global"
+            return asyncio.run(_safe_mode(settings, args))
         return _check_rules(args.path or default_rules_path(settings.rules))
     except SendguardError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
@@ -88,23 +99,38 @@ def _setting_errors(exc: ValidationError) -> str:
     )
 
 
-async def _token(settings: Settings, args: argparse.Namespace) -> int:
-    if args.token_command == "create" and args.agent:
+def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, float | None]:
+    """The role, name and lifetime a `token create` asks for; SendguardError says what is wrong."""
+    if args.role:
+        if not args.name:
+            raise ConfigError("--role needs --name: who the token is for")
+        role, name = Role(args.role), args.name
+    else:
+        role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
+    if (role is Role.APPROVER) != bool(args.group):
+        raise ConfigError("an approver token needs --group (e.g. ops), and only an approver token takes one")
+    if role is Role.AGENT:
         rules = load_rules(default_rules_path(settings.rules))
-        if rules.agent(args.agent) is None:
-            print(
-                f"sendguard: agent {args.agent!r} is not in {rules.path}; add an [[agent]] entry first",
-                file=sys.stderr,
-            )
-            return 2
+        if rules.agent(name) is None:
+            raise ConfigError(f"agent {name!r} is not in {rules.path}; add an [[agent]] entry first")
+    try:
+        expires = parse_duration(args.expires) if args.expires else None
+    except ValueError as exc:
+        raise ConfigError(f"--expires: {exc}") from exc
+    return role, name, expires
+
+
+async def _token(settings: Settings, args: argparse.Namespace) -> int:
+    request = _token_request(settings, args) if args.token_command == "create" else None
     async with redis_connection(settings, for_daemon=False) as (client, _):
         tokens = Tokens(client, Keys(settings.redis_prefix))
-        if args.token_command == "create":
-            role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
-            token_id, token = await tokens.create(role, name)
+        if request is not None:
+            role, name, expires = request
+            token_id, token = await tokens.create(role, name, args.group, expires)
             print(token)
+            lifetime = f", expires in {args.expires}" if expires else ""
             print(
-                f"token {token_id} for {role.value} {name!r}: shown once, only its hash is stored",
+                f"token {token_id} for {role.value} {name!r}{lifetime}: shown once, only its hash is stored",
                 file=sys.stderr,
             )
             return 0
@@ -115,7 +141,11 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
             print("sendguard: no such token", file=sys.stderr)
             return 1
         for entry in await tokens.list():
-            print(f"{entry['id']}\t{entry['role']}\t{entry['name']}\t{entry['created']}")
+            print(
+                "\t".join(
+                    entry[field] or "-" for field in ("id", "role", "name", "group", "created", "expires")
+                )
+            )
         return 0
 
 

@@ -117,6 +117,7 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_exit)
+        loop.add_signal_handler(signal.SIGHUP, _reload, runtime)
         stopping = asyncio.Event()
         maintenance = asyncio.create_task(
             _maintain(store, safe_mode, instance, ttl_ms, settings.instance_ttl, stopping)
@@ -187,6 +188,16 @@ async def _maintain(
             log.warning("maintenance failed, retrying: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), ttl / 3)
+
+
+def _reload(runtime: Runtime) -> None:
+    """SIGHUP: reload the rules file; a bad file is logged and the running rules stay."""
+    try:
+        previous = runtime.reload_rules()
+    except ConfigError as exc:
+        log.error("rules not reloaded, still running version %s: %s", runtime.rules.version, exc)
+        return
+    log.warning("rules reloaded: version %s (was %s)", runtime.rules.version, previous.version)
 
 
 def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:

@@ -21,6 +21,10 @@ Layout (P = prefix, default `sg`):
     P:trips                 hash   scope -> JSON of its active safe-mode trip
     P:held:{scope}          set    ids of messages held by that scope's trip
     P:unparsed              list   raw inbound mail that could not be parsed, JSON, newest first, capped
+    P:audit:pending         list   audit entries written but not yet chained, JSON, oldest first
+    P:audit:chain           list   the hash-chained audit trail, JSON entries in sequence order
+    P:audit:head            hash   seq and hash of the last chained entry
+    P:audit:lock            string the daemon currently chaining the audit trail
 """
 
 from __future__ import annotations
@@ -109,3 +113,19 @@ class Keys:
     @property
     def unparsed(self) -> str:
         return f"{self.prefix}:unparsed"
+
+    @property
+    def audit_pending(self) -> str:
+        return f"{self.prefix}:audit:pending"
+
+    @property
+    def audit_chain(self) -> str:
+        return f"{self.prefix}:audit:chain"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.prefix}:audit:head"
+
+    @property
+    def audit_lock(self) -> str:
+        return f"{self.prefix}:audit:lock"

@@ -10,7 +10,7 @@ from sendguard.config import Settings
 from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
 from sendguard.inbox import Inbox
-from sendguard.rules import Rules
+from sendguard.rules import Rules, load_rules
 from sendguard.safemode import SafeMode
 from sendguard.store import Store
 from sendguard.suppression import Suppressions
@@ -31,3 +31,12 @@ class Runtime:
     feedback: Feedback
     inbox: Inbox
     rules: Rules
+
+    def reload_rules(self) -> Rules:
+        """Load the rules file again and switch to it; on any fault the running rules stay.
+
+        Returns the rules that were running; ConfigError names the bad key.
+        """
+        previous = self.rules
+        self.rules = load_rules(previous.path)
+        return previous

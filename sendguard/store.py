@@ -299,6 +299,41 @@ return {scan[1], held}
 """
 )
 
+_RECALL = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: due count; ARGV: prefix filters(json: field -> value) now retention detail, then ids
+-- Cancels the given messages that are still waiting and match every filter; counts by state.
+local filters = cjson.decode(ARGV[2])
+local counts = {}
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local key = ARGV[1] .. ':msg:' .. id
+  local status = redis.call('HGET', key, 'status')
+  local match = status == 'held' or status == 'queued' or status == 'deferred'
+  if match then
+    for field, value in pairs(filters) do
+      if redis.call('HGET', key, field) ~= value then match = false break end
+    end
+  end
+  if match then
+    local held_by = redis.call('HGET', key, 'held_by')
+    if held_by then redis.call('SREM', ARGV[1] .. ':held:' .. held_by, id) end
+    redis.call('HSET', key, 'status', 'cancelled', 'reasons',
+      cjson.encode({{code='recalled', detail=ARGV[5]}}))
+    redis.call('HDEL', key, 'held_by')
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HINCRBY', KEYS[2], status, -1)
+    history(ARGV[1] .. ':hist:' .. id, tonumber(ARGV[3]), 'cancelled', 'recalled', ARGV[5])
+    redis.call('PEXPIRE', key, ARGV[4])
+    redis.call('PEXPIRE', ARGV[1] .. ':hist:' .. id, ARGV[4])
+    counts[status] = (counts[status] or 0) + 1
+  end
+end
+return cjson.encode(counts)
+"""
+)
+
 _ANNOTATE = (
     _LUA_STATUS_SETS
     + """
@@ -357,6 +392,16 @@ def decode_reasons(raw: str | None) -> list[dict[str, str]]:
     return value if isinstance(value, list) else []  # cjson encodes an empty list as {}
 
 
+def decode_counts(raw: str) -> dict[str, int]:
+    value = json.loads(raw)
+    return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
+    for state, count in more.items():
+        into[state] = into.get(state, 0) + count
+
+
 @contextlib.asynccontextmanager
 async def translated() -> AsyncIterator[None]:
     """Turn redis-py errors into StoreError at the boundary of sendguard's own logic."""
@@ -379,6 +424,7 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._annotate = client.register_script(_ANNOTATE)
         self._sweep = client.register_script(_SWEEP)
+        self._recall = client.register_script(_RECALL)
 
     async def admit(
         self,
@@ -584,6 +630,34 @@ class Store:
             held += int(found)
             if str(cursor) == "0":
                 return held
+
+    async def recall(self, filters: Mapping[str, str], detail: str) -> dict[str, int]:
+        """Cancel every waiting message whose record fields equal all `filters`; counts by state.
+
+        Messages already `sending` are in the relay's hands and cannot be called back.
+        """
+        k = self.keys
+        counts: dict[str, int] = {}
+        async with translated():
+            held_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=500)]
+            sources = [self.redis.zscan_iter(k.due, count=500)] + [
+                self.redis.sscan_iter(key, count=500) for key in held_sets
+            ]
+            for source in sources:
+                ids: list[str] = []
+                async for item in source:
+                    ids.append(str(item[0] if isinstance(item, tuple) else item))
+                    if len(ids) >= 500:
+                        _merge(counts, await self._recall_ids(ids, filters, detail))
+                        ids = []
+                if ids:
+                    _merge(counts, await self._recall_ids(ids, filters, detail))
+        return counts
+
+    async def _recall_ids(self, ids: list[str], filters: Mapping[str, str], detail: str) -> dict[str, int]:
+        k = self.keys
+        args: list[str | int] = [k.prefix, json.dumps(dict(filters)), now_ms(), RETENTION_MS, detail, *ids]
+        return decode_counts(await self._recall(keys=[k.due, k.count], args=args))
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None

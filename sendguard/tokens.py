@@ -1,8 +1,9 @@
-"""Bearer tokens: minted once, stored only as a SHA-256 hash, revocable by id.
+"""Bearer tokens: minted once for a role and a name, stored only as a SHA-256 hash.
 
 A token reads `sg_<id>_<secret>`; the id finds the record in one look-up, the secret is
 compared by hash in constant time. The secret has 256 bits of entropy, so a fast hash is
-enough; there is nothing to brute-force.
+enough; there is nothing to brute-force. Tokens may expire and can be revoked by id; every
+use is attributable to the name (and, for approvers, the group) it was minted for.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import redis.asyncio as aioredis
@@ -21,17 +23,31 @@ from sendguard.store import translated
 
 
 class Role(StrEnum):
-    AGENT = "agent"
-    ADMIN = "admin"
+    """Least privilege: each role may do one kind of thing (see the README's route table)."""
+
+    AGENT = "agent"  # submit, read its own messages
+    OPERATOR = "operator"  # read everything, trip safe mode, recall
+    APPROVER = "approver"  # decide approvals, as a member of a group
+    AUDITOR = "auditor"  # read the audit trail, nothing else
+    ADMIN = "admin"  # tokens, suppressions, resume, rules reload
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the role and name a token was minted for (never the secret)."""
+    """Who is calling: the role, name and group a token was minted for (never the secret)."""
 
     token_id: str
     role: Role
     name: str
+    group: str = ""
+
+    def __str__(self) -> str:
+        group = f" ({self.group})" if self.group else ""
+        return f"{self.role.value} {self.name}{group}"
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _digest(token: str) -> str:
@@ -45,10 +61,16 @@ class Tokens:
         self._redis = client
         self._keys = keys
 
-    async def create(self, role: Role, name: str) -> tuple[str, str]:
+    async def create(
+        self, role: Role, name: str, group: str = "", expires_in: float | None = None
+    ) -> tuple[str, str]:
         """Returns (token id, the token); the token itself is never stored or shown again."""
+        if (role is Role.APPROVER) != bool(group):
+            raise ValueError("an approver token needs a group, and only an approver token has one")
         token_id = secrets.token_hex(6)
         token = f"sg_{token_id}_{secrets.token_urlsafe(32)}"
+        now = int(time.time())
+        expires = str(int((time.time() + expires_in) * 1000)) if expires_in is not None else ""
         async with translated():
             await self._redis.hset(
                 self._keys.token(token_id),
@@ -56,9 +78,13 @@ class Tokens:
                     "hash": _digest(token),
                     "role": role.value,
                     "name": name,
-                    "created": str(int(time.time())),
+                    "group": group,
+                    "created": str(now),
+                    "expires": expires,
                 },
             )
+            if expires_in is not None:  # the record itself goes too, some time after it stopped working
+                await self._redis.expire(self._keys.token(token_id), int(expires_in) + 86400)
         return token_id, token
 
     async def verify(self, token: str) -> Principal | None:
@@ -69,7 +95,14 @@ class Tokens:
             record = await self._redis.hgetall(self._keys.token(parts[1]))
         if not record or not hmac.compare_digest(str(record["hash"]), _digest(token)):
             return None
-        return Principal(token_id=parts[1], role=Role(str(record["role"])), name=str(record["name"]))
+        if record.get("expires") and int(record["expires"]) <= time.time() * 1000:  # "" never expires
+            return None
+        return Principal(
+            token_id=parts[1],
+            role=Role(str(record["role"])),
+            name=str(record["name"]),
+            group=str(record.get("group", "")),
+        )
 
     async def revoke(self, token_or_id: str) -> bool:
         parts = token_or_id.split("_", 2)
@@ -87,7 +120,9 @@ class Tokens:
                         "id": key.rpartition(":")[2],
                         "role": record.get("role", ""),
                         "name": record.get("name", ""),
-                        "created": record.get("created", ""),
+                        "group": record.get("group", ""),
+                        "created": _iso(int(record.get("created") or 0)),
+                        "expires": _iso(int(record["expires"]) / 1000) if record.get("expires") else "",
                     }
                 )
         return sorted(found, key=lambda entry: entry["created"])

@@ -249,24 +249,24 @@ def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
 
 
 @pytest.fixture
-def mint(redis_url: str, prefix: str) -> Callable[[str, str], str]:
-    """Mint a token with `sendguard token create`, before any daemon runs."""
+def mint(redis_url: str, prefix: str) -> Callable[..., str]:
+    """Mint a token with `sendguard token create --role ROLE --name NAME [EXTRA...]`."""
     env = {
         "PATH": os.environ["PATH"],
         "SENDGUARD_REDIS_URL": redis_url,
         "SENDGUARD_REDIS_PREFIX": prefix,
         "SENDGUARD_RULES": str(_rules_for_tokens()),
     }
-    return lambda role, name: run_cli(env, "token", "create", f"--{role}", name)
+    return lambda role, name, *extra: run_cli(env, "token", "create", "--role", role, "--name", name, *extra)
 
 
 @pytest.fixture
-def client_for(mint: Callable[[str, str], str]) -> Iterator[Callable[[Daemon, str, str], Api]]:
-    """API clients with fresh tokens (role, name), closed when the test ends."""
+def client_for(mint: Callable[..., str]) -> Iterator[Callable[..., Api]]:
+    """API clients with fresh tokens (role, name, extra `token create` flags), closed at the end."""
     opened: list[Api] = []
 
-    def make(daemon: Daemon, role: str, name: str) -> Api:
-        opened.append(Api(daemon, mint(role, name)))
+    def make(daemon: Daemon, role: str, name: str, *extra: str) -> Api:
+        opened.append(Api(daemon, mint(role, name, *extra)))
         return opened[-1]
 
     yield make

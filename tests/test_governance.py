@@ -1,0 +1,143 @@
+"""Governance: roles and tokens, recall, the kill switch and rules reload, on real daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from conftest import Api, Daemon, wait_until
+
+ClientFor = Callable[..., Api]
+LATER = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+
+
+def test_each_role_may_do_its_own_part_only(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    auditor = client_for(daemon, "auditor", "ana")
+    approver = client_for(daemon, "approver", "dana", "--group", "ops")
+    admin = client_for(daemon, "admin", "sam")
+    sent = agent.send("lead@customer.example", send_at=LATER)["id"]
+
+    assert operator.status(sent)["agent"] == "sdr-bot"  # operators read everything
+    trip = operator.client.post("/v1/safe-mode", json={"scope": "segment:smb", "reason": "checking"})
+    assert trip.status_code == 201 and trip.json()["by"] == "omar"
+    assert operator.client.delete("/v1/safe-mode/segment:smb", params={"reason": "x"}).status_code == 403
+    assert operator.client.get("/v1/suppressions").status_code == 403
+    for outsider in (auditor, approver):
+        assert outsider.client.get(f"/v1/messages/{sent}").status_code == 403
+        assert outsider.client.post("/v1/recall", json={"agent": "sdr-bot", "reason": "x"}).status_code == 403
+    assert agent.client.post("/v1/rules/reload").status_code == 403
+    assert admin.client.delete("/v1/safe-mode/segment:smb", params={"reason": "done"}).status_code == 200
+
+    listed = daemon.cli("token", "list")
+    assert "approver\tdana\tops" in listed and "operator\tomar\t-" in listed
+
+
+def test_tokens_expire_and_an_approver_needs_a_group(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon("")
+    short = client_for(daemon, "operator", "temp", "--expires", "4s")
+    assert short.client.get("/v1/safe-mode").status_code == 200
+    wait_until(lambda: short.client.get("/v1/safe-mode").status_code == 401, what="the token to expire")
+
+    for flags, problem in (
+        (["--role", "approver", "--name", "dana"], "needs --group"),
+        (["--role", "operator", "--name", "omar", "--group", "ops"], "only an approver"),
+        (["--role", "operator"], "--role needs --name"),
+        (["--role", "operator", "--name", "x", "--expires", "soon"], "--expires"),
+    ):
+        result = _cli(daemon, "token", "create", *flags)
+        assert result.returncode == 2 and problem in result.stderr, result.stderr
+
+
+def test_recall_cancels_what_has_not_gone_out_and_counts_it_by_state(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    queued = [agent.send(f"q{i}@customer.example", campaign="q4", send_at=LATER)["id"] for i in range(3)]
+    operator.client.post("/v1/safe-mode", json={"scope": "segment:smb", "reason": "hold these"})
+    held = [agent.send(f"h{i}@customer.example", campaign="q4", segment="smb")["id"] for i in range(2)]
+    other = agent.send("other@customer.example", campaign="q1", send_at=LATER)["id"]
+    assert {agent.status(m)["status"] for m in held} == {"held"}
+
+    refused = operator.client.post("/v1/recall", json={"reason": "no filter"})
+    assert refused.status_code == 422 and "at least one of" in refused.text
+    answer = operator.client.post("/v1/recall", json={"campaign": "q4", "reason": "wrong copy"}).json()
+    assert answer == {"cancelled": 5, "by_state": {"queued": 3, "held": 2}}
+    recalled = agent.status(queued[0])
+    assert recalled["status"] == "cancelled"
+    assert recalled["reasons"][0]["code"] == "recalled"
+    assert "operator omar" in recalled["history"][-1]["detail"]
+    assert agent.status(other)["status"] == "queued"
+    again = operator.client.post("/v1/recall", json={"campaign": "q4", "reason": "again"}).json()
+    assert again["cancelled"] == 0
+
+
+def test_kill_stops_everything_with_one_command(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    out = daemon.cli("kill", "--reason", "agent misbehaving", "--by", "sam")
+    assert "global: tripped" in out
+    assert agent.send("lead@customer.example")["status"] == "held"
+
+
+def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon("")
+    admin = client_for(daemon, "admin", "sam")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    rules_path = Path(daemon.env["SENDGUARD_RULES"])
+    first = admin.client.get("/readyz").json()["rules_version"]
+    assert agent.send("info@customer.example")["reasons"][0]["code"] == "role_account"
+
+    good = rules_path.read_text().replace(
+        "[[agent]]", "[ingress]\nblock_role_accounts = false\n\n[[agent]]", 1
+    )
+    rules_path.write_text(good)
+    reloaded = admin.client.post("/v1/rules/reload").json()
+    assert reloaded["previous_version"] == first and reloaded["version"] != first
+    accepted = agent.send("info@customer.example")
+    assert accepted["status"] == "queued"
+    assert agent.status(accepted["id"])["rules_version"] == reloaded["version"]
+
+    rules_path.write_text(good.replace("block_role_accounts = false", "block_role_accounts = 'maybe'"))
+    refused = admin.client.post("/v1/rules/reload")
+    assert refused.status_code == 422
+    assert "[ingress] key 'block_role_accounts'" in refused.json()["detail"]
+    assert admin.client.get("/readyz").json()["rules_version"] == reloaded["version"]
+
+    rules_path.write_text(good.replace("block_role_accounts = false", "block_role_accounts = true"))
+    assert daemon.process is not None
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: admin.client.get("/readyz").json()["rules_version"] != reloaded["version"],
+        what="SIGHUP to reload the rules",
+    )
+    assert agent.send("sales@customer.example")["status"] == "rejected"
+
+
+def _cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sendguard.cli", *args],
+        env=daemon.env | {"PATH": os.environ["PATH"]},
+        cwd=daemon.env["SENDGUARD_DATA_DIR"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
