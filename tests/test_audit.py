@@ -1,0 +1,610 @@
+"""The audit trail against a real Redis: chaining, racing chainers, and every kind of tampering.
+
+Tampering is done the way an intruder with Redis access would do it: LSET, LREM, LINSERT, RPOP
+and HSET straight on the keys. The hashes of forgeries are recomputed here from the documented
+definition (SHA-256 of the canonical JSON of every field but `hash`), not with sendguard's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sendguard.audit import AuditError, AuditLog, Verification, content_hash, entry
+from sendguard.errors import StoreError
+from sendguard.keys import Keys
+
+N = 30  # entries in the tampering tests, chained in batches of 10: anchors at 10, 20, 30
+
+
+def encode(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def rehashed(item: dict[str, Any]) -> dict[str, Any]:
+    body = {name: value for name, value in item.items() if name != "hash"}
+    return body | {"hash": hashlib.sha256(encode(body).encode()).hexdigest()}
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> Path:
+    return tmp_path / "audit.anchor"
+
+
+@pytest.fixture
+def audit(client: aioredis.Redis, keys: Keys, anchor: Path) -> AuditLog:
+    return AuditLog(client, keys, anchor)
+
+
+async def fill(audit: AuditLog, n: int, batch: int = 10) -> None:
+    for i in range(1, n + 1):
+        await audit.append("submission.decided", "agent:sdr-bot", {"message_id": f"m{i}", "n": i})
+    while await audit.chain(batch):
+        pass
+
+
+async def raw_chain(client: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in await client.lrange(keys.audit_chain, 0, -1)]
+
+
+async def test_append_and_chain_give_seq_1_to_n_with_valid_links(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    for i in range(7):
+        await audit.append("rules.reloaded", "admin:dana", {"version": f"v{i}"})
+    assert await audit.pending() == 7
+    assert [await audit.chain(3) for _ in range(4)] == [3, 3, 1, 0]
+
+    chained = await raw_chain(client, audit.keys)
+    assert [item["seq"] for item in chained] == list(range(1, 8))
+    assert [item["fields"]["version"] for item in chained] == [f"v{i}" for i in range(7)]
+    assert chained[0]["prev"] == "0" * 64
+    for before, after in itertools.pairwise(chained):
+        assert after["prev"] == before["hash"]
+    assert all(item == rehashed(item) for item in chained)
+    assert set(chained[0]) == {"seq", "at", "kind", "actor", "fields", "prev", "hash"}
+    assert await audit.head() == (7, chained[-1]["hash"])
+    assert await audit.pending() == 0
+
+
+async def test_an_empty_trail_has_the_genesis_head_and_verifies(audit: AuditLog, anchor: Path) -> None:
+    assert await audit.head() == (0, "0" * 64)
+    assert await audit.chain() == 0
+    assert await audit.verify(anchor) == Verification(ok=True, checked=0, first_broken=None, problem="")
+    assert not await asyncio.to_thread(anchor.exists)
+
+
+async def test_an_entry_staged_in_the_callers_transaction_is_chained(
+    audit: AuditLog, client: aioredis.Redis, keys: Keys
+) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.set(f"{keys.prefix}:elsewhere", "1")
+        audit.stage(pipe, "recall", "operator:sam", {"agent": "sdr-bot", "cancelled": 3})
+        pipe.rpush(keys.audit_pending, entry("token.created", "admin:dana", {"name": "ci"}))
+        await pipe.execute()
+    assert await audit.chain() == 2
+    assert [(item.kind, item.actor) for item in await audit.entries()] == [
+        ("recall", "operator:sam"),
+        ("token.created", "admin:dana"),
+    ]
+
+
+async def test_writers_and_two_daemons_chaining_at_once_make_one_unforked_chain(
+    redis_url: str, keys: Keys, tmp_path: Path
+) -> None:
+    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
+    try:
+        daemons = [AuditLog(c, keys, tmp_path / f"anchor{i}") for i, c in enumerate(clients)]
+        writing = asyncio.Event()
+        writing.set()
+
+        async def write(writer: int) -> None:
+            for i in range(25):
+                await daemons[writer % 2].append("send.outcome", f"worker:{writer}", {"w": writer, "i": i})
+
+        async def chain(daemon: AuditLog) -> int:
+            total = 0
+            while writing.is_set() or await daemon.pending():
+                total += await daemon.chain(7)
+                await asyncio.sleep(0)
+            return total
+
+        chainers = [asyncio.create_task(chain(daemon)) for daemon in daemons]
+        await asyncio.gather(*(write(w) for w in range(20)))
+        writing.clear()
+        totals = await asyncio.gather(*chainers)
+
+        chained = await raw_chain(clients[0], keys)
+        assert sum(totals) == len(chained) == 500
+        assert [item["seq"] for item in chained] == list(range(1, 501))
+        assert sorted((item["fields"]["w"], item["fields"]["i"]) for item in chained) == [
+            (w, i) for w in range(20) for i in range(25)
+        ]
+        assert (await daemons[1].verify()).ok
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_of_two_chainers_reading_the_same_head_only_one_commits(
+    redis_url: str, keys: Keys, client: aioredis.Redis
+) -> None:
+    other = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        first, second = AuditLog(client, keys), AuditLog(other, keys)
+        await asyncio.gather(client.ping(), other.ping())  # connections open, so both reads go out together
+        rounds = []
+        for _ in range(20):
+            for i in range(5):
+                await first.append("approval.decided", "approver:dana", {"i": i})
+            rounds.append(sorted(await asyncio.gather(first.chain(), second.chain())))
+        assert rounds == [[0, 5]] * 20
+        assert await first.head() == (100, (await raw_chain(client, keys))[-1]["hash"])
+        assert await first.verify() == Verification(ok=True, checked=100, first_broken=None, problem="")
+    finally:
+        await other.aclose()
+
+
+async def test_a_chainer_that_lost_the_race_commits_nothing_even_if_pending_looks_the_same(
+    redis_url: str, keys: Keys, client: aioredis.Redis
+) -> None:
+    """The head compare is what stops a fork when the next pending entries equal the ones just chained."""
+    other = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        first, second = AuditLog(client, keys), AuditLog(other, keys)
+        await asyncio.gather(client.ping(), other.ping())
+        same = encode({"at": 1000, "kind": "send.outcome", "actor": "worker", "fields": {"smtp_code": 250}})
+        await client.rpush(keys.audit_pending, *[same] * 10)
+        assert sorted(await asyncio.gather(first.chain(5), second.chain(5))) == [0, 5]
+        assert [item["seq"] for item in await raw_chain(client, keys)] == [1, 2, 3, 4, 5]
+        assert await first.pending() == 5
+    finally:
+        await other.aclose()
+
+
+async def test_a_chainer_commits_nothing_if_pending_changed_under_it(
+    audit: AuditLog, client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry popped between the chainer's read and its commit: nothing may be trimmed unseen."""
+    for i in range(6):
+        await audit.append("send.outcome", "worker", {"i": i})
+    commit = audit._chain
+
+    async def meddled(**kwargs: Any) -> Any:
+        await client.lpop(audit.keys.audit_pending)
+        return await commit(**kwargs)
+
+    monkeypatch.setattr(audit, "_chain", meddled)
+    assert await audit.chain(5) == 0
+    monkeypatch.setattr(audit, "_chain", commit)
+    assert await audit.chain(5) == 5
+    assert [item.fields["i"] for item in await audit.entries()] == [1, 2, 3, 4, 5]
+
+
+async def test_the_anchor_file_gets_one_line_per_chained_batch(audit: AuditLog, anchor: Path) -> None:
+    before = int(time.time() * 1000)
+    await fill(audit, 25)
+    after = int(time.time() * 1000)
+    chained = await audit.entries()
+    text = await asyncio.to_thread(anchor.read_text)
+    lines = [line.split(" ") for line in text.splitlines()]
+    anchored = [(int(seq), digest) for seq, digest, _ in lines]
+    assert anchored == [(seq, chained[seq - 1].hash) for seq in (10, 20, 25)]
+    assert all(before <= int(at) <= after for _, _, at in lines)
+    assert text.endswith("\n")
+
+
+async def test_verify_passes_an_intact_chain(audit: AuditLog, anchor: Path) -> None:
+    await fill(audit, N)
+    assert await audit.verify(anchor) == Verification(ok=True, checked=N, first_broken=None, problem="")
+    assert await audit.verify() == Verification(ok=True, checked=N, first_broken=None, problem="")
+
+
+# --- tampering straight in Redis -----------------------------------------------------------------
+
+Tamper = Callable[[aioredis.Redis, Keys], Awaitable[None]]
+
+
+def editing(position: int, change: Callable[[dict[str, Any]], Any], *, rehash: bool = False) -> Tamper:
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        item = json.loads(await client.lindex(keys.audit_chain, position - 1))
+        change(item)
+        await client.lset(keys.audit_chain, position - 1, encode(rehashed(item) if rehash else item))
+
+    return tamper
+
+
+def inserting(seq: int, before: int, prev: Callable[[list[dict[str, Any]]], str]) -> Tamper:
+    """A forged entry with a correct own hash, put in front of the entry now at `before`."""
+
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        chained = await raw_chain(client, keys)
+        forged = rehashed(
+            {
+                "seq": seq,
+                "at": chained[seq - 1]["at"],
+                "kind": "approval.decided",
+                "actor": "approver:mallory",
+                "fields": {"approved": True},
+                "prev": prev(chained),
+            }
+        )
+        pivot = await client.lindex(keys.audit_chain, before - 1)
+        await client.linsert(keys.audit_chain, "BEFORE", pivot, encode(forged))
+
+    return tamper
+
+
+def removing(*positions: int) -> Tamper:
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        for raw in [await client.lindex(keys.audit_chain, p - 1) for p in positions]:
+            await client.lrem(keys.audit_chain, 1, raw)
+
+    return tamper
+
+
+def moving(position: int, to: int) -> Tamper:
+    """Take the entry at `position` out and put it back after the entry now at `to`."""
+
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        raw = await client.lindex(keys.audit_chain, position - 1)
+        after = await client.lindex(keys.audit_chain, to - 1)
+        await client.lrem(keys.audit_chain, 1, raw)
+        await client.linsert(keys.audit_chain, "AFTER", after, raw)
+
+    return tamper
+
+
+def garble(position: int) -> Tamper:
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        await client.lset(keys.audit_chain, position - 1, "{oops")
+
+    return tamper
+
+
+def head_set(**record: str) -> Tamper:
+    async def tamper(client: aioredis.Redis, keys: Keys) -> None:
+        await client.hset(keys.audit_head, mapping=record)
+
+    return tamper
+
+
+async def delete_head(client: aioredis.Redis, keys: Keys) -> None:
+    await client.delete(keys.audit_head)
+
+
+async def pop_tail(client: aioredis.Redis, keys: Keys) -> None:
+    await client.rpop(keys.audit_chain)
+
+
+async def append_by_hand(client: aioredis.Redis, keys: Keys) -> None:
+    last = (await raw_chain(client, keys))[-1]
+    await client.rpush(keys.audit_chain, encode(rehashed(last | {"seq": N + 1, "prev": last["hash"]})))
+
+
+TAMPERING: dict[str, tuple[Tamper, int | None, str]] = {
+    "field_in_fields": (
+        editing(17, lambda e: e["fields"].update(message_id="m99")),
+        17,
+        "entry 17: its hash does not match its content (edited?)",
+    ),
+    "at": (
+        editing(17, lambda e: e.update(at=e["at"] + 1)),
+        17,
+        "entry 17: its hash does not match its content",
+    ),
+    "actor": (
+        editing(17, lambda e: e.update(actor="admin:mallory")),
+        17,
+        "entry 17: its hash does not match its content",
+    ),
+    "kind": (editing(17, lambda e: e.update(kind="x")), 17, "entry 17: its hash does not match its content"),
+    "hash_itself": (
+        editing(17, lambda e: e.update(hash="a" * 64)),
+        17,
+        "entry 17: its hash does not match its content",
+    ),
+    "seq_renumbered": (
+        editing(17, lambda e: e.update(seq=99)),
+        17,
+        "the entry at position 17 (seq 99): its hash does not match its content",
+    ),
+    "field_added": (
+        editing(17, lambda e: e.update(note="ok")),
+        17,
+        "entry at position 17 is malformed: its fields are not the entry format; extra: note",
+    ),
+    "not_json": (
+        garble(17),
+        17,
+        "entry at position 17 is malformed: it is not JSON",
+    ),
+    "deleted": (removing(17), 17, "entry 18 follows 16: entry 17 is missing (deleted?)"),
+    "two_deleted": (removing(17, 18), 17, "entry 19 follows 16: entries 17-18 are missing (deleted?)"),
+    "first_deleted": (removing(1), 1, "entry 2 follows 0: entry 1 is missing (deleted?)"),
+    "inserted_with_wrong_prev": (
+        inserting(17, before=17, prev=lambda chained: "f" * 64),
+        17,
+        "entry 17: its prev does not match the hash of entry 16 (inserted or forged?)",
+    ),
+    "inserted_rechained_before": (
+        inserting(17, before=17, prev=lambda chained: chained[15]["hash"]),
+        17,
+        "entry 17 appears twice, at positions 17 and 18; the next entry links to the one at 18, "
+        "so the one at 17 was inserted (forged?)",
+    ),
+    "inserted_rechained_after": (
+        inserting(18, before=18, prev=lambda chained: chained[16]["hash"]),
+        18,
+        "the one at 18 was inserted (forged?)",
+    ),
+    "replaced_rechained": (
+        editing(17, lambda e: e["fields"].update(message_id="m99"), rehash=True),
+        17,
+        "entry 17 was replaced: entry 18 links to a different entry 17",
+    ),
+    "swapped": (
+        moving(17, to=18),
+        17,
+        "position 17 holds entry 18 but entry 17 comes after it, at position 18 (reordered or inserted?)",
+    ),
+    "moved_further": (moving(17, to=21), 17, "entry 17 comes after it, at position 21"),
+    "head_hash_edited": (
+        head_set(hash="a" * 64),
+        None,
+        "the head record's hash does not match entry 30 (head edited?)",
+    ),
+    "head_seq_raised": (
+        head_set(seq="31"),
+        31,
+        "the chain ends at 30 but its head record says 31 (truncated?)",
+    ),
+    "head_deleted": (delete_head, None, "the head record is missing but the chain holds 30 entries"),
+    "tail_popped_head_untouched": (
+        pop_tail,
+        30,
+        "the chain ends at 29 but",  # its head record says 30; the anchor, when given, says 30 too,
+    ),
+    "appended_by_hand": (append_by_hand, 31, "the chain goes on to 31 past its head record at 30"),
+}
+
+
+@pytest.mark.parametrize("case", TAMPERING)
+async def test_verify_names_the_first_broken_entry(
+    case: str, audit: AuditLog, client: aioredis.Redis, anchor: Path
+) -> None:
+    tamper, first_broken, problem = TAMPERING[case]
+    await fill(audit, N)
+    assert (await audit.verify(anchor)).ok
+
+    await tamper(client, audit.keys)
+
+    for found in (await audit.verify(anchor), await audit.verify()):
+        assert not found.ok
+        assert found.first_broken == first_broken
+        assert problem in found.problem
+        if first_broken is not None and first_broken <= N:
+            assert found.checked == first_broken - 1  # everything before the break is sound
+
+
+async def truncate(client: aioredis.Redis, keys: Keys, to: int) -> None:
+    """Drop the tail and set the head back to the new last entry: a shorter, perfect chain."""
+    await client.ltrim(keys.audit_chain, 0, to - 1)
+    last = json.loads(await client.lindex(keys.audit_chain, -1))
+    await client.hset(keys.audit_head, mapping={"seq": last["seq"], "hash": last["hash"]})
+
+
+async def test_a_truncated_tail_with_a_matching_head_is_caught_only_by_the_anchor(
+    audit: AuditLog, client: aioredis.Redis, anchor: Path
+) -> None:
+    await fill(audit, N)
+    await truncate(client, audit.keys, N - 1)
+
+    # The documented limitation: Redis alone cannot tell a truncated chain from a younger one.
+    assert await audit.verify() == Verification(ok=True, checked=N - 1, first_broken=None, problem="")
+    assert await audit.verify(anchor) == Verification(
+        ok=False,
+        checked=N - 1,
+        first_broken=N,
+        problem="the chain ends at 29 but the anchor file recorded 30 (truncated?)",
+    )
+
+
+async def test_a_tail_rewritten_with_recomputed_hashes_is_caught_by_the_anchor(
+    audit: AuditLog, client: aioredis.Redis, anchor: Path
+) -> None:
+    await fill(audit, N)
+    await truncate(client, audit.keys, 24)  # then re-chain forged entries 25..30 from the real 24
+    for i in range(25, N + 1):
+        await audit.append("submission.decided", "agent:sdr-bot", {"message_id": f"forged{i}"})
+    await AuditLog(client, audit.keys).chain()
+
+    assert (await audit.verify()).ok
+    found = await audit.verify(anchor)
+    assert (found.ok, found.first_broken, found.checked) == (False, 30, 29)
+    assert found.problem == (
+        "entry 30: its hash differs from the one the anchor file recorded (the chain was rewritten "
+        "after entry 20, the last anchored entry that matches)"
+    )
+
+
+async def test_a_missing_or_garbled_anchor_file_is_a_problem(audit: AuditLog, anchor: Path) -> None:
+    await fill(audit, 3)
+    await asyncio.to_thread(anchor.unlink)
+    missing = await audit.verify(anchor)
+    assert (missing.ok, missing.first_broken) == (False, None)
+    assert f"the anchor file {anchor} does not exist" in missing.problem
+
+    await asyncio.to_thread(anchor.write_text, "3 " + "a" * 64 + " 1700000000000\nthree lines\n")
+    garbled = await audit.verify(anchor)
+    assert garbled.problem == f"anchor file {anchor} line 2 is not 'seq hash at_ms'"
+
+
+async def test_a_line_torn_by_a_crash_does_not_spoil_the_anchor_file(audit: AuditLog, anchor: Path) -> None:
+    await fill(audit, 10)
+    text = await asyncio.to_thread(anchor.read_text)
+    await asyncio.to_thread(anchor.write_text, text + text[:30])  # half of a second line, no newline
+    assert (await audit.verify(anchor)).ok
+    await fill(audit, 10)
+    lines = (await asyncio.to_thread(anchor.read_text)).splitlines()
+    assert lines[1] == text[:30] and lines[2].startswith("20 ")
+    assert (await audit.verify(anchor)).ok
+
+
+async def test_chaining_stops_rather_than_restart_at_genesis_on_a_headless_chain(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    await fill(audit, 3)
+    await client.delete(audit.keys.audit_head)
+    await audit.append("safe_mode.resumed", "admin:dana", {"scope": "global"})
+    with pytest.raises(AuditError, match="head record is missing"):
+        await audit.chain()
+    assert await audit.pending() == 1
+    assert await client.llen(audit.keys.audit_chain) == 3
+
+
+async def test_junk_pushed_into_pending_is_chained_as_evidence_not_a_stall(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    nan = '{"at": NaN, "kind": "x", "actor": "y", "fields": {}}'
+    await client.rpush(audit.keys.audit_pending, "not json", nan)
+    await audit.append("rules.reloaded", "admin:dana", {"version": "abc"})
+    assert await audit.chain() == 3
+    found = await audit.entries()
+    assert [(item.kind, item.fields.get("raw")) for item in found[:2]] == [
+        ("audit.malformed", "not json"),
+        ("audit.malformed", nan),
+    ]
+    assert found[2].kind == "rules.reloaded"
+    assert (await audit.verify()).ok
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+async def test_entries_filter_by_message_agent_batch_time_and_page(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    written = [
+        (1000, {"message_id": "m1", "agent": "sdr-bot", "batch": "b1"}),
+        (2000, {"message_id": "m2", "agent": "sdr-bot", "batch": "b1"}),
+        (3000, {"message_id": "m3", "agent": "support-bot"}),
+        (4000, {"message_id": "m1", "agent": "sdr-bot", "smtp_code": 250}),
+    ]
+    for at, fields in written:  # the pending format, by hand, to choose `at`
+        await client.rpush(
+            audit.keys.audit_pending, encode({"at": at, "kind": "k", "actor": "a", "fields": fields})
+        )
+    await audit.chain()
+
+    async def seqs(**filters: Any) -> list[int]:
+        return [item.seq for item in await audit.entries(**filters)]
+
+    assert await seqs() == [1, 2, 3, 4]
+    assert await seqs(message_id="m1") == [1, 4]
+    assert await seqs(agent="sdr-bot") == [1, 2, 4]
+    assert await seqs(batch="b1") == [1, 2]
+    assert await seqs(since_ms=2000, until_ms=4000) == [2, 3]
+    assert await seqs(agent="sdr-bot", since_ms=1500) == [2, 4]
+    assert await seqs(after_seq=2) == [3, 4]
+    assert await seqs(limit=2) == [1, 2]
+    assert await seqs(limit=0) == []
+    assert await seqs(message_id="nope") == []
+
+
+async def test_iter_entries_yields_the_stored_lines_in_order(audit: AuditLog, client: aioredis.Redis) -> None:
+    await fill(audit, 12, batch=5)
+    stored = await client.lrange(audit.keys.audit_chain, 0, -1)
+    exported = [item.to_json() async for item in audit.iter_entries()]
+    assert exported == stored
+    assert [item.seq async for item in audit.iter_entries(after_seq=10)] == [11, 12]
+
+
+async def test_only_a_hash_of_the_content_goes_into_the_trail(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    subject, text, html = "Q4 pricing for ACME", "Hi Dana, the secret discount is 40%", "<p>Hi Dana</p>"
+    digest = content_hash(subject, text, html)
+    await audit.append("submission.decided", "agent:sdr-bot", {"message_id": "m1", "content": digest})
+    await audit.chain()
+
+    stored = await client.lindex(audit.keys.audit_chain, 0)
+    assert digest in stored
+    assert all(part not in stored for part in (subject, text, html, "secret discount"))
+    assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+    others = {
+        content_hash(subject, text, None),
+        content_hash(subject, text, ""),
+        content_hash(subject + "!", text, html),
+        content_hash(subject, text + "!", html),
+        content_hash(subject, text, html + "!"),
+        content_hash(subject + text, "", html),
+    }
+    assert digest not in others and len(others) == 6
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"text": "Hello"}, "message content never goes into the audit trail"),
+        ({"subject": "s", "html": "<p>"}, "audit fields html, subject: message content"),
+        ({"body": "b"}, "message content"),
+        ({"value": float("nan")}, "JSON-serialisable"),
+        ({"value": object()}, "JSON-serialisable"),
+        ({"value": "x" * 70_000}, "over the 65536-byte limit"),
+    ],
+)
+async def test_entries_that_cannot_go_into_the_trail_are_refused(
+    audit: AuditLog, fields: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        await audit.append("submission.decided", "agent:sdr-bot", fields)
+    assert await audit.pending() == 0
+
+
+async def test_one_daemon_leads_until_it_resigns_or_its_lock_expires(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    assert await audit.try_lead("daemon-a", 60_000)
+    assert not await audit.try_lead("daemon-b", 60_000)
+    await client.pexpire(audit.keys.audit_lock, 1000)
+    assert await audit.try_lead("daemon-a", 60_000)  # renews
+    assert await client.pttl(audit.keys.audit_lock) > 1000
+    assert not await audit.resign("daemon-b")
+    assert await audit.resign("daemon-a")
+    assert await audit.try_lead("daemon-b", 50)
+
+    deadline = time.monotonic() + 5
+    while not await audit.try_lead("daemon-a", 60_000):
+        assert time.monotonic() < deadline, "daemon-b's 50 ms lock never expired"
+        await asyncio.sleep(0.01)
+    assert await client.get(audit.keys.audit_lock) == "daemon-a"
+
+
+async def test_redis_errors_become_store_errors(audit: AuditLog, client: aioredis.Redis) -> None:
+    await client.set(audit.keys.audit_pending, "not a list")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        await audit.append("rules.reloaded", "admin:dana", {})
+    with pytest.raises(StoreError):
+        await audit.chain()
