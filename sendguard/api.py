@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import sendguard
 from sendguard import api_governance, api_safemode
 from sendguard.access import Admin, Agent, Reader
+from sendguard.audit import canonical_hash
 from sendguard.errors import StoreError
 from sendguard.gateway import Forbidden
 from sendguard.messages import MessageIn
@@ -245,13 +246,21 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post("/v1/suppressions", response_model=SuppressionsOut)
     async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
         addresses, domains = _entries(body.entries)
-        await runtime.suppressions.add(addresses, domains)
+        added = await runtime.suppressions.add(addresses, domains)
+        listed = sorted(addresses) + sorted(domains)
+        await runtime.audit.append(
+            "suppression.added",
+            who.actor,
+            # Up to 100,000 entries at once: their count and a hash, and the first few to read.
+            {"new": added, "entries": len(listed), "sha256": canonical_hash(listed), "first": listed[:20]},
+        )
         return SuppressionsOut(addresses=sorted(addresses), domains=sorted(domains))
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:
         if not await runtime.suppressions.remove(*_entries([entry])):
             raise HTTPException(404, f"{entry} is not suppressed")
+        await runtime.audit.append("suppression.lifted", who.actor, {"entry": entry})
         return Response(status_code=204)
 
     @app.get("/healthz", include_in_schema=True)

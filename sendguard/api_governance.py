@@ -1,9 +1,13 @@
-"""Control routes: recall what has not gone out, and reload the rules without a restart."""
+"""Control routes: recall what has not gone out, reload the rules, read the audit trail."""
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from datetime import datetime
+from typing import Annotated, Any
 
-from sendguard.access import Admin, Operator, RuntimeDep
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from sendguard.access import Admin, Auditor, Operator, RuntimeDep
+from sendguard.audit import AuditError
 from sendguard.errors import ConfigError
 
 router = APIRouter()
@@ -48,6 +52,9 @@ class RulesOut(BaseModel):
 async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOut:
     """Cancel every matching message not yet sent; those already sending cannot be called back."""
     counts = await runtime.store.recall(body.filters, f"recalled by {who}: {body.reason}")
+    await runtime.audit.append(
+        "recall", who.actor, {"filters": body.filters, "reason": body.reason, "cancelled": counts}
+    )
     return RecallOut(cancelled=sum(counts.values()), by_state=counts)
 
 
@@ -57,7 +64,51 @@ async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
     try:
         previous = runtime.reload_rules()
     except ConfigError as exc:
+        await runtime.audit.append(
+            "rules.refused", who.actor, {"running": runtime.rules.version, "problem": str(exc)}
+        )
         raise HTTPException(422, str(exc)) from exc
+    await runtime.audit.append(
+        "rules.reloaded",
+        who.actor,
+        {
+            "rules_version": runtime.rules.version,
+            "previous_version": previous.version,
+            "path": str(previous.path),
+        },
+    )
     return RulesOut(
         version=runtime.rules.version, previous_version=previous.version, path=str(runtime.rules.path)
     )
+
+
+@router.get("/v1/audit")
+async def audit_trail(
+    runtime: RuntimeDep,
+    who: Auditor,
+    message_id: str | None = None,
+    agent: str | None = None,
+    batch: str | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="RFC 3339 with a zone")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="RFC 3339 with a zone")] = None,
+    after: Annotated[int, Query(ge=0, description="only entries after this sequence number")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Chained audit entries, oldest first, filtered; page with `after` (the last `seq` seen)."""
+    try:
+        found = await runtime.audit.entries(
+            message_id=message_id,
+            agent=agent,
+            batch=batch,
+            since_ms=_ms(since),
+            until_ms=_ms(until),
+            after_seq=after,
+            limit=limit,
+        )
+    except AuditError as exc:
+        raise HTTPException(409, f"{exc}; run `sendguard audit verify`") from exc
+    return [entry.to_dict() for entry in found]
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return int(moment.timestamp() * 1000) if moment else None

@@ -106,7 +106,8 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def _sha256(value: Any) -> str:
+def canonical_hash(value: Any) -> str:
+    """SHA-256 hex of the canonical encoding: equal values hash equal whatever their key order."""
     # surrogatepass: a hand-written entry with a lone surrogate escape must hash, not crash verify.
     return hashlib.sha256(canonical(value).encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -125,7 +126,7 @@ def content_hash(subject: str, text: str | None, html: str | None) -> str:
 
     A missing part (None) and an empty one ("") hash differently.
     """
-    return _sha256([subject, text, html])
+    return canonical_hash([subject, text, html])
 
 
 def entry(kind: str, actor: str, fields: Mapping[str, Any]) -> str:
@@ -226,7 +227,7 @@ def _digest(item: AuditEntry) -> str:
     """The hash an entry must carry: over all its fields but `hash`."""
     body = item.to_dict()
     del body["hash"]
-    return _sha256(body)
+    return canonical_hash(body)
 
 
 def _from_pending(raw: str, at_ms: int) -> tuple[int, str, str, dict[str, Any]]:
@@ -376,7 +377,7 @@ class AuditLog:
                 "fields": fields,
                 "prev": prev,
             }
-            prev = _sha256(body)
+            prev = canonical_hash(body)
             chained.append(canonical({**body, "hash": prev}))
         new_seq = seq + len(chained)
         expected = [head.get("seq", "0"), head.get("hash", GENESIS)]  # as stored, for the script to compare

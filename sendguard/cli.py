@@ -13,8 +13,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sendguard import logs
+from sendguard.audit import AuditLog
 from sendguard.config import Settings
 from sendguard.connection import redis_connection
+from sendguard.embedded import DataDir
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.keys import Keys
 from sendguard.notify import Notifier
@@ -56,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--reason", required=True, help="why; recorded with the trip or resume")
         action.add_argument("--by", default=None, help="who (default: your login name)")
 
+    audit = commands.add_parser("audit", help="verify and export the tamper-evident audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="recompute the hash chain; name the first broken entry")
+    verify.add_argument(
+        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory, if there)"
+    )
+    export = audit_commands.add_parser("export", help="the trail as JSON lines on stdout")
+    export.add_argument("--after", type=int, default=0, metavar="SEQ", help="only entries after this one")
+
     kill = commands.add_parser("kill", help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
     kill.add_argument("--by", default=None, help="who (default: your login name)")
@@ -84,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_token(settings, args))
         if args.command == "safe-mode":
             return asyncio.run(_safe_mode(settings, args))
+        if args.command == "audit":
+            return asyncio.run(_audit(settings, args))
         if args.command == "kill":
             args.safe_command, args.scope = "trip", "global"
             return asyncio.run(_safe_mode(settings, args))
@@ -123,10 +136,24 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     request = _token_request(settings, args) if args.token_command == "create" else None
     async with redis_connection(settings, for_daemon=False) as (client, _):
-        tokens = Tokens(client, Keys(settings.redis_prefix))
+        keys = Keys(settings.redis_prefix)
+        tokens = Tokens(client, keys)
+        audit = AuditLog(client, keys)
+        actor = f"cli:{_login()}"
         if request is not None:
             role, name, expires = request
             token_id, token = await tokens.create(role, name, args.group, expires)
+            await audit.append(
+                "token.created",
+                actor,
+                {
+                    "token_id": token_id,
+                    "role": role.value,
+                    "name": name,
+                    "group": args.group,
+                    "expires": args.expires,
+                },
+            )
             print(token)
             lifetime = f", expires in {args.expires}" if expires else ""
             print(
@@ -135,7 +162,8 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 0
         if args.token_command == "revoke":
-            if await tokens.revoke(args.token):
+            if revoked := await tokens.revoke(args.token):
+                await audit.append("token.revoked", actor, {"token_id": revoked})
                 print("revoked", file=sys.stderr)
                 return 0
             print("sendguard: no such token", file=sys.stderr)
@@ -162,7 +190,9 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
     async with redis_connection(settings, for_daemon=False) as (client, _):
         keys = Keys(settings.redis_prefix)
         notifier = Notifier(settings.notify_url)
-        safe_mode = SafeMode(client, keys, Store(client, keys), notifier, lambda: rules)
+        safe_mode = SafeMode(
+            client, keys, Store(client, keys), notifier, AuditLog(client, keys), lambda: rules
+        )
         if args.safe_command == "list":
             for trip in await safe_mode.active():
                 print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
@@ -181,6 +211,25 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
             )
         await safe_mode.drain(10.0)
         return 0
+
+
+async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        audit = AuditLog(client, Keys(settings.redis_prefix))
+        if args.audit_command == "export":
+            async for entry in audit.iter_entries(after_seq=args.after):
+                print(entry.to_json())
+            return 0
+        anchor = args.anchor
+        if anchor is None and DataDir(settings.data_dir).audit_anchor.is_file():
+            anchor = DataDir(settings.data_dir).audit_anchor
+        result = await audit.verify(anchor)
+    if not result.ok:
+        print(f"sendguard: audit trail BROKEN: {result.problem}", file=sys.stderr)
+        return 1
+    against = f"checked against {anchor}" if anchor else "no anchor file given: a cut-off tail would not show"
+    print(f"audit trail ok: {result.checked} entries, {against}")
+    return 0
 
 
 def _login() -> str:

@@ -20,6 +20,7 @@ import uvicorn
 import sendguard
 from sendguard import metrics
 from sendguard.api import create_app
+from sendguard.audit import AuditError, AuditLog
 from sendguard.circuit import Circuit
 from sendguard.config import Settings, parse_host_port
 from sendguard.connection import redis_connection
@@ -43,6 +44,7 @@ from sendguard.tokens import Tokens
 from sendguard.worker import Deliverer
 
 log = logging.getLogger("sendguard.daemon")
+_CHAIN_EVERY = 0.25  # seconds an audit entry may wait unchained, at most, while a daemon leads
 
 
 async def serve(settings: Settings) -> None:
@@ -61,10 +63,13 @@ async def serve(settings: Settings) -> None:
         instance = secrets.token_hex(6)
         throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
         runtime: Runtime
+        data_dir = DataDir(settings.data_dir)
+        data_dir.root.mkdir(parents=True, exist_ok=True)
+        audit = AuditLog(client, keys, data_dir.audit_anchor)
         notifier = Notifier(settings.notify_url)
-        safe_mode = SafeMode(client, keys, store, notifier, lambda: runtime.rules)
+        safe_mode = SafeMode(client, keys, store, notifier, audit, lambda: runtime.rules)
         suppressions = Suppressions(client, keys)
-        feedback = Feedback(store, suppressions, safe_mode)
+        feedback = Feedback(store, suppressions, safe_mode, audit)
         deliverer = Deliverer(
             store=store,
             throttles=throttles,
@@ -72,6 +77,7 @@ async def serve(settings: Settings) -> None:
             transport=transport,
             safe_mode=safe_mode,
             feedback=feedback,
+            audit=audit,
             circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay),
             rules=lambda: runtime.rules,
             settings=settings,
@@ -85,8 +91,9 @@ async def serve(settings: Settings) -> None:
             store=store,
             suppressions=suppressions,
             tokens=Tokens(client, keys),
-            gateway=Gateway(store, ingress, safe_mode, settings.retry_base, deliverer.wake),
+            gateway=Gateway(store, ingress, safe_mode, audit, settings.retry_base, deliverer.wake),
             safe_mode=safe_mode,
+            audit=audit,
             feedback=feedback,
             inbox=inbox,
             rules=rules,
@@ -117,11 +124,13 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, server.request_exit)
-        loop.add_signal_handler(signal.SIGHUP, _reload, runtime)
+        reloads: set[asyncio.Task[None]] = set()
+        loop.add_signal_handler(signal.SIGHUP, _on_sighup, runtime, reloads)
         stopping = asyncio.Event()
         maintenance = asyncio.create_task(
-            _maintain(store, safe_mode, instance, ttl_ms, settings.instance_ttl, stopping)
+            _maintain(store, safe_mode, audit, instance, ttl_ms, settings.instance_ttl, stopping)
         )
+        chaining = asyncio.create_task(_chain(audit, instance, ttl_ms, stopping))
         delivery = asyncio.create_task(deliverer.run())
         try:
             await server.serve()  # returns once a signal asked it to stop
@@ -131,7 +140,7 @@ async def serve(settings: Settings) -> None:
                 listener.close()
             await deliverer.stop(settings.shutdown_grace)
             stopping.set()
-            await _finish(delivery, maintenance)
+            await _finish(delivery, maintenance, chaining)
             # Whatever is still claimed goes back to the queue now, not when our lease ends.
             with contextlib.suppress(StoreError):
                 await store.forget_instance(instance)
@@ -166,8 +175,32 @@ async def _finish(*tasks: asyncio.Task[None]) -> None:
         _, pending = await asyncio.wait(pending, timeout=1)
 
 
+async def _chain(audit: AuditLog, instance: str, ttl_ms: int, stopping: asyncio.Event) -> None:
+    """Chain the audit trail while this daemon leads, and once more on the way out."""
+    while True:
+        try:
+            if await audit.try_lead(instance, ttl_ms):
+                while await audit.chain() and not stopping.is_set():
+                    pass
+        except (StoreError, AuditError) as exc:
+            log.error("audit trail not chained: %s", exc)
+        if stopping.is_set():
+            with contextlib.suppress(StoreError, AuditError):
+                await audit.chain()
+                await audit.resign(instance)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), _CHAIN_EVERY)
+
+
 async def _maintain(
-    store: Store, safe_mode: SafeMode, instance: str, ttl_ms: int, ttl: float, stopping: asyncio.Event
+    store: Store,
+    safe_mode: SafeMode,
+    audit: AuditLog,
+    instance: str,
+    ttl_ms: int,
+    ttl: float,
+    stopping: asyncio.Event,
 ) -> None:
     """Heartbeat, recover the work of daemons that died, and refresh the gauges."""
     while not stopping.is_set():
@@ -184,20 +217,38 @@ async def _maintain(
             for state, count in (await store.waiting_counts()).items():
                 metrics.WAITING.labels(state).set(count)
             await safe_mode.refresh_metrics()
-        except StoreError as exc:
+            seq, head = await audit.head()
+            metrics.AUDIT_ENTRIES.set(seq)
+            metrics.AUDIT_HEAD.set(int(head[:13], 16))
+            metrics.AUDIT_PENDING.set(await audit.pending())
+        except (StoreError, AuditError) as exc:
             log.warning("maintenance failed, retrying: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), ttl / 3)
 
 
-def _reload(runtime: Runtime) -> None:
+def _on_sighup(runtime: Runtime, reloads: set[asyncio.Task[None]]) -> None:
+    task = asyncio.create_task(_reload(runtime))
+    reloads.add(task)
+    task.add_done_callback(reloads.discard)
+
+
+async def _reload(runtime: Runtime) -> None:
     """SIGHUP: reload the rules file; a bad file is logged and the running rules stay."""
     try:
         previous = runtime.reload_rules()
     except ConfigError as exc:
         log.error("rules not reloaded, still running version %s: %s", runtime.rules.version, exc)
-        return
-    log.warning("rules reloaded: version %s (was %s)", runtime.rules.version, previous.version)
+        fields: dict[str, str] = {"running": runtime.rules.version, "problem": str(exc)}
+        kind = "rules.refused"
+    else:
+        log.warning("rules reloaded: version %s (was %s)", runtime.rules.version, previous.version)
+        fields = {"rules_version": runtime.rules.version, "previous_version": previous.version}
+        kind = "rules.reloaded"
+    try:
+        await runtime.audit.append(kind, "signal:SIGHUP", fields)
+    except StoreError as exc:
+        log.error("rules reload not recorded in the audit trail: %s", exc)
 
 
 def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:

@@ -55,6 +55,8 @@ class DataDir:
         self.pid_path = self.redis_dir / "redis.pid"
         self.conf_path = self.redis_dir / "redis.conf"
         self.log_path = self.redis_dir / "redis.log"
+        # The audit trail's head, outside Redis, so a truncated trail can be told (audit.py).
+        self.audit_anchor = self.root / "audit.anchor"
 
     @property
     def socket_path(self) -> Path:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from sendguard import metrics
+from sendguard.audit import AuditLog
 from sendguard.events import EventIn, EventType, Sentiment, sendguard_id
 from sendguard.safemode import SafeMode
 from sendguard.sentiment import classify
@@ -38,10 +39,13 @@ class Applied:
 class Feedback:
     """Ties events to messages and applies them."""
 
-    def __init__(self, store: Store, suppressions: Suppressions, safe_mode: SafeMode) -> None:
+    def __init__(
+        self, store: Store, suppressions: Suppressions, safe_mode: SafeMode, audit: AuditLog
+    ) -> None:
         self._store = store
         self._suppressions = suppressions
         self._safe_mode = safe_mode
+        self._audit = audit
 
     async def bounced(self, message_id: str, record: dict[str, str]) -> list[Trip]:
         """The relay refused a message with a 5xx at RCPT or DATA: a hard bounce, and a send."""
@@ -95,6 +99,18 @@ class Feedback:
                 applied.cancelled += await self._suppress(
                     address, "recipient_suppressed", f"suppressed after a {event.type.value}", message_id
                 )
+        await self._audit.append(
+            f"event.{event.type.value}",
+            source,
+            {
+                "message_id": message_id,
+                "agent": (record or {}).get("agent"),
+                "detail": judged.note,
+                "suppressed": applied.suppressed,
+                "cancelled": applied.cancelled,
+                "tripped": [trip.scope for trip in applied.trips],
+            },
+        )
         log.info(
             "event %s applied",
             event.type.value,

@@ -10,8 +10,11 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sendguard import metrics
+from sendguard.audit import AuditLog, content_hash
+from sendguard.content import check_content
 from sendguard.ingress import Ingress, Reason
 from sendguard.messages import MessageIn, message_id_header, new_message_id, public_fields
 from sendguard.rules import AgentEntry, Rules, ScopeKind
@@ -37,12 +40,14 @@ class Gateway:
         store: Store,
         ingress: Ingress,
         safe_mode: SafeMode,
+        audit: AuditLog,
         retry_base: float,
         wake: Callable[[], None],
     ) -> None:
         self._store = store
         self._ingress = ingress
         self._safe_mode = safe_mode
+        self._audit = audit
         self._retry_base_ms = int(retry_base * 1000)
         self._wake = wake
 
@@ -50,10 +55,24 @@ class Gateway:
         started = time.perf_counter()
         try:
             agent = self.authorize(agent_name, payload, rules)
-        except Forbidden:
+        except Forbidden as refused:
             await self._denied(agent_name)
+            await self._audit.append(
+                "submission.refused",
+                f"agent:{agent_name}",
+                {
+                    "agent": agent_name,
+                    "agent_version": payload.agent_version,
+                    "run_id": payload.run_id,
+                    "from": payload.sender.address,
+                    "segment": payload.segment,
+                    "reasons": [refused.reason.code],
+                    "rules_version": rules.version,
+                },
+            )
             raise
         recipient = await self._ingress.check(payload.to, rules)
+        recipient.reasons[:0] = self.boundaries(agent, payload, rules)
         if recipient.reasons:
             status = Status.REJECTED
         elif recipient.dns_temporary:
@@ -94,6 +113,25 @@ class Gateway:
             fields=fields,
         )
         if not admission.existing:
+            await self._audit.append(
+                "submission.decided",
+                f"agent:{agent.name}",
+                {
+                    "message_id": admission.message_id,
+                    "agent": agent.name,
+                    "agent_version": payload.agent_version,
+                    "run_id": payload.run_id,
+                    "from": payload.sender.address,
+                    "to": recipient.address,
+                    "segment": payload.segment,
+                    "campaign": payload.campaign,
+                    "status": admission.status.value,
+                    "reasons": [r["code"] for r in admission.reasons],
+                    "held_by": admission.held_by or None,
+                    "rules_version": rules.version,
+                    "content_hash": content_hash(payload.subject, payload.text, payload.html),
+                },
+            )
             first = admission.reasons[0]["code"] if admission.reasons else "none"
             metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
             if admission.status is Status.REJECTED:
@@ -113,6 +151,31 @@ class Gateway:
     async def _denied(self, agent: str) -> None:
         """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
         await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
+
+    @staticmethod
+    def boundaries(agent: AgentEntry, payload: MessageIn, rules: Rules) -> list[Reason]:
+        """What this agent may not send whoever the recipient is: its version, the content, stale data."""
+        reasons = []
+        if not agent.may_run_version(payload.agent_version):
+            reasons.append(
+                Reason(
+                    "agent_version_not_allowed",
+                    f"agent {agent.name!r} may not send as version {payload.agent_version!r}",
+                )
+            )
+        reasons += check_content(payload.subject, payload.text, payload.html)
+        if payload.enrichment is not None:
+            age = datetime.now(UTC) - payload.enrichment.fetched_at
+            limit = rules.file.ingress.max_enrichment_age
+            if age.total_seconds() > limit:
+                reasons.append(
+                    Reason(
+                        "stale_enrichment",
+                        f"data from {payload.enrichment.source} is {age.days} days old; "
+                        f"the limit is {limit / 86400:g} days",
+                    )
+                )
+        return reasons
 
     @staticmethod
     def authorize(agent_name: str, payload: MessageIn, rules: Rules) -> AgentEntry:

@@ -120,6 +120,15 @@ SenderHeader = Annotated[
 ]
 
 
+class Enrichment(BaseModel):
+    """Where the agent got what it knows about the recipient, and when (stale data misleads)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SingleLine = Field(min_length=1, max_length=128)
+    fetched_at: AwareDatetime
+
+
 class MessageIn(BaseModel):
     """The body of `POST /v1/messages`."""
 
@@ -137,6 +146,7 @@ class MessageIn(BaseModel):
     run_id: SingleLine | None = Field(default=None, max_length=128)
     idempotency_key: SingleLine | None = Field(default=None, min_length=1, max_length=200)
     send_at: AwareDatetime | None = None
+    enrichment: Enrichment | None = None
 
     @model_validator(mode="after")
     def _check(self) -> MessageIn:
@@ -202,4 +212,6 @@ def public_fields(payload: MessageIn) -> dict[str, Any]:
         "run_id": payload.run_id or "",
         "idempotency_key": payload.idempotency_key or "",
         "send_at": payload.send_at.isoformat() if payload.send_at else "",
+        "enrichment_source": payload.enrichment.source if payload.enrichment else "",
+        "enrichment_fetched_at": payload.enrichment.fetched_at.isoformat() if payload.enrichment else "",
     }

@@ -120,3 +120,13 @@ CIRCUIT_OPEN = Gauge(
     "1 while this daemon's relay circuit is open (the relay keeps failing; dispatch paused).",
 )
 CIRCUIT_OPENS = Counter("sendguard_relay_circuit_opens_total", "Times the relay circuit opened.")
+
+AUDIT_ENTRIES = Gauge(
+    "sendguard_audit_entries", "Entries in the hash-chained audit trail (the head's sequence)."
+)
+AUDIT_PENDING = Gauge("sendguard_audit_pending", "Audit entries written but not yet chained.")
+AUDIT_HEAD = Gauge(
+    "sendguard_audit_head_fingerprint",
+    "The first 52 bits of the audit trail's head hash: a copy outside Redis that a rewritten or "
+    "truncated trail cannot match.",
+)

@@ -7,6 +7,7 @@ person reading it is editing that file.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 import tomllib
@@ -73,6 +74,7 @@ class IngressRules(_Table):
     block_disposable: bool = True
     mx_check: Literal["enforce", "off"] = "enforce"
     recipient_cooldown: Duration = Field(default=72 * 3600.0, ge=0)
+    max_enrichment_age: Duration = Field(default=30 * 86400.0, gt=0)
     # Paths relative to the rules file; left out, the lists shipped with sendguard are used.
     free_domains_list: str | None = None
     role_accounts_list: str | None = None
@@ -104,6 +106,11 @@ class AgentEntry(_Table):
     owner: str = Field(min_length=1)
     inboxes: list[str] = Field(min_length=1)
     segments: list[str] = ["*"]
+    versions: list[str] = Field(
+        default=["*"],
+        min_length=1,
+        description="agent versions that may send; * matches any run of characters",
+    )
 
     @model_validator(mode="after")
     def _check_inboxes(self) -> AgentEntry:
@@ -119,6 +126,9 @@ class AgentEntry(_Table):
 
     def may_use_segment(self, segment: str | None) -> bool:
         return segment is None or "*" in self.segments or segment in self.segments
+
+    def may_run_version(self, version: str) -> bool:
+        return any(fnmatch.fnmatchcase(version, pattern) for pattern in self.versions)
 
 
 _ALL_SCOPE_KINDS: list[ScopeKind] = [kind for kind in ScopeKind if kind is not ScopeKind.RECIPIENT_DOMAIN]

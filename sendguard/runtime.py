@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from sendguard.audit import AuditLog
 from sendguard.config import Settings
 from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
@@ -28,6 +29,7 @@ class Runtime:
     tokens: Tokens
     gateway: Gateway
     safe_mode: SafeMode
+    audit: AuditLog
     feedback: Feedback
     inbox: Inbox
     rules: Rules

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 
 from sendguard import metrics
+from sendguard.audit import AuditLog
 from sendguard.keys import Keys
 from sendguard.notify import Notifier
 from sendguard.rules import Rules, ScopeKind
@@ -64,6 +65,7 @@ class SafeMode:
         keys: Keys,
         store: Store,
         notifier: Notifier,
+        audit: AuditLog,
         rules: Callable[[], Rules],
     ) -> None:
         self._redis = client
@@ -71,6 +73,7 @@ class SafeMode:
         self._store = store
         self._signals = Signals(client, keys)
         self._notifier = notifier
+        self._audit = audit
         self._rules = rules
         self._labelled: set[tuple[str, str]] = set()
         self._sweeps: set[asyncio.Task[int]] = set()
@@ -100,7 +103,7 @@ class SafeMode:
             last_sent_to=last_sent_to,
         )
         for trip in recorded.trips:
-            self._announce(trip)
+            await self._announce(trip)
         return recorded
 
     async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
@@ -113,7 +116,7 @@ class SafeMode:
                 if existing is not None:
                     return Trip.from_json(str(existing)), False
                 await self._redis.hset(self._keys.trips, scope, trip.to_json())  # resumed meanwhile
-        self._announce(trip)
+        await self._announce(trip)
         return trip, True
 
     async def resume(self, scope: str, by: str, reason: str) -> Resumed:
@@ -131,6 +134,11 @@ class SafeMode:
         released, still = await self._store.release(scope, f"{scope} resumed by {by}: {reason}")
         resumed = Resumed(scope, Trip.from_json(raw) if raw else None, released, still)
         if resumed.trip is not None:
+            await self._audit.append(
+                "safe_mode.resumed",
+                by,
+                {"scope": scope, "reason": reason, "released": released, "still_held": still},
+            )
             metrics.RESUMES.inc()
             metrics.SAFE_MODE.labels(*split_scope(scope)).set(0)
             text = f"sendguard: {scope} resumed by {by} ({reason}); {released} held messages released"
@@ -178,7 +186,7 @@ class SafeMode:
             await asyncio.wait(set(self._sweeps), timeout=within)
         await self._notifier.drain(within)
 
-    def _announce(self, trip: Trip) -> None:
+    async def _announce(self, trip: Trip) -> None:
         sweep = asyncio.create_task(self._store.hold_waiting(trip.scope))
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._swept)
@@ -187,6 +195,7 @@ class SafeMode:
         text = f"sendguard: safe mode for {trip.scope} ({trip.cause}: {trip.detail}; by {trip.by})"
         log.warning(text, extra={"scope": trip.scope})
         self._notifier.post(text, {"event": "tripped", **trip.__dict__})
+        await self._audit.append("safe_mode.tripped", trip.by, asdict(trip))
 
     def _swept(self, sweep: asyncio.Task[int]) -> None:
         self._sweeps.discard(sweep)

@@ -45,6 +45,11 @@ class Principal:
         group = f" ({self.group})" if self.group else ""
         return f"{self.role.value} {self.name}{group}"
 
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this caller."""
+        return f"{self.role.value}:{self.name}"
+
 
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
@@ -104,11 +109,12 @@ class Tokens:
             group=str(record.get("group", "")),
         )
 
-    async def revoke(self, token_or_id: str) -> bool:
+    async def revoke(self, token_or_id: str) -> str | None:
+        """Revoke by id or by the token itself; the id revoked, or None if there was none."""
         parts = token_or_id.split("_", 2)
         token_id = parts[1] if len(parts) == 3 and parts[0] == "sg" else token_or_id
         async with translated():
-            return bool(await self._redis.delete(self._keys.token(token_id)))
+            return token_id if await self._redis.delete(self._keys.token(token_id)) else None
 
     async def list(self) -> list[dict[str, str]]:
         found = []

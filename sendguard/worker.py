@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from sendguard import metrics
+from sendguard.audit import AuditLog
 from sendguard.circuit import Circuit
 from sendguard.config import Settings
 from sendguard.errors import RelayError, RelayReply, StoreError
@@ -61,6 +62,7 @@ class Deliverer:
         transport: Transport,
         safe_mode: SafeMode,
         feedback: Feedback,
+        audit: AuditLog,
         circuit: Circuit,
         rules: Callable[[], Rules],
         settings: Settings,
@@ -73,6 +75,7 @@ class Deliverer:
         self._transport = transport
         self._safe_mode = safe_mode
         self._feedback = feedback
+        self._audit = audit
         self._circuit = circuit
         self._rules = rules
         self._settings = settings
@@ -252,6 +255,19 @@ class Deliverer:
             fields=fields,
         )
         record = claim.record
+        await self._audit.append(
+            "delivery.outcome",
+            "sendguard",
+            {
+                "message_id": claim.message_id,
+                "agent": record["agent"],
+                "status": status.value,
+                "cause": cause,
+                "smtp_code": fields.get("smtp_code"),
+                "smtp_text": fields.get("smtp_text"),
+                "attempt": int(record.get("attempts", "0")) + 1,
+            },
+        )
         if status is Status.SENT:
             await self._safe_mode.observe(
                 json.loads(record.get("scopes") or "[]"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
 from conftest import Api, Daemon, wait_until
 
 ClientFor = Callable[..., Api]
@@ -141,3 +143,85 @@ def _cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         check=False,
     )
+
+
+def test_content_boundaries_reject_with_their_reason_and_let_near_misses_through(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(
+        '[ingress]\nmax_enrichment_age = "7d"\n\n'
+        '[[agent]]\nname = "new-bot"\nowner = "sales"\ninboxes = ["*@acme.example"]\n'
+        'versions = ["new-bot 2.*"]\n'
+    )
+    agent = client_for(daemon, "agent", "sdr-bot")
+    card = "4111 1111 1111 1111"
+    cases = {
+        "unrendered_template": {"subject": "Hi {{first_name}}, quick question"},
+        "sensitive_content": {"text": f"Your card {card} is on file."},
+        "stale_enrichment": {
+            "enrichment": {"source": "crm", "fetched_at": (datetime.now(UTC) - timedelta(days=9)).isoformat()}
+        },
+    }
+    for i, (code, fields) in enumerate(cases.items()):
+        decision = agent.send(f"lead{i}@customer.example", **fields)
+        assert decision["status"] == "rejected"
+        assert [r["code"] for r in decision["reasons"]] == [code]
+        assert card not in str(decision) and "1111" not in decision["reasons"][0]["detail"]
+
+    fresh = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    near_misses = [
+        {"text": "Order 1234 5678 9012 3456 shipped {as promised}.", "subject": "Your order (see [1])"},
+        {"enrichment": {"source": "crm", "fetched_at": fresh}},
+    ]
+    for i, fields in enumerate(near_misses):
+        assert agent.send(f"ok{i}@customer.example", **fields)["status"] == "queued"
+
+    token = daemon.cli("token", "create", "--role", "agent", "--name", "new-bot")
+    new_bot = Api(daemon, token)
+    try:
+        old = new_bot.send("a@customer.example", agent_version="new-bot 1.9")
+        assert [r["code"] for r in old["reasons"]] == ["agent_version_not_allowed"]
+        assert new_bot.send("b@customer.example", agent_version="new-bot 2.1.0")["status"] == "queued"
+    finally:
+        new_bot.close()
+
+
+def test_the_audit_trail_records_decisions_and_outcomes_and_verify_catches_an_edit(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    auditor = client_for(daemon, "auditor", "ana")
+    sent = agent.send("lead@customer.example", subject="Secret plans")["id"]
+    agent.wait_status(sent, "sent")
+    agent.send("info@customer.example")  # rejected: a role account
+
+    def kinds() -> list[str]:
+        response = auditor.client.get("/v1/audit", params={"message_id": sent})
+        assert response.status_code == 200, response.text
+        return [entry["kind"] for entry in response.json()]
+
+    wait_until(lambda: kinds() == ["submission.decided", "delivery.outcome"], what="the trail to be chained")
+    decided = auditor.client.get("/v1/audit", params={"message_id": sent}).json()[0]
+    assert decided["actor"] == "agent:sdr-bot"
+    assert decided["fields"]["rules_version"] and decided["fields"]["content_hash"]
+    assert "Secret plans" not in str(decided)
+    assert agent.client.get("/v1/audit").status_code == 403
+
+    out = daemon.cli("audit", "verify")
+    assert out.startswith("audit trail ok") and "checked against" in out
+    exported = [json.loads(line) for line in daemon.cli("audit", "export").splitlines()]
+    assert [e["seq"] for e in exported] == list(range(1, len(exported) + 1))
+    assert any(e["kind"] == "token.created" for e in exported)
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        chain_key = f"{prefix}:audit:chain"
+        position = next(i for i, e in enumerate(exported) if e["kind"] == "submission.decided")
+        forged = dict(exported[position], actor="agent:someone-else")
+        client.lset(chain_key, position, json.dumps(forged))
+    finally:
+        client.close()
+    result = _cli(daemon, "audit", "verify")
+    assert result.returncode == 1
+    assert f"entry {position + 1}" in result.stderr
