@@ -170,7 +170,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post("/v1/messages", status_code=201, response_model=Decision)
     async def submit(payload: MessageIn, who: Agent) -> Decision | JSONResponse:
         try:
-            admission = await runtime.gateway.submit(who.name, payload, runtime.rules)
+            admission = await runtime.gateway.submit(who, payload, runtime.rules)
         except Forbidden as exc:
             return JSONResponse(
                 {

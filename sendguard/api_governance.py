@@ -1,14 +1,17 @@
 """Control routes: recall what has not gone out, reload the rules, read the audit trail."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from sendguard.access import Admin, Auditor, Operator, RuntimeDep
+from sendguard.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
+from sendguard.approvals import ApprovalRefused, Request
 from sendguard.audit import AuditError
 from sendguard.errors import ConfigError
+from sendguard.runtime import Runtime
+from sendguard.tokens import Principal
 
 router = APIRouter()
 
@@ -112,3 +115,60 @@ async def audit_trail(
 
 def _ms(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1000) if moment else None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(min_length=1, max_length=1000, description="why; recorded with the decision")
+
+
+def _request_out(request: Request) -> dict[str, Any]:
+    out = dict(request.__dict__)
+    out["created"], out["expires"] = _iso(request.created), _iso(request.expires)
+    return out
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+@router.get("/v1/approvals")
+async def list_approvals(
+    runtime: RuntimeDep,
+    who: Reviewer,
+    status: Annotated[str | None, Query(pattern="^(pending|approved|denied|expired)$")] = None,
+) -> list[dict[str, Any]]:
+    """Approval requests, newest first (pending ones by expiry, soonest first)."""
+    return [_request_out(request) for request in await runtime.approvals.list(status)]
+
+
+@router.get("/v1/approvals/{approval_id}")
+async def show_approval(approval_id: str, runtime: RuntimeDep, who: Reviewer) -> dict[str, Any]:
+    """One request and exactly what it would release: counts, breakdowns, sample messages."""
+    request = await runtime.approvals.get(approval_id) if approval_id.isalnum() else None
+    if request is None:
+        raise HTTPException(404, f"no approval request {approval_id}")
+    return _request_out(request) | {"contents": await runtime.approvals.contents(approval_id)}
+
+
+@router.post("/v1/approvals/{approval_id}/approve")
+async def approve(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    return await _decide(approval_id, body, runtime, who, approve=True)
+
+
+@router.post("/v1/approvals/{approval_id}/deny")
+async def deny(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    return await _decide(approval_id, body, runtime, who, approve=False)
+
+
+async def _decide(
+    approval_id: str, body: DecisionIn, runtime: Runtime, who: Principal, *, approve: bool
+) -> dict[str, Any]:
+    try:
+        request = await runtime.approvals.decide(
+            approval_id, who, approve, body.comment, runtime.rules.file.approvals
+        )
+    except ApprovalRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return _request_out(request)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sendguard import logs
+from sendguard.approvals import ApprovalRefused, Approvals
 from sendguard.audit import AuditLog
 from sendguard.config import Settings
 from sendguard.connection import redis_connection
@@ -67,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     export = audit_commands.add_parser("export", help="the trail as JSON lines on stdout")
     export.add_argument("--after", type=int, default=0, metavar="SEQ", help="only entries after this one")
 
+    approvals = commands.add_parser("approvals", help="list, inspect and decide approval requests")
+    approval_commands = approvals.add_subparsers(dest="approval_command", required=True)
+    listing = approval_commands.add_parser("list", help="approval requests (default: pending)")
+    listing.add_argument("--status", default="pending", choices=["pending", "approved", "denied", "expired"])
+    show = approval_commands.add_parser("show", help="what a request would release")
+    show.add_argument("id")
+    for verdict in ("approve", "deny"):
+        decide = approval_commands.add_parser(
+            verdict, help=f"{verdict} a request, as the approver the token names"
+        )
+        decide.add_argument("id")
+        decide.add_argument("--comment", required=True, help="why; recorded with the decision")
+        decide.add_argument(
+            "--token",
+            default=os.environ.get("SENDGUARD_TOKEN"),
+            help="your approver token (or SENDGUARD_TOKEN)",
+        )
+
     kill = commands.add_parser("kill", help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
     kill.add_argument("--by", default=None, help="who (default: your login name)")
@@ -95,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_token(settings, args))
         if args.command == "safe-mode":
             return asyncio.run(_safe_mode(settings, args))
+        if args.command == "approvals":
+            return asyncio.run(_approvals(settings, args))
         if args.command == "audit":
             return asyncio.run(_audit(settings, args))
         if args.command == "kill":
@@ -210,6 +233,35 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
                 f"{resumed.still_held} still held by other scopes"
             )
         await safe_mode.drain(10.0)
+        return 0
+
+
+async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
+    rules = load_rules(default_rules_path(settings.rules))
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        keys = Keys(settings.redis_prefix)
+        approvals = Approvals(client, keys, Store(client, keys), AuditLog(client, keys))
+        if args.approval_command == "list":
+            for request in await approvals.list(args.status):
+                print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
+            return 0
+        if args.approval_command == "show":
+            found = await approvals.get(args.id)
+            if found is None:
+                raise ConfigError(f"no approval request {args.id}")
+            print(json.dumps(found.__dict__ | {"contents": await approvals.contents(args.id)}, indent=2))
+            return 0
+        who = await Tokens(client, keys).verify(args.token or "")
+        if who is None or who.role is not Role.APPROVER:
+            raise ConfigError("give a valid approver token with --token or SENDGUARD_TOKEN")
+        try:
+            decided = await approvals.decide(
+                args.id, who, args.approval_command == "approve", args.comment, rules.file.approvals
+            )
+        except ApprovalRefused as exc:
+            print(f"sendguard: refused: {exc}", file=sys.stderr)
+            return 1
+        print(f"{decided.id}: {decided.status}")
         return 0
 
 

@@ -44,7 +44,7 @@ _PLACEHOLDER = re.compile(
     | %(?<![\w%]%)[A-Za-z][A-Za-z_]{1,64}%(?!\w)            # Lemlist-style; not inside a URL
     | <<[ \t]{0,8}[A-Za-z_][\w.]{0,64}[ \t]{0,8}>>
     | \[\[[ \t]{0,8}[A-Za-z_][\w. ]{0,64}\]\]
-    | \[(?P<words>[A-Za-z]{1,24}(?:'s)?(?:[ _][A-Za-z]{1,24}(?:'s)?){0,2})\](?![(\[])
+    | \[(?P<words>[A-Za-z]{1,24}(?:['\u2019]s)?(?:[ _][A-Za-z]{1,24}(?:['\u2019]s)?){0,2})\](?![(\[])
     """,
     re.VERBOSE,
 )
@@ -204,6 +204,26 @@ class _Secret:
     valid: Callable[[re.Match[str]], bool] | None = None
 
 
+_CARD_KIND = "a payment card number"
+# Every digit becomes 0 so that the card pattern can start with the literal 0000: the regex engine
+# skips ahead to a literal many times faster than it tests each character against [0-9].
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_CARD = re.compile(
+    rb"""
+    0000(?<!00000)                                        # the start of a run of digits
+    (?:
+        0{9,15}
+      | (?<!0000[ -]0000)(?P<sep>[ -])                    # groups, not inside a longer grouping
+        (?:0000(?P=sep)0000(?P=sep)0000(?:(?P=sep)000)?   # 4-4-4-4, 4-4-4-4-3
+          | 000000(?P=sep)00000?)                         # 4-6-4, 4-6-5
+        (?!(?P=sep)0000)
+    )
+    (?!0)
+    """,
+    re.VERBOSE,
+)
+
+
 # (first digits from, to, lengths): the issuer ranges of the major networks. A Luhn-valid number
 # outside them (an order, tracking or ISBN number) is not a card.
 _ISSUERS: tuple[tuple[str, str, range], ...] = (
@@ -226,27 +246,8 @@ _ISSUERS: tuple[tuple[str, str, range], ...] = (
 )
 
 
-_CARD_KIND = "a payment card number"
-# Every digit becomes 0 so that the card pattern can start with the literal 0000: the regex engine
-# skips ahead to a literal many times faster than it tests each character against [0-9].
-_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_CARD = re.compile(
-    rb"""
-    0000(?<!00000)                                        # the start of a run of digits
-    (?:
-        0{9,15}
-      | (?<!0000[ -]0000)(?P<sep>[ -])                    # groups, not inside a longer grouping
-        (?:0000(?P=sep)0000(?P=sep)0000(?:(?P=sep)000)?   # 4-4-4-4, 4-4-4-4-3
-          | 000000(?P=sep)00000?)                         # 4-6-4, 4-6-5
-        (?!(?P=sep)0000)
-    )
-    (?!0)
-    """,
-    re.VERBOSE,
-)
-
-
 def _has_card(text: str) -> bool:
+    """Whether the text holds a card number, found in a copy of the text with digits zeroed."""
     # One byte per character ("replace"), so offsets in the bytes are offsets in the text.
     zeroed = text.encode("ascii", "replace").translate(_ZERO_DIGITS)
     return any(_is_card(text[match.start() : match.end()]) for match in _CARD.finditer(zeroed))
@@ -327,10 +328,12 @@ _SECRETS = (
         ("password", "passwd", "passcode", "passphrase", "pwd"),
         re.compile(
             r"""
-            [Pp](?<![\w?&][Pp])(?i:ass(?:word|wd|code|phrase)|wd)\b["']?  # a word, not in a URL query
-            (?:(?P<sep>\s{0,8}[:=])|\s{1,3}(?i:is)\b:?)\s{0,8}["'`]?
+            # db_password and MyPassword too; `?pwd=` is the passcode in a meeting link, for the invitee
+            [Pp](?:(?i:ass(?:word|wd|code|phrase))|(?<![?&][Pp])(?i:wd))\b["']?
+            (?:(?P<sep>[^\S\n]{0,8}[:=])|[^\S\n]{1,3}(?i:is)\b:?)
+            [^\S\n]{0,8}(?:\n[^\S\n]{0,8})?["'`]?                   # the value may be on the next line
             (?P<value>[^\s"'`<>]{4,128})
-            (?:(?P<eol>)(?=[ \t]{0,8}(?:\r?\n|\Z)))?
+            (?:(?P<eol>)(?=[^\S\n]{0,8}(?:\n|\Z)))?
             """,
             re.VERBOSE,
         ),

@@ -20,6 +20,7 @@ import uvicorn
 import sendguard
 from sendguard import metrics
 from sendguard.api import create_app
+from sendguard.approvals import Approvals
 from sendguard.audit import AuditError, AuditLog
 from sendguard.circuit import Circuit
 from sendguard.config import Settings, parse_host_port
@@ -70,6 +71,7 @@ async def serve(settings: Settings) -> None:
         safe_mode = SafeMode(client, keys, store, notifier, audit, lambda: runtime.rules)
         suppressions = Suppressions(client, keys)
         feedback = Feedback(store, suppressions, safe_mode, audit)
+        approvals = Approvals(client, keys, store, audit)
         deliverer = Deliverer(
             store=store,
             throttles=throttles,
@@ -91,7 +93,8 @@ async def serve(settings: Settings) -> None:
             store=store,
             suppressions=suppressions,
             tokens=Tokens(client, keys),
-            gateway=Gateway(store, ingress, safe_mode, audit, settings.retry_base, deliverer.wake),
+            gateway=Gateway(store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake),
+            approvals=approvals,
             safe_mode=safe_mode,
             audit=audit,
             feedback=feedback,
@@ -128,7 +131,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, runtime, reloads)
         stopping = asyncio.Event()
         maintenance = asyncio.create_task(
-            _maintain(store, safe_mode, audit, instance, ttl_ms, settings.instance_ttl, stopping)
+            _maintain(store, safe_mode, approvals, audit, instance, ttl_ms, settings.instance_ttl, stopping)
         )
         chaining = asyncio.create_task(_chain(audit, instance, ttl_ms, stopping))
         delivery = asyncio.create_task(deliverer.run())
@@ -196,6 +199,7 @@ async def _chain(audit: AuditLog, instance: str, ttl_ms: int, stopping: asyncio.
 async def _maintain(
     store: Store,
     safe_mode: SafeMode,
+    approvals: Approvals,
     audit: AuditLog,
     instance: str,
     ttl_ms: int,
@@ -217,6 +221,7 @@ async def _maintain(
             for state, count in (await store.waiting_counts()).items():
                 metrics.WAITING.labels(state).set(count)
             await safe_mode.refresh_metrics()
+            await approvals.expire_due()
             seq, head = await audit.head()
             metrics.AUDIT_ENTRIES.set(seq)
             metrics.AUDIT_HEAD.set(int(head[:13], 16))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sendguard import metrics
+from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog, content_hash
 from sendguard.content import check_content
 from sendguard.ingress import Ingress, Reason
@@ -22,6 +23,7 @@ from sendguard.safemode import SafeMode
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.signals import Signal
 from sendguard.store import Admission, Status, Store, now_ms
+from sendguard.tokens import Principal
 
 
 class Forbidden(Exception):
@@ -40,6 +42,7 @@ class Gateway:
         store: Store,
         ingress: Ingress,
         safe_mode: SafeMode,
+        approvals: Approvals,
         audit: AuditLog,
         retry_base: float,
         wake: Callable[[], None],
@@ -47,12 +50,14 @@ class Gateway:
         self._store = store
         self._ingress = ingress
         self._safe_mode = safe_mode
+        self._approvals = approvals
         self._audit = audit
         self._retry_base_ms = int(retry_base * 1000)
         self._wake = wake
 
-    async def submit(self, agent_name: str, payload: MessageIn, rules: Rules) -> Admission:
+    async def submit(self, requester: Principal, payload: MessageIn, rules: Rules) -> Admission:
         started = time.perf_counter()
+        agent_name = requester.name
         try:
             agent = self.authorize(agent_name, payload, rules)
         except Forbidden as refused:
@@ -86,6 +91,18 @@ class Gateway:
             due = max(now, int(payload.send_at.timestamp() * 1000))
         if status is Status.DEFERRED:
             due = max(due, now + self._retry_base_ms)
+        routing = None
+        if status is not Status.REJECTED:
+            run_scope = (
+                scope_name(ScopeKind.SEGMENT, payload.segment)
+                if payload.segment
+                else scope_name(ScopeKind.CAMPAIGN, payload.campaign)
+                if payload.campaign
+                else None
+            )
+            routing = await self._approvals.route(
+                agent, payload.sender.address, run_scope, rules.file.approvals, requester, rules.version
+            )
         message_id = new_message_id()
         fields = public_fields(payload)
         fields |= {
@@ -111,6 +128,7 @@ class Gateway:
             idempotency_key=payload.idempotency_key,
             scopes=message_scopes(scope_values(fields)),
             fields=fields,
+            approval=routing.approval_id if routing else "",
         )
         if not admission.existing:
             await self._audit.append(
@@ -136,8 +154,15 @@ class Gateway:
             metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
             if admission.status is Status.REJECTED:
                 await self._denied(agent.name)
-            elif admission.status is not Status.HELD:
+            elif admission.status in (Status.QUEUED, Status.DEFERRED):
                 self._wake()
+        if admission.status is Status.PENDING_APPROVAL and routing is not None:
+            waiting = {
+                "code": "approval_required",
+                "detail": f"tier {routing.tier} ({routing.why}): "
+                f"waits for approval request {routing.approval_id}",
+            }
+            admission = dataclasses.replace(admission, reasons=[*admission.reasons, waiting])
         if admission.held_by:
             held = {
                 "code": "safe_mode",

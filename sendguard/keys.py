@@ -21,6 +21,12 @@ Layout (P = prefix, default `sg`):
     P:trips                 hash   scope -> JSON of its active safe-mode trip
     P:held:{scope}          set    ids of messages held by that scope's trip
     P:unparsed              list   raw inbound mail that could not be parsed, JSON, newest first, capped
+    P:appr:{id}             hash   an approval request: tier, kind, requester, status, decisions (JSON)
+    P:appr:{id}:msgs        set    ids of the messages waiting for it
+    P:approvals             zset   approval request ids, score = creation time (ms)
+    P:approvals:pending     zset   pending approval request ids, score = when they expire (ms)
+    P:run:{agent}:{scope}   zset   an agent's recent messages to one segment or campaign (mass-send count)
+    P:run:{agent}:{scope}:approval  string  the approval request covering that run
     P:audit:pending         list   audit entries written but not yet chained, JSON, oldest first
     P:audit:chain           list   the hash-chained audit trail, JSON entries in sequence order
     P:audit:head            hash   seq and hash of the last chained entry
@@ -129,3 +135,23 @@ class Keys:
     @property
     def audit_lock(self) -> str:
         return f"{self.prefix}:audit:lock"
+
+    def approval(self, approval_id: str) -> str:
+        return f"{self.prefix}:appr:{approval_id}"
+
+    def approval_messages(self, approval_id: str) -> str:
+        return f"{self.prefix}:appr:{approval_id}:msgs"
+
+    @property
+    def approvals(self) -> str:
+        return f"{self.prefix}:approvals"
+
+    def run(self, agent: str, scope: str) -> str:
+        return f"{self.prefix}:run:{agent}:{scope}"
+
+    def run_approval(self, agent: str, scope: str) -> str:
+        return f"{self.prefix}:run:{agent}:{scope}:approval"
+
+    @property
+    def approvals_pending(self) -> str:
+        return f"{self.prefix}:approvals:pending"

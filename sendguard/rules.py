@@ -106,6 +106,7 @@ class AgentEntry(_Table):
     owner: str = Field(min_length=1)
     inboxes: list[str] = Field(min_length=1)
     segments: list[str] = ["*"]
+    tier: Literal[0, 1] = 0  # 1: every send needs one approval (a new agent, say)
     versions: list[str] = Field(
         default=["*"],
         min_length=1,
@@ -156,9 +157,27 @@ class SafeModeRules(_Table):
         return list(dict.fromkeys(scopes))
 
 
+class ApprovalRules(_Table):
+    """When people must approve: mass sends (tier 2) and tier-1 agents and shared inboxes."""
+
+    mass_send_threshold: int = Field(default=25, ge=2)
+    mass_send_window: Duration = Field(default=3600.0, gt=0)
+    ttl: Duration = Field(default=86400.0, gt=0)
+    shared_inboxes: list[str] = []
+
+    @field_validator("shared_inboxes")
+    @classmethod
+    def _lowercase(cls, inboxes: list[str]) -> list[str]:
+        for inbox in inboxes:
+            if "@" not in inbox:
+                raise ValueError(f"{inbox!r} is not an address")
+        return [inbox.strip().lower() for inbox in inboxes]
+
+
 class RulesFile(_Table):
     ingress: IngressRules = IngressRules()
     safe_mode: SafeModeRules = SafeModeRules()
+    approvals: ApprovalRules = ApprovalRules()
     throttle: list[ThrottleRule] = []
     agent: list[AgentEntry] = []
 
@@ -249,7 +268,7 @@ def _describe(path: Path, exc: ValidationError) -> str:
         if loc and loc[0] in ("throttle", "agent"):
             name = loc.pop(0)
             table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
-        elif loc and loc[0] in ("ingress", "safe_mode"):
+        elif loc and loc[0] in ("ingress", "safe_mode", "approvals"):
             table = f"[{loc.pop(0)}]"
         key = ".".join(str(part) for part in loc)
         where = f"{table} key '{key}'" if key else table

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog
 from sendguard.config import Settings
 from sendguard.feedback import Feedback
@@ -29,6 +30,7 @@ class Runtime:
     tokens: Tokens
     gateway: Gateway
     safe_mode: SafeMode
+    approvals: Approvals
     audit: AuditLog
     feedback: Feedback
     inbox: Inbox

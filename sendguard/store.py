@@ -31,6 +31,7 @@ class Status(StrEnum):
     """The message lifecycle (see PRODUCT.md)."""
 
     REJECTED = "rejected"
+    PENDING_APPROVAL = "pending_approval"
     HELD = "held"
     QUEUED = "queued"
     DEFERRED = "deferred"
@@ -39,10 +40,11 @@ class Status(StrEnum):
     BOUNCED = "bounced"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
-WAITING = (Status.HELD, Status.QUEUED, Status.DEFERRED, Status.SENDING)
-CANCELLABLE = (Status.HELD, Status.QUEUED, Status.DEFERRED)
+WAITING = (Status.PENDING_APPROVAL, Status.HELD, Status.QUEUED, Status.DEFERRED, Status.SENDING)
+CANCELLABLE = (Status.PENDING_APPROVAL, Status.HELD, Status.QUEUED, Status.DEFERRED)
 _LUA_STATUS_SETS = f"""
 local WAITING = {{{", ".join(f"['{s}']=true" for s in WAITING)}}}
 local TERMINAL = {{{", ".join(f"['{s}']=true" for s in Status if s not in WAITING)}}}
@@ -83,7 +85,7 @@ _ADMIT = (
     + """
 -- KEYS: msg hist due count idem cooldown supp_addr supp_dom rcpt
 -- ARGV: id now status reasons due cooldown_ms address domain idem_ttl use_idem retention prefix scopes
---       fields...
+--       approval fields...
 if ARGV[10] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing and redis.call('EXISTS', KEYS[1]:sub(1, -#ARGV[1] - 1) .. existing) == 1 then
@@ -106,7 +108,7 @@ end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', status, 'reasons', encoded,
-  'created', ARGV[2], 'attempts', '0', 'scopes', ARGV[13], unpack(ARGV, 14))
+  'created', ARGV[2], 'attempts', '0', 'scopes', ARGV[13], unpack(ARGV, 15))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(KEYS[2], tonumber(ARGV[2]), status, 'submitted', detail)
@@ -114,12 +116,18 @@ local held_by = ''
 if WAITING[status] then
   redis.call('SADD', KEYS[9], ARGV[1])
   redis.call('PEXPIRE', KEYS[9], ARGV[11])
-  held_by = tripped(ARGV[12], ARGV[13])
-  if held_by then
-    hold(ARGV[12], ARGV[1], held_by, tonumber(ARGV[2]), nil)
-    status = 'held'
+  local scope = ARGV[14] == '' and tripped(ARGV[12], ARGV[13])
+  if ARGV[14] ~= '' then
+    -- Waits for people; safe mode is checked again when it is approved and claimed.
+    status = 'pending_approval'
+    redis.call('HSET', KEYS[1], 'status', status, 'approval', ARGV[14])
+    redis.call('SADD', ARGV[12] .. ':appr:' .. ARGV[14] .. ':msgs', ARGV[1])
+    redis.call('HINCRBY', KEYS[4], status, 1)
+    history(KEYS[2], tonumber(ARGV[2]), status, 'approval_required', 'approval request ' .. ARGV[14])
+  elseif scope then
+    hold(ARGV[12], ARGV[1], scope, tonumber(ARGV[2]), nil)
+    status, held_by = 'held', scope
   else
-    held_by = ''
     redis.call('HINCRBY', KEYS[4], status, 1)
     redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
   end
@@ -310,7 +318,7 @@ for i = 6, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. ':msg:' .. id
   local status = redis.call('HGET', key, 'status')
-  local match = status == 'held' or status == 'queued' or status == 'deferred'
+  local match = status == 'held' or status == 'queued' or status == 'deferred' or status == 'pending_approval'
   if match then
     for field, value in pairs(filters) do
       if redis.call('HGET', key, field) ~= value then match = false break end
@@ -331,6 +339,37 @@ for i = 6, #ARGV do
   end
 end
 return cjson.encode(counts)
+"""
+)
+
+_SETTLE_APPROVAL = (
+    _LUA_STATUS_SETS
+    + """
+-- KEYS: msgs due count; ARGV: prefix outcome(approved|denied|expired) now detail retention
+local moved = 0
+local now = tonumber(ARGV[3])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. ':msg:' .. id
+  local cur = redis.call('HMGET', key, 'status', 'not_before')
+  if cur[1] == 'pending_approval' then
+    local new, cause = 'queued', 'approved'
+    if ARGV[2] == 'denied' then new, cause = 'cancelled', 'approval_denied' end
+    if ARGV[2] == 'expired' then new, cause = 'expired', 'approval_expired' end
+    redis.call('HSET', key, 'status', new)
+    redis.call('HINCRBY', KEYS[3], 'pending_approval', -1)
+    history(ARGV[1] .. ':hist:' .. id, now, new, cause, ARGV[4])
+    if new == 'queued' then
+      redis.call('HINCRBY', KEYS[3], 'queued', 1)
+      redis.call('ZADD', KEYS[2], math.max(now, tonumber(cur[2] or '0')), id)
+    else
+      redis.call('HSET', key, 'reasons', cjson.encode({{code=cause, detail=ARGV[4]}}))
+      redis.call('PEXPIRE', key, ARGV[5])
+      redis.call('PEXPIRE', ARGV[1] .. ':hist:' .. id, ARGV[5])
+    end
+    moved = moved + 1
+  end
+end
+return moved
 """
 )
 
@@ -425,6 +464,7 @@ class Store:
         self._annotate = client.register_script(_ANNOTATE)
         self._sweep = client.register_script(_SWEEP)
         self._recall = client.register_script(_RECALL)
+        self._settle_approval = client.register_script(_SETTLE_APPROVAL)
 
     async def admit(
         self,
@@ -440,6 +480,7 @@ class Store:
         idempotency_key: str | None,
         scopes: list[str],
         fields: Mapping[str, str],
+        approval: str = "",
     ) -> Admission:
         k = self.keys
         idem_key = k.idempotency(agent, idempotency_key or "-")
@@ -458,6 +499,7 @@ class Store:
             RETENTION_MS,
             k.prefix,
             json.dumps(scopes),
+            approval,
         ]
         for name, value in fields.items():
             args += [name, value]
@@ -658,6 +700,16 @@ class Store:
         k = self.keys
         args: list[str | int] = [k.prefix, json.dumps(dict(filters)), now_ms(), RETENTION_MS, detail, *ids]
         return decode_counts(await self._recall(keys=[k.due, k.count], args=args))
+
+    async def settle_approval(self, approval_id: str, outcome: str, detail: str) -> int:
+        """Queue (approved), cancel (denied) or expire the messages waiting for a request."""
+        k = self.keys
+        async with translated():
+            moved = await self._settle_approval(
+                keys=[k.approval_messages(approval_id), k.due, k.count],
+                args=[k.prefix, outcome, now_ms(), detail, RETENTION_MS],
+            )
+        return int(moved)
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None

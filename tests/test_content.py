@@ -50,6 +50,7 @@ PLACEHOLDERS = [
     "[FirstName]",
     "[first_name]",
     "[Recipient's Name]",
+    "[Recipient\u2019s Name]",
     "[Insert Link]",
     "[[first_name]]",
     "%FIRSTNAME%",
@@ -309,6 +310,9 @@ SECRETS = [
     (PASSWORD, "letmein", "Username: dana\nPassword: {}\nSee you soon."),
     (PASSWORD, "Pa55w0rd", 'Send {{"user": "dana", "password": "{}"}} to log in.'),
     (PASSWORD, "CorrectHorse", "PASSWORD: {}"),
+    (PASSWORD, "hunter22", "DB_HOST=db.internal\nDB_PASSWORD={}"),
+    (PASSWORD, "Hunter22", "Log in at https://acme.example/login?user=dana&password={} today."),
+    (PASSWORD, "Sunshine7", "Password:\n{}"),
 ]
 
 
@@ -379,6 +383,7 @@ PASSWORD_NEAR_MISSES = [
     "Join: https://zoom.us/j/81234567890?pwd=Zk9xT2c4bHdQ",
     "PWD=/home/dana/projects",
     "Your passcode is in the invite.",
+    "Password:\n\nThanks for your patience, we are on it.",
     "I passed your note to our CTO; she is passionate about this.",
 ]
 

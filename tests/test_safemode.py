@@ -18,6 +18,9 @@ recipient_cooldown = "0s"
 [safe_mode]
 min_sent = 10
 bounce_rate = 0.1
+
+[approvals]
+mass_send_threshold = 1000  # this storm is about safe mode, not about approvals
 """
 
 

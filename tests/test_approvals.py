@@ -1,0 +1,159 @@
+"""Approval tiers on real daemons: mass sends need two people from two groups, nobody twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from conftest import Api, Daemon, wait_until
+from peers import SmtpSink
+
+ClientFor = Callable[..., Api]
+RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[approvals]
+mass_send_threshold = 3
+shared_inboxes = ["team@acme.example"]
+"""
+
+
+def _pending(reviewer: Api) -> list[dict[str, Any]]:
+    response = reviewer.client.get("/v1/approvals", params={"status": "pending"})
+    assert response.status_code == 200, response.text
+    listed: list[dict[str, Any]] = response.json()
+    return listed
+
+
+def _decide(approver: Api, approval_id: str, verdict: str, comment: str = "looked at it") -> Any:
+    return approver.client.post(f"/v1/approvals/{approval_id}/{verdict}", json={"comment": comment})
+
+
+def test_a_mass_send_in_singles_waits_for_two_people_from_two_groups(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    erin = client_for(daemon, "approver", "erin", "--group", "ops")
+    finn = client_for(daemon, "approver", "finn", "--group", "sales")
+    same_name = client_for(daemon, "approver", "sdr-bot", "--group", "revops")
+
+    decisions = [agent.send(f"lead{i}@customer.example", segment="smb") for i in range(5)]
+    assert [d["status"] for d in decisions] == ["queued"] * 2 + ["pending_approval"] * 3
+    assert decisions[2]["reasons"][0]["code"] == "approval_required"
+    assert "mass send" in decisions[2]["reasons"][0]["detail"]
+    [request] = _pending(dana)
+    assert (request["tier"], request["kind"], request["requested_by"]) == (2, "run", "sdr-bot")
+    shown = dana.client.get(f"/v1/approvals/{request['id']}").json()
+    contents = shown["contents"]
+    assert contents["messages"] == 3 and contents["by_recipient_domain"] == {"customer.example": 3}
+    assert contents["by_agent_version"] == {"test-1": 3} and len(contents["samples"]) == 3
+    assert contents["samples"][0]["subject"] == "Quick question"
+
+    assert _decide(agent, request["id"], "approve").status_code == 403  # agents never decide
+    refused = _decide(same_name, request["id"], "approve")
+    assert refused.status_code == 409 and "submitted this request" in refused.text
+    assert _decide(dana, request["id"], "approve").json()["status"] == "pending"
+    twice = _decide(dana, request["id"], "approve")
+    assert twice.status_code == 409 and "already decided" in twice.text
+    same_group = _decide(erin, request["id"], "approve")
+    assert same_group.status_code == 409 and "group other than ops" in same_group.text
+    assert len(smtp.received) <= 2
+
+    approved = _decide(finn, request["id"], "approve", "list checked with sales").json()
+    assert approved["status"] == "approved"
+    assert [(d["by"], d["group"]) for d in approved["decisions"]] == [("dana", "ops"), ("finn", "sales")]
+    for decision in decisions:
+        agent.wait_status(decision["id"], "sent")
+    history = agent.status(decisions[4]["id"])["history"]
+    assert [h["cause"] for h in history][1:3] == ["approval_required", "approved"]
+    # The approved run is good for the ttl: more of it goes without a new request.
+    assert agent.send("lead9@customer.example", segment="smb")["status"] == "queued"
+    assert _pending(dana) == []
+
+
+def test_tier_one_sends_wait_for_one_approval_and_a_denial_cancels_them(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(
+        RULES + '\n[[agent]]\nname = "new-bot"\nowner = "sales"\ninboxes = ["*@acme.example"]\ntier = 1\n'
+    )
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    shared = agent.send("a@customer.example", **{"from": "Team <team@acme.example>"})
+    assert shared["status"] == "pending_approval"
+    assert "shared inbox" in shared["reasons"][0]["detail"]
+    new_bot = Api(daemon, daemon.cli("token", "create", "--role", "agent", "--name", "new-bot"))
+    try:
+        first = new_bot.send("b@customer.example")
+        second = new_bot.send("c@customer.example")
+    finally:
+        new_bot.close()
+    requests = {r["id"]: r for r in _pending(dana)}
+    assert len(requests) == 3 and {r["tier"] for r in requests.values()} == {1}
+
+    shared_request = _request_of(operator, shared["id"])
+    assert _decide(dana, shared_request, "approve").json()["status"] == "approved"
+    agent.wait_status(shared["id"], "sent")
+    denied = _decide(dana, _request_of(operator, first["id"]), "deny", "not this one").json()
+    assert denied["status"] == "denied"
+    cancelled = operator.status(first["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["reasons"][0]["code"] == "approval_denied"
+    assert operator.status(second["id"])["status"] == "pending_approval"
+
+    # The same from the command line, as the approver the token names.
+    second_request = _request_of(operator, second["id"])
+    assert second_request in daemon.cli("approvals", "list")
+    assert '"messages": 1' in daemon.cli("approvals", "show", second_request)
+    token = dana.client.headers["Authorization"].removeprefix("Bearer ")
+    out = daemon.cli("approvals", "approve", second_request, "--comment", "fine", "--token", token)
+    assert out == f"{second_request}: approved"
+    operator.wait_status(second["id"], "sent")
+
+
+def test_a_request_nobody_decides_expires_with_its_messages(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(RULES.replace("mass_send_threshold = 3", 'mass_send_threshold = 2\nttl = "2s"'))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    waiting = [agent.send(f"lead{i}@customer.example", campaign="q4") for i in range(3)][1:]
+    assert {w["status"] for w in waiting} == {"pending_approval"}
+    for decision in waiting:
+        agent.wait_status(decision["id"], "expired")
+    request = _request_of(agent, waiting[0]["id"])
+    late = _decide(dana, request, "approve")
+    assert late.status_code == 409 and "already expired" in late.text
+
+
+def test_a_rogue_agent_gets_nothing_out_beyond_tier_zero(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES.replace("mass_send_threshold = 3", "mass_send_threshold = 25"))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+
+    def submit(i: int) -> str:
+        return str(agent.send(f"lead{i}@customer.example", segment="cfo-na-q4")["status"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # as fast as it can, from several connections
+        statuses = list(pool.map(submit, range(400)))
+    assert statuses.count("queued") == 24
+    assert statuses.count("pending_approval") == 400 - 24
+    wait_until(lambda: len(smtp.received) == 24, what="the tier-0 messages to be delivered")
+    [request] = _pending(operator)
+    assert (
+        request["tier"] == 2
+        and operator.client.get(f"/v1/approvals/{request['id']}").json()["contents"]["waiting"] == 376
+    )
+    assert len(smtp.received) == 24
+
+
+def _request_of(reader: Api, message_id: str) -> str:
+    history = reader.status(message_id)["history"]
+    detail = next(h["detail"] for h in history if h["cause"] == "approval_required")
+    return str(detail.rpartition(" ")[2])
