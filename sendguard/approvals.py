@@ -115,6 +115,17 @@ class Routing:
 
 
 @dataclass(frozen=True)
+class Opening:
+    """What a new request is for: its tier and kind, a label and a reason for people, the agent."""
+
+    tier: int
+    kind: str
+    label: str
+    why: str
+    agent: str
+
+
+@dataclass(frozen=True)
 class Request:
     id: str
     tier: int
@@ -189,34 +200,17 @@ class Approvals:
                 return routing
         if agent.tier >= 1 or inbox.lower() in rules.shared_inboxes:
             why = f"agent {agent.name} is tier 1" if agent.tier >= 1 else f"{inbox} is a shared inbox"
-            approval_id = await self.open(
-                tier=1,
-                kind="message",
-                label=f"one message from {agent.name}",
-                why=why,
-                agent=agent.name,
-                requester=requester,
-                rules=rules,
-                rules_version=rules_version,
-            )
+            opening = Opening(1, "message", f"one message from {agent.name}", why, agent.name)
+            approval_id = await self.open(opening, requester, rules, rules_version)
             return Routing(approval_id, 1, why)
         return None
 
     async def open(
-        self,
-        *,
-        tier: int,
-        kind: str,
-        label: str,
-        why: str,
-        agent: str,
-        requester: Principal,
-        rules: ApprovalRules,
-        rules_version: str,
+        self, opening: Opening, requester: Principal, rules: ApprovalRules, rules_version: str
     ) -> str:
         """Open a request; messages join it through admission."""
         approval_id = secrets.token_hex(8)
-        fields = self._fields(approval_id, tier, kind, label, why, agent, requester, rules, rules_version)
+        fields = self._fields(approval_id, opening, requester, rules, rules_version)
         k = self._keys
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
@@ -224,7 +218,9 @@ class Approvals:
             pipe.zadd(k.approvals_pending, {approval_id: int(fields["expires"])})
             await pipe.execute()
         await self._audit.append(
-            "approval.requested", requester.actor, {"approval_id": approval_id, "tier": tier, "why": why}
+            "approval.requested",
+            requester.actor,
+            {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
         )
         return approval_id
 
@@ -239,8 +235,8 @@ class Approvals:
     ) -> Routing | None:
         k = self._keys
         approval_id = secrets.token_hex(8)
-        label = f"the run of {agent.name} to {run_scope}"
-        fields = self._fields(approval_id, 2, "run", label, why, agent.name, requester, rules, rules_version)
+        opening = Opening(2, "run", f"the run of {agent.name} to {run_scope}", why, agent.name)
+        fields = self._fields(approval_id, opening, requester, rules, rules_version)
         async with translated():
             state, found = await self._open_run(
                 keys=[k.run_approval(agent.name, run_scope), k.approvals, k.approvals_pending],
@@ -256,24 +252,16 @@ class Approvals:
 
     @staticmethod
     def _fields(
-        approval_id: str,
-        tier: int,
-        kind: str,
-        label: str,
-        why: str,
-        agent: str,
-        requester: Principal,
-        rules: ApprovalRules,
-        rules_version: str,
+        approval_id: str, opening: Opening, requester: Principal, rules: ApprovalRules, rules_version: str
     ) -> dict[str, str]:
         created = now_ms()
         return {
             "id": approval_id,
-            "tier": str(tier),
-            "kind": kind,
-            "label": label,
-            "why": why,
-            "agent": agent,
+            "tier": str(opening.tier),
+            "kind": opening.kind,
+            "label": opening.label,
+            "why": opening.why,
+            "agent": opening.agent,
             "requested_by": requester.name,
             "requested_token": requester.token_id,
             "status": "pending",
