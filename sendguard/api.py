@@ -4,7 +4,6 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -22,7 +21,7 @@ from sendguard.errors import StoreError
 from sendguard.gateway import Forbidden
 from sendguard.messages import MessageIn
 from sendguard.runtime import Runtime
-from sendguard.store import CANCELLABLE, Status, decode_reasons
+from sendguard.store import CANCELLABLE, Status, decode_reasons, iso_ms
 from sendguard.suppression import split_entries
 from sendguard.tokens import Principal, Role
 
@@ -130,12 +129,6 @@ def _too_large(limit: int) -> JSONResponse:
     )
 
 
-def _iso(ms: str | int | None) -> str:
-    if ms in (None, ""):
-        return ""
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="sendguard",
@@ -215,9 +208,9 @@ def create_app(runtime: Runtime) -> FastAPI:
             waiting_for=record.get("waiting_for") or None,
             held_by=record.get("held_by") or None,
             rules_version=record.get("rules_version", ""),
-            created_at=_iso(record.get("created")),
+            created_at=iso_ms(record.get("created")),
             history=[
-                Transition(at=_iso(h["at"]), status=h["status"], cause=h["cause"], detail=h["detail"])
+                Transition(at=iso_ms(h["at"]), status=h["status"], cause=h["cause"], detail=h["detail"])
                 for h in history
             ],
         )

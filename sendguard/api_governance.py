@@ -1,6 +1,6 @@
 """Control routes: recall what has not gone out, reload the rules, read the audit trail."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -11,6 +11,7 @@ from sendguard.approvals import ApprovalRefused, Request
 from sendguard.audit import AuditError
 from sendguard.errors import ConfigError
 from sendguard.runtime import Runtime
+from sendguard.store import iso_ms
 from sendguard.tokens import Principal
 
 router = APIRouter()
@@ -125,12 +126,8 @@ class DecisionIn(BaseModel):
 
 def _request_out(request: Request) -> dict[str, Any]:
     out = dict(request.__dict__)
-    out["created"], out["expires"] = _iso(request.created), _iso(request.expires)
+    out["created"], out["expires"] = iso_ms(request.created), iso_ms(request.expires)
     return out
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 @router.get("/v1/approvals")

@@ -1,6 +1,5 @@
 """The stop-sending API: signals in (events, raw inbound mail, Alertmanager alerts), safe mode out."""
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -13,6 +12,7 @@ from sendguard.feedback import Applied
 from sendguard.inbox import Unparsed
 from sendguard.scopes import parse_scope
 from sendguard.signals import Trip
+from sendguard.store import iso_ms
 
 router = APIRouter()
 
@@ -75,10 +75,6 @@ class AlertsOut(BaseModel):
     ignored: list[str] = Field(description="alerts that trip nothing, and why")
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 def _trip_out(trip: Trip) -> TripOut:
     return TripOut(
         scope=trip.scope,
@@ -86,7 +82,7 @@ def _trip_out(trip: Trip) -> TripOut:
         detail=trip.detail,
         value=trip.value,
         threshold=trip.threshold,
-        at=_iso(trip.at),
+        at=iso_ms(trip.at),
         by=trip.by,
     )
 

@@ -79,7 +79,6 @@ async def serve(settings: Settings) -> None:
             transport=transport,
             safe_mode=safe_mode,
             feedback=feedback,
-            audit=audit,
             circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay),
             rules=lambda: runtime.rules,
             settings=settings,

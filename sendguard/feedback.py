@@ -17,7 +17,7 @@ from sendguard.events import EventIn, EventType, Sentiment, sendguard_id
 from sendguard.safemode import SafeMode
 from sendguard.sentiment import classify
 from sendguard.signals import Signal, Trip
-from sendguard.store import CANCELLABLE, Status, Store, translated
+from sendguard.store import CANCELLABLE, Status, Store
 from sendguard.suppression import Suppressions
 
 log = logging.getLogger("sendguard.feedback")
@@ -122,9 +122,7 @@ class Feedback:
         """The message an event is about: by its id, else the last one sent to the recipient."""
         message_id = sendguard_id(event.message_id) if event.message_id else None
         if message_id is None and event.recipient:
-            async with translated():
-                last = await self._store.redis.get(self._store.keys.last_sent(event.recipient))
-            message_id = str(last) if last else None
+            message_id = await self._store.last_sent(event.recipient)
         found = await self._store.get(message_id) if message_id else None
         if found is None:
             return message_id, None

@@ -13,7 +13,8 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -177,7 +178,8 @@ _TRANSITION = (
     + _LUA_SAFE_MODE
     + """
 -- KEYS: msg hist due inflight count cooldown
--- ARGV: id now claim allowed_from new_status cause detail due keep_claim retention prefix hold fields...
+-- ARGV: id now claim allowed_from new_status cause detail due keep_claim retention prefix hold audit
+--       fields...
 local cur = redis.call('HMGET', KEYS[1], 'status', 'claim', 'scopes')
 if not cur[1] then return {0, ''} end
 if ARGV[3] ~= '' and cur[2] ~= ARGV[3] then return {0, cur[1]} end
@@ -191,7 +193,8 @@ if ARGV[12] == '1' then
     return {2, scope}
   end
 end
-if #ARGV > 12 then redis.call('HSET', KEYS[1], unpack(ARGV, 13)) end
+if #ARGV > 13 then redis.call('HSET', KEYS[1], unpack(ARGV, 14)) end
+if ARGV[13] ~= '' then redis.call('RPUSH', ARGV[11] .. ':audit:pending', ARGV[13]) end
 local new = ARGV[5]
 if new == '' then new = cur[1] end
 if new ~= cur[1] then
@@ -386,12 +389,12 @@ return 1
 )
 
 
-class Begin(StrEnum):
-    """How the start of a send went: it may go, its scope is in safe mode, or it moved on."""
+class Moved(IntEnum):
+    """How a transition went; falsy when it did not happen (wrong status, or the claim was lost)."""
 
-    BEGAN = "began"
-    HELD = "held"
-    LOST = "lost"
+    REFUSED = 0
+    MOVED = 1
+    HELD = 2  # a scope of it is in safe mode: held instead (only when asked to check)
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,13 @@ class NoWork:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def iso_ms(ms: str | int | float | None) -> str:
+    """A stored time (milliseconds since the epoch) as people and JSON clients read it."""
+    if ms in (None, ""):
+        return ""
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def decode_reasons(raw: str | None) -> list[dict[str, str]]:
@@ -554,63 +564,18 @@ class Store:
         keep_claim: bool = False,
         fields: Mapping[str, str | int] | None = None,
         recipient: str = "-",
-    ) -> bool:
-        """Move a message on; False when it was not in an allowed status or the claim was lost.
+        hold_if_tripped: bool = False,
+        audit_entry: str = "",
+    ) -> Moved:
+        """Move a message on; `Moved.REFUSED` (falsy) when it was not in an allowed status or the
+        claim was lost.
 
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
+        `hold_if_tripped` holds it instead when a scope of it is in safe mode (`Moved.HELD`).
+        `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
+        trail cannot miss a transition that happened.
         """
-        result = await self._move(
-            message_id,
-            to=to,
-            cause=cause,
-            detail=detail,
-            claim=claim,
-            allowed_from=allowed_from,
-            due_ms=due_ms,
-            keep_claim=keep_claim,
-            fields=fields,
-            recipient=recipient,
-            hold=False,
-        )
-        return result == 1
-
-    async def begin(self, message_id: str, claim: str, detail: str, fields: Mapping[str, str | int]) -> Begin:
-        """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
-
-        Checked in the same script that starts the send, so after a trip no new send starts.
-        """
-        result = await self._move(
-            message_id,
-            to=Status.SENDING,
-            cause="attempt",
-            detail=detail,
-            claim=claim,
-            allowed_from=(Status.QUEUED, Status.DEFERRED),
-            due_ms=None,
-            keep_claim=True,
-            fields=fields,
-            recipient="-",
-            hold=True,
-        )
-        return {1: Begin.BEGAN, 2: Begin.HELD}.get(result, Begin.LOST)
-
-    async def _move(
-        self,
-        message_id: str,
-        *,
-        to: Status | None,
-        cause: str,
-        detail: str,
-        claim: str,
-        allowed_from: Iterable[Status],
-        due_ms: int | None,
-        keep_claim: bool,
-        fields: Mapping[str, str | int] | None,
-        recipient: str,
-        hold: bool,
-    ) -> int:
         k = self.keys
-        record = k.msg(message_id)
         args: list[Any] = [
             message_id,
             now_ms(),
@@ -623,14 +588,15 @@ class Store:
             "1" if keep_claim else "0",
             RETENTION_MS,
             k.prefix,
-            "1" if hold else "0",
+            "1" if hold_if_tripped else "0",
+            audit_entry,
         ]
         for name, value in (fields or {}).items():
             args += [name, value]
         async with translated():
             result = await self._transition(
                 keys=[
-                    record,
+                    k.msg(message_id),
                     k.hist(message_id),
                     k.due,
                     k.inflight,
@@ -639,7 +605,24 @@ class Store:
                 ],
                 args=args,
             )
-        return int(result[0])
+        return Moved(int(result[0]))
+
+    async def begin(self, message_id: str, claim: str, detail: str, fields: Mapping[str, str | int]) -> Moved:
+        """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
+
+        Checked in the same script that starts the send, so after a trip no new send starts.
+        """
+        return await self.transition(
+            message_id,
+            to=Status.SENDING,
+            cause="attempt",
+            detail=detail,
+            claim=claim,
+            allowed_from=(Status.QUEUED, Status.DEFERRED),
+            keep_claim=True,
+            fields=fields,
+            hold_if_tripped=True,
+        )
 
     async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
         """Put the messages a scope's trip held back in the queue; (released, held by another trip).
@@ -723,6 +706,12 @@ class Store:
                 keys=[self.keys.msg(message_id), self.keys.hist(message_id)], args=args
             )
         return bool(found)
+
+    async def last_sent(self, address: str) -> str | None:
+        """The id of the last message sent to an address (recorded with its `sent` signal)."""
+        async with translated():
+            found = await self.redis.get(self.keys.last_sent(address))
+        return str(found) if found else None
 
     async def recipient_messages(self, address: str) -> list[str]:
         """Ids of the messages admitted for an address within the retention period."""

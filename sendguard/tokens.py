@@ -13,13 +13,12 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 
 import redis.asyncio as aioredis
 
 from sendguard.keys import Keys
-from sendguard.store import translated
+from sendguard.store import iso_ms, translated
 
 
 class Role(StrEnum):
@@ -49,10 +48,6 @@ class Principal:
     def actor(self) -> str:
         """How the audit trail names this caller."""
         return f"{self.role.value}:{self.name}"
-
-
-def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 def _digest(token: str) -> str:
@@ -127,8 +122,8 @@ class Tokens:
                         "role": record.get("role", ""),
                         "name": record.get("name", ""),
                         "group": record.get("group", ""),
-                        "created": _iso(int(record.get("created") or 0)),
-                        "expires": _iso(int(record["expires"]) / 1000) if record.get("expires") else "",
+                        "created": iso_ms(int(record.get("created") or 0) * 1000),
+                        "expires": iso_ms(str(record.get("expires") or "")),
                     }
                 )
         return sorted(found, key=lambda entry: entry["created"])

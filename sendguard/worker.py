@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from sendguard import metrics
-from sendguard.audit import AuditLog
+from sendguard.audit import entry as audit_entry
 from sendguard.circuit import Circuit
 from sendguard.config import Settings
 from sendguard.errors import RelayError, RelayReply, StoreError
@@ -32,7 +32,7 @@ from sendguard.rules import Rules
 from sendguard.safemode import SafeMode
 from sendguard.scopes import scope_values
 from sendguard.signals import Signal
-from sendguard.store import Begin, Claim, NoWork, Status, Store, now_ms
+from sendguard.store import Claim, Moved, NoWork, Status, Store, now_ms
 from sendguard.throttle import Buckets, Throttles
 
 log = logging.getLogger("sendguard.worker")
@@ -62,7 +62,6 @@ class Deliverer:
         transport: Transport,
         safe_mode: SafeMode,
         feedback: Feedback,
-        audit: AuditLog,
         circuit: Circuit,
         rules: Callable[[], Rules],
         settings: Settings,
@@ -75,7 +74,6 @@ class Deliverer:
         self._transport = transport
         self._safe_mode = safe_mode
         self._feedback = feedback
-        self._audit = audit
         self._circuit = circuit
         self._rules = rules
         self._settings = settings
@@ -175,7 +173,7 @@ class Deliverer:
             f"attempt {attempt}",
             {"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
         )
-        if began is not Begin.BEGAN:  # its scope tripped, or it was cancelled, since the claim
+        if began is not Moved.MOVED:  # its scope tripped, or it was cancelled, since the claim
             await self._throttles.settle(buckets, member, delivered=False)
             return
         await self._send(claim, attempt, buckets, member)
@@ -243,19 +241,8 @@ class Deliverer:
         due: int | None,
     ) -> None:
         status, cause, detail, fields = outcome
-        await self._throttles.settle(buckets, member, delivered)
-        await self._store.transition(
-            claim.message_id,
-            to=status,
-            cause=cause,
-            detail=detail,
-            claim=claim.token,
-            allowed_from=(Status.SENDING,),
-            due_ms=due,
-            fields=fields,
-        )
         record = claim.record
-        await self._audit.append(
+        trail = audit_entry(
             "delivery.outcome",
             "sendguard",
             {
@@ -267,6 +254,18 @@ class Deliverer:
                 "smtp_text": fields.get("smtp_text"),
                 "attempt": int(record.get("attempts", "0")) + 1,
             },
+        )
+        await self._throttles.settle(buckets, member, delivered)
+        await self._store.transition(
+            claim.message_id,
+            to=status,
+            cause=cause,
+            detail=detail,
+            claim=claim.token,
+            allowed_from=(Status.SENDING,),
+            due_ms=due,
+            fields=fields,
+            audit_entry=trail,
         )
         if status is Status.SENT:
             await self._safe_mode.observe(

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from sendguard.embedded import redis_server_binary
 from tests.peers import DnsServer, SmtpSink
@@ -173,6 +174,19 @@ class Daemon:
         """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
         return run_cli(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
 
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Like cli(), whatever the exit status, for tests of refusals."""
+        return sendguard_command(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+
+    def metric(self, sample: str, **labels: str) -> float | None:
+        """One sample of /metrics, read with Prometheus' own parser; None if absent."""
+        text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for found in family.samples:
+                if found.name == sample and found.labels == labels:
+                    return float(found.value)
+        return None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -233,9 +247,11 @@ def make_daemon(
                 daemon.kill()
 
 
-def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
-    """Run `sendguard ARGS` as a user would; its stdout, or a failure showing its stderr."""
-    result = subprocess.run(
+def sendguard_command(
+    env: dict[str, str], *args: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `sendguard ARGS` as a user would, whatever its exit status."""
+    return subprocess.run(
         [sys.executable, "-m", "sendguard.cli", *args],
         env=env,
         cwd=cwd,
@@ -244,6 +260,11 @@ def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
         timeout=30,
         check=False,
     )
+
+
+def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
+    """Run `sendguard ARGS` as a user would; its stdout, or a failure showing its stderr."""
+    result = sendguard_command(env, *args, cwd=cwd)
     assert result.returncode == 0, f"sendguard {' '.join(args)}: {result.stderr}"
     return result.stdout.strip()
 

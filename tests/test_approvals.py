@@ -6,8 +6,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from conftest import Api, Daemon, wait_until
-from peers import SmtpSink
+from tests.conftest import Api, Daemon, wait_until
+from tests.peers import SmtpSink
 
 ClientFor = Callable[..., Api]
 RULES = """

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AGENT_RULES, Api, Daemon, free_port, run_cli, wait_until
+from tests.conftest import AGENT_RULES, Api, Daemon, free_port, run_cli, sendguard_command, wait_until
 from tests.peers import SmtpSink
 
 MakeDaemon = Callable[..., Daemon]
@@ -36,16 +33,6 @@ OUTAGE_SETTINGS = {
 }
 SEGMENT = "segment:cfo-na-q4"
 ALERT_NAME = "SendguardBounceRateHigh"
-
-
-def _metric(daemon: Daemon, name: str, **labels: str) -> float | None:
-    """One sample from the daemon's /metrics, with or without labels; None if it is not there."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in httpx.get(f"{daemon.base}/metrics", timeout=5).text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return None
 
 
 def _causes(record: dict[str, Any]) -> list[str]:
@@ -80,8 +67,8 @@ def _relay_outage(
         lambda: all("connection" in _causes(agent.status(m)) for m in ids),
         what="every message to be deferred for the connection",
     )
-    wait_until(lambda: _metric(daemon, "sendguard_relay_circuit_open") == 1, what="the circuit to open")
-    assert (_metric(daemon, "sendguard_relay_circuit_opens_total") or 0) >= 1
+    wait_until(lambda: daemon.metric("sendguard_relay_circuit_open") == 1, what="the circuit to open")
+    assert (daemon.metric("sendguard_relay_circuit_opens_total") or 0) >= 1
     return daemon, agent, ids
 
 
@@ -108,7 +95,7 @@ def test_the_circuit_closes_by_itself_when_the_relay_returns_and_each_message_le
         agent.wait_status(message_id, "sent")
     received = [r.message_id for r in smtp.received]
     assert len(received) == len(ids) and len(set(received)) == len(ids), received
-    wait_until(lambda: _metric(daemon, "sendguard_relay_circuit_open") == 0, what="the circuit gauge to drop")
+    wait_until(lambda: daemon.metric("sendguard_relay_circuit_open") == 0, what="the circuit gauge to drop")
 
 
 def test_a_relay_refusing_recipients_does_not_open_the_circuit(
@@ -118,8 +105,8 @@ def test_a_relay_refusing_recipients_does_not_open_the_circuit(
     agent = client_for(daemon, "agent", "sdr-bot")
     for i in range(3):  # the sink answers 550 at RCPT for bounce* local parts
         agent.wait_status(agent.send(f"bounce{i}@customer.example")["id"], "bounced")
-    assert _metric(daemon, "sendguard_relay_circuit_open") == 0
-    assert _metric(daemon, "sendguard_relay_circuit_opens_total") == 0
+    assert daemon.metric("sendguard_relay_circuit_open") == 0
+    assert daemon.metric("sendguard_relay_circuit_opens_total") == 0
 
 
 def test_a_probe_held_back_by_a_throttle_gap_does_not_stall_dispatch(
@@ -261,13 +248,13 @@ def test_an_unreachable_webhook_neither_delays_the_trip_nor_goes_uncounted(
 ) -> None:
     daemon = make_daemon("", notify_url=f"http://127.0.0.1:{free_port()}/hook")  # a closed port
     admin = client_for(daemon, "admin", "dana")
-    assert _metric(daemon, "sendguard_notifications_failed_total") == 0
+    assert daemon.metric("sendguard_notifications_failed_total") == 0
     started = time.monotonic()
     _trip(admin, "global", "kill switch drill")
     assert time.monotonic() - started < 0.5
     # Four attempts, 1 s + 2 s + 4 s apart, then it gives up and counts it.
     wait_until(
-        lambda: _metric(daemon, "sendguard_notifications_failed_total") == 1,
+        lambda: daemon.metric("sendguard_notifications_failed_total") == 1,
         timeout=15,
         what="the dropped notification to be counted",
     )
@@ -372,18 +359,6 @@ def cli_env(tmp_path: Path, redis_url: str, prefix: str) -> dict[str, str]:
     }
 
 
-def _sendguard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`sendguard ARGS` whatever its exit status (run_cli insists on 0)."""
-    return subprocess.run(
-        [sys.executable, "-m", "sendguard.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_the_cli_trips_a_scope_in_normal_form_and_lists_it(cli_env: dict[str, str]) -> None:
     out = run_cli(cli_env, "safe-mode", "trip", "inbox:Alice@Acme.example", "--reason", "x", "--by", "sam")
     assert out == "inbox:alice@acme.example: tripped (x)"
@@ -391,13 +366,13 @@ def test_the_cli_trips_a_scope_in_normal_form_and_lists_it(cli_env: dict[str, st
 
 
 def test_the_cli_resuming_a_scope_that_is_not_tripped_exits_1(cli_env: dict[str, str]) -> None:
-    result = _sendguard(cli_env, "safe-mode", "resume", SEGMENT, "--reason", "nothing to resume")
+    result = sendguard_command(cli_env, "safe-mode", "resume", SEGMENT, "--reason", "nothing to resume")
     assert result.returncode == 1, result
     assert f"{SEGMENT} is not in safe mode" in result.stderr
 
 
 def test_the_cli_refuses_a_malformed_scope_saying_what_a_scope_looks_like(cli_env: dict[str, str]) -> None:
-    result = _sendguard(cli_env, "safe-mode", "trip", "nonsense", "--reason", "x")
+    result = sendguard_command(cli_env, "safe-mode", "trip", "nonsense", "--reason", "x")
     assert result.returncode == 2, result
     assert "'nonsense' must be 'global' or '<kind>:<value>'" in result.stderr
     assert "segment" in result.stderr and "inbox" in result.stderr

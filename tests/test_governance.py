@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
-from conftest import Api, Daemon, wait_until
+
+from tests.conftest import Api, Daemon, wait_until
 
 ClientFor = Callable[..., Api]
 LATER = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
@@ -58,7 +56,7 @@ def test_tokens_expire_and_an_approver_needs_a_group(
         (["--role", "operator"], "--role needs --name"),
         (["--role", "operator", "--name", "x", "--expires", "soon"], "--expires"),
     ):
-        result = _cli(daemon, "token", "create", *flags)
+        result = daemon.cli_result("token", "create", *flags)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
 
 
@@ -131,18 +129,6 @@ def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
         what="SIGHUP to reload the rules",
     )
     assert agent.send("sales@customer.example")["status"] == "rejected"
-
-
-def _cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sendguard.cli", *args],
-        env=daemon.env | {"PATH": os.environ["PATH"]},
-        cwd=daemon.env["SENDGUARD_DATA_DIR"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_content_boundaries_reject_with_their_reason_and_let_near_misses_through(
@@ -222,6 +208,6 @@ def test_the_audit_trail_records_decisions_and_outcomes_and_verify_catches_an_ed
         client.lset(chain_key, position, json.dumps(forged))
     finally:
         client.close()
-    result = _cli(daemon, "audit", "verify")
+    result = daemon.cli_result("audit", "verify")
     assert result.returncode == 1
     assert f"entry {position + 1}" in result.stderr

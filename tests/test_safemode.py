@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
-from conftest import Api, Daemon, message, wait_until
-from peers import SmtpSink
+from tests.conftest import Api, Daemon, message, wait_until
+from tests.peers import SmtpSink
 
 CONNECTIONS = 4
 STORM_RULES = """
@@ -22,16 +20,6 @@ bounce_rate = 0.1
 [approvals]
 mass_send_threshold = 1000  # this storm is about safe mode, not about approvals
 """
-
-
-def _metric(daemon: Daemon, name: str, **labels: str) -> float | None:
-    text = httpx.get(f"{daemon.base}/metrics", timeout=5).text
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
-            return float(match.group(2))
-    return None
 
 
 def test_a_bounce_storm_stops_its_segment_within_the_in_flight_sends(
@@ -89,11 +77,11 @@ def test_a_bounce_storm_stops_its_segment_within_the_in_flight_sends(
     held = next(m for m, s in zip(storm, states, strict=True) if s == "held")
     assert agent.status(held)["held_by"] == "segment:cfo-na-q4"
     wait_until(
-        lambda: _metric(daemon, "sendguard_safe_mode", scope_kind="segment", scope="cfo-na-q4") == 1,
+        lambda: daemon.metric("sendguard_safe_mode", scope_kind="segment", scope="cfo-na-q4") == 1,
         what="the safe-mode gauge",
     )
-    assert (_metric(daemon, "sendguard_bounce_rate", scope_kind="segment", scope="cfo-na-q4") or 0) >= 0.1
-    assert _metric(daemon, "sendguard_safe_mode", scope_kind="segment", scope="smb") == 0
+    assert (daemon.metric("sendguard_bounce_rate", scope_kind="segment", scope="cfo-na-q4") or 0) >= 0.1
+    assert daemon.metric("sendguard_safe_mode", scope_kind="segment", scope="smb") == 0
 
     # A new submission into the tripped scope is accepted and held, not rejected.
     late = agent.client.post(

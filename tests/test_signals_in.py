@@ -20,7 +20,6 @@ import aiosmtplib
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 
 from sendguard.keys import Keys
 from sendguard.tokens import Role, Tokens
@@ -164,23 +163,13 @@ def _causes(api: Api, message_id: str) -> list[str]:
     return [cause for cause, _ in _history(api, message_id)]
 
 
-def _metric(daemon: Daemon, sample: str, **labels: str) -> float | None:
-    """One sample of the daemon's /metrics, read with Prometheus' own parser; None if absent."""
-    text = httpx.get(f"{daemon.base}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == sample and found.labels == labels:
-                return float(found.value)
-    return None
-
-
 def _global_bounce_rate(daemon: Daemon, sent: int) -> float | None:
     """The global bounce-rate gauge, once the maintenance loop has counted `sent` in the window."""
     wait_until(
-        lambda: _metric(daemon, "sendguard_window_sent", **GLOBAL) == sent,
+        lambda: daemon.metric("sendguard_window_sent", **GLOBAL) == sent,
         what="the maintenance loop to refresh the per-scope gauges",
     )
-    return _metric(daemon, "sendguard_bounce_rate", **GLOBAL)
+    return daemon.metric("sendguard_bounce_rate", **GLOBAL)
 
 
 def _unparsed(admin: Api) -> list[dict[str, Any]]:
@@ -218,7 +207,7 @@ def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, sm
         "cancelled": 0,
         "tripped": [],
     }
-    assert _metric(daemon, "sendguard_bounces_total", type="hard") == 1
+    assert daemon.metric("sendguard_bounces_total", type="hard") == 1
     assert _event(admin, **report)["tripped"] == []  # the same report again, from an admin
 
     assert admin.client.get("/v1/safe-mode").json() == []
@@ -238,7 +227,7 @@ def test_a_bounce_reported_twice_is_one_bounce_on_the_counter_too(start: Start, 
     for _ in range(2):
         _event(agent, type="bounce", message_id=sent.id, status="5.1.1")
 
-    assert _metric(daemon, "sendguard_bounces_total", type="hard") == 1
+    assert daemon.metric("sendguard_bounces_total", type="hard") == 1
 
 
 def test_a_soft_bounce_and_a_delivery_are_recorded_without_consequences(start: Start, smtp: SmtpSink) -> None:
@@ -258,8 +247,8 @@ def test_a_soft_bounce_and_a_delivery_are_recorded_without_consequences(start: S
     ]
     assert _suppressed(admin) == []
     assert admin.client.get("/v1/safe-mode").json() == []
-    assert _metric(daemon, "sendguard_bounces_total", type="soft") == 1
-    assert _metric(daemon, "sendguard_bounces_total", type="hard") is None
+    assert daemon.metric("sendguard_bounces_total", type="soft") == 1
+    assert daemon.metric("sendguard_bounces_total", type="hard") is None
     assert _global_bounce_rate(daemon, sent=1) == 0
 
 
@@ -282,8 +271,8 @@ def test_complaints_and_unsubscribes_suppress_and_cancel_what_waits(start: Start
     assert cancelled["reasons"][0]["code"] == "recipient_suppressed"
     assert _causes(agent, complained.id)[-1] == "complaint"
     assert _causes(agent, unsubscribed.id)[-1] == "unsubscribe"
-    assert _metric(daemon, "sendguard_complaints_total") == 1
-    assert _metric(daemon, "sendguard_unsubscribes_total") == 1
+    assert daemon.metric("sendguard_complaints_total") == 1
+    assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 
 def test_an_event_for_an_unknown_message_is_counted_and_still_suppresses(
@@ -294,7 +283,7 @@ def test_an_event_for_an_unknown_message_is_counted_and_still_suppresses(
     out = _event(agent, type="bounce", message_id=UNKNOWN_ID, recipient="gone@third.example")
 
     assert (out["message_id"], out["suppressed"], out["tripped"]) == (UNKNOWN_ID, "gone@third.example", [])
-    assert _metric(daemon, "sendguard_events_unmatched_total", type="bounce") == 1
+    assert daemon.metric("sendguard_events_unmatched_total", type="bounce") == 1
     assert _suppressed(admin) == ["gone@third.example"]
 
 
@@ -353,7 +342,7 @@ def test_a_dsn_ties_back_to_its_message_bounces_it_and_suppresses(
     ]
     assert "bounce_report" in _causes(agent, messages[tied_to].id)
     assert _suppressed(admin) == ["dana@customer.example"]  # not the report's other recipients
-    assert _metric(daemon, "sendguard_inbound_messages_total", kind="dsn") == 1
+    assert daemon.metric("sendguard_inbound_messages_total", kind="dsn") == 1
 
 
 def test_an_arf_abuse_report_is_a_complaint_that_suppresses(start: Start, smtp: SmtpSink) -> None:
@@ -369,8 +358,8 @@ def test_an_arf_abuse_report_is_a_complaint_that_suppresses(start: Start, smtp: 
     assert agent.status(sent.id)["status"] == "sent"
     assert _causes(agent, sent.id)[-1] == "complaint"
     assert _suppressed(admin) == ["riley@other.example"]
-    assert _metric(daemon, "sendguard_complaints_total") == 1
-    assert _metric(daemon, "sendguard_inbound_messages_total", kind="arf") == 1
+    assert daemon.metric("sendguard_complaints_total") == 1
+    assert daemon.metric("sendguard_inbound_messages_total", kind="arf") == 1
 
 
 # --- replies ---------------------------------------------------------------------------------------
@@ -395,7 +384,7 @@ def test_a_reply_is_classified_and_cancels_the_sends_waiting_for_its_author(
     assert agent.status(sent.id)["status"] == "sent"
     assert _history(agent, sent.id)[-1] == ("reply", "reply: positive (via api (sdr-bot))")
     assert _suppressed(admin) == []
-    assert _metric(daemon, "sendguard_replies_total", sentiment="positive") == 1
+    assert daemon.metric("sendguard_replies_total", sentiment="positive") == 1
 
 
 def test_a_reply_from_another_address_still_cancels_the_sends_waiting_for_the_one_mailed(
@@ -423,7 +412,7 @@ def test_an_unsubscribe_reply_suppresses_the_replier(start: Start, smtp: SmtpSin
     assert reply["suppressed"] == "lee@customer.example"
     assert _suppressed(admin) == ["lee@customer.example"]
     assert agent.send("lee@customer.example")["status"] == "rejected"
-    assert _metric(daemon, "sendguard_unsubscribes_total") == 1
+    assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 
 def test_the_callers_sentiment_wins_over_the_classifier(start: Start, smtp: SmtpSink) -> None:
@@ -437,8 +426,8 @@ def test_the_callers_sentiment_wins_over_the_classifier(start: Start, smtp: Smtp
 
     assert (classified["sentiment"], classified["tripped"]) == ("positive", [])
     assert (decided["sentiment"], decided["tripped"]) == ("negative", ["agent:sdr-bot"])
-    assert _metric(daemon, "sendguard_replies_total", sentiment="negative") == 1
-    assert _metric(daemon, "sendguard_replies_total", sentiment="positive") == 1
+    assert daemon.metric("sendguard_replies_total", sentiment="negative") == 1
+    assert daemon.metric("sendguard_replies_total", sentiment="positive") == 1
 
 
 def test_an_abusive_burst_trips_the_agent(start: Start, smtp: SmtpSink) -> None:
@@ -454,8 +443,8 @@ def test_an_abusive_burst_trips_the_agent(start: Start, smtp: SmtpSink) -> None:
     ]
     late = agent.send("lead9@customer.example")
     assert (late["status"], late["reasons"][0]["code"]) == ("held", "safe_mode")
-    assert _metric(daemon, "sendguard_replies_total", sentiment="abusive") == 3
-    assert _metric(daemon, "sendguard_safe_mode_trips_total", cause="abusive_replies") == 1
+    assert daemon.metric("sendguard_replies_total", sentiment="abusive") == 3
+    assert daemon.metric("sendguard_safe_mode_trips_total", cause="abusive_replies") == 1
 
 
 # --- what cannot be parsed, or is too big -----------------------------------------------------------
@@ -479,7 +468,7 @@ def test_unparsable_mail_is_refused_and_kept_byte_for_byte(start: Start) -> None
     assert one.status_code == 200
     assert (one.content, one.headers["content-type"]) == (raw, "message/rfc822")
     assert admin.client.get("/v1/inbound/unparsed/0000").status_code == 404
-    assert _metric(daemon, "sendguard_inbound_messages_total", kind="unparsed") == 1
+    assert daemon.metric("sendguard_inbound_messages_total", kind="unparsed") == 1
 
 
 async def test_oversized_inbound_mail_is_refused_over_http_and_smtp(start: Start) -> None:
@@ -528,8 +517,8 @@ async def test_the_smtp_listener_takes_every_message_in_and_ties_back_what_it_un
     assert kept.message == f"2.0.0 kept for inspection as {entry['id']}"
     assert entry["source"] == "smtp"
     assert admin.client.get(f"/v1/inbound/unparsed/{entry['id']}").content == garbage
-    assert _metric(daemon, "sendguard_inbound_messages_total", kind="unparsed") == 1
-    assert _metric(daemon, "sendguard_inbound_messages_total", kind="dsn") == 1
+    assert daemon.metric("sendguard_inbound_messages_total", kind="unparsed") == 1
+    assert daemon.metric("sendguard_inbound_messages_total", kind="dsn") == 1
 
 
 def test_with_a_bounce_domain_mail_leaves_with_a_verp_envelope_sender(start: Start, smtp: SmtpSink) -> None:
