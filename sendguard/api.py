@@ -17,6 +17,7 @@ import sendguard
 from sendguard import api_governance, api_safemode
 from sendguard.access import Admin, Agent, Reader
 from sendguard.audit import canonical_hash
+from sendguard.batches import BatchConflict, BatchIn
 from sendguard.errors import StoreError
 from sendguard.gateway import Forbidden
 from sendguard.messages import MessageIn
@@ -39,6 +40,32 @@ class Decision(BaseModel):
     reasons: list[ReasonOut]
 
 
+class BatchRecipientOut(BaseModel):
+    """One recipient's decision; `index` is its place in the request's list, from 0."""
+
+    index: int
+    to: str
+    id: str
+    status: str
+    reasons: list[ReasonOut]
+
+
+class ApprovalRef(BaseModel):
+    id: str
+    tier: int
+    why: str
+
+
+class BatchOut(BaseModel):
+    """Every recipient gets an id: accepted ones wait or go out, rejected ones say why."""
+
+    id: str
+    recipients: int
+    accepted: list[BatchRecipientOut]
+    rejected: list[BatchRecipientOut]
+    approval: ApprovalRef | None = Field(description="the request the accepted recipients wait for, if any")
+
+
 class Transition(BaseModel):
     at: str
     status: str
@@ -57,6 +84,7 @@ class MessageOut(BaseModel):
     segment: str | None
     campaign: str | None
     run_id: str | None
+    batch: str | None
     attempts: int
     uncertain: int
     reasons: list[ReasonOut]
@@ -165,18 +193,42 @@ def create_app(runtime: Runtime) -> FastAPI:
         try:
             admission = await runtime.gateway.submit(who, payload, runtime.rules)
         except Forbidden as exc:
-            return JSONResponse(
-                {
-                    "error": "forbidden",
-                    "detail": exc.reason.detail,
-                    "reasons": [exc.reason.as_dict()],
-                },
-                status_code=403,
-            )
+            return _forbidden(exc)
         return Decision(
             id=admission.message_id,
             status=admission.status.value,
             reasons=[ReasonOut(**r) for r in admission.reasons],
+        )
+
+    @app.post("/v1/batches", status_code=201, response_model=BatchOut)
+    async def submit_batch(payload: BatchIn, who: Agent) -> BatchOut | JSONResponse:
+        try:
+            result = await runtime.batches.submit(who, payload, runtime.rules)
+        except Forbidden as exc:
+            return _forbidden(exc)
+        except BatchConflict as exc:
+            raise HTTPException(409, str(exc)) from exc
+        accepted: list[BatchRecipientOut] = []
+        rejected: list[BatchRecipientOut] = []
+        for outcome in result.outcomes:
+            admission = outcome.admission
+            row = BatchRecipientOut(
+                index=outcome.index,
+                to=outcome.to,
+                id=admission.message_id,
+                status=admission.status.value,
+                reasons=[ReasonOut(**r) for r in admission.reasons],
+            )
+            (rejected if admission.status is Status.REJECTED else accepted).append(row)
+        approval = result.approval
+        return BatchOut(
+            id=result.id,
+            recipients=len(result.outcomes),
+            accepted=accepted,
+            rejected=rejected,
+            approval=ApprovalRef(id=approval.approval_id, tier=approval.tier, why=approval.why)
+            if approval
+            else None,
         )
 
     async def _visible(message_id: str, who: Principal) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -200,6 +252,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             segment=record.get("segment") or None,
             campaign=record.get("campaign") or None,
             run_id=record.get("run_id") or None,
+            batch=record.get("batch") or None,
             attempts=int(record.get("attempts", 0)),
             uncertain=int(record.get("uncertain", 0)),
             reasons=[ReasonOut(**r) for r in decode_reasons(record.get("reasons"))],
@@ -276,9 +329,16 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,
-        paths={"/v1/inbound": settings.inbound_max_bytes},
+        paths={"/v1/inbound": settings.inbound_max_bytes, "/v1/batches": settings.batch_max_bytes},
     )
     return app
+
+
+def _forbidden(exc: Forbidden) -> JSONResponse:
+    return JSONResponse(
+        {"error": "forbidden", "detail": exc.reason.detail, "reasons": [exc.reason.as_dict()]},
+        status_code=403,
+    )
 
 
 def _entries(entries: list[str]) -> tuple[list[str], list[str]]:

@@ -25,18 +25,24 @@ class RecallIn(BaseModel):
     agent: str | None = None
     campaign: str | None = None
     segment: str | None = None
+    batch: str | None = None
     inbox: str | None = Field(default=None, description="the From address")
     reason: str = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
     def _some_filter(self) -> "RecallIn":
         if not self.filters:
-            raise ValueError("give at least one of agent, campaign, segment, inbox")
+            raise ValueError("give at least one of agent, campaign, segment, batch, inbox")
         return self
 
     @property
     def filters(self) -> dict[str, str]:
-        fields = {"agent": self.agent, "campaign": self.campaign, "segment": self.segment}
+        fields = {
+            "agent": self.agent,
+            "campaign": self.campaign,
+            "segment": self.segment,
+            "batch": self.batch,
+        }
         fields["from_addr"] = self.inbox.strip().lower() if self.inbox else None
         return {name: value for name, value in fields.items() if value}
 

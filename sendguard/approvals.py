@@ -23,14 +23,16 @@ import redis.asyncio as aioredis
 from sendguard.audit import AuditLog
 from sendguard.errors import SendguardError
 from sendguard.keys import Keys
-from sendguard.rules import AgentEntry, ApprovalRules
+from sendguard.messages import Content
+from sendguard.rules import AgentEntry, ApprovalRules, Rules, ScopeKind
+from sendguard.scopes import scope_name
 from sendguard.store import Store, now_ms, translated
 from sendguard.tokens import Principal
 
 _COUNT_RUN = """
--- KEYS: run; ARGV: now window_ms member
+-- KEYS: run; ARGV: now window_ms member count
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+for i = 1, tonumber(ARGV[4]) do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3] .. ':' .. i) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return redis.call('ZCARD', KEYS[1])
 """
@@ -174,43 +176,53 @@ class Approvals:
     async def route(
         self,
         agent: AgentEntry,
-        inbox: str,
-        run_scope: str | None,
-        rules: ApprovalRules,
+        content: Content,
+        count: int,
+        rules: Rules,
         requester: Principal,
-        rules_version: str,
+        batch: str = "",
     ) -> Routing | None:
-        """The request a single submission must wait for, or None for tier 0."""
-        if run_scope is not None:
+        """The request `count` messages (a submission, or a batch's accepted recipients) wait for.
+
+        None is tier 0. A batch's messages count towards the agent's run like single ones, so a
+        mass send split into small batches is caught as well.
+        """
+        settings = rules.file.approvals
+        threshold = settings.mass_send_threshold
+        scope = run_scope(content)
+        in_run = 0
+        if scope is not None:
             async with translated():
-                count = int(
+                in_run = int(
                     await self._count_run(
-                        keys=[self._keys.run(agent.name, run_scope)],
-                        args=[now_ms(), int(rules.mass_send_window * 1000), secrets.token_hex(8)],
+                        keys=[self._keys.run(agent.name, scope)],
+                        args=[now_ms(), int(settings.mass_send_window * 1000), secrets.token_hex(8), count],
                     )
                 )
-            if count >= rules.mass_send_threshold:
-                why = (
-                    f"mass send: {count} messages from {agent.name} to {run_scope} within "
-                    f"{rules.mass_send_window:g}s (threshold {rules.mass_send_threshold})"
-                )
-                routing = await self._run_request(agent, run_scope, rules, requester, rules_version, why)
-                if routing is None:  # an approved run covers it, whatever the agent's own tier
-                    return None
-                return routing
-        if agent.tier >= 1 or inbox.lower() in rules.shared_inboxes:
+        label = f"batch {batch} of {count} from {agent.name}" if batch else f"one message from {agent.name}"
+        if batch and count >= threshold:
+            why = f"mass send: a batch of {count} recipients (threshold {threshold})"
+            approval_id = await self.open(Opening(2, "batch", label, why, agent.name), requester, rules)
+            return Routing(approval_id, 2, why)
+        if scope is not None and in_run >= threshold:
+            why = (
+                f"mass send: {in_run} messages from {agent.name} to {scope} within "
+                f"{settings.mass_send_window:g}s (threshold {threshold})"
+            )
+            # None: an approved run covers it, whatever the agent's own tier.
+            return await self._run_request(agent, scope, rules, requester, why)
+        inbox = content.sender.address
+        if agent.tier >= 1 or inbox in settings.shared_inboxes:
             why = f"agent {agent.name} is tier 1" if agent.tier >= 1 else f"{inbox} is a shared inbox"
-            opening = Opening(1, "message", f"one message from {agent.name}", why, agent.name)
-            approval_id = await self.open(opening, requester, rules, rules_version)
+            kind = "batch" if batch else "message"
+            approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
             return Routing(approval_id, 1, why)
         return None
 
-    async def open(
-        self, opening: Opening, requester: Principal, rules: ApprovalRules, rules_version: str
-    ) -> str:
+    async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
         """Open a request; messages join it through admission."""
         approval_id = secrets.token_hex(8)
-        fields = self._fields(approval_id, opening, requester, rules, rules_version)
+        fields = self._fields(approval_id, opening, requester, rules)
         k = self._keys
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
@@ -225,22 +237,17 @@ class Approvals:
         return approval_id
 
     async def _run_request(
-        self,
-        agent: AgentEntry,
-        run_scope: str,
-        rules: ApprovalRules,
-        requester: Principal,
-        rules_version: str,
-        why: str,
+        self, agent: AgentEntry, run_scope: str, rules: Rules, requester: Principal, why: str
     ) -> Routing | None:
         k = self._keys
         approval_id = secrets.token_hex(8)
         opening = Opening(2, "run", f"the run of {agent.name} to {run_scope}", why, agent.name)
-        fields = self._fields(approval_id, opening, requester, rules, rules_version)
+        fields = self._fields(approval_id, opening, requester, rules)
+        ttl_ms = int(rules.file.approvals.ttl * 1000)
         async with translated():
             state, found = await self._open_run(
                 keys=[k.run_approval(agent.name, run_scope), k.approvals, k.approvals_pending],
-                args=[k.prefix, approval_id, fields["created"], int(rules.ttl * 1000), json.dumps(fields)],
+                args=[k.prefix, approval_id, fields["created"], ttl_ms, json.dumps(fields)],
             )
         if state == "covered":
             return None
@@ -251,9 +258,7 @@ class Approvals:
         return Routing(str(found), 2, why)
 
     @staticmethod
-    def _fields(
-        approval_id: str, opening: Opening, requester: Principal, rules: ApprovalRules, rules_version: str
-    ) -> dict[str, str]:
+    def _fields(approval_id: str, opening: Opening, requester: Principal, rules: Rules) -> dict[str, str]:
         created = now_ms()
         return {
             "id": approval_id,
@@ -266,8 +271,8 @@ class Approvals:
             "requested_token": requester.token_id,
             "status": "pending",
             "created": str(created),
-            "expires": str(created + int(rules.ttl * 1000)),
-            "rules_version": rules_version,
+            "expires": str(created + int(rules.file.approvals.ttl * 1000)),
+            "rules_version": rules.version,
             "decisions": "[]",
         }
 
@@ -383,3 +388,12 @@ class Approvals:
                 for message_id, row in list(zip(ids, rows, strict=True))[:samples]
             ],
         }
+
+
+def run_scope(content: Content) -> str | None:
+    """The scope an agent's run is counted in: the segment, else the campaign."""
+    if content.segment:
+        return scope_name(ScopeKind.SEGMENT, content.segment)
+    if content.campaign:
+        return scope_name(ScopeKind.CAMPAIGN, content.campaign)
+    return None

@@ -122,6 +122,23 @@ class Settings(BaseSettings):
     inbound_timeout: float = Field(default=10.0, gt=0, le=300)
     circuit_failures: int = Field(default=5, ge=1, le=1000)
     circuit_max_delay: float = Field(default=60.0, gt=0)
+    batch_max_bytes: int = Field(default=33_554_432, ge=1024)
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        """Where recipients reach sendguard (one-click unsubscribe): https, as RFC 8058 requires;
+        plain http only on loopback, to try it out on one machine."""
+        if not value:
+            return None
+        parts = urlsplit(value.strip())
+        loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise ValueError("must be an https:// URL (http:// only for localhost)")
+        if not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("must be a base URL with a host and no query or fragment")
+        return value.strip().rstrip("/")
 
     @field_validator("inbound_smtp")
     @classmethod

@@ -22,6 +22,7 @@ from sendguard import metrics
 from sendguard.api import create_app
 from sendguard.approvals import Approvals
 from sendguard.audit import AuditError, AuditLog
+from sendguard.batches import Batches
 from sendguard.circuit import Circuit
 from sendguard.config import Settings, parse_host_port
 from sendguard.connection import redis_connection
@@ -86,13 +87,15 @@ async def serve(settings: Settings) -> None:
             concurrency=transport.concurrency or settings.workers,
         )
         inbox = Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout)
+        gateway = Gateway(store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake)
         runtime = Runtime(
             settings=settings,
             redis=client,
             store=store,
             suppressions=suppressions,
             tokens=Tokens(client, keys),
-            gateway=Gateway(store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake),
+            gateway=gateway,
+            batches=Batches(gateway, ingress, approvals, store, audit, keys),
             approvals=approvals,
             safe_mode=safe_mode,
             audit=audit,

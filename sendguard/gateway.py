@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 from sendguard import metrics
 from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog, content_hash
+from sendguard.audit import entry as audit_entry
 from sendguard.content import check_content
-from sendguard.ingress import Ingress, Reason
-from sendguard.messages import MessageIn, message_id_header, new_message_id, public_fields
+from sendguard.ingress import Ingress, Reason, Recipient
+from sendguard.messages import Content, MessageIn, message_id_header, new_message_id, public_fields
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.safemode import SafeMode
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.signals import Signal
-from sendguard.store import Admission, Status, Store, now_ms
+from sendguard.store import Admission, Candidate, Status, Store, now_ms
 from sendguard.tokens import Principal
 
 
@@ -57,16 +58,39 @@ class Gateway:
 
     async def submit(self, requester: Principal, payload: MessageIn, rules: Rules) -> Admission:
         started = time.perf_counter()
-        agent_name = requester.name
+        agent = await self.authorized(requester, payload, rules)
+        recipient = await self._ingress.check(payload.to, rules)
+        recipient.reasons[:0] = self.boundaries(agent, payload, rules)
+        candidate = self.candidate(agent, payload, recipient, rules)
+        routing = None
+        if candidate.status is not Status.REJECTED:
+            routing = await self._approvals.route(agent, payload, 1, rules, requester)
+        sealed = self.sealed(candidate, routing.approval_id if routing else "")
+        [admission] = await self._store.admit([sealed])
+        admission = self.settled(admission)
+        if not admission.existing and admission.status is Status.REJECTED:
+            await self.denied(agent.name)
+        if admission.status is Status.PENDING_APPROVAL and routing is not None:
+            waiting = {
+                "code": "approval_required",
+                "detail": f"tier {routing.tier} ({routing.why}): "
+                f"waits for approval request {routing.approval_id}",
+            }
+            admission = dataclasses.replace(admission, reasons=[*admission.reasons, waiting])
+        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        return admission
+
+    async def authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
+        """The requester's register entry; a refusal is counted and recorded before it is raised."""
         try:
-            agent = self.authorize(agent_name, payload, rules)
+            return self.authorize(requester.name, payload, rules)
         except Forbidden as refused:
-            await self._denied(agent_name)
+            await self.denied(requester.name)
             await self._audit.append(
                 "submission.refused",
-                f"agent:{agent_name}",
+                f"agent:{requester.name}",
                 {
-                    "agent": agent_name,
+                    "agent": requester.name,
                     "agent_version": payload.agent_version,
                     "run_id": payload.run_id,
                     "from": payload.sender.address,
@@ -76,8 +100,18 @@ class Gateway:
                 },
             )
             raise
-        recipient = await self._ingress.check(payload.to, rules)
-        recipient.reasons[:0] = self.boundaries(agent, payload, rules)
+
+    def candidate(
+        self,
+        agent: AgentEntry,
+        payload: MessageIn,
+        recipient: Recipient,
+        rules: Rules,
+        *,
+        batch: str = "",
+        idempotency_key: str | None = None,
+    ) -> Candidate:
+        """The decision on one recipient, before suppression, cooldown, approval and safe mode."""
         if recipient.reasons:
             status = Status.REJECTED
         elif recipient.dns_temporary:
@@ -91,24 +125,13 @@ class Gateway:
             due = max(now, int(payload.send_at.timestamp() * 1000))
         if status is Status.DEFERRED:
             due = max(due, now + self._retry_base_ms)
-        routing = None
-        if status is not Status.REJECTED:
-            run_scope = (
-                scope_name(ScopeKind.SEGMENT, payload.segment)
-                if payload.segment
-                else scope_name(ScopeKind.CAMPAIGN, payload.campaign)
-                if payload.campaign
-                else None
-            )
-            routing = await self._approvals.route(
-                agent, payload.sender.address, run_scope, rules.file.approvals, requester, rules.version
-            )
         message_id = new_message_id()
         fields = public_fields(payload)
         fields |= {
             "agent": agent.name,
             "to": recipient.address,
             "to_domain": recipient.domain,
+            "batch": batch,
             "headers": json.dumps(payload.headers),
             "dns_pending": "1" if status is Status.DEFERRED else "0",
             "dns_checks": "1" if status is Status.DEFERRED else "0",
@@ -116,7 +139,7 @@ class Gateway:
             "not_before": str(due),
             "message_id_header": message_id_header(message_id, fields["from_addr"]),
         }
-        admission = await self._store.admit(
+        return Candidate(
             message_id=message_id,
             agent=agent.name,
             address=recipient.address,
@@ -125,44 +148,43 @@ class Gateway:
             reasons=recipient.reasons,
             due_ms=due,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
-            idempotency_key=payload.idempotency_key,
+            idempotency_key=idempotency_key or payload.idempotency_key,
             scopes=message_scopes(scope_values(fields)),
             fields=fields,
-            approval=routing.approval_id if routing else "",
         )
+
+    @staticmethod
+    def sealed(candidate: Candidate, approval: str) -> Candidate:
+        """The candidate with the request it waits for and its audit entry, ready to admit."""
+        fields = candidate.fields
+        trail = audit_entry(
+            "submission.decided",
+            f"agent:{candidate.agent}",
+            {
+                "message_id": candidate.message_id,
+                "agent": candidate.agent,
+                "agent_version": fields["agent_version"],
+                "run_id": fields["run_id"] or None,
+                "batch": fields["batch"] or None,
+                "from": fields["from_addr"],
+                "to": candidate.address,
+                "segment": fields["segment"] or None,
+                "campaign": fields["campaign"] or None,
+                "approval_id": approval or None,
+                "rules_version": fields["rules_version"],
+                "content_hash": content_hash(fields["subject"], fields["text"], fields["html"]),
+                "outcome": "@",  # the admission script writes status, reasons and held_by here
+            },
+        )
+        return dataclasses.replace(candidate, approval=approval, audit_entry=trail)
+
+    def settled(self, admission: Admission) -> Admission:
+        """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
-            await self._audit.append(
-                "submission.decided",
-                f"agent:{agent.name}",
-                {
-                    "message_id": admission.message_id,
-                    "agent": agent.name,
-                    "agent_version": payload.agent_version,
-                    "run_id": payload.run_id,
-                    "from": payload.sender.address,
-                    "to": recipient.address,
-                    "segment": payload.segment,
-                    "campaign": payload.campaign,
-                    "status": admission.status.value,
-                    "reasons": [r["code"] for r in admission.reasons],
-                    "held_by": admission.held_by or None,
-                    "rules_version": rules.version,
-                    "content_hash": content_hash(payload.subject, payload.text, payload.html),
-                },
-            )
             first = admission.reasons[0]["code"] if admission.reasons else "none"
             metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
-            if admission.status is Status.REJECTED:
-                await self._denied(agent.name)
-            elif admission.status in (Status.QUEUED, Status.DEFERRED):
+            if admission.status in (Status.QUEUED, Status.DEFERRED):
                 self._wake()
-        if admission.status is Status.PENDING_APPROVAL and routing is not None:
-            waiting = {
-                "code": "approval_required",
-                "detail": f"tier {routing.tier} ({routing.why}): "
-                f"waits for approval request {routing.approval_id}",
-            }
-            admission = dataclasses.replace(admission, reasons=[*admission.reasons, waiting])
         if admission.held_by:
             held = {
                 "code": "safe_mode",
@@ -170,15 +192,14 @@ class Gateway:
                 "accepted and held until a person resumes it",
             }
             admission = dataclasses.replace(admission, reasons=[*admission.reasons, held])
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         return admission
 
-    async def _denied(self, agent: str) -> None:
+    async def denied(self, agent: str) -> None:
         """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
         await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
 
     @staticmethod
-    def boundaries(agent: AgentEntry, payload: MessageIn, rules: Rules) -> list[Reason]:
+    def boundaries(agent: AgentEntry, payload: Content, rules: Rules) -> list[Reason]:
         """What this agent may not send whoever the recipient is: its version, the content, stale data."""
         reasons = []
         if not agent.may_run_version(payload.agent_version):
@@ -203,7 +224,7 @@ class Gateway:
         return reasons
 
     @staticmethod
-    def authorize(agent_name: str, payload: MessageIn, rules: Rules) -> AgentEntry:
+    def authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
         """The register entry for the agent, if it may use this From address and segment."""
         agent = rules.agent(agent_name)
         if agent is None:

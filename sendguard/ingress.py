@@ -6,6 +6,7 @@ checked atomically with the admission itself (`store.py`), not here.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
@@ -63,6 +64,21 @@ class Ingress:
         if settings.mx_check == "enforce" and not recipient.reasons:
             await self.check_mail_host(recipient)
         return recipient
+
+    async def warm(self, addresses: list[str], rules: Rules, concurrency: int = 64) -> None:
+        """Look up the mail hosts of many recipients' domains at once, so checking them one by one
+        finds each in the cache instead of waiting for DNS in turn."""
+        if rules.file.ingress.mx_check != "enforce":
+            return
+        domains = {address.rpartition("@")[2].strip().lower() for address in addresses}
+        pending = sorted(domain for domain in domains if "." in domain and domain.isascii())
+        limit = asyncio.Semaphore(concurrency)
+
+        async def look_up(domain: str) -> None:
+            async with limit:
+                await self._mx.check(domain)
+
+        await asyncio.gather(*(look_up(domain) for domain in pending))
 
     async def check_mail_host(self, recipient: Recipient) -> None:
         """Add the MX verdict to a recipient: a reason, or the temporary flag."""

@@ -9,6 +9,8 @@ Layout (P = prefix, default `sg`):
     P:stats                 hash   lifetime totals that must survive restarts (uncertain deliveries)
     P:inst:{id}             string a live daemon instance; expires unless its heartbeat renews it
     P:idem:{agent}:{key}    string message id for an agent's idempotency key
+    P:idem-batch:{agent}:{key}  string batch id for an agent's batch idempotency key
+    P:batch:{id}            hash   a batch: agent, requester, size, hash of the request, approval
     P:cool:{address}        string message id holding a recipient's cooldown
     P:supp:addr / supp:dom  set    suppressed addresses / domains
     P:thr:{scope}:{per}:{value}  zset  sends in a throttle bucket, score = latest possible send time (ms)
@@ -71,6 +73,12 @@ class Keys:
 
     def idempotency(self, agent: str, key: str) -> str:
         return f"{self.prefix}:idem:{agent}:{key}"
+
+    def batch_idempotency(self, agent: str, key: str) -> str:
+        return f"{self.prefix}:idem-batch:{agent}:{key}"
+
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
 
     def cooldown(self, address: str) -> str:
         return f"{self.prefix}:cool:{address}"

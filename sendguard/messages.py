@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -129,13 +129,12 @@ class Enrichment(BaseModel):
     fetched_at: AwareDatetime
 
 
-class MessageIn(BaseModel):
-    """The body of `POST /v1/messages`."""
+class Content(BaseModel):
+    """What a message and a batch share: sender, content, labels and timing."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     sender: SenderHeader = Field(alias="from")
-    to: SingleLine = Field(min_length=3, max_length=320)
     subject: SingleLine = Field(max_length=MAX_SUBJECT)
     text: str | None = None
     html: str | None = None
@@ -149,7 +148,7 @@ class MessageIn(BaseModel):
     enrichment: Enrichment | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> MessageIn:
+    def _check(self) -> Self:
         if not self.text and not self.html:
             raise ValueError("one of 'text' or 'html' is required")
         for name, value in self.headers.items():
@@ -163,6 +162,12 @@ class MessageIn(BaseModel):
             if len(value) > 998:
                 raise ValueError(f"headers: {name!r} value is longer than 998 characters")
         return self
+
+
+class MessageIn(Content):
+    """The body of `POST /v1/messages`."""
+
+    to: SingleLine = Field(min_length=3, max_length=320)
 
 
 def new_message_id() -> str:
@@ -197,7 +202,7 @@ def message_id_header(message_id: str, from_addr: str) -> str:
     return f"<{message_id}.sg@{domain}>"
 
 
-def public_fields(payload: MessageIn) -> dict[str, Any]:
+def public_fields(payload: Content) -> dict[str, Any]:
     """The submission as it is stored (strings only, so it fits a Redis hash)."""
     sender = payload.sender
     return {

@@ -44,6 +44,11 @@ WAITING = Gauge(
     "Messages not yet in a terminal state, by status, across all daemons on this Redis.",
     ["state"],
 )
+BATCH_RECIPIENTS = Histogram(
+    "sendguard_batch_recipients",
+    "Recipients per batch submitted.",
+    buckets=(1, 10, 25, 100, 500, 1000, 5000, 10000, 50000),
+)
 DECISION_SECONDS = Histogram(
     "sendguard_decision_seconds",
     "Time to decide a submission (checks and durable admission).",

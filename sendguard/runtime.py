@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog
+from sendguard.batches import Batches
 from sendguard.config import Settings
 from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
@@ -29,6 +30,7 @@ class Runtime:
     suppressions: Suppressions
     tokens: Tokens
     gateway: Gateway
+    batches: Batches
     safe_mode: SafeMode
     approvals: Approvals
     audit: AuditLog

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
@@ -80,13 +80,18 @@ local function hold(prefix, id, scope, at, from)
 end
 """
 
+# A submission's audit entry carries this key-value pair where the outcome goes; the admission
+# script replaces it with the status, reason codes and holding scope it decided.
+AUDIT_OUTCOME = '"outcome":"@"'
+
 _ADMIT = (
     _LUA_STATUS_SETS
     + _LUA_SAFE_MODE
+    + f"local AUDIT_OUTCOME = '{AUDIT_OUTCOME}'\n"
     + """
 -- KEYS: msg hist due count idem cooldown supp_addr supp_dom rcpt
 -- ARGV: id now status reasons due cooldown_ms address domain idem_ttl use_idem retention prefix scopes
---       approval fields...
+--       approval audit fields...
 if ARGV[10] == '1' then
   local existing = redis.call('GET', KEYS[5])
   if existing and redis.call('EXISTS', KEYS[1]:sub(1, -#ARGV[1] - 1) .. existing) == 1 then
@@ -109,7 +114,7 @@ end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', status, 'reasons', encoded,
-  'created', ARGV[2], 'attempts', '0', 'scopes', ARGV[13], unpack(ARGV, 15))
+  'created', ARGV[2], 'attempts', '0', 'scopes', ARGV[13], unpack(ARGV, 16))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(KEYS[2], tonumber(ARGV[2]), status, 'submitted', detail)
@@ -137,6 +142,17 @@ else
   redis.call('PEXPIRE', KEYS[2], ARGV[11])
 end
 if ARGV[10] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'PX', ARGV[9]) end
+if ARGV[15] ~= '' then
+  -- The decision enters the audit trail in the same step: its placeholder becomes the outcome.
+  local codes = {}
+  for i, r in ipairs(reasons) do codes[i] = r.code end
+  local outcome = '"status":' .. cjson.encode(status) .. ',"reasons":' ..
+    (#codes > 0 and cjson.encode(codes) or '[]') .. ',"held_by":' ..
+    (held_by ~= '' and cjson.encode(held_by) or 'null')
+  local at, upto = string.find(ARGV[15], AUDIT_OUTCOME, 1, true)
+  local trail = ARGV[15]:sub(1, at - 1) .. outcome .. ARGV[15]:sub(upto + 1)
+  redis.call('RPUSH', ARGV[12] .. ':audit:pending', trail)
+end
 return {'new', status, encoded, held_by}
 """
 )
@@ -398,6 +414,27 @@ class Moved(IntEnum):
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """A submission decided in Python, on its way into the store (suppression, cooldown, approval
+    and safe mode are decided atomically with the write)."""
+
+    message_id: str
+    agent: str
+    address: str
+    domain: str
+    status: Status
+    reasons: list[Reason]
+    due_ms: int
+    cooldown_ms: int
+    idempotency_key: str | None
+    scopes: list[str]
+    fields: Mapping[str, str]
+    approval: str = ""
+    # audit.entry(...) whose fields include AUDIT_OUTCOME; empty for no entry
+    audit_entry: str = ""
+
+
+@dataclass(frozen=True)
 class Admission:
     """The result of admitting a submission: a new record, or the one an idempotency key names."""
 
@@ -476,69 +513,70 @@ class Store:
         self._recall = client.register_script(_RECALL)
         self._settle_approval = client.register_script(_SETTLE_APPROVAL)
 
-    async def admit(
-        self,
-        *,
-        message_id: str,
-        agent: str,
-        address: str,
-        domain: str,
-        status: Status,
-        reasons: Iterable[Reason],
-        due_ms: int,
-        cooldown_ms: int,
-        idempotency_key: str | None,
-        scopes: list[str],
-        fields: Mapping[str, str],
-        approval: str = "",
-    ) -> Admission:
+    async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
+        """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
         k = self.keys
-        idem_key = k.idempotency(agent, idempotency_key or "-")
-        reason_list = [r.as_dict() for r in reasons]
-        args: list[Any] = [
-            message_id,
-            now_ms(),
-            status.value,
-            json.dumps(reason_list),
-            due_ms,
-            cooldown_ms,
-            address,
-            domain,
-            IDEMPOTENCY_TTL_MS,
-            "1" if idempotency_key else "0",
-            RETENTION_MS,
-            k.prefix,
-            json.dumps(scopes),
-            approval,
-        ]
-        for name, value in fields.items():
-            args += [name, value]
         async with translated():
-            result = await self._admit(
-                keys=[
-                    k.msg(message_id),
-                    k.hist(message_id),
-                    k.due,
-                    k.count,
-                    idem_key,
-                    k.cooldown(address),
-                    k.suppressed_addresses,
-                    k.suppressed_domains,
-                    k.recipient(address),
-                ],
-                args=args,
-            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for candidate in candidates:
+                    await self._admit(
+                        keys=[
+                            k.msg(candidate.message_id),
+                            k.hist(candidate.message_id),
+                            k.due,
+                            k.count,
+                            k.idempotency(candidate.agent, candidate.idempotency_key or "-"),
+                            k.cooldown(candidate.address),
+                            k.suppressed_addresses,
+                            k.suppressed_domains,
+                            k.recipient(candidate.address),
+                        ],
+                        args=self._admit_args(candidate),
+                        client=pipe,
+                    )
+                results = await pipe.execute()
+            existing = [str(result[1]) for result in results if result[0] == "existing"]
+            records: dict[str, list[str]] = {}
+            if existing:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for message_id in existing:
+                        pipe.hmget(k.msg(message_id), ["status", "reasons"])
+                    records = dict(zip(existing, await pipe.execute(), strict=True))
+        admissions = []
+        for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
-                record = await self.redis.hgetall(k.msg(result[1]))
-                return Admission(
-                    message_id=result[1],
-                    status=Status(str(record["status"])),
-                    reasons=decode_reasons(str(record.get("reasons", ""))),
-                    existing=True,
+                stored_status, stored_reasons = records[str(result[1])]
+                admissions.append(
+                    Admission(
+                        str(result[1]), Status(stored_status), decode_reasons(stored_reasons), existing=True
+                    )
                 )
-        return Admission(
-            message_id, Status(result[1]), decode_reasons(result[2]), existing=False, held_by=result[3]
-        )
+            else:
+                status, reasons, held_by = Status(result[1]), decode_reasons(result[2]), str(result[3])
+                admissions.append(Admission(candidate.message_id, status, reasons, False, held_by))
+        return admissions
+
+    def _admit_args(self, candidate: Candidate) -> list[Any]:
+        args: list[Any] = [
+            candidate.message_id,
+            now_ms(),
+            candidate.status.value,
+            json.dumps([r.as_dict() for r in candidate.reasons]),
+            candidate.due_ms,
+            candidate.cooldown_ms,
+            candidate.address,
+            candidate.domain,
+            IDEMPOTENCY_TTL_MS,
+            "1" if candidate.idempotency_key else "0",
+            RETENTION_MS,
+            self.keys.prefix,
+            json.dumps(candidate.scopes),
+            candidate.approval,
+            candidate.audit_entry,
+        ]
+        for name, value in candidate.fields.items():
+            args += [name, value]
+        return args
 
     async def claim(self, owner: str, token: str) -> Claim | NoWork:
         k = self.keys
@@ -664,9 +702,13 @@ class Store:
         k = self.keys
         counts: dict[str, int] = {}
         async with translated():
-            held_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=500)]
+            # Waiting messages are in the due queue, a held set or an approval request's set.
+            waiting_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=500)]
+            waiting_sets += [
+                key async for key in self.redis.scan_iter(match=k.approval_messages("*"), count=500)
+            ]
             sources = [self.redis.zscan_iter(k.due, count=500)] + [
-                self.redis.sscan_iter(key, count=500) for key in held_sets
+                self.redis.sscan_iter(key, count=500) for key in waiting_sets
             ]
             for source in sources:
                 ids: list[str] = []

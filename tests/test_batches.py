@@ -1,0 +1,222 @@
+"""Batches on real daemons: one template, a decision per recipient, one approval request per batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.conftest import Api, Daemon, wait_until
+from tests.peers import DnsServer, SmtpSink
+
+ClientFor = Callable[..., Api]
+RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[approvals]
+mass_send_threshold = 5
+"""
+
+
+def batch(recipients: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "from": "Alice <alice@acme.example>",
+        "subject": "A question for {{company}}",
+        "text": "Hi {{ first_name }},\n\nare you the right person at {{company}}?\n",
+        "html": "<p>Hi {{first_name}}, are you the right person at {{company}}?</p>",
+        "segment": "cfo-na-q4",
+        "agent_version": "test-1",
+        "recipients": recipients,
+    }
+    body.update(overrides)
+    return body
+
+
+def post(agent: Api, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
+    response = agent.client.post("/v1/batches", json=body, timeout=60)
+    assert response.status_code == expect, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def audit_of(auditor: Api, **params: str) -> list[dict[str, Any]]:
+    response = auditor.client.get("/v1/audit", params=params)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    auditor = client_for(daemon, "auditor", "ana")
+    answer = post(
+        agent,
+        batch(
+            [
+                {"to": "ann@customer.example", "vars": {"first_name": "Ann", "company": "Initech"}},
+                {"to": "bob@customer.example", "vars": {"first_name": "<b>Bob</b>", "company": "A&B"}},
+                {"to": "info@customer.example", "vars": {"first_name": "Info", "company": "X"}},
+                {"to": "ANN@customer.example", "vars": {"first_name": "Ann", "company": "Initech"}},
+                {"to": "cy@customer.example", "vars": {"first_name": "Cy"}},
+                {"to": "not an address", "vars": {"first_name": "Dee", "company": "Y"}},
+                {"to": "eve@customer.example", "vars": {"first_name": "4111 1111 1111 1111", "company": "Z"}},
+            ]
+        ),
+    )
+    assert answer["recipients"] == 7 and answer["approval"] is None
+    assert [(r["index"], r["to"], r["status"]) for r in answer["accepted"]] == [
+        (0, "ann@customer.example", "queued"),
+        (1, "bob@customer.example", "queued"),
+    ]
+    rejected = {r["index"]: [reason["code"] for reason in r["reasons"]] for r in answer["rejected"]}
+    assert rejected == {
+        2: ["role_account"],
+        3: ["duplicate_recipient"],
+        4: ["unrendered_template"],
+        5: ["invalid_address"],
+        6: ["sensitive_content"],
+    }
+    duplicate = next(r for r in answer["rejected"] if r["index"] == 3)
+    assert "already recipient 0" in duplicate["reasons"][0]["detail"]
+    assert "4111" not in str(answer), "a reason names the kind of secret, never the value"
+    assert all(r["id"] for r in answer["accepted"] + answer["rejected"])
+
+    arrived = {r.rcpt_tos[0]: r.message for r in smtp.wait_for(2)}
+    ann = arrived["ann@customer.example"]
+    assert ann["Subject"] == "A question for Initech"
+    text = ann.get_body(("plain",))
+    html = ann.get_body(("html",))
+    assert text is not None and html is not None
+    assert text.get_content().replace("\r\n", "\n") == "Hi Ann,\n\nare you the right person at Initech?\n"
+    bob_html = arrived["bob@customer.example"].get_body(("html",))
+    assert bob_html is not None
+    # Values are text: in the HTML part they are escaped, never markup.
+    assert "Hi &lt;b&gt;Bob&lt;/b&gt;, are you the right person at A&amp;B?" in bob_html.get_content()
+
+    record = agent.status(answer["accepted"][0]["id"])
+    assert record["batch"] == answer["id"] and record["subject"] == "A question for Initech"
+
+    def decided() -> list[dict[str, Any]]:
+        return [e for e in audit_of(auditor, batch=answer["id"]) if e["kind"] == "submission.decided"]
+
+    wait_until(lambda: len(decided()) == 7, what="every recipient's decision in the audit trail")
+    by_index = {r["id"]: r["index"] for r in answer["accepted"] + answer["rejected"]}
+    outcomes = {by_index[e["fields"]["message_id"]]: e["fields"] for e in decided()}
+    assert (outcomes[0]["status"], outcomes[0]["reasons"], outcomes[0]["held_by"]) == ("queued", [], None)
+    assert (outcomes[2]["status"], outcomes[2]["reasons"]) == ("rejected", ["role_account"])
+    assert "Initech" not in str(decided()), "the trail holds a hash of the content, not the content"
+    wait_until(
+        lambda: [e["kind"] for e in audit_of(auditor, batch=answer["id"])][-1] == "batch.submitted",
+        what="the batch's own entry",
+    )
+    summary = audit_of(auditor, batch=answer["id"])[-1]["fields"]
+    assert summary["recipients"] == 7 and summary["by_status"] == {"queued": 2, "rejected": 5}
+
+
+def test_a_mass_batch_is_one_tier_two_request_and_small_batches_add_up_to_a_run(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    finn = client_for(daemon, "approver", "finn", "--group", "sales")
+
+    people = [{"to": f"p{i}@customer.example", "vars": {"first_name": "P", "company": "C"}} for i in range(6)]
+    mass = post(agent, batch(people, segment="smb"))
+    assert mass["approval"]["tier"] == 2 and "batch of 6 recipients" in mass["approval"]["why"]
+    assert {r["status"] for r in mass["accepted"]} == {"pending_approval"}
+    request_id = mass["approval"]["id"]
+    shown = dana.client.get(f"/v1/approvals/{request_id}").json()
+    assert shown["kind"] == "batch" and shown["contents"]["messages"] == 6
+    assert shown["contents"]["samples"][0]["subject"] == "A question for C"
+
+    # Splitting it into batches under the threshold does not dodge it: the run adds up.
+    small = [{"to": f"s{i}@customer.example", "vars": {"first_name": "S", "company": "C"}} for i in range(6)]
+    first = post(agent, batch(small[:3], segment=None, campaign="split"))
+    second = post(agent, batch(small[3:], segment=None, campaign="split"))
+    assert first["approval"] is None and {r["status"] for r in first["accepted"]} == {"queued"}
+    assert second["approval"]["tier"] == 2 and "mass send: 6 messages" in second["approval"]["why"]
+    assert {r["status"] for r in second["accepted"]} == {"pending_approval"}
+
+    for approver in (dana, finn):
+        response = approver.client.post(f"/v1/approvals/{request_id}/approve", json={"comment": "ok"})
+        assert response.status_code == 200, response.text
+    for row in mass["accepted"] + first["accepted"]:
+        agent.wait_status(row["id"], "sent")
+    arrived = {r.rcpt_tos[0] for r in smtp.snapshot()}
+    assert arrived == {row["to"] for row in mass["accepted"] + first["accepted"]}
+
+
+def test_ten_thousand_recipients_are_decided_in_one_request_and_recalled_by_batch(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, dns_server: DnsServer
+) -> None:
+    for n in range(50):
+        dns_server.add_mx_domain(f"customer{n}.example")
+    daemon = make_daemon(RULES.replace("mass_send_threshold = 5", "mass_send_threshold = 25"))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    people = [
+        {"to": f"lead{i}@customer{i % 50}.example", "vars": {"first_name": f"L{i}", "company": f"Co{i}"}}
+        for i in range(10_000)
+    ]
+    started = time.perf_counter()
+    answer = post(agent, batch(people, idempotency_key="q4-launch"))
+    took = time.perf_counter() - started
+    print(f"10,000-recipient batch decided in {took:.2f} s")
+    assert len(answer["accepted"]) == 10_000 and answer["rejected"] == []
+    assert answer["approval"]["tier"] == 2
+    assert {r["status"] for r in answer["accepted"]} == {"pending_approval"}
+
+    # A retry with the same idempotency key gets the same messages back, not 10,000 more.
+    again = post(agent, batch(people, idempotency_key="q4-launch"))
+    assert again["id"] == answer["id"] and again["approval"] == answer["approval"]
+    assert [r["id"] for r in again["accepted"]] == [r["id"] for r in answer["accepted"]]
+    conflict = agent.client.post("/v1/batches", json=batch(people[:10], idempotency_key="q4-launch"))
+    assert conflict.status_code == 409 and "different batch" in conflict.text
+
+    recalled = operator.client.post("/v1/recall", json={"batch": answer["id"], "reason": "wrong list"})
+    assert recalled.status_code == 200, recalled.text
+    assert recalled.json() == {"cancelled": 10_000, "by_state": {"pending_approval": 10_000}}
+    assert agent.status(answer["accepted"][-1]["id"])["status"] == "cancelled"
+    assert smtp.snapshot() == [], "nothing of a tier-2 batch leaves without two approvals"
+
+
+def test_a_batch_recalled_before_it_is_due_counts_by_state(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    later = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    people = [{"to": f"m{i}@customer.example", "vars": {"first_name": "M", "company": "C"}} for i in range(3)]
+    answer = post(agent, batch(people, send_at=later, segment="smb"))
+    other = post(agent, batch(people[:1], send_at=later))
+    recalled = operator.client.post("/v1/recall", json={"batch": answer["id"], "reason": "hold it"}).json()
+    assert recalled == {"cancelled": 3, "by_state": {"queued": 3}}
+    assert agent.status(other["accepted"][0]["id"])["status"] == "queued"
+
+
+def test_bad_batches_get_an_error_that_names_the_field(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    one = [{"to": "ann@customer.example", "vars": {"first_name": "Ann"}}]
+    cases = {
+        "recipients": batch([]),
+        "recipients.0.vars.first name.[key]": batch([{"to": "a@x.example", "vars": {"first name": "A"}}]),
+        "recipients.0.vars.first_name": batch([{"to": "a@x.example", "vars": {"first_name": "A\nB"}}]),
+        "recipients.0.cc": batch([{"to": "a@customer.example", "cc": "b@customer.example"}]),
+        "from": batch(one, **{"from": "two@acme.example, three@acme.example"}),
+    }
+    for field, body in cases.items():
+        response = agent.client.post("/v1/batches", json=body)
+        assert response.status_code == 422, (field, response.text)
+        assert field in [e["field"] for e in response.json()["errors"]], (field, response.text)
+    refused = agent.client.post("/v1/batches", json=batch(one, **{"from": "Mallory <ceo@elsewhere.example>"}))
+    assert refused.status_code == 403 and refused.json()["reasons"][0]["code"] == "inbox_not_allowed"
