@@ -3,13 +3,14 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from sendguard.access import Admin, Operator, Reader, RuntimeDep
-from sendguard.events import EventIn
+from sendguard.events import EventIn, EventType
 from sendguard.feedback import Applied
 from sendguard.inbox import Unparsed
+from sendguard.runtime import Runtime
 from sendguard.scopes import parse_scope
 from sendguard.signals import Trip
 from sendguard.store import iso_ms
@@ -110,6 +111,43 @@ def _scope(text: str) -> str:
 async def post_event(event: EventIn, runtime: RuntimeDep, who: Reader) -> EventOut:
     """Report a bounce, complaint, reply, unsubscribe or delivery for a message sendguard sent."""
     return _event_out(await runtime.feedback.apply(event, f"api ({who.name})"))
+
+
+_UNSUBSCRIBE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<title>Unsubscribe</title></head><body>
+<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<p>Stop receiving these emails?</p><button type="submit">Unsubscribe</button></form>
+</body></html>
+"""
+_UNSUBSCRIBED_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Unsubscribed</title></head><body>
+<p>You are unsubscribed. You will not receive these emails again.</p></body></html>
+"""
+
+
+def _unsubscribe_link(runtime: Runtime, token: str) -> tuple[str, str]:
+    checker = runtime.unsubscribe
+    found = checker.verify(token) if checker is not None else None
+    if found is None:
+        raise HTTPException(404, "this unsubscribe link is not known here")
+    return found
+
+
+@router.get("/v1/unsubscribe/{token}", response_class=HTMLResponse, include_in_schema=False)
+async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
+    """A person who opens the link gets a button: a GET never unsubscribes (link scanners follow them)."""
+    _unsubscribe_link(runtime, token)
+    return HTMLResponse(_UNSUBSCRIBE_PAGE)
+
+
+@router.post("/v1/unsubscribe/{token}", response_class=HTMLResponse, include_in_schema=False)
+async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
+    """RFC 8058 one-click: the mailbox provider POSTs here, and the address is suppressed at once."""
+    message_id, address = _unsubscribe_link(runtime, token)
+    event = EventIn(type=EventType.UNSUBSCRIBE, message_id=message_id, recipient=address)
+    await runtime.feedback.apply(event, "one-click unsubscribe")
+    return HTMLResponse(_UNSUBSCRIBED_PAGE)
 
 
 @router.post(

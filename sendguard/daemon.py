@@ -43,6 +43,7 @@ from sendguard.store import Store
 from sendguard.suppression import Suppressions
 from sendguard.throttle import Throttles
 from sendguard.tokens import Tokens
+from sendguard.unsubscribe import Unsubscribe
 from sendguard.worker import Deliverer
 
 log = logging.getLogger("sendguard.daemon")
@@ -73,6 +74,9 @@ async def serve(settings: Settings) -> None:
         suppressions = Suppressions(client, keys)
         feedback = Feedback(store, suppressions, safe_mode, audit)
         approvals = Approvals(client, keys, store, audit)
+        unsubscribe = (
+            await Unsubscribe.load(client, keys, settings.public_url) if settings.public_url else None
+        )
         deliverer = Deliverer(
             store=store,
             throttles=throttles,
@@ -85,6 +89,7 @@ async def serve(settings: Settings) -> None:
             settings=settings,
             instance=instance,
             concurrency=transport.concurrency or settings.workers,
+            unsubscribe=unsubscribe,
         )
         inbox = Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout)
         gateway = Gateway(store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake)
@@ -101,6 +106,7 @@ async def serve(settings: Settings) -> None:
             audit=audit,
             feedback=feedback,
             inbox=inbox,
+            unsubscribe=unsubscribe,
             rules=rules,
         )
         ttl_ms = int(settings.instance_ttl * 1000)

@@ -33,6 +33,7 @@ Layout (P = prefix, default `sg`):
     P:audit:chain           list   the hash-chained audit trail, JSON entries in sequence order
     P:audit:head            hash   seq and hash of the last chained entry
     P:audit:lock            string the daemon currently chaining the audit trail
+    P:unsub:secret          string the HMAC secret of one-click unsubscribe links
 """
 
 from __future__ import annotations
@@ -163,3 +164,7 @@ class Keys:
     @property
     def approvals_pending(self) -> str:
         return f"{self.prefix}:approvals:pending"
+
+    @property
+    def unsubscribe_secret(self) -> str:
+        return f"{self.prefix}:unsub:secret"

@@ -18,6 +18,7 @@ from sendguard.safemode import SafeMode
 from sendguard.store import Store
 from sendguard.suppression import Suppressions
 from sendguard.tokens import Tokens
+from sendguard.unsubscribe import Unsubscribe
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Runtime:
     audit: AuditLog
     feedback: Feedback
     inbox: Inbox
+    unsubscribe: Unsubscribe | None
     rules: Rules
 
     def reload_rules(self) -> Rules:

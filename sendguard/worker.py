@@ -34,6 +34,7 @@ from sendguard.scopes import scope_values
 from sendguard.signals import Signal
 from sendguard.store import Claim, Moved, NoWork, Status, Store, now_ms
 from sendguard.throttle import Buckets, Throttles
+from sendguard.unsubscribe import Unsubscribe
 
 log = logging.getLogger("sendguard.worker")
 
@@ -67,8 +68,10 @@ class Deliverer:
         settings: Settings,
         instance: str,
         concurrency: int,
+        unsubscribe: Unsubscribe | None,
     ) -> None:
         self._store = store
+        self._unsubscribe = unsubscribe
         self._throttles = throttles
         self._ingress = ingress
         self._transport = transport
@@ -180,7 +183,10 @@ class Deliverer:
 
     async def _send(self, claim: Claim, attempt: int, buckets: Buckets, member: str) -> None:
         record = claim.record
-        data = render(record, json.loads(record.get("headers") or "{}"), datetime.now(UTC))
+        headers = json.loads(record.get("headers") or "{}")
+        if self._unsubscribe is not None:
+            headers = self._unsubscribe.headers(claim.message_id, record["to"], headers)
+        data = render(record, headers, datetime.now(UTC))
         started = time.perf_counter()
         outcome: Outcome
         delivered = False

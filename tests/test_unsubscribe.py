@@ -1,0 +1,98 @@
+"""One-click unsubscribe (RFC 8058) on a real daemon: the headers, the link, and suppression at once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from sendguard.config import Settings
+from tests.conftest import Api, Daemon, free_port
+from tests.peers import SmtpSink
+
+ClientFor = Callable[..., Api]
+RULES = '[ingress]\nrecipient_cooldown = "0s"\n'
+
+
+def test_every_message_carries_a_one_click_link_that_suppresses_the_recipient_at_once(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    port = free_port()
+    public = f"http://127.0.0.1:{port}"
+    daemon = make_daemon(RULES, api_port=str(port), public_url=public)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "root")
+    own = {"List-Unsubscribe": "<mailto:unsubscribe@acme.example>", "List-Unsubscribe-Post": "x"}
+    sent = agent.send("lead@customer.example", headers=own)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    waiting = agent.send("lead@customer.example", send_at=later)
+    agent.send("other@customer.example")
+    agent.wait_status(sent["id"], "sent")
+
+    [mail] = [r.message for r in smtp.wait_for(2) if r.rcpt_tos == ("lead@customer.example",)]
+    header = mail["List-Unsubscribe"]
+    match = re.fullmatch(
+        rf"<({re.escape(public)}/v1/unsubscribe/[^>]+)>, <mailto:unsubscribe@acme\.example>", header
+    )
+    assert match, header
+    assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = match[1]
+    [other] = [r.message for r in smtp.snapshot() if r.rcpt_tos == ("other@customer.example",)]
+    assert other["List-Unsubscribe"] != header, "each recipient gets a link of their own"
+
+    with httpx.Client(timeout=10) as browser:
+        # Opening the link (or a scanner following it) only shows a button.
+        page = browser.get(link)
+        assert page.status_code == 200 and '<form method="post">' in page.text
+        assert admin.client.get("/v1/suppressions").json()["addresses"] == []
+        # A forged or damaged link does nothing.
+        token = link.rsplit("/", 1)[1]
+        message_id, encoded, mac = token.split(".")
+        forged = f"{public}/v1/unsubscribe/{message_id}.{encoded[:-2]}AA.{mac}"
+        assert browser.post(forged, content="List-Unsubscribe=One-Click").status_code == 404
+        assert browser.post(f"{public}/v1/unsubscribe/not-a-token").status_code == 404
+
+        done = browser.post(
+            link,
+            content="List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert done.status_code == 200 and "unsubscribed" in done.text
+    assert admin.client.get("/v1/suppressions").json()["addresses"] == ["lead@customer.example"]
+    cancelled = agent.status(waiting["id"])
+    assert cancelled["status"] == "cancelled" and cancelled["reasons"][0]["code"] == "recipient_suppressed"
+    assert agent.send("lead@customer.example")["reasons"][0]["code"] == "suppressed"
+    assert daemon.metric("sendguard_unsubscribes_total") == 1
+    history = agent.status(sent["id"])["history"]
+    assert history[-1]["cause"] == "unsubscribe" and "one-click" in history[-1]["detail"]
+
+
+def test_without_a_public_url_there_is_no_one_click_link(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    agent.wait_status(agent.send("lead@customer.example")["id"], "sent")
+    [mail] = [r.message for r in smtp.wait_for(1)]
+    assert mail["List-Unsubscribe"] is None and mail["List-Unsubscribe-Post"] is None
+    assert agent.client.post("/v1/unsubscribe/abc.def.ghi").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://mail.acme.example", "https"),
+        ("ftp://127.0.0.1", "https"),
+        ("https://mail.acme.example/?x=1", "no query"),
+        ("https://", "host"),
+    ],
+)
+def test_a_public_url_must_be_https_except_on_loopback(url: str, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        Settings(public_url=url)
+    assert Settings(public_url="https://mail.acme.example/sg/").public_url == "https://mail.acme.example/sg"
+    assert Settings(public_url="http://localhost:8587").public_url == "http://localhost:8587"
