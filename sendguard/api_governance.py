@@ -72,21 +72,9 @@ async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOu
 async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
     """Read the rules file again; a file that does not validate is refused and the old rules stay."""
     try:
-        previous = runtime.reload_rules()
+        previous = await runtime.reload(who.actor)
     except ConfigError as exc:
-        await runtime.audit.append(
-            "rules.refused", who.actor, {"running": runtime.rules.version, "problem": str(exc)}
-        )
         raise HTTPException(422, str(exc)) from exc
-    await runtime.audit.append(
-        "rules.reloaded",
-        who.actor,
-        {
-            "rules_version": runtime.rules.version,
-            "previous_version": previous.version,
-            "path": str(previous.path),
-        },
-    )
     return RulesOut(
         version=runtime.rules.version, previous_version=previous.version, path=str(runtime.rules.path)
     )

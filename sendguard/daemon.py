@@ -111,6 +111,7 @@ async def serve(settings: Settings) -> None:
         )
         ttl_ms = int(settings.instance_ttl * 1000)
         await store.heartbeat(instance, ttl_ms)
+        await runtime.follow_reloads()
         server = _Server(
             uvicorn.Config(
                 create_app(runtime),
@@ -139,7 +140,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signal.SIGHUP, _on_sighup, runtime, reloads)
         stopping = asyncio.Event()
         maintenance = asyncio.create_task(
-            _maintain(store, safe_mode, approvals, audit, instance, ttl_ms, settings.instance_ttl, stopping)
+            _maintain(runtime, instance, ttl_ms, settings.instance_ttl, stopping)
         )
         chaining = asyncio.create_task(_chain(audit, instance, ttl_ms, stopping))
         delivery = asyncio.create_task(deliverer.run())
@@ -205,16 +206,10 @@ async def _chain(audit: AuditLog, instance: str, ttl_ms: int, stopping: asyncio.
 
 
 async def _maintain(
-    store: Store,
-    safe_mode: SafeMode,
-    approvals: Approvals,
-    audit: AuditLog,
-    instance: str,
-    ttl_ms: int,
-    ttl: float,
-    stopping: asyncio.Event,
+    runtime: Runtime, instance: str, ttl_ms: int, ttl: float, stopping: asyncio.Event
 ) -> None:
-    """Heartbeat, recover the work of daemons that died, and refresh the gauges."""
+    """Heartbeat, recover the work of daemons that died, follow rules reloads, refresh the gauges."""
+    store, audit = runtime.store, runtime.audit
     while not stopping.is_set():
         try:
             await store.heartbeat(instance, ttl_ms)
@@ -228,8 +223,9 @@ async def _maintain(
                 metrics.UNCERTAIN.inc(uncertain)
             for state, count in (await store.waiting_counts()).items():
                 metrics.WAITING.labels(state).set(count)
-            await safe_mode.refresh_metrics()
-            await approvals.expire_due()
+            await runtime.follow_reloads()
+            await runtime.safe_mode.refresh_metrics()
+            await runtime.approvals.expire_due()
             seq, head = await audit.head()
             metrics.AUDIT_ENTRIES.set(seq)
             metrics.AUDIT_HEAD.set(int(head[:13], 16))
@@ -248,20 +244,11 @@ def _on_sighup(runtime: Runtime, reloads: set[asyncio.Task[None]]) -> None:
 
 async def _reload(runtime: Runtime) -> None:
     """SIGHUP: reload the rules file; a bad file is logged and the running rules stay."""
-    try:
-        previous = runtime.reload_rules()
-    except ConfigError as exc:
-        log.error("rules not reloaded, still running version %s: %s", runtime.rules.version, exc)
-        fields: dict[str, str] = {"running": runtime.rules.version, "problem": str(exc)}
-        kind = "rules.refused"
-    else:
-        log.warning("rules reloaded: version %s (was %s)", runtime.rules.version, previous.version)
-        fields = {"rules_version": runtime.rules.version, "previous_version": previous.version}
-        kind = "rules.reloaded"
-    try:
-        await runtime.audit.append(kind, "signal:SIGHUP", fields)
-    except StoreError as exc:
-        log.error("rules reload not recorded in the audit trail: %s", exc)
+    with contextlib.suppress(ConfigError):
+        try:
+            await runtime.reload("signal:SIGHUP")
+        except StoreError as exc:
+            log.error("rules reload not recorded in the audit trail or not announced: %s", exc)
 
 
 def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:

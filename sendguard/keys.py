@@ -34,6 +34,7 @@ Layout (P = prefix, default `sg`):
     P:audit:head            hash   seq and hash of the last chained entry
     P:audit:lock            string the daemon currently chaining the audit trail
     P:unsub:secret          string the HMAC secret of one-click unsubscribe links
+    P:rules:reloads         string count of rules reloads; daemons that see it grow reload too
 """
 
 from __future__ import annotations
@@ -168,3 +169,7 @@ class Keys:
     @property
     def unsubscribe_secret(self) -> str:
         return f"{self.prefix}:unsub:secret"
+
+    @property
+    def rules_reloads(self) -> str:
+        return f"{self.prefix}:rules:reloads"

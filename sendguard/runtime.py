@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -10,15 +12,18 @@ from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog
 from sendguard.batches import Batches
 from sendguard.config import Settings
+from sendguard.errors import ConfigError
 from sendguard.feedback import Feedback
 from sendguard.gateway import Gateway
 from sendguard.inbox import Inbox
 from sendguard.rules import Rules, load_rules
 from sendguard.safemode import SafeMode
-from sendguard.store import Store
+from sendguard.store import Store, translated
 from sendguard.suppression import Suppressions
 from sendguard.tokens import Tokens
 from sendguard.unsubscribe import Unsubscribe
+
+log = logging.getLogger("sendguard.rules")
 
 
 @dataclass
@@ -40,11 +45,44 @@ class Runtime:
     unsubscribe: Unsubscribe | None
     rules: Rules
 
-    def reload_rules(self) -> Rules:
-        """Load the rules file again and switch to it; on any fault the running rules stay.
+    reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
-        Returns the rules that were running; ConfigError names the bad key.
+    async def reload(self, actor: str, *, announce: bool = True) -> Rules:
+        """Load the rules file again, switch to it and record it; returns the rules that ran.
+
+        A file that does not validate is recorded as refused and raised as ConfigError naming
+        the bad key; the running rules stay. A reload is announced in Redis, and every other
+        daemon on it then reloads its own file (`follow_reloads`): one request reloads them all.
         """
-        previous = self.rules
-        self.rules = load_rules(previous.path)
-        return previous
+        running = self.rules
+        try:
+            self.rules = load_rules(running.path)
+        except ConfigError as exc:
+            log.error("rules not reloaded, still running version %s: %s", running.version, exc)
+            await self.audit.append("rules.refused", actor, {"running": running.version, "problem": str(exc)})
+            raise
+        log.warning("rules reloaded: version %s (was %s)", self.rules.version, running.version)
+        await self.audit.append(
+            "rules.reloaded",
+            actor,
+            {
+                "rules_version": self.rules.version,
+                "previous_version": running.version,
+                "path": str(running.path),
+            },
+        )
+        if announce:
+            async with translated():
+                self.reloads_seen = int(await self.redis.incr(self.store.keys.rules_reloads))
+        return running
+
+    async def follow_reloads(self) -> None:
+        """Reload when another daemon has reloaded since this one last looked."""
+        async with translated():
+            announced = int(await self.redis.get(self.store.keys.rules_reloads) or 0)
+        if self.reloads_seen is None:  # just started: the rules were loaded fresh
+            self.reloads_seen = announced
+        elif announced > self.reloads_seen:
+            self.reloads_seen = announced
+            with contextlib.suppress(ConfigError):  # recorded as refused; the running rules stay
+                await self.reload("sendguard (following a reload on another daemon)", announce=False)

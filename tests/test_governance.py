@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import redis
 
 from tests.conftest import Api, Daemon, wait_until
@@ -99,10 +100,16 @@ def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
     make_daemon: Callable[..., Daemon], client_for: ClientFor
 ) -> None:
     daemon = make_daemon("")
+    other = make_daemon("")  # a second daemon on the same Redis and rules file
     admin = client_for(daemon, "admin", "sam")
     agent = client_for(daemon, "agent", "sdr-bot")
     rules_path = Path(daemon.env["SENDGUARD_RULES"])
     first = admin.client.get("/readyz").json()["rules_version"]
+
+    def other_version() -> str:
+        version: str = httpx.get(f"{other.base}/readyz", timeout=5).json()["rules_version"]
+        return version
+
     assert agent.send("info@customer.example")["reasons"][0]["code"] == "role_account"
 
     good = rules_path.read_text().replace(
@@ -114,12 +121,15 @@ def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
     accepted = agent.send("info@customer.example")
     assert accepted["status"] == "queued"
     assert agent.status(accepted["id"])["rules_version"] == reloaded["version"]
+    # One reload reloads every daemon on the Redis.
+    wait_until(lambda: other_version() == reloaded["version"], what="the other daemon to follow the reload")
 
     rules_path.write_text(good.replace("block_role_accounts = false", "block_role_accounts = 'maybe'"))
     refused = admin.client.post("/v1/rules/reload")
     assert refused.status_code == 422
     assert "[ingress] key 'block_role_accounts'" in refused.json()["detail"]
     assert admin.client.get("/readyz").json()["rules_version"] == reloaded["version"]
+    assert other_version() == reloaded["version"]
 
     rules_path.write_text(good.replace("block_role_accounts = false", "block_role_accounts = true"))
     assert daemon.process is not None
@@ -129,6 +139,10 @@ def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
         what="SIGHUP to reload the rules",
     )
     assert agent.send("sales@customer.example")["status"] == "rejected"
+    wait_until(
+        lambda: other_version() == admin.client.get("/readyz").json()["rules_version"],
+        what="the other daemon to follow the SIGHUP reload",
+    )
 
 
 def test_content_boundaries_reject_with_their_reason_and_let_near_misses_through(
