@@ -132,39 +132,7 @@ class Batches:
     async def submit(self, requester: Principal, batch: BatchIn, rules: Rules) -> BatchResult:
         agent = await self._gateway.authorized(requester, batch, rules)
         batch_id, replayed = await self._claim(agent, batch)
-        await self._ingress.warm([entry.to for entry in batch.recipients], rules)
-        candidates: list[Candidate] = []
-        first_index: dict[str, int] = {}
-        overstepped = False
-        renderer = Renderer(batch)
-        for index, entry in enumerate(batch.recipients):
-            message = renderer.message(entry)
-            recipient = await self._ingress.check(entry.to, rules)
-            boundaries = self._gateway.boundaries(agent, message, rules)
-            if len(message.subject) > MAX_SUBJECT:
-                boundaries.append(
-                    Reason(
-                        "subject_too_long",
-                        f"the subject is {len(message.subject)} characters once filled; "
-                        f"the limit is {MAX_SUBJECT}",
-                    )
-                )
-            overstepped = overstepped or bool(boundaries)
-            seen = first_index.setdefault(recipient.address, index)
-            if seen != index:
-                boundaries.append(
-                    Reason(
-                        "duplicate_recipient",
-                        f"{recipient.address} is already recipient {seen} of this batch",
-                    )
-                )
-            recipient.reasons[:0] = boundaries
-            key = f"batch:{batch_id}:{index}"
-            candidates.append(
-                self._gateway.candidate(agent, message, recipient, rules, batch=batch_id, idempotency_key=key)
-            )
-            if index % CHUNK == CHUNK - 1:
-                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
+        candidates, overstepped = await self._decide(agent, batch, batch_id, rules)
         accepted = sum(1 for candidate in candidates if candidate.status is not Status.REJECTED)
         routing = await self._routing(agent, batch, batch_id, accepted, rules, requester, replayed)
         waits_for = routing.approval_id if routing else ""
@@ -185,6 +153,41 @@ class Batches:
         await self._record(requester, agent, batch, batch_id, outcomes, routing, rules)
         metrics.BATCH_RECIPIENTS.observe(len(outcomes))
         return BatchResult(batch_id, outcomes, routing)
+
+    async def _decide(
+        self, agent: AgentEntry, batch: BatchIn, batch_id: str, rules: Rules
+    ) -> tuple[list[Candidate], bool]:
+        """Each recipient's message and checks; True if any crossed a content or version boundary."""
+        await self._ingress.warm([entry.to for entry in batch.recipients], rules)
+        candidates: list[Candidate] = []
+        first_index: dict[str, int] = {}
+        overstepped = False
+        renderer = Renderer(batch)
+        for index, entry in enumerate(batch.recipients):
+            message = renderer.message(entry)
+            recipient = await self._ingress.check(entry.to, rules)
+            boundaries = self._gateway.boundaries(agent, message, rules)
+            if len(message.subject) > MAX_SUBJECT:
+                boundaries.append(
+                    Reason(
+                        "subject_too_long",
+                        f"the subject is {len(message.subject)} characters once filled; "
+                        f"the limit is {MAX_SUBJECT}",
+                    )
+                )
+            overstepped = overstepped or bool(boundaries)
+            seen = first_index.setdefault(recipient.address, index)
+            if seen != index:
+                duplicate = f"{recipient.address} is already recipient {seen} of this batch"
+                boundaries.append(Reason("duplicate_recipient", duplicate))
+            recipient.reasons[:0] = boundaries
+            key = f"batch:{batch_id}:{index}"
+            candidates.append(
+                self._gateway.candidate(agent, message, recipient, rules, batch=batch_id, idempotency_key=key)
+            )
+            if index % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
+        return candidates, overstepped
 
     async def _claim(self, agent: AgentEntry, batch: BatchIn) -> tuple[str, bool]:
         """A new batch id, or the one an idempotency key already names (True: a retry)."""
