@@ -38,6 +38,7 @@ from sendguard.throttle import Buckets, Throttles
 log = logging.getLogger("sendguard.worker")
 
 _IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
+_STORE_RETRY = 1.0  # seconds between tries while Redis does not answer
 _CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
 
 
@@ -106,7 +107,7 @@ class Deliverer:
                 self._circuit.release(probe)
                 self._slots.release()
                 log.warning("claim failed, retrying: %s", exc)
-                await self._sleep(1.0)
+                await self._sleep(_STORE_RETRY)
                 continue
             if isinstance(claimed, NoWork):
                 self._circuit.release(probe)
@@ -238,8 +239,8 @@ class Deliverer:
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
         status = outcome.status
         due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
-        # Once the relay has answered, a shutdown must not lose the record of it.
-        await asyncio.shield(self._record(claim, buckets, member, delivered, outcome, due))
+        # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
+        await asyncio.shield(self._record_until_stored(claim, buckets, member, delivered, outcome, due))
         log.info(
             "delivery %s",
             status.value,
@@ -249,6 +250,31 @@ class Deliverer:
                 "status": status.value,
             },
         )
+
+    async def _record_until_stored(
+        self,
+        claim: Claim,
+        buckets: Buckets,
+        member: str,
+        delivered: bool,
+        outcome: Outcome,
+        due: int | None,
+    ) -> None:
+        """Record the relay's answer however long Redis takes to come back.
+
+        Letting go of the claim instead would have it sent again, though the relay took it.
+        Repeating a record is safe: settling is idempotent, the transition is refused once done
+        and a bounce counts once per message.
+        """
+        while True:
+            try:
+                await self._record(claim, buckets, member, delivered, outcome, due)
+                return
+            except StoreError as exc:
+                log.warning(
+                    "delivery outcome not recorded, retrying: %s", exc, extra={"message_id": claim.message_id}
+                )
+                await asyncio.sleep(_STORE_RETRY)
 
     async def _record(
         self,
