@@ -1,4 +1,6 @@
-"""Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon."""
+"""Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon, and a
+relay saying "try later".
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -101,3 +104,49 @@ def test_redis_restarted_mid_run_loses_nothing_and_readiness_follows_it(
         lambda: all(daemon.metric("sendguard_messages_waiting", state=s) == 0 for s in UNFINISHED),
         what="the waiting counts to drop to zero",
     )
+
+
+def _deferrals(record: dict[str, Any], code: str) -> int:
+    """How often the relay put this message off with `code`, as its history tells."""
+    return sum(1 for h in record["history"] if h["cause"] == "smtp_4xx" and f": {code} " in h["detail"])
+
+
+@pytest.mark.drill
+def test_a_relay_saying_try_later_defers_and_then_delivers_everything_once(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    # Enough attempts that the length of the episode on a busy machine is not what gets tested.
+    daemon = make_daemon(RULES, max_attempts="40")
+    api = client_for(daemon, "agent", "sdr-bot")
+    smtp.mail_reply = "454 4.7.0 Throttling failure: Maximum sending rate exceeded"
+    ids = [api.send(f"lead{n}@customer.example")["id"] for n in range(20)]
+    wait_until(
+        lambda: all(_deferrals(api.status(m), "454") for m in ids), what="every message to meet the 454"
+    )
+    smtp.mail_reply = None
+    smtp.data_reply = "421 4.4.2 Too many connections, closing transmission channel"
+    wait_until(
+        lambda: all(_deferrals(api.status(m), "421") for m in ids), what="every message to meet the 421"
+    )
+    assert smtp.received == []
+    smtp.data_reply = None
+    records = [api.wait_status(m, "sent", timeout=30) for m in ids]
+
+    arrivals = Counter(r.message_id for r in smtp.received)
+    assert arrivals == Counter(f"<{m}.sg@acme.example>" for m in ids), "each message arrives exactly once"
+    assert all(int(r["uncertain"]) == 0 for r in records)
+    statuses = {h["status"] for r in records for h in r["history"]}
+    assert not {"bounced", "failed"} & statuses, statuses
+    deferred = sum(_deferrals(r, "454") + _deferrals(r, "421") for r in records)
+    assert daemon.metric("sendguard_messages_deferred_total", cause="smtp_4xx") == deferred
+    assert daemon.metric("sendguard_smtp_replies_total", reply_class="4xx", stage="mail") == sum(
+        _deferrals(r, "454") for r in records
+    )
+    assert daemon.metric("sendguard_smtp_replies_total", reply_class="4xx", stage="data") == sum(
+        _deferrals(r, "421") for r in records
+    )
+    assert daemon.metric("sendguard_messages_sent_total") == len(ids)
+    assert daemon.metric("sendguard_messages_bounced_total") == 0
+    assert daemon.metric("sendguard_messages_failed_total") == 0
+    assert daemon.metric("sendguard_bounces_total", type="hard") in (None, 0)
+    assert daemon.metric("sendguard_relay_circuit_opens_total") == 0, "a reply proves the relay is there"
