@@ -1,9 +1,11 @@
-"""Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon, and a
-relay saying "try later".
+"""Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon, a relay
+saying "try later", and a rogue agent submitting 12,000 singles to one segment.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -150,3 +152,72 @@ def test_a_relay_saying_try_later_defers_and_then_delivers_everything_once(
     assert daemon.metric("sendguard_messages_failed_total") == 0
     assert daemon.metric("sendguard_bounces_total", type="hard") in (None, 0)
     assert daemon.metric("sendguard_relay_circuit_opens_total") == 0, "a reply proves the relay is there"
+
+
+ROGUE_SUBMISSIONS = 12_000
+MASS_SEND_THRESHOLD = 25
+
+
+def _rogue_burst(daemon: Daemon, token: str, count: int, threads: int) -> dict[str, str]:
+    """Single submissions to one segment from `threads` keep-alive connections, as fast as they go;
+    the status of each accepted message by its id.
+
+    The standard library's client, not httpx: on two shared cores httpx spends about 15 times the
+    CPU per request, which would slow the burst down more than the daemon does.
+    """
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def submitter(first: int) -> dict[str, str]:
+        statuses: dict[str, str] = {}
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        try:
+            for n in range(first, count, threads):
+                body = json.dumps(message(f"lead{n}@customer.example", segment="cfo-na-q4"))
+                connection.request("POST", "/v1/messages", body, headers)
+                response = connection.getresponse()
+                answer = response.read()
+                assert response.status == 201, answer
+                decision = json.loads(answer)
+                statuses[decision["id"]] = decision["status"]
+        finally:
+            connection.close()
+        return statuses
+
+    statuses: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for part in pool.map(submitter, range(threads)):
+            statuses |= part
+    return statuses
+
+
+@pytest.mark.drill
+@pytest.mark.timeout(300)
+def test_a_rogue_agent_at_full_size_gets_only_tier_zero_out(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES + f"\n[approvals]\nmass_send_threshold = {MASS_SEND_THRESHOLD}\n")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    token = str(agent.client.headers["Authorization"]).removeprefix("Bearer ")
+
+    statuses = _rogue_burst(daemon, token, ROGUE_SUBMISSIONS, threads=16)
+    tier_zero = MASS_SEND_THRESHOLD - 1
+    waiting = ROGUE_SUBMISSIONS - tier_zero
+    assert Counter(statuses.values()) == {"queued": tier_zero, "pending_approval": waiting}
+    # Once the counts show every submission and nothing unfinished, the sink has all that will leave.
+    wait_until(
+        lambda: (
+            daemon.metric("sendguard_messages_waiting", state="pending_approval") == waiting
+            and all(daemon.metric("sendguard_messages_waiting", state=s) == 0 for s in UNFINISHED)
+        ),
+        what="the waiting counts to show every submission and nothing unfinished",
+    )
+    queued = {
+        f"<{message_id}.sg@acme.example>" for message_id, status in statuses.items() if status == "queued"
+    }
+    assert Counter(r.message_id for r in smtp.received) == Counter(queued), "the tier-0 ones, once each"
+    response = operator.client.get("/v1/approvals", params={"status": "pending"})
+    [request] = response.json()
+    assert request["tier"] == 2
+    contents = operator.client.get(f"/v1/approvals/{request['id']}").json()["contents"]
+    assert contents["waiting"] == waiting
