@@ -71,11 +71,13 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_SUBJECT = 998
+# Every character str.splitlines() breaks at: the email package refuses a header holding any of them.
+_LINE_BREAK = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain CR or LF")
+    if found := _LINE_BREAK.search(value):
+        raise ValueError(f"must not contain CR or LF or another line break (found {found.group()!r})")
     if "\x00" in value:
         raise ValueError("must not contain NUL")
     return value

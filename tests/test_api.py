@@ -158,6 +158,11 @@ def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api,
     [
         ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject", "CR or LF"),
         ({"headers": {"X-Campaign": "a\nBcc: x@y.z"}}, "headers.X-Campaign", "CR or LF"),
+        # Found by tests/test_fuzz.py: line breaks other than CR and LF were accepted, then made
+        # rendering raise, which left the message `sending` for good.
+        ({"subject": "Hi\u2028Bcc: victim@example.com"}, "subject", "line break (found '\\u2028')"),
+        ({"headers": {"X-Campaign": "a\x0bb"}}, "headers.X-Campaign", "line break (found '\\x0b')"),
+        ({"from": "Alice\x85 <alice@acme.example>"}, "from", "line break (found '\\x85')"),
         ({"headers": {"Bcc": "x@y.z"}}, "body", "'Bcc' is reserved"),
         ({"headers": {"Received": "from evil"}}, "body", "'Received' is reserved"),
         ({"headers": {"Disposition-Notification-To": "a@b.c"}}, "body", "not a known header"),
