@@ -12,7 +12,7 @@ import secrets
 import time
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, getaddresses
+from email.utils import format_datetime, formataddr, getaddresses, quote
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -177,7 +177,7 @@ def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -
     utf8 = not (record["from_addr"].isascii() and record["to"].isascii())
     policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
     message = EmailMessage(policy=policy)
-    message["From"] = formataddr((record["from_name"], record["from_addr"]))
+    message["From"] = _mailbox(record["from_name"], record["from_addr"])
     message["To"] = record["to"]
     message["Subject"] = record["subject"]
     message["Date"] = format_datetime(sent_at)
@@ -192,6 +192,13 @@ def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -
     else:
         message.set_content(html, subtype="html")
     return message.as_bytes()
+
+
+def _mailbox(name: str, address: str) -> str:
+    """`name <address>`: formataddr refuses an internationalised address, which SMTPUTF8 sends as is."""
+    if address.isascii():
+        return formataddr((name, address))
+    return f'"{quote(name)}" <{address}>' if name else address
 
 
 def message_id_header(message_id: str, from_addr: str) -> str:
