@@ -4,9 +4,11 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
+import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -157,11 +159,60 @@ def _too_large(limit: int) -> JSONResponse:
     )
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_JSON_MEDIA = re.compile(r"application/(?:.+\+)?json")  # the bodies FastAPI parses as JSON
+
+
+async def _text_only(request: Request) -> None:
+    """Refuses a JSON body with a lone surrogate (`"\\ud800"`) in a string: valid JSON but not text.
+
+    Redis, the audit trail and the email package would each fail on it later: a 500, or a message
+    stuck in `sending`. Runs after FastAPI has parsed the body and before the route's model.
+    """
+    if not _JSON_MEDIA.fullmatch(request.headers.get("content-type", "").partition(";")[0].strip().lower()):
+        return
+    try:
+        body = await request.json()
+    except (ValueError, RecursionError):  # not JSON: the route's model refuses it, or it takes no body
+        return
+    if (where := _lone_surrogate(body)) is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_unicode",
+                    "loc": ("body", *where),
+                    "msg": "must be text: a lone surrogate (\\ud800-\\udfff) is not a character",
+                }
+            ]
+        )
+
+
+def _lone_surrogate(body: Any) -> tuple[str | int, ...] | None:
+    """Where a string or key holding a lone surrogate is in decoded JSON; None if nowhere.
+
+    Iterative: JSON nested as deep as the parser allows must not exhaust the stack here.
+    """
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return path
+        items: Iterable[tuple[str | int, Any]] = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        )
+        for key, item in items:
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return (*path, key.encode("utf-8", "backslashreplace").decode())  # the answer is JSON too
+            stack.append(((*path, key), item))
+    return None
+
+
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="sendguard",
         version=sendguard.__version__,
         description="Safety gateway for outbound email sent by AI agents.",
+        dependencies=[Depends(_text_only)],
     )
     app.state.runtime = runtime
     app.include_router(api_safemode.router)

@@ -12,7 +12,7 @@ import secrets
 import time
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, getaddresses
+from email.utils import format_datetime, formataddr, getaddresses, quote
 from typing import Annotated, Any, Self
 
 from email_validator import EmailNotValidError, validate_email
@@ -71,11 +71,13 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_SUBJECT = 998
+# Every character str.splitlines() breaks at: the email package refuses a header holding any of them.
+_LINE_BREAK = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain CR or LF")
+    if found := _LINE_BREAK.search(value):
+        raise ValueError(f"must not contain CR or LF or another line break (found {found.group()!r})")
     if "\x00" in value:
         raise ValueError("must not contain NUL")
     return value
@@ -180,7 +182,7 @@ def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -
     utf8 = not (record["from_addr"].isascii() and record["to"].isascii())
     policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
     message = EmailMessage(policy=policy)
-    message["From"] = formataddr((record["from_name"], record["from_addr"]))
+    message["From"] = _mailbox(record["from_name"], record["from_addr"])
     message["To"] = record["to"]
     message["Subject"] = record["subject"]
     message["Date"] = format_datetime(sent_at)
@@ -195,6 +197,13 @@ def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -
     else:
         message.set_content(html, subtype="html")
     return message.as_bytes()
+
+
+def _mailbox(name: str, address: str) -> str:
+    """`name <address>`: formataddr refuses an internationalised address, which SMTPUTF8 sends as is."""
+    if address.isascii():
+        return formataddr((name, address))
+    return f'"{quote(name)}" <{address}>' if name else address
 
 
 def message_id_header(message_id: str, from_addr: str) -> str:

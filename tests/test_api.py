@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -158,6 +159,11 @@ def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api,
     [
         ({"subject": "Hi\r\nBcc: victim@example.com"}, "subject", "CR or LF"),
         ({"headers": {"X-Campaign": "a\nBcc: x@y.z"}}, "headers.X-Campaign", "CR or LF"),
+        # Found by tests/test_fuzz.py: line breaks other than CR and LF were accepted, then made
+        # rendering raise, which left the message `sending` for good.
+        ({"subject": "Hi\u2028Bcc: victim@example.com"}, "subject", "line break (found '\\u2028')"),
+        ({"headers": {"X-Campaign": "a\x0bb"}}, "headers.X-Campaign", "line break (found '\\x0b')"),
+        ({"from": "Alice\x85 <alice@acme.example>"}, "from", "line break (found '\\x85')"),
         ({"headers": {"Bcc": "x@y.z"}}, "body", "'Bcc' is reserved"),
         ({"headers": {"Received": "from evil"}}, "body", "'Received' is reserved"),
         ({"headers": {"Disposition-Notification-To": "a@b.c"}}, "body", "not a known header"),
@@ -177,6 +183,44 @@ def test_malformed_submissions_get_422_naming_the_field(
     assert response.status_code == 422, response.text
     errors = response.json()["errors"]
     assert any(e["field"] == field and words in e["message"] for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"text": "Hello \ud800"}, "text"),
+        ({"from": "\udfff <alice@acme.example>"}, "from"),
+        ({"headers": {"X-Campaign": "\ud800"}}, "headers.X-Campaign"),
+        ({"headers": {"X-\ud800": "a"}}, "headers.X-\\ud800"),
+    ],
+)
+def test_lone_surrogates_are_refused_naming_the_field(
+    api: Api, overrides: dict[str, object], field: str
+) -> None:
+    # Found by probing after tests/test_fuzz.py: JSON can spell a lone surrogate ("\ud800"), which
+    # is no character; Redis or the email package failed on it, a 500 or a message stuck `sending`.
+    raw = json.dumps(message("bob@customer.example", **overrides))  # ASCII, so the escape survives
+    response = api.client.post("/v1/messages", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert error["field"] == field
+    assert "lone surrogate" in error["message"]
+
+
+def test_a_lone_surrogate_in_an_alert_trips_nothing(daemon: Daemon, client_for: ClientFor) -> None:
+    # It used to trip the scope, fail to write the audit entry, and answer 500.
+    admin = client_for(daemon, "admin", "dana")
+    alert = {
+        "status": "firing",
+        "labels": {"sendguard_scope": "segment:smb"},
+        "annotations": {"summary": "\ud800"},
+    }
+    response = admin.client.post(
+        "/v1/alerts", content=json.dumps({"alerts": [alert]}), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "alerts.0.annotations.summary"
+    assert admin.client.get("/v1/safe-mode").json() == []
 
 
 def test_non_json_and_oversized_bodies_are_refused(api: Api) -> None:

@@ -104,6 +104,19 @@ def test_accepted_message_is_sent_once_with_its_message_id(api: Api, smtp: SmtpS
     assert all(step["at"] for step in record["history"])
 
 
+def test_internationalised_from_address_is_sent_with_smtputf8(api: Api, smtp: SmtpSink) -> None:
+    # Found by tests/test_fuzz.py: rendering the From header raised and left the message `sending`.
+    message_id = api.send("dana@customer.example", **{"from": '"Ü, Ö" <ü@acme.example>'})["id"]
+
+    assert settle(api, [message_id])[message_id]["status"] == "sent"
+    [got] = smtp.received
+    assert got.mail_from == "ü@acme.example"
+    # Parsed from text: a bytes parser would leave the raw UTF-8 of the header as surrogates.
+    [sender] = email.parser.Parser(policy=email.policy.default).parsestr(got.data.decode())["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("Ü, Ö", "ü@acme.example")
+    assert got.message_id == header_id(message_id)
+
+
 def test_550_at_rcpt_bounces_without_retry(api: Api, smtp: SmtpSink) -> None:
     bounced_id = api.send("bounce.me@customer.example")["id"]
     record = settle(api, [bounced_id])[bounced_id]
