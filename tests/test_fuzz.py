@@ -47,6 +47,7 @@ Operation = APIOperation[Any, Any, Any, Any]
 AGENT_ROUTES = frozenset(
     {
         SUBMIT,
+        "POST /v1/batches",
         "GET /v1/messages/{message_id}",
         "POST /v1/messages/{message_id}/cancel",
         "POST /v1/events",
@@ -104,6 +105,30 @@ OVERLAYS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
                 st.sampled_from(["Reply-To", "References", "List-Unsubscribe", "X-Campaign", "Keywords"]),
                 st.text(max_size=80) | NASTY,
                 max_size=3,
+            ),
+        }
+    ),
+    "POST /v1/batches": st.fixed_dictionaries(
+        {
+            "from": st.sampled_from(["Alice <alice@acme.example>", '"Ü, Ö" <ü@acme.example>']),
+            "subject": st.sampled_from(["Hi {{first_name}}", "{{ company }} and {{x}}", ""]) | NASTY,
+            "text": st.sampled_from(["Hi {{first_name}},\nat {{company}}", "{{"]) | NASTY,
+            "segment": st.sampled_from([None, "cfo-na-q4"]),
+            "send_at": st.none(),
+            "enrichment": st.none(),
+            "recipients": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "to": ADDRESSES,
+                        "vars": st.dictionaries(
+                            st.sampled_from(["first_name", "company", "x"]) | st.text(max_size=8),
+                            st.text(max_size=40) | NASTY,
+                            max_size=3,
+                        ),
+                    }
+                ),
+                min_size=1,
+                max_size=5,
             ),
         }
     ),
