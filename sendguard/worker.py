@@ -173,6 +173,19 @@ class Deliverer:
         message_id = claim.message_id
         if record.get("dns_pending") == "1" and not await self._recheck_dns(claim):
             return
+        try:
+            data = self._render(claim)
+        except Exception as exc:
+            log.error("message cannot be rendered: %s", exc, extra={"message_id": message_id})
+            await self._store.transition(
+                message_id,
+                to=Status.FAILED,
+                cause="unsendable",
+                detail=f"cannot be rendered: {type(exc).__name__}: {exc}",
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+            )
+            return
         rules = self._rules()
         attempt = int(record.get("attempts", "0")) + 1
         member = f"{message_id}:{attempt}"
@@ -199,14 +212,17 @@ class Deliverer:
         if began is not Moved.MOVED:  # its scope tripped, or it was cancelled, since the claim
             await self._throttles.settle(buckets, member, delivered=False)
             return
-        await self._send(claim, attempt, buckets, member)
+        await self._send(claim, data, attempt, buckets, member)
 
-    async def _send(self, claim: Claim, attempt: int, buckets: Buckets, member: str) -> None:
+    def _render(self, claim: Claim) -> bytes:
         record = claim.record
         headers = json.loads(record.get("headers") or "{}")
         if self._unsubscribe is not None:
             headers = self._unsubscribe.headers(claim.message_id, record["to"], headers)
-        data = render(record, headers, datetime.now(UTC))
+        return render(record, headers, datetime.now(UTC))
+
+    async def _send(self, claim: Claim, data: bytes, attempt: int, buckets: Buckets, member: str) -> None:
+        record = claim.record
         started = time.perf_counter()
         outcome: Outcome
         delivered = False

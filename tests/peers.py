@@ -163,6 +163,7 @@ class SmtpSink:
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
         self.delay: float = 0.0
+        self.smtputf8 = True  # False: a relay that cannot carry internationalised addresses
         self._cond = threading.Condition()
         self._received: list[Received] = []
         self._rcpts: list[tuple[float, str, str]] = []
@@ -327,7 +328,7 @@ class SmtpSink:
         smtp = SMTP(
             self._handler,
             data_size_limit=self.DATA_SIZE_LIMIT,
-            enable_SMTPUTF8=True,
+            enable_SMTPUTF8=self.smtputf8,
             # An explicit hostname avoids a socket.getfqdn() DNS lookup per connection.
             hostname="sink.sendguard.test",
             ident="sendguard test sink",

@@ -117,6 +117,37 @@ def test_internationalised_from_address_is_sent_with_smtputf8(api: Api, smtp: Sm
     assert got.message_id == header_id(message_id)
 
 
+def test_a_relay_without_smtputf8_fails_that_message_and_keeps_sending_the_rest(
+    api: Api, smtp: SmtpSink
+) -> None:
+    smtp.smtputf8 = False
+    utf8 = api.send("dana@customer.example", **{"from": "Ü <ü@acme.example>"})["id"]
+    plain = api.send("erin@customer.example")["id"]
+    records = settle(api, [utf8, plain])
+    assert records[utf8]["status"] == "failed" and records[utf8]["attempts"] == 1
+    # The relay refuses MAIL FROM with the SMTPUTF8 option: the message fails, no retry, no bounce.
+    assert causes(records[utf8])[-1] == "sender_refused"
+    assert records[plain]["status"] == "sent"
+    assert [got.rcpt_tos for got in smtp.received] == [("erin@customer.example",)]
+
+
+def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
+    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    message_id = api.send("dana@customer.example", send_at=send_at)["id"]
+    # A record written before a form check existed: a header value the email package refuses.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.hset(Keys(prefix).msg(message_id), "headers", '{"X-Note": "a\\u2028b"}')
+    finally:
+        client.close()
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "failed" and statuses(record) == ["queued", "failed"]
+    assert "cannot be rendered" in record["history"][-1]["detail"]
+    assert smtp.received == []
+
+
 def test_550_at_rcpt_bounces_without_retry(api: Api, smtp: SmtpSink) -> None:
     bounced_id = api.send("bounce.me@customer.example")["id"]
     record = settle(api, [bounced_id])[bounced_id]
