@@ -1,0 +1,8 @@
+"""The scenarios, in the order they run and are reported."""
+
+from __future__ import annotations
+
+from bench.scenario import Scenario
+from bench.scenarios import delivery
+
+SCENARIOS: tuple[Scenario, ...] = (delivery.SCENARIO,)
