@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from bench.scenario import Scenario
-from bench.scenarios import delivery
+from bench.scenarios import admission, delivery
 
-SCENARIOS: tuple[Scenario, ...] = (delivery.SCENARIO,)
+SCENARIOS: tuple[Scenario, ...] = (
+    delivery.SCENARIO,
+    admission.SCENARIO,
+)
