@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from bench.scenario import Scenario
-from bench.scenarios import admission, delivery
+from bench.scenarios import admission, delivery, throttle
 
 SCENARIOS: tuple[Scenario, ...] = (
     delivery.SCENARIO,
     admission.SCENARIO,
+    throttle.SCENARIO,
 )
