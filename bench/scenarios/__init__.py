@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bench.scenario import Scenario
-from bench.scenarios import admission, delivery, throttle
+from bench.scenarios import admission, delivery, scaling, throttle
 
 SCENARIOS: tuple[Scenario, ...] = (
     delivery.SCENARIO,
     admission.SCENARIO,
     throttle.SCENARIO,
+    scaling.SCENARIO,
 )
