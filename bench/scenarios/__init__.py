@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from bench.scenario import Scenario
-from bench.scenarios import admission, delivery, scaling, throttle
+from bench.scenarios import admission, delivery, safemode, scaling, throttle
 
 SCENARIOS: tuple[Scenario, ...] = (
     delivery.SCENARIO,
     admission.SCENARIO,
     throttle.SCENARIO,
     scaling.SCENARIO,
+    safemode.SCENARIO,
 )
