@@ -8,7 +8,11 @@ resumed, which lets a scenario start its daemons first and then time delivery al
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench.harness import PREFIX, ROOT
 from bench.mail import AGENT, submission
 from sendguard.approvals import Approvals
 from sendguard.audit import AuditLog
@@ -95,3 +100,58 @@ def expect(statuses: Counter[str], status: str, count: int) -> None:
 def leads(first: int, count: int) -> Iterable[dict[str, Any]]:
     """Submissions to `lead<n>@customer.example` for n from `first`, `count` of them."""
     return (submission(f"lead{n}@customer.example") for n in range(first, first + count))
+
+
+def admit_leads(redis_url: str, rules_path: Path, count: int, processes: int) -> Counter[str]:
+    """`leads(0, count)` admitted from `processes` processes at once; how many ended in each status.
+
+    Admission is Python work more than Redis work, so filling a large queue goes faster with a
+    process per core than with more coroutines in one.
+    """
+    share = -(-count // processes)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.admit",
+                redis_url,
+                str(rules_path),
+                str(first),
+                str(min(share, count - first)),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        for first in range(0, count, share)
+    ]
+    statuses: Counter[str] = Counter()
+    for worker in workers:
+        out, _ = worker.communicate(timeout=1800)
+        if worker.returncode != 0:
+            raise RuntimeError(f"an admission worker failed with exit status {worker.returncode}")
+        statuses.update(json.loads(out))
+    return statuses
+
+
+async def _admit_share(redis_url: str, rules_path: Path, first: int, count: int) -> Counter[str]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return await Admitter(client, Keys(PREFIX), rules_path).admit(leads(first, count))
+    finally:
+        await client.aclose()
+
+
+def main() -> None:
+    """`python -m bench.admit REDIS_URL RULES FIRST COUNT`: one worker of `admit_leads`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("redis_url")
+    parser.add_argument("rules", type=Path)
+    parser.add_argument("first", type=int)
+    parser.add_argument("count", type=int)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_admit_share(args.redis_url, args.rules, args.first, args.count))))
+
+
+if __name__ == "__main__":
+    main()

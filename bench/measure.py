@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
-from bench.harness import Bench
+from bench.harness import Bench, Service
 from tests.peers import SmtpSink
 
 _DELIVERY_DEADLINE = 600.0
@@ -35,3 +36,12 @@ async def raw_rate(bench: Bench, count: int, connections: int) -> float:
     bench.sink.clear()
     bench.raw_send(count * RAW_SHARE, connections)
     return arrival_rate(await arrivals(bench.sink, count * RAW_SHARE))
+
+
+async def peak_rss(services: Sequence[Service], seconds: float) -> int:
+    """The highest resident memory any of `services` reaches within `seconds`, read every 0.1 s."""
+    peak = 0
+    for _ in range(max(1, int(seconds * 10))):
+        peak = max(peak, *(service.rss_bytes() for service in services))
+        await asyncio.sleep(0.1)
+    return peak

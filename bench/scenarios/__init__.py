@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.scenario import Scenario
-from bench.scenarios import admission, delivery, safemode, scaling, throttle
+from bench.scenarios import admission, delivery, footprint, safemode, scaling, throttle
 
 SCENARIOS: tuple[Scenario, ...] = (
     delivery.SCENARIO,
@@ -11,4 +11,5 @@ SCENARIOS: tuple[Scenario, ...] = (
     throttle.SCENARIO,
     scaling.SCENARIO,
     safemode.SCENARIO,
+    footprint.SCENARIO,
 )
