@@ -1,4 +1,4 @@
-"""sendguard's benchmark: `python -m bench [--quick] [--json PATH] [--runs N]`.
+"""sendguard's benchmark: `python -m bench [--quick] [--json PATH] [--runs N] [--drills]`.
 
 Starts everything it needs on loopback (its own redis-server, an aiosmtpd sink, `sendguard run`
 daemons, a bare FastAPI app), runs each scenario several times, and reports every figure next to

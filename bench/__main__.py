@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--json PATH] [--runs N]`: run every scenario, report ratios.
+"""`python -m bench [--quick] [--json PATH] [--runs N] [--drills]`: run every scenario, report ratios.
 
 Runs go round all scenarios in turn (run 1 of each, then run 2 of each, ...), so a noisy minute on
 the shared machine lands on one run of several scenarios rather than on every run of one.
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import drills
 from bench.harness import open_bench
 from bench.report import summary, table
 from bench.scenario import Sample
@@ -30,6 +31,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small amounts, one run: the CI smoke run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--runs", type=int, metavar="N", help="runs of every scenario (default 3, quick 1)")
+    parser.add_argument("--drills", action="store_true", help="also run `pytest -m drill` and count")
     return parser.parse_args()
 
 
@@ -69,6 +71,7 @@ def main() -> int:
     started = time.perf_counter()
     samples = asyncio.run(_run_all(size, runs))
     summaries = {scenario.name: summary(scenario, samples[scenario.name]) for scenario in SCENARIOS}
+    drilled = drills.run() if args.drills else None
     seconds = time.perf_counter() - started
     machine = _machine()
     print(
@@ -77,6 +80,8 @@ def main() -> int:
         "median and min - max over runs\n"
     )
     print(table(summaries), flush=True)
+    if drilled is not None:
+        print(f"\ndrills: {drills.describe(drilled)}")
     if args.json is not None:
         report = {
             "command": " ".join(["python -m bench", *sys.argv[1:]]),
@@ -85,9 +90,10 @@ def main() -> int:
             "seconds": seconds,
             "machine": machine,
             "scenarios": summaries,
+            "drills": drilled,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return 0 if drilled is None or drilled["failed"] == 0 else 1
 
 
 if __name__ == "__main__":
