@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 from bench.harness import Bench, Service
-from tests.peers import SmtpSink
+from tests.peers import Received, SmtpSink
 
 _DELIVERY_DEADLINE = 600.0
 # aiosmtplib alone sends this many times as many messages as sendguard delivers, so both sides are
@@ -25,10 +25,14 @@ def arrival_rate(times: Sequence[float]) -> float:
     return (len(times) - 1) / (max(times) - min(times))
 
 
+async def delivered(sink: SmtpSink, count: int) -> list[Received]:
+    """Wait until the sink holds `count` messages; what it holds."""
+    return await sink.await_count(count, timeout=_DELIVERY_DEADLINE)
+
+
 async def arrivals(sink: SmtpSink, count: int) -> list[float]:
     """Wait until the sink holds `count` messages; their arrival times."""
-    received = await sink.await_count(count, timeout=_DELIVERY_DEADLINE)
-    return [message.at for message in received]
+    return [message.at for message in await delivered(sink, count)]
 
 
 async def raw_rate(bench: Bench, count: int, connections: int) -> float:

@@ -1,7 +1,7 @@
 """Runs summed up: median, min and max of every figure and ratio, as a table and as JSON.
 
-Ratios are taken within each run first (a figure over its reference measured minutes apart
-on the same shared machine), and only then summed up across runs.
+Ratios are taken within each run first (a figure over its reference, measured seconds apart on
+the same shared machine), and only then summed up across runs, which are minutes apart.
 """
 
 from __future__ import annotations

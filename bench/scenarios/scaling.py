@@ -14,7 +14,7 @@ import contextlib
 from bench.admit import Admitter, expect
 from bench.harness import Bench, Service, rules_text
 from bench.mail import submission
-from bench.measure import RAW_SHARE, arrival_rate, raw_rate
+from bench.measure import RAW_SHARE, arrival_rate, delivered, raw_rate
 from bench.scenario import Figure, Ratio, Sample, Scenario
 from bench.sizes import Size
 from tests.conftest import by_domain, max_in_any_window
@@ -61,7 +61,7 @@ async def _measure(bench: Bench, admitter: Admitter, size: Size, services: list[
     await admitter.resume()
     late = await admitter.admit((submission(f"burst{n}@{hot}") for n in range(burst)), concurrency=burst)
     expect(late, "queued", burst)
-    received = await bench.sink.await_count(count + burst, timeout=600)
+    received = await delivered(bench.sink, count + burst)
     sent = [service.metric_total("sendguard_messages_sent_total") for service in services]
     if any(after <= before for before, after in zip(sent_before, sent, strict=True)):
         raise RuntimeError(f"scaling: a daemon of {daemons} delivered nothing, so nothing was shared")
