@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendguard.embedded import redis_server_binary
-from tests.peers import DnsServer, SmtpSink
+from tests.peers import DnsServer, Received, SmtpSink
 
 AGENT_RULES = """
 [[agent]]
@@ -56,6 +57,25 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def max_in_any_window(times: list[float], per: float) -> int:
+    """The most deliveries any closed interval of length `per` holds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] > per:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def by_domain(received: list[Received]) -> dict[str, list[float]]:
+    """Arrival times at the relay per recipient domain, for window checks."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for message in received:
+        times[message.rcpt_tos[0].rpartition("@")[2]].append(message.at)
+    return times
 
 
 class RedisServer:

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Installs the external tools tests/test_metrics_kit.py drives, if they are missing:
+# Installs the external tools the tests drive, if they are missing:
 #   promtool  (Debian/Ubuntu package `prometheus`)              checks and unit-tests the alert rules
 #   amtool    (Debian/Ubuntu package `prometheus-alertmanager`) checks the Alertmanager example
-# When both are on PATH it does nothing and prints nothing. Otherwise it installs the packages with
+#   wrk       (Debian/Ubuntu package `wrk`)                     drives the HTTP load of `python -m bench`
+# When all are on PATH it does nothing and prints nothing. Otherwise it installs the packages with
 # apt-get (as root, or through sudo), without recommends. Note: on a host running systemd, the
 # packages also enable and start a Prometheus (:9090) and an Alertmanager (:9093) service; stop
 # them with `systemctl disable --now prometheus prometheus-alertmanager` if you do not want them.
 set -euo pipefail
 
-declare -A package_of=([promtool]=prometheus [amtool]=prometheus-alertmanager)
+declare -A package_of=([promtool]=prometheus [amtool]=prometheus-alertmanager [wrk]=wrk)
 missing=()
-for tool in promtool amtool; do
+for tool in promtool amtool wrk; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
@@ -20,7 +21,7 @@ fi
 give_up() {
     echo "install-tools: $1" >&2
     echo "install-tools: install the packages ${missing[*]} (apt-get install --no-install-recommends" \
-        "${missing[*]}), or put promtool and amtool from https://prometheus.io/download/ on PATH." >&2
+        "${missing[*]}), or put promtool and amtool from https://prometheus.io/download/ and wrk on PATH." >&2
     exit 1
 }
 
@@ -40,6 +41,6 @@ if ! "${apt_get[@]}" install --no-install-recommends "${missing[@]}" >/dev/null;
     "${apt_get[@]}" update >/dev/null || give_up "apt-get update failed"
     "${apt_get[@]}" install --no-install-recommends "${missing[@]}" >/dev/null || give_up "apt-get install failed"
 fi
-for tool in promtool amtool; do
+for tool in promtool amtool wrk; do
     command -v "$tool" >/dev/null 2>&1 || give_up "$tool is still not on PATH after installing"
 done

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections import defaultdict
 from collections.abc import Callable
 
 import httpx
 
-from tests.conftest import Api, Daemon
-from tests.peers import Received, SmtpSink
+from tests.conftest import Api, Daemon, by_domain, max_in_any_window
+from tests.peers import SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
 BASE = """
@@ -27,24 +26,6 @@ def rules_with(*throttles: dict[str, str | int]) -> str:
         for table in throttles
     )
     return BASE + tables
-
-
-def max_in_any_window(times: list[float], per: float) -> int:
-    """The most deliveries any closed interval of length `per` holds."""
-    times = sorted(times)
-    best, start = 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] > per:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
-
-
-def by_domain(received: list[Received]) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = defaultdict(list)
-    for message in received:
-        times[message.rcpt_tos[0].rpartition("@")[2]].append(message.at)
-    return times
 
 
 def test_windows_are_exact_with_two_daemons_sharing_redis(

@@ -1,0 +1,157 @@
+"""Admission in the bench's own process, through sendguard's own Gateway.
+
+This is the code path of `POST /v1/messages` without HTTP, wired as `sendguard run` wires it, so a
+scenario can fill the queue faster than the API takes it, and before its daemons run. Global safe
+mode is sendguard's own pause: messages admitted while it is tripped wait, held, until it is
+resumed, which lets a scenario start its daemons first and then time delivery alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.harness import PREFIX, ROOT
+from bench.mail import AGENT, submission
+from sendguard.approvals import Approvals
+from sendguard.audit import AuditLog
+from sendguard.gateway import Gateway
+from sendguard.ingress import Ingress
+from sendguard.keys import Keys
+from sendguard.messages import MessageIn
+from sendguard.mx import MxChecker
+from sendguard.notify import Notifier
+from sendguard.rules import load_rules
+from sendguard.safemode import SafeMode
+from sendguard.scopes import GLOBAL
+from sendguard.store import Store
+from sendguard.tokens import Principal, Role
+
+_BY = "bench"
+
+
+class Admitter:
+    """Submits messages as the bench agent would, straight into the Redis the daemons share."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, rules_path: Path) -> None:
+        self._rules = load_rules(rules_path)
+        store = Store(client, keys)
+        self._audit = AuditLog(client, keys)
+        self._safe_mode = SafeMode(client, keys, store, Notifier(None), self._audit, lambda: self._rules)
+        self._gateway = Gateway(
+            store,
+            Ingress(MxChecker([], 1.0)),  # the bench's rules turn MX checks off
+            self._safe_mode,
+            Approvals(client, keys, store, self._audit),
+            self._audit,
+            retry_base=60.0,
+            wake=lambda: None,
+        )
+        self._who = Principal(token_id="bench", role=Role.AGENT, name=AGENT)
+
+    async def admit(self, submissions: Iterable[dict[str, Any]], concurrency: int = 32) -> Counter[str]:
+        """Admit every submission, `concurrency` at a time; how many ended in each status."""
+        pending = iter(submissions)
+        statuses: Counter[str] = Counter()
+
+        async def submitter() -> None:
+            for body in pending:
+                admission = await self._gateway.submit(self._who, MessageIn.model_validate(body), self._rules)
+                statuses[admission.status.value] += 1
+
+        await asyncio.gather(*(submitter() for _ in range(concurrency)))
+        return statuses
+
+    async def fill_paused(self, submissions: Iterable[dict[str, Any]], count: int) -> None:
+        """A queue ready to time: pause, admit `count` submissions (all held), chain their audit entries."""
+        await self.pause()
+        expect(await self.admit(submissions), "held", count)
+        await self.chain_audit()
+
+    async def chain_audit(self) -> None:
+        """Chain the audit entries admission wrote, as a daemon would have within a quarter second."""
+        while await self._audit.chain():
+            pass
+
+    async def pause(self) -> None:
+        await self._safe_mode.trip(GLOBAL, "manual", _BY, "the bench fills the queue before timing delivery")
+
+    async def resume(self) -> None:
+        """Lift the pause: the held messages go back to the queue, under every throttle."""
+        await self._safe_mode.resume(GLOBAL, _BY, "the bench times delivery from here")
+        await self._safe_mode.drain(5.0)
+
+
+def expect(statuses: Counter[str], status: str, count: int) -> None:
+    """Every admission ended in `status`, or the scenario would be timing something else."""
+    if statuses != {status: count}:
+        raise RuntimeError(f"expected {count} {status} messages, admission gave {dict(statuses)}")
+
+
+def leads(first: int, count: int) -> Iterable[dict[str, Any]]:
+    """Submissions to `lead<n>@customer.example` for n from `first`, `count` of them."""
+    return (submission(f"lead{n}@customer.example") for n in range(first, first + count))
+
+
+def admit_leads(redis_url: str, rules_path: Path, count: int, processes: int) -> Counter[str]:
+    """`leads(0, count)` admitted from `processes` processes at once; how many ended in each status.
+
+    Admission is Python work more than Redis work, so filling a large queue goes faster with a
+    process per core than with more coroutines in one.
+    """
+    share = -(-count // processes)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.admit",
+                redis_url,
+                str(rules_path),
+                str(first),
+                str(min(share, count - first)),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        for first in range(0, count, share)
+    ]
+    statuses: Counter[str] = Counter()
+    for worker in workers:
+        out, _ = worker.communicate(timeout=1800)
+        if worker.returncode != 0:
+            raise RuntimeError(f"an admission worker failed with exit status {worker.returncode}")
+        statuses.update(json.loads(out))
+    return statuses
+
+
+async def _admit_share(redis_url: str, rules_path: Path, first: int, count: int) -> Counter[str]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return await Admitter(client, Keys(PREFIX), rules_path).admit(leads(first, count))
+    finally:
+        await client.aclose()
+
+
+def main() -> None:
+    """`python -m bench.admit REDIS_URL RULES FIRST COUNT`: one worker of `admit_leads`."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("redis_url")
+    parser.add_argument("rules", type=Path)
+    parser.add_argument("first", type=int)
+    parser.add_argument("count", type=int)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_admit_share(args.redis_url, args.rules, args.first, args.count))))
+
+
+if __name__ == "__main__":
+    main()

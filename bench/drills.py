@@ -1,0 +1,46 @@
+"""`--drills`: the incident drills (`pytest -m drill -q`), summed up as passed and failed counts.
+
+They are correctness under failure (kill -9, restarts), not speed, so the bench only counts them;
+pytest's own output shows what failed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.harness import ROOT
+
+_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped)")
+
+
+def run() -> dict[str, Any]:
+    """Run the drills in the repository; counts by outcome and the seconds they took."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "drill", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    lines = result.stdout.strip().splitlines()
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    for number, outcome in _COUNT.findall(lines[-1] if lines else ""):
+        counts["errors" if outcome.startswith("error") else outcome] = int(number)
+    if result.returncode not in (0, 1) or not any(counts.values()):
+        counts["errors"] += 1  # pytest could not run them at all: that is a failure too
+    counts["failed"] += counts.pop("errors")
+    return {**counts, "seconds": time.perf_counter() - started, "exit_code": result.returncode}
+
+
+def describe(counts: dict[str, Any]) -> str:
+    return (
+        f"{counts['passed']} passed, {counts['failed']} failed"
+        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+        + f" in {counts['seconds']:.0f} s (pytest -m drill -q)"
+    )

@@ -1,0 +1,60 @@
+"""How much work each scenario does: `--quick` for the CI smoke run (under a minute), full for figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Size:
+    """Amounts of work; the same code runs at either size, only these numbers change."""
+
+    name: str
+    runs: int  # default number of runs of every scenario
+    connections: int  # SMTP connections of one daemon, and its SENDGUARD_WORKERS
+    delivery_messages: int
+    wrk_seconds: int
+    http_concurrency: int
+    batch_recipients: int
+    throttle_seconds: float
+    throttle_concurrency: int
+    scaling_messages: int
+    scaling_burst: int  # messages to one domain submitted at once, so its throttle has to bind
+    storm_rate: float  # submissions a second during the bounce storm
+    footprint_messages: int
+    rss_seconds: int  # of wrk load while resident memory is read
+
+
+QUICK = Size(
+    name="quick",
+    runs=1,
+    connections=8,
+    delivery_messages=300,
+    wrk_seconds=1,
+    http_concurrency=64,
+    batch_recipients=1_000,
+    throttle_seconds=0.75,
+    throttle_concurrency=64,
+    scaling_messages=200,
+    scaling_burst=20,
+    storm_rate=60.0,
+    footprint_messages=10_000,
+    rss_seconds=1,
+)
+
+FULL = Size(
+    name="full",
+    runs=3,
+    connections=8,
+    delivery_messages=3_000,
+    wrk_seconds=5,
+    http_concurrency=64,
+    batch_recipients=10_000,
+    throttle_seconds=3.0,
+    throttle_concurrency=64,
+    scaling_messages=1_000,
+    scaling_burst=30,
+    storm_rate=60.0,
+    footprint_messages=100_000,
+    rss_seconds=3,
+)
