@@ -37,23 +37,19 @@ def _spread(values: list[float | None]) -> Spread | None:
     return Spread(present) if present else None
 
 
-def _why_missing(samples: list[Sample], key: str) -> str:
-    return next((s.missing[key] for s in samples if key in s.missing), "n/a")
-
-
 def summary(scenario: Scenario, samples: list[Sample]) -> dict[str, Any]:
-    """One scenario's runs for machines: every figure and ratio, with the reasons for gaps."""
+    """One scenario's runs for machines: every figure and ratio ("n/a" where a run had none)."""
     figures = {}
     for figure in scenario.figures:
         spread = _spread([s.values.get(figure.key) for s in samples])
         entry: dict[str, Any] = {"label": figure.label, "unit": figure.unit}
-        entry |= spread.as_json() if spread else {"status": _why_missing(samples, figure.key)}
+        entry |= spread.as_json() if spread else {"status": "n/a"}
         figures[figure.key] = entry
     ratios = {}
     for ratio in scenario.ratios:
         spread = _spread([s.ratio(ratio) for s in samples])
         entry = {"label": ratio.label, "target": ratio.target}
-        entry |= spread.as_json() if spread else {"status": _why_missing(samples, ratio.of)}
+        entry |= spread.as_json() if spread else {"status": "n/a"}
         ratios[ratio.key] = entry
     notes = list(dict.fromkeys(note for s in samples for note in s.notes))
     return {"title": scenario.title, "figures": figures, "ratios": ratios, "notes": notes}

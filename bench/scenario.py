@@ -34,10 +34,9 @@ class Ratio:
 
 @dataclass
 class Sample:
-    """One run of one scenario: a value for each figure, or why there is none."""
+    """One run of one scenario: a value for each figure and notes on how it was measured."""
 
     values: dict[str, float] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def ratio(self, ratio: Ratio) -> float | None:
