@@ -136,10 +136,10 @@ def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
 ) -> None:
     send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
     message_id = api.send("dana@customer.example", send_at=send_at)["id"]
-    # A record written before a form check existed: a header value the email package refuses.
+    # A damaged record (a hand edit, a bug of an older version): its headers are not JSON.
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        client.hset(Keys(prefix).msg(message_id), "headers", '{"X-Note": "a\\u2028b"}')
+        client.hset(Keys(prefix).msg(message_id), "headers", '{"X-Note": ')
     finally:
         client.close()
     record = settle(api, [message_id])[message_id]
