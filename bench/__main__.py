@@ -93,7 +93,8 @@ def main() -> int:
             "drills": drilled,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if drilled is None or drilled["failed"] == 0 else 1
+    # A skipped drill proved nothing: it fails the run like a failed one.
+    return 0 if drilled is None or drilled["failed"] + drilled["skipped"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ def _too_large(limit: int) -> JSONResponse:
 
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _JSON_MEDIA = re.compile(r"application/(?:.+\+)?json")  # the bodies FastAPI parses as JSON
 
 
@@ -170,6 +171,9 @@ async def _text_only(request: Request) -> None:
     stuck in `sending`. Runs after FastAPI has parsed the body and before the route's model.
     """
     if not _JSON_MEDIA.fullmatch(request.headers.get("content-type", "").partition(";")[0].strip().lower()):
+        return
+    # JSON can only carry a surrogate as an escape: without one, no need to walk the whole body.
+    if not _SURROGATE_ESCAPE.search(await request.body()):
         return
     try:
         body = await request.json()

@@ -4,12 +4,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sendguard.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
 from sendguard.approvals import ApprovalRefused, Request
 from sendguard.audit import AuditError
 from sendguard.errors import ConfigError
+from sendguard.messages import parse_sender
 from sendguard.runtime import Runtime
 from sendguard.store import iso_ms
 from sendguard.tokens import Principal
@@ -29,6 +30,12 @@ class RecallIn(BaseModel):
     inbox: str | None = Field(default=None, description="the From address")
     reason: str = Field(min_length=1, max_length=500)
 
+    @field_validator("inbox")
+    @classmethod
+    def _normalised(cls, inbox: str | None) -> str | None:
+        """The address as submissions store it (lower case, Unicode domain), or nothing matches."""
+        return parse_sender(inbox).address if inbox is not None else None
+
     @model_validator(mode="after")
     def _some_filter(self) -> "RecallIn":
         if not self.filters:
@@ -42,8 +49,8 @@ class RecallIn(BaseModel):
             "campaign": self.campaign,
             "segment": self.segment,
             "batch": self.batch,
+            "from_addr": self.inbox,
         }
-        fields["from_addr"] = self.inbox.strip().lower() if self.inbox else None
         return {name: value for name, value in fields.items() if value}
 
 

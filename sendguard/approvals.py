@@ -228,12 +228,13 @@ class Approvals:
             pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
             pipe.zadd(k.approvals, {approval_id: int(fields["created"])})
             pipe.zadd(k.approvals_pending, {approval_id: int(fields["expires"])})
+            self._audit.stage(
+                pipe,
+                "approval.requested",
+                requester.actor,
+                {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
+            )
             await pipe.execute()
-        await self._audit.append(
-            "approval.requested",
-            requester.actor,
-            {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
-        )
         return approval_id
 
     async def _run_request(
@@ -335,10 +336,17 @@ class Approvals:
                 await self._audit.append("approval.expired", "sendguard", {"approval_id": approval_id})
         return expired
 
+    async def _requests(self, ids: list[str]) -> list[Request]:
+        """The requests that exist among `ids`, in order, read in one round trip."""
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            for approval_id in ids:
+                pipe.hgetall(self._keys.approval(approval_id))
+            records = await pipe.execute()
+        return [Request.from_record(record) for record in records if record]
+
     async def get(self, approval_id: str) -> Request | None:
-        async with translated():
-            record = await self._redis.hgetall(self._keys.approval(approval_id))
-        return Request.from_record({str(k): str(v) for k, v in record.items()}) if record else None
+        found = await self._requests([approval_id])
+        return found[0] if found else None
 
     async def list(self, status: str | None, limit: int = 200) -> list[Request]:
         k = self._keys
@@ -347,45 +355,36 @@ class Approvals:
                 ids = await self._redis.zrange(k.approvals_pending, 0, limit - 1)
             else:
                 ids = await self._redis.zrevrange(k.approvals, 0, limit * 5 - 1)
-        found = [request for approval_id in ids if (request := await self.get(str(approval_id)))]
+        found = await self._requests([str(approval_id) for approval_id in ids])
         return [r for r in found if status is None or r.status == status][:limit]
 
     async def contents(self, approval_id: str, samples: int = 3) -> dict[str, Any]:
         """What exactly will be sent: counts, breakdowns and a few messages as they will read."""
         k = self._keys
+        counted = ["to_domain", "segment", "agent", "agent_version", "rules_version", "status"]
         async with translated():
             ids = sorted(map(str, await self._redis.smembers(k.approval_messages(approval_id))))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for message_id in ids:
-                    pipe.hmget(
-                        k.msg(message_id),
-                        [
-                            "to_domain",
-                            "segment",
-                            "agent",
-                            "agent_version",
-                            "rules_version",
-                            "from_addr",
-                            "to",
-                            "subject",
-                            "text",
-                            "status",
-                        ],
-                    )
-                rows = await pipe.execute()
+                    pipe.hmget(k.msg(message_id), counted)
+                # Only the samples' content: a mass batch has thousands of bodies nobody reads here.
+                for message_id in ids[:samples]:
+                    pipe.hmget(k.msg(message_id), ["from_addr", "to", "subject", "text"])
+                replies = await pipe.execute()
+        rows, shown = replies[: len(ids)], replies[len(ids) :]
         names = ("domain", "segment", "agent", "agent_version", "rules_version")
         breakdown = {name: Counter(str(row[i] or "") for row in rows) for i, name in enumerate(names)}
         return {
             "messages": len(ids),
-            "waiting": sum(1 for row in rows if row[9] == "pending_approval"),
+            "waiting": sum(1 for row in rows if row[5] == "pending_approval"),
             "by_recipient_domain": dict(breakdown["domain"].most_common()),
             "by_segment": dict(breakdown["segment"].most_common()),
             "by_agent": dict(breakdown["agent"].most_common()),
             "by_agent_version": dict(breakdown["agent_version"].most_common()),
             "by_rules_version": dict(breakdown["rules_version"].most_common()),
             "samples": [
-                {"id": message_id, "from": row[5], "to": row[6], "subject": row[7], "text": row[8]}
-                for message_id, row in list(zip(ids, rows, strict=True))[:samples]
+                {"id": message_id, "from": row[0], "to": row[1], "subject": row[2], "text": row[3]}
+                for message_id, row in zip(ids, shown, strict=False)
             ],
         }
 

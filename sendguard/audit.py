@@ -322,8 +322,6 @@ class AuditLog:
     to after each batch it chains; None writes no anchor.
     """
 
-    entry = staticmethod(entry)  # `audit.entry(...)` for callers that hold the log, not the module
-
     def __init__(self, client: aioredis.Redis, keys: Keys, anchor: Path | None = None) -> None:
         self.redis = client
         self.keys = keys

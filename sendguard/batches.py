@@ -199,10 +199,11 @@ class Batches:
         fingerprint = _fingerprint(batch)
         redis = self._store.redis
         async with translated():
-            if await redis.set(key, fresh, nx=True, px=IDEMPOTENCY_TTL_MS):
-                await redis.hset(k.batch(fresh), mapping={"id": fresh, "fingerprint": fingerprint})
-                await redis.pexpire(k.batch(fresh), RETENTION_MS)
-                return fresh, False
+            claimed = await redis.set(key, fresh, nx=True, px=IDEMPOTENCY_TTL_MS)
+        if claimed:
+            await self._keep(fresh, {"fingerprint": fingerprint})
+            return fresh, False
+        async with translated():
             batch_id = str(await redis.get(key))
             stored = await redis.hget(k.batch(batch_id), "fingerprint")
         if stored is not None and stored != fingerprint:
@@ -222,30 +223,33 @@ class Batches:
         replayed: bool,
     ) -> Routing | None:
         """The batch's approval request; a retry keeps the one the first attempt opened."""
-        record = self._keys.batch(batch_id)
-        redis = self._store.redis
         if replayed:
             async with translated():
-                found = await redis.hmget(record, ["approval", "tier", "why"])
+                found = await self._store.redis.hmget(self._keys.batch(batch_id), ["approval", "tier", "why"])
             if found[0] is not None:
                 return Routing(str(found[0]), int(str(found[1])), str(found[2])) if found[0] else None
         routing = None
         if accepted:
             routing = await self._approvals.route(agent, batch, accepted, rules, requester, batch=batch_id)
-        async with translated():
-            await redis.hset(
-                record,
-                mapping={
-                    "id": batch_id,
-                    "agent": agent.name,
-                    "recipients": len(batch.recipients),
-                    "approval": routing.approval_id if routing else "",
-                    "tier": routing.tier if routing else 0,
-                    "why": routing.why if routing else "",
-                },
-            )
-            await redis.pexpire(record, RETENTION_MS)
+        await self._keep(
+            batch_id,
+            {
+                "agent": agent.name,
+                "recipients": str(len(batch.recipients)),
+                "approval": routing.approval_id if routing else "",
+                "tier": str(routing.tier if routing else 0),
+                "why": routing.why if routing else "",
+            },
+        )
         return routing
+
+    async def _keep(self, batch_id: str, fields: dict[str, str]) -> None:
+        """Write to the batch's record, kept as long as its messages: one round trip."""
+        record = self._keys.batch(batch_id)
+        async with translated(), self._store.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record, items=["id", batch_id, *(part for pair in fields.items() for part in pair)])
+            pipe.pexpire(record, RETENTION_MS)
+            await pipe.execute()
 
     async def _record(
         self,
@@ -276,7 +280,7 @@ class Batches:
                 "recipients": len(outcomes),
                 "by_status": counts,
                 "approval_id": routing.approval_id if routing else None,
-                "tier": routing.tier if routing else 0,
+                "tier": str(routing.tier if routing else 0),
                 "rules_version": rules.version,
                 "template_hash": content_hash(batch.subject, batch.text, batch.html),
             },

@@ -18,6 +18,11 @@ _HEADER_ID = re.compile(rf"(?<![0-9a-f])({_ID})\.sg@[^>\s]+", re.IGNORECASE)
 _VERP = re.compile(rf"^bounces\+({_ID})@(.+)$", re.IGNORECASE)
 
 
+# Parsed inbound mail is cut to these before it becomes an event (inbound.py).
+MAX_DETAIL = 2000
+MAX_TEXT = 100_000
+
+
 class EventType(StrEnum):
     BOUNCE = "bounce"
     COMPLAINT = "complaint"
@@ -56,8 +61,8 @@ class EventIn(BaseModel):
     status: str | None = Field(
         default=None, pattern=r"^[245]\.\d{1,3}\.\d{1,3}$", description="enhanced status code, e.g. 5.1.1"
     )
-    detail: str | None = Field(default=None, max_length=2000, description="diagnostic text, for people")
-    text: str | None = Field(default=None, max_length=100_000, description="replies: the reply's text")
+    detail: str | None = Field(default=None, max_length=MAX_DETAIL, description="diagnostic text, for people")
+    text: str | None = Field(default=None, max_length=MAX_TEXT, description="replies: the reply's text")
     sentiment: Sentiment | None = Field(
         default=None, description="replies: the caller's own verdict, which wins over sendguard's"
     )

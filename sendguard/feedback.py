@@ -15,6 +15,7 @@ from sendguard import metrics
 from sendguard.audit import AuditLog
 from sendguard.events import EventIn, EventType, Sentiment, sendguard_id
 from sendguard.safemode import SafeMode
+from sendguard.scopes import record_scopes
 from sendguard.sentiment import classify
 from sendguard.signals import Signal, Trip
 from sendguard.store import CANCELLABLE, Status, Store
@@ -50,7 +51,7 @@ class Feedback:
     async def bounced(self, message_id: str, record: dict[str, str]) -> list[Trip]:
         """The relay refused a message with a 5xx at RCPT or DATA: a hard bounce, and a send."""
         recorded = await self._safe_mode.observe(
-            _scopes(record),
+            record_scopes(record),
             [Signal.SENT, Signal.HARD],
             message_id=message_id,
             once="hard_bounce",
@@ -70,7 +71,7 @@ class Feedback:
         if message_id and record:
             if judged.signals:
                 recorded = await self._safe_mode.observe(
-                    _scopes(record), judged.signals, message_id=message_id, once=judged.once
+                    record_scopes(record), judged.signals, message_id=message_id, once=judged.once
                 )
                 applied.trips, counted = recorded.trips, recorded.counted
             if event.hard:
@@ -123,10 +124,8 @@ class Feedback:
         message_id = sendguard_id(event.message_id) if event.message_id else None
         if message_id is None and event.recipient:
             message_id = await self._store.last_sent(event.recipient)
-        found = await self._store.get(message_id) if message_id else None
-        if found is None:
-            return message_id, None
-        return message_id, found[0]
+        record = await self._store.record(message_id) if message_id else None
+        return message_id, record
 
     async def _suppress(self, address: str, cause: str, detail: str, message_id: str | None) -> int:
         await self._suppressions.add([address], [])
@@ -198,8 +197,3 @@ def _count(event: EventIn, judged: _Judged) -> None:
         metrics.REPLIES.labels(judged.sentiment.value).inc()
     if judged.unsubscribe:
         metrics.UNSUBSCRIBES.inc()
-
-
-def _scopes(record: dict[str, str]) -> list[str]:
-    scopes: list[str] = json.loads(record.get("scopes") or "[]")
-    return scopes

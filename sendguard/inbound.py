@@ -27,13 +27,11 @@ from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from enum import StrEnum
 
-from sendguard.events import BounceType, EventIn, EventType, sendguard_id
+from sendguard.events import MAX_DETAIL, MAX_TEXT, BounceType, EventIn, EventType, sendguard_id
 from sendguard.sentiment import reply_text
 
 MAX_PARSED_BYTES = 1 << 20
 _MAX_DEPTH = 16
-_MAX_DETAIL = 2000
-_MAX_TEXT = 100_000
 
 _VERP_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To")
 _RETURNED = ("message/rfc822", "message/global", "message/global-headers", "text/rfc822-headers")
@@ -89,7 +87,7 @@ def parse_inbound(
         delivered_to = [*envelope_recipients, *(a for name in _VERP_HEADERS for a in _addresses(msg, name))]
         report = _report_type(msg)
         if report == "delivery-status":
-            return _dsn(msg, _report_reference(msg, delivered_to, bounce_domain))
+            return _dsn(msg, _report_reference(_returned(msg), delivered_to, bounce_domain))
         if report == "feedback-report":
             return _arf(msg, delivered_to, bounce_domain)
         if report is not None:
@@ -135,7 +133,7 @@ def _dsn_event(group: Message, reference: str | None) -> EventIn | None:
     raw_status = next(iter(_field(group, "Status").split()), "")
     status = raw_status if _STATUS.fullmatch(raw_status) else None
     malformed = f"Status: {raw_status}" if raw_status and status is None else ""
-    detail = "; ".join(filter(None, (malformed, _field(group, "Diagnostic-Code"))))[:_MAX_DETAIL] or None
+    detail = "; ".join(filter(None, (malformed, _field(group, "Diagnostic-Code"))))[:MAX_DETAIL] or None
     if action in _DELIVERED:
         return EventIn(
             type=EventType.DELIVERED, message_id=reference, recipient=recipient, status=status, detail=detail
@@ -187,8 +185,8 @@ def _arf(msg: Message, delivered_to: list[str], bounce_domain: str | None) -> In
     if feedback_type in _NO_COMPLAINT:
         return Inbound(InboundKind.ARF, [], f"ARF from {reporter}: {feedback_type} report, not a complaint")
     senders = [*delivered_to, *_addresses(report, "Original-Mail-From")]
-    reference = _report_reference(msg, senders, bounce_domain)
     returned = _returned(msg)
+    reference = _report_reference(returned, senders, bounce_domain)
     recipient = _address(_field(report, "Original-Rcpt-To"))
     if recipient is None and returned is not None:
         recipient = next(iter(_addresses(returned, "To")), None)
@@ -196,7 +194,7 @@ def _arf(msg: Message, delivered_to: list[str], bounce_domain: str | None) -> In
         raise _untied()
     detail = f"Feedback-Type: {feedback_type}" + (f"; User-Agent: {agent}" if agent else "")
     event = EventIn(
-        type=EventType.COMPLAINT, message_id=reference, recipient=recipient, detail=detail[:_MAX_DETAIL]
+        type=EventType.COMPLAINT, message_id=reference, recipient=recipient, detail=detail[:MAX_DETAIL]
     )
     return Inbound(InboundKind.ARF, [event], f"ARF from {reporter}: {feedback_type} complaint")
 
@@ -213,7 +211,7 @@ def _reply(msg: Message, reference: str | None) -> Inbound:
     if not (reference or sender):
         raise _untied()
     event = EventIn(
-        type=EventType.REPLY, message_id=reference, recipient=sender, text=reply_text(text)[:_MAX_TEXT]
+        type=EventType.REPLY, message_id=reference, recipient=sender, text=reply_text(text)[:MAX_TEXT]
     )
     about = f" to {sendguard_id(reference)}" if reference else ""
     return Inbound(InboundKind.REPLY, [event], f"reply from {sender or 'an unknown sender'}{about}")
@@ -308,9 +306,10 @@ def _returned(msg: Message) -> Message | None:
     return None
 
 
-def _report_reference(msg: Message, addresses: list[str], bounce_domain: str | None) -> str | None:
+def _report_reference(
+    returned: Message | None, addresses: list[str], bounce_domain: str | None
+) -> str | None:
     """The returned original's Message-ID, else a VERP address among `addresses` or its Return-Path."""
-    returned = _returned(msg)
     if returned is None:
         return _verp_reference(addresses, bounce_domain)
     return _message_id_reference([_field(returned, "Message-ID")]) or _verp_reference(

@@ -183,32 +183,31 @@ def new_message_id() -> str:
 
 def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -> bytes:
     """Build the RFC 5322 message for a stored record; its Message-ID ties bounces back to it."""
+    fields = {
+        "To": record["to"],
+        "Subject": record["subject"],
+        "Date": format_datetime(sent_at),
+        "Message-ID": message_id_header(record["id"], record["from_addr"]),
+        **headers,
+    }
+    text, html = record.get("text", ""), record.get("html", "")
     if not (record["from_addr"].isascii() and record["to"].isascii()):
-        return _render_smtputf8(record, headers, sent_at)
+        return _render_smtputf8(_mailbox(record["from_name"], record["from_addr"]), fields, text, html)
     # The legacy (compat32) API: the modern one parses every header it is given again, which
     # made building a message a third of a delivery's CPU time. Values are encoded here instead.
-    message = _content(record.get("text", ""), record.get("html", ""))
+    message = _content(text, html)
     message["From"] = formataddr((record["from_name"], record["from_addr"]), "utf-8")
-    message["To"] = record["to"]
-    message["Subject"] = _header(record["subject"])
-    message["Date"] = format_datetime(sent_at)
-    message["Message-ID"] = message_id_header(record["id"], record["from_addr"])
-    for header, value in headers.items():
-        message[header] = _header(value)
+    for name, value in fields.items():
+        message[name] = _header(value)
     return message.as_bytes(policy=_WIRE)
 
 
-def _render_smtputf8(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -> bytes:
+def _render_smtputf8(sender: str, fields: dict[str, str], text: str, html: str) -> bytes:
     """An internationalised address goes out as UTF-8 (RFC 6531); the modern API writes that."""
     message = EmailMessage(policy=email.policy.SMTPUTF8)
-    message["From"] = _mailbox(record["from_name"], record["from_addr"])
-    message["To"] = record["to"]
-    message["Subject"] = record["subject"]
-    message["Date"] = format_datetime(sent_at)
-    message["Message-ID"] = message_id_header(record["id"], record["from_addr"])
-    for name, value in headers.items():
+    message["From"] = sender
+    for name, value in fields.items():
         message[name] = value
-    text, html = record.get("text", ""), record.get("html", "")
     if text:
         message.set_content(text)
         if html:

@@ -6,6 +6,7 @@ the form people type, the API returns and Redis stores.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 
 from sendguard.rules import ScopeKind
@@ -60,3 +61,9 @@ def split_scope(scope: str) -> tuple[str, str]:
     """(kind, value) for metric labels; global is ("global", "global")."""
     kind, _, value = scope.partition(":")
     return kind, value or GLOBAL
+
+
+def record_scopes(record: Mapping[str, str]) -> list[str]:
+    """The scopes a stored message was admitted with (its `scopes` field, JSON)."""
+    scopes: list[str] = json.loads(record.get("scopes") or "[]")
+    return scopes

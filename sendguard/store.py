@@ -791,6 +791,12 @@ class Store:
         async with translated():
             await self.redis.delete(self.keys.instance(instance))
 
+    async def record(self, message_id: str) -> dict[str, str] | None:
+        """The message record alone, without its history."""
+        async with translated():
+            record = await self.redis.hgetall(self.keys.msg(message_id))
+        return {str(name): str(value) for name, value in record.items()} or None
+
     async def get(self, message_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
         k = self.keys
         async with translated(), self.redis.pipeline(transaction=False) as pipe:

@@ -30,7 +30,7 @@ from sendguard.messages import render
 from sendguard.relay import Transport, UncertainDelivery
 from sendguard.rules import Rules
 from sendguard.safemode import SafeMode
-from sendguard.scopes import scope_values
+from sendguard.scopes import record_scopes, scope_values
 from sendguard.signals import Signal
 from sendguard.store import Claim, Moved, NoWork, Status, Store, now_ms
 from sendguard.throttle import Buckets, Throttles
@@ -336,7 +336,7 @@ class Deliverer:
         )
         if status is Status.SENT:
             await self._safe_mode.observe(
-                json.loads(record.get("scopes") or "[]"),
+                record_scopes(record),
                 [Signal.SENT],
                 last_sent_to=record["to"],
                 message_id=claim.message_id,

@@ -8,7 +8,6 @@ import email.policy
 import os
 import re
 import signal
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -312,11 +311,10 @@ def test_sigterm_drains_in_flight_deliveries(
     api = Api(first, token)
     try:
         ids = [api.send(f"drain{i}@customer.example")["id"] for i in range(5)]
-        wait_until(
-            lambda: any(api.status(i)["status"] == "sending" for i in ids),
+        in_flight: set[str] = wait_until(
+            lambda: {i for i in ids if api.status(i)["status"] == "sending"},
             what="a delivery to be in flight",
         )
-        in_flight = {i for i in ids if api.status(i)["status"] == "sending"}
     finally:
         api.close()
     assert first.terminate() == 0, first.log()
@@ -371,9 +369,7 @@ def embedded_redis_reaper() -> Iterator[list[Path]]:
         for pid in redis_servers_of(data):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda pid=pid: not process_alive(pid), timeout=10, what=f"redis-server {pid} to stop")
 
 
 @pytest.mark.drill

@@ -84,6 +84,12 @@ def test_recall_cancels_what_has_not_gone_out_and_counts_it_by_state(
     assert agent.status(other)["status"] == "queued"
     again = operator.client.post("/v1/recall", json={"campaign": "q4", "reason": "again"}).json()
     assert again["cancelled"] == 0
+    # An inbox is matched as submissions store it, whatever its case or spacing.
+    recall = {"inbox": " Alice@ACME.example ", "reason": "all"}
+    by_inbox = operator.client.post("/v1/recall", json=recall).json()
+    assert by_inbox == {"cancelled": 1, "by_state": {"queued": 1}}
+    bad = operator.client.post("/v1/recall", json={"inbox": "not an address", "reason": "x"})
+    assert bad.status_code == 422 and "inbox" in bad.text
 
 
 def test_kill_stops_everything_with_one_command(

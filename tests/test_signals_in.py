@@ -103,8 +103,8 @@ def _deliver(agent: Api, smtp: SmtpSink, to: str) -> Sent:
     """Submit a message and wait until the relay has it."""
     message_id = agent.send(to)["id"]
     agent.wait_status(message_id, "sent")
-    header = next(r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or ""))
-    assert header is not None
+    header = next((r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or "")), None)
+    assert header is not None, f"message {message_id} is sent but not at the relay"
     return Sent(message_id, to, header)
 
 

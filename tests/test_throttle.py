@@ -47,14 +47,7 @@ def test_windows_are_exact_with_two_daemons_sharing_redis(
         assert max_in_any_window(times, 2.0) <= 3, (domain, sorted(times))
     assert max_in_any_window([r.at for r in received], 3.0) <= 5
     # Both daemons did deliveries, so the windows were shared, not merely per process.
-    sent_total = [
-        sum(
-            float(line.split()[-1])
-            for line in httpx.get(f"{d.base}/metrics").text.splitlines()
-            if line.startswith("sendguard_messages_sent_total")
-        )
-        for d in daemons
-    ]
+    sent_total = [d.metric("sendguard_messages_sent_total") or 0 for d in daemons]
     assert all(count > 0 for count in sent_total), sent_total
 
 
