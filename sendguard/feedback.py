@@ -7,7 +7,6 @@ once per message, so a report delivered twice does not count twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from sendguard.safemode import SafeMode
 from sendguard.scopes import record_scopes
 from sendguard.sentiment import classify
 from sendguard.signals import Signal, Trip
-from sendguard.store import CANCELLABLE, Status, Store
+from sendguard.store import Status, Store
 from sendguard.suppression import Suppressions
 
 log = logging.getLogger("sendguard.feedback")
@@ -132,19 +131,11 @@ class Feedback:
         return await self._cancel_waiting(address, cause, detail, keep=message_id)
 
     async def _cancel_waiting(self, address: str, cause: str, detail: str, keep: str | None = None) -> int:
-        """Cancel the messages to `address` that have not been sent yet."""
-        cancelled = 0
-        for message_id in await self._store.recipient_messages(address):
-            if message_id != keep and await self._store.transition(
-                message_id,
-                to=Status.CANCELLED,
-                cause=cause,
-                detail=detail,
-                allowed_from=CANCELLABLE,
-                fields={"reasons": json.dumps([{"code": cause, "detail": detail}])},
-            ):
-                cancelled += 1
-        return cancelled
+        """Cancel the messages to `address` that have not been sent yet, in one script."""
+        ids = [
+            message_id for message_id in await self._store.recipient_messages(address) if message_id != keep
+        ]
+        return sum((await self._store.cancel(ids, cause, detail)).values())
 
 
 @dataclass(frozen=True)

@@ -338,11 +338,12 @@ return {scan[1], held}
 _RECALL = (
     _LUA_STATUS_SETS
     + """
--- KEYS: due count; ARGV: prefix filters(json: field -> value) now retention detail, then ids
+-- KEYS: due count; ARGV: prefix filters(json: field -> value) now retention cause detail, then ids
 -- Cancels the given messages that are still waiting and match every filter; counts by state.
+-- A cancelled message gives back the recipient's cooldown it holds, as a single cancel does.
 local filters = cjson.decode(ARGV[2])
 local counts = {}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local id = ARGV[i]
   local key = ARGV[1] .. ':msg:' .. id
   local status = redis.call('HGET', key, 'status')
@@ -356,11 +357,13 @@ for i = 6, #ARGV do
     local held_by = redis.call('HGET', key, 'held_by')
     if held_by then redis.call('SREM', ARGV[1] .. ':held:' .. held_by, id) end
     redis.call('HSET', key, 'status', 'cancelled', 'reasons',
-      cjson.encode({{code='recalled', detail=ARGV[5]}}))
+      cjson.encode({{code=ARGV[5], detail=ARGV[6]}}))
     redis.call('HDEL', key, 'held_by')
     redis.call('ZREM', KEYS[1], id)
     redis.call('HINCRBY', KEYS[2], status, -1)
-    history(ARGV[1] .. ':hist:' .. id, tonumber(ARGV[3]), 'cancelled', 'recalled', ARGV[5])
+    local cooldown = ARGV[1] .. ':cool:' .. (redis.call('HGET', key, 'to') or '')
+    if redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
+    history(ARGV[1] .. ':hist:' .. id, tonumber(ARGV[3]), 'cancelled', ARGV[5], ARGV[6])
     redis.call('PEXPIRE', key, ARGV[4])
     redis.call('PEXPIRE', ARGV[1] .. ':hist:' .. id, ARGV[4])
     counts[status] = (counts[status] or 0) + 1
@@ -724,16 +727,33 @@ class Store:
                 async for item in source:
                     ids.append(str(item[0] if isinstance(item, tuple) else item))
                     if len(ids) >= 500:
-                        _merge(counts, await self._recall_ids(ids, filters, detail))
+                        _merge(counts, await self.cancel(ids, "recalled", detail, filters))
                         ids = []
-                if ids:
-                    _merge(counts, await self._recall_ids(ids, filters, detail))
+                _merge(counts, await self.cancel(ids, "recalled", detail, filters))
         return counts
 
-    async def _recall_ids(self, ids: list[str], filters: Mapping[str, str], detail: str) -> dict[str, int]:
+    async def cancel(
+        self, ids: list[str], cause: str, detail: str, filters: Mapping[str, str] | None = None
+    ) -> dict[str, int]:
+        """Cancel those of `ids` still waiting (and matching `filters`), 500 a script; counts by state.
+
+        `cause` becomes the reason code; the detail says why, for people.
+        """
         k = self.keys
-        args: list[str | int] = [k.prefix, json.dumps(dict(filters)), now_ms(), RETENTION_MS, detail, *ids]
-        return decode_counts(await self._recall(keys=[k.due, k.count], args=args))
+        counts: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            args: list[str | int] = [
+                k.prefix,
+                json.dumps(dict(filters or {})),
+                now_ms(),
+                RETENTION_MS,
+                cause,
+                detail,
+            ]
+            async with translated():
+                found = await self._recall(keys=[k.due, k.count], args=[*args, *ids[start : start + 500]])
+            _merge(counts, decode_counts(found))
+        return counts
 
     async def settle_approval(self, approval_id: str, outcome: str, detail: str) -> int:
         """Queue (approved), cancel (denied) or expire the messages waiting for a request."""
