@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -262,7 +263,8 @@ class Deliverer:
         status = outcome.status
         due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
-        await asyncio.shield(self._record_until_stored(claim, buckets, member, delivered, outcome, due))
+        store_outcome = functools.partial(self._record, claim, buckets, member, delivered, outcome, due)
+        await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
         log.info(
             "delivery %s",
             status.value,
@@ -273,16 +275,8 @@ class Deliverer:
             },
         )
 
-    async def _record_until_stored(
-        self,
-        claim: Claim,
-        buckets: Buckets,
-        member: str,
-        delivered: bool,
-        outcome: Outcome,
-        due: int | None,
-    ) -> None:
-        """Record the relay's answer however long Redis takes to come back.
+    async def _until_stored(self, step: Callable[[], Awaitable[None]], message_id: str) -> None:
+        """Run `step` (recording the relay's answer) however long Redis takes to come back.
 
         Letting go of the claim instead would have it sent again, though the relay took it.
         Repeating a record is safe: settling is idempotent, the transition is refused once done
@@ -290,11 +284,11 @@ class Deliverer:
         """
         while True:
             try:
-                await self._record(claim, buckets, member, delivered, outcome, due)
+                await step()
                 return
             except StoreError as exc:
                 log.warning(
-                    "delivery outcome not recorded, retrying: %s", exc, extra={"message_id": claim.message_id}
+                    "delivery outcome not recorded, retrying: %s", exc, extra={"message_id": message_id}
                 )
                 await asyncio.sleep(_STORE_RETRY)
 
