@@ -22,19 +22,19 @@ import redis.asyncio as aioredis
 
 from bench.harness import PREFIX, ROOT
 from bench.mail import AGENT, submission
-from sendguard.approvals import Approvals
-from sendguard.audit import AuditLog
-from sendguard.gateway import Gateway
-from sendguard.ingress import Ingress
-from sendguard.keys import Keys
-from sendguard.messages import MessageIn
-from sendguard.mx import MxChecker
-from sendguard.notify import Notifier
+from sendguard.feedback.notify import Notifier
+from sendguard.feedback.safe_mode import SafeMode
+from sendguard.governance.approvals import Approvals
+from sendguard.governance.audit import AuditLog
+from sendguard.governance.tokens import Principal, Role
+from sendguard.intake.admission import Gateway
+from sendguard.intake.mx import MxChecker
+from sendguard.intake.recipients import Ingress
 from sendguard.rules import load_rules
-from sendguard.safemode import SafeMode
 from sendguard.scopes import GLOBAL
-from sendguard.store import Store
-from sendguard.tokens import Principal, Role
+from sendguard.state.keys import Keys
+from sendguard.state.store import Store
+from sendguard.submission import MessageIn
 
 _BY = "bench"
 

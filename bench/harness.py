@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.mail import AGENT
-from sendguard.keys import Keys
-from sendguard.tokens import Role, Tokens
+from sendguard.governance.tokens import Role, Tokens
+from sendguard.state.keys import Keys
 from tests.conftest import RedisServer, free_port, wait_until
 from tests.peers import SmtpSink
 

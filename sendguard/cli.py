@@ -15,19 +15,19 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sendguard import logs
-from sendguard.approvals import ApprovalRefused, Approvals
-from sendguard.audit import AuditLog
 from sendguard.config import Settings
-from sendguard.connection import redis_connection
-from sendguard.embedded import DataDir
 from sendguard.errors import ConfigError, SendguardError
-from sendguard.keys import Keys
-from sendguard.notify import Notifier
+from sendguard.feedback.notify import Notifier
+from sendguard.feedback.safe_mode import SafeMode
+from sendguard.governance.approvals import ApprovalRefused, Approvals
+from sendguard.governance.audit import AuditLog
+from sendguard.governance.tokens import Role, Tokens
 from sendguard.rules import default_rules_path, load_rules, parse_duration
-from sendguard.safemode import SafeMode
 from sendguard.scopes import parse_scope
-from sendguard.store import Store
-from sendguard.tokens import Role, Tokens
+from sendguard.state.embedded_redis import DataDir
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import redis_connection
+from sendguard.state.store import Store
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,32 +19,32 @@ import uvicorn
 
 import sendguard
 from sendguard import metrics
-from sendguard.api import create_app
-from sendguard.approvals import Approvals
-from sendguard.audit import AuditError, AuditLog
-from sendguard.batches import Batches
-from sendguard.circuit import Circuit
 from sendguard.config import Settings, parse_host_port
-from sendguard.connection import redis_connection
-from sendguard.embedded import DataDir
+from sendguard.delivery.circuit import Circuit
+from sendguard.delivery.deliverer import Deliverer
+from sendguard.delivery.relay import make_transport
+from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
-from sendguard.feedback import Feedback
-from sendguard.gateway import Gateway
-from sendguard.inbox import Inbox, start_listener
-from sendguard.ingress import Ingress
-from sendguard.keys import Keys
-from sendguard.mx import MxChecker
-from sendguard.notify import Notifier
-from sendguard.relay import make_transport
+from sendguard.feedback.apply import Feedback
+from sendguard.feedback.notify import Notifier
+from sendguard.feedback.receive import Inbox, start_listener
+from sendguard.feedback.safe_mode import SafeMode
+from sendguard.feedback.unsubscribe import Unsubscribe
+from sendguard.governance.approvals import Approvals
+from sendguard.governance.audit import AuditError, AuditLog
+from sendguard.governance.suppressions import Suppressions
+from sendguard.governance.tokens import Tokens
+from sendguard.http.app import create_app
+from sendguard.intake.admission import Gateway
+from sendguard.intake.batches import Batches
+from sendguard.intake.mx import MxChecker
+from sendguard.intake.recipients import Ingress
+from sendguard.parts import Runtime
 from sendguard.rules import default_rules_path, load_rules
-from sendguard.runtime import Runtime
-from sendguard.safemode import SafeMode
-from sendguard.store import Store
-from sendguard.suppression import Suppressions
-from sendguard.throttle import Throttles
-from sendguard.tokens import Tokens
-from sendguard.unsubscribe import Unsubscribe
-from sendguard.worker import Deliverer
+from sendguard.state.embedded_redis import DataDir
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import redis_connection
+from sendguard.state.store import Store
 
 log = logging.getLogger("sendguard.daemon")
 _CHAIN_EVERY = 0.25  # seconds an audit entry may wait unchained, at most, while a daemon leads

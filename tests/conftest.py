@@ -24,7 +24,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from sendguard.embedded import redis_server_binary
+from sendguard.state.embedded_redis import redis_server_binary
 from tests.peers import DnsServer, Received, SmtpSink
 
 AGENT_RULES = """

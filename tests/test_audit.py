@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sendguard.audit import AuditError, AuditLog, Verification, content_hash, entry
 from sendguard.errors import StoreError
-from sendguard.keys import Keys
+from sendguard.governance.audit import AuditError, AuditLog, Verification, content_hash, entry
+from sendguard.state.keys import Keys
 
 N = 30  # entries in the tampering tests, chained in batches of 10: anchors at 10, 20, 30
 

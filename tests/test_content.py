@@ -10,8 +10,8 @@ import html
 
 import pytest
 
-from sendguard.content import SENSITIVE_CONTENT, UNRENDERED_TEMPLATE, check_content
-from sendguard.ingress import Reason
+from sendguard.intake.boundaries import SENSITIVE_CONTENT, UNRENDERED_TEMPLATE, check_content
+from sendguard.model import Reason
 
 WHERE = ["subject", "text body", "HTML body"]
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from sendguard.embedded import process_alive
-from sendguard.keys import Keys
+from sendguard.state.embedded_redis import process_alive
+from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import SmtpSink
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from sendguard.inbound import Inbound, UnparsableMail, parse_inbound
+from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
 from sendguard.rules import ScopeKind
 from tests.conftest import Daemon, wait_until
 from tests.peers import DnsServer

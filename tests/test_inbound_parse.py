@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sendguard.events import BounceType, EventType, Sentiment, sendguard_id
-from sendguard.inbound import MAX_PARSED_BYTES, Inbound, InboundKind, UnparsableMail, parse_inbound
-from sendguard.sentiment import classify
+from sendguard.feedback.events import BounceType, EventType, Sentiment, sendguard_id
+from sendguard.feedback.parse import MAX_PARSED_BYTES, Inbound, InboundKind, UnparsableMail, parse_inbound
+from sendguard.feedback.sentiment import classify
 
 SAMPLES = Path(__file__).parent / "samples"
 BOUNCE_DOMAIN = "bounce.acme.example"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sendguard.events import Sentiment
-from sendguard.sentiment import Classification, classify, reply_text
+from sendguard.feedback.events import Sentiment
+from sendguard.feedback.sentiment import Classification, classify, reply_text
 
 POSITIVE, NEUTRAL, NEGATIVE, ABUSIVE = (
     Sentiment.POSITIVE,

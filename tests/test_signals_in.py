@@ -21,8 +21,8 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from sendguard.keys import Keys
-from sendguard.tokens import Role, Tokens
+from sendguard.governance.tokens import Role, Tokens
+from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 

@@ -19,7 +19,7 @@ from bench.harness import Bench, rules_text
 from bench.mail import submission
 from bench.scenario import Figure, Ratio, Sample, Scenario
 from bench.sizes import Size
-from sendguard.signals import Trip
+from sendguard.feedback.counters import Trip
 
 _SAFE_MODE = {"min_sent": 50, "bounce_rate": 0.05}  # as sendguard ships them
 _BOUNCE_EVERY = 5  # the sink answers 550 to local parts starting with "bounce"

@@ -24,9 +24,9 @@ from bench.harness import Bench
 from bench.mail import AGENT, SENDER_ADDRESS
 from bench.scenario import Figure, Ratio, Sample, Scenario
 from bench.sizes import Size
+from sendguard.delivery.throttle import Throttles
 from sendguard.rules import ScopeKind, ThrottleRule
 from sendguard.scopes import scope_values
-from sendguard.throttle import Throttles
 
 _LIMIT = 10_000_000  # per minute: never reached, so every decision is an admitting one
 _PER = "60s"

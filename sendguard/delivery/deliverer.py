@@ -1,0 +1,430 @@
+"""The delivery loop: claim what is due, re-check DNS if needed, reserve throttles, send, record.
+
+One claim loop per daemon hands messages to at most `workers` concurrent deliveries. A message a
+throttle holds back goes back to the due queue at the moment its buckets allow, so it never
+blocks messages whose buckets are free, and nothing polls for it in the meantime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from sendguard import metrics
+from sendguard.config import Settings
+from sendguard.delivery.circuit import Circuit
+from sendguard.delivery.relay import Transport, UncertainDelivery
+from sendguard.delivery.throttle import Buckets, Throttles
+from sendguard.errors import RelayError, RelayReply, StoreError
+from sendguard.feedback.apply import Feedback
+from sendguard.feedback.counters import Signal
+from sendguard.feedback.events import verp_address
+from sendguard.feedback.safe_mode import SafeMode
+from sendguard.feedback.unsubscribe import Unsubscribe
+from sendguard.governance.audit import entry as audit_entry
+from sendguard.intake.recipients import Ingress, Recipient
+from sendguard.model import Status, now_ms
+from sendguard.rules import Rules
+from sendguard.scopes import record_scopes, scope_values
+from sendguard.state.store import Claim, Moved, NoWork, Store
+from sendguard.submission import render
+
+log = logging.getLogger("sendguard.delivery.deliverer")
+
+_IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
+_STORE_RETRY = 1.0  # seconds between tries while Redis does not answer
+_CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
+
+
+class Outcome(NamedTuple):
+    """How a delivery attempt ended: the new status, why, and what to record on the message."""
+
+    status: Status
+    cause: str
+    detail: str
+    fields: dict[str, str | int]
+
+
+class Deliverer:
+    """Moves due messages to the relay, within the throttles, and records every outcome."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        throttles: Throttles,
+        ingress: Ingress,
+        transport: Transport,
+        safe_mode: SafeMode,
+        feedback: Feedback,
+        circuit: Circuit,
+        rules: Callable[[], Rules],
+        settings: Settings,
+        instance: str,
+        concurrency: int,
+        unsubscribe: Unsubscribe | None,
+    ) -> None:
+        self._store = store
+        self._unsubscribe = unsubscribe
+        self._throttles = throttles
+        self._ingress = ingress
+        self._transport = transport
+        self._safe_mode = safe_mode
+        self._feedback = feedback
+        self._circuit = circuit
+        self._rules = rules
+        self._settings = settings
+        self._instance = instance
+        # Never more deliveries than relay connections: a delivery waiting for a connection
+        # would spend its send deadline (and its throttle lease) in a queue.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: dict[asyncio.Task[None], Claim] = {}
+        self._orphans = False  # a claim may be left in Redis with no delivery working on it
+
+    def wake(self) -> None:
+        """Something became due now (a local submission): look without waiting for the poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            await self._slots.acquire()
+            probe = await self._circuit.ready()
+            if self._stopping:
+                self._slots.release()
+                break
+            try:
+                if self._orphans:
+                    await self._recover_orphans()
+                claimed = await self._store.claim(self._instance, secrets.token_hex(8))
+            except StoreError as exc:
+                self._orphans = True  # the claim may have been made with its answer lost
+                self._circuit.release(probe)
+                self._slots.release()
+                log.warning("claim failed, retrying: %s", exc)
+                await self._sleep(_STORE_RETRY)
+                continue
+            if isinstance(claimed, NoWork):
+                self._circuit.release(probe)
+                self._slots.release()
+                await self._sleep(_idle_for(claimed))
+                continue
+            task = asyncio.create_task(self._deliver(claimed, probe))
+            self._tasks[task] = claimed
+            task.add_done_callback(self._done)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them."""
+        self._stopping = True
+        self._wake.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _recover_orphans(self) -> None:
+        """Requeue the claims this daemon holds that no delivery works on any more.
+
+        Called between claims, so a claim being made is never taken for an orphan. Recovery in
+        the maintenance loop only takes claims of daemons that stopped heartbeating.
+        """
+        self._orphans = False  # first: a delivery failing meanwhile sets it again
+        # A finished task sets the flag before it ends, so its claim counts as let go of.
+        live = [claim.token for task, claim in self._tasks.items() if not task.done()]
+        recovered, uncertain = await self._store.recover(own=self._instance, live=live)
+        if recovered:
+            log.warning("requeued %d messages let go of as Redis failed (%d uncertain)", recovered, uncertain)
+            metrics.UNCERTAIN.inc(uncertain)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+
+    async def _deliver(self, claim: Claim, probe: bool) -> None:
+        try:
+            await self._attempt(claim)
+        except StoreError as exc:
+            # The claim stays in flight; the claim loop requeues it once Redis answers again.
+            self._orphans = True
+            log.warning("store failed mid-delivery: %s", exc, extra={"message_id": claim.message_id})
+        finally:
+            # A probe that never reached the relay (throttled, held, DNS) hands its turn on.
+            self._circuit.release(probe)
+
+    async def _attempt(self, claim: Claim) -> None:
+        record = claim.record
+        message_id = claim.message_id
+        if record.get("dns_pending") == "1" and not await self._recheck_dns(claim):
+            return
+        try:
+            data = self._render(claim)
+        except Exception as exc:
+            log.error("message cannot be rendered: %s", exc, extra={"message_id": message_id})
+            await self._store.transition(
+                message_id,
+                to=Status.FAILED,
+                cause="unsendable",
+                detail=f"cannot be rendered: {type(exc).__name__}: {exc}",
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+            )
+            return
+        rules = self._rules()
+        attempt = int(record.get("attempts", "0")) + 1
+        member = f"{message_id}:{attempt}"
+        buckets = self._throttles.buckets(rules.file.throttle, scope_values(record))
+        reservation = await self._throttles.reserve(buckets, member)
+        if reservation.wait_ms:
+            assert reservation.blocked_by is not None
+            metrics.THROTTLE_WAITS.labels(reservation.blocked_by.value).inc()
+            await self._store.transition(
+                message_id,
+                to=None,
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+                due_ms=now_ms() + reservation.wait_ms,
+                fields={"waiting_for": reservation.blocked_by.value},
+            )
+            return
+        began = await self._store.begin(
+            message_id,
+            claim.token,
+            f"attempt {attempt}",
+            {"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
+        )
+        if began is not Moved.MOVED:  # its scope tripped, or it was cancelled, since the claim
+            await self._throttles.settle(buckets, member, delivered=False)
+            return
+        await self._send(claim, data, attempt, buckets, member)
+
+    def _render(self, claim: Claim) -> bytes:
+        record = claim.record
+        headers = json.loads(record.get("headers") or "{}")
+        if self._unsubscribe is not None:
+            headers = self._unsubscribe.headers(claim.message_id, record["to"], headers)
+        return render(record, headers, datetime.now(UTC))
+
+    async def _send(self, claim: Claim, data: bytes, attempt: int, buckets: Buckets, member: str) -> None:
+        record = claim.record
+        started = time.perf_counter()
+        outcome: Outcome
+        delivered = False
+        # With a bounce domain, the envelope sender carries the id, so any bounce finds its message.
+        bounce_domain = self._settings.bounce_domain
+        sender = verp_address(claim.message_id, bounce_domain) if bounce_domain else record["from_addr"]
+        try:
+            async with asyncio.timeout(self._settings.smtp_timeout):
+                code, text = await self._transport.send(claim.message_id, sender, record["to"], data)
+        except RelayReply as reply:
+            self._circuit.succeeded()  # any reply proves the relay is there
+            metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()
+            outcome = self._refused(reply, attempt)
+        except (UncertainDelivery, TimeoutError) as exc:
+            self._circuit.failed()
+            delivered = True  # it may have left: keep its throttle slot
+            metrics.UNCERTAIN.inc()
+            uncertain = int(claim.record.get("uncertain") or 0) + 1
+            outcome = self._retry(
+                attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": uncertain}
+            )
+        except RelayError as exc:
+            self._circuit.failed()
+            outcome = self._retry(attempt, "connection", str(exc), {})
+        else:
+            self._circuit.succeeded()
+            delivered = True
+            metrics.SMTP_REPLIES.labels(f"{code // 100}xx", "data").inc()
+            metrics.SENT.inc()
+            outcome = Outcome(
+                Status.SENT,
+                "relay_accepted",
+                f"{code} {text}",
+                {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
+            )
+        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        status = outcome.status
+        due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
+        # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
+        store_outcome = functools.partial(self._record, claim, buckets, member, delivered, outcome, due)
+        await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
+        log.info(
+            "delivery %s",
+            status.value,
+            extra={
+                "message_id": claim.message_id,
+                "agent": record["agent"],
+                "status": status.value,
+            },
+        )
+
+    async def _until_stored(self, step: Callable[[], Awaitable[None]], message_id: str) -> None:
+        """Run `step` (recording the relay's answer) however long Redis takes to come back.
+
+        Letting go of the claim instead would have it sent again, though the relay took it.
+        Repeating a record is safe: settling is idempotent, the transition is refused once done
+        and a bounce counts once per message.
+        """
+        while True:
+            try:
+                await step()
+                return
+            except StoreError as exc:
+                log.warning(
+                    "delivery outcome not recorded, retrying: %s", exc, extra={"message_id": message_id}
+                )
+                await asyncio.sleep(_STORE_RETRY)
+
+    async def _record(
+        self,
+        claim: Claim,
+        buckets: Buckets,
+        member: str,
+        delivered: bool,
+        outcome: Outcome,
+        due: int | None,
+    ) -> None:
+        status, cause, detail, fields = outcome
+        record = claim.record
+        trail = audit_entry(
+            "delivery.outcome",
+            "sendguard",
+            {
+                "message_id": claim.message_id,
+                "agent": record["agent"],
+                "status": status.value,
+                "cause": cause,
+                "smtp_code": fields.get("smtp_code"),
+                "smtp_text": fields.get("smtp_text"),
+                "attempt": int(record.get("attempts", "0")) + 1,
+            },
+        )
+        await self._throttles.settle(buckets, member, delivered)
+        await self._store.transition(
+            claim.message_id,
+            to=status,
+            cause=cause,
+            detail=detail,
+            claim=claim.token,
+            allowed_from=(Status.SENDING,),
+            due_ms=due,
+            fields=fields,
+            audit_entry=trail,
+        )
+        if status is Status.SENT:
+            await self._safe_mode.observe(
+                record_scopes(record),
+                [Signal.SENT],
+                last_sent_to=record["to"],
+                message_id=claim.message_id,
+            )
+        elif status is Status.BOUNCED:
+            await self._feedback.bounced(claim.message_id, record)
+
+    def _refused(self, reply: RelayReply, attempt: int) -> Outcome:
+        fields: dict[str, str | int] = {
+            "smtp_code": reply.code,
+            "smtp_text": reply.text,
+            "smtp_stage": reply.stage,
+        }
+        detail = f"{reply.stage}: {reply.code} {reply.text}"
+        if not reply.permanent:
+            return self._retry(attempt, "smtp_4xx", detail, fields)
+        if reply.stage == "mail":
+            metrics.FAILED.inc()
+            return Outcome(Status.FAILED, "sender_refused", detail, fields)
+        metrics.BOUNCED.inc()
+        return Outcome(Status.BOUNCED, "smtp_5xx", detail, fields)
+
+    def _retry(self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]) -> Outcome:
+        """Deferred for another attempt, or failed once the attempts are used up.
+
+        An unreachable relay never uses up attempts: the circuit holds dispatch back meanwhile,
+        and the message has not been refused by anyone.
+        """
+        if attempt >= self._settings.max_attempts and cause != "connection":
+            metrics.FAILED.inc()
+            return Outcome(
+                Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", fields
+            )
+        metrics.DEFERRED.labels(cause).inc()
+        return Outcome(Status.DEFERRED, cause, detail, fields)
+
+    def _backoff_ms(self, attempt: int) -> int:
+        """Exponential backoff with jitter, so retries from many messages do not arrive in step."""
+        base = min(self._settings.retry_max_delay, self._settings.retry_base * 2 ** (attempt - 1))
+        return int(base * random.uniform(0.8, 1.2) * 1000)
+
+    async def _recheck_dns(self, claim: Claim) -> bool:
+        """True when the recipient's domain now resolves; otherwise the message is moved on."""
+        record = claim.record
+        recipient = Recipient(address=record["to"], domain=record["to_domain"])
+        await self._ingress.check_mail_host(recipient)
+        checks = int(record.get("dns_checks", "1")) + 1
+        if recipient.reasons:
+            reason = recipient.reasons[0]
+            await self._store.transition(
+                claim.message_id,
+                to=Status.REJECTED,
+                cause=reason.code,
+                detail=reason.detail,
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+                fields={"reasons": json.dumps([reason.as_dict()]), "dns_pending": "0"},
+            )
+            return False
+        if recipient.dns_temporary:
+            metrics.DEFERRED.labels("dns").inc()
+            if checks > self._settings.max_attempts:
+                await self._store.transition(
+                    claim.message_id,
+                    to=Status.FAILED,
+                    cause="dns_temporary",
+                    detail=f"DNS failed temporarily {checks} times",
+                    claim=claim.token,
+                    allowed_from=_CLAIMABLE,
+                )
+            else:
+                await self._store.transition(
+                    claim.message_id,
+                    to=Status.DEFERRED,
+                    claim=claim.token,
+                    allowed_from=_CLAIMABLE,
+                    due_ms=now_ms() + self._backoff_ms(checks),
+                    fields={"dns_checks": checks},
+                )
+            return False
+        await self._store.transition(
+            claim.message_id,
+            to=Status.QUEUED,
+            cause="dns_resolved",
+            claim=claim.token,
+            allowed_from=_CLAIMABLE,
+            keep_claim=True,
+            fields={"dns_pending": "0", "reasons": "[]"},
+        )
+        return True
+
+
+def _idle_for(no_work: NoWork) -> float:
+    if no_work.next_due_ms is None:
+        return _IDLE_POLL
+    return min(_IDLE_POLL, max(0.0, (no_work.next_due_ms - no_work.now_ms) / 1000))

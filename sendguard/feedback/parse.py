@@ -1,0 +1,407 @@
+"""Raw inbound mail to events: delivery reports (RFC 3464), complaints (RFC 5965) and replies.
+
+Inbound mail is written by strangers, so `parse_inbound` raises `UnparsableMail` and nothing else,
+whatever the bytes. Mail is parsed with the compat32 policy: unlike the default policy it never
+raises when a malformed header is read, it hands back the raw text. Only the first MiB is parsed:
+reports and a reply's text come first, attachments after them.
+
+Each event is tied to the message it is about by sendguard's id, found, in order, in
+- the returned original's Message-ID (reports) or In-Reply-To / References (replies);
+- a VERP address `bounces+{id}@{bounce_domain}`: one the mail was delivered to, or the envelope
+  sender of a report's original (its Return-Path, or an ARF report's Original-Mail-From);
+and otherwise by its recipient alone, which the caller matches as a last resort.
+"""
+
+from __future__ import annotations
+
+import email
+import html
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.header import Header, decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parseaddr
+from enum import StrEnum
+
+from sendguard.feedback.events import MAX_DETAIL, MAX_TEXT, BounceType, EventIn, EventType, sendguard_id
+from sendguard.feedback.sentiment import reply_text
+
+MAX_PARSED_BYTES = 1 << 20
+_MAX_DEPTH = 16
+
+_VERP_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To")
+_RETURNED = ("message/rfc822", "message/global", "message/global-headers", "text/rfc822-headers")
+_BOUNCED = frozenset({"failed", "delayed"})
+_DELIVERED = frozenset({"delivered", "relayed", "expanded"})
+# Feedback that is not a recipient's complaint: mail rescued from the spam folder, or a DMARC
+# failure report (RFC 6591) meant for the domain's owner.
+_NO_COMPLAINT = frozenset({"not-spam", "auth-failure"})
+_DAEMONS = frozenset({"mailer-daemon", "postmaster"})
+
+_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+_FIELD_TYPE = re.compile(r"^\s*[\w.+-]+\s*;")
+_ANGLED = re.compile(r"<([^<>\s]{1,398})>")
+_AUTO_SUBJECT = re.compile(r"\s*(?:out of (?:the )?office|automatic reply|auto[- ]?reply)\b", re.IGNORECASE)
+_TAG = re.compile(r"<(/?)([a-zA-Z][\w:-]*)?[^<>]*>")
+_BLOCK_TAGS = frozenset(
+    {"br", "p", "div", "tr", "li", "blockquote", "table", "hr", "h1", "h2", "h3", "h4", "h5", "h6"}
+)
+_HIDDEN_TAGS = frozenset({"head", "script", "style", "title"})
+
+
+class InboundKind(StrEnum):
+    DSN = "dsn"
+    ARF = "arf"
+    REPLY = "reply"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What one inbound mail said.
+
+    `events` is empty for mail that was understood but carries no signal (auto-replies, not-spam
+    feedback): callers record nothing and do not count it as unparsable.
+    """
+
+    kind: InboundKind
+    events: list[EventIn]
+    summary: str
+
+
+class UnparsableMail(ValueError):
+    """The mail cannot be turned into events; the message says what is wrong with it."""
+
+
+def parse_inbound(
+    raw: bytes, *, envelope_recipients: Sequence[str] = (), bounce_domain: str | None = None
+) -> Inbound:
+    """Read a DSN, an ARF report or a reply; `envelope_recipients` are its RCPT TO addresses."""
+    try:
+        msg = email.message_from_bytes(raw[:MAX_PARSED_BYTES], policy=compat32)
+        if not msg.keys():
+            raise UnparsableMail("not an email message: no headers")
+        delivered_to = [*envelope_recipients, *(a for name in _VERP_HEADERS for a in _addresses(msg, name))]
+        report = _report_type(msg)
+        if report == "delivery-status":
+            return _dsn(msg, _report_reference(_returned(msg), delivered_to, bounce_domain))
+        if report == "feedback-report":
+            return _arf(msg, delivered_to, bounce_domain)
+        if report is not None:
+            raise UnparsableMail(
+                f"a report of type {report or 'unknown'!r}: only delivery-status and feedback-report are read"
+            )
+        return _reply(msg, _reply_reference(msg) or _verp_reference(delivered_to, bounce_domain))
+    except UnparsableMail:
+        raise
+    except Exception as exc:  # the email package has many ways to fail on hostile input
+        raise UnparsableMail(f"malformed mail ({type(exc).__name__}: {exc})") from exc
+
+
+def _dsn(msg: Message, reference: str | None) -> Inbound:
+    part = _first_part(msg, "message/delivery-status")
+    if part is None:
+        raise UnparsableMail("a delivery-status report with no message/delivery-status part")
+    # The email package splits message/delivery-status into one Message per field group.
+    groups = _subparts(part)
+    recipients = [group for group in groups if "Action" in group or "Final-Recipient" in group]
+    if not recipients:
+        raise UnparsableMail("a delivery-status report with no per-recipient fields")
+    if all(_action(group) is None for group in recipients):
+        raise UnparsableMail("a delivery-status report whose recipients have no known Action")
+    events = [event for group in recipients if (event := _dsn_event(group, reference)) is not None]
+    if not events:
+        raise _untied()
+    mta = next((_field(group, "Reporting-MTA") for group in groups if "Reporting-MTA" in group), "")
+    return Inbound(InboundKind.DSN, events, f"DSN from {_untyped(mta) or _sender(msg)}: {_tally(events)}")
+
+
+def _dsn_event(group: Message, reference: str | None) -> EventIn | None:
+    """The event for one per-recipient group; None when its Action is unknown or nothing ties it.
+
+    Original-Recipient comes first: it is the address sendguard sent to, before any forwarding.
+    """
+    action = _action(group)
+    recipient = _address(_untyped(_field(group, "Original-Recipient"))) or _address(
+        _untyped(_field(group, "Final-Recipient"))
+    )
+    if action is None or not (reference or recipient):
+        return None
+    raw_status = next(iter(_field(group, "Status").split()), "")
+    status = raw_status if _STATUS.fullmatch(raw_status) else None
+    malformed = f"Status: {raw_status}" if raw_status and status is None else ""
+    detail = "; ".join(filter(None, (malformed, _field(group, "Diagnostic-Code"))))[:MAX_DETAIL] or None
+    if action in _DELIVERED:
+        return EventIn(
+            type=EventType.DELIVERED, message_id=reference, recipient=recipient, status=status, detail=detail
+        )
+    hard = action == "failed" and (raw_status or "5").startswith("5")
+    return EventIn(
+        type=EventType.BOUNCE,
+        bounce_type=BounceType.HARD if hard else BounceType.SOFT,
+        message_id=reference,
+        recipient=recipient,
+        status=status,
+        detail=detail,
+    )
+
+
+def _action(group: Message) -> str | None:
+    action = next(iter(_field(group, "Action").lower().split()), "")
+    return action if action in _BOUNCED or action in _DELIVERED else None
+
+
+def _tally(events: list[EventIn]) -> str:
+    """'2 hard bounces (5.1.1, 5.2.2), 1 delivered', for a summary."""
+    hard = [event for event in events if event.hard]
+    soft = [event for event in events if event.bounce_type is BounceType.SOFT]
+    delivered = sum(event.type is EventType.DELIVERED for event in events)
+    counts = (_bounces(hard, "hard"), _bounces(soft, "soft"), f"{delivered} delivered" if delivered else "")
+    return ", ".join(filter(None, counts))
+
+
+def _bounces(events: list[EventIn], kind: str) -> str:
+    if not events:
+        return ""
+    statuses = ", ".join(dict.fromkeys(event.status for event in events if event.status))
+    plural = "s" if len(events) > 1 else ""
+    return f"{len(events)} {kind} bounce{plural}" + (f" ({statuses})" if statuses else "")
+
+
+def _arf(msg: Message, delivered_to: list[str], bounce_domain: str | None) -> Inbound:
+    part = _first_part(msg, "message/feedback-report")
+    fields = _subparts(part) if part is not None else []
+    if not fields:
+        raise UnparsableMail("a feedback report with no message/feedback-report part")
+    report = fields[0]
+    feedback_type = next(iter(_field(report, "Feedback-Type").lower().split()), "")
+    if not feedback_type:
+        raise UnparsableMail("a feedback report with no Feedback-Type")
+    agent = _field(report, "User-Agent")
+    reporter = agent or _sender(msg)
+    if feedback_type in _NO_COMPLAINT:
+        return Inbound(InboundKind.ARF, [], f"ARF from {reporter}: {feedback_type} report, not a complaint")
+    senders = [*delivered_to, *_addresses(report, "Original-Mail-From")]
+    returned = _returned(msg)
+    reference = _report_reference(returned, senders, bounce_domain)
+    recipient = _address(_field(report, "Original-Rcpt-To"))
+    if recipient is None and returned is not None:
+        recipient = next(iter(_addresses(returned, "To")), None)
+    if not (reference or recipient):
+        raise _untied()
+    detail = f"Feedback-Type: {feedback_type}" + (f"; User-Agent: {agent}" if agent else "")
+    event = EventIn(
+        type=EventType.COMPLAINT, message_id=reference, recipient=recipient, detail=detail[:MAX_DETAIL]
+    )
+    return Inbound(InboundKind.ARF, [event], f"ARF from {reporter}: {feedback_type} complaint")
+
+
+def _reply(msg: Message, reference: str | None) -> Inbound:
+    if _is_auto_reply(msg):
+        return Inbound(InboundKind.REPLY, [], "auto-reply ignored")
+    sender = next(iter(_addresses(msg, "From")), None)
+    if sender is not None and sender.partition("@")[0] in _DAEMONS:
+        raise UnparsableMail(f"a bounce from {sender} that is not a delivery-status report")
+    text = _body_text(msg)
+    if text is None:
+        raise UnparsableMail("a reply with no text: no text/plain or text/html part")
+    if not (reference or sender):
+        raise _untied()
+    event = EventIn(
+        type=EventType.REPLY, message_id=reference, recipient=sender, text=reply_text(text)[:MAX_TEXT]
+    )
+    about = f" to {sendguard_id(reference)}" if reference else ""
+    return Inbound(InboundKind.REPLY, [event], f"reply from {sender or 'an unknown sender'}{about}")
+
+
+def _is_auto_reply(msg: Message) -> bool:
+    """RFC 3834's Auto-Submitted, the common vendor headers, or an out-of-office subject."""
+    auto_submitted = _field(msg, "Auto-Submitted").lower()
+    return (
+        auto_submitted not in ("", "no")
+        or "X-Autoreply" in msg
+        or "X-Autorespond" in msg
+        or _field(msg, "Precedence").lower() == "auto_reply"
+        or _AUTO_SUBJECT.match(_decoded_header(msg, "Subject")) is not None
+    )
+
+
+def _body_text(msg: Message) -> str | None:
+    """The first inline text/plain part, else the first text/html part as text; None if neither."""
+    html_part = None
+    for part in _parts(msg):
+        disposition = _field(part, "Content-Disposition").lower()
+        if part.get_content_maintype() != "text" or disposition.startswith("attachment"):
+            continue
+        if part.get_content_subtype() == "plain":
+            return _decoded(part)
+        if part.get_content_subtype() == "html" and html_part is None:
+            html_part = part
+    return _html_text(_decoded(html_part)) if html_part is not None else None
+
+
+def _decoded(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    try:
+        return payload.decode(part.get_content_charset() or "utf-8", errors="replace")
+    except (LookupError, ValueError):  # an unknown charset, or a name codecs cannot even look up
+        return payload.decode("utf-8", errors="replace")
+
+
+def _html_text(markup: str) -> str:
+    """Crude but linear: tags dropped, block tags made line breaks, head/script/style hidden."""
+    chunks: list[str] = []
+    hidden: str | None = None
+    end = 0
+    for tag in _TAG.finditer(markup):
+        closing, name = tag.group(1), (tag.group(2) or "").lower()
+        if hidden is None:
+            chunks.append(_inline(markup[end : tag.start()]))
+        end = tag.end()
+        if hidden is not None:
+            hidden = None if closing and name == hidden else hidden
+        elif name in _HIDDEN_TAGS and not closing:
+            hidden = name
+        elif name in _BLOCK_TAGS:
+            chunks.append("\n")
+    if hidden is None:
+        chunks.append(_inline(markup[end:]))
+    return re.sub(r"[ \t]*\n\s*", "\n", "".join(chunks))
+
+
+def _inline(text: str) -> str:
+    """HTML text between tags: each run of whitespace is one space, entities are decoded."""
+    return html.unescape(re.sub(r"\s+", " ", text))
+
+
+def _report_type(msg: Message) -> str | None:
+    """'delivery-status' or 'feedback-report' by the parts present, else multipart/report's
+    report-type ('' when it has none), else None: the mail is not a report."""
+    types = {part.get_content_type() for part in _parts(msg)}
+    if "message/delivery-status" in types:
+        return "delivery-status"
+    if "message/feedback-report" in types:
+        return "feedback-report"
+    report = _first_part(msg, "multipart/report")
+    if report is None:
+        return None
+    declared = report.get_param("report-type")
+    return declared.lower() if isinstance(declared, str) else ""
+
+
+def _returned(msg: Message) -> Message | None:
+    """The headers of the original message a report returns, if it returns them."""
+    for part in _parts(msg):
+        if part.get_content_type() not in _RETURNED:
+            continue
+        if part.is_multipart():  # message/*: parsed already
+            return next(iter(_subparts(part)), None)
+        data = part.get_payload(decode=True)
+        return BytesHeaderParser(policy=compat32).parsebytes(data) if isinstance(data, bytes) else None
+    return None
+
+
+def _report_reference(
+    returned: Message | None, addresses: list[str], bounce_domain: str | None
+) -> str | None:
+    """The returned original's Message-ID, else a VERP address among `addresses` or its Return-Path."""
+    if returned is None:
+        return _verp_reference(addresses, bounce_domain)
+    return _message_id_reference([_field(returned, "Message-ID")]) or _verp_reference(
+        [*addresses, *_addresses(returned, "Return-Path")], bounce_domain
+    )
+
+
+def _reply_reference(msg: Message) -> str | None:
+    """In-Reply-To first, then References newest first."""
+    references = _ANGLED.findall(_field(msg, "References"))
+    return _message_id_reference([_field(msg, "In-Reply-To"), *(f"<{ref}>" for ref in reversed(references))])
+
+
+def _message_id_reference(values: Iterable[str]) -> str | None:
+    """The first `<...>` token that sendguard_id recognises as a Message-ID, as written."""
+    for value in values:
+        for token in _ANGLED.findall(value):
+            if sendguard_id(reference := f"<{token}>") is not None:
+                return reference
+    return None
+
+
+def _verp_reference(addresses: Iterable[str], bounce_domain: str | None) -> str | None:
+    """The first address `bounces+{id}@{bounce_domain}`, lowercased."""
+    if not bounce_domain:
+        return None
+    for candidate in addresses:
+        address = candidate.strip().strip("<>").lower()
+        local, _, domain = address.rpartition("@")
+        if local.startswith("bounces+") and domain == bounce_domain.lower() and sendguard_id(address):
+            return address
+    return None
+
+
+def _parts(msg: Message, depth: int = 0) -> Iterator[Message]:
+    """msg and its parts, depth first, not descending into attached messages (message/*)."""
+    yield msg
+    if msg.get_content_maintype() == "multipart" and depth < _MAX_DEPTH:
+        for part in _subparts(msg):
+            yield from _parts(part, depth + 1)
+
+
+def _subparts(msg: Message) -> list[Message]:
+    """The parts of a multipart or the message in a message/*; [] for a leaf.
+
+    is_multipart() first: compat32's get_payload() decodes a leaf by its charset, and fails on some.
+    """
+    payload = msg.get_payload() if msg.is_multipart() else None
+    return [part for part in payload if isinstance(part, Message)] if isinstance(payload, list) else []
+
+
+def _first_part(msg: Message, content_type: str) -> Message | None:
+    return next((part for part in _parts(msg) if part.get_content_type() == content_type), None)
+
+
+def _field(msg: Message, name: str) -> str:
+    """A header's raw value unfolded, '' if absent; compat32 gives 8-bit headers as Header objects."""
+    value = msg.get(name)
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _decoded_header(msg: Message, name: str) -> str:
+    """A header with RFC 2047 encoded words decoded, or its raw value if they are malformed."""
+    value = msg.get(name)
+    if value is None or isinstance(value, Header):
+        return _field(msg, name)
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, HeaderParseError):
+        return _field(msg, name)
+
+
+def _addresses(msg: Message, name: str) -> list[str]:
+    """The email addresses in every `name` header, lowercased."""
+    pairs = getaddresses([str(value) for value in msg.get_all(name, [])])
+    return [address for _, raw in pairs if (address := _address(raw))]
+
+
+def _address(value: str) -> str | None:
+    """The email address in a header value, lowercased; None when there is none."""
+    address = parseaddr(value)[1].strip().lower()
+    return address if "@" in address and len(address) <= 320 else None
+
+
+def _untyped(value: str) -> str:
+    """A DSN field without its type: 'rfc822; a@b' is 'a@b', 'dns; mx.example' is 'mx.example'."""
+    return _FIELD_TYPE.sub("", value, count=1).strip()
+
+
+def _sender(msg: Message) -> str:
+    return next(iter(_addresses(msg, "From")), "an unknown sender")
+
+
+def _untied() -> UnparsableMail:
+    return UnparsableMail("cannot tie it to a message: no Message-ID, VERP address or recipient")

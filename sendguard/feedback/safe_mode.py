@@ -1,0 +1,206 @@
+"""Safe mode: trips (automatic or by hand), resumes by a person, and everyone told about both.
+
+A trip is a field in one Redis hash, read by the same scripts that admit, claim and start a
+send, so it takes effect for every daemon at its next step. Resuming removes the trip, restarts
+the scope's signal window and puts its held messages back in the queue, under all throttles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import redis.asyncio as aioredis
+
+from sendguard import metrics
+from sendguard.feedback.counters import Recorded, Signal, Signals, Trip
+from sendguard.feedback.notify import Notifier
+from sendguard.governance.audit import AuditLog
+from sendguard.model import now_ms
+from sendguard.rules import Rules, ScopeKind
+from sendguard.scopes import split_scope
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import translated
+from sendguard.state.store import Store
+
+log = logging.getLogger("sendguard.feedback.safe_mode")
+
+# Which scope a signal blames first. Bounces and complaints judge the list, so the audience
+# slice goes first; replies and refusals judge what the agent does, so the agent goes first.
+_LIST_FIRST = [
+    ScopeKind.SEGMENT,
+    ScopeKind.CAMPAIGN,
+    ScopeKind.INBOX,
+    ScopeKind.SENDER_DOMAIN,
+    ScopeKind.AGENT,
+    ScopeKind.GLOBAL,
+]
+_AGENT_FIRST = [
+    ScopeKind.AGENT,
+    ScopeKind.CAMPAIGN,
+    ScopeKind.SEGMENT,
+    ScopeKind.INBOX,
+    ScopeKind.SENDER_DOMAIN,
+    ScopeKind.GLOBAL,
+]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resume did: the trip it lifted (None if there was none) and the messages it freed."""
+
+    scope: str
+    trip: Trip | None
+    released: int
+    still_held: int
+
+
+class SafeMode:
+    """Records signals, trips and resumes scopes, and keeps the safe-mode metrics current."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        store: Store,
+        notifier: Notifier,
+        audit: AuditLog,
+        rules: Callable[[], Rules],
+    ) -> None:
+        self._redis = client
+        self._keys = keys
+        self._store = store
+        self._signals = Signals(client, keys)
+        self._notifier = notifier
+        self._audit = audit
+        self._rules = rules
+        self._labelled: set[tuple[str, str]] = set()
+        self._sweeps: set[asyncio.Task[int]] = set()
+
+    async def observe(
+        self,
+        scopes: Sequence[str],
+        signals: Sequence[Signal],
+        *,
+        message_id: str = "",
+        once: str = "",
+        last_sent_to: str = "",
+    ) -> Recorded:
+        """Count signals in the watched ones of `scopes`; announce any trip they cause."""
+        rules = self._rules().file.safe_mode
+        watched = set(rules.scopes)
+        if Signal.DENIAL in signals:
+            watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
+        order = _LIST_FIRST if {Signal.HARD, Signal.COMPLAINT} & set(signals) else _AGENT_FIRST
+        rank = {kind.value: order.index(kind) for kind in watched}
+        recorded = await self._signals.record(
+            sorted((s for s in scopes if split_scope(s)[0] in rank), key=lambda s: rank[split_scope(s)[0]]),
+            signals,
+            rules,
+            message_id=message_id,
+            once=once,
+            last_sent_to=last_sent_to,
+        )
+        for trip in recorded.trips:
+            await self._announce(trip)
+        return recorded
+
+    async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
+        """Trip a scope by hand or on an alert; (the active trip, whether this call made it)."""
+        trip = Trip(scope=scope, cause=cause, detail=reason, at=now_ms(), by=by)
+        async with translated():
+            created = await self._redis.hsetnx(self._keys.trips, scope, trip.to_json())
+            if not created:
+                existing = await self._redis.hget(self._keys.trips, scope)
+                if existing is not None:
+                    return Trip.from_json(str(existing)), False
+                await self._redis.hset(self._keys.trips, scope, trip.to_json())  # resumed meanwhile
+        await self._announce(trip)
+        return trip, True
+
+    async def resume(self, scope: str, by: str, reason: str) -> Resumed:
+        """Lift a trip, restart the scope's window and release what it held."""
+        k = self._keys
+        async with translated():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(k.trips, scope)
+                pipe.hdel(k.trips, scope)
+                raw, removed = await pipe.execute()
+            if removed:  # a fresh window, so it does not trip again on the counts that tripped it
+                await self._redis.delete(k.signals(scope))
+                await self._redis.zrem(k.active_scopes, scope)
+        raw = str(raw) if removed else None
+        released, still = await self._store.release(scope, f"{scope} resumed by {by}: {reason}")
+        resumed = Resumed(scope, Trip.from_json(raw) if raw else None, released, still)
+        if resumed.trip is not None:
+            await self._audit.append(
+                "safe_mode.resumed",
+                by,
+                {"scope": scope, "reason": reason, "released": released, "still_held": still},
+            )
+            metrics.RESUMES.inc()
+            metrics.SAFE_MODE.labels(*split_scope(scope)).set(0)
+            text = f"sendguard: {scope} resumed by {by} ({reason}); {released} held messages released"
+            log.warning(text, extra={"scope": scope})
+            self._notifier.post(
+                text,
+                {"event": "resumed", "scope": scope, "by": by, "reason": reason, "released": released},
+            )
+        return resumed
+
+    async def active(self) -> list[Trip]:
+        async with translated():
+            raw = await self._redis.hgetall(self._keys.trips)
+        return sorted((Trip.from_json(str(value)) for value in raw.values()), key=lambda t: t.at)
+
+    async def refresh_metrics(self) -> None:
+        """Set the per-scope gauges from Redis; drop labels of scopes gone quiet and untripped."""
+        rules = self._rules().file.safe_mode
+        for signal in ("bounce_rate", "complaint_rate", "negative_reply_rate", "min_sent", "min_replies"):
+            metrics.THRESHOLD.labels(signal).set(getattr(rules, signal))
+        totals = await self._signals.totals(rules)
+        tripped = {trip.scope for trip in await self.active()}
+        seen: set[tuple[str, str]] = set()
+        for scope_totals in totals:
+            labels = split_scope(scope_totals.scope)
+            seen.add(labels)
+            metrics.BOUNCE_RATE.labels(*labels).set(scope_totals.bounce_rate)
+            metrics.COMPLAINT_RATE.labels(*labels).set(scope_totals.complaint_rate)
+            metrics.NEGATIVE_REPLY_RATE.labels(*labels).set(scope_totals.negative_reply_rate)
+            metrics.WINDOW_SENT.labels(*labels).set(scope_totals.sent)
+            metrics.WINDOW_REPLIES.labels(*labels).set(scope_totals.replies)
+        for scope in {t.scope for t in totals} | tripped:
+            labels = split_scope(scope)
+            seen.add(labels)
+            metrics.SAFE_MODE.labels(*labels).set(1 if scope in tripped else 0)
+        for labels in self._labelled - seen:
+            for gauge in metrics.PER_SCOPE:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+        self._labelled = seen
+
+    async def drain(self, within: float) -> None:
+        """Wait for the background work of trips (holding their queue, notifying) to finish."""
+        if self._sweeps:
+            await asyncio.wait(set(self._sweeps), timeout=within)
+        await self._notifier.drain(within)
+
+    async def _announce(self, trip: Trip) -> None:
+        sweep = asyncio.create_task(self._store.hold_waiting(trip.scope))
+        self._sweeps.add(sweep)
+        sweep.add_done_callback(self._swept)
+        metrics.TRIPS.labels(trip.cause).inc()
+        metrics.SAFE_MODE.labels(*split_scope(trip.scope)).set(1)
+        text = f"sendguard: safe mode for {trip.scope} ({trip.cause}: {trip.detail}; by {trip.by})"
+        log.warning(text, extra={"scope": trip.scope})
+        self._notifier.post(text, {"event": "tripped", **trip.__dict__})
+        await self._audit.append("safe_mode.tripped", trip.by, asdict(trip))
+
+    def _swept(self, sweep: asyncio.Task[int]) -> None:
+        self._sweeps.discard(sweep)
+        if not sweep.cancelled() and (problem := sweep.exception()) is not None:
+            # Claims hold these messages when they come due anyway; only the states lag.
+            log.warning("could not hold the queue of a tripped scope now: %s", problem)

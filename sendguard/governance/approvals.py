@@ -1,0 +1,400 @@
+"""Approval tiers: which sends wait for people, and the rules people must follow to release them.
+
+Tier 0 sends go straight to the queue. Tier 1 (an agent registered with `tier = 1`, or a shared
+inbox) needs one approval per message. Tier 2, mass sends, needs two approvals from two different
+people in two different groups: a batch of at least `mass_send_threshold` recipients, and an
+agent's run of single messages to one segment or campaign that reaches the threshold within
+`mass_send_window` (from then on, the run's messages wait for one tier-2 request, so splitting a
+mass send into singles does not dodge it; an approved run is good for `ttl`). Nobody approves what
+their own token submitted, nor gives both approvals. Every decision runs in one Redis script, so
+two approvers deciding at once cannot both be "the second".
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from sendguard.errors import SendguardError
+from sendguard.governance.audit import AuditLog
+from sendguard.governance.tokens import Principal
+from sendguard.model import now_ms
+from sendguard.rules import AgentEntry, ApprovalRules, Rules, ScopeKind
+from sendguard.scopes import scope_name
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import translated
+from sendguard.state.store import Store
+from sendguard.submission import Content
+
+_COUNT_RUN = """
+-- KEYS: run; ARGV: now window_ms member count
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+for i = 1, tonumber(ARGV[4]) do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3] .. ':' .. i) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+_OPEN_RUN = """
+-- KEYS: run_approval approvals pending; ARGV: prefix new_id now ttl_ms fields(json)
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local r = redis.call('HMGET', ARGV[1] .. ':appr:' .. cur, 'status', 'good_until')
+  if r[1] == 'pending' then return {'pending', cur} end
+  if r[1] == 'approved' and tonumber(r[2] or '0') > tonumber(ARGV[3]) then return {'covered', cur} end
+end
+local key = ARGV[1] .. ':appr:' .. ARGV[2]
+for name, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', key, name, value) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', 2 * tonumber(ARGV[4]))
+return {'new', ARGV[2]}
+"""
+
+_DECIDE = """
+-- KEYS: request pending; ARGV: id now verdict name group token comment ttl_ms
+local r = redis.call('HMGET', KEYS[1], 'status', 'tier', 'requested_by', 'requested_token', 'decisions',
+  'expires')
+if not r[1] then return {'refused', 'there is no approval request ' .. ARGV[1]} end
+if r[1] ~= 'pending' then return {'refused', 'the request is already ' .. r[1]} end
+local now = tonumber(ARGV[2])
+if now >= tonumber(r[6]) then return {'refused', 'the request has expired'} end
+if ARGV[4] == r[3] or ARGV[6] == r[4] then
+  return {'refused', ARGV[4] .. ' submitted this request and cannot decide it'}
+end
+local decisions = cjson.decode(r[5])
+local approvals = 0
+for _, d in ipairs(decisions) do
+  if d.by == ARGV[4] then return {'refused', ARGV[4] .. ' has already decided this request'} end
+  if d.verdict == 'approve' then
+    approvals = approvals + 1
+    if ARGV[3] == 'approve' and d.group == ARGV[5] then
+      return {'refused', 'the second approval must come from a group other than ' .. ARGV[5]}
+    end
+  end
+end
+table.insert(decisions, {by=ARGV[4], group=ARGV[5], verdict=ARGV[3], comment=ARGV[7], at=now})
+redis.call('HSET', KEYS[1], 'decisions', cjson.encode(decisions))
+local status = 'pending'
+if ARGV[3] == 'deny' then
+  status = 'denied'
+elseif approvals + 1 >= tonumber(r[2]) then
+  status = 'approved'
+  redis.call('HSET', KEYS[1], 'good_until', now + tonumber(ARGV[8]))
+end
+if status ~= 'pending' then
+  redis.call('HSET', KEYS[1], 'status', status, 'decided', now)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return {status, ''}
+"""
+
+_EXPIRE = """
+-- KEYS: request pending; ARGV: id now
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'expired', 'decided', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class ApprovalRefused(SendguardError):
+    """A decision the rules do not allow; the message says which rule."""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A submission that must wait for people: the request it waits for, and why."""
+
+    approval_id: str
+    tier: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a new request is for: its tier and kind, a label and a reason for people, the agent."""
+
+    tier: int
+    kind: str
+    label: str
+    why: str
+    agent: str
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    tier: int
+    kind: str
+    label: str
+    why: str
+    agent: str
+    requested_by: str
+    status: str
+    created: int
+    expires: int
+    rules_version: str
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> Request:
+        return cls(
+            id=record["id"],
+            tier=int(record["tier"]),
+            kind=record["kind"],
+            label=record["label"],
+            why=record.get("why", ""),
+            agent=record["agent"],
+            requested_by=record["requested_by"],
+            status=record["status"],
+            created=int(record["created"]),
+            expires=int(record["expires"]),
+            rules_version=record.get("rules_version", ""),
+            decisions=json.loads(record.get("decisions") or "[]") or [],
+        )
+
+
+class Approvals:
+    """Routes submissions to approval requests and applies people's decisions."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, store: Store, audit: AuditLog) -> None:
+        self._redis = client
+        self._keys = keys
+        self._store = store
+        self._audit = audit
+        self._count_run = client.register_script(_COUNT_RUN)
+        self._open_run = client.register_script(_OPEN_RUN)
+        self._decide = client.register_script(_DECIDE)
+        self._expire = client.register_script(_EXPIRE)
+
+    async def route(
+        self,
+        agent: AgentEntry,
+        content: Content,
+        count: int,
+        rules: Rules,
+        requester: Principal,
+        batch: str = "",
+    ) -> Routing | None:
+        """The request `count` messages (a submission, or a batch's accepted recipients) wait for.
+
+        None is tier 0. A batch's messages count towards the agent's run like single ones, so a
+        mass send split into small batches is caught as well.
+        """
+        settings = rules.file.approvals
+        threshold = settings.mass_send_threshold
+        scope = run_scope(content)
+        in_run = 0
+        if scope is not None:
+            async with translated():
+                in_run = int(
+                    await self._count_run(
+                        keys=[self._keys.run(agent.name, scope)],
+                        args=[now_ms(), int(settings.mass_send_window * 1000), secrets.token_hex(8), count],
+                    )
+                )
+        label = f"batch {batch} of {count} from {agent.name}" if batch else f"one message from {agent.name}"
+        if batch and count >= threshold:
+            why = f"mass send: a batch of {count} recipients (threshold {threshold})"
+            approval_id = await self.open(Opening(2, "batch", label, why, agent.name), requester, rules)
+            return Routing(approval_id, 2, why)
+        if scope is not None and in_run >= threshold:
+            why = (
+                f"mass send: {in_run} messages from {agent.name} to {scope} within "
+                f"{settings.mass_send_window:g}s (threshold {threshold})"
+            )
+            # None: an approved run covers it, whatever the agent's own tier.
+            return await self._run_request(agent, scope, rules, requester, why)
+        inbox = content.sender.address
+        if agent.tier >= 1 or inbox in settings.shared_inboxes:
+            why = f"agent {agent.name} is tier 1" if agent.tier >= 1 else f"{inbox} is a shared inbox"
+            kind = "batch" if batch else "message"
+            approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
+            return Routing(approval_id, 1, why)
+        return None
+
+    async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
+        """Open a request; messages join it through admission."""
+        approval_id = secrets.token_hex(8)
+        fields = self._fields(approval_id, opening, requester, rules)
+        k = self._keys
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
+            pipe.zadd(k.approvals, {approval_id: int(fields["created"])})
+            pipe.zadd(k.approvals_pending, {approval_id: int(fields["expires"])})
+            self._audit.stage(
+                pipe,
+                "approval.requested",
+                requester.actor,
+                {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
+            )
+            await pipe.execute()
+        return approval_id
+
+    async def _run_request(
+        self, agent: AgentEntry, run_scope: str, rules: Rules, requester: Principal, why: str
+    ) -> Routing | None:
+        k = self._keys
+        approval_id = secrets.token_hex(8)
+        opening = Opening(2, "run", f"the run of {agent.name} to {run_scope}", why, agent.name)
+        fields = self._fields(approval_id, opening, requester, rules)
+        ttl_ms = int(rules.file.approvals.ttl * 1000)
+        async with translated():
+            state, found = await self._open_run(
+                keys=[k.run_approval(agent.name, run_scope), k.approvals, k.approvals_pending],
+                args=[k.prefix, approval_id, fields["created"], ttl_ms, json.dumps(fields)],
+            )
+        if state == "covered":
+            return None
+        if state == "new":
+            await self._audit.append(
+                "approval.requested", requester.actor, {"approval_id": found, "tier": 2, "why": why}
+            )
+        return Routing(str(found), 2, why)
+
+    @staticmethod
+    def _fields(approval_id: str, opening: Opening, requester: Principal, rules: Rules) -> dict[str, str]:
+        created = now_ms()
+        return {
+            "id": approval_id,
+            "tier": str(opening.tier),
+            "kind": opening.kind,
+            "label": opening.label,
+            "why": opening.why,
+            "agent": opening.agent,
+            "requested_by": requester.name,
+            "requested_token": requester.token_id,
+            "status": "pending",
+            "created": str(created),
+            "expires": str(created + int(rules.file.approvals.ttl * 1000)),
+            "rules_version": rules.version,
+            "decisions": "[]",
+        }
+
+    async def decide(
+        self, approval_id: str, who: Principal, approve: bool, comment: str, rules: ApprovalRules
+    ) -> Request:
+        """Record an approver's decision; ApprovalRefused says which rule forbids it."""
+        k = self._keys
+        verdict = "approve" if approve else "deny"
+        async with translated():
+            status, problem = await self._decide(
+                keys=[k.approval(approval_id), k.approvals_pending],
+                args=[
+                    approval_id,
+                    now_ms(),
+                    verdict,
+                    who.name,
+                    who.group,
+                    who.token_id,
+                    comment,
+                    int(rules.ttl * 1000),
+                ],
+            )
+        if status == "refused":
+            raise ApprovalRefused(str(problem))
+        await self._audit.append(
+            "approval.decided",
+            who.actor,
+            {
+                "approval_id": approval_id,
+                "verdict": verdict,
+                "group": who.group,
+                "comment": comment,
+                "status": status,
+            },
+        )
+        if status in ("approved", "denied"):
+            detail = f"{status} by {who.name} ({who.group}): {comment}"
+            await self._store.settle_approval(approval_id, status, detail)
+        request = await self.get(approval_id)
+        assert request is not None
+        return request
+
+    async def expire_due(self) -> int:
+        """Expire pending requests past their time; their messages become `expired`."""
+        k = self._keys
+        async with translated():
+            due = await self._redis.zrangebyscore(k.approvals_pending, "-inf", now_ms(), start=0, num=100)
+        expired = 0
+        for approval_id in map(str, due):
+            async with translated():
+                done = await self._expire(
+                    keys=[k.approval(approval_id), k.approvals_pending], args=[approval_id, now_ms()]
+                )
+            if done:
+                expired += 1
+                await self._store.settle_approval(
+                    approval_id, "expired", "no decision within the approval ttl"
+                )
+                await self._audit.append("approval.expired", "sendguard", {"approval_id": approval_id})
+        return expired
+
+    async def _requests(self, ids: list[str]) -> list[Request]:
+        """The requests that exist among `ids`, in order, read in one round trip."""
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            for approval_id in ids:
+                pipe.hgetall(self._keys.approval(approval_id))
+            records = await pipe.execute()
+        return [Request.from_record(record) for record in records if record]
+
+    async def get(self, approval_id: str) -> Request | None:
+        found = await self._requests([approval_id])
+        return found[0] if found else None
+
+    async def list(self, status: str | None, limit: int = 200) -> list[Request]:
+        k = self._keys
+        async with translated():
+            if status == "pending":
+                ids = await self._redis.zrange(k.approvals_pending, 0, limit - 1)
+            else:
+                ids = await self._redis.zrevrange(k.approvals, 0, limit * 5 - 1)
+        found = await self._requests([str(approval_id) for approval_id in ids])
+        return [r for r in found if status is None or r.status == status][:limit]
+
+    async def contents(self, approval_id: str, samples: int = 3) -> dict[str, Any]:
+        """What exactly will be sent: counts, breakdowns and a few messages as they will read."""
+        k = self._keys
+        counted = ["to_domain", "segment", "agent", "agent_version", "rules_version", "status"]
+        async with translated():
+            ids = sorted(map(str, await self._redis.smembers(k.approval_messages(approval_id))))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for message_id in ids:
+                    pipe.hmget(k.msg(message_id), counted)
+                # Only the samples' content: a mass batch has thousands of bodies nobody reads here.
+                for message_id in ids[:samples]:
+                    pipe.hmget(k.msg(message_id), ["from_addr", "to", "subject", "text"])
+                replies = await pipe.execute()
+        rows, shown = replies[: len(ids)], replies[len(ids) :]
+        names = ("domain", "segment", "agent", "agent_version", "rules_version")
+        breakdown = {name: Counter(str(row[i] or "") for row in rows) for i, name in enumerate(names)}
+        return {
+            "messages": len(ids),
+            "waiting": sum(1 for row in rows if row[5] == "pending_approval"),
+            "by_recipient_domain": dict(breakdown["domain"].most_common()),
+            "by_segment": dict(breakdown["segment"].most_common()),
+            "by_agent": dict(breakdown["agent"].most_common()),
+            "by_agent_version": dict(breakdown["agent_version"].most_common()),
+            "by_rules_version": dict(breakdown["rules_version"].most_common()),
+            "samples": [
+                {"id": message_id, "from": row[0], "to": row[1], "subject": row[2], "text": row[3]}
+                for message_id, row in zip(ids, shown, strict=False)
+            ],
+        }
+
+
+def run_scope(content: Content) -> str | None:
+    """The scope an agent's run is counted in: the segment, else the campaign."""
+    if content.segment:
+        return scope_name(ScopeKind.SEGMENT, content.segment)
+    if content.campaign:
+        return scope_name(ScopeKind.CAMPAIGN, content.campaign)
+    return None

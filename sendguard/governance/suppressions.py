@@ -1,0 +1,64 @@
+"""The suppression list: addresses and whole domains that must never be mailed again.
+
+Admission checks it atomically with the write (`store.py`); this module maintains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+from email_validator import EmailNotValidError, validate_email
+
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import translated
+
+
+def split_entries(entries: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Normalise entries into (addresses, domains); ValueError names the first bad one.
+
+    Addresses are stored as admission normalises recipients, domains in their ASCII form.
+    """
+    addresses, domains = [], []
+    for raw in entries:
+        entry = raw.strip()
+        try:
+            valid = validate_email(entry if "@" in entry else f"x@{entry}", check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"{raw!r} is not an address or domain: {exc}") from exc
+        if "@" in entry:
+            addresses.append(f"{valid.local_part}@{valid.domain}".lower())
+        else:
+            domains.append(valid.ascii_domain.lower())
+    return addresses, domains
+
+
+class Suppressions:
+    """Add, lift and list suppressions."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+
+    async def add(self, addresses: list[str], domains: list[str]) -> int:
+        """Suppress; returns how many were new."""
+        return await self._update("SADD", addresses, domains)
+
+    async def remove(self, addresses: list[str], domains: list[str]) -> int:
+        """Lift suppressions; returns how many were there."""
+        return await self._update("SREM", addresses, domains)
+
+    async def _update(self, command: str, addresses: list[str], domains: list[str]) -> int:
+        sets = ((self._keys.suppressed_addresses, addresses), (self._keys.suppressed_domains, domains))
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            for key, members in sets:
+                if members:
+                    pipe.execute_command(command, key, *members)
+            return sum(await pipe.execute())
+
+    async def list(self) -> tuple[list[str], list[str]]:
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(self._keys.suppressed_addresses)
+            pipe.smembers(self._keys.suppressed_domains)
+            addresses, domains = await pipe.execute()
+        return sorted(addresses), sorted(domains)

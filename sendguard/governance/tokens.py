@@ -1,0 +1,130 @@
+"""Bearer tokens: minted once for a role and a name, stored only as a SHA-256 hash.
+
+A token reads `sg_<id>_<secret>`; the id finds the record in one look-up, the secret is
+compared by hash in constant time. The secret has 256 bits of entropy, so a fast hash is
+enough; there is nothing to brute-force. Tokens may expire and can be revoked by id; every
+use is attributable to the name (and, for approvers, the group) it was minted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis.asyncio as aioredis
+
+from sendguard.model import iso_ms
+from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import translated
+
+
+class Role(StrEnum):
+    """Least privilege: each role may do one kind of thing (see the README's route table)."""
+
+    AGENT = "agent"  # submit, read its own messages
+    OPERATOR = "operator"  # read everything, trip safe mode, recall
+    APPROVER = "approver"  # decide approvals, as a member of a group
+    AUDITOR = "auditor"  # read the audit trail, nothing else
+    ADMIN = "admin"  # tokens, suppressions, resume, rules reload
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the role, name and group a token was minted for (never the secret)."""
+
+    token_id: str
+    role: Role
+    name: str
+    group: str = ""
+
+    def __str__(self) -> str:
+        group = f" ({self.group})" if self.group else ""
+        return f"{self.role.value} {self.name}{group}"
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this caller."""
+        return f"{self.role.value}:{self.name}"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Tokens:
+    """Mint, verify, list and revoke tokens."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self._redis = client
+        self._keys = keys
+
+    async def create(
+        self, role: Role, name: str, group: str = "", expires_in: float | None = None
+    ) -> tuple[str, str]:
+        """Returns (token id, the token); the token itself is never stored or shown again."""
+        if (role is Role.APPROVER) != bool(group):
+            raise ValueError("an approver token needs a group, and only an approver token has one")
+        token_id = secrets.token_hex(6)
+        token = f"sg_{token_id}_{secrets.token_urlsafe(32)}"
+        now = int(time.time())
+        expires = str(int((time.time() + expires_in) * 1000)) if expires_in is not None else ""
+        async with translated():
+            await self._redis.hset(
+                self._keys.token(token_id),
+                mapping={
+                    "hash": _digest(token),
+                    "role": role.value,
+                    "name": name,
+                    "group": group,
+                    "created": str(now),
+                    "expires": expires,
+                },
+            )
+            if expires_in is not None:  # the record itself goes too, some time after it stopped working
+                await self._redis.expire(self._keys.token(token_id), int(expires_in) + 86400)
+        return token_id, token
+
+    async def verify(self, token: str) -> Principal | None:
+        parts = token.split("_", 2)
+        if len(parts) != 3 or parts[0] != "sg" or not parts[1].isalnum():
+            return None
+        async with translated():
+            record = await self._redis.hgetall(self._keys.token(parts[1]))
+        if not record or not hmac.compare_digest(str(record["hash"]), _digest(token)):
+            return None
+        if record.get("expires") and int(record["expires"]) <= time.time() * 1000:  # "" never expires
+            return None
+        return Principal(
+            token_id=parts[1],
+            role=Role(str(record["role"])),
+            name=str(record["name"]),
+            group=str(record.get("group", "")),
+        )
+
+    async def revoke(self, token_or_id: str) -> str | None:
+        """Revoke by id or by the token itself; the id revoked, or None if there was none."""
+        parts = token_or_id.split("_", 2)
+        token_id = parts[1] if len(parts) == 3 and parts[0] == "sg" else token_or_id
+        async with translated():
+            return token_id if await self._redis.delete(self._keys.token(token_id)) else None
+
+    async def list(self) -> list[dict[str, str]]:
+        found = []
+        async with translated():
+            async for key in self._redis.scan_iter(match=self._keys.token_pattern, count=500):
+                record = await self._redis.hgetall(key)
+                found.append(
+                    {
+                        "id": key.rpartition(":")[2],
+                        "role": record.get("role", ""),
+                        "name": record.get("name", ""),
+                        "group": record.get("group", ""),
+                        "created": iso_ms(int(record.get("created") or 0) * 1000),
+                        "expires": iso_ms(str(record.get("expires") or "")),
+                    }
+                )
+        return sorted(found, key=lambda entry: entry["created"])

@@ -1,0 +1,54 @@
+"""Who is calling: bearer tokens to principals, and the roles each route admits.
+
+Shared by every router; the daemon's parts are found on `app.state.runtime`.
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from sendguard.governance.tokens import Principal, Role
+from sendguard.parts import Runtime
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+
+
+async def principal(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    found = await runtime.tokens.verify(credentials.credentials)
+    if found is None:
+        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if who.role not in allowed:
+            raise HTTPException(403, f"a {who.role.value} token may not do this")
+        return who
+
+    return check
+
+
+Agent = Annotated[Principal, Depends(role(Role.AGENT))]
+# Agents read their own messages; operators and admins read everything.
+Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.OPERATOR, Role.ADMIN))]
+Operator = Annotated[Principal, Depends(role(Role.OPERATOR, Role.ADMIN))]
+Approver = Annotated[Principal, Depends(role(Role.APPROVER))]
+Reviewer = Annotated[Principal, Depends(role(Role.APPROVER, Role.OPERATOR, Role.ADMIN))]
+Auditor = Annotated[Principal, Depends(role(Role.AUDITOR, Role.ADMIN))]
+Admin = Annotated[Principal, Depends(role(Role.ADMIN))]

@@ -1,0 +1,172 @@
+"""Control routes: recall what has not gone out, reload the rules, read the audit trail."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sendguard.errors import ConfigError
+from sendguard.governance.approvals import ApprovalRefused, Request
+from sendguard.governance.audit import AuditError
+from sendguard.governance.tokens import Principal
+from sendguard.http.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
+from sendguard.model import iso_ms
+from sendguard.parts import Runtime
+from sendguard.submission import parse_sender
+
+router = APIRouter()
+
+
+class RecallIn(BaseModel):
+    """Which messages to call back: all given fields must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = None
+    campaign: str | None = None
+    segment: str | None = None
+    batch: str | None = None
+    inbox: str | None = Field(default=None, description="the From address")
+    reason: str = Field(min_length=1, max_length=500)
+
+    @field_validator("inbox")
+    @classmethod
+    def _normalised(cls, inbox: str | None) -> str | None:
+        """The address as submissions store it (lower case, Unicode domain), or nothing matches."""
+        return parse_sender(inbox).address if inbox is not None else None
+
+    @model_validator(mode="after")
+    def _some_filter(self) -> "RecallIn":
+        if not self.filters:
+            raise ValueError("give at least one of agent, campaign, segment, batch, inbox")
+        return self
+
+    @property
+    def filters(self) -> dict[str, str]:
+        fields = {
+            "agent": self.agent,
+            "campaign": self.campaign,
+            "segment": self.segment,
+            "batch": self.batch,
+            "from_addr": self.inbox,
+        }
+        return {name: value for name, value in fields.items() if value}
+
+
+class RecallOut(BaseModel):
+    cancelled: int
+    by_state: dict[str, int] = Field(description="how many were held, queued or deferred")
+
+
+class RulesOut(BaseModel):
+    version: str
+    previous_version: str
+    path: str
+
+
+@router.post("/v1/recall", response_model=RecallOut)
+async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOut:
+    """Cancel every matching message not yet sent; those already sending cannot be called back."""
+    counts = await runtime.store.recall(body.filters, f"recalled by {who}: {body.reason}")
+    await runtime.audit.append(
+        "recall", who.actor, {"filters": body.filters, "reason": body.reason, "cancelled": counts}
+    )
+    return RecallOut(cancelled=sum(counts.values()), by_state=counts)
+
+
+@router.post("/v1/rules/reload", response_model=RulesOut)
+async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
+    """Read the rules file again; a file that does not validate is refused and the old rules stay."""
+    try:
+        previous = await runtime.reload(who.actor)
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return RulesOut(
+        version=runtime.rules.version, previous_version=previous.version, path=str(runtime.rules.path)
+    )
+
+
+@router.get("/v1/audit")
+async def audit_trail(
+    runtime: RuntimeDep,
+    who: Auditor,
+    message_id: str | None = None,
+    agent: str | None = None,
+    batch: str | None = None,
+    since: Annotated[AwareDatetime | None, Query(description="RFC 3339 with a zone")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="RFC 3339 with a zone")] = None,
+    after: Annotated[int, Query(ge=0, description="only entries after this sequence number")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Chained audit entries, oldest first, filtered; page with `after` (the last `seq` seen)."""
+    try:
+        found = await runtime.audit.entries(
+            message_id=message_id,
+            agent=agent,
+            batch=batch,
+            since_ms=_ms(since),
+            until_ms=_ms(until),
+            after_seq=after,
+            limit=limit,
+        )
+    except AuditError as exc:
+        raise HTTPException(409, f"{exc}; run `sendguard audit verify`") from exc
+    return [entry.to_dict() for entry in found]
+
+
+def _ms(moment: datetime | None) -> int | None:
+    return int(moment.timestamp() * 1000) if moment else None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: str = Field(min_length=1, max_length=1000, description="why; recorded with the decision")
+
+
+def _request_out(request: Request) -> dict[str, Any]:
+    out = dict(request.__dict__)
+    out["created"], out["expires"] = iso_ms(request.created), iso_ms(request.expires)
+    return out
+
+
+@router.get("/v1/approvals")
+async def list_approvals(
+    runtime: RuntimeDep,
+    who: Reviewer,
+    status: Annotated[str | None, Query(pattern="^(pending|approved|denied|expired)$")] = None,
+) -> list[dict[str, Any]]:
+    """Approval requests, newest first (pending ones by expiry, soonest first)."""
+    return [_request_out(request) for request in await runtime.approvals.list(status)]
+
+
+@router.get("/v1/approvals/{approval_id}")
+async def show_approval(approval_id: str, runtime: RuntimeDep, who: Reviewer) -> dict[str, Any]:
+    """One request and exactly what it would release: counts, breakdowns, sample messages."""
+    request = await runtime.approvals.get(approval_id) if approval_id.isalnum() else None
+    if request is None:
+        raise HTTPException(404, f"no approval request {approval_id}")
+    return _request_out(request) | {"contents": await runtime.approvals.contents(approval_id)}
+
+
+@router.post("/v1/approvals/{approval_id}/approve")
+async def approve(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    return await _decide(approval_id, body, runtime, who, approve=True)
+
+
+@router.post("/v1/approvals/{approval_id}/deny")
+async def deny(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    return await _decide(approval_id, body, runtime, who, approve=False)
+
+
+async def _decide(
+    approval_id: str, body: DecisionIn, runtime: Runtime, who: Principal, *, approve: bool
+) -> dict[str, Any]:
+    try:
+        request = await runtime.approvals.decide(
+            approval_id, who, approve, body.comment, runtime.rules.file.approvals
+        )
+    except ApprovalRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return _request_out(request)
