@@ -64,8 +64,7 @@ def test_no_stage_imports_a_higher_one() -> None:
         for imported in imports_of(path, set(modules)):
             if layer_of(imported) > layer_of(module):
                 upward.append(
-                    f"{module} ({LAYERS[layer_of(module)]}) imports {imported} "
-                    f"({LAYERS[layer_of(imported)]})"
+                    f"{module} ({LAYERS[layer_of(module)]}) imports {imported} ({LAYERS[layer_of(imported)]})"
                 )
     assert upward == [], "\n".join(upward)
 

@@ -23,6 +23,7 @@ from sendguard import metrics
 from sendguard.config import Settings
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.relay import Transport, UncertainDelivery
+from sendguard.delivery.render import render
 from sendguard.delivery.throttle import Buckets, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
 from sendguard.feedback.apply import Feedback
@@ -36,7 +37,6 @@ from sendguard.model import Status, now_ms
 from sendguard.rules import Rules
 from sendguard.scopes import record_scopes, scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
-from sendguard.submission import render
 
 log = logging.getLogger("sendguard.delivery.deliverer")
 

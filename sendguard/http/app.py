@@ -20,7 +20,7 @@ from sendguard.errors import StoreError
 from sendguard.governance.audit import canonical_hash
 from sendguard.governance.suppressions import split_entries
 from sendguard.governance.tokens import Principal, Role
-from sendguard.http import governance, safe_mode
+from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
 from sendguard.intake.admission import Forbidden
 from sendguard.intake.batches import BatchConflict, BatchIn
@@ -219,6 +219,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         dependencies=[Depends(_text_only)],
     )
     app.state.runtime = runtime
+    app.include_router(feedback.router)
     app.include_router(safe_mode.router)
     app.include_router(governance.router)
 
