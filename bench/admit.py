@@ -1,4 +1,4 @@
-"""Admission in the bench's own process, through sendguard's own Gateway.
+"""Admission in the bench's own process, through sendguard's own admission pipeline.
 
 This is the code path of `POST /v1/messages` without HTTP, wired as `sendguard run` wires it, so a
 scenario can fill the queue faster than the API takes it, and before its daemons run. Global safe
@@ -27,7 +27,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Principal, Role
-from sendguard.intake.admission import Gateway
+from sendguard.intake.admission import Admissions
 from sendguard.intake.mx import MxChecker
 from sendguard.intake.recipients import Ingress
 from sendguard.rules import load_rules
@@ -47,7 +47,7 @@ class Admitter:
         store = Store(client, keys)
         self._audit = AuditLog(client, keys)
         self._safe_mode = SafeMode(client, keys, store, Notifier(None), self._audit, lambda: self._rules)
-        self._gateway = Gateway(
+        self._admissions = Admissions(
             store,
             Ingress(MxChecker([], 1.0)),  # the bench's rules turn MX checks off
             self._safe_mode,
@@ -65,8 +65,9 @@ class Admitter:
 
         async def submitter() -> None:
             for body in pending:
-                admission = await self._gateway.submit(self._who, MessageIn.model_validate(body), self._rules)
-                statuses[admission.status.value] += 1
+                message = MessageIn.model_validate(body)
+                [outcome] = (await self._admissions.submit(self._who, message, self._rules)).outcomes
+                statuses[outcome.admission.status.value] += 1
 
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
         return statuses

@@ -35,8 +35,7 @@ from sendguard.governance.audit import AuditError, AuditLog
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.http.app import create_app
-from sendguard.intake.admission import Gateway
-from sendguard.intake.batches import Batches
+from sendguard.intake.admission import Admissions
 from sendguard.intake.mx import MxChecker
 from sendguard.intake.recipients import Ingress
 from sendguard.parts import Runtime
@@ -92,15 +91,15 @@ async def serve(settings: Settings) -> None:
             unsubscribe=unsubscribe,
         )
         inbox = Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout)
-        gateway = Gateway(store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake)
         runtime = Runtime(
             settings=settings,
             redis=client,
             store=store,
             suppressions=suppressions,
             tokens=Tokens(client, keys),
-            gateway=gateway,
-            batches=Batches(gateway, ingress, approvals, store, audit, keys),
+            admissions=Admissions(
+                store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake
+            ),
             approvals=approvals,
             safe_mode=safe_mode,
             audit=audit,

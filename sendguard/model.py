@@ -54,6 +54,9 @@ def iso_ms(ms: str | int | float | None) -> str:
     return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def decode_reasons(raw: str | None) -> list[dict[str, str]]:
+def decode_reasons(raw: str | None) -> list[Reason]:
+    """Reasons as a record stores them (a JSON list of code and detail)."""
     value = json.loads(raw) if raw else []
-    return value if isinstance(value, list) else []  # cjson encodes an empty list as {}
+    if not isinstance(value, list):  # cjson encodes an empty list as {}
+        return []
+    return [Reason(str(reason["code"]), str(reason["detail"])) for reason in value]

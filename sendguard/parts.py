@@ -18,8 +18,7 @@ from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
-from sendguard.intake.admission import Gateway
-from sendguard.intake.batches import Batches
+from sendguard.intake.admission import Admissions
 from sendguard.rules import Rules, load_rules
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
@@ -36,8 +35,7 @@ class Runtime:
     store: Store
     suppressions: Suppressions
     tokens: Tokens
-    gateway: Gateway
-    batches: Batches
+    admissions: Admissions
     safe_mode: SafeMode
     approvals: Approvals
     audit: AuditLog

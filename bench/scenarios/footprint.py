@@ -1,7 +1,7 @@
 """Footprint: Redis memory per queued message, and the daemon's resident memory under load.
 
 Memory per message is Redis's `used_memory` before and after admitting N messages through
-sendguard's Gateway (record, history, due queue, cooldown, recipient index, mass-send count and
+sendguard's admission pipeline (record, history, due queue, cooldown, recipient index, mass-send count and
 the chained audit entry), over N. The reference is the same submissions stored the least way a
 queue could keep them: one Redis hash each, as the bare app writes them. Resident memory is the
 daemon's peak VmRSS while wrk submits to it and it delivers that queue, against the bare app's

@@ -22,16 +22,11 @@ from sendguard.governance.suppressions import split_entries
 from sendguard.governance.tokens import Principal, Role
 from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
-from sendguard.intake.admission import Forbidden
+from sendguard.intake.admission import Forbidden, approval_reason
 from sendguard.intake.batches import BatchConflict, BatchIn
-from sendguard.model import CANCELLABLE, Status, decode_reasons, iso_ms
+from sendguard.model import CANCELLABLE, Reason, Status, decode_reasons, iso_ms
 from sendguard.parts import Runtime
 from sendguard.submission import MessageIn
-
-
-class ReasonOut(BaseModel):
-    code: str
-    detail: str
 
 
 class Decision(BaseModel):
@@ -39,7 +34,7 @@ class Decision(BaseModel):
 
     id: str
     status: str
-    reasons: list[ReasonOut]
+    reasons: list[Reason]
 
 
 class BatchRecipientOut(BaseModel):
@@ -49,7 +44,7 @@ class BatchRecipientOut(BaseModel):
     to: str
     id: str
     status: str
-    reasons: list[ReasonOut]
+    reasons: list[Reason]
 
 
 class ApprovalRef(BaseModel):
@@ -89,7 +84,7 @@ class MessageOut(BaseModel):
     batch: str | None
     attempts: int
     uncertain: int
-    reasons: list[ReasonOut]
+    reasons: list[Reason]
     smtp_code: int | None
     smtp_text: str | None
     waiting_for: str | None
@@ -247,19 +242,21 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.post("/v1/messages", status_code=201, response_model=Decision)
     async def submit(payload: MessageIn, who: Agent) -> Decision | JSONResponse:
         try:
-            admission = await runtime.gateway.submit(who, payload, runtime.rules)
+            submitted = await runtime.admissions.submit(who, payload, runtime.rules)
         except Forbidden as exc:
             return _forbidden(exc)
-        return Decision(
-            id=admission.message_id,
-            status=admission.status.value,
-            reasons=[ReasonOut(**r) for r in admission.reasons],
-        )
+        [outcome] = submitted.outcomes
+        admission = outcome.admission
+        reasons = list(admission.reasons)
+        if admission.status is Status.PENDING_APPROVAL and submitted.approval is not None:
+            # The answer to one message has no `approval` field: the request is named in a reason.
+            reasons.append(approval_reason(submitted.approval))
+        return Decision(id=admission.message_id, status=admission.status.value, reasons=reasons)
 
     @app.post("/v1/batches", status_code=201, response_model=BatchOut)
     async def submit_batch(payload: BatchIn, who: Agent) -> BatchOut | JSONResponse:
         try:
-            result = await runtime.batches.submit(who, payload, runtime.rules)
+            result = await runtime.admissions.submit(who, payload, runtime.rules)
         except Forbidden as exc:
             return _forbidden(exc)
         except BatchConflict as exc:
@@ -273,12 +270,12 @@ def create_app(runtime: Runtime) -> FastAPI:
                 to=outcome.to,
                 id=admission.message_id,
                 status=admission.status.value,
-                reasons=[ReasonOut(**r) for r in admission.reasons],
+                reasons=list(admission.reasons),
             )
             (rejected if admission.status is Status.REJECTED else accepted).append(row)
         approval = result.approval
         return BatchOut(
-            id=result.id,
+            id=result.batch,
             recipients=len(result.outcomes),
             accepted=accepted,
             rejected=rejected,
@@ -311,7 +308,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             batch=record.get("batch") or None,
             attempts=int(record.get("attempts", 0)),
             uncertain=int(record.get("uncertain", 0)),
-            reasons=[ReasonOut(**r) for r in decode_reasons(record.get("reasons"))],
+            reasons=decode_reasons(record.get("reasons")),
             smtp_code=int(record["smtp_code"]) if record.get("smtp_code") else None,
             smtp_text=record.get("smtp_text") or None,
             waiting_for=record.get("waiting_for") or None,

@@ -1,31 +1,52 @@
-"""The admission decision for one submission: who may send it, which checks it fails, where it waits.
+"""The admission pipeline: who may send a submission, which checks each recipient fails, where it waits.
 
-Form was checked by the API model; here policy decides, and every decision is recorded with an
-id, a status and reason codes, rejections included.
+A single message is a batch of one: both go through `Admissions.submit`, which authorises the
+agent, decides every recipient, opens the one approval request they wait for, admits them into the
+durable store and counts a policy refusal. What only a batch has (its id, idempotency claim, record
+and audit entry) is `batches.py`'s. Form was checked by the API model; here policy decides, and
+every decision is recorded with an id, a status and reason codes, rejections included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sendguard import metrics
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import Approvals
+from sendguard.governance.approvals import Approvals, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
+from sendguard.intake.batches import (
+    CHUNK,
+    BatchClaim,
+    BatchIn,
+    BatchRecords,
+    Renderer,
+    Submission,
+    recipients,
+)
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.model import Reason, Status, now_ms
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.state.store import Admission, Candidate, Store
-from sendguard.submission import Content, MessageIn, message_id_header, new_message_id, public_fields
+from sendguard.submission import (
+    MAX_SUBJECT,
+    Content,
+    MessageIn,
+    message_id_header,
+    new_message_id,
+    public_fields,
+)
 
 
 class Forbidden(Exception):
@@ -36,8 +57,34 @@ class Forbidden(Exception):
         self.reason = reason
 
 
-class Gateway:
-    """Runs the checks and admits a submission into the durable store."""
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one recipient; `index` is its place in the submission's list."""
+
+    index: int
+    to: str
+    admission: Admission
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What became of a submission: a single message has one outcome and no batch id."""
+
+    batch: str
+    outcomes: list[Outcome]
+    approval: Routing | None
+
+
+def approval_reason(routing: Routing) -> Reason:
+    """Why a message waits, for an answer that has no field naming its approval request."""
+    return Reason(
+        "approval_required",
+        f"tier {routing.tier} ({routing.why}): waits for approval request {routing.approval_id}",
+    )
+
+
+class Admissions:
+    """Runs the checks and admits a submission, one message or a batch, into the durable store."""
 
     def __init__(
         self,
@@ -54,39 +101,41 @@ class Gateway:
         self._safe_mode = safe_mode
         self._approvals = approvals
         self._audit = audit
+        self._batches = BatchRecords(store, audit)
         self._retry_base_ms = int(retry_base * 1000)
         self._wake = wake
 
-    async def submit(self, requester: Principal, payload: MessageIn, rules: Rules) -> Admission:
+    async def submit(self, requester: Principal, submission: Submission, rules: Rules) -> Submitted:
+        """Decide and admit every recipient; raises Forbidden when the agent may not send it at all,
+        BatchConflict when a batch's idempotency key names another batch."""
         started = time.perf_counter()
-        agent = await self.authorized(requester, payload, rules)
-        recipient = await self._ingress.check(payload.to, rules)
-        recipient.reasons[:0] = self.boundaries(agent, payload, rules)
-        candidate = self.candidate(agent, payload, recipient, rules)
-        routing = None
-        if candidate.status is not Status.REJECTED:
-            routing = await self._approvals.route(agent, payload, 1, rules, requester)
-        sealed = self.sealed(candidate, routing.approval_id if routing else "")
-        [admission] = await self._store.admit([sealed])
-        admission = self.settled(admission)
-        if not admission.existing and admission.status is Status.REJECTED:
-            await self.denied(agent.name)
-        if admission.status is Status.PENDING_APPROVAL and routing is not None:
-            waiting = {
-                "code": "approval_required",
-                "detail": f"tier {routing.tier} ({routing.why}): "
-                f"waits for approval request {routing.approval_id}",
-            }
-            admission = dataclasses.replace(admission, reasons=[*admission.reasons, waiting])
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
-        return admission
+        agent = await self._authorized(requester, submission, rules)
+        claim = (
+            await self._batches.claim(agent, submission)
+            if isinstance(submission, BatchIn)
+            else BatchClaim("")
+        )
+        candidates = await self._decide(agent, submission, claim.id, rules)
+        routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+        admissions = await self._admit(candidates, routing)
+        await self._count_refusal(agent, admissions)
+        outcomes = [
+            Outcome(index, candidate.address, admission)
+            for index, (candidate, admission) in enumerate(zip(candidates, admissions, strict=True))
+        ]
+        if isinstance(submission, BatchIn):
+            statuses = [admission.status for admission in admissions]
+            await self._batches.record(requester, agent, submission, claim.id, statuses, routing, rules)
+        else:
+            metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        return Submitted(claim.id, outcomes, routing)
 
-    async def authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
+    async def _authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
         """The requester's register entry; a refusal is counted and recorded before it is raised."""
         try:
-            return self.authorize(requester.name, payload, rules)
+            return _authorize(requester.name, payload, rules)
         except Forbidden as refused:
-            await self.denied(requester.name)
+            await self._denied(requester.name)
             await self._audit.append(
                 "submission.refused",
                 f"agent:{requester.name}",
@@ -102,38 +151,111 @@ class Gateway:
             )
             raise
 
-    def candidate(
+    async def _decide(
+        self, agent: AgentEntry, submission: Submission, batch_id: str, rules: Rules
+    ) -> list[Candidate]:
+        """Each recipient's message and checks, before suppression, cooldown, approval and safe mode."""
+        entries = recipients(submission)
+        await self._ingress.warm([entry.to for entry in entries], rules)
+        candidates: list[Candidate] = []
+        first_index: dict[str, int] = {}
+        renderer = Renderer(submission)
+        for index, entry in enumerate(entries):
+            message = renderer.message(entry)
+            recipient = await self._ingress.check(entry.to, rules)
+            reasons = _boundaries(agent, message, rules)
+            seen = first_index.setdefault(recipient.address, index)
+            if seen != index:
+                duplicate = f"{recipient.address} is already recipient {seen} of this batch"
+                reasons.append(Reason("duplicate_recipient", duplicate))
+            key = f"batch:{batch_id}:{index}" if batch_id else message.idempotency_key
+            candidates.append(self._candidate(agent, message, recipient, reasons, rules, batch_id, key))
+            if index % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
+        return candidates
+
+    async def _routing(
         self,
         agent: AgentEntry,
-        payload: MessageIn,
-        recipient: Recipient,
+        submission: Content,
+        claim: BatchClaim,
+        candidates: list[Candidate],
         rules: Rules,
-        *,
-        batch: str = "",
-        idempotency_key: str | None = None,
+        requester: Principal,
+    ) -> Routing | None:
+        """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
+        if claim.settled:
+            return claim.routing
+        accepted = sum(1 for candidate in candidates if candidate.status is not Status.REJECTED)
+        routing = None
+        if accepted:
+            routing = await self._approvals.route(
+                agent, submission, accepted, rules, requester, batch=claim.id
+            )
+        if claim.id:
+            await self._batches.settle(claim.id, agent, len(candidates), routing)
+        return routing
+
+    async def _admit(self, candidates: list[Candidate], routing: Routing | None) -> list[Admission]:
+        """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`."""
+        waits_for = routing.approval_id if routing else ""
+        admissions: list[Admission] = []
+        for start in range(0, len(candidates), CHUNK):
+            sealed = [
+                _sealed(candidate, waits_for if candidate.status is not Status.REJECTED else "")
+                for candidate in candidates[start : start + CHUNK]
+            ]
+            admissions += [self._settled(admission) for admission in await self._store.admit(sealed)]
+        return admissions
+
+    async def _count_refusal(self, agent: AgentEntry, admissions: list[Admission]) -> None:
+        """The denial rule: a submission refused by policy counts once towards `max_denials`.
+
+        A single message is one submission, and so is a batch, however many of its recipients
+        were rejected: a list with some bad rows is one mistake, not thousands. A retry that
+        found its messages already decided (an idempotency key) counts nothing again. A
+        submission the agent may not send at all (403) is counted in `_authorized`.
+        """
+        if any(admission.status is Status.REJECTED and not admission.existing for admission in admissions):
+            await self._denied(agent.name)
+
+    async def _denied(self, agent: str) -> None:
+        """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
+        await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
+
+    def _candidate(
+        self,
+        agent: AgentEntry,
+        message: MessageIn,
+        recipient: Recipient,
+        boundaries: list[Reason],
+        rules: Rules,
+        batch: str,
+        idempotency_key: str | None,
     ) -> Candidate:
-        """The decision on one recipient, before suppression, cooldown, approval and safe mode."""
-        if recipient.reasons:
+        """The decision on one recipient: the agent's boundaries, then what the recipient checks found."""
+        reasons = (*boundaries, *recipient.reasons)
+        if reasons:
             status = Status.REJECTED
         elif recipient.dns_temporary:
             status = Status.DEFERRED
-            recipient.reasons.append(Reason("dns_temporary", "DNS failed temporarily; will check again"))
+            reasons = (Reason("dns_temporary", "DNS failed temporarily; will check again"),)
         else:
             status = Status.QUEUED
         now = now_ms()
         due = now
-        if payload.send_at is not None:
-            due = max(now, int(payload.send_at.timestamp() * 1000))
+        if message.send_at is not None:
+            due = max(now, int(message.send_at.timestamp() * 1000))
         if status is Status.DEFERRED:
             due = max(due, now + self._retry_base_ms)
         message_id = new_message_id()
-        fields = public_fields(payload)
+        fields = public_fields(message)
         fields |= {
             "agent": agent.name,
             "to": recipient.address,
             "to_domain": recipient.domain,
             "batch": batch,
-            "headers": json.dumps(payload.headers),
+            "headers": json.dumps(message.headers),
             "dns_pending": "1" if status is Status.DEFERRED else "0",
             "dns_checks": "1" if status is Status.DEFERRED else "0",
             "rules_version": rules.version,
@@ -146,102 +268,104 @@ class Gateway:
             address=recipient.address,
             domain=recipient.domain,
             status=status,
-            reasons=recipient.reasons,
+            reasons=reasons,
             due_ms=due,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
-            idempotency_key=idempotency_key or payload.idempotency_key,
+            idempotency_key=idempotency_key,
             scopes=message_scopes(scope_values(fields)),
             fields=fields,
         )
 
-    @staticmethod
-    def sealed(candidate: Candidate, approval: str) -> Candidate:
-        """The candidate with the request it waits for and its audit entry, ready to admit."""
-        fields = candidate.fields
-        trail = audit_entry(
-            "submission.decided",
-            f"agent:{candidate.agent}",
-            {
-                "message_id": candidate.message_id,
-                "agent": candidate.agent,
-                "agent_version": fields["agent_version"],
-                "run_id": fields["run_id"] or None,
-                "batch": fields["batch"] or None,
-                "from": fields["from_addr"],
-                "to": candidate.address,
-                "segment": fields["segment"] or None,
-                "campaign": fields["campaign"] or None,
-                "approval_id": approval or None,
-                "rules_version": fields["rules_version"],
-                "content_hash": content_hash(fields["subject"], fields["text"], fields["html"]),
-                "outcome": "@",  # the admission script writes status, reasons and held_by here
-            },
-        )
-        return dataclasses.replace(candidate, approval=approval, audit_entry=trail)
-
-    def settled(self, admission: Admission) -> Admission:
+    def _settled(self, admission: Admission) -> Admission:
         """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
-            first = admission.reasons[0]["code"] if admission.reasons else "none"
+            first = admission.reasons[0].code if admission.reasons else "none"
             metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
             if admission.status in (Status.QUEUED, Status.DEFERRED):
                 self._wake()
         if admission.held_by:
-            held = {
-                "code": "safe_mode",
-                "detail": f"scope {admission.held_by} is in safe mode: "
-                "accepted and held until a person resumes it",
-            }
-            admission = dataclasses.replace(admission, reasons=[*admission.reasons, held])
+            held = Reason(
+                "safe_mode",
+                f"scope {admission.held_by} is in safe mode: accepted and held until a person resumes it",
+            )
+            admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
         return admission
 
-    async def denied(self, agent: str) -> None:
-        """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
-        await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
 
-    @staticmethod
-    def boundaries(agent: AgentEntry, payload: Content, rules: Rules) -> list[Reason]:
-        """What this agent may not send whoever the recipient is: its version, the content, stale data."""
-        reasons = []
-        if not agent.may_run_version(payload.agent_version):
+def _sealed(candidate: Candidate, approval: str) -> Candidate:
+    """The candidate with the request it waits for and its audit entry, ready to admit."""
+    fields = candidate.fields
+    trail = audit_entry(
+        "submission.decided",
+        f"agent:{candidate.agent}",
+        {
+            "message_id": candidate.message_id,
+            "agent": candidate.agent,
+            "agent_version": fields["agent_version"],
+            "run_id": fields["run_id"] or None,
+            "batch": fields["batch"] or None,
+            "from": fields["from_addr"],
+            "to": candidate.address,
+            "segment": fields["segment"] or None,
+            "campaign": fields["campaign"] or None,
+            "approval_id": approval or None,
+            "rules_version": fields["rules_version"],
+            "content_hash": content_hash(fields["subject"], fields["text"], fields["html"]),
+            "outcome": "@",  # the admission script writes status, reasons and held_by here
+        },
+    )
+    return dataclasses.replace(candidate, approval=approval, audit_entry=trail)
+
+
+def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Reason]:
+    """What this agent may not send whoever the recipient is: its version, the content, stale data."""
+    reasons = []
+    if not agent.may_run_version(message.agent_version):
+        reasons.append(
+            Reason(
+                "agent_version_not_allowed",
+                f"agent {agent.name!r} may not send as version {message.agent_version!r}",
+            )
+        )
+    reasons += check_content(message.subject, message.text, message.html)
+    if message.enrichment is not None:
+        age = datetime.now(UTC) - message.enrichment.fetched_at
+        limit = rules.file.ingress.max_enrichment_age
+        if age.total_seconds() > limit:
             reasons.append(
                 Reason(
-                    "agent_version_not_allowed",
-                    f"agent {agent.name!r} may not send as version {payload.agent_version!r}",
+                    "stale_enrichment",
+                    f"data from {message.enrichment.source} is {age.days} days old; "
+                    f"the limit is {limit / 86400:g} days",
                 )
             )
-        reasons += check_content(payload.subject, payload.text, payload.html)
-        if payload.enrichment is not None:
-            age = datetime.now(UTC) - payload.enrichment.fetched_at
-            limit = rules.file.ingress.max_enrichment_age
-            if age.total_seconds() > limit:
-                reasons.append(
-                    Reason(
-                        "stale_enrichment",
-                        f"data from {payload.enrichment.source} is {age.days} days old; "
-                        f"the limit is {limit / 86400:g} days",
-                    )
-                )
-        return reasons
+    if len(message.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
+        reasons.append(
+            Reason(
+                "subject_too_long",
+                f"the subject is {len(message.subject)} characters once filled; the limit is {MAX_SUBJECT}",
+            )
+        )
+    return reasons
 
-    @staticmethod
-    def authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
-        """The register entry for the agent, if it may use this From address and segment."""
-        agent = rules.agent(agent_name)
-        if agent is None:
-            raise Forbidden(Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file"))
-        if not agent.may_use_inbox(payload.sender.address):
-            raise Forbidden(
-                Reason(
-                    "inbox_not_allowed",
-                    f"agent {agent.name!r} may not send from {payload.sender.address}",
-                )
+
+def _authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
+    """The register entry for the agent, if it may use this From address and segment."""
+    agent = rules.agent(agent_name)
+    if agent is None:
+        raise Forbidden(Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file"))
+    if not agent.may_use_inbox(payload.sender.address):
+        raise Forbidden(
+            Reason(
+                "inbox_not_allowed",
+                f"agent {agent.name!r} may not send from {payload.sender.address}",
             )
-        if not agent.may_use_segment(payload.segment):
-            raise Forbidden(
-                Reason(
-                    "segment_not_allowed",
-                    f"agent {agent.name!r} may not send to segment {payload.segment!r}",
-                )
+        )
+    if not agent.may_use_segment(payload.segment):
+        raise Forbidden(
+            Reason(
+                "segment_not_allowed",
+                f"agent {agent.name!r} may not send to segment {payload.segment!r}",
             )
-        return agent
+        )
+    return agent

@@ -413,7 +413,7 @@ class Candidate:
     address: str
     domain: str
     status: Status
-    reasons: list[Reason]
+    reasons: tuple[Reason, ...]
     due_ms: int
     cooldown_ms: int
     idempotency_key: str | None
@@ -430,7 +430,7 @@ class Admission:
 
     message_id: str
     status: Status
-    reasons: list[dict[str, str]]
+    reasons: tuple[Reason, ...]
     existing: bool
     held_by: str = ""
 
@@ -513,11 +513,14 @@ class Store:
                 stored_status, stored_reasons = records[str(result[1])]
                 admissions.append(
                     Admission(
-                        str(result[1]), Status(stored_status), decode_reasons(stored_reasons), existing=True
+                        str(result[1]),
+                        Status(stored_status),
+                        tuple(decode_reasons(stored_reasons)),
+                        existing=True,
                     )
                 )
             else:
-                status, reasons, held_by = Status(result[1]), decode_reasons(result[2]), str(result[3])
+                status, reasons, held_by = Status(result[1]), tuple(decode_reasons(result[2])), str(result[3])
                 admissions.append(Admission(candidate.message_id, status, reasons, False, held_by))
         return admissions
 
