@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
-from email_validator import EmailNotValidError, validate_email
 
+from sendguard.model import normal_address
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
@@ -23,13 +23,13 @@ def split_entries(entries: Iterable[str]) -> tuple[list[str], list[str]]:
     for raw in entries:
         entry = raw.strip()
         try:
-            valid = validate_email(entry if "@" in entry else f"x@{entry}", check_deliverability=False)
-        except EmailNotValidError as exc:
+            normal = normal_address(entry if "@" in entry else f"x@{entry}")
+        except ValueError as exc:
             raise ValueError(f"{raw!r} is not an address or domain: {exc}") from exc
         if "@" in entry:
-            addresses.append(f"{valid.local_part}@{valid.domain}".lower())
+            addresses.append(normal.address)
         else:
-            domains.append(valid.ascii_domain.lower())
+            domains.append(normal.ascii_domain)
     return addresses, domains
 
 
