@@ -9,13 +9,14 @@ from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
+from sendguard.errors import InvalidValue
 from sendguard.model import normal_address
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
 
 def split_entries(entries: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Normalise entries into (addresses, domains); ValueError names the first bad one.
+    """Normalise entries into (addresses, domains); InvalidValue names the first bad one.
 
     Addresses are stored as admission normalises recipients, domains in their ASCII form.
     """
@@ -25,7 +26,7 @@ def split_entries(entries: Iterable[str]) -> tuple[list[str], list[str]]:
         try:
             normal = normal_address(entry if "@" in entry else f"x@{entry}")
         except ValueError as exc:
-            raise ValueError(f"{raw!r} is not an address or domain: {exc}") from exc
+            raise InvalidValue("entries", f"{raw!r} is not an address or domain: {exc}") from exc
         if "@" in entry:
             addresses.append(normal.address)
         else:
