@@ -16,8 +16,6 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sendguard
-from sendguard.governance.audit import canonical_hash
-from sendguard.governance.suppressions import split_entries
 from sendguard.governance.tokens import Principal, Role
 from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
@@ -318,22 +316,13 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.post("/v1/suppressions", response_model=SuppressionsOut)
     async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
-        addresses, domains = split_entries(body.entries)
-        added = await runtime.suppressions.add(addresses, domains)
-        listed = sorted(addresses) + sorted(domains)
-        await runtime.audit.append(
-            "suppression.added",
-            who.actor,
-            # Up to 100,000 entries at once: their count and a hash, and the first few to read.
-            {"new": added, "entries": len(listed), "sha256": canonical_hash(listed), "first": listed[:20]},
-        )
-        return SuppressionsOut(addresses=sorted(addresses), domains=sorted(domains))
+        addresses, domains = await runtime.suppressions.suppress(body.entries, who.actor)
+        return SuppressionsOut(addresses=addresses, domains=domains)
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:
-        if not await runtime.suppressions.remove(*split_entries([entry])):
+        if not await runtime.suppressions.lift(entry, who.actor):
             raise HTTPException(404, f"{entry} is not suppressed")
-        await runtime.audit.append("suppression.lifted", who.actor, {"entry": entry})
         return Response(status_code=204)
 
     @app.get("/healthz", include_in_schema=True)

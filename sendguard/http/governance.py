@@ -66,10 +66,7 @@ class RulesOut(BaseModel):
 @router.post("/v1/recall", response_model=RecallOut)
 async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOut:
     """Cancel every matching message not yet sent; those already sending cannot be called back."""
-    counts = await runtime.store.recall(body.filters, f"recalled by {who}: {body.reason}")
-    await runtime.audit.append(
-        "recall", who.actor, {"filters": body.filters, "reason": body.reason, "cancelled": counts}
-    )
+    counts = await runtime.recall(body.filters, body.reason, who)
     return RecallOut(cancelled=sum(counts.values()), by_state=counts)
 
 
