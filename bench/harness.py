@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.mail import AGENT
+from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role, Tokens
 from sendguard.state.keys import Keys
 from tests.conftest import RedisServer, free_port, wait_until
@@ -155,7 +156,8 @@ class Bench:
         return path
 
     async def agent_token(self) -> str:
-        _, token = await Tokens(self.redis, self.keys).create(Role.AGENT, AGENT)
+        tokens = Tokens(self.redis, self.keys, AuditLog(self.redis, self.keys))
+        _, token = await tokens.create(Role.AGENT, AGENT, actor="bench")
         return token
 
     async def used_memory(self) -> int:

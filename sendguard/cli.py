@@ -160,22 +160,12 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
     request = _token_request(settings, args) if args.token_command == "create" else None
     async with redis_connection(settings, for_daemon=False) as (client, _):
         keys = Keys(settings.redis_prefix)
-        tokens = Tokens(client, keys)
-        audit = AuditLog(client, keys)
+        tokens = Tokens(client, keys, AuditLog(client, keys))
         actor = f"cli:{_login()}"
         if request is not None:
             role, name, expires = request
-            token_id, token = await tokens.create(role, name, args.group, expires)
-            await audit.append(
-                "token.created",
-                actor,
-                {
-                    "token_id": token_id,
-                    "role": role.value,
-                    "name": name,
-                    "group": args.group,
-                    "expires": args.expires,
-                },
+            token_id, token = await tokens.create(
+                role, name, actor=actor, group=args.group, expires=args.expires
             )
             print(token)
             lifetime = f", expires in {args.expires}" if expires else ""
@@ -185,8 +175,7 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 0
         if args.token_command == "revoke":
-            if revoked := await tokens.revoke(args.token):
-                await audit.append("token.revoked", actor, {"token_id": revoked})
+            if await tokens.revoke(args.token, actor=actor):
                 print("revoked", file=sys.stderr)
                 return 0
             print("sendguard: no such token", file=sys.stderr)
@@ -240,7 +229,8 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
     rules = load_rules(default_rules_path(settings.rules))
     async with redis_connection(settings, for_daemon=False) as (client, _):
         keys = Keys(settings.redis_prefix)
-        approvals = Approvals(client, keys, Store(client, keys), AuditLog(client, keys))
+        audit = AuditLog(client, keys)
+        approvals = Approvals(client, keys, Store(client, keys), audit)
         if args.approval_command == "list":
             for request in await approvals.list(args.status):
                 print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
@@ -251,7 +241,7 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
                 raise ConfigError(f"no approval request {args.id}")
             print(json.dumps(found.__dict__ | {"contents": await approvals.contents(args.id)}, indent=2))
             return 0
-        who = await Tokens(client, keys).verify(args.token or "")
+        who = await Tokens(client, keys, audit).verify(args.token or "")
         if who is None or who.role is not Role.APPROVER:
             raise ConfigError("give a valid approver token with --token or SENDGUARD_TOKEN")
         try:

@@ -32,6 +32,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditError, AuditLog
+from sendguard.governance.recall import Recall
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.http.app import create_app
@@ -70,7 +71,7 @@ async def serve(settings: Settings) -> None:
         audit = AuditLog(client, keys, data_dir.audit_anchor)
         notifier = Notifier(settings.notify_url)
         safe_mode = SafeMode(client, keys, store, notifier, audit, lambda: runtime.rules)
-        suppressions = Suppressions(client, keys)
+        suppressions = Suppressions(client, keys, audit)
         feedback = Feedback(store, suppressions, safe_mode, audit)
         approvals = Approvals(client, keys, store, audit)
         unsubscribe = (
@@ -96,11 +97,12 @@ async def serve(settings: Settings) -> None:
             redis=client,
             store=store,
             suppressions=suppressions,
-            tokens=Tokens(client, keys),
+            tokens=Tokens(client, keys, audit),
             admissions=Admissions(
                 store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake
             ),
             approvals=approvals,
+            recall=Recall(store, audit),
             safe_mode=safe_mode,
             audit=audit,
             feedback=feedback,

@@ -1,6 +1,7 @@
 """sendguard's own errors; library errors are translated into these at the boundary.
 
 SendguardError
+├── InvalidValue         a value a person gave is not one (names the field; also a ValueError)
 ├── ConfigError          settings or rules file cannot be used (names file, table, key)
 ├── StoreError           Redis unreachable or answered with an error
 ├── EmbeddedRedisError   the embedded Redis server could not be started
@@ -13,6 +14,18 @@ from __future__ import annotations
 
 class SendguardError(Exception):
     """Base of every error sendguard raises on purpose."""
+
+
+class InvalidValue(SendguardError, ValueError):
+    """A value given to sendguard (a scope, a suppression entry) is not one; `field` names where.
+
+    The field travels with the error so that every caller (the HTTP answer, the CLI) can point at
+    it without knowing which function refused the value.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
 
 
 class ConfigError(SendguardError):

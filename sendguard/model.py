@@ -1,4 +1,5 @@
-"""The shared words of the pipeline: a message's statuses, reason codes and the clock of stored times.
+"""The shared words of the pipeline: a message's statuses, reason codes, addresses and the clock of
+stored times.
 
 Every stage reads and writes these, so they live above all of them and import nothing of sendguard.
 """
@@ -10,6 +11,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+
+from email_validator import validate_email
 
 
 class Status(StrEnum):
@@ -41,6 +44,43 @@ class Reason:
 
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Address:
+    """An email address in the form sendguard stores, suppresses and matches it by."""
+
+    address: str  # local part @ Unicode domain, lower case: a message's `to` and `from_addr`
+    domain: str  # the Unicode domain, lower case
+    ascii_domain: str  # the IDNA domain, lower case: what DNS, the relay and domain lists use
+
+    @property
+    def local(self) -> str:
+        return self.address.rpartition("@")[0]
+
+
+def normal_address(text: str) -> Address:
+    """The address as sendguard stores it; ValueError (email_validator's, saying why) if it is not one.
+
+    For addresses sendguard takes in and keeps: senders, recipients, suppression entries.
+    """
+    valid = validate_email(text, check_deliverability=False)
+    return Address(
+        address=f"{valid.local_part}@{valid.domain}".lower(),
+        domain=valid.domain.lower(),
+        ascii_domain=valid.ascii_domain.lower(),
+    )
+
+
+def folded_address(text: str) -> str:
+    """An address only trimmed and lower-cased, never refused.
+
+    For addresses that must be recorded or matched even when they do not validate: ones that come
+    back from outside (events, inbound mail), a recipient rejected as invalid, the rules file's
+    lists. It agrees with `normal_address(text).address` on every valid address except an
+    internationalised one (a Unicode or `xn--` domain), which `normal_address` puts in one Unicode form.
+    """
+    return text.strip().lower()
 
 
 def now_ms() -> int:

@@ -16,6 +16,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
+from sendguard.governance.recall import Recall
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.intake.admission import Admissions
@@ -38,6 +39,7 @@ class Runtime:
     admissions: Admissions
     safe_mode: SafeMode
     approvals: Approvals
+    recall: Recall
     audit: AuditLog
     feedback: Feedback
     inbox: Inbox

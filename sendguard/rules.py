@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from sendguard.errors import ConfigError
+from sendguard.model import folded_address
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -171,7 +172,7 @@ class ApprovalRules(_Table):
         for inbox in inboxes:
             if "@" not in inbox:
                 raise ValueError(f"{inbox!r} is not an address")
-        return [inbox.strip().lower() for inbox in inboxes]
+        return [folded_address(inbox) for inbox in inboxes]
 
 
 class RulesFile(_Table):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from sendguard.errors import InvalidValue
 from sendguard.rules import ScopeKind
 
 GLOBAL = "global"
@@ -41,7 +42,7 @@ def message_scopes(
 
 
 def parse_scope(text: str) -> str:
-    """Normalise a scope a person typed; ValueError says what a scope looks like."""
+    """Normalise a scope a person typed; InvalidValue (a ValueError) says what a scope looks like."""
     text = text.strip()
     if text == GLOBAL:
         return GLOBAL
@@ -52,7 +53,9 @@ def parse_scope(text: str) -> str:
     except ValueError:
         kind = None
     if not sep or kind is None or kind is ScopeKind.GLOBAL or not value.strip():
-        raise ValueError(f"scope {text!r} must be 'global' or '<kind>:<value>' with kind one of {kinds}")
+        raise InvalidValue(
+            "scope", f"scope {text!r} must be 'global' or '<kind>:<value>' with kind one of {kinds}"
+        )
     value = value.strip()
     return scope_name(kind, value.lower() if kind in _CASE_INSENSITIVE else value)
 

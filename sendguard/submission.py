@@ -13,7 +13,6 @@ import time
 from email.utils import getaddresses
 from typing import Annotated, Any, Self
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -24,6 +23,8 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+
+from sendguard.model import normal_address
 
 # Headers an agent may set besides From/To/Subject. Anything else is refused: routing and
 # identity headers (Bcc, Received, Return-Path, ...) are how injected mail would hide.
@@ -104,11 +105,10 @@ def parse_sender(value: object) -> Sender:
         raise ValueError("'from' must hold exactly one address")
     name, address = pairs[0]
     try:
-        valid = validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
+        normal = normal_address(address)
+    except ValueError as exc:
         raise ValueError(f"'from' address is not valid: {exc}") from exc
-    normalized = f"{valid.local_part}@{valid.domain}".lower()
-    return Sender(display_name=name, address=normalized, domain=valid.domain.lower())
+    return Sender(display_name=name, address=normal.address, domain=normal.domain)
 
 
 # Parsed once, while the request is validated, so an error is located at 'from'; the

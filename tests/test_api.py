@@ -104,6 +104,9 @@ def test_suppressed_address_and_domain_are_rejected(api: Api, daemon: Daemon, cl
     bad = admin.client.post("/v1/suppressions", json={"entries": ["not a domain!"]})
     assert bad.status_code == 422
     assert "not a domain!" in bad.text
+    bad_lift = admin.client.delete("/v1/suppressions/not a domain!")
+    assert bad_lift.status_code == 422
+    assert bad_lift.json()["detail"].startswith("entries: 'not a domain!' is not an address or domain")
 
 
 def test_recipient_cooldown_spans_agents(api: Api, daemon: Daemon, client_for: ClientFor) -> None:

@@ -1,4 +1,5 @@
-"""The audit trail against a real Redis: chaining, racing chainers, and every kind of tampering.
+"""The audit trail against a real Redis: chaining, racing chainers, every kind of tampering, and
+the entries the governance services write for the changes they make.
 
 Tampering is done the way an intruder with Redis access would do it: LSET, LREM, LINSERT, RPOP
 and HSET straight on the keys. The hashes of forgeries are recomputed here from the documented
@@ -21,7 +22,11 @@ import redis.asyncio as aioredis
 
 from sendguard.errors import StoreError
 from sendguard.governance.audit import AuditError, AuditLog, Verification, content_hash, entry
+from sendguard.governance.recall import Recall
+from sendguard.governance.suppressions import Suppressions
+from sendguard.governance.tokens import Principal, Role, Tokens
 from sendguard.state.keys import Keys
+from sendguard.state.store import Store
 
 N = 30  # entries in the tampering tests, chained in batches of 10: anchors at 10, 20, 30
 
@@ -608,3 +613,35 @@ async def test_redis_errors_become_store_errors(audit: AuditLog, client: aioredi
         await audit.append("rules.reloaded", "admin:dana", {})
     with pytest.raises(StoreError):
         await audit.chain()
+
+
+async def test_suppressions_tokens_and_recall_record_their_own_changes(
+    audit: AuditLog, client: aioredis.Redis, keys: Keys
+) -> None:
+    """The service that makes a change writes its entry, so neither the API nor the CLI has to."""
+    suppressions = Suppressions(client, keys, audit)
+    added = await suppressions.suppress(["Gone@Customer.example", "other.example"], "admin:dana")
+    assert added == (["gone@customer.example"], ["other.example"])
+    assert await suppressions.lift("other.example", "admin:dana")
+    assert not await suppressions.lift("other.example", "admin:dana")  # nothing lifted: no entry
+    tokens = Tokens(client, keys, audit)
+    token_id, _ = await tokens.create(Role.OPERATOR, "omar", actor="cli:sam", expires="30d")
+    assert await tokens.revoke(token_id, actor="cli:sam") == token_id
+    assert await tokens.revoke(token_id, actor="cli:sam") is None  # nothing revoked: no entry
+    omar = Principal(token_id, Role.OPERATOR, "omar")
+    assert await Recall(Store(client, keys), audit)({"campaign": "q4"}, "wrong copy", omar) == {}
+
+    await audit.chain()
+    listed = ["gone@customer.example", "other.example"]
+    digest = hashlib.sha256(encode(listed).encode()).hexdigest()
+    assert [(e.kind, e.actor, e.fields) for e in await audit.entries()] == [
+        ("suppression.added", "admin:dana", {"new": 2, "entries": 2, "sha256": digest, "first": listed}),
+        ("suppression.lifted", "admin:dana", {"entry": "other.example"}),
+        (
+            "token.created",
+            "cli:sam",
+            {"token_id": token_id, "role": "operator", "name": "omar", "group": "", "expires": "30d"},
+        ),
+        ("token.revoked", "cli:sam", {"token_id": token_id}),
+        ("recall", "operator:omar", {"filters": {"campaign": "q4"}, "reason": "wrong copy", "cancelled": {}}),
+    ]

@@ -231,3 +231,15 @@ def test_the_audit_trail_records_decisions_and_outcomes_and_verify_catches_an_ed
     result = daemon.cli_result("audit", "verify")
     assert result.returncode == 1
     assert f"entry {position + 1}" in result.stderr
+
+    # An entry that is not in the entry format cannot be listed: a 409 that says what to run.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.lset(chain_key, position, "not an entry")
+    finally:
+        client.close()
+    unreadable = auditor.client.get("/v1/audit")
+    assert unreadable.status_code == 409
+    detail = unreadable.json()["detail"]
+    assert detail.startswith(f"audit entry at position {position + 1}: it is not JSON")
+    assert detail.endswith("; run `sendguard audit verify`")

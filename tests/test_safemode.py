@@ -139,6 +139,20 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     assert "resumed by sam" in agent.status(ids[0])["history"][-3]["detail"]
 
 
+def test_a_scope_that_is_not_one_is_refused_naming_the_field(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api]
+) -> None:
+    admin = client_for(make_daemon(""), "admin", "dana")
+    tripped = admin.client.post("/v1/safe-mode", json={"scope": "planet:mars", "reason": "x"})
+    resumed = admin.client.delete("/v1/safe-mode/planet:mars", params={"reason": "x"})
+    for refused in (tripped, resumed):
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"].startswith(
+            "scope: scope 'planet:mars' must be 'global' or '<kind>:<value>'"
+        )
+    assert admin.client.get("/v1/safe-mode").json() == []
+
+
 def test_a_hijacked_agent_trips_on_its_refusals(
     make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
 ) -> None:

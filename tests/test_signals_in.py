@@ -21,6 +21,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role, Tokens
 from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, free_port, wait_until
@@ -90,8 +91,11 @@ async def _mint(redis_url: str, prefix: str) -> tuple[str, str]:
     """A token for agent sdr-bot and one for admin dana."""
     client = aioredis.Redis.from_url(redis_url)
     try:
-        tokens = Tokens(client, Keys(prefix))
-        return (await tokens.create(Role.AGENT, "sdr-bot"))[1], (await tokens.create(Role.ADMIN, "dana"))[1]
+        keys = Keys(prefix)
+        tokens = Tokens(client, keys, AuditLog(client, keys))
+        _, agent = await tokens.create(Role.AGENT, "sdr-bot", actor="test")
+        _, admin = await tokens.create(Role.ADMIN, "dana", actor="test")
+        return agent, admin
     finally:
         await client.aclose()
 

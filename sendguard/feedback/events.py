@@ -11,6 +11,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sendguard.model import folded_address
+
 # new_message_id(): 11 hex digits of milliseconds and 12 random ones.
 _ID = r"[0-9a-f]{23}"
 _BARE_ID = re.compile(rf"^{_ID}$")
@@ -76,7 +78,7 @@ class EventIn(BaseModel):
         if self.recipient is not None:
             if "@" not in self.recipient:
                 raise ValueError(f"recipient {self.recipient!r} is not an email address")
-            object.__setattr__(self, "recipient", self.recipient.strip().lower())
+            object.__setattr__(self, "recipient", folded_address(self.recipient))
         if self.bounce_type is not None and self.type is not EventType.BOUNCE:
             raise ValueError("bounce_type is for bounce events only")
         if self.sentiment is not None and self.type is not EventType.REPLY:

@@ -29,6 +29,7 @@ from enum import StrEnum
 
 from sendguard.feedback.events import MAX_DETAIL, MAX_TEXT, BounceType, EventIn, EventType, sendguard_id
 from sendguard.feedback.sentiment import reply_text
+from sendguard.model import folded_address
 
 MAX_PARSED_BYTES = 1 << 20
 _MAX_DEPTH = 16
@@ -390,7 +391,7 @@ def _addresses(msg: Message, name: str) -> list[str]:
 
 def _address(value: str) -> str | None:
     """The email address in a header value, lowercased; None when there is none."""
-    address = parseaddr(value)[1].strip().lower()
+    address = folded_address(parseaddr(value)[1])
     return address if "@" in address and len(address) <= 320 else None
 
 

@@ -3,7 +3,8 @@
 A token reads `sg_<id>_<secret>`; the id finds the record in one look-up, the secret is
 compared by hash in constant time. The secret has 256 bits of entropy, so a fast hash is
 enough; there is nothing to brute-force. Tokens may expire and can be revoked by id; every
-use is attributable to the name (and, for approvers, the group) it was minted for.
+use is attributable to the name (and, for approvers, the group) it was minted for, and every
+minting and revocation to the actor who did it, in the audit trail.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from enum import StrEnum
 
 import redis.asyncio as aioredis
 
+from sendguard.governance.audit import AuditLog
 from sendguard.model import iso_ms
+from sendguard.rules import parse_duration
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
@@ -58,22 +61,29 @@ def _digest(token: str) -> str:
 class Tokens:
     """Mint, verify, list and revoke tokens."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, audit: AuditLog) -> None:
         self._redis = client
         self._keys = keys
+        self._audit = audit
 
     async def create(
-        self, role: Role, name: str, group: str = "", expires_in: float | None = None
+        self, role: Role, name: str, *, actor: str, group: str = "", expires: str | None = None
     ) -> tuple[str, str]:
-        """Returns (token id, the token); the token itself is never stored or shown again."""
+        """Returns (token id, the token); the token itself is never stored or shown again.
+
+        `expires` is a lifetime as people write it (`30d`), recorded as written; ValueError says
+        what is wrong with it or with the group.
+        """
         if (role is Role.APPROVER) != bool(group):
             raise ValueError("an approver token needs a group, and only an approver token has one")
+        expires_in = parse_duration(expires) if expires else None
         token_id = secrets.token_hex(6)
         token = f"sg_{token_id}_{secrets.token_urlsafe(32)}"
         now = int(time.time())
-        expires = str(int((time.time() + expires_in) * 1000)) if expires_in is not None else ""
-        async with translated():
-            await self._redis.hset(
+        expires_at = str(int((time.time() + expires_in) * 1000)) if expires_in is not None else ""
+        # One transaction: a token never exists without the entry that says who minted it.
+        async with translated(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
                 self._keys.token(token_id),
                 mapping={
                     "hash": _digest(token),
@@ -81,11 +91,20 @@ class Tokens:
                     "name": name,
                     "group": group,
                     "created": str(now),
-                    "expires": expires,
+                    "expires": expires_at,
                 },
             )
             if expires_in is not None:  # the record itself goes too, some time after it stopped working
-                await self._redis.expire(self._keys.token(token_id), int(expires_in) + 86400)
+                pipe.expire(self._keys.token(token_id), int(expires_in) + 86400)
+            fields = {
+                "token_id": token_id,
+                "role": role.value,
+                "name": name,
+                "group": group,
+                "expires": expires,
+            }
+            self._audit.stage(pipe, "token.created", actor, fields)
+            await pipe.execute()
         return token_id, token
 
     async def verify(self, token: str) -> Principal | None:
@@ -105,12 +124,15 @@ class Tokens:
             group=str(record.get("group", "")),
         )
 
-    async def revoke(self, token_or_id: str) -> str | None:
+    async def revoke(self, token_or_id: str, *, actor: str) -> str | None:
         """Revoke by id or by the token itself; the id revoked, or None if there was none."""
         parts = token_or_id.split("_", 2)
         token_id = parts[1] if len(parts) == 3 and parts[0] == "sg" else token_or_id
         async with translated():
-            return token_id if await self._redis.delete(self._keys.token(token_id)) else None
+            if not await self._redis.delete(self._keys.token(token_id)):
+                return None
+        await self._audit.append("token.revoked", actor, {"token_id": token_id})
+        return token_id
 
     async def list(self) -> list[dict[str, str]]:
         found = []

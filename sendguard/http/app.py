@@ -16,14 +16,12 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sendguard
-from sendguard.errors import StoreError
-from sendguard.governance.audit import canonical_hash
-from sendguard.governance.suppressions import split_entries
 from sendguard.governance.tokens import Principal, Role
 from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
-from sendguard.intake.admission import Forbidden, approval_reason
-from sendguard.intake.batches import BatchConflict, BatchIn
+from sendguard.http.errors import HANDLERS
+from sendguard.intake.admission import approval_reason
+from sendguard.intake.batches import BatchIn
 from sendguard.model import CANCELLABLE, Reason, Status, decode_reasons, iso_ms
 from sendguard.parts import Runtime
 from sendguard.submission import MessageIn
@@ -212,39 +210,16 @@ def create_app(runtime: Runtime) -> FastAPI:
         version=sendguard.__version__,
         description="Safety gateway for outbound email sent by AI agents.",
         dependencies=[Depends(_text_only)],
+        exception_handlers=HANDLERS,
     )
     app.state.runtime = runtime
     app.include_router(feedback.router)
     app.include_router(safe_mode.router)
     app.include_router(governance.router)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for error in exc.errors():
-            loc = [str(part) for part in error["loc"] if part != "body"]
-            field = ".".join(loc) or "body"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            if field == "body" and error["type"] in ("model_attributes_type", "dict_type"):
-                message = "must be a JSON object, sent with Content-Type: application/json"
-            errors.append({"field": field, "message": message})
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return JSONResponse({"error": "invalid_request", "detail": detail, "errors": errors}, 422)
-
-    @app.exception_handler(StoreError)
-    async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse(
-            {"error": "store_unavailable", "detail": "the state store is unreachable; retry"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
-
     @app.post("/v1/messages", status_code=201, response_model=Decision)
-    async def submit(payload: MessageIn, who: Agent) -> Decision | JSONResponse:
-        try:
-            submitted = await runtime.admissions.submit(who, payload, runtime.rules)
-        except Forbidden as exc:
-            return _forbidden(exc)
+    async def submit(payload: MessageIn, who: Agent) -> Decision:
+        submitted = await runtime.admissions.submit(who, payload, runtime.rules)
         [outcome] = submitted.outcomes
         admission = outcome.admission
         reasons = list(admission.reasons)
@@ -254,13 +229,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         return Decision(id=admission.message_id, status=admission.status.value, reasons=reasons)
 
     @app.post("/v1/batches", status_code=201, response_model=BatchOut)
-    async def submit_batch(payload: BatchIn, who: Agent) -> BatchOut | JSONResponse:
-        try:
-            result = await runtime.admissions.submit(who, payload, runtime.rules)
-        except Forbidden as exc:
-            return _forbidden(exc)
-        except BatchConflict as exc:
-            raise HTTPException(409, str(exc)) from exc
+    async def submit_batch(payload: BatchIn, who: Agent) -> BatchOut:
+        result = await runtime.admissions.submit(who, payload, runtime.rules)
         accepted: list[BatchRecipientOut] = []
         rejected: list[BatchRecipientOut] = []
         for outcome in result.outcomes:
@@ -344,22 +314,13 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.post("/v1/suppressions", response_model=SuppressionsOut)
     async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
-        addresses, domains = _entries(body.entries)
-        added = await runtime.suppressions.add(addresses, domains)
-        listed = sorted(addresses) + sorted(domains)
-        await runtime.audit.append(
-            "suppression.added",
-            who.actor,
-            # Up to 100,000 entries at once: their count and a hash, and the first few to read.
-            {"new": added, "entries": len(listed), "sha256": canonical_hash(listed), "first": listed[:20]},
-        )
-        return SuppressionsOut(addresses=sorted(addresses), domains=sorted(domains))
+        addresses, domains = await runtime.suppressions.suppress(body.entries, who.actor)
+        return SuppressionsOut(addresses=addresses, domains=domains)
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:
-        if not await runtime.suppressions.remove(*_entries([entry])):
+        if not await runtime.suppressions.lift(entry, who.actor):
             raise HTTPException(404, f"{entry} is not suppressed")
-        await runtime.audit.append("suppression.lifted", who.actor, {"entry": entry})
         return Response(status_code=204)
 
     @app.get("/healthz", include_in_schema=True)
@@ -385,17 +346,3 @@ def create_app(runtime: Runtime) -> FastAPI:
         paths={"/v1/inbound": settings.inbound_max_bytes, "/v1/batches": settings.batch_max_bytes},
     )
     return app
-
-
-def _forbidden(exc: Forbidden) -> JSONResponse:
-    return JSONResponse(
-        {"error": "forbidden", "detail": exc.reason.detail, "reasons": [exc.reason.as_dict()]},
-        status_code=403,
-    )
-
-
-def _entries(entries: list[str]) -> tuple[list[str], list[str]]:
-    try:
-        return split_entries(entries)
-    except ValueError as exc:
-        raise HTTPException(422, f"entries: {exc}") from exc

@@ -6,9 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sendguard.errors import ConfigError
-from sendguard.governance.approvals import ApprovalRefused, Request
-from sendguard.governance.audit import AuditError
+from sendguard.governance.approvals import Request
 from sendguard.governance.tokens import Principal
 from sendguard.http.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
 from sendguard.model import iso_ms
@@ -68,20 +66,14 @@ class RulesOut(BaseModel):
 @router.post("/v1/recall", response_model=RecallOut)
 async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOut:
     """Cancel every matching message not yet sent; those already sending cannot be called back."""
-    counts = await runtime.store.recall(body.filters, f"recalled by {who}: {body.reason}")
-    await runtime.audit.append(
-        "recall", who.actor, {"filters": body.filters, "reason": body.reason, "cancelled": counts}
-    )
+    counts = await runtime.recall(body.filters, body.reason, who)
     return RecallOut(cancelled=sum(counts.values()), by_state=counts)
 
 
 @router.post("/v1/rules/reload", response_model=RulesOut)
 async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
     """Read the rules file again; a file that does not validate is refused and the old rules stay."""
-    try:
-        previous = await runtime.reload(who.actor)
-    except ConfigError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    previous = await runtime.reload(who.actor)
     return RulesOut(
         version=runtime.rules.version, previous_version=previous.version, path=str(runtime.rules.path)
     )
@@ -100,18 +92,15 @@ async def audit_trail(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """Chained audit entries, oldest first, filtered; page with `after` (the last `seq` seen)."""
-    try:
-        found = await runtime.audit.entries(
-            message_id=message_id,
-            agent=agent,
-            batch=batch,
-            since_ms=_ms(since),
-            until_ms=_ms(until),
-            after_seq=after,
-            limit=limit,
-        )
-    except AuditError as exc:
-        raise HTTPException(409, f"{exc}; run `sendguard audit verify`") from exc
+    found = await runtime.audit.entries(
+        message_id=message_id,
+        agent=agent,
+        batch=batch,
+        since_ms=_ms(since),
+        until_ms=_ms(until),
+        after_seq=after,
+        limit=limit,
+    )
     return [entry.to_dict() for entry in found]
 
 
@@ -163,10 +152,7 @@ async def deny(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: App
 async def _decide(
     approval_id: str, body: DecisionIn, runtime: Runtime, who: Principal, *, approve: bool
 ) -> dict[str, Any]:
-    try:
-        request = await runtime.approvals.decide(
-            approval_id, who, approve, body.comment, runtime.rules.file.approvals
-        )
-    except ApprovalRefused as exc:
-        raise HTTPException(409, str(exc)) from exc
+    request = await runtime.approvals.decide(
+        approval_id, who, approve, body.comment, runtime.rules.file.approvals
+    )
     return _request_out(request)

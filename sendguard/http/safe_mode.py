@@ -68,13 +68,6 @@ def _trip_out(trip: Trip) -> TripOut:
     )
 
 
-def _scope(text: str) -> str:
-    try:
-        return parse_scope(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"scope: {exc}") from exc
-
-
 @router.get("/v1/safe-mode", response_model=list[TripOut])
 async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
     """The scopes in safe mode now."""
@@ -84,7 +77,7 @@ async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
 @router.post("/v1/safe-mode", response_model=TripOut, status_code=201)
 async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JSONResponse:
     """Trip a scope by hand; `global` stops everything (the kill switch)."""
-    active, created = await runtime.safe_mode.trip(_scope(body.scope), "manual", who.name, body.reason)
+    active, created = await runtime.safe_mode.trip(parse_scope(body.scope), "manual", who.name, body.reason)
     if not created:
         return JSONResponse(_trip_out(active).model_dump(), status_code=200)
     return _trip_out(active)
@@ -98,7 +91,7 @@ async def resume(
     reason: Annotated[str, Query(min_length=1, max_length=500, description="why sending may resume")],
 ) -> ResumeOut:
     """Resume a scope: lift the trip, restart its signal window, release its held messages."""
-    resumed = await runtime.safe_mode.resume(_scope(scope), who.name, reason)
+    resumed = await runtime.safe_mode.resume(parse_scope(scope), who.name, reason)
     if resumed.trip is None and not resumed.released and not resumed.still_held:
         raise HTTPException(404, f"{resumed.scope} is not in safe mode")
     return ResumeOut(

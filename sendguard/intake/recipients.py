@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from email_validator import EmailNotValidError, validate_email
-
 from sendguard.intake.mx import DETAILS, MailHost, MxChecker
-from sendguard.model import Reason
+from sendguard.model import Reason, folded_address, normal_address
 from sendguard.rules import Rules
 
 
@@ -34,17 +32,17 @@ class Ingress:
 
     async def check(self, raw_address: str, rules: Rules) -> Recipient:
         try:
-            valid = validate_email(raw_address, check_deliverability=False)
-        except EmailNotValidError as exc:
+            normal = normal_address(raw_address)
+        except ValueError as exc:  # recorded as written, so the rejection can be read and counted
             return Recipient(
-                address=raw_address.strip().lower(),
+                address=folded_address(raw_address),
                 domain=raw_address.rpartition("@")[2].lower(),
                 reasons=[Reason("invalid_address", str(exc))],
             )
-        domain = valid.ascii_domain.lower()
-        recipient = Recipient(address=f"{valid.local_part}@{valid.domain}".lower(), domain=domain)
+        domain = normal.ascii_domain
+        recipient = Recipient(address=normal.address, domain=domain)
         settings = rules.file.ingress
-        local = valid.local_part.lower().split("+", 1)[0]
+        local = normal.local.split("+", 1)[0]
         if settings.block_free_domains and domain in rules.free_domains:
             recipient.reasons.append(Reason("free_domain", f"{domain} is a free-mail provider"))
         if settings.block_role_accounts and local in rules.role_accounts:
@@ -60,7 +58,7 @@ class Ingress:
         finds each in the cache instead of waiting for DNS in turn."""
         if rules.file.ingress.mx_check != "enforce":
             return
-        domains = {address.rpartition("@")[2].strip().lower() for address in addresses}
+        domains = {folded_address(address).rpartition("@")[2] for address in addresses}
         pending = sorted(domain for domain in domains if "." in domain and domain.isascii())
         limit = asyncio.Semaphore(concurrency)
 
