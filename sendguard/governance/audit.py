@@ -42,6 +42,7 @@ from redis.asyncio.client import Pipeline
 
 from sendguard.errors import SendguardError
 from sendguard.model import now_ms
+from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
@@ -58,44 +59,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ANCHOR_LINE = re.compile(r"(\d+) ([0-9a-f]{64}) (\d+)")
 # What a write cut short by a crash leaves: a beginning of a line, which claims nothing.
 _TORN_LINE = re.compile(r"\d*(?: [0-9a-f]{0,64}(?: \d*)?)?")
-
-# KEYS: pending chain head. ARGV: expected head seq, expected head hash, n, sha1 of the n pending
-# entries read (length-prefixed), new head seq, new head hash, the n chained entries.
-_CHAIN = """
-local head = redis.call('HMGET', KEYS[3], 'seq', 'hash')
-if head[1] or head[2] then
-  if head[1] ~= ARGV[1] or head[2] ~= ARGV[2] then return 0 end
-elseif ARGV[1] ~= '0' then
-  return 0
-elseif redis.call('LLEN', KEYS[2]) ~= 0 then
-  return -1
-end
-local n = tonumber(ARGV[3])
-local got = redis.call('LRANGE', KEYS[1], 0, n - 1)
-if #got ~= n then return 0 end
-local parts = {}
-for i = 1, n do parts[i] = #got[i] .. ':' .. got[i] end
-if redis.sha1hex(table.concat(parts)) ~= ARGV[4] then return 0 end
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 7))
-redis.call('LTRIM', KEYS[1], n, -1)
-redis.call('HSET', KEYS[3], 'seq', ARGV[5], 'hash', ARGV[6])
-return n
-"""
-# KEYS: lock. ARGV: owner, ttl_ms. Take the lock if free, renew it if ours.
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RESIGN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class AuditError(SendguardError):
@@ -327,9 +290,9 @@ class AuditLog:
         self.redis = client
         self.keys = keys
         self.anchor = anchor
-        self._chain = client.register_script(_CHAIN)
-        self._lead = client.register_script(_LEAD)
-        self._resign = client.register_script(_RESIGN)
+        self._chain = scripts.register(client, keys, "audit_chain")
+        self._lead = scripts.register(client, keys, "audit_lead")
+        self._resign = scripts.register(client, keys, "audit_resign")
 
     # --- writing -----------------------------------------------------------------------------
 
