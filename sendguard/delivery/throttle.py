@@ -18,63 +18,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from sendguard.rules import ScopeKind, ThrottleRule
+from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
-
-_IN_FLIGHT_RECHECK_MS = 200
-_RESERVE = (
-    f"local IN_FLIGHT_RECHECK_MS = {_IN_FLIGHT_RECHECK_MS}\n"
-    + """
--- KEYS: n window keys, then m gap keys
--- ARGV: member lease_ms n m, then n x (limit per_ms), then m x (gap_ms)
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local member, lease = ARGV[1], tonumber(ARGV[2])
-local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])
-local wait, blocker = 0, 0
-for i = 1, n do
-  local limit, per = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. (now - per))
-  local count = redis.call('ZCARD', KEYS[i])
-  if count >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[i], count - limit, count - limit, 'WITHSCORES')
-    local w = tonumber(oldest[2]) + per + 1 - now
-    -- Blocked by a send still in flight: its score drops to its answer time within moments,
-    -- so look again soon instead of waiting out the whole in-flight lease.
-    if tonumber(oldest[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
-    if w > wait then wait, blocker = w, i end
-  end
-end
-for j = 1, m do
-  local nxt = tonumber(redis.call('GET', KEYS[n + j]) or '0')
-  if nxt - now > wait then wait, blocker = nxt - now, n + j end
-end
-if wait > 0 then return {wait, blocker, now} end
-for i = 1, n do
-  redis.call('ZADD', KEYS[i], now + lease, member)
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4 + 2 * i]) + lease)
-end
-for j = 1, m do
-  local gap = tonumber(ARGV[4 + 2 * n + j])
-  redis.call('SET', KEYS[n + j], now + gap, 'PX', gap + 1000)
-end
-return {0, 0, now}
-"""
-)
-
-_SETTLE = """
--- KEYS: window keys; ARGV: member delivered('1' keeps it at the answer time, '0' removes it)
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-for i = 1, #KEYS do
-  if ARGV[2] == '1' then
-    redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1])
-  else
-    redis.call('ZREM', KEYS[i], ARGV[1])
-  end
-end
-return now
-"""
 
 
 @dataclass(frozen=True)
@@ -104,8 +50,8 @@ class Throttles:
     def __init__(self, client: aioredis.Redis, keys: Keys, lease_ms: int) -> None:
         self._keys = keys
         self._lease_ms = lease_ms
-        self._reserve = client.register_script(_RESERVE)
-        self._settle = client.register_script(_SETTLE)
+        self._reserve = scripts.register(client, keys, "throttle_reserve")
+        self._settle = scripts.register(client, keys, "throttle_settle")
 
     def buckets(self, rules: Sequence[ThrottleRule], values: dict[ScopeKind, str | None]) -> Buckets:
         windows: dict[tuple[str, int], int] = {}

@@ -26,83 +26,11 @@ from sendguard.governance.tokens import Principal
 from sendguard.model import now_ms
 from sendguard.rules import AgentEntry, ApprovalRules, Rules, ScopeKind
 from sendguard.scopes import scope_name
+from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
 from sendguard.submission import Content
-
-_COUNT_RUN = """
--- KEYS: run; ARGV: now window_ms member count
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
-for i = 1, tonumber(ARGV[4]) do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3] .. ':' .. i) end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('ZCARD', KEYS[1])
-"""
-
-_OPEN_RUN = """
--- KEYS: run_approval approvals pending; ARGV: prefix new_id now ttl_ms fields(json)
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local r = redis.call('HMGET', ARGV[1] .. ':appr:' .. cur, 'status', 'good_until')
-  if r[1] == 'pending' then return {'pending', cur} end
-  if r[1] == 'approved' and tonumber(r[2] or '0') > tonumber(ARGV[3]) then return {'covered', cur} end
-end
-local key = ARGV[1] .. ':appr:' .. ARGV[2]
-for name, value in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', key, name, value) end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[2])
-redis.call('SET', KEYS[1], ARGV[2], 'PX', 2 * tonumber(ARGV[4]))
-return {'new', ARGV[2]}
-"""
-
-_DECIDE = """
--- KEYS: request pending; ARGV: id now verdict name group token comment ttl_ms
-local r = redis.call('HMGET', KEYS[1], 'status', 'tier', 'requested_by', 'requested_token', 'decisions',
-  'expires')
-if not r[1] then return {'refused', 'there is no approval request ' .. ARGV[1]} end
-if r[1] ~= 'pending' then return {'refused', 'the request is already ' .. r[1]} end
-local now = tonumber(ARGV[2])
-if now >= tonumber(r[6]) then return {'refused', 'the request has expired'} end
-if ARGV[4] == r[3] or ARGV[6] == r[4] then
-  return {'refused', ARGV[4] .. ' submitted this request and cannot decide it'}
-end
-local decisions = cjson.decode(r[5])
-local approvals = 0
-for _, d in ipairs(decisions) do
-  if d.by == ARGV[4] then return {'refused', ARGV[4] .. ' has already decided this request'} end
-  if d.verdict == 'approve' then
-    approvals = approvals + 1
-    if ARGV[3] == 'approve' and d.group == ARGV[5] then
-      return {'refused', 'the second approval must come from a group other than ' .. ARGV[5]}
-    end
-  end
-end
-table.insert(decisions, {by=ARGV[4], group=ARGV[5], verdict=ARGV[3], comment=ARGV[7], at=now})
-redis.call('HSET', KEYS[1], 'decisions', cjson.encode(decisions))
-local status = 'pending'
-if ARGV[3] == 'deny' then
-  status = 'denied'
-elseif approvals + 1 >= tonumber(r[2]) then
-  status = 'approved'
-  redis.call('HSET', KEYS[1], 'good_until', now + tonumber(ARGV[8]))
-end
-if status ~= 'pending' then
-  redis.call('HSET', KEYS[1], 'status', status, 'decided', now)
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return {status, ''}
-"""
-
-_EXPIRE = """
--- KEYS: request pending; ARGV: id now
-if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 0
-end
-redis.call('HSET', KEYS[1], 'status', 'expired', 'decided', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-"""
 
 
 class ApprovalRefused(SendguardError):
@@ -170,10 +98,10 @@ class Approvals:
         self._keys = keys
         self._store = store
         self._audit = audit
-        self._count_run = client.register_script(_COUNT_RUN)
-        self._open_run = client.register_script(_OPEN_RUN)
-        self._decide = client.register_script(_DECIDE)
-        self._expire = client.register_script(_EXPIRE)
+        self._count_run = scripts.register(client, keys, "approval_count_run")
+        self._open_run = scripts.register(client, keys, "approval_open_run")
+        self._decide = scripts.register(client, keys, "approval_decide")
+        self._expire = scripts.register(client, keys, "approval_expire")
 
     async def route(
         self,
@@ -250,7 +178,7 @@ class Approvals:
         async with translated():
             state, found = await self._open_run(
                 keys=[k.run_approval(agent.name, run_scope), k.approvals, k.approvals_pending],
-                args=[k.prefix, approval_id, fields["created"], ttl_ms, json.dumps(fields)],
+                args=[approval_id, fields["created"], ttl_ms, json.dumps(fields)],
             )
         if state == "covered":
             return None

@@ -1,175 +1,194 @@
-"""Every Redis key sendguard uses, in one place, under the deployment's prefix.
+"""Every Redis key sendguard uses, in one schema, under the deployment's prefix.
 
-Layout (P = prefix, default `sg`):
-    P:msg:{id}              hash   the message record (fields below, JSON-free where possible)
-    P:hist:{id}             list   transitions, JSON objects {at, status, cause, detail}
-    P:due                   zset   messages waiting to be worked on, score = due time (ms)
-    P:inflight              zset   messages claimed by a daemon, score = claim time (ms)
-    P:count                 hash   number of waiting messages per status, kept by the scripts
-    P:stats                 hash   lifetime totals that must survive restarts (uncertain deliveries)
-    P:inst:{id}             string a live daemon instance; expires unless its heartbeat renews it
-    P:idem:{agent}:{key}    string message id for an agent's idempotency key
-    P:idem-batch:{agent}:{key}  string batch id for an agent's batch idempotency key
-    P:batch:{id}            hash   a batch: agent, requester, size, hash of the request, approval
-    P:cool:{address}        string message id holding a recipient's cooldown
-    P:supp:addr / supp:dom  set    suppressed addresses / domains
-    P:thr:{scope}:{per}:{value}  zset  sends in a throttle bucket, score = latest possible send time (ms)
-    P:gap:{scope}:{value}   string earliest next send (ms) in a bucket with min_gap
-    P:tok:{id}              hash   a token: sha256 of its secret, role, name; never the secret
-    P:rcpt:{address}        set    ids of messages admitted for an address (a reply cancels the waiting)
-    P:last:{address}        string id of the last message sent to an address (events tied by recipient)
-    P:sig:{scope}           hash   signal counts per time slot `{slot}:{signal}`, window totals `t:{signal}`
-    P:sig:active            zset   scopes with signals, score = last signal time (ms), for the gauges
-    P:trips                 hash   scope -> JSON of its active safe-mode trip
-    P:held:{scope}          set    ids of messages held by that scope's trip
-    P:unparsed              list   raw inbound mail that could not be parsed, JSON, newest first, capped
-    P:appr:{id}             hash   an approval request: tier, kind, requester, status, decisions (JSON)
-    P:appr:{id}:msgs        set    ids of the messages waiting for it
-    P:approvals             zset   approval request ids, score = creation time (ms)
-    P:approvals:pending     zset   pending approval request ids, score = when they expire (ms)
-    P:run:{agent}:{scope}   zset   an agent's recent messages to one segment or campaign (mass-send count)
-    P:run:{agent}:{scope}:approval  string  the approval request covering that run
-    P:audit:pending         list   audit entries written but not yet chained, JSON, oldest first
-    P:audit:chain           list   the hash-chained audit trail, JSON entries in sequence order
-    P:audit:head            hash   seq and hash of the last chained entry
-    P:audit:lock            string the daemon currently chaining the audit trail
-    P:unsub:secret          string the HMAC secret of one-click unsubscribe links
-    P:rules:reloads         string count of rules reloads; daemons that see it grow reload too
+`SCHEMA` is the only place a key's layout is written. The Python `Keys` below builds keys from
+it, and the Lua scripts get their `key_<name>(...)` helpers generated from it (see scripts.py),
+so neither side spells a key by hand. A pattern's `{part}`s are filled in per key, in order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from string import Formatter
+
+# name -> layout after `prefix:`. The comment gives the Redis type and what the key holds.
+SCHEMA: dict[str, str] = {
+    "msg": "msg:{id}",  # hash: the message record
+    "hist": "hist:{id}",  # list: transitions, JSON objects {at, status, cause, detail}
+    "due": "due",  # zset: messages waiting to be worked on, score = due time (ms)
+    "inflight": "inflight",  # zset: messages claimed by a daemon, score = claim time (ms)
+    "count": "count",  # hash: number of waiting messages per status, kept by the scripts
+    "stats": "stats",  # hash: lifetime totals that must survive restarts (uncertain deliveries)
+    "instance": "inst:{id}",  # string: a live daemon; expires unless its heartbeat renews it
+    "idempotency": "idem:{agent}:{key}",  # string: message id for an agent's idempotency key
+    "batch_idempotency": "idem-batch:{agent}:{key}",  # string: batch id for a batch idempotency key
+    "batch": "batch:{id}",  # hash: a batch: agent, requester, size, hash of the request, approval
+    "cooldown": "cool:{address}",  # string: message id holding a recipient's cooldown
+    "suppressed_addresses": "supp:addr",  # set: suppressed addresses
+    "suppressed_domains": "supp:dom",  # set: suppressed domains
+    "throttle": "thr:{scope}:{per_ms}:{value}",  # zset: sends, score = latest possible send time
+    "gap": "gap:{scope}:{value}",  # string: earliest next send (ms) in a bucket with min_gap
+    "token": "tok:{id}",  # hash: a token: sha256 of its secret, role, name; never the secret
+    "recipient": "rcpt:{address}",  # set: ids of messages admitted for an address
+    "last_sent": "last:{address}",  # string: id of the last message sent to an address
+    "signals": "sig:{scope}",  # hash: counts per slot `{slot}:{signal}`, totals `t:{signal}`
+    "active_scopes": "sig:active",  # zset: scopes with signals, score = last signal (ms)
+    "trips": "trips",  # hash: scope -> JSON of its active safe-mode trip
+    "held": "held:{scope}",  # set: ids of messages held by that scope's trip
+    "unparsed": "unparsed",  # list: inbound mail that could not be parsed, newest first
+    "approval": "appr:{id}",  # hash: an approval request: tier, kind, requester, status, decisions
+    "approval_messages": "appr:{id}:msgs",  # set: ids of the messages waiting for it
+    "approvals": "approvals",  # zset: approval request ids, score = creation time (ms)
+    "approvals_pending": "approvals:pending",  # zset: pending request ids, score = expiry (ms)
+    "run": "run:{agent}:{scope}",  # zset: an agent's recent messages to a segment or campaign
+    "run_approval": "run:{agent}:{scope}:approval",  # string: the approval request covering that run
+    "audit_pending": "audit:pending",  # list: entries written, not yet chained, oldest first
+    "audit_chain": "audit:chain",  # list: the hash-chained audit trail, JSON entries in sequence order
+    "audit_head": "audit:head",  # hash: seq and hash of the last chained entry
+    "audit_lock": "audit:lock",  # string: the daemon currently chaining the audit trail
+    "unsubscribe_secret": "unsub:secret",  # string: the HMAC secret of one-click unsubscribe links
+    "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
+}
+# The `{part}` names of each pattern, in order.
+PARTS = {
+    name: [part for _, part, _, _ in Formatter().parse(pattern) if part] for name, pattern in SCHEMA.items()
+}
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key builder for one prefix, so several deployments can share a Redis."""
+    """Key builder for one prefix, so several deployments can share a Redis.
+
+    One accessor per `SCHEMA` entry, of the same name (a test holds them to it).
+    """
 
     prefix: str
 
+    def _key(self, name: str, *parts: str | int) -> str:
+        return f"{self.prefix}:" + SCHEMA[name].format_map(dict(zip(PARTS[name], parts, strict=True)))
+
     def msg(self, message_id: str) -> str:
-        return f"{self.prefix}:msg:{message_id}"
+        return self._key("msg", message_id)
 
     def hist(self, message_id: str) -> str:
-        return f"{self.prefix}:hist:{message_id}"
+        return self._key("hist", message_id)
 
     @property
     def due(self) -> str:
-        return f"{self.prefix}:due"
+        return self._key("due")
 
     @property
     def inflight(self) -> str:
-        return f"{self.prefix}:inflight"
+        return self._key("inflight")
 
     @property
     def count(self) -> str:
-        return f"{self.prefix}:count"
+        return self._key("count")
 
     @property
     def stats(self) -> str:
-        return f"{self.prefix}:stats"
+        return self._key("stats")
 
     def instance(self, instance_id: str) -> str:
-        return f"{self.prefix}:inst:{instance_id}"
+        return self._key("instance", instance_id)
 
     def idempotency(self, agent: str, key: str) -> str:
-        return f"{self.prefix}:idem:{agent}:{key}"
+        return self._key("idempotency", agent, key)
 
     def batch_idempotency(self, agent: str, key: str) -> str:
-        return f"{self.prefix}:idem-batch:{agent}:{key}"
+        return self._key("batch_idempotency", agent, key)
 
     def batch(self, batch_id: str) -> str:
-        return f"{self.prefix}:batch:{batch_id}"
+        return self._key("batch", batch_id)
 
     def cooldown(self, address: str) -> str:
-        return f"{self.prefix}:cool:{address}"
+        return self._key("cooldown", address)
 
     @property
     def suppressed_addresses(self) -> str:
-        return f"{self.prefix}:supp:addr"
+        return self._key("suppressed_addresses")
 
     @property
     def suppressed_domains(self) -> str:
-        return f"{self.prefix}:supp:dom"
+        return self._key("suppressed_domains")
 
     def throttle(self, scope: str, per_ms: int, value: str) -> str:
-        return f"{self.prefix}:thr:{scope}:{per_ms}:{value}"
+        return self._key("throttle", scope, per_ms, value)
 
     def gap(self, scope: str, value: str) -> str:
-        return f"{self.prefix}:gap:{scope}:{value}"
+        return self._key("gap", scope, value)
 
     def token(self, token_id: str) -> str:
-        return f"{self.prefix}:tok:{token_id}"
+        return self._key("token", token_id)
 
     @property
     def token_pattern(self) -> str:
-        return f"{self.prefix}:tok:*"
+        """Every token key, for SCAN MATCH."""
+        return self.token("*")
 
     def recipient(self, address: str) -> str:
-        return f"{self.prefix}:rcpt:{address}"
+        return self._key("recipient", address)
 
     def last_sent(self, address: str) -> str:
-        return f"{self.prefix}:last:{address}"
+        return self._key("last_sent", address)
 
     def signals(self, scope: str) -> str:
-        return f"{self.prefix}:sig:{scope}"
+        return self._key("signals", scope)
 
     @property
     def active_scopes(self) -> str:
-        return f"{self.prefix}:sig:active"
+        return self._key("active_scopes")
 
     @property
     def trips(self) -> str:
-        return f"{self.prefix}:trips"
+        return self._key("trips")
 
     def held(self, scope: str) -> str:
-        return f"{self.prefix}:held:{scope}"
+        return self._key("held", scope)
 
     @property
     def unparsed(self) -> str:
-        return f"{self.prefix}:unparsed"
-
-    @property
-    def audit_pending(self) -> str:
-        return f"{self.prefix}:audit:pending"
-
-    @property
-    def audit_chain(self) -> str:
-        return f"{self.prefix}:audit:chain"
-
-    @property
-    def audit_head(self) -> str:
-        return f"{self.prefix}:audit:head"
-
-    @property
-    def audit_lock(self) -> str:
-        return f"{self.prefix}:audit:lock"
+        return self._key("unparsed")
 
     def approval(self, approval_id: str) -> str:
-        return f"{self.prefix}:appr:{approval_id}"
+        return self._key("approval", approval_id)
 
     def approval_messages(self, approval_id: str) -> str:
-        return f"{self.prefix}:appr:{approval_id}:msgs"
+        return self._key("approval_messages", approval_id)
 
     @property
     def approvals(self) -> str:
-        return f"{self.prefix}:approvals"
-
-    def run(self, agent: str, scope: str) -> str:
-        return f"{self.prefix}:run:{agent}:{scope}"
-
-    def run_approval(self, agent: str, scope: str) -> str:
-        return f"{self.prefix}:run:{agent}:{scope}:approval"
+        return self._key("approvals")
 
     @property
     def approvals_pending(self) -> str:
-        return f"{self.prefix}:approvals:pending"
+        return self._key("approvals_pending")
+
+    def run(self, agent: str, scope: str) -> str:
+        return self._key("run", agent, scope)
+
+    def run_approval(self, agent: str, scope: str) -> str:
+        return self._key("run_approval", agent, scope)
+
+    @property
+    def audit_pending(self) -> str:
+        return self._key("audit_pending")
+
+    @property
+    def audit_chain(self) -> str:
+        return self._key("audit_chain")
+
+    @property
+    def audit_head(self) -> str:
+        return self._key("audit_head")
+
+    @property
+    def audit_lock(self) -> str:
+        return self._key("audit_lock")
 
     @property
     def unsubscribe_secret(self) -> str:
-        return f"{self.prefix}:unsub:secret"
+        return self._key("unsubscribe_secret")
 
     @property
     def rules_reloads(self) -> str:
-        return f"{self.prefix}:rules:reloads"
+        return self._key("rules_reloads")

@@ -1,0 +1,69 @@
+-- Count signals for each scope of a message and, for a bad signal, trip the first scope whose
+-- rates cross the rules. Returns {1 (counted) or 0 (already counted), the trips as JSON...}.
+local trips_key, active_key = KEYS[1], KEYS[2]
+local msg_key = KEYS[3]             -- the message `once` is recorded on
+local last_sent_key = KEYS[4]       -- where `last_id` is remembered
+local signal_keys = {unpack(KEYS, 5)}  -- one per scope, in the order of `scopes`
+local window = tonumber(ARGV[1])    -- ms
+local slots = tonumber(ARGV[2])
+local counters = cjson.decode(ARGV[3])  -- the signals to count
+local once = ARGV[4]                -- a field on the message: count only if it is not set yet
+local last_id = ARGV[5]             -- '' for none
+local r = cjson.decode(ARGV[6])     -- the safe-mode thresholds
+local by = ARGV[7]                  -- who trips
+local retention = tonumber(ARGV[8])
+local evaluate = ARGV[9] == '1'     -- a bad signal: compare the rates with the rules
+local scopes = {unpack(ARGV, 10)}   -- most specific first
+
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local slot_ms = math.floor(window / slots)
+local slot = math.floor(now / slot_ms)
+if once ~= '' and redis.call('HSETNX', msg_key, once, now) == 0 then return {0} end
+if last_id ~= '' then redis.call('SET', last_sent_key, last_id, 'PX', retention) end
+local trips = {1}  -- counted, then the trips
+local function over(n, d, rate) return d > 0 and n >= rate * d - 1e-9 end
+for i, key in ipairs(signal_keys) do
+  refresh(key, slot, slots)
+  for _, c in ipairs(counters) do
+    redis.call('HINCRBY', key, slot .. ':' .. c, 1)
+    redis.call('HINCRBY', key, 't:' .. c, 1)
+  end
+  redis.call('PEXPIRE', key, window + slot_ms)
+  redis.call('ZADD', active_key, now, scopes[i])
+end
+-- Scopes come most specific first. The first one already tripped absorbs the signal, and the
+-- first one to cross trips alone: a bad segment stops that segment, not everything above it.
+for i, key in ipairs(signal_keys) do
+  if not evaluate then break end
+  local scope = scopes[i]
+  if redis.call('HEXISTS', trips_key, scope) == 1 then break end
+  local v = totals(key)
+  local sent, hard, complaint, replies = v[1], v[2], v[4], v[5]
+  local bad, abusive, denials = v[6] + v[7], v[7], v[8]
+  local cause, value, threshold, detail
+  if sent >= r.min_sent and over(hard, sent, r.bounce_rate) then
+    cause, value, threshold = 'bounce_rate', hard / sent, r.bounce_rate
+    detail = hard .. ' hard bounces of ' .. sent .. ' sent'
+  elseif sent >= r.min_sent and over(complaint, sent, r.complaint_rate) then
+    cause, value, threshold = 'complaint_rate', complaint / sent, r.complaint_rate
+    detail = complaint .. ' complaints of ' .. sent .. ' sent'
+  elseif replies >= r.min_replies and over(bad, replies, r.negative_reply_rate) then
+    cause, value, threshold = 'negative_reply_rate', bad / replies, r.negative_reply_rate
+    detail = bad .. ' negative or abusive replies of ' .. replies
+  elseif abusive >= r.abusive_replies then
+    cause, value, threshold = 'abusive_replies', abusive, r.abusive_replies
+    detail = abusive .. ' abusive replies'
+  elseif denials >= r.max_denials then
+    cause, value, threshold = 'denials', denials, r.max_denials
+    detail = denials .. ' submissions refused by policy'
+  end
+  if cause then
+    local trip = cjson.encode({scope=scope, cause=cause, value=value, threshold=threshold,
+      detail=detail .. ' in the window', at=now, by=by})
+    redis.call('HSET', trips_key, scope, trip)
+    table.insert(trips, trip)
+    break
+  end
+end
+return trips

@@ -1,0 +1,52 @@
+-- Move a message on, if it is in an allowed status and (when given) the claim is still ours.
+-- Returns {0, status} when refused, {2, scope} when held by safe mode instead, {1, old status}.
+local msg_key, hist_key, due_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local count_key, cooldown_key = KEYS[5], KEYS[6]  -- the cooldown a cancellation gives back
+local id = ARGV[1]
+local now = ARGV[2]                 -- ms
+local claim = ARGV[3]               -- '' when no claim is needed
+local allowed_from = ARGV[4]        -- comma-separated statuses; '' for any
+local to = ARGV[5]                  -- '' keeps the status
+local cause, detail = ARGV[6], ARGV[7]  -- for the history; no entry without a cause
+local due = ARGV[8]                 -- ms to (re)queue at; negative for not queued
+local keep_claim = ARGV[9] == '1'
+local retention_ms = ARGV[10]
+local hold_if_tripped = ARGV[11] == '1'
+local audit_entry = ARGV[12]        -- '' for none
+local fields = {unpack(ARGV, 13)}   -- name, value, ... to set on the record
+
+local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes')
+if not cur[1] then return {0, ''} end
+if claim ~= '' and cur[2] ~= claim then return {0, cur[1]} end
+if allowed_from ~= '' and not string.find(',' .. allowed_from .. ',', ',' .. cur[1] .. ',', 1, true) then
+  return {0, cur[1]}
+end
+if hold_if_tripped then
+  local scope = tripped(cur[3])
+  if scope then
+    hold(id, scope, tonumber(now), cur[1])
+    return {2, scope}
+  end
+end
+if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
+if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
+local new = to
+if new == '' then new = cur[1] end
+if new ~= cur[1] then
+  redis.call('HSET', msg_key, 'status', new)
+  if WAITING[cur[1]] then redis.call('HINCRBY', count_key, cur[1], -1) end
+  if WAITING[new] then redis.call('HINCRBY', count_key, new, 1) end
+end
+if cause ~= '' then history(hist_key, tonumber(now), new, cause, detail) end
+if not keep_claim then
+  redis.call('ZREM', inflight_key, id)
+  redis.call('HDEL', msg_key, 'claim', 'owner')
+end
+redis.call('ZREM', due_key, id)
+if tonumber(due) >= 0 then redis.call('ZADD', due_key, due, id) end
+if TERMINAL[new] then
+  redis.call('PEXPIRE', msg_key, retention_ms)
+  redis.call('PEXPIRE', hist_key, retention_ms)
+  if new == 'cancelled' and redis.call('GET', cooldown_key) == id then redis.call('DEL', cooldown_key) end
+end
+return {1, cur[1]}

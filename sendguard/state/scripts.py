@@ -1,0 +1,110 @@
+"""sendguard's Redis Lua scripts: package data in `state/lua/`, composed with what they share.
+
+Each `lua/<name>.lua` is one script (the `limits` package keeps its scripts the same way). It
+names its KEYS and ARGV as locals in its first lines and uses only those names below. Above it
+the loader puts exactly the shared definitions the script uses, each from its one source:
+
+- `key_<name>(...)` for every key of the schema in keys.py, with the prefix fixed at load time,
+  so no script builds a key by hand;
+- the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py;
+- the helper functions of `lua/shared/*.lua` (history, safe mode, signal windows).
+
+Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
+the layout of Redis. tests/test_scripts.py holds each script to these rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from importlib.resources import files
+from string import Formatter
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from sendguard.model import CANCELLABLE, WAITING, Status
+from sendguard.state.keys import PARTS, SCHEMA, Keys
+
+LUA = files("sendguard.state") / "lua"
+# The shared helper files, in an order where each may use the ones before it.
+SHARED = ("history", "safe_mode", "signal_window")
+
+_DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)
+_KEY_HELPER = re.compile(r"\bkey_(\w+)\(")
+
+
+@functools.cache
+def _read(*path: str) -> str:
+    """A file under `lua/`, read once per process."""
+    found = LUA
+    for part in path:
+        found = found / part
+    return found.read_text(encoding="utf-8")
+
+
+def script_names() -> list[str]:
+    """Every script the loader can compose, by name."""
+    return sorted(item.name.removesuffix(".lua") for item in LUA.iterdir() if item.name.endswith(".lua"))
+
+
+def _lua_string(text: str) -> str:
+    """`text` as a Lua string literal; anything but plain characters as a decimal escape."""
+    plain = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:"
+    return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in text.encode()) + '"'
+
+
+def _key_helper(name: str) -> str:
+    """`local function key_msg(id) return PREFIX .. ":msg:" .. id end`, from the schema."""
+    pieces = ["PREFIX"]
+    for literal, part, _, _ in Formatter().parse(":" + SCHEMA[name]):
+        pieces.append(_lua_string(literal))
+        if part:
+            pieces.append(part)
+    return f"local function key_{name}({', '.join(PARTS[name])}) return {' .. '.join(pieces)} end\n"
+
+
+def _status_set(statuses: Iterable[Status]) -> str:
+    return "{" + ", ".join(f"[{_lua_string(status)}]=true" for status in statuses) + "}"
+
+
+_STATUS_SETS = {
+    "WAITING": _status_set(WAITING),
+    "TERMINAL": _status_set(status for status in Status if status not in WAITING),
+    "CANCELLABLE": _status_set(CANCELLABLE),
+}
+
+
+def source(name: str, keys: Keys) -> str:
+    """The script `name` as Redis runs it for `keys`' deployment."""
+    return compose(_read(f"{name}.lua"), keys, f"{name}.lua")
+
+
+def compose(body: str, keys: Keys, origin: str = "a script") -> str:
+    """Lua `body` with the shared definitions it uses above it."""
+    shared: list[str] = []
+    text = body
+    for helper in reversed(SHARED):  # a helper pulls in the ones it uses in turn
+        helper_text = _read("shared", f"{helper}.lua")
+        if any(re.search(rf"\b{function}\(", text) for function in _DEFINED.findall(helper_text)):
+            shared.insert(0, helper_text)
+            text = helper_text + text
+    used_keys = sorted(set(_KEY_HELPER.findall(text)))
+    unknown = ", ".join(f"key_{key}" for key in used_keys if key not in SCHEMA)
+    if unknown:
+        raise LookupError(f"{origin} uses key helpers that keys.SCHEMA lacks: {unknown}")
+    preamble = [
+        f"local {set_name} = {table}\n"
+        for set_name, table in _STATUS_SETS.items()
+        if re.search(rf"\b{set_name}\b", text)
+    ]
+    if used_keys:
+        preamble.append(f"local PREFIX = {_lua_string(keys.prefix)}\n")
+        preamble += [_key_helper(key) for key in used_keys]
+    return "".join(preamble + shared) + body
+
+
+def register(client: aioredis.Redis, keys: Keys, name: str) -> AsyncScript:
+    """The script `name` for `keys`' deployment, run by its SHA (loaded on first use)."""
+    return client.register_script(source(name, keys))

@@ -1,0 +1,123 @@
+"""The Lua scripts as package data: each compiles in Redis, names its arguments at the top and
+builds every key through the helpers generated from the one key schema in keys.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from sendguard.state import scripts
+from sendguard.state.keys import PARTS, SCHEMA, Keys
+
+NAMES = scripts.script_names()
+# Every word a key pattern spells out (`msg`, `audit`, `pending`, ...): in a Lua string next to a
+# colon, one of them is a key built by hand.
+SEGMENTS = {
+    word for pattern in SCHEMA.values() for word in re.sub(r"\{\w+\}", "", pattern).split(":") if word
+}
+_LITERAL = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+_ARGUMENTS = re.compile(r"\b(?:ARGV|KEYS)\b")
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def lua_file(*path: str) -> str:
+    found = scripts.LUA
+    for part in path:
+        found = found / part
+    return found.read_text(encoding="utf-8")
+
+
+def without_comments(text: str) -> str:
+    return re.sub(r"--.*", "", text)
+
+
+def names_below_header(text: str) -> list[str]:
+    """Lines using ARGV or KEYS after the header (its leading comments and argument locals).
+
+    Header lines that use them must name them as locals: `local now = tonumber(ARGV[2])`.
+    """
+    lines = text.splitlines()
+    header = 0
+    while header < len(lines) and (
+        not lines[header].strip() or lines[header].startswith("--") or _ARGUMENTS.search(lines[header])
+    ):
+        header += 1
+    unnamed = [line for line in lines[:header] if _ARGUMENTS.search(line) and not line.startswith("local ")]
+    return unnamed + [line for line in lines[header:] if _ARGUMENTS.search(without_comments(line))]
+
+
+def hand_built_keys(text: str) -> list[str]:
+    """What in a Lua text builds a key other than through a generated `key_<name>(...)` helper."""
+    code = without_comments(text)
+    found = [f"PREFIX used directly: {line.strip()}" for line in code.splitlines() if "PREFIX" in line]
+    for match in _LITERAL.finditer(code):
+        literal = match[1] if match[1] is not None else match[2]
+        words = literal.split(":")
+        if len(words) > 1 and SEGMENTS.intersection(words):
+            found.append(f"key literal {match[0]}")
+    found += [f"a key sliced: {m[0]}" for m in re.finditer(r"\w*key\w*(?:\[\d+\])?:sub\(", code)]
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_script_compiles_in_redis(client: redis.Redis, name: str) -> None:
+    sha = client.script_load(scripts.source(name, Keys("sg-test")))
+    assert client.script_exists(sha) == [True]
+
+
+def test_redis_refuses_a_script_that_does_not_compile(client: redis.Redis) -> None:
+    with pytest.raises(redis.ResponseError):
+        client.script_load(scripts.compose("if then", Keys("sg-test")))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_script_names_its_arguments_at_the_top(name: str) -> None:
+    assert names_below_header(lua_file(f"{name}.lua")) == []
+
+
+def test_the_header_check_sees_an_argument_used_below_it() -> None:
+    text = "-- a script\nlocal id = ARGV[1]\n\nredis.call('DEL', KEYS[1])\nreturn ARGV[2]\n"
+    assert names_below_header(text) == ["redis.call('DEL', KEYS[1])", "return ARGV[2]"]
+    assert names_below_header("redis.call('GET', KEYS[1])\n") == ["redis.call('GET', KEYS[1])"]
+
+
+@pytest.mark.parametrize("name", [*NAMES, *(f"shared/{helper}" for helper in scripts.SHARED)])
+def test_no_script_builds_a_key_by_hand(name: str) -> None:
+    assert hand_built_keys(lua_file(*f"{name}.lua".split("/"))) == []
+
+
+def test_the_key_check_sees_a_hand_built_key() -> None:
+    assert hand_built_keys("local key = prefix .. ':msg:' .. id") == ["key literal ':msg:'"]
+    assert hand_built_keys("redis.call('SADD', PREFIX .. \":held:\" .. scope, id)") != []
+    assert hand_built_keys("local other = msg_key:sub(1, -#id - 1) .. existing") != []
+    # Hash fields and members are not keys.
+    assert hand_built_keys("redis.call('HINCRBY', key, slot .. ':' .. c, 1) -- 't:' totals") == []
+
+
+def test_an_unknown_key_helper_is_refused() -> None:
+    with pytest.raises(LookupError, match="key_nowhere"):
+        scripts.compose("return key_nowhere('x')", Keys("sg"))
+
+
+def test_python_and_lua_build_every_key_alike(client: redis.Redis) -> None:
+    """Each schema entry has a `Keys` accessor of its name, and its Lua helper agrees with it."""
+    keys = Keys('odd "prefix" é')
+    calls, expected = [], []
+    for name in SCHEMA:
+        parts = [f"{part}-{index}" for index, part in enumerate(PARTS[name])]
+        accessor = getattr(keys, name)
+        expected.append(accessor(*parts) if parts else accessor)
+        calls.append(f"key_{name}({', '.join(repr(part) for part in parts)})")
+    assert expected[0] == 'odd "prefix" é:msg:id-0'
+    body = "return {" + ", ".join(calls) + "}"
+    assert client.eval(scripts.compose(body, keys), 0) == expected
