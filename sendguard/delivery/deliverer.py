@@ -201,7 +201,7 @@ class Deliverer:
                 to=None,
                 claim=claim.token,
                 allowed_from=_CLAIMABLE,
-                due_ms=now_ms() + reservation.wait_ms,
+                delay_ms=reservation.wait_ms,
                 fields={"waiting_for": reservation.blocked_by.value},
             )
             return
@@ -262,9 +262,9 @@ class Deliverer:
             )
         metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
         status = outcome.status
-        due = now_ms() + self._backoff_ms(attempt) if status is Status.DEFERRED else None
+        delay = self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
-        store_outcome = functools.partial(self._record, claim, buckets, member, delivered, outcome, due)
+        store_outcome = functools.partial(self._record, claim, buckets, member, delivered, outcome, delay)
         await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
         log.info(
             "delivery %s",
@@ -300,7 +300,7 @@ class Deliverer:
         member: str,
         delivered: bool,
         outcome: Outcome,
-        due: int | None,
+        delay: int | None,
     ) -> None:
         status, cause, detail, fields = outcome
         record = claim.record
@@ -325,7 +325,7 @@ class Deliverer:
             detail=detail,
             claim=claim.token,
             allowed_from=(Status.SENDING,),
-            due_ms=due,
+            delay_ms=delay,
             fields=fields,
             audit_entry=trail,
         )
@@ -408,7 +408,7 @@ class Deliverer:
                     to=Status.DEFERRED,
                     claim=claim.token,
                     allowed_from=_CLAIMABLE,
-                    due_ms=now_ms() + self._backoff_ms(checks),
+                    delay_ms=self._backoff_ms(checks),
                     fields={"dns_checks": checks},
                 )
             return False

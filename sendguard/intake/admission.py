@@ -35,7 +35,7 @@ from sendguard.intake.batches import (
 )
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
-from sendguard.model import Reason, Status, now_ms
+from sendguard.model import Reason, Status
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.state.store import Admission, Candidate, Store
@@ -242,12 +242,6 @@ class Admissions:
             reasons = (Reason("dns_temporary", "DNS failed temporarily; will check again"),)
         else:
             status = Status.QUEUED
-        now = now_ms()
-        due = now
-        if message.send_at is not None:
-            due = max(now, int(message.send_at.timestamp() * 1000))
-        if status is Status.DEFERRED:
-            due = max(due, now + self._retry_base_ms)
         message_id = new_message_id()
         fields = public_fields(message)
         fields |= {
@@ -259,7 +253,6 @@ class Admissions:
             "dns_pending": "1" if status is Status.DEFERRED else "0",
             "dns_checks": "1" if status is Status.DEFERRED else "0",
             "rules_version": rules.version,
-            "not_before": str(due),
             "message_id_header": message_id_header(message_id, fields["from_addr"]),
         }
         return Candidate(
@@ -269,7 +262,8 @@ class Admissions:
             domain=recipient.domain,
             status=status,
             reasons=reasons,
-            due_ms=due,
+            delay_ms=self._retry_base_ms if status is Status.DEFERRED else 0,
+            send_at_ms=int(message.send_at.timestamp() * 1000) if message.send_at else 0,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency_key=idempotency_key,
             scopes=message_scopes(scope_values(fields)),

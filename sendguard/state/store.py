@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sendguard.model import WAITING, Reason, Status, decode_reasons, now_ms
+from sendguard.model import WAITING, Reason, Status, decode_reasons
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -45,7 +45,8 @@ class Candidate:
     domain: str
     status: Status
     reasons: tuple[Reason, ...]
-    due_ms: int
+    delay_ms: int  # how long after admission, by Redis' clock, it may go at the earliest
+    send_at_ms: int  # not before this time the agent asked for (ms); 0 for none
     cooldown_ms: int
     idempotency_key: str | None
     scopes: list[str]
@@ -159,10 +160,9 @@ class Store:
     def _admit_args(self, candidate: Candidate) -> list[Any]:
         args: list[Any] = [
             candidate.message_id,
-            now_ms(),
             candidate.status.value,
             json.dumps([r.as_dict() for r in candidate.reasons]),
-            candidate.due_ms,
+            candidate.delay_ms,
             candidate.cooldown_ms,
             candidate.address,
             candidate.domain,
@@ -172,6 +172,7 @@ class Store:
             json.dumps(candidate.scopes),
             candidate.approval,
             candidate.audit_entry,
+            candidate.send_at_ms,
         ]
         for name, value in candidate.fields.items():
             args += [name, value]
@@ -197,7 +198,7 @@ class Store:
         detail: str = "",
         claim: str = "",
         allowed_from: Iterable[Status] = (),
-        due_ms: int | None = None,
+        delay_ms: int | None = None,
         keep_claim: bool = False,
         fields: Mapping[str, str | int] | None = None,
         recipient: str = "-",
@@ -215,13 +216,12 @@ class Store:
         k = self.keys
         args: list[Any] = [
             message_id,
-            now_ms(),
             claim,
             ",".join(allowed_from),
             to.value if to else "",
             cause,
             detail,
-            -1 if due_ms is None else due_ms,
+            -1 if delay_ms is None else delay_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
             "1" if hold_if_tripped else "0",
@@ -270,7 +270,7 @@ class Store:
         while True:
             async with translated():
                 done, other, left = await self._release_held(
-                    keys=[k.held(scope), k.due, k.count], args=[scope, now_ms(), batch, detail]
+                    keys=[k.held(scope), k.due, k.count], args=[scope, batch, detail]
                 )
             released, still = released + int(done), still + int(other)
             if not int(left):
@@ -285,7 +285,7 @@ class Store:
         cursor, held = "0", 0
         while True:
             async with translated():
-                cursor, found = await self._hold_waiting(keys=[self.keys.due], args=[scope, cursor, now_ms()])
+                cursor, found = await self._hold_waiting(keys=[self.keys.due], args=[scope, cursor])
             held += int(found)
             if str(cursor) == "0":
                 return held
@@ -328,7 +328,6 @@ class Store:
         for start in range(0, len(ids), 500):
             args: list[str | int] = [
                 json.dumps(dict(filters or {})),
-                now_ms(),
                 RETENTION_MS,
                 cause,
                 detail,
@@ -344,7 +343,7 @@ class Store:
         async with translated():
             moved = await self._settle_approval(
                 keys=[k.approval_messages(approval_id), k.due, k.count],
-                args=[outcome, now_ms(), detail, RETENTION_MS],
+                args=[outcome, detail, RETENTION_MS],
             )
         return int(moved)
 
@@ -352,7 +351,7 @@ class Store:
         self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None
     ) -> bool:
         """Record something that happened to a message without changing where it is; False if gone."""
-        args: list[Any] = [now_ms(), cause, detail]
+        args: list[Any] = [cause, detail]
         for name, value in (fields or {}).items():
             args += [name, value]
         async with translated():
@@ -381,9 +380,7 @@ class Store:
         """
         k = self.keys
         async with translated():
-            result = await self._recover(
-                keys=[k.inflight, k.due, k.count, k.stats], args=[now_ms(), limit, own, *live]
-            )
+            result = await self._recover(keys=[k.inflight, k.due, k.count, k.stats], args=[limit, own, *live])
         return int(result[0]), int(result[1])
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:

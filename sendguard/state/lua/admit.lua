@@ -5,19 +5,21 @@ local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idempotency_key, cooldown_key = KEYS[5], KEYS[6]
 local suppressed_addresses_key, suppressed_domains_key, recipient_key = KEYS[7], KEYS[8], KEYS[9]
 local id = ARGV[1]
-local now = ARGV[2]                 -- ms
-local decided_status = ARGV[3]      -- what the checks in Python decided
-local decided_reasons = ARGV[4]     -- JSON list of {code, detail}
-local due = ARGV[5]                 -- ms
-local cooldown_ms = ARGV[6]
-local address, domain = ARGV[7], ARGV[8]
-local idempotency_ttl_ms = ARGV[9]
-local use_idempotency = ARGV[10] == '1'
-local retention_ms = ARGV[11]
-local scopes = ARGV[12]             -- JSON list, most specific first
-local approval = ARGV[13]           -- the request it waits for; '' for none
-local audit_entry = ARGV[14]        -- a pending audit entry holding AUDIT_OUTCOME; '' for none
+local decided_status = ARGV[2]      -- what the checks in Python decided
+local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
+local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred check's wait)
+local cooldown_ms = ARGV[5]
+local address, domain = ARGV[6], ARGV[7]
+local idempotency_ttl_ms = ARGV[8]
+local use_idempotency = ARGV[9] == '1'
+local retention_ms = ARGV[10]
+local scopes = ARGV[11]             -- JSON list, most specific first
+local approval = ARGV[12]           -- the request it waits for; '' for none
+local audit_entry = ARGV[13]        -- a pending audit entry holding AUDIT_OUTCOME; '' for none
+local send_at = tonumber(ARGV[14])  -- ms: not before the time the agent asked for; 0 for none
 local fields = {unpack(ARGV, 15)}   -- name, value, ... of the record
+local now = clock_ms()
+local due = math.max(now + delay_ms, send_at)
 
 -- The submission's audit entry carries this pair where the outcome goes (see intake/admission.py).
 local AUDIT_OUTCOME = '"outcome":"@"'
@@ -45,10 +47,10 @@ end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
 redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'attempts', '0', 'scopes', scopes, unpack(fields))
+  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
-history(hist_key, tonumber(now), status, 'submitted', detail)
+history(hist_key, now, status, 'submitted', detail)
 local held_by = ''
 if WAITING[status] then
   redis.call('SADD', recipient_key, id)
@@ -60,9 +62,9 @@ if WAITING[status] then
     redis.call('HSET', msg_key, 'status', status, 'approval', approval)
     redis.call('SADD', key_approval_messages(approval), id)
     redis.call('HINCRBY', count_key, status, 1)
-    history(hist_key, tonumber(now), status, 'approval_required', 'approval request ' .. approval)
+    history(hist_key, now, status, 'approval_required', 'approval request ' .. approval)
   elseif scope then
-    hold(id, scope, tonumber(now), nil)
+    hold(id, scope, now, nil)
     status, held_by = 'held', scope
   else
     redis.call('HINCRBY', count_key, status, 1)

@@ -2,10 +2,10 @@
 -- A cancelled message gives back the recipient's cooldown it holds, as a single cancel does.
 local due_key, count_key = KEYS[1], KEYS[2]
 local filters = cjson.decode(ARGV[1])  -- record field -> value
-local now = ARGV[2]                 -- ms
-local retention_ms = ARGV[3]
-local cause, detail = ARGV[4], ARGV[5]  -- the reason code, and why for people
-local ids = {unpack(ARGV, 6)}
+local retention_ms = ARGV[2]
+local cause, detail = ARGV[3], ARGV[4]  -- the reason code, and why for people
+local ids = {unpack(ARGV, 5)}
+local now = clock_ms()
 
 local counts = {}
 for _, id in ipairs(ids) do
@@ -27,7 +27,7 @@ for _, id in ipairs(ids) do
     redis.call('HINCRBY', count_key, status, -1)
     local cooldown = key_cooldown(redis.call('HGET', key, 'to') or '')
     if redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
-    history(key_hist(id), tonumber(now), 'cancelled', cause, detail)
+    history(key_hist(id), now, 'cancelled', cause, detail)
     redis.call('PEXPIRE', key, retention_ms)
     redis.call('PEXPIRE', key_hist(id), retention_ms)
     counts[status] = (counts[status] or 0) + 1

@@ -4,8 +4,7 @@ local due_key, inflight_key = KEYS[1], KEYS[2]
 local owner = ARGV[1]       -- the daemon instance
 local claim = ARGV[2]       -- the claim's token: only its holder can move the message on
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = clock_ms()
 -- Messages of tripped scopes met on the way are held, so a trip costs no claim per message.
 for _ = 1, 32 do
   local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, 1)

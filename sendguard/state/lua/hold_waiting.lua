@@ -3,7 +3,7 @@
 local due_key = KEYS[1]
 local scope = ARGV[1]               -- the tripped scope; nothing happens once it is resumed
 local cursor = ARGV[2]
-local now = ARGV[3]                 -- ms
+local now = clock_ms()
 
 if redis.call('HEXISTS', key_trips(), scope) == 0 then return {'0', 0} end
 local scan = redis.call('ZSCAN', due_key, cursor, 'COUNT', 500)
@@ -14,7 +14,7 @@ for i = 1, #scan[2], 2 do
   if cur[1] and cur[2] then
     for _, other in ipairs(cjson.decode(cur[2])) do
       if other == scope then
-        hold(id, other, tonumber(now), cur[1])
+        hold(id, other, now, cur[1])
         held = held + 1
         break
       end

@@ -1,10 +1,10 @@
 -- Requeue claims whose daemon died, and the given daemon's claims it no longer works on.
 -- A message that was mid-send is counted uncertain. Returns {recovered, of which uncertain}.
 local inflight_key, due_key, count_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now = ARGV[1]                 -- ms
-local limit = tonumber(ARGV[2])     -- claims looked at
-local own = ARGV[3]                 -- the asking daemon; '' for none
-local live_claims = {unpack(ARGV, 4)}  -- the tokens of the claims it still works on
+local limit = tonumber(ARGV[1])     -- claims looked at
+local own = ARGV[2]                 -- the asking daemon; '' for none
+local live_claims = {unpack(ARGV, 3)}  -- the tokens of the claims it still works on
+local now = clock_ms()
 
 local live = {}
 for _, claim in ipairs(live_claims) do live[claim] = true end
@@ -30,7 +30,7 @@ for _, id in ipairs(ids) do
       redis.call('HINCRBY', count_key, 'sending', -1)
       redis.call('HINCRBY', count_key, 'queued', 1)
       redis.call('HINCRBY', stats_key, 'uncertain', 1)
-      history(key_hist(id), tonumber(now), 'queued', 'recovered',
+      history(key_hist(id), now, 'queued', 'recovered',
         'the daemon sending it stopped or lost Redis mid-send; it may have been delivered and is retried')
       status = 'queued'
     end

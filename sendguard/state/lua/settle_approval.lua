@@ -2,9 +2,9 @@
 -- Returns how many moved.
 local messages_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3]
 local outcome = ARGV[1]             -- approved | denied | expired
-local now = tonumber(ARGV[2])       -- ms
-local detail = ARGV[3]              -- for the history
-local retention_ms = ARGV[4]
+local detail = ARGV[2]              -- for the history
+local retention_ms = ARGV[3]
+local now = clock_ms()
 
 local moved = 0
 for _, id in ipairs(redis.call('SMEMBERS', messages_key)) do

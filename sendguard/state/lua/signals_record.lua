@@ -15,8 +15,7 @@ local retention = tonumber(ARGV[8])
 local evaluate = ARGV[9] == '1'     -- a bad signal: compare the rates with the rules
 local scopes = {unpack(ARGV, 10)}   -- most specific first
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = clock_ms()
 local slot_ms = math.floor(window / slots)
 local slot = math.floor(now / slot_ms)
 if once ~= '' and redis.call('HSETNX', msg_key, once, now) == 0 then return {0} end

@@ -3,8 +3,7 @@ local active_key = KEYS[1]
 local window = tonumber(ARGV[1])    -- ms
 local slots = tonumber(ARGV[2])
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = clock_ms()
 local slot = math.floor(now / math.floor(window / slots))
 redis.call('ZREMRANGEBYSCORE', active_key, '-inf', now - window)
 local out = {}

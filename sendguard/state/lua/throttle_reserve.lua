@@ -11,8 +11,7 @@ local gap_keys = {unpack(KEYS, n + 1)}
 -- Blocked by a send still in flight: look again this soon, not after its whole lease.
 local IN_FLIGHT_RECHECK_MS = 200
 
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = clock_ms()
 local wait, blocker = 0, 0
 for i = 1, n do
   local limit, per = tonumber(window_limits[2 * i - 1]), tonumber(window_limits[2 * i])

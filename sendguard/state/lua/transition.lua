@@ -3,17 +3,17 @@
 local msg_key, hist_key, due_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local count_key, cooldown_key = KEYS[5], KEYS[6]  -- the cooldown a cancellation gives back
 local id = ARGV[1]
-local now = ARGV[2]                 -- ms
-local claim = ARGV[3]               -- '' when no claim is needed
-local allowed_from = ARGV[4]        -- comma-separated statuses; '' for any
-local to = ARGV[5]                  -- '' keeps the status
-local cause, detail = ARGV[6], ARGV[7]  -- for the history; no entry without a cause
-local due = ARGV[8]                 -- ms to (re)queue at; negative for not queued
-local keep_claim = ARGV[9] == '1'
-local retention_ms = ARGV[10]
-local hold_if_tripped = ARGV[11] == '1'
-local audit_entry = ARGV[12]        -- '' for none
-local fields = {unpack(ARGV, 13)}   -- name, value, ... to set on the record
+local claim = ARGV[2]               -- '' when no claim is needed
+local allowed_from = ARGV[3]        -- comma-separated statuses; '' for any
+local to = ARGV[4]                  -- '' keeps the status
+local cause, detail = ARGV[5], ARGV[6]  -- for the history; no entry without a cause
+local delay_ms = tonumber(ARGV[7])  -- (re)queue this long after now; negative for not queued
+local keep_claim = ARGV[8] == '1'
+local retention_ms = ARGV[9]
+local hold_if_tripped = ARGV[10] == '1'
+local audit_entry = ARGV[11]        -- '' for none
+local fields = {unpack(ARGV, 12)}   -- name, value, ... to set on the record
+local now = clock_ms()
 
 local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes')
 if not cur[1] then return {0, ''} end
@@ -24,7 +24,7 @@ end
 if hold_if_tripped then
   local scope = tripped(cur[3])
   if scope then
-    hold(id, scope, tonumber(now), cur[1])
+    hold(id, scope, now, cur[1])
     return {2, scope}
   end
 end
@@ -37,13 +37,13 @@ if new ~= cur[1] then
   if WAITING[cur[1]] then redis.call('HINCRBY', count_key, cur[1], -1) end
   if WAITING[new] then redis.call('HINCRBY', count_key, new, 1) end
 end
-if cause ~= '' then history(hist_key, tonumber(now), new, cause, detail) end
+if cause ~= '' then history(hist_key, now, new, cause, detail) end
 if not keep_claim then
   redis.call('ZREM', inflight_key, id)
   redis.call('HDEL', msg_key, 'claim', 'owner')
 end
 redis.call('ZREM', due_key, id)
-if tonumber(due) >= 0 then redis.call('ZADD', due_key, due, id) end
+if delay_ms >= 0 then redis.call('ZADD', due_key, now + delay_ms, id) end
 if TERMINAL[new] then
   redis.call('PEXPIRE', msg_key, retention_ms)
   redis.call('PEXPIRE', hist_key, retention_ms)
