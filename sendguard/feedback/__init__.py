@@ -1,0 +1,1 @@
+"""What comes back after sending: events, inbound mail, the signal counters and safe mode."""

@@ -1,0 +1,1 @@
+"""Admission: who may send a submission, what each recipient's checks say, where it waits."""

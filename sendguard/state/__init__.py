@@ -1,0 +1,1 @@
+"""Redis, and everything sendguard keeps in it: the key schema, the Lua scripts, the message store."""
