@@ -6,26 +6,26 @@ the form people type, the API returns and Redis stores.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 
 from sendguard.errors import InvalidValue
+from sendguard.record import MessageRecord
 from sendguard.rules import ScopeKind
 
 GLOBAL = "global"
 _CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}
 
 
-def scope_values(record: Mapping[str, str]) -> dict[ScopeKind, str | None]:
+def scope_values(record: MessageRecord) -> dict[ScopeKind, str | None]:
     """The value a message has for each scope kind (None: the scope does not apply)."""
-    inbox = record["from_addr"]
+    inbox = record.from_addr
     return {
-        ScopeKind.RECIPIENT_DOMAIN: record["to_domain"],
+        ScopeKind.RECIPIENT_DOMAIN: record.to_domain,
         ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
         ScopeKind.INBOX: inbox,
-        ScopeKind.SEGMENT: record.get("segment") or None,
-        ScopeKind.CAMPAIGN: record.get("campaign") or None,
-        ScopeKind.AGENT: record["agent"],
+        ScopeKind.SEGMENT: record.segment,
+        ScopeKind.CAMPAIGN: record.campaign,
+        ScopeKind.AGENT: record.agent,
         ScopeKind.GLOBAL: "*",
     }
 
@@ -64,9 +64,3 @@ def split_scope(scope: str) -> tuple[str, str]:
     """(kind, value) for metric labels; global is ("global", "global")."""
     kind, _, value = scope.partition(":")
     return kind, value or GLOBAL
-
-
-def record_scopes(record: Mapping[str, str]) -> list[str]:
-    """The scopes a stored message was admitted with (its `scopes` field, JSON)."""
-    scopes: list[str] = json.loads(record.get("scopes") or "[]")
-    return scopes

@@ -11,7 +11,7 @@ import re
 import secrets
 import time
 from email.utils import getaddresses
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 from pydantic import (
     AfterValidator,
@@ -178,23 +178,3 @@ def new_message_id() -> str:
 def message_id_header(message_id: str, from_addr: str) -> str:
     domain = from_addr.rpartition("@")[2]
     return f"<{message_id}.sg@{domain}>"
-
-
-def public_fields(payload: Content) -> dict[str, Any]:
-    """The submission as it is stored (strings only, so it fits a Redis hash)."""
-    sender = payload.sender
-    return {
-        "from_name": sender.display_name,
-        "from_addr": sender.address,
-        "subject": payload.subject,
-        "text": payload.text or "",
-        "html": payload.html or "",
-        "segment": payload.segment or "",
-        "campaign": payload.campaign or "",
-        "agent_version": payload.agent_version,
-        "run_id": payload.run_id or "",
-        "idempotency_key": payload.idempotency_key or "",
-        "send_at": payload.send_at.isoformat() if payload.send_at else "",
-        "enrichment_source": payload.enrichment.source if payload.enrichment else "",
-        "enrichment_fetched_at": payload.enrichment.fetched_at.isoformat() if payload.enrichment else "",
-    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
+import json
 import os
 import re
 import signal
@@ -145,6 +146,26 @@ def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
     assert record["status"] == "failed" and statuses(record) == ["queued", "failed"]
     assert "cannot be rendered" in record["history"][-1]["detail"]
     assert smtp.received == []
+
+
+def test_a_record_that_cannot_be_read_fails_and_delivery_goes_on(
+    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    damaged_id = api.send("dana@customer.example", send_at=send_at)["id"]
+    key = Keys(prefix).msg(damaged_id)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.hset(key, "attempts", "many")  # not a count: the record cannot be read
+        wait_until(lambda: client.hget(key, "status") == "failed", what="the damaged message to fail")
+        last = json.loads(client.lrange(Keys(prefix).hist(damaged_id), -1, -1)[0])
+    finally:
+        client.close()
+    assert last["cause"] == "unsendable" and last["detail"].startswith("cannot be read: ValueError")
+    # The claim loop survived it: the next message goes out.
+    later_id = api.send("erin@customer.example")["id"]
+    assert settle(api, [later_id])[later_id]["status"] == "sent"
+    assert list(received_ids(smtp)) == [header_id(later_id)]
 
 
 def test_550_at_rcpt_bounces_without_retry(api: Api, smtp: SmtpSink) -> None:

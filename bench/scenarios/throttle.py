@@ -25,6 +25,8 @@ from bench.mail import AGENT, SENDER_ADDRESS
 from bench.scenario import Figure, Ratio, Sample, Scenario
 from bench.sizes import Size
 from sendguard.delivery.throttle import Throttles
+from sendguard.model import Status
+from sendguard.record import MessageRecord
 from sendguard.rules import ScopeKind, ThrottleRule
 from sendguard.scopes import scope_values
 
@@ -49,7 +51,9 @@ async def run(bench: Bench, size: Size) -> Sample:
     rules = [ThrottleRule.model_validate({"scope": scope, "limit": _LIMIT, "per": _PER}) for scope in _SCOPES]
 
     async def reserve(n: int) -> bool:
-        record = {"from_addr": SENDER_ADDRESS, "to_domain": _domain(n), "agent": AGENT}
+        record = MessageRecord(
+            f"m{n}", Status.QUEUED, from_addr=SENDER_ADDRESS, to_domain=_domain(n), agent=AGENT
+        )
         buckets = throttles.buckets(rules, scope_values(record))
         return (await throttles.reserve(buckets, f"m{n}:1")).wait_ms == 0
 

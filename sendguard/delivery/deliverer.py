@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import random
 import secrets
@@ -34,8 +33,9 @@ from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.model import Status, now_ms
+from sendguard.record import Changes, MessageRecord
 from sendguard.rules import Rules
-from sendguard.scopes import record_scopes, scope_values
+from sendguard.scopes import scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
 
 log = logging.getLogger("sendguard.delivery.deliverer")
@@ -51,7 +51,7 @@ class Outcome(NamedTuple):
     status: Status
     cause: str
     detail: str
-    fields: dict[str, str | int]
+    changes: Changes
 
 
 class Deliverer:
@@ -173,23 +173,18 @@ class Deliverer:
     async def _attempt(self, claim: Claim) -> None:
         record = claim.record
         message_id = claim.message_id
-        if record.get("dns_pending") == "1" and not await self._recheck_dns(claim):
+        if record is None:
+            await self._unsendable(claim, f"cannot be read: {claim.damage}")
+            return
+        if record.dns_pending and not await self._recheck_dns(claim, record):
             return
         try:
-            data = self._render(claim)
+            data = self._render(claim, record)
         except Exception as exc:
-            log.error("message cannot be rendered: %s", exc, extra={"message_id": message_id})
-            await self._store.transition(
-                message_id,
-                to=Status.FAILED,
-                cause="unsendable",
-                detail=f"cannot be rendered: {type(exc).__name__}: {exc}",
-                claim=claim.token,
-                allowed_from=_CLAIMABLE,
-            )
+            await self._unsendable(claim, f"cannot be rendered: {type(exc).__name__}: {exc}")
             return
         rules = self._rules()
-        attempt = int(record.get("attempts", "0")) + 1
+        attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
         buckets = self._throttles.buckets(rules.file.throttle, scope_values(record))
         reservation = await self._throttles.reserve(buckets, member)
@@ -202,38 +197,50 @@ class Deliverer:
                 claim=claim.token,
                 allowed_from=_CLAIMABLE,
                 delay_ms=reservation.wait_ms,
-                fields={"waiting_for": reservation.blocked_by.value},
+                changes={"waiting_for": reservation.blocked_by},
             )
             return
         began = await self._store.begin(
             message_id,
             claim.token,
             f"attempt {attempt}",
-            {"attempts": attempt, "dns_pending": "0", "waiting_for": ""},
+            {"attempts": attempt, "dns_pending": False, "waiting_for": None},
         )
         if began is not Moved.MOVED:  # its scope tripped, or it was cancelled, since the claim
             await self._throttles.settle(buckets, member, delivered=False)
             return
-        await self._send(claim, data, attempt, buckets, member)
+        await self._send(claim, record, data, attempt, buckets, member)
 
-    def _render(self, claim: Claim) -> bytes:
-        record = claim.record
-        headers = json.loads(record.get("headers") or "{}")
+    async def _unsendable(self, claim: Claim, detail: str) -> None:
+        """A message that can never be sent as stored fails now, instead of being retried."""
+        log.error("message %s", detail, extra={"message_id": claim.message_id})
+        await self._store.transition(
+            claim.message_id,
+            to=Status.FAILED,
+            cause="unsendable",
+            detail=detail,
+            claim=claim.token,
+            allowed_from=_CLAIMABLE,
+        )
+
+    def _render(self, claim: Claim, record: MessageRecord) -> bytes:
+        headers = record.extra_headers()
         if self._unsubscribe is not None:
-            headers = self._unsubscribe.headers(claim.message_id, record["to"], headers)
+            headers = self._unsubscribe.headers(claim.message_id, record.to, headers)
         return render(record, headers, datetime.now(UTC))
 
-    async def _send(self, claim: Claim, data: bytes, attempt: int, buckets: Buckets, member: str) -> None:
-        record = claim.record
+    async def _send(
+        self, claim: Claim, record: MessageRecord, data: bytes, attempt: int, buckets: Buckets, member: str
+    ) -> None:
         started = time.perf_counter()
         outcome: Outcome
         delivered = False
         # With a bounce domain, the envelope sender carries the id, so any bounce finds its message.
         bounce_domain = self._settings.bounce_domain
-        sender = verp_address(claim.message_id, bounce_domain) if bounce_domain else record["from_addr"]
+        sender = verp_address(claim.message_id, bounce_domain) if bounce_domain else record.from_addr
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
-                code, text = await self._transport.send(claim.message_id, sender, record["to"], data)
+                code, text = await self._transport.send(claim.message_id, sender, record.to, data)
         except RelayReply as reply:
             self._circuit.succeeded()  # any reply proves the relay is there
             metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()
@@ -242,9 +249,8 @@ class Deliverer:
             self._circuit.failed()
             delivered = True  # it may have left: keep its throttle slot
             metrics.UNCERTAIN.inc()
-            uncertain = int(claim.record.get("uncertain") or 0) + 1
             outcome = self._retry(
-                attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": uncertain}
+                attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": record.uncertain + 1}
             )
         except RelayError as exc:
             self._circuit.failed()
@@ -264,14 +270,16 @@ class Deliverer:
         status = outcome.status
         delay = self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
-        store_outcome = functools.partial(self._record, claim, buckets, member, delivered, outcome, delay)
+        store_outcome = functools.partial(
+            self._record, claim, record, buckets, member, delivered, outcome, delay
+        )
         await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
         log.info(
             "delivery %s",
             status.value,
             extra={
                 "message_id": claim.message_id,
-                "agent": record["agent"],
+                "agent": record.agent,
                 "status": status.value,
             },
         )
@@ -296,25 +304,25 @@ class Deliverer:
     async def _record(
         self,
         claim: Claim,
+        record: MessageRecord,
         buckets: Buckets,
         member: str,
         delivered: bool,
         outcome: Outcome,
         delay: int | None,
     ) -> None:
-        status, cause, detail, fields = outcome
-        record = claim.record
+        status, cause, detail, changes = outcome
         trail = audit_entry(
             "delivery.outcome",
             "sendguard",
             {
                 "message_id": claim.message_id,
-                "agent": record["agent"],
+                "agent": record.agent,
                 "status": status.value,
                 "cause": cause,
-                "smtp_code": fields.get("smtp_code"),
-                "smtp_text": fields.get("smtp_text"),
-                "attempt": int(record.get("attempts", "0")) + 1,
+                "smtp_code": changes.get("smtp_code"),
+                "smtp_text": changes.get("smtp_text"),
+                "attempt": record.attempts + 1,
             },
         )
         await self._throttles.settle(buckets, member, delivered)
@@ -326,35 +334,31 @@ class Deliverer:
             claim=claim.token,
             allowed_from=(Status.SENDING,),
             delay_ms=delay,
-            fields=fields,
+            changes=changes,
             audit_entry=trail,
         )
         if status is Status.SENT:
             await self._safe_mode.observe(
-                record_scopes(record),
+                record.scopes,
                 [Signal.SENT],
-                last_sent_to=record["to"],
+                last_sent_to=record.to,
                 message_id=claim.message_id,
             )
         elif status is Status.BOUNCED:
             await self._feedback.bounced(claim.message_id, record)
 
     def _refused(self, reply: RelayReply, attempt: int) -> Outcome:
-        fields: dict[str, str | int] = {
-            "smtp_code": reply.code,
-            "smtp_text": reply.text,
-            "smtp_stage": reply.stage,
-        }
+        changes: Changes = {"smtp_code": reply.code, "smtp_text": reply.text, "smtp_stage": reply.stage}
         detail = f"{reply.stage}: {reply.code} {reply.text}"
         if not reply.permanent:
-            return self._retry(attempt, "smtp_4xx", detail, fields)
+            return self._retry(attempt, "smtp_4xx", detail, changes)
         if reply.stage == "mail":
             metrics.FAILED.inc()
-            return Outcome(Status.FAILED, "sender_refused", detail, fields)
+            return Outcome(Status.FAILED, "sender_refused", detail, changes)
         metrics.BOUNCED.inc()
-        return Outcome(Status.BOUNCED, "smtp_5xx", detail, fields)
+        return Outcome(Status.BOUNCED, "smtp_5xx", detail, changes)
 
-    def _retry(self, attempt: int, cause: str, detail: str, fields: dict[str, str | int]) -> Outcome:
+    def _retry(self, attempt: int, cause: str, detail: str, changes: Changes) -> Outcome:
         """Deferred for another attempt, or failed once the attempts are used up.
 
         An unreachable relay never uses up attempts: the circuit holds dispatch back meanwhile,
@@ -363,22 +367,21 @@ class Deliverer:
         if attempt >= self._settings.max_attempts and cause != "connection":
             metrics.FAILED.inc()
             return Outcome(
-                Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", fields
+                Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", changes
             )
         metrics.DEFERRED.labels(cause).inc()
-        return Outcome(Status.DEFERRED, cause, detail, fields)
+        return Outcome(Status.DEFERRED, cause, detail, changes)
 
     def _backoff_ms(self, attempt: int) -> int:
         """Exponential backoff with jitter, so retries from many messages do not arrive in step."""
         base = min(self._settings.retry_max_delay, self._settings.retry_base * 2 ** (attempt - 1))
         return int(base * random.uniform(0.8, 1.2) * 1000)
 
-    async def _recheck_dns(self, claim: Claim) -> bool:
+    async def _recheck_dns(self, claim: Claim, record: MessageRecord) -> bool:
         """True when the recipient's domain now resolves; otherwise the message is moved on."""
-        record = claim.record
-        recipient = Recipient(address=record["to"], domain=record["to_domain"])
+        recipient = Recipient(address=record.to, domain=record.to_domain)
         await self._ingress.check_mail_host(recipient)
-        checks = int(record.get("dns_checks", "1")) + 1
+        checks = record.dns_checks + 1
         if recipient.reasons:
             reason = recipient.reasons[0]
             await self._store.transition(
@@ -388,7 +391,7 @@ class Deliverer:
                 detail=reason.detail,
                 claim=claim.token,
                 allowed_from=_CLAIMABLE,
-                fields={"reasons": json.dumps([reason.as_dict()]), "dns_pending": "0"},
+                changes={"reasons": (reason,), "dns_pending": False},
             )
             return False
         if recipient.dns_temporary:
@@ -409,7 +412,7 @@ class Deliverer:
                     claim=claim.token,
                     allowed_from=_CLAIMABLE,
                     delay_ms=self._backoff_ms(checks),
-                    fields={"dns_checks": checks},
+                    changes={"dns_checks": checks},
                 )
             return False
         await self._store.transition(
@@ -419,7 +422,7 @@ class Deliverer:
             claim=claim.token,
             allowed_from=_CLAIMABLE,
             keep_claim=True,
-            fields={"dns_pending": "0", "reasons": "[]"},
+            changes={"dns_pending": False, "reasons": ()},
         )
         return True
 

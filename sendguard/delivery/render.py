@@ -12,25 +12,26 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, quote
 from typing import Any
 
+from sendguard.record import MessageRecord
 from sendguard.submission import message_id_header
 
 
-def render(record: dict[str, str], headers: dict[str, str], sent_at: datetime) -> bytes:
+def render(record: MessageRecord, headers: dict[str, str], sent_at: datetime) -> bytes:
     """Build the RFC 5322 message for a stored record; its Message-ID ties bounces back to it."""
     fields = {
-        "To": record["to"],
-        "Subject": record["subject"],
+        "To": record.to,
+        "Subject": record.subject,
         "Date": format_datetime(sent_at),
-        "Message-ID": message_id_header(record["id"], record["from_addr"]),
+        "Message-ID": message_id_header(record.id, record.from_addr),
         **headers,
     }
-    text, html = record.get("text", ""), record.get("html", "")
-    if not (record["from_addr"].isascii() and record["to"].isascii()):
-        return _render_smtputf8(_mailbox(record["from_name"], record["from_addr"]), fields, text, html)
+    text, html = record.text, record.html
+    if not (record.from_addr.isascii() and record.to.isascii()):
+        return _render_smtputf8(_mailbox(record.from_name, record.from_addr), fields, text, html)
     # The legacy (compat32) API: the modern one parses every header it is given again, which
     # made building a message a third of a delivery's CPU time. Values are encoded here instead.
     message = _content(text, html)
-    message["From"] = formataddr((record["from_name"], record["from_addr"]), "utf-8")
+    message["From"] = formataddr((record.from_name, record.from_addr), "utf-8")
     for name, value in fields.items():
         message[name] = _header(value)
     return message.as_bytes(policy=_WIRE)

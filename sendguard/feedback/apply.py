@@ -18,7 +18,7 @@ from sendguard.feedback.sentiment import classify
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.suppressions import Suppressions
 from sendguard.model import Status
-from sendguard.scopes import record_scopes
+from sendguard.record import MessageRecord
 from sendguard.state.store import Store
 
 log = logging.getLogger("sendguard.feedback.apply")
@@ -48,18 +48,18 @@ class Feedback:
         self._safe_mode = safe_mode
         self._audit = audit
 
-    async def bounced(self, message_id: str, record: dict[str, str]) -> list[Trip]:
+    async def bounced(self, message_id: str, record: MessageRecord) -> list[Trip]:
         """The relay refused a message with a 5xx at RCPT or DATA: a hard bounce, and a send."""
         recorded = await self._safe_mode.observe(
-            record_scopes(record),
+            record.scopes,
             [Signal.SENT, Signal.HARD],
             message_id=message_id,
             once="hard_bounce",
-            last_sent_to=record["to"],
+            last_sent_to=record.to,
         )
         if recorded.counted:
             metrics.BOUNCES.labels("hard").inc()
-        await self._suppress(record["to"], "recipient_suppressed", "the address bounced", message_id)
+        await self._suppress(record.to, "recipient_suppressed", "the address bounced", message_id)
         return recorded.trips
 
     async def apply(self, event: EventIn, source: str) -> Applied:
@@ -71,7 +71,7 @@ class Feedback:
         if message_id and record:
             if judged.signals:
                 recorded = await self._safe_mode.observe(
-                    record_scopes(record), judged.signals, message_id=message_id, once=judged.once
+                    record.scopes, judged.signals, message_id=message_id, once=judged.once
                 )
                 applied.trips, counted = recorded.trips, recorded.counted
             if event.hard:
@@ -89,7 +89,7 @@ class Feedback:
             _count(event, judged)
         # The address we mailed and the one the event names differ when a person replies from an
         # alias or a report names a forwarding target: both are meant.
-        addresses = dict.fromkeys(a for a in (event.recipient, (record or {}).get("to")) if a)
+        addresses = dict.fromkeys(a for a in (event.recipient, record.to if record else None) if a)
         for address in addresses:
             if event.type is EventType.REPLY:
                 applied.cancelled += await self._cancel_waiting(
@@ -105,7 +105,7 @@ class Feedback:
             source,
             {
                 "message_id": message_id,
-                "agent": (record or {}).get("agent"),
+                "agent": record.agent if record else None,
                 "detail": judged.note,
                 "suppressed": applied.suppressed,
                 "cancelled": applied.cancelled,
@@ -119,7 +119,7 @@ class Feedback:
         )
         return applied
 
-    async def _find(self, event: EventIn) -> tuple[str | None, dict[str, str] | None]:
+    async def _find(self, event: EventIn) -> tuple[str | None, MessageRecord | None]:
         """The message an event is about: by its id, else the last one sent to the recipient."""
         message_id = sendguard_id(event.message_id) if event.message_id else None
         if message_id is None and event.recipient:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ import redis.asyncio as aioredis
 from sendguard.errors import SendguardError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Principal
-from sendguard.model import now_ms
+from sendguard.model import Status, now_ms
+from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, ApprovalRules, Rules, ScopeKind
 from sendguard.scopes import scope_name
 from sendguard.state import scripts
@@ -290,33 +292,40 @@ class Approvals:
 
     async def contents(self, approval_id: str, samples: int = 3) -> dict[str, Any]:
         """What exactly will be sent: counts, breakdowns and a few messages as they will read."""
-        k = self._keys
-        counted = ["to_domain", "segment", "agent", "agent_version", "rules_version", "status"]
         async with translated():
-            ids = sorted(map(str, await self._redis.smembers(k.approval_messages(approval_id))))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for message_id in ids:
-                    pipe.hmget(k.msg(message_id), counted)
-                # Only the samples' content: a mass batch has thousands of bodies nobody reads here.
-                for message_id in ids[:samples]:
-                    pipe.hmget(k.msg(message_id), ["from_addr", "to", "subject", "text"])
-                replies = await pipe.execute()
-        rows, shown = replies[: len(ids)], replies[len(ids) :]
-        names = ("domain", "segment", "agent", "agent_version", "rules_version")
-        breakdown = {name: Counter(str(row[i] or "") for row in rows) for i, name in enumerate(names)}
+            ids = sorted(map(str, await self._redis.smembers(self._keys.approval_messages(approval_id))))
+        counted = ("to_domain", "segment", "agent", "agent_version", "rules_version")
+        records = await self._store.records(ids, counted)
+        # Only the samples' content: a mass batch has thousands of bodies nobody reads here.
+        shown = await self._store.records(ids[:samples], ("from_addr", "to", "subject", "text"))
+
+        def breakdown(of: Callable[[MessageRecord], str | None]) -> dict[str, int]:
+            # A message gone since (past its retention) counts as blank, as a missing field does.
+            return dict(Counter((of(record) if record else None) or "" for record in records).most_common())
+
         return {
             "messages": len(ids),
-            "waiting": sum(1 for row in rows if row[5] == "pending_approval"),
-            "by_recipient_domain": dict(breakdown["domain"].most_common()),
-            "by_segment": dict(breakdown["segment"].most_common()),
-            "by_agent": dict(breakdown["agent"].most_common()),
-            "by_agent_version": dict(breakdown["agent_version"].most_common()),
-            "by_rules_version": dict(breakdown["rules_version"].most_common()),
-            "samples": [
-                {"id": message_id, "from": row[0], "to": row[1], "subject": row[2], "text": row[3]}
-                for message_id, row in zip(ids, shown, strict=False)
-            ],
+            "waiting": sum(1 for record in records if record and record.status is Status.PENDING_APPROVAL),
+            "by_recipient_domain": breakdown(lambda record: record.to_domain),
+            "by_segment": breakdown(lambda record: record.segment),
+            "by_agent": breakdown(lambda record: record.agent),
+            "by_agent_version": breakdown(lambda record: record.agent_version),
+            "by_rules_version": breakdown(lambda record: record.rules_version),
+            "samples": [_sample(message_id, record) for message_id, record in zip(ids, shown, strict=False)],
         }
+
+
+def _sample(message_id: str, record: MessageRecord | None) -> dict[str, str | None]:
+    """A message as the approver reads it; all blank if it is gone."""
+    if record is None:
+        return {"id": message_id, "from": None, "to": None, "subject": None, "text": None}
+    return {
+        "id": message_id,
+        "from": record.from_addr,
+        "to": record.to,
+        "subject": record.subject,
+        "text": record.text,
+    }
 
 
 def run_scope(content: Content) -> str | None:

@@ -22,8 +22,9 @@ from sendguard.http.access import Admin, Agent, Reader
 from sendguard.http.errors import HANDLERS
 from sendguard.intake.admission import approval_reason
 from sendguard.intake.batches import BatchIn
-from sendguard.model import CANCELLABLE, Reason, Status, decode_reasons, iso_ms
+from sendguard.model import CANCELLABLE, Reason, Status, iso_ms
 from sendguard.parts import Runtime
+from sendguard.record import MessageRecord
 from sendguard.submission import MessageIn
 
 
@@ -254,10 +255,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             else None,
         )
 
-    async def _visible(message_id: str, who: Principal) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    async def _visible(message_id: str, who: Principal) -> tuple[MessageRecord, list[dict[str, Any]]]:
         found = await runtime.store.get(message_id) if message_id.isalnum() else None
         # Another agent's message is "not found", not "forbidden": ids must not leak.
-        if found is None or (who.role is Role.AGENT and found[0].get("agent") != who.name):
+        if found is None or (who.role is Role.AGENT and found[0].agent != who.name):
             raise HTTPException(404, f"no message {message_id}")
         return found
 
@@ -265,26 +266,26 @@ def create_app(runtime: Runtime) -> FastAPI:
     async def read(message_id: str, who: Reader) -> MessageOut:
         record, history = await _visible(message_id, who)
         return MessageOut(
-            id=record["id"],
-            status=record["status"],
-            agent=record.get("agent", ""),
-            agent_version=record.get("agent_version", ""),
-            from_=record.get("from_addr", ""),
-            to=record.get("to", ""),
-            subject=record.get("subject", ""),
-            segment=record.get("segment") or None,
-            campaign=record.get("campaign") or None,
-            run_id=record.get("run_id") or None,
-            batch=record.get("batch") or None,
-            attempts=int(record.get("attempts", 0)),
-            uncertain=int(record.get("uncertain", 0)),
-            reasons=decode_reasons(record.get("reasons")),
-            smtp_code=int(record["smtp_code"]) if record.get("smtp_code") else None,
-            smtp_text=record.get("smtp_text") or None,
-            waiting_for=record.get("waiting_for") or None,
-            held_by=record.get("held_by") or None,
-            rules_version=record.get("rules_version", ""),
-            created_at=iso_ms(record.get("created")),
+            id=record.id,
+            status=record.status.value,
+            agent=record.agent,
+            agent_version=record.agent_version,
+            from_=record.from_addr,
+            to=record.to,
+            subject=record.subject,
+            segment=record.segment,
+            campaign=record.campaign,
+            run_id=record.run_id,
+            batch=record.batch,
+            attempts=record.attempts,
+            uncertain=record.uncertain,
+            reasons=list(record.reasons),
+            smtp_code=record.smtp_code,
+            smtp_text=record.smtp_text,
+            waiting_for=record.waiting_for.value if record.waiting_for else None,
+            held_by=record.held_by,
+            rules_version=record.rules_version,
+            created_at=iso_ms(record.created),
             history=[
                 Transition(at=iso_ms(h["at"]), status=h["status"], cause=h["cause"], detail=h["detail"])
                 for h in history
@@ -300,10 +301,10 @@ def create_app(runtime: Runtime) -> FastAPI:
             cause="cancelled",
             detail=f"by {who.role.value} {who.name}",
             allowed_from=CANCELLABLE,
-            recipient=record.get("to", "-"),
+            recipient=record.to or "-",
         )
         if not done:
-            current = (await _visible(message_id, who))[0]["status"]
+            current = (await _visible(message_id, who))[0].status.value
             raise HTTPException(409, f"message {message_id} is {current} and can no longer be cancelled")
         return Decision(id=message_id, status=Status.CANCELLED.value, reasons=[])
 

@@ -36,6 +36,7 @@ from sendguard.intake.batches import (
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.model import Reason, Status
+from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.state.store import Admission, Candidate, Store
@@ -45,7 +46,6 @@ from sendguard.submission import (
     MessageIn,
     message_id_header,
     new_message_id,
-    public_fields,
 )
 
 
@@ -120,7 +120,7 @@ class Admissions:
         admissions = await self._admit(candidates, routing)
         await self._count_refusal(agent, admissions)
         outcomes = [
-            Outcome(index, candidate.address, admission)
+            Outcome(index, candidate.record.to, admission)
             for index, (candidate, admission) in enumerate(zip(candidates, admissions, strict=True))
         ]
         if isinstance(submission, BatchIn):
@@ -186,7 +186,7 @@ class Admissions:
         """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
         if claim.settled:
             return claim.routing
-        accepted = sum(1 for candidate in candidates if candidate.status is not Status.REJECTED)
+        accepted = sum(1 for candidate in candidates if candidate.record.status is not Status.REJECTED)
         routing = None
         if accepted:
             routing = await self._approvals.route(
@@ -202,7 +202,7 @@ class Admissions:
         admissions: list[Admission] = []
         for start in range(0, len(candidates), CHUNK):
             sealed = [
-                _sealed(candidate, waits_for if candidate.status is not Status.REJECTED else "")
+                _sealed(candidate, waits_for if candidate.record.status is not Status.REJECTED else "")
                 for candidate in candidates[start : start + CHUNK]
             ]
             admissions += [self._settled(admission) for admission in await self._store.admit(sealed)]
@@ -243,31 +243,39 @@ class Admissions:
         else:
             status = Status.QUEUED
         message_id = new_message_id()
-        fields = public_fields(message)
-        fields |= {
-            "agent": agent.name,
-            "to": recipient.address,
-            "to_domain": recipient.domain,
-            "batch": batch,
-            "headers": json.dumps(message.headers),
-            "dns_pending": "1" if status is Status.DEFERRED else "0",
-            "dns_checks": "1" if status is Status.DEFERRED else "0",
-            "rules_version": rules.version,
-            "message_id_header": message_id_header(message_id, fields["from_addr"]),
-        }
-        return Candidate(
-            message_id=message_id,
-            agent=agent.name,
-            address=recipient.address,
-            domain=recipient.domain,
+        enrichment = message.enrichment
+        record = MessageRecord(
+            id=message_id,
             status=status,
             reasons=reasons,
-            delay_ms=self._retry_base_ms if status is Status.DEFERRED else 0,
-            send_at_ms=int(message.send_at.timestamp() * 1000) if message.send_at else 0,
+            agent=agent.name,
+            agent_version=message.agent_version,
+            from_name=message.sender.display_name,
+            from_addr=message.sender.address,
+            to=recipient.address,
+            to_domain=recipient.domain,
+            subject=message.subject,
+            text=message.text or "",
+            html=message.html or "",
+            headers=json.dumps(message.headers),
+            segment=message.segment,
+            campaign=message.campaign,
+            run_id=message.run_id,
+            batch=batch or None,
+            idempotency_key=message.idempotency_key,
+            send_at=message.send_at,
+            enrichment_source=enrichment.source if enrichment else None,
+            enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
+            rules_version=rules.version,
+            message_id_header=message_id_header(message_id, message.sender.address),
+            dns_pending=status is Status.DEFERRED,
+            dns_checks=1 if status is Status.DEFERRED else 0,
+        )
+        return Candidate(
+            record=dataclasses.replace(record, scopes=tuple(message_scopes(scope_values(record)))),
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency_key=idempotency_key,
-            scopes=message_scopes(scope_values(fields)),
-            fields=fields,
+            delay_ms=self._retry_base_ms if status is Status.DEFERRED else 0,
         )
 
     def _settled(self, admission: Admission) -> Admission:
@@ -288,27 +296,29 @@ class Admissions:
 
 def _sealed(candidate: Candidate, approval: str) -> Candidate:
     """The candidate with the request it waits for and its audit entry, ready to admit."""
-    fields = candidate.fields
+    record = candidate.record
     trail = audit_entry(
         "submission.decided",
-        f"agent:{candidate.agent}",
+        f"agent:{record.agent}",
         {
-            "message_id": candidate.message_id,
-            "agent": candidate.agent,
-            "agent_version": fields["agent_version"],
-            "run_id": fields["run_id"] or None,
-            "batch": fields["batch"] or None,
-            "from": fields["from_addr"],
-            "to": candidate.address,
-            "segment": fields["segment"] or None,
-            "campaign": fields["campaign"] or None,
+            "message_id": record.id,
+            "agent": record.agent,
+            "agent_version": record.agent_version,
+            "run_id": record.run_id,
+            "batch": record.batch,
+            "from": record.from_addr,
+            "to": record.to,
+            "segment": record.segment,
+            "campaign": record.campaign,
             "approval_id": approval or None,
-            "rules_version": fields["rules_version"],
-            "content_hash": content_hash(fields["subject"], fields["text"], fields["html"]),
+            "rules_version": record.rules_version,
+            "content_hash": content_hash(record.subject, record.text, record.html),
             "outcome": "@",  # the admission script writes status, reasons and held_by here
         },
     )
-    return dataclasses.replace(candidate, approval=approval, audit_entry=trail)
+    return dataclasses.replace(
+        candidate, record=dataclasses.replace(record, approval=approval), audit_entry=trail
+    )
 
 
 def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Reason]:

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sendguard.model import WAITING, Reason, Status, decode_reasons
+from sendguard.record import Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -37,21 +38,16 @@ class Moved(IntEnum):
 @dataclass(frozen=True)
 class Candidate:
     """A submission decided in Python, on its way into the store (suppression, cooldown, approval
-    and safe mode are decided atomically with the write)."""
+    and safe mode are decided atomically with the write).
 
-    message_id: str
-    agent: str
-    address: str
-    domain: str
-    status: Status
-    reasons: tuple[Reason, ...]
-    delay_ms: int  # how long after admission, by Redis' clock, it may go at the earliest
-    send_at_ms: int  # not before this time the agent asked for (ms); 0 for none
+    `record` is the message as decided, waiting for its `approval` if any; it is due `delay_ms`
+    after admission by Redis' clock (a deferred check's wait), and never before its `send_at`.
+    """
+
+    record: MessageRecord
+    delay_ms: int
     cooldown_ms: int
     idempotency_key: str | None
-    scopes: list[str]
-    fields: Mapping[str, str]
-    approval: str = ""
     # audit.entry(...) with the field "outcome": "@", which lua/admit.lua replaces with the
     # outcome it decides; empty for no entry
     audit_entry: str = ""
@@ -70,11 +66,16 @@ class Admission:
 
 @dataclass(frozen=True)
 class Claim:
-    """A message this daemon holds; only `token`'s holder may move it on."""
+    """A message this daemon holds; only `token`'s holder may move it on.
+
+    `record` is None when the stored hash cannot be read (a hand edit, a bug of an older
+    version); `damage` then says why, so the message can be failed instead of sticking.
+    """
 
     message_id: str
     token: str
-    record: dict[str, str]
+    record: MessageRecord | None
+    damage: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,64 +118,55 @@ class Store:
         async with translated():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for candidate in candidates:
+                    record = candidate.record
                     await self._admit(
                         keys=[
-                            k.msg(candidate.message_id),
-                            k.hist(candidate.message_id),
+                            k.msg(record.id),
+                            k.hist(record.id),
                             k.due,
                             k.count,
-                            k.idempotency(candidate.agent, candidate.idempotency_key or "-"),
-                            k.cooldown(candidate.address),
+                            k.idempotency(record.agent, candidate.idempotency_key or "-"),
+                            k.cooldown(record.to),
                             k.suppressed_addresses,
                             k.suppressed_domains,
-                            k.recipient(candidate.address),
+                            k.recipient(record.to),
                         ],
                         args=self._admit_args(candidate),
                         client=pipe,
                     )
                 results = await pipe.execute()
             existing = [str(result[1]) for result in results if result[0] == "existing"]
-            records: dict[str, list[str]] = {}
-            if existing:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for message_id in existing:
-                        pipe.hmget(k.msg(message_id), ["status", "reasons"])
-                    records = dict(zip(existing, await pipe.execute(), strict=True))
+            found = dict(zip(existing, await self.records(existing, ("reasons",)), strict=True))
         admissions = []
         for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
-                stored_status, stored_reasons = records[str(result[1])]
-                admissions.append(
-                    Admission(
-                        str(result[1]),
-                        Status(stored_status),
-                        tuple(decode_reasons(stored_reasons)),
-                        existing=True,
-                    )
-                )
+                stored = found[str(result[1])]
+                assert stored is not None  # the script saw it exist
+                admissions.append(Admission(stored.id, stored.status, stored.reasons, existing=True))
             else:
                 status, reasons, held_by = Status(result[1]), tuple(decode_reasons(result[2])), str(result[3])
-                admissions.append(Admission(candidate.message_id, status, reasons, False, held_by))
+                admissions.append(Admission(candidate.record.id, status, reasons, False, held_by))
         return admissions
 
     def _admit_args(self, candidate: Candidate) -> list[Any]:
+        record = candidate.record
         args: list[Any] = [
-            candidate.message_id,
-            candidate.status.value,
-            json.dumps([r.as_dict() for r in candidate.reasons]),
+            record.id,
+            record.status.value,
+            encode(record.reasons),
             candidate.delay_ms,
             candidate.cooldown_ms,
-            candidate.address,
-            candidate.domain,
+            record.to,
+            record.to_domain,
             IDEMPOTENCY_TTL_MS,
             "1" if candidate.idempotency_key else "0",
             RETENTION_MS,
-            json.dumps(candidate.scopes),
-            candidate.approval,
+            encode(record.scopes),
+            record.approval,
             candidate.audit_entry,
-            candidate.send_at_ms,
+            int(record.send_at.timestamp() * 1000) if record.send_at else 0,
         ]
-        for name, value in candidate.fields.items():
+        for name, value in record.to_fields().items():
             args += [name, value]
         return args
 
@@ -186,7 +178,10 @@ class Store:
             next_due = int(float(result[1])) if result[1] else None
             return NoWork(next_due, int(result[2]))
         flat = result[3]
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        try:
+            record = MessageRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        except (KeyError, TypeError, ValueError) as exc:
+            return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}")
         return Claim(result[0], token, record)
 
     async def transition(
@@ -200,7 +195,7 @@ class Store:
         allowed_from: Iterable[Status] = (),
         delay_ms: int | None = None,
         keep_claim: bool = False,
-        fields: Mapping[str, str | int] | None = None,
+        changes: Changes | None = None,
         recipient: str = "-",
         hold_if_tripped: bool = False,
         audit_entry: str = "",
@@ -227,7 +222,7 @@ class Store:
             "1" if hold_if_tripped else "0",
             audit_entry,
         ]
-        for name, value in (fields or {}).items():
+        for name, value in encode_changes(changes or {}).items():
             args += [name, value]
         async with translated():
             result = await self._transition(
@@ -243,7 +238,7 @@ class Store:
             )
         return Moved(int(result[0]))
 
-    async def begin(self, message_id: str, claim: str, detail: str, fields: Mapping[str, str | int]) -> Moved:
+    async def begin(self, message_id: str, claim: str, detail: str, changes: Changes) -> Moved:
         """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
 
         Checked in the same script that starts the send, so after a trip no new send starts.
@@ -256,7 +251,7 @@ class Store:
             claim=claim,
             allowed_from=(Status.QUEUED, Status.DEFERRED),
             keep_claim=True,
-            fields=fields,
+            changes=changes,
             hold_if_tripped=True,
         )
 
@@ -348,11 +343,11 @@ class Store:
         return int(moved)
 
     async def annotate(
-        self, message_id: str, cause: str, detail: str, fields: Mapping[str, str | int] | None = None
+        self, message_id: str, cause: str, detail: str, changes: Changes | None = None
     ) -> bool:
         """Record something that happened to a message without changing where it is; False if gone."""
         args: list[Any] = [cause, detail]
-        for name, value in (fields or {}).items():
+        for name, value in encode_changes(changes or {}).items():
             args += [name, value]
         async with translated():
             found = await self._annotate(
@@ -391,13 +386,37 @@ class Store:
         async with translated():
             await self.redis.delete(self.keys.instance(instance))
 
-    async def record(self, message_id: str) -> dict[str, str] | None:
+    async def record(self, message_id: str) -> MessageRecord | None:
         """The message record alone, without its history."""
         async with translated():
             record = await self.redis.hgetall(self.keys.msg(message_id))
-        return {str(name): str(value) for name, value in record.items()} or None
+        return (
+            MessageRecord.from_hash({str(name): str(value) for name, value in record.items()})
+            if record
+            else None
+        )
 
-    async def get(self, message_id: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
+    async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
+        """The records of `ids` (None: gone), in one round trip, with only the fields named in
+        `only` read (besides id and status); the rest keep their defaults.
+
+        For readers of many records that need a few fields, not the bodies.
+        """
+        names = ["id", "status", *only]
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.hmget(self.keys.msg(message_id), names)
+            rows = await pipe.execute() if ids else []
+        return [
+            MessageRecord.from_hash(
+                {name: value for name, value in zip(names, row, strict=True) if value is not None}
+            )
+            if row[1] is not None
+            else None
+            for row in rows
+        ]
+
+    async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.msg(message_id))
@@ -405,7 +424,7 @@ class Store:
             record, history = await pipe.execute()
         if not record:
             return None
-        return record, [json.loads(entry) for entry in history]
+        return MessageRecord.from_hash(record), [json.loads(entry) for entry in history]
 
     async def waiting_counts(self) -> dict[str, int]:
         async with translated():

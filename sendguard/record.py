@@ -1,0 +1,193 @@
+"""The message record: one message as the store keeps it, typed.
+
+Redis keeps a message as a hash of strings (`P:msg:{id}`, see state/keys.py); the store turns it
+into a `MessageRecord` as it reads it (`from_hash`) and back into strings as it writes
+(`to_fields`, `encode_changes`), so above the store nothing reads or writes a record by string
+key. Attribute names are the hash's field names, which the Lua scripts also read and write.
+A field missing from a hash (written by an older version) takes its default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypedDict
+
+from sendguard.model import Reason, Status, decode_reasons
+from sendguard.rules import ScopeKind
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A message: what the agent submitted, the decision on it, and how its delivery went."""
+
+    id: str
+    status: Status
+    reasons: tuple[Reason, ...] = ()
+    created: int | None = None  # ms; set by the admission script
+    attempts: int = 0
+    uncertain: int = 0  # attempts whose outcome the relay never told us
+    scopes: tuple[str, ...] = ()
+    approval: str = ""  # the approval request it waits for, or waited for
+    held_by: str | None = None  # the tripped scope holding it, while it is held
+    claim: str = ""  # the token of the daemon's claim, while one holds it
+    owner: str = ""  # the daemon instance holding the claim
+    # What the agent submitted, and what admission decided about it.
+    agent: str = ""
+    agent_version: str = ""
+    from_name: str = ""
+    from_addr: str = ""
+    to: str = ""
+    to_domain: str = ""
+    subject: str = ""
+    text: str = ""
+    html: str = ""
+    # The agent's headers as a JSON object. Decoded only when the message is rendered
+    # (`extra_headers`), so a damaged value fails that send, not every read of the record.
+    headers: str = ""
+    segment: str | None = None
+    campaign: str | None = None
+    run_id: str | None = None
+    batch: str | None = None
+    idempotency_key: str | None = None
+    send_at: datetime | None = None
+    enrichment_source: str | None = None
+    enrichment_fetched_at: datetime | None = None
+    rules_version: str = ""
+    message_id_header: str = ""
+    not_before: int = 0  # ms: never sent earlier, even when released or approved sooner
+    dns_pending: bool = False  # admitted while DNS failed temporarily; checked again before sending
+    dns_checks: int = 1
+    # How delivery went.
+    waiting_for: ScopeKind | None = None  # the throttle scope it last waited for
+    smtp_code: int | None = None
+    smtp_text: str | None = None
+    smtp_stage: str | None = None
+    sent_at: int | None = None  # ms
+
+    def extra_headers(self) -> dict[str, str]:
+        """The agent's own headers; ValueError if the stored value is damaged."""
+        headers: dict[str, str] = json.loads(self.headers or "{}")
+        return headers
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[str, str]) -> MessageRecord:
+        """The record from its Redis hash (all of it, or the fields a reader asked for);
+        ValueError if a field is damaged."""
+        get = fields.get
+        return cls(
+            id=fields["id"],
+            status=Status(fields["status"]),
+            reasons=tuple(decode_reasons(get("reasons"))),
+            created=_int_or_none(get("created")),
+            attempts=int(get("attempts") or 0),
+            uncertain=int(get("uncertain") or 0),
+            scopes=tuple(json.loads(get("scopes") or "[]")),
+            approval=get("approval", ""),
+            held_by=get("held_by") or None,
+            claim=get("claim", ""),
+            owner=get("owner", ""),
+            agent=get("agent", ""),
+            agent_version=get("agent_version", ""),
+            from_name=get("from_name", ""),
+            from_addr=get("from_addr", ""),
+            to=get("to", ""),
+            to_domain=get("to_domain", ""),
+            subject=get("subject", ""),
+            text=get("text", ""),
+            html=get("html", ""),
+            headers=get("headers", ""),
+            segment=get("segment") or None,
+            campaign=get("campaign") or None,
+            run_id=get("run_id") or None,
+            batch=get("batch") or None,
+            idempotency_key=get("idempotency_key") or None,
+            send_at=_time_or_none(get("send_at")),
+            enrichment_source=get("enrichment_source") or None,
+            enrichment_fetched_at=_time_or_none(get("enrichment_fetched_at")),
+            rules_version=get("rules_version", ""),
+            message_id_header=get("message_id_header", ""),
+            not_before=int(get("not_before") or 0),
+            dns_pending=get("dns_pending") == "1",
+            dns_checks=int(get("dns_checks", "1")),
+            waiting_for=ScopeKind(waiting) if (waiting := get("waiting_for")) else None,
+            smtp_code=_int_or_none(get("smtp_code")),
+            smtp_text=get("smtp_text") or None,
+            smtp_stage=get("smtp_stage") or None,
+            sent_at=_int_or_none(get("sent_at")),
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        """The hash fields a new message is written with, besides those the admission script
+        sets itself (id, status, reasons, created, not_before, attempts, scopes, approval)."""
+        return {name: encode(getattr(self, name)) for name in _SUBMITTED}
+
+
+# Written at admission from the record; every other field is the scripts' or a later change's.
+_SUBMITTED = (
+    "agent",
+    "agent_version",
+    "from_name",
+    "from_addr",
+    "to",
+    "to_domain",
+    "subject",
+    "text",
+    "html",
+    "headers",
+    "segment",
+    "campaign",
+    "run_id",
+    "batch",
+    "idempotency_key",
+    "send_at",
+    "enrichment_source",
+    "enrichment_fetched_at",
+    "rules_version",
+    "message_id_header",
+    "dns_pending",
+    "dns_checks",
+)
+
+
+class Changes(TypedDict, total=False):
+    """Fields a status change writes on the record as it moves it; a field not given stays."""
+
+    attempts: int
+    uncertain: int
+    reasons: tuple[Reason, ...]
+    dns_pending: bool
+    dns_checks: int
+    waiting_for: ScopeKind | None  # None: no longer waiting
+    smtp_code: int
+    smtp_text: str
+    smtp_stage: str
+    sent_at: int
+
+
+def encode_changes(changes: Changes) -> dict[str, str]:
+    """The hash fields that `changes` writes."""
+    return {name: encode(value) for name, value in changes.items()}
+
+
+def encode(value: object) -> str:
+    """One field as the hash holds it: JSON for lists, "1"/"0" for flags, "" for nothing."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return json.dumps([item.as_dict() if isinstance(item, Reason) else item for item in value])
+    return str(value)
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    return int(raw) if raw else None
+
+
+def _time_or_none(raw: str | None) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
