@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sendguard import metrics
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.governance.approvals import Approvals
@@ -21,6 +20,7 @@ from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
+from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status, now_ms
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
@@ -48,8 +48,10 @@ class Gateway:
         audit: AuditLog,
         retry_base: float,
         wake: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._ingress = ingress
         self._safe_mode = safe_mode
         self._approvals = approvals
@@ -78,7 +80,7 @@ class Gateway:
                 f"waits for approval request {routing.approval_id}",
             }
             admission = dataclasses.replace(admission, reasons=[*admission.reasons, waiting])
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return admission
 
     async def authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
@@ -183,7 +185,7 @@ class Gateway:
         """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
             first = admission.reasons[0]["code"] if admission.reasons else "none"
-            metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
+            self._metrics.submissions.labels(admission.status.value, first).inc()
             if admission.status in (Status.QUEUED, Status.DEFERRED):
                 self._wake()
         if admission.held_by:

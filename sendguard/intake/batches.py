@@ -19,13 +19,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sendguard import metrics
 from sendguard.errors import SendguardError
 from sendguard.governance.approvals import Approvals, Routing
 from sendguard.governance.audit import AuditLog, canonical_hash, content_hash
 from sendguard.governance.tokens import Principal
 from sendguard.intake.admission import Gateway
 from sendguard.intake.recipients import Ingress
+from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status
 from sendguard.rules import AgentEntry, Rules
 from sendguard.state.keys import Keys
@@ -123,8 +123,10 @@ class Batches:
         store: Store,
         audit: AuditLog,
         keys: Keys,
+        metrics: Metrics,
     ) -> None:
         self._gateway = gateway
+        self._metrics = metrics
         self._ingress = ingress
         self._approvals = approvals
         self._store = store
@@ -153,7 +155,7 @@ class Batches:
             for index, (candidate, admission) in enumerate(zip(candidates, admissions, strict=True))
         ]
         await self._record(requester, agent, batch, batch_id, outcomes, routing, rules)
-        metrics.BATCH_RECIPIENTS.observe(len(outcomes))
+        self._metrics.batch_recipients.observe(len(outcomes))
         return BatchResult(batch_id, outcomes, routing)
 
     async def _decide(
