@@ -143,10 +143,9 @@ async def _parts(settings: Settings, rules: Rules | None = None) -> AsyncIterato
         yield await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
 
 
-def _token_request(
-    settings: Settings, args: argparse.Namespace
-) -> tuple[Role, str, float | None, Rules | None]:
-    """The role, name and lifetime a `token create` asks for; SendguardError says what is wrong."""
+def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, Rules | None]:
+    """The role and name a `token create` asks for, and the rules that name an agent; SendguardError
+    says what is wrong."""
     if args.role:
         if not args.name:
             raise ConfigError("--role needs --name: who the token is for")
@@ -160,34 +159,24 @@ def _token_request(
         rules = load_rules(default_rules_path(settings.rules))
         if rules.agent(name) is None:
             raise ConfigError(f"agent {name!r} is not in {rules.path}; add an [[agent]] entry first")
-    try:
-        expires = parse_duration(args.expires) if args.expires else None
-    except ValueError as exc:
-        raise ConfigError(f"--expires: {exc}") from exc
-    return role, name, expires, rules
+    if args.expires:
+        try:
+            parse_duration(args.expires)
+        except ValueError as exc:
+            raise ConfigError(f"--expires: {exc}") from exc
+    return role, name, rules
 
 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     request = _token_request(settings, args) if args.token_command == "create" else None
-    async with _parts(settings, request[3] if request else None) as parts:
+    async with _parts(settings, request[2] if request else None) as parts:
         tokens, audit = parts.tokens, parts.audit
         actor = f"cli:{_login()}"
         if request is not None:
-            role, name, expires, _ = request
-            token_id, token = await tokens.create(role, name, args.group, expires)
-            await audit.append(
-                "token.created",
-                actor,
-                {
-                    "token_id": token_id,
-                    "role": role.value,
-                    "name": name,
-                    "group": args.group,
-                    "expires": args.expires,
-                },
-            )
+            role, name, _ = request
+            token_id, token = await parts.create_token(actor, role, name, args.group, args.expires)
             print(token)
-            lifetime = f", expires in {args.expires}" if expires else ""
+            lifetime = f", expires in {args.expires}" if args.expires else ""
             print(
                 f"token {token_id} for {role.value} {name!r}{lifetime}: shown once, only its hash is stored",
                 file=sys.stderr,

@@ -29,13 +29,13 @@ from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.suppressions import Suppressions
-from sendguard.governance.tokens import Tokens
+from sendguard.governance.tokens import Role, Tokens
 from sendguard.intake.admission import Gateway
 from sendguard.intake.batches import Batches
 from sendguard.intake.mx import MxChecker
 from sendguard.intake.recipients import Ingress
 from sendguard.metrics import Metrics
-from sendguard.rules import CurrentRules, Rules, load_rules
+from sendguard.rules import CurrentRules, Rules, load_rules, parse_duration
 from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -105,6 +105,23 @@ class Runtime:
             async with translated():
                 self.reloads_seen = int(await self.redis.incr(self.store.keys.rules_reloads))
         return running
+
+    async def create_token(
+        self, actor: str, role: Role, name: str, group: str = "", expires: str | None = None
+    ) -> tuple[str, str]:
+        """Mint a token and record who minted it: (token id, token). `expires` as written, e.g. "30d".
+
+        ValueError if `expires` is not a duration.
+        """
+        token_id, token = await self.tokens.create(
+            role, name, group, parse_duration(expires) if expires else None
+        )
+        await self.audit.append(
+            "token.created",
+            actor,
+            {"token_id": token_id, "role": role.value, "name": name, "group": group, "expires": expires},
+        )
+        return token_id, token
 
     async def follow_reloads(self) -> None:
         """Reload when another daemon has reloaded since this one last looked."""

@@ -1,10 +1,15 @@
-"""Real parts for the suite: a Redis server, an SMTP sink, a DNS server, and daemon processes.
+"""Real parts for the suite: a Redis server, an SMTP sink, a DNS server, and daemons.
 
 Every test gets its own Redis key prefix, so tests share one Redis server without sharing state.
+A daemon is built in the test process (`make_daemon`): the same `build()` and `Service` as
+`sendguard run`, its loops on an event loop in a background thread, its API served through
+httpx's ASGI transport. A test whose point is the process (SIGTERM, kill -9, embedded Redis, the
+command line) asks for a real `sendguard run` with `process=True`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -13,19 +18,30 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from sendguard.state.embedded_redis import redis_server_binary
+from sendguard.config import Settings
+from sendguard.governance.tokens import Role
+from sendguard.http.app import create_app
+from sendguard.parts import Runtime, build
+from sendguard.rules import load_rules
+from sendguard.service import Service
+from sendguard.state.embedded_redis import DataDir, redis_server_binary
+from sendguard.state.redis_connection import redis_connection
 from tests.peers import DnsServer, Received, SmtpSink
+
+T = TypeVar("T")
 
 AGENT_RULES = """
 [[agent]]
@@ -164,35 +180,86 @@ def dns_server() -> Iterator[DnsServer]:
         yield server
 
 
+class LoopThread:
+    """An event loop in a thread of its own, where in-process daemons run while a test waits.
+
+    Sync test bodies hand it coroutines with `run()`; `close()` ends every task it still has,
+    its async generators and its executor, so nothing outlives the test.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="daemon-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self._finish())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    async def _finish(self) -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
+        await self.loop.shutdown_default_executor()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+class InLoopTransport(httpx.BaseTransport):
+    """A sync httpx transport that serves each request by an ASGI app on a `LoopThread`."""
+
+    def __init__(self, app: FastAPI, loop: LoopThread) -> None:
+        self._asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500, as uvicorn answers
+        self._loop = loop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        return self._loop.run(self._forward(request, body))
+
+    async def _forward(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        forwarded = httpx.Request(
+            request.method, request.url, headers=request.headers, stream=httpx.ByteStream(body)
+        )
+        response = await self._asgi.handle_async_request(forwarded)
+        content = await response.aread()
+        return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+
 class Daemon:
-    """One `sendguard run` process, started the way a user starts it."""
+    """A daemon with this test's settings (`env`, as `sendguard run` would read them).
+
+    `http` talks to its API; `client(token)` opens another client; `cli()` runs the command line
+    against its Redis and rules, as an operator would.
+    """
+
+    base = "http://sendguard.test"
+    process: subprocess.Popen[bytes] | None = None
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
-        self.port = int(env["SENDGUARD_API_PORT"])
-        self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client()  # replaced by one that reaches the daemon once it is started
 
     def start(self) -> Daemon:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sendguard.cli", "run"],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-                cwd=self.env["SENDGUARD_DATA_DIR"],
-            )
-        wait_until(self._ready, timeout=30, what=f"daemon on port {self.port} to be ready")
-        return self
+        raise NotImplementedError
 
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.process.returncode}: {self.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
-        return False
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        raise NotImplementedError
 
     def cli(self, *args: str) -> str:
         """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
@@ -204,7 +271,7 @@ class Daemon:
 
     def metric(self, sample: str, **labels: str) -> float | None:
         """One sample of /metrics, read with Prometheus' own parser; None if absent."""
-        text = httpx.get(f"{self.base}/metrics", timeout=5).text
+        text = self.http.get("/metrics", timeout=5).text
         for family in text_string_to_metric_families(text):
             for found in family.samples:
                 if found.name == sample and found.labels == labels:
@@ -212,7 +279,101 @@ class Daemon:
         return None
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+class InProcessDaemon(Daemon):
+    """The parts, loops and app of a daemon, built in the test process on a `LoopThread`."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, loop: LoopThread) -> None:
+        super().__init__(env, log_path)
+        self._loop = loop
+        self._stack = contextlib.AsyncExitStack()
+        self.runtime: Runtime | None = None
+        self._app: FastAPI | None = None
+
+    def start(self) -> InProcessDaemon:
+        self._loop.run(self._start())
+        self.http.close()
+        self.http = self.client()
+        return self
+
+    async def _start(self) -> None:
+        settings = Settings(
+            **{  # type: ignore[arg-type]
+                name.removeprefix("SENDGUARD_").lower(): value
+                for name, value in self.env.items()
+                if name.startswith("SENDGUARD_")
+            }
+        )
+        rules = load_rules(Path(self.env["SENDGUARD_RULES"]))
+        try:
+            client, _ = await self._stack.enter_async_context(redis_connection(settings, for_daemon=True))
+            self.runtime = await build(
+                settings, rules, client, anchor=DataDir(settings.data_dir).audit_anchor
+            )
+            service = Service(self.runtime)
+            await service.start()
+            self._stack.push_async_callback(service.stop)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._app = create_app(self.runtime)
+
+    def stop(self) -> None:
+        self.http.close()
+        self._loop.run(self._stack.aclose())
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        assert self._app is not None, "start the daemon first"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(
+            transport=InLoopTransport(self._app, self._loop), base_url=self.base, headers=headers, timeout=10
+        )
+
+
+class ProcessDaemon(Daemon):
+    """One `sendguard run` process, started the way a user starts it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
+        self.port = int(env["SENDGUARD_API_PORT"])
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ProcessDaemon:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sendguard.cli", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                cwd=self.env["SENDGUARD_DATA_DIR"],
+            )
+        wait_until(self._ready, timeout=30, what=f"daemon on port {self.port} to be ready")
+        self.http.close()
+        self.http = self.client()
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.process.returncode}: {self.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
+        return False
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, as a supervisor stops it (an embedded redis-server stops with it), or kill."""
+        self.http.close()
+        if self.process is not None:
+            try:
+                self.terminate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.process is not None
@@ -230,12 +391,27 @@ class Daemon:
 
 @pytest.fixture
 def make_daemon(
-    tmp_path: Path, redis_url: str, prefix: str, smtp: SmtpSink, dns_server: DnsServer
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    smtp: SmtpSink,
+    dns_server: DnsServer,
+    loop_thread: LoopThread,
 ) -> Iterator[Callable[..., Daemon]]:
-    """Start daemons sharing this test's Redis prefix, relay and DNS; stopped at the end."""
+    """Start daemons sharing this test's Redis prefix, relay and DNS; stopped at the end.
+
+    In the test process unless `process=True` (or `embedded=True`, which needs a process of its own).
+    """
     started: list[Daemon] = []
 
-    def make(rules: str, *, embedded: bool = False, data_dir: Path | None = None, **settings: str) -> Daemon:
+    def make(
+        rules: str,
+        *,
+        process: bool = False,
+        embedded: bool = False,
+        data_dir: Path | None = None,
+        **settings: str,
+    ) -> Daemon:
         rules_path = tmp_path / "rules.toml"
         rules_path.write_text(rules + AGENT_RULES)
         data = data_dir or tmp_path / f"data{len(started)}"
@@ -258,17 +434,18 @@ def make_daemon(
         if not embedded:
             env["SENDGUARD_REDIS_URL"] = redis_url
         env |= {f"SENDGUARD_{name.upper()}": value for name, value in settings.items()}
-        daemon = Daemon(env, tmp_path / f"daemon{len(started)}.log")
+        log_path = tmp_path / f"daemon{len(started)}.log"
+        daemon: Daemon
+        if process or embedded:
+            daemon = ProcessDaemon(env, log_path)
+        else:
+            daemon = InProcessDaemon(env, log_path, loop_thread)
         started.append(daemon)
         return daemon.start()
 
     yield make
-    for daemon in started:
-        if daemon.process is not None:
-            try:
-                daemon.terminate(timeout=15)  # lets an embedded redis-server stop with it
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+    for daemon in reversed(started):
+        daemon.stop()
 
 
 def sendguard_command(
@@ -294,15 +471,28 @@ def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
 
 
 @pytest.fixture
-def mint(redis_url: str, prefix: str) -> Callable[..., str]:
-    """Mint a token with `sendguard token create --role ROLE --name NAME [EXTRA...]`."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "SENDGUARD_REDIS_URL": redis_url,
-        "SENDGUARD_REDIS_PREFIX": prefix,
-        "SENDGUARD_RULES": str(_rules_for_tokens()),
-    }
-    return lambda role, name, *extra: run_cli(env, "token", "create", "--role", role, "--name", name, *extra)
+def mint(redis_url: str, prefix: str, loop_thread: LoopThread) -> Iterator[Callable[..., str]]:
+    """Mint a token as `sendguard token create --role ROLE --name NAME [EXTRA...]` does, in-process.
+
+    EXTRA takes `--group G` and `--expires D`; the token is recorded in the audit trail as by the CLI.
+    """
+    stack = contextlib.AsyncExitStack()
+    parts: list[Runtime] = []
+
+    async def create(role: str, name: str, extra: dict[str, str]) -> str:
+        if not parts:
+            settings = Settings(redis_url=redis_url, redis_prefix=prefix)  # type: ignore[arg-type]
+            client, _ = await stack.enter_async_context(redis_connection(settings, for_daemon=False))
+            parts.append(await build(settings, load_rules(_rules_for_tokens()), client))
+        _, token = await parts[0].create_token(
+            "cli:tests", Role(role), name, extra.get("--group", ""), extra.get("--expires")
+        )
+        return token
+
+    yield lambda role, name, *extra: loop_thread.run(
+        create(role, name, dict(zip(extra[::2], extra[1::2], strict=True)))
+    )
+    loop_thread.run(stack.aclose())
 
 
 @pytest.fixture
@@ -341,9 +531,7 @@ class Api:
     """A small client for one daemon and one token."""
 
     def __init__(self, daemon: Daemon, token: str) -> None:
-        self.client = httpx.Client(
-            base_url=daemon.base, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        self.client = daemon.client(token)
 
     def send(self, to: str, **overrides: Any) -> dict[str, Any]:
         response = self.client.post("/v1/messages", json=message(to, **overrides))
