@@ -79,5 +79,7 @@ def test_min_gap_spaces_sends_and_waiting_messages_leave_by_themselves(
     received = smtp.wait_for(4, timeout=20)
     times = sorted(r.at for r in received)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert all(gap >= 0.69 for gap in gaps), gaps
+    # Arrivals at the relay, however late the scheduler ran: the gap counts from the relay's answer
+    # to the one before, in Redis's whole milliseconds, so the margin is one millisecond.
+    assert all(gap >= 0.699 for gap in gaps), gaps
     assert len(smtp.snapshot()) == 4

@@ -7,6 +7,11 @@ time. A new send reserves at Redis time `now` (the *earliest* it can reach the r
 fewer than `limit` entries lie at or after `now - per`; so however long deliveries take, and
 however many daemons share the Redis, no window of length `per` holds more than `limit`
 deliveries. The clock is Redis's own (TIME), shared by every daemon.
+
+A `min_gap` is held the same way, as a promise about arrivals at the relay: a bucket's gap key
+holds its last reservation at that send's latest possible arrival, and the next send reserves
+only `gap` after it. Unlike a window slot, the reservation keeps its place whatever follows (a
+refusal, a failed connection), so a gap also spaces the retries.
 """
 
 from __future__ import annotations
@@ -46,8 +51,12 @@ for i = 1, n do
   end
 end
 for j = 1, m do
-  local nxt = tonumber(redis.call('GET', KEYS[n + j]) or '0')
-  if nxt - now > wait then wait, blocker = nxt - now, n + j end
+  local last = redis.call('ZRANGE', KEYS[n + j], -1, -1, 'WITHSCORES')
+  if last[2] then
+    local w = tonumber(last[2]) + tonumber(ARGV[4 + 2 * n + j]) - now
+    if tonumber(last[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
+    if w > wait then wait, blocker = w, n + j end
+  end
 end
 if wait > 0 then return {wait, blocker, now} end
 for i = 1, n do
@@ -55,19 +64,22 @@ for i = 1, n do
   redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[4 + 2 * i]) + lease)
 end
 for j = 1, m do
-  local gap = tonumber(ARGV[4 + 2 * n + j])
-  redis.call('SET', KEYS[n + j], now + gap, 'PX', gap + 1000)
+  redis.call('DEL', KEYS[n + j])
+  redis.call('ZADD', KEYS[n + j], now + lease, member)
+  redis.call('PEXPIRE', KEYS[n + j], lease + tonumber(ARGV[4 + 2 * n + j]))  -- >= lease + min_gap
 end
 return {0, 0, now}
 """
 )
 
 _SETTLE = """
--- KEYS: window keys; ARGV: member delivered('1' keeps it at the answer time, '0' removes it)
+-- KEYS: window keys, then gap keys
+-- ARGV: member delivered('1' keeps it at the answer time, '0' removes it) n(window keys)
+-- A gap key keeps the attempt at its answer time either way.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 for i = 1, #KEYS do
-  if ARGV[2] == '1' then
+  if ARGV[2] == '1' or i > tonumber(ARGV[3]) then
     redis.call('ZADD', KEYS[i], 'XX', now, ARGV[1])
   else
     redis.call('ZREM', KEYS[i], ARGV[1])
@@ -82,12 +94,13 @@ class Buckets:
     """The buckets one message falls into, and why, so a wait can be attributed to a scope."""
 
     windows: list[tuple[str, int, int]]  # key, limit, per_ms
-    gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample)
+    gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample) before this send
     scopes: list[ScopeKind]  # scope of windows then gaps, in the same order
 
     @property
-    def window_keys(self) -> list[str]:
-        return [key for key, _, _ in self.windows]
+    def keys(self) -> list[str]:
+        """Window keys, then gap keys: the order the scripts take them in."""
+        return [key for key, _, _ in self.windows] + [key for key, _ in self.gaps]
 
 
 @dataclass(frozen=True)
@@ -140,16 +153,19 @@ class Throttles:
         for _, limit, per_ms in buckets.windows:
             args += [limit, per_ms]
         args += [gap for _, gap in buckets.gaps]
-        keys = buckets.window_keys + [key for key, _ in buckets.gaps]
         async with translated():
-            wait, blocker, _ = await self._reserve(keys=keys, args=args)
+            wait, blocker, _ = await self._reserve(keys=buckets.keys, args=args)
         if int(wait) <= 0:
             return Reservation(0, None)
         return Reservation(int(wait), buckets.scopes[int(blocker) - 1])
 
     async def settle(self, buckets: Buckets, member: str, delivered: bool) -> None:
-        """After the relay answered: pin a delivery to its answer time, or give the slot back."""
-        if not buckets.windows:
+        """After the relay answered: pin a delivery to its answer time, or give its window slots back.
+
+        The gaps keep the attempt at its answer time either way.
+        """
+        if not buckets.windows and not buckets.gaps:
             return
+        args = [member, "1" if delivered else "0", len(buckets.windows)]
         async with translated():
-            await self._settle(keys=buckets.window_keys, args=[member, "1" if delivered else "0"])
+            await self._settle(keys=buckets.keys, args=args)

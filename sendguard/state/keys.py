@@ -14,7 +14,7 @@ Layout (P = prefix, default `sg`):
     P:cool:{address}        string message id holding a recipient's cooldown
     P:supp:addr / supp:dom  set    suppressed addresses / domains
     P:thr:{scope}:{per}:{value}  zset  sends in a throttle bucket, score = latest possible send time (ms)
-    P:gap:{scope}:{value}   string earliest next send (ms) in a bucket with min_gap
+    P:gaps:{scope}:{value}  zset   the last send in a min_gap bucket, score = its latest possible send time
     P:tok:{id}              hash   a token: sha256 of its secret, role, name; never the secret
     P:rcpt:{address}        set    ids of messages admitted for an address (a reply cancels the waiting)
     P:last:{address}        string id of the last message sent to an address (events tied by recipient)
@@ -97,7 +97,7 @@ class Keys:
         return f"{self.prefix}:thr:{scope}:{per_ms}:{value}"
 
     def gap(self, scope: str, value: str) -> str:
-        return f"{self.prefix}:gap:{scope}:{value}"
+        return f"{self.prefix}:gaps:{scope}:{value}"
 
     def token(self, token_id: str) -> str:
         return f"{self.prefix}:tok:{token_id}"
