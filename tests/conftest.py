@@ -9,6 +9,7 @@ command line) asks for a real `sendguard run` with `process=True`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
@@ -237,29 +238,29 @@ class InLoopTransport(httpx.BaseTransport):
         return httpx.Response(response.status_code, headers=response.headers, content=content)
 
 
-class Daemon:
+class Daemon(abc.ABC):
     """A daemon with this test's settings (`env`, as `sendguard run` would read them).
 
-    `http` talks to its API; `client(token)` opens another client; `cli()` runs the command line
-    against its Redis and rules, as an operator would.
+    `http` talks to its API once it is started; `client(token)` opens another client; `cli()` runs
+    the command line against its Redis and rules, as an operator would.
     """
 
     base = "http://sendguard.test"
     process: subprocess.Popen[bytes] | None = None
+    http: httpx.Client
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
-        self.http = httpx.Client()  # replaced by one that reaches the daemon once it is started
 
-    def start(self) -> Daemon:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def start(self) -> Daemon: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
-    def client(self, token: str | None = None) -> httpx.Client:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def client(self, token: str | None = None) -> httpx.Client: ...
 
     def cli(self, *args: str) -> str:
         """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
@@ -289,18 +290,16 @@ class InProcessDaemon(Daemon):
         super().__init__(env, log_path)
         self._loop = loop
         self._stack = contextlib.AsyncExitStack()
-        self.runtime: Runtime | None = None
         self._app: FastAPI | None = None
 
     def start(self) -> InProcessDaemon:
         self._loop.run(self._start())
-        self.http.close()
         self.http = self.client()
         return self
 
     async def _start(self) -> None:
         settings = Settings(
-            **{  # type: ignore[arg-type]
+            **{
                 name.removeprefix("SENDGUARD_").lower(): value
                 for name, value in self.env.items()
                 if name.startswith("SENDGUARD_")
@@ -309,18 +308,18 @@ class InProcessDaemon(Daemon):
         rules = load_rules(Path(self.env["SENDGUARD_RULES"]))
         try:
             client, _ = await self._stack.enter_async_context(redis_connection(settings, for_daemon=True))
-            self.runtime = await build(
-                settings, rules, client, anchor=DataDir(settings.data_dir).audit_anchor
-            )
-            service = Service(self.runtime)
+            parts = await build(settings, rules, client, anchor=DataDir(settings.data_dir).audit_anchor)
+            service = Service(parts)
             await service.start()
             self._stack.push_async_callback(service.stop)
+            self._app = create_app(parts)
         except BaseException:
             await self._stack.aclose()
             raise
-        self._app = create_app(self.runtime)
 
     def stop(self) -> None:
+        if self._app is None:  # never started: `_start` closed what it had opened
+            return
         self.http.close()
         self._loop.run(self._stack.aclose())
 
@@ -339,6 +338,7 @@ class ProcessDaemon(Daemon):
         super().__init__(env, log_path)
         self.port = int(env["SENDGUARD_API_PORT"])
         self.base = f"http://127.0.0.1:{self.port}"
+        self.http = self.client()
 
     def start(self) -> ProcessDaemon:
         with self.log_path.open("ab") as log:
@@ -350,8 +350,6 @@ class ProcessDaemon(Daemon):
                 cwd=self.env["SENDGUARD_DATA_DIR"],
             )
         wait_until(self._ready, timeout=30, what=f"daemon on port {self.port} to be ready")
-        self.http.close()
-        self.http = self.client()
         return self
 
     def _ready(self) -> bool:
@@ -481,7 +479,7 @@ def mint(redis_url: str, prefix: str, loop_thread: LoopThread) -> Iterator[Calla
 
     async def create(role: str, name: str, extra: dict[str, str]) -> str:
         if not parts:
-            settings = Settings(redis_url=redis_url, redis_prefix=prefix)  # type: ignore[arg-type]
+            settings = Settings(redis_url=redis_url, redis_prefix=prefix)
             client, _ = await stack.enter_async_context(redis_connection(settings, for_daemon=False))
             parts.append(await build(settings, load_rules(_rules_for_tokens()), client))
         _, token = await parts[0].create_token(
