@@ -1,10 +1,10 @@
 """Admission in the bench's own process, through sendguard's own Gateway.
 
-This is the code path of `POST /v1/messages` without HTTP, built by the same `build()` as `sendguard
-run`, so a
-scenario can fill the queue faster than the API takes it, and before its daemons run. Global safe
-mode is sendguard's own pause: messages admitted while it is tripped wait, held, until it is
-resumed, which lets a scenario start its daemons first and then time delivery alone.
+This is the code path of `POST /v1/messages` without HTTP, on parts made by the same `build()` as
+`sendguard run`'s, so a scenario can fill the queue faster than the API takes it, and before its
+daemons run. Global safe mode is sendguard's own pause: messages admitted while it is tripped wait,
+held, until it is resumed, which lets a scenario start its daemons first and then time delivery
+alone.
 """
 
 from __future__ import annotations
