@@ -1,9 +1,10 @@
 """Admission in the bench's own process, through sendguard's own admission pipeline.
 
-This is the code path of `POST /v1/messages` without HTTP, wired as `sendguard run` wires it, so a
-scenario can fill the queue faster than the API takes it, and before its daemons run. Global safe
-mode is sendguard's own pause: messages admitted while it is tripped wait, held, until it is
-resumed, which lets a scenario start its daemons first and then time delivery alone.
+This is the code path of `POST /v1/messages` without HTTP, on parts made by the same `build()` as
+`sendguard run`'s, so a scenario can fill the queue faster than the API takes it, and before its
+daemons run. Global safe mode is sendguard's own pause: messages admitted while it is tripped wait,
+held, until it is resumed, which lets a scenario start its daemons first and then time delivery
+alone.
 """
 
 from __future__ import annotations
@@ -22,18 +23,12 @@ import redis.asyncio as aioredis
 
 from bench.harness import PREFIX, ROOT
 from bench.mail import AGENT, submission
-from sendguard.feedback.notify import Notifier
-from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import Approvals
-from sendguard.governance.audit import AuditLog
+from sendguard.config import Settings
 from sendguard.governance.tokens import Principal, Role
-from sendguard.intake.admission import Admissions
-from sendguard.intake.mx import MxChecker
-from sendguard.intake.recipients import Ingress
+from sendguard.parts import Runtime, build
 from sendguard.rules import load_rules
 from sendguard.scopes import GLOBAL
 from sendguard.state.keys import Keys
-from sendguard.state.store import Store
 from sendguard.submission import MessageIn
 
 _BY = "bench"
@@ -42,21 +37,16 @@ _BY = "bench"
 class Admitter:
     """Submits messages as the bench agent would, straight into the Redis the daemons share."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, rules_path: Path) -> None:
-        self._rules = load_rules(rules_path)
-        store = Store(client, keys)
-        self._audit = AuditLog(client, keys)
-        self._safe_mode = SafeMode(client, keys, store, Notifier(None), self._audit, lambda: self._rules)
-        self._admissions = Admissions(
-            store,
-            Ingress(MxChecker([], 1.0)),  # the bench's rules turn MX checks off
-            self._safe_mode,
-            Approvals(client, keys, store, self._audit),
-            self._audit,
-            retry_base=60.0,
-            wake=lambda: None,
-        )
+    def __init__(self, parts: Runtime) -> None:
+        self._parts = parts
+        self._audit = parts.audit
+        self._safe_mode = parts.safe_mode
         self._who = Principal(token_id="bench", role=Role.AGENT, name=AGENT)
+
+    @classmethod
+    async def build(cls, client: aioredis.Redis, keys: Keys, rules_path: Path) -> Admitter:
+        """The parts a daemon with these rules would have, on `client` under `keys`' prefix."""
+        return cls(await build(Settings(redis_prefix=keys.prefix), load_rules(rules_path), client))
 
     async def admit(self, submissions: Iterable[dict[str, Any]], concurrency: int = 32) -> Counter[str]:
         """Admit every submission, `concurrency` at a time; how many ended in each status."""
@@ -66,7 +56,8 @@ class Admitter:
         async def submitter() -> None:
             for body in pending:
                 message = MessageIn.model_validate(body)
-                [outcome] = (await self._admissions.submit(self._who, message, self._rules)).outcomes
+                submitted = await self._parts.admissions.submit(self._who, message, self._parts.rules)
+                [outcome] = submitted.outcomes
                 statuses[outcome.admission.status.value] += 1
 
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
@@ -138,7 +129,8 @@ def admit_leads(redis_url: str, rules_path: Path, count: int, processes: int) ->
 async def _admit_share(redis_url: str, rules_path: Path, first: int, count: int) -> Counter[str]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return await Admitter(client, Keys(PREFIX), rules_path).admit(leads(first, count))
+        admitter = await Admitter.build(client, Keys(PREFIX), rules_path)
+        return await admitter.admit(leads(first, count))
     finally:
         await client.aclose()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -17,17 +18,13 @@ from pydantic import ValidationError
 from sendguard import logs
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
-from sendguard.feedback.notify import Notifier
-from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import ApprovalRefused, Approvals
-from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role, Tokens
-from sendguard.rules import default_rules_path, load_rules, parse_duration
+from sendguard.governance.approvals import ApprovalRefused
+from sendguard.governance.tokens import Role
+from sendguard.parts import Runtime, build
+from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
 from sendguard.scopes import parse_scope
 from sendguard.state.embedded_redis import DataDir
-from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import redis_connection
-from sendguard.state.store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -135,8 +132,20 @@ def _setting_errors(exc: ValidationError) -> str:
     )
 
 
-def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, float | None]:
-    """The role, name and lifetime a `token create` asks for; SendguardError says what is wrong."""
+@contextlib.asynccontextmanager
+async def _parts(settings: Settings, rules: Rules | None = None) -> AsyncIterator[Runtime]:
+    """The running deployment's parts, on its Redis, as the daemon builds them.
+
+    A command that reads no rules gets the packaged defaults, so a broken rules file never
+    stops an auditor or a token listing.
+    """
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        yield await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
+
+
+def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, Rules | None]:
+    """The role and name a `token create` asks for, and the rules that name an agent; SendguardError
+    says what is wrong."""
     if args.role:
         if not args.name:
             raise ConfigError("--role needs --name: who the token is for")
@@ -145,30 +154,31 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
         role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
     if (role is Role.APPROVER) != bool(args.group):
         raise ConfigError("an approver token needs --group (e.g. ops), and only an approver token takes one")
+    rules = None
     if role is Role.AGENT:
         rules = load_rules(default_rules_path(settings.rules))
         if rules.agent(name) is None:
             raise ConfigError(f"agent {name!r} is not in {rules.path}; add an [[agent]] entry first")
-    try:
-        expires = parse_duration(args.expires) if args.expires else None
-    except ValueError as exc:
-        raise ConfigError(f"--expires: {exc}") from exc
-    return role, name, expires
+    if args.expires:
+        try:
+            parse_duration(args.expires)
+        except ValueError as exc:
+            raise ConfigError(f"--expires: {exc}") from exc
+    return role, name, rules
 
 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     request = _token_request(settings, args) if args.token_command == "create" else None
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        keys = Keys(settings.redis_prefix)
-        tokens = Tokens(client, keys, AuditLog(client, keys))
+    async with _parts(settings, request[2] if request else None) as parts:
+        tokens = parts.tokens
         actor = f"cli:{_login()}"
         if request is not None:
-            role, name, expires = request
+            role, name, _ = request
             token_id, token = await tokens.create(
                 role, name, actor=actor, group=args.group, expires=args.expires
             )
             print(token)
-            lifetime = f", expires in {args.expires}" if expires else ""
+            lifetime = f", expires in {args.expires}" if args.expires else ""
             print(
                 f"token {token_id} for {role.value} {name!r}{lifetime}: shown once, only its hash is stored",
                 file=sys.stderr,
@@ -199,12 +209,8 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"sendguard: {exc}", file=sys.stderr)
             return 2
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        keys = Keys(settings.redis_prefix)
-        notifier = Notifier(settings.notify_url)
-        safe_mode = SafeMode(
-            client, keys, Store(client, keys), notifier, AuditLog(client, keys), lambda: rules
-        )
+    async with _parts(settings, rules) as parts:
+        safe_mode = parts.safe_mode
         if args.safe_command == "list":
             for trip in await safe_mode.active():
                 print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
@@ -227,10 +233,8 @@ async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
     rules = load_rules(default_rules_path(settings.rules))
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        keys = Keys(settings.redis_prefix)
-        audit = AuditLog(client, keys)
-        approvals = Approvals(client, keys, Store(client, keys), audit)
+    async with _parts(settings, rules) as parts:
+        approvals = parts.approvals
         if args.approval_command == "list":
             for request in await approvals.list(args.status):
                 print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
@@ -241,7 +245,7 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
                 raise ConfigError(f"no approval request {args.id}")
             print(json.dumps(found.__dict__ | {"contents": await approvals.contents(args.id)}, indent=2))
             return 0
-        who = await Tokens(client, keys, audit).verify(args.token or "")
+        who = await parts.tokens.verify(args.token or "")
         if who is None or who.role is not Role.APPROVER:
             raise ConfigError("give a valid approver token with --token or SENDGUARD_TOKEN")
         try:
@@ -256,8 +260,8 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        audit = AuditLog(client, Keys(settings.redis_prefix))
+    async with _parts(settings) as parts:
+        audit = parts.audit
         if args.audit_command == "export":
             async for entry in audit.iter_entries(after_seq=args.after):
                 print(entry.to_json())

@@ -1,16 +1,28 @@
-"""Everything a running daemon shares between its API and its delivery loop."""
+"""The composition root: `build()` makes every part a daemon shares between its API and its loops.
+
+The daemon, the command line, the bench and the tests all build the parts here, so each is wired
+once. The parts are made in dependency order; the rules they read at each use sit in one
+`CurrentRules` made first, which a reload swaps.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from sendguard.config import Settings
+from sendguard.delivery.circuit import Circuit
+from sendguard.delivery.deliverer import Deliverer
+from sendguard.delivery.relay import Transport, make_transport
+from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
+from sendguard.feedback.notify import Notifier
 from sendguard.feedback.receive import Inbox
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.unsubscribe import Unsubscribe
@@ -20,7 +32,12 @@ from sendguard.governance.recall import Recall
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.intake.admission import Admissions
-from sendguard.rules import Rules, load_rules
+from sendguard.intake.mx import MxChecker
+from sendguard.intake.recipients import Ingress
+from sendguard.metrics import Metrics
+from sendguard.rules import CurrentRules, Rules, load_rules
+from sendguard.state.embedded_redis import DataDir
+from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
 
@@ -29,24 +46,36 @@ log = logging.getLogger("sendguard.rules")
 
 @dataclass
 class Runtime:
-    """The daemon's parts; `rules` is replaced whole when the rules change, never edited."""
+    """The daemon's parts; the rules in force are `current.now`, replaced whole, never edited."""
 
     settings: Settings
     redis: aioredis.Redis
+    keys: Keys
+    instance: str  # this daemon's name in Redis: its heartbeat, its claims, its audit leadership
+    metrics: Metrics
+    current: CurrentRules
     store: Store
-    suppressions: Suppressions
-    tokens: Tokens
-    admissions: Admissions
-    safe_mode: SafeMode
-    approvals: Approvals
-    recall: Recall
+    ingress: Ingress
+    transport: Transport
+    throttles: Throttles
     audit: AuditLog
+    notifier: Notifier
+    safe_mode: SafeMode
+    suppressions: Suppressions
     feedback: Feedback
-    inbox: Inbox
+    approvals: Approvals
     unsubscribe: Unsubscribe | None
-    rules: Rules
+    deliverer: Deliverer
+    inbox: Inbox
+    admissions: Admissions
+    recall: Recall
+    tokens: Tokens
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
+
+    @property
+    def rules(self) -> Rules:
+        return self.current.now
 
     async def reload(self, actor: str, *, announce: bool = True) -> Rules:
         """Load the rules file again, switch to it and record it; returns the rules that ran.
@@ -57,7 +86,7 @@ class Runtime:
         """
         running = self.rules
         try:
-            self.rules = load_rules(running.path)
+            self.current.now = load_rules(running.path)
         except ConfigError as exc:
             log.error("rules not reloaded, still running version %s: %s", running.version, exc)
             await self.audit.append("rules.refused", actor, {"running": running.version, "problem": str(exc)})
@@ -87,3 +116,71 @@ class Runtime:
             self.reloads_seen = announced
             with contextlib.suppress(ConfigError):  # recorded as refused; the running rules stay
                 await self.reload("sendguard (following a reload on another daemon)", announce=False)
+
+
+async def build(
+    settings: Settings, rules: Rules, client: aioredis.Redis, *, anchor: Path | None = None
+) -> Runtime:
+    """Every part, wired once, on `client`; `anchor` is the audit anchor file of a daemon that chains.
+
+    Nothing here connects to the relay or starts a task: the command line builds the same parts
+    and uses a few, and `Service` runs the loops of a daemon.
+    """
+    keys = Keys(settings.redis_prefix)
+    metrics = Metrics()
+    current = CurrentRules(rules)
+    store = Store(client, keys)
+    ingress = Ingress(MxChecker(settings.dns_nameservers, settings.dns_timeout))
+    transport = make_transport(
+        settings.smtp_url, DataDir(settings.data_dir).outbox, settings.smtp_connections, settings.smtp_timeout
+    )
+    throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
+    audit = AuditLog(client, keys, anchor)
+    notifier = Notifier(settings.notify_url, metrics)
+    safe_mode = SafeMode(client, keys, store, notifier, audit, current, metrics)
+    suppressions = Suppressions(client, keys, audit)
+    feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
+    approvals = Approvals(client, keys, store, audit)
+    unsubscribe = await Unsubscribe.load(client, keys, settings.public_url) if settings.public_url else None
+    instance = secrets.token_hex(6)
+    deliverer = Deliverer(
+        store=store,
+        throttles=throttles,
+        ingress=ingress,
+        transport=transport,
+        safe_mode=safe_mode,
+        feedback=feedback,
+        circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay, metrics),
+        rules=current,
+        settings=settings,
+        instance=instance,
+        concurrency=transport.concurrency or settings.workers,
+        unsubscribe=unsubscribe,
+        metrics=metrics,
+    )
+    return Runtime(
+        settings=settings,
+        redis=client,
+        keys=keys,
+        instance=instance,
+        metrics=metrics,
+        current=current,
+        store=store,
+        ingress=ingress,
+        transport=transport,
+        throttles=throttles,
+        audit=audit,
+        notifier=notifier,
+        safe_mode=safe_mode,
+        suppressions=suppressions,
+        feedback=feedback,
+        approvals=approvals,
+        unsubscribe=unsubscribe,
+        deliverer=deliverer,
+        inbox=Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout, metrics),
+        admissions=Admissions(
+            store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake, metrics
+        ),
+        recall=Recall(store, audit),
+        tokens=Tokens(client, keys, audit),
+    )

@@ -198,6 +198,16 @@ class Rules:
         return next((a for a in self.file.agent if a.name == name), None)
 
 
+class CurrentRules:
+    """The rules in force, held for the parts that read them at each use; a reload swaps `now`.
+
+    Made before those parts, so none of them needs a way back to whatever owns the reload.
+    """
+
+    def __init__(self, rules: Rules) -> None:
+        self.now = rules
+
+
 def packaged_rules_dir() -> Path:
     """The default rules shipped inside the wheel, or the repo's `rules/` in a source checkout."""
     packaged = Path(str(resources.files("sendguard"))) / "_rules"

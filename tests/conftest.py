@@ -1,10 +1,16 @@
-"""Real parts for the suite: a Redis server, an SMTP sink, a DNS server, and daemon processes.
+"""Real parts for the suite: a Redis server, an SMTP sink, a DNS server, and daemons.
 
 Every test gets its own Redis key prefix, so tests share one Redis server without sharing state.
+A daemon is built in the test process (`make_daemon`): the same `build()` and `Service` as
+`sendguard run`, its loops on an event loop in a background thread, its API served through
+httpx's ASGI transport. A test whose point is the process (SIGTERM, kill -9, embedded Redis, the
+command line) asks for a real `sendguard run` with `process=True`.
 """
 
 from __future__ import annotations
 
+import abc
+import asyncio
 import contextlib
 import os
 import secrets
@@ -13,19 +19,30 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from sendguard.state.embedded_redis import redis_server_binary
+from sendguard.config import Settings
+from sendguard.governance.tokens import Role
+from sendguard.http.app import create_app
+from sendguard.parts import Runtime, build
+from sendguard.rules import load_rules
+from sendguard.service import Service
+from sendguard.state.embedded_redis import DataDir, redis_server_binary
+from sendguard.state.redis_connection import redis_connection
 from tests.peers import DnsServer, Received, SmtpSink
+
+T = TypeVar("T")
 
 AGENT_RULES = """
 [[agent]]
@@ -164,17 +181,166 @@ def dns_server() -> Iterator[DnsServer]:
         yield server
 
 
-class Daemon:
-    """One `sendguard run` process, started the way a user starts it."""
+class LoopThread:
+    """An event loop in a thread of its own, where in-process daemons run while a test waits.
+
+    Sync test bodies hand it coroutines with `run()`; `close()` ends every task it still has,
+    its async generators and its executor, so nothing outlives the test.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="daemon-loop", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self._finish())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    async def _finish(self) -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
+        await self.loop.shutdown_default_executor()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+class InLoopTransport(httpx.BaseTransport):
+    """A sync httpx transport that serves each request by an ASGI app on a `LoopThread`."""
+
+    def __init__(self, app: FastAPI, loop: LoopThread) -> None:
+        self._asgi = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # a 500, as uvicorn answers
+        self._loop = loop
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        return self._loop.run(self._forward(request, body))
+
+    async def _forward(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        forwarded = httpx.Request(
+            request.method, request.url, headers=request.headers, stream=httpx.ByteStream(body)
+        )
+        response = await self._asgi.handle_async_request(forwarded)
+        content = await response.aread()
+        return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+
+class Daemon(abc.ABC):
+    """A daemon with this test's settings (`env`, as `sendguard run` would read them).
+
+    `http` talks to its API once it is started; `client(token)` opens another client; `cli()` runs
+    the command line against its Redis and rules, as an operator would.
+    """
+
+    base = "http://sendguard.test"
+    process: subprocess.Popen[bytes] | None = None
+    http: httpx.Client
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
+        self.log_path = log_path
+
+    @abc.abstractmethod
+    def start(self) -> Daemon: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def client(self, token: str | None = None) -> httpx.Client: ...
+
+    def cli(self, *args: str) -> str:
+        """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
+        return run_cli(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+
+    def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Like cli(), whatever the exit status, for tests of refusals."""
+        return sendguard_command(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+
+    def metric(self, sample: str, **labels: str) -> float | None:
+        """One sample of /metrics, read with Prometheus' own parser; None if absent."""
+        text = self.http.get("/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for found in family.samples:
+                if found.name == sample and found.labels == labels:
+                    return float(found.value)
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+
+class InProcessDaemon(Daemon):
+    """The parts, loops and app of a daemon, built in the test process on a `LoopThread`."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, loop: LoopThread) -> None:
+        super().__init__(env, log_path)
+        self._loop = loop
+        self._stack = contextlib.AsyncExitStack()
+        self._app: FastAPI | None = None
+
+    def start(self) -> InProcessDaemon:
+        self._loop.run(self._start())
+        self.http = self.client()
+        return self
+
+    async def _start(self) -> None:
+        settings = Settings(
+            **{
+                name.removeprefix("SENDGUARD_").lower(): value
+                for name, value in self.env.items()
+                if name.startswith("SENDGUARD_")
+            }
+        )
+        rules = load_rules(Path(self.env["SENDGUARD_RULES"]))
+        try:
+            client, _ = await self._stack.enter_async_context(redis_connection(settings, for_daemon=True))
+            parts = await build(settings, rules, client, anchor=DataDir(settings.data_dir).audit_anchor)
+            service = Service(parts)
+            await service.start()
+            self._stack.push_async_callback(service.stop)
+            self._app = create_app(parts)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    def stop(self) -> None:
+        if self._app is None:  # never started: `_start` closed what it had opened
+            return
+        self.http.close()
+        self._loop.run(self._stack.aclose())
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        assert self._app is not None, "start the daemon first"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(
+            transport=InLoopTransport(self._app, self._loop), base_url=self.base, headers=headers, timeout=10
+        )
+
+
+class ProcessDaemon(Daemon):
+    """One `sendguard run` process, started the way a user starts it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        super().__init__(env, log_path)
         self.port = int(env["SENDGUARD_API_PORT"])
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.http = self.client()
 
-    def start(self) -> Daemon:
+    def start(self) -> ProcessDaemon:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sendguard.cli", "run"],
@@ -194,25 +360,18 @@ class Daemon:
             return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
         return False
 
-    def cli(self, *args: str) -> str:
-        """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
-        return run_cli(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base, headers=headers, timeout=10)
 
-    def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Like cli(), whatever the exit status, for tests of refusals."""
-        return sendguard_command(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
-
-    def metric(self, sample: str, **labels: str) -> float | None:
-        """One sample of /metrics, read with Prometheus' own parser; None if absent."""
-        text = httpx.get(f"{self.base}/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for found in family.samples:
-                if found.name == sample and found.labels == labels:
-                    return float(found.value)
-        return None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def stop(self) -> None:
+        """SIGTERM, as a supervisor stops it (an embedded redis-server stops with it), or kill."""
+        self.http.close()
+        if self.process is not None:
+            try:
+                self.terminate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.process is not None
@@ -230,12 +389,27 @@ class Daemon:
 
 @pytest.fixture
 def make_daemon(
-    tmp_path: Path, redis_url: str, prefix: str, smtp: SmtpSink, dns_server: DnsServer
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    smtp: SmtpSink,
+    dns_server: DnsServer,
+    loop_thread: LoopThread,
 ) -> Iterator[Callable[..., Daemon]]:
-    """Start daemons sharing this test's Redis prefix, relay and DNS; stopped at the end."""
+    """Start daemons sharing this test's Redis prefix, relay and DNS; stopped at the end.
+
+    In the test process unless `process=True` (or `embedded=True`, which needs a process of its own).
+    """
     started: list[Daemon] = []
 
-    def make(rules: str, *, embedded: bool = False, data_dir: Path | None = None, **settings: str) -> Daemon:
+    def make(
+        rules: str,
+        *,
+        process: bool = False,
+        embedded: bool = False,
+        data_dir: Path | None = None,
+        **settings: str,
+    ) -> Daemon:
         rules_path = tmp_path / "rules.toml"
         rules_path.write_text(rules + AGENT_RULES)
         data = data_dir or tmp_path / f"data{len(started)}"
@@ -258,17 +432,18 @@ def make_daemon(
         if not embedded:
             env["SENDGUARD_REDIS_URL"] = redis_url
         env |= {f"SENDGUARD_{name.upper()}": value for name, value in settings.items()}
-        daemon = Daemon(env, tmp_path / f"daemon{len(started)}.log")
+        log_path = tmp_path / f"daemon{len(started)}.log"
+        daemon: Daemon
+        if process or embedded:
+            daemon = ProcessDaemon(env, log_path)
+        else:
+            daemon = InProcessDaemon(env, log_path, loop_thread)
         started.append(daemon)
         return daemon.start()
 
     yield make
-    for daemon in started:
-        if daemon.process is not None:
-            try:
-                daemon.terminate(timeout=15)  # lets an embedded redis-server stop with it
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+    for daemon in reversed(started):
+        daemon.stop()
 
 
 def sendguard_command(
@@ -294,15 +469,36 @@ def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
 
 
 @pytest.fixture
-def mint(redis_url: str, prefix: str) -> Callable[..., str]:
-    """Mint a token with `sendguard token create --role ROLE --name NAME [EXTRA...]`."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "SENDGUARD_REDIS_URL": redis_url,
-        "SENDGUARD_REDIS_PREFIX": prefix,
-        "SENDGUARD_RULES": str(_rules_for_tokens()),
-    }
-    return lambda role, name, *extra: run_cli(env, "token", "create", "--role", role, "--name", name, *extra)
+def mint(
+    redis_url: str, prefix: str, loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., str]]:
+    """Mint a token as `sendguard token create --role ROLE --name NAME [EXTRA...]` does, in-process.
+
+    EXTRA takes `--group G` and `--expires D`; the token is recorded in the audit trail as by the CLI.
+    """
+    stack = contextlib.AsyncExitStack()
+    parts: list[Runtime] = []
+
+    async def create(role: str, name: str, extra: dict[str, str]) -> str:
+        if not parts:
+            settings = Settings(redis_url=redis_url, redis_prefix=prefix)
+            client, _ = await stack.enter_async_context(redis_connection(settings, for_daemon=False))
+            rules_path = tmp_path_factory.mktemp("token-rules") / "rules.toml"
+            rules_path.write_text(AGENT_RULES)
+            parts.append(await build(settings, load_rules(rules_path), client))
+        _, token = await parts[0].tokens.create(
+            Role(role),
+            name,
+            actor="cli:tests",
+            group=extra.get("--group", ""),
+            expires=extra.get("--expires"),
+        )
+        return token
+
+    yield lambda role, name, *extra: loop_thread.run(
+        create(role, name, dict(zip(extra[::2], extra[1::2], strict=True)))
+    )
+    loop_thread.run(stack.aclose())
 
 
 @pytest.fixture
@@ -317,12 +513,6 @@ def client_for(mint: Callable[..., str]) -> Iterator[Callable[..., Api]]:
     yield make
     for client in opened:
         client.close()
-
-
-def _rules_for_tokens() -> Path:
-    path = Path(tempfile.gettempdir()) / "sendguard-test-token-rules.toml"
-    path.write_text(AGENT_RULES)
-    return path
 
 
 def message(to: str, **overrides: Any) -> dict[str, Any]:
@@ -341,9 +531,7 @@ class Api:
     """A small client for one daemon and one token."""
 
     def __init__(self, daemon: Daemon, token: str) -> None:
-        self.client = httpx.Client(
-            base_url=daemon.base, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        self.client = daemon.client(token)
 
     def send(self, to: str, **overrides: Any) -> dict[str, Any]:
         response = self.client.post("/v1/messages", json=message(to, **overrides))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from tests.conftest import Api, Daemon, message
@@ -32,10 +31,10 @@ def api(daemon: Daemon, client_for: ClientFor) -> Api:
 
 
 def test_every_v1_route_needs_a_valid_token(daemon: Daemon) -> None:
-    bare = httpx.post(f"{daemon.base}/v1/messages", json=message("bob@customer.example"))
+    bare = daemon.http.post("/v1/messages", json=message("bob@customer.example"))
     assert bare.status_code == 401
     assert bare.headers["www-authenticate"] == "Bearer"
-    forged = httpx.get(f"{daemon.base}/v1/suppressions", headers={"Authorization": "Bearer sg_abc_notatoken"})
+    forged = daemon.http.get("/v1/suppressions", headers={"Authorization": "Bearer sg_abc_notatoken"})
     assert forged.status_code == 401
 
 
@@ -253,11 +252,11 @@ def test_agent_sees_only_its_own_messages_and_can_cancel(
 
 def test_health_readiness_metrics_and_openapi(api: Api, daemon: Daemon) -> None:
     api.wait_status(api.send("gina@customer.example")["id"], "sent")
-    assert httpx.get(f"{daemon.base}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{daemon.base}/readyz").json()["status"] == "ready"
-    metrics = httpx.get(f"{daemon.base}/metrics").text
+    assert daemon.http.get("/healthz").json() == {"status": "ok"}
+    assert daemon.http.get("/readyz").json()["status"] == "ready"
+    metrics = daemon.http.get("/metrics").text
     assert 'sendguard_submissions_total{outcome="queued",reason="none"} 1.0' in metrics
     assert "sendguard_messages_sent_total 1.0" in metrics
     assert "sendguard_delivery_seconds_bucket" in metrics
-    paths = httpx.get(f"{daemon.base}/openapi.json").json()["paths"]
+    paths = daemon.http.get("/openapi.json").json()["paths"]
     assert {"/v1/messages", "/v1/messages/{message_id}", "/v1/suppressions"} <= set(paths)

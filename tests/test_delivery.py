@@ -328,7 +328,7 @@ def test_sigterm_drains_in_flight_deliveries(
 ) -> None:
     smtp.delay = 0.5
     token = mint("agent", "sdr-bot")
-    first = make_daemon(RULES)
+    first = make_daemon(RULES, process=True)  # it takes SIGTERM
     api = Api(first, token)
     try:
         ids = [api.send(f"drain{i}@customer.example")["id"] for i in range(5)]

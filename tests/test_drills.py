@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import Api, Daemon, RedisServer, message, wait_until
@@ -32,7 +31,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_counts_every_duplicate(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
     smtp.delay = 0.05
-    first = make_daemon(RULES, workers="8")
+    first = make_daemon(RULES, process=True, workers="8")  # it gets kill -9
     api = client_for(first, "agent", "sdr-bot")
     ids = [api.send(f"lead{n}@customer.example")["id"] for n in range(80)]
     wait_until(lambda: len(smtp.snapshot()) >= 15, what="deliveries to be under way")
@@ -67,7 +66,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _readiness(daemon: Daemon) -> int:
-    return httpx.get(f"{daemon.base}/readyz", timeout=10).status_code
+    return daemon.http.get("/readyz", timeout=10).status_code
 
 
 @pytest.mark.drill
@@ -75,7 +74,7 @@ def test_redis_restarted_mid_run_loses_nothing_and_readiness_follows_it(
     make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink
 ) -> None:
     smtp.delay = 0.05
-    daemon = make_daemon(RULES, redis_url=own_redis.url)
+    daemon = make_daemon(RULES, process=True, redis_url=own_redis.url)
     api = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
     try:
         accepted = [api.send(f"before{n}@customer.example")["id"] for n in range(60)]
@@ -195,7 +194,10 @@ def _rogue_burst(daemon: Daemon, token: str, count: int, threads: int) -> dict[s
 def test_a_rogue_agent_at_full_size_gets_only_tier_zero_out(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    daemon = make_daemon(RULES + f"\n[approvals]\nmass_send_threshold = {MASS_SEND_THRESHOLD}\n")
+    # A process of its own: the burst's clients and the daemon then use both cores, not one GIL.
+    daemon = make_daemon(
+        RULES + f"\n[approvals]\nmass_send_threshold = {MASS_SEND_THRESHOLD}\n", process=True
+    )
     agent = client_for(daemon, "agent", "sdr-bot")
     operator = client_for(daemon, "operator", "omar")
     token = str(agent.client.headers["Authorization"]).removeprefix("Bearer ")

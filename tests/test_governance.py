@@ -8,7 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import redis
 
 from tests.conftest import Api, Daemon, wait_until
@@ -47,7 +46,7 @@ def test_tokens_expire_and_an_approver_needs_a_group(
     make_daemon: Callable[..., Daemon], client_for: ClientFor
 ) -> None:
     daemon = make_daemon("")
-    short = client_for(daemon, "operator", "temp", "--expires", "4s")
+    short = client_for(daemon, "operator", "temp", "--expires", "2s")  # minted in-process: at once
     assert short.client.get("/v1/safe-mode").status_code == 200
     wait_until(lambda: short.client.get("/v1/safe-mode").status_code == 401, what="the token to expire")
 
@@ -105,15 +104,15 @@ def test_kill_stops_everything_with_one_command(
 def test_rules_reload_takes_a_good_file_and_refuses_a_bad_one(
     make_daemon: Callable[..., Daemon], client_for: ClientFor
 ) -> None:
-    daemon = make_daemon("")
-    other = make_daemon("")  # a second daemon on the same Redis and rules file
+    daemon = make_daemon("", process=True)  # it takes SIGHUP
+    other = make_daemon("", process=True)  # a second daemon on the same Redis and rules file
     admin = client_for(daemon, "admin", "sam")
     agent = client_for(daemon, "agent", "sdr-bot")
     rules_path = Path(daemon.env["SENDGUARD_RULES"])
     first = admin.client.get("/readyz").json()["rules_version"]
 
     def other_version() -> str:
-        version: str = httpx.get(f"{other.base}/readyz", timeout=5).json()["rules_version"]
+        version: str = other.http.get("/readyz", timeout=5).json()["rules_version"]
         return version
 
     assert agent.send("info@customer.example")["reasons"][0]["code"] == "role_account"

@@ -12,9 +12,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "sendguard"
 
 # Lowest first. Modules at the top of the package are the shared words, except `parts` (the
-# composition root: it builds every stage, and the HTTP routes are handed what it built) and the
-# commands that run the whole.
+# composition root: it builds every stage, and the HTTP routes are handed what it built), `service`
+# (the loops that run what it built) and the commands that run the whole.
 LAYERS = ["words", "state", "governance", "feedback", "intake", "delivery", "parts", "http", "commands"]
+COMPOSITION = {"parts", "service"}
 COMMANDS = {"daemon", "cli", "__main__"}
 
 
@@ -22,7 +23,7 @@ def layer_of(module: str) -> int:
     """`sendguard.state.store` -> the index of `state` in LAYERS."""
     parts = module.split(".")
     if len(parts) == 2:
-        if parts[1] == "parts":
+        if parts[1] in COMPOSITION:
             return LAYERS.index("parts")
         return LAYERS.index("commands" if parts[1] in COMMANDS else "words")
     return LAYERS.index(parts[1])

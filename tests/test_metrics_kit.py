@@ -14,11 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import prometheus_client
 import pytest
 import yaml
 
-import sendguard.metrics  # noqa: F401  (registers the daemon's metrics in the default registry)
+from sendguard.metrics import Metrics
 
 KIT = Path(__file__).resolve().parent.parent / "metrics"
 ALERTS = KIT / "alerts.yml"
@@ -97,7 +96,7 @@ def exported_names() -> set[str]:
     """Every series name the daemon can expose: families (also never-observed labelled ones, which
     still get HELP and TYPE lines), their samples, and each histogram's _bucket, _sum and _count."""
     names: set[str] = set()
-    for line in prometheus_client.generate_latest().decode().splitlines():
+    for line in Metrics().exposition().decode().splitlines():
         if line.startswith(("# HELP ", "# TYPE ")):
             parts = line.split(" ")
             names.add(parts[2])

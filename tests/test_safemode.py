@@ -117,8 +117,8 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     client_for: Callable[[Daemon, str, str], Api],
     smtp: SmtpSink,
 ) -> None:
-    first = make_daemon("")
-    second = make_daemon("")
+    first = make_daemon("", process=True)
+    second = make_daemon("", process=True)
     admin = client_for(first, "admin", "dana")
     agent = client_for(second, "agent", "sdr-bot")
     tripped = admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill switch drill"})

@@ -7,11 +7,9 @@ really sent to the SMTP sink: its id, its Message-ID and its recipient.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,11 +17,7 @@ from typing import Any, NamedTuple
 import aiosmtplib
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
-from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role, Tokens
-from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -67,37 +61,14 @@ Start = Callable[..., Gateway]
 
 
 @pytest.fixture
-def start(make_daemon: MakeDaemon, redis_url: str, prefix: str) -> Iterator[Callable[..., Gateway]]:
-    """Start a daemon (rules, settings) while its two tokens are minted.
-
-    Tokens are minted in-process: `sendguard token create` costs a second of imports each time.
-    """
-    opened: list[Api] = []
+def start(make_daemon: MakeDaemon, client_for: Callable[..., Api]) -> Callable[..., Gateway]:
+    """Start a daemon (rules, settings) with its two clients."""
 
     def run(rules: str = "", **settings: str) -> Gateway:
-        with ThreadPoolExecutor(2) as pool:  # threads have no event loop, so async tests may call it
-            started = pool.submit(make_daemon, rules, **settings)
-            agent, admin = pool.submit(asyncio.run, _mint(redis_url, prefix)).result()
-            daemon = started.result()
-        opened.extend((Api(daemon, agent), Api(daemon, admin)))
-        return Gateway(daemon, *opened[-2:])
+        daemon = make_daemon(rules, **settings)
+        return Gateway(daemon, client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana"))
 
-    yield run
-    for api in opened:
-        api.close()
-
-
-async def _mint(redis_url: str, prefix: str) -> tuple[str, str]:
-    """A token for agent sdr-bot and one for admin dana."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = Keys(prefix)
-        tokens = Tokens(client, keys, AuditLog(client, keys))
-        _, agent = await tokens.create(Role.AGENT, "sdr-bot", actor="test")
-        _, admin = await tokens.create(Role.ADMIN, "dana", actor="test")
-        return agent, admin
-    finally:
-        await client.aclose()
+    return run
 
 
 # --- helpers -------------------------------------------------------------------------------------

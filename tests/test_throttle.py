@@ -6,8 +6,6 @@ import itertools
 import json
 from collections.abc import Callable
 
-import httpx
-
 from tests.conftest import Api, Daemon, by_domain, max_in_any_window
 from tests.peers import SmtpSink
 
@@ -36,7 +34,7 @@ def test_windows_are_exact_with_two_daemons_sharing_redis(
         {"scope": "inbox", "limit": 5, "per": "3s"},
     )
     smtp.delay = 0.05  # deliveries overlap in flight, as they do with a real relay
-    daemons = [make_daemon(rules), make_daemon(rules)]
+    daemons = [make_daemon(rules, process=True), make_daemon(rules, process=True)]
     clients = [client_for(d, "agent", "sdr-bot") for d in daemons]
     for n in range(16):
         domain = "customer.example" if n % 2 else "other.example"
@@ -66,7 +64,7 @@ def test_a_throttled_domain_does_not_hold_up_others(
     assert sorted(s["status"] for s in statuses) == ["queued"] * 5 + ["sent"]
     assert {s["waiting_for"] for s in statuses if s["status"] == "queued"} == {"recipient_domain"}
     assert len(smtp.snapshot()) == 11
-    metrics = httpx.get(f"{daemon.base}/metrics").text
+    metrics = daemon.http.get("/metrics").text
     assert 'sendguard_throttle_waits_total{scope="recipient_domain"}' in metrics
 
 
@@ -81,5 +79,7 @@ def test_min_gap_spaces_sends_and_waiting_messages_leave_by_themselves(
     received = smtp.wait_for(4, timeout=20)
     times = sorted(r.at for r in received)
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert all(gap >= 0.69 for gap in gaps), gaps
+    # Arrivals at the relay, however late the scheduler ran: the gap counts from the relay's answer
+    # to the one before, in Redis's whole milliseconds, so the margin is one millisecond.
+    assert all(gap >= 0.699 for gap in gaps), gaps
     assert len(smtp.snapshot()) == 4

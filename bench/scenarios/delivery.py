@@ -19,7 +19,7 @@ async def run(bench: Bench, size: Size) -> Sample:
     await bench.fresh()
     count = size.delivery_messages
     rules = bench.write_rules(rules_text())
-    admitter = Admitter(bench.redis, bench.keys, rules)
+    admitter = await Admitter.build(bench.redis, bench.keys, rules)
     await admitter.fill_paused(leads(0, count), count)
     with bench.daemons(1, rules, size.connections):
         await admitter.resume()

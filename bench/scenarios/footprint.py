@@ -31,7 +31,7 @@ async def run(bench: Bench, size: Size) -> Sample:
     await bench.fresh()
     count = size.footprint_messages
     rules = bench.write_rules(rules_text())
-    admitter = Admitter(bench.redis, bench.keys, rules)
+    admitter = await Admitter.build(bench.redis, bench.keys, rules)
     before = await bench.used_memory()
     expect(admit_leads(bench.redis_url, rules, count, processes=os.cpu_count() or 1), "queued", count)
     await admitter.chain_audit()

@@ -34,7 +34,7 @@ async def run(bench: Bench, size: Size) -> Sample:
         "per": f"{_PER * 1000:g}ms",
     }
     rules = bench.write_rules(rules_text(throttles=[throttle]))
-    admitter = Admitter(bench.redis, bench.keys, rules)
+    admitter = await Admitter.build(bench.redis, bench.keys, rules)
     sample = Sample()
     with contextlib.ExitStack() as stack:
         services: list[Service] = []

@@ -13,7 +13,7 @@ import logging
 import time
 from enum import StrEnum
 
-from sendguard import metrics
+from sendguard.metrics import Metrics
 
 log = logging.getLogger("sendguard.delivery.circuit")
 
@@ -27,8 +27,9 @@ class State(StrEnum):
 class Circuit:
     """Opens after `threshold` consecutive failures; while open, one probe per backoff period."""
 
-    def __init__(self, threshold: int, max_delay: float, first_delay: float = 1.0) -> None:
+    def __init__(self, threshold: int, max_delay: float, metrics: Metrics, first_delay: float = 1.0) -> None:
         self._threshold = threshold
+        self._metrics = metrics
         self._max_delay = max_delay
         self._first_delay = min(first_delay, max_delay)
         self._failures = 0
@@ -64,7 +65,7 @@ class Circuit:
     def succeeded(self) -> None:
         if self.state is not State.CLOSED:
             log.warning("relay answers again: circuit closed, dispatch resumes")
-            metrics.CIRCUIT_OPEN.set(0)
+            self._metrics.circuit_open.set(0)
         self.state = State.CLOSED
         self._failures = self._opened = 0
         self._wake()
@@ -76,8 +77,8 @@ class Circuit:
         ):
             delay = min(self._max_delay, self._first_delay * 2**self._opened)
             if self.state is State.CLOSED:
-                metrics.CIRCUIT_OPENS.inc()
-                metrics.CIRCUIT_OPEN.set(1)
+                self._metrics.circuit_opens.inc()
+                self._metrics.circuit_open.set(1)
                 log.error(
                     "relay failed %d times in a row: circuit open, dispatch paused; probing in %.1fs",
                     self._failures,

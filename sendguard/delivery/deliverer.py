@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from sendguard import metrics
 from sendguard.config import Settings
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.relay import Transport, UncertainDelivery
@@ -32,9 +31,10 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.intake.recipients import Ingress, Recipient
+from sendguard.metrics import Metrics
 from sendguard.model import Status, now_ms
 from sendguard.record import Changes, MessageRecord
-from sendguard.rules import Rules
+from sendguard.rules import CurrentRules
 from sendguard.scopes import scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
 
@@ -67,13 +67,15 @@ class Deliverer:
         safe_mode: SafeMode,
         feedback: Feedback,
         circuit: Circuit,
-        rules: Callable[[], Rules],
+        rules: CurrentRules,
         settings: Settings,
         instance: str,
         concurrency: int,
         unsubscribe: Unsubscribe | None,
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._unsubscribe = unsubscribe
         self._throttles = throttles
         self._ingress = ingress
@@ -146,7 +148,7 @@ class Deliverer:
         recovered, uncertain = await self._store.recover(own=self._instance, live=live)
         if recovered:
             log.warning("requeued %d messages let go of as Redis failed (%d uncertain)", recovered, uncertain)
-            metrics.UNCERTAIN.inc(uncertain)
+            self._metrics.uncertain.inc(uncertain)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -183,14 +185,14 @@ class Deliverer:
         except Exception as exc:
             await self._unsendable(claim, f"cannot be rendered: {type(exc).__name__}: {exc}")
             return
-        rules = self._rules()
+        rules = self._rules.now
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
         buckets = self._throttles.buckets(rules.file.throttle, scope_values(record))
         reservation = await self._throttles.reserve(buckets, member)
         if reservation.wait_ms:
             assert reservation.blocked_by is not None
-            metrics.THROTTLE_WAITS.labels(reservation.blocked_by.value).inc()
+            self._metrics.throttle_waits.labels(reservation.blocked_by.value).inc()
             await self._store.transition(
                 message_id,
                 to=None,
@@ -243,12 +245,12 @@ class Deliverer:
                 code, text = await self._transport.send(claim.message_id, sender, record.to, data)
         except RelayReply as reply:
             self._circuit.succeeded()  # any reply proves the relay is there
-            metrics.SMTP_REPLIES.labels(f"{reply.code // 100}xx", reply.stage).inc()
+            self._metrics.smtp_replies.labels(f"{reply.code // 100}xx", reply.stage).inc()
             outcome = self._refused(reply, attempt)
         except (UncertainDelivery, TimeoutError) as exc:
             self._circuit.failed()
             delivered = True  # it may have left: keep its throttle slot
-            metrics.UNCERTAIN.inc()
+            self._metrics.uncertain.inc()
             outcome = self._retry(
                 attempt, "uncertain", str(exc) or "deadline passed", {"uncertain": record.uncertain + 1}
             )
@@ -258,15 +260,15 @@ class Deliverer:
         else:
             self._circuit.succeeded()
             delivered = True
-            metrics.SMTP_REPLIES.labels(f"{code // 100}xx", "data").inc()
-            metrics.SENT.inc()
+            self._metrics.smtp_replies.labels(f"{code // 100}xx", "data").inc()
+            self._metrics.sent.inc()
             outcome = Outcome(
                 Status.SENT,
                 "relay_accepted",
                 f"{code} {text}",
                 {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
             )
-        metrics.DELIVERY_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.delivery_seconds.observe(time.perf_counter() - started)
         status = outcome.status
         delay = self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
@@ -353,9 +355,9 @@ class Deliverer:
         if not reply.permanent:
             return self._retry(attempt, "smtp_4xx", detail, changes)
         if reply.stage == "mail":
-            metrics.FAILED.inc()
+            self._metrics.failed.inc()
             return Outcome(Status.FAILED, "sender_refused", detail, changes)
-        metrics.BOUNCED.inc()
+        self._metrics.bounced.inc()
         return Outcome(Status.BOUNCED, "smtp_5xx", detail, changes)
 
     def _retry(self, attempt: int, cause: str, detail: str, changes: Changes) -> Outcome:
@@ -365,11 +367,11 @@ class Deliverer:
         and the message has not been refused by anyone.
         """
         if attempt >= self._settings.max_attempts and cause != "connection":
-            metrics.FAILED.inc()
+            self._metrics.failed.inc()
             return Outcome(
                 Status.FAILED, "retries_exhausted", f"after {attempt} attempts; last: {detail}", changes
             )
-        metrics.DEFERRED.labels(cause).inc()
+        self._metrics.deferred.labels(cause).inc()
         return Outcome(Status.DEFERRED, cause, detail, changes)
 
     def _backoff_ms(self, attempt: int) -> int:
@@ -395,7 +397,7 @@ class Deliverer:
             )
             return False
         if recipient.dns_temporary:
-            metrics.DEFERRED.labels("dns").inc()
+            self._metrics.deferred.labels("dns").inc()
             if checks > self._settings.max_attempts:
                 await self._store.transition(
                     claim.message_id,

@@ -7,6 +7,11 @@ time. A new send reserves at Redis time `now` (the *earliest* it can reach the r
 fewer than `limit` entries lie at or after `now - per`; so however long deliveries take, and
 however many daemons share the Redis, no window of length `per` holds more than `limit`
 deliveries. The clock is Redis's own (TIME), shared by every daemon.
+
+A `min_gap` is held the same way, as a promise about arrivals at the relay: a bucket's gap key
+holds its last reservation at that send's latest possible arrival, and the next send reserves
+only `gap` after it. Unlike a window slot, the reservation keeps its place whatever follows (a
+refusal, a failed connection), so a gap also spaces the retries.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ class Buckets:
     """The buckets one message falls into, and why, so a wait can be attributed to a scope."""
 
     windows: list[tuple[str, int, int]]  # key, limit, per_ms
-    gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample)
+    gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample) before this send
     scopes: list[ScopeKind]  # scope of windows then gaps, in the same order
 
     @property
-    def window_keys(self) -> list[str]:
-        return [key for key, _, _ in self.windows]
+    def keys(self) -> list[str]:
+        """Window keys, then gap keys: the order the scripts take them in."""
+        return [key for key, _, _ in self.windows] + [key for key, _ in self.gaps]
 
 
 @dataclass(frozen=True)
@@ -86,16 +92,19 @@ class Throttles:
         for _, limit, per_ms in buckets.windows:
             args += [limit, per_ms]
         args += [gap for _, gap in buckets.gaps]
-        keys = buckets.window_keys + [key for key, _ in buckets.gaps]
         async with translated():
-            wait, blocker, _ = await self._reserve(keys=keys, args=args)
+            wait, blocker, _ = await self._reserve(keys=buckets.keys, args=args)
         if int(wait) <= 0:
             return Reservation(0, None)
         return Reservation(int(wait), buckets.scopes[int(blocker) - 1])
 
     async def settle(self, buckets: Buckets, member: str, delivered: bool) -> None:
-        """After the relay answered: pin a delivery to its answer time, or give the slot back."""
-        if not buckets.windows:
+        """After the relay answered: pin a delivery to its answer time, or give its window slots back.
+
+        The gaps keep the attempt at its answer time either way.
+        """
+        if not buckets.windows and not buckets.gaps:
             return
+        args = [member, "1" if delivered else "0", len(buckets.windows)]
         async with translated():
-            await self._settle(keys=buckets.window_keys, args=[member, "1" if delivered else "0"])
+            await self._settle(keys=buckets.keys, args=args)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sendguard import metrics
 from sendguard.feedback.counters import Signal, Trip
 from sendguard.feedback.events import EventIn, EventType, Sentiment, sendguard_id
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.suppressions import Suppressions
+from sendguard.metrics import Metrics
 from sendguard.model import Status
 from sendguard.record import MessageRecord
 from sendguard.state.store import Store
@@ -41,9 +41,15 @@ class Feedback:
     """Ties events to messages and applies them."""
 
     def __init__(
-        self, store: Store, suppressions: Suppressions, safe_mode: SafeMode, audit: AuditLog
+        self,
+        store: Store,
+        suppressions: Suppressions,
+        safe_mode: SafeMode,
+        audit: AuditLog,
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._suppressions = suppressions
         self._safe_mode = safe_mode
         self._audit = audit
@@ -58,7 +64,7 @@ class Feedback:
             last_sent_to=record.to,
         )
         if recorded.counted:
-            metrics.BOUNCES.labels("hard").inc()
+            self._metrics.bounces.labels("hard").inc()
         await self._suppress(record.to, "recipient_suppressed", "the address bounced", message_id)
         return recorded.trips
 
@@ -84,9 +90,9 @@ class Feedback:
                 )
             await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {source})")
         else:
-            metrics.UNMATCHED_EVENTS.labels(event.type.value).inc()
+            self._metrics.unmatched_events.labels(event.type.value).inc()
         if counted:
-            _count(event, judged)
+            _count(self._metrics, event, judged)
         # The address we mailed and the one the event names differ when a person replies from an
         # alias or a report names a forwarding target: both are meant.
         addresses = dict.fromkeys(a for a in (event.recipient, record.to if record else None) if a)
@@ -180,12 +186,12 @@ def _judge(event: EventIn) -> _Judged:
     return _Judged([], "", f"delivered {detail}".strip(), suppress=False)
 
 
-def _count(event: EventIn, judged: _Judged) -> None:
+def _count(metrics: Metrics, event: EventIn, judged: _Judged) -> None:
     if event.type is EventType.BOUNCE:
-        metrics.BOUNCES.labels("hard" if event.hard else "soft").inc()
+        metrics.bounces.labels("hard" if event.hard else "soft").inc()
     elif event.type is EventType.COMPLAINT:
-        metrics.COMPLAINTS.inc()
+        metrics.complaints.inc()
     elif judged.sentiment is not None:
-        metrics.REPLIES.labels(judged.sentiment.value).inc()
+        metrics.replies.labels(judged.sentiment.value).inc()
     if judged.unsubscribe:
-        metrics.UNSUBSCRIBES.inc()
+        metrics.unsubscribes.inc()

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from sendguard import metrics
 from sendguard.config import RedactedURL
+from sendguard.metrics import Metrics
 
 log = logging.getLogger("sendguard.feedback.notify")
 
@@ -22,9 +22,15 @@ class Notifier:
     """Posts notifications to `url`, if one is set; `drain()` waits for those still going."""
 
     def __init__(
-        self, url: RedactedURL | None, attempts: int = 4, timeout: float = 5.0, backoff: float = 1.0
+        self,
+        url: RedactedURL | None,
+        metrics: Metrics,
+        attempts: int = 4,
+        timeout: float = 5.0,
+        backoff: float = 1.0,
     ):
         self._url = url
+        self._metrics = metrics
         self._attempts = attempts
         self._timeout = timeout
         self._backoff = backoff
@@ -55,5 +61,5 @@ class Notifier:
                 log.warning("notification to %s failed (attempt %d): %s", self._url, attempt, problem)
                 if attempt < self._attempts:
                     await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
-        metrics.NOTIFY_FAILURES.inc()
+        self._metrics.notify_failures.inc()
         log.error("notification to %s dropped after %d attempts", self._url, self._attempts)

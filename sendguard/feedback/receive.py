@@ -19,10 +19,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from sendguard import metrics
 from sendguard.errors import StoreError
 from sendguard.feedback.apply import Applied, Feedback
 from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
+from sendguard.metrics import Metrics
 from sendguard.model import now_ms
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -58,8 +58,10 @@ class Inbox:
         feedback: Feedback,
         bounce_domain: str | None,
         timeout: float,
+        metrics: Metrics,
     ) -> None:
         self._redis = client
+        self._metrics = metrics
         self._keys = keys
         self._feedback = feedback
         self._bounce_domain = bounce_domain
@@ -78,7 +80,7 @@ class Inbox:
             return await self._keep(raw, str(exc), source)
         except TimeoutError:
             return await self._keep(raw, f"parsing took longer than {self._timeout:g}s", source)
-        metrics.INBOUND.labels(inbound.kind.value).inc()
+        self._metrics.inbound.labels(inbound.kind.value).inc()
         applied = [await self._feedback.apply(event, source) for event in inbound.events]
         return Received(inbound, applied)
 
@@ -97,7 +99,7 @@ class Inbox:
         return [json.loads(entry) for entry in entries]
 
     async def _keep(self, raw: bytes, reason: str, source: str) -> Unparsed:
-        metrics.INBOUND.labels("unparsed").inc()
+        self._metrics.inbound.labels("unparsed").inc()
         kept_as = secrets.token_hex(8)
         entry = {
             "id": kept_as,

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 
-from sendguard import metrics
 from sendguard.feedback.counters import Recorded, Signal, Signals, Trip
 from sendguard.feedback.notify import Notifier
 from sendguard.governance.audit import AuditLog
+from sendguard.metrics import Metrics
 from sendguard.model import now_ms
-from sendguard.rules import Rules, ScopeKind
+from sendguard.rules import CurrentRules, ScopeKind
 from sendguard.scopes import split_scope
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -68,9 +68,11 @@ class SafeMode:
         store: Store,
         notifier: Notifier,
         audit: AuditLog,
-        rules: Callable[[], Rules],
+        rules: CurrentRules,
+        metrics: Metrics,
     ) -> None:
         self._redis = client
+        self._metrics = metrics
         self._keys = keys
         self._store = store
         self._signals = Signals(client, keys)
@@ -90,7 +92,7 @@ class SafeMode:
         last_sent_to: str = "",
     ) -> Recorded:
         """Count signals in the watched ones of `scopes`; announce any trip they cause."""
-        rules = self._rules().file.safe_mode
+        rules = self._rules.now.file.safe_mode
         watched = set(rules.scopes)
         if Signal.DENIAL in signals:
             watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
@@ -141,8 +143,8 @@ class SafeMode:
                 by,
                 {"scope": scope, "reason": reason, "released": released, "still_held": still},
             )
-            metrics.RESUMES.inc()
-            metrics.SAFE_MODE.labels(*split_scope(scope)).set(0)
+            self._metrics.resumes.inc()
+            self._metrics.safe_mode.labels(*split_scope(scope)).set(0)
             text = f"sendguard: {scope} resumed by {by} ({reason}); {released} held messages released"
             log.warning(text, extra={"scope": scope})
             self._notifier.post(
@@ -158,26 +160,26 @@ class SafeMode:
 
     async def refresh_metrics(self) -> None:
         """Set the per-scope gauges from Redis; drop labels of scopes gone quiet and untripped."""
-        rules = self._rules().file.safe_mode
+        rules = self._rules.now.file.safe_mode
         for signal in ("bounce_rate", "complaint_rate", "negative_reply_rate", "min_sent", "min_replies"):
-            metrics.THRESHOLD.labels(signal).set(getattr(rules, signal))
+            self._metrics.threshold.labels(signal).set(getattr(rules, signal))
         totals = await self._signals.totals(rules)
         tripped = {trip.scope for trip in await self.active()}
         seen: set[tuple[str, str]] = set()
         for scope_totals in totals:
             labels = split_scope(scope_totals.scope)
             seen.add(labels)
-            metrics.BOUNCE_RATE.labels(*labels).set(scope_totals.bounce_rate)
-            metrics.COMPLAINT_RATE.labels(*labels).set(scope_totals.complaint_rate)
-            metrics.NEGATIVE_REPLY_RATE.labels(*labels).set(scope_totals.negative_reply_rate)
-            metrics.WINDOW_SENT.labels(*labels).set(scope_totals.sent)
-            metrics.WINDOW_REPLIES.labels(*labels).set(scope_totals.replies)
+            self._metrics.bounce_rate.labels(*labels).set(scope_totals.bounce_rate)
+            self._metrics.complaint_rate.labels(*labels).set(scope_totals.complaint_rate)
+            self._metrics.negative_reply_rate.labels(*labels).set(scope_totals.negative_reply_rate)
+            self._metrics.window_sent.labels(*labels).set(scope_totals.sent)
+            self._metrics.window_replies.labels(*labels).set(scope_totals.replies)
         for scope in {t.scope for t in totals} | tripped:
             labels = split_scope(scope)
             seen.add(labels)
-            metrics.SAFE_MODE.labels(*labels).set(1 if scope in tripped else 0)
+            self._metrics.safe_mode.labels(*labels).set(1 if scope in tripped else 0)
         for labels in self._labelled - seen:
-            for gauge in metrics.PER_SCOPE:
+            for gauge in self._metrics.per_scope:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
         self._labelled = seen
@@ -192,8 +194,8 @@ class SafeMode:
         sweep = asyncio.create_task(self._store.hold_waiting(trip.scope))
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._swept)
-        metrics.TRIPS.labels(trip.cause).inc()
-        metrics.SAFE_MODE.labels(*split_scope(trip.scope)).set(1)
+        self._metrics.trips.labels(trip.cause).inc()
+        self._metrics.safe_mode.labels(*split_scope(trip.scope)).set(1)
         text = f"sendguard: safe mode for {trip.scope} ({trip.cause}: {trip.detail}; by {trip.by})"
         log.warning(text, extra={"scope": trip.scope})
         self._notifier.post(text, {"event": "tripped", **trip.__dict__})

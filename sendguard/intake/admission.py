@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sendguard import metrics
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.governance.approvals import Approvals, Routing
@@ -35,6 +34,7 @@ from sendguard.intake.batches import (
 )
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
+from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status
 from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules, ScopeKind
@@ -95,13 +95,15 @@ class Admissions:
         audit: AuditLog,
         retry_base: float,
         wake: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._ingress = ingress
         self._safe_mode = safe_mode
         self._approvals = approvals
         self._audit = audit
-        self._batches = BatchRecords(store, audit)
+        self._batches = BatchRecords(store, audit, metrics)
         self._retry_base_ms = int(retry_base * 1000)
         self._wake = wake
 
@@ -127,7 +129,7 @@ class Admissions:
             statuses = [admission.status for admission in admissions]
             await self._batches.record(requester, agent, submission, claim.id, statuses, routing, rules)
         else:
-            metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+            self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return Submitted(claim.id, outcomes, routing)
 
     async def _authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
@@ -282,7 +284,7 @@ class Admissions:
         """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
             first = admission.reasons[0].code if admission.reasons else "none"
-            metrics.SUBMISSIONS.labels(admission.status.value, first).inc()
+            self._metrics.submissions.labels(admission.status.value, first).inc()
             if admission.status in (Status.QUEUED, Status.DEFERRED):
                 self._wake()
         if admission.held_by:

@@ -19,11 +19,11 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from sendguard import metrics
 from sendguard.errors import SendguardError
 from sendguard.governance.approvals import Routing
 from sendguard.governance.audit import AuditLog, canonical_hash, content_hash
 from sendguard.governance.tokens import Principal
+from sendguard.metrics import Metrics
 from sendguard.model import Status
 from sendguard.rules import AgentEntry, Rules
 from sendguard.state.redis_connection import translated
@@ -106,7 +106,8 @@ class BatchRecords:
     """A batch's own record, kept as long as its messages (idempotency, approval request), and its
     audit entry; each recipient's decision is recorded by admission like any message's."""
 
-    def __init__(self, store: Store, audit: AuditLog) -> None:
+    def __init__(self, store: Store, audit: AuditLog, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._redis = store.redis
         self._keys = store.keys
         self._audit = audit
@@ -194,7 +195,7 @@ class BatchRecords:
                 "template_hash": content_hash(batch.subject, batch.text, batch.html),
             },
         )
-        metrics.BATCH_RECIPIENTS.observe(len(statuses))
+        self._metrics.batch_recipients.observe(len(statuses))
 
 
 Submission = MessageIn | BatchIn

@@ -26,7 +26,9 @@ SCHEMA: dict[str, str] = {
     "suppressed_addresses": "supp:addr",  # set: suppressed addresses
     "suppressed_domains": "supp:dom",  # set: suppressed domains
     "throttle": "thr:{scope}:{per_ms}:{value}",  # zset: sends, score = latest possible send time
-    "gap": "gap:{scope}:{value}",  # string: earliest next send (ms) in a bucket with min_gap
+    # zset: the last send in a min_gap bucket, score = its latest possible arrival (ms); renamed
+    # from the string `gap:` key of earlier versions so an older daemon never reads it
+    "gap": "gaps:{scope}:{value}",
     "token": "tok:{id}",  # hash: a token: sha256 of its secret, role, name; never the secret
     "recipient": "rcpt:{address}",  # set: ids of messages admitted for an address
     "last_sent": "last:{address}",  # string: id of the last message sent to an address

@@ -17,6 +17,7 @@ from sendguard.errors import EmbeddedRedisError, StoreError
 from sendguard.state.embedded_redis import DaemonLock, DataDir, EmbeddedRedis
 
 _MIN_REDIS = (6, 2)
+_LOADING_TIMEOUT = 60.0  # seconds a freshly started Redis may take to load its append-only file
 
 
 @contextlib.asynccontextmanager
@@ -61,10 +62,18 @@ async def redis_connection(
 
 
 async def _check_version(client: aioredis.Redis) -> None:
-    try:
-        info = await client.info("server")
-    except redis.exceptions.RedisError as exc:
-        raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
+    """Refuse a Redis that is too old; wait for one still loading its files (a restarted one)."""
+    deadline = asyncio.get_running_loop().time() + _LOADING_TIMEOUT
+    while True:
+        try:
+            info = await client.info("server")
+            break
+        except redis.exceptions.BusyLoadingError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise StoreError(f"Redis still loading its data after {_LOADING_TIMEOUT:g}s") from exc
+            await asyncio.sleep(0.05)
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
     version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
     if version < _MIN_REDIS:
         raise StoreError(f"Redis {info['redis_version']} is too old; sendguard needs 6.2 or newer")

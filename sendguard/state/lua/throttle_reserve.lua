@@ -26,8 +26,13 @@ for i = 1, n do
   end
 end
 for j = 1, m do
-  local nxt = tonumber(redis.call('GET', gap_keys[j]) or '0')
-  if nxt - now > wait then wait, blocker = nxt - now, n + j end
+  -- The last send at its latest possible arrival: the next may arrive min_gap after it.
+  local last = redis.call('ZRANGE', gap_keys[j], -1, -1, 'WITHSCORES')
+  if last[2] then
+    local w = tonumber(last[2]) + tonumber(gap_ms[j]) - now
+    if tonumber(last[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
+    if w > wait then wait, blocker = w, n + j end
+  end
 end
 if wait > 0 then return {wait, blocker, now} end
 for i = 1, n do
@@ -35,7 +40,8 @@ for i = 1, n do
   redis.call('PEXPIRE', window_keys[i], tonumber(window_limits[2 * i]) + lease)
 end
 for j = 1, m do
-  local gap = tonumber(gap_ms[j])
-  redis.call('SET', gap_keys[j], now + gap, 'PX', gap + 1000)
+  redis.call('DEL', gap_keys[j])
+  redis.call('ZADD', gap_keys[j], now + lease, member)
+  redis.call('PEXPIRE', gap_keys[j], lease + tonumber(gap_ms[j]))  -- >= lease + min_gap
 end
 return {0, 0, now}

@@ -1,0 +1,138 @@
+"""A daemon's background work: delivery, maintenance, audit chaining and the inbound SMTP listener.
+
+`sendguard run` runs it next to the HTTP server, under signals; the tests run it in their own
+process. Start-up order matters for safety: the loops start only once Redis has answered a
+heartbeat. Stopping takes no new claims first, gives in-flight deliveries a bounded time, then
+hands back what is still claimed and closes, so a stop loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sendguard.config import parse_host_port
+from sendguard.errors import ConfigError, StoreError
+from sendguard.feedback.receive import start_listener
+from sendguard.governance.audit import AuditError
+from sendguard.parts import Runtime
+
+log = logging.getLogger("sendguard.daemon")
+_CHAIN_EVERY = 0.25  # seconds an audit entry may wait unchained, at most, while a daemon leads
+
+
+class Service:
+    """The loops of one daemon over its parts; `start()` once, then `stop()` once."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Announce this daemon in Redis, open the inbound listener if configured, start the loops.
+
+        ConfigError if the inbound SMTP address cannot be listened on; StoreError if Redis does
+        not answer. Either way nothing is left running.
+        """
+        runtime = self._runtime
+        settings = runtime.settings
+        await runtime.store.heartbeat(runtime.instance, self._ttl_ms)
+        await runtime.follow_reloads()
+        if settings.inbound_smtp:
+            host, port = parse_host_port(settings.inbound_smtp, 25)
+            try:
+                self._listener = await start_listener(runtime.inbox, host, port, settings.inbound_max_bytes)
+            except OSError as exc:
+                raise ConfigError(
+                    f"SENDGUARD_INBOUND_SMTP={settings.inbound_smtp}: cannot listen: {exc.strerror or exc}"
+                ) from exc
+        self._tasks = [
+            asyncio.create_task(self._maintain()),
+            asyncio.create_task(self._chain()),
+            asyncio.create_task(runtime.deliverer.run()),
+        ]
+
+    async def stop(self) -> None:
+        """No new claims, in-flight deliveries drained within the grace, claims handed back, closed."""
+        runtime = self._runtime
+        grace = runtime.settings.shutdown_grace
+        log.info("shutting down: no new claims, draining in-flight deliveries")
+        if self._listener is not None:
+            self._listener.close()
+        await runtime.deliverer.stop(grace)
+        self._stopping.set()
+        await _finish(*self._tasks)
+        # Whatever is still claimed goes back to the queue now, not when our lease ends.
+        with contextlib.suppress(StoreError):
+            await runtime.store.forget_instance(runtime.instance)
+            await runtime.store.recover()
+        await runtime.transport.close()
+        await runtime.safe_mode.drain(grace)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self._runtime.settings.instance_ttl * 1000)
+
+    async def _chain(self) -> None:
+        """Chain the audit trail while this daemon leads, and once more on the way out."""
+        audit, instance, stopping = self._runtime.audit, self._runtime.instance, self._stopping
+        while True:
+            try:
+                if await audit.try_lead(instance, self._ttl_ms):
+                    while await audit.chain() and not stopping.is_set():
+                        pass
+            except (StoreError, AuditError) as exc:
+                log.error("audit trail not chained: %s", exc)
+            if stopping.is_set():
+                with contextlib.suppress(StoreError, AuditError):
+                    await audit.chain()
+                    await audit.resign(instance)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), _CHAIN_EVERY)
+
+    async def _maintain(self) -> None:
+        """Heartbeat, recover the work of daemons that died, follow rules reloads, refresh the gauges."""
+        runtime = self._runtime
+        store, audit, metrics = runtime.store, runtime.audit, runtime.metrics
+        while not self._stopping.is_set():
+            try:
+                await store.heartbeat(runtime.instance, self._ttl_ms)
+                recovered, uncertain = await store.recover()
+                if recovered:
+                    log.warning(
+                        "recovered %d messages from stopped daemons (%d uncertain)",
+                        recovered,
+                        uncertain,
+                    )
+                    metrics.uncertain.inc(uncertain)
+                for state, count in (await store.waiting_counts()).items():
+                    metrics.waiting.labels(state).set(count)
+                await runtime.follow_reloads()
+                await runtime.safe_mode.refresh_metrics()
+                await runtime.approvals.expire_due()
+                seq, head = await audit.head()
+                metrics.audit_entries.set(seq)
+                metrics.audit_head.set(int(head[:13], 16))
+                metrics.audit_pending.set(await audit.pending())
+            except (StoreError, AuditError) as exc:
+                log.warning("maintenance failed, retrying: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), runtime.settings.instance_ttl / 3)
+
+
+async def _finish(*tasks: asyncio.Task[None]) -> None:
+    """Let the loops end by themselves, cancelling what does not.
+
+    Cancelling more than once: redis-py can swallow a cancellation that lands mid-command.
+    """
+    pending = {task for task in tasks if not task.done()}
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=2)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1)
