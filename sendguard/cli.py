@@ -19,6 +19,7 @@ from sendguard import logs
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.approvals import ApprovalRefused
+from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role
 from sendguard.parts import Runtime, build
 from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
@@ -62,8 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="recompute the hash chain; name the first broken entry")
     verify.add_argument(
-        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory, if there)"
+        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory)"
     )
+    verify.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="check the chain alone, knowing that a cut-off tail cannot show without the anchor",
+    )
+    restart = audit_commands.add_parser(
+        "restart-anchor",
+        help="start a new anchor file at the current head, when the old one is lost (recorded in the trail)",
+    )
+    restart.add_argument(
+        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory)"
+    )
+    restart.add_argument("--reason", required=True, help="why the old anchor is gone, for the audit trail")
     export = audit_commands.add_parser("export", help="the trail as JSON lines on stdout")
     export.add_argument("--after", type=int, default=0, metavar="SEQ", help="only entries after this one")
 
@@ -140,7 +154,12 @@ async def _parts(settings: Settings, rules: Rules | None = None) -> AsyncIterato
     stops an auditor or a token listing.
     """
     async with redis_connection(settings, for_daemon=False) as (client, _):
-        yield await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
+        parts = await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
+        yield parts
+        # What the command wrote is chained now, not when a daemon next leads: until then it
+        # could be taken out of `audit:pending` without a trace.
+        while await parts.audit.chain():
+            pass
 
 
 def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, Rules | None]:
@@ -260,20 +279,35 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    anchor = (args.anchor if args.audit_command != "export" else None) or DataDir(
+        settings.data_dir
+    ).audit_anchor
     async with _parts(settings) as parts:
         audit = parts.audit
         if args.audit_command == "export":
             async for entry in audit.iter_entries(after_seq=args.after):
                 print(entry.to_json())
             return 0
-        anchor = args.anchor
-        if anchor is None and DataDir(settings.data_dir).audit_anchor.is_file():
-            anchor = DataDir(settings.data_dir).audit_anchor
-        result = await audit.verify(anchor)
+        if args.audit_command == "restart-anchor":
+            if anchor.is_file() and anchor.stat().st_size:
+                raise ConfigError(f"{anchor} exists: verify against it (`sendguard audit verify`) instead")
+            seq, digest = await AuditLog(parts.redis, parts.keys, anchor).restart_anchor(
+                f"cli:{_login()}", args.reason
+            )
+            print(f"anchor {anchor} started at entry {seq} ({digest[:12]}...)")
+            return 0
+        checked_against = None if args.no_anchor else anchor
+        result = await audit.verify(checked_against)
     if not result.ok:
-        print(f"sendguard: audit trail BROKEN: {result.problem}", file=sys.stderr)
+        lost = checked_against is not None and not checked_against.exists()
+        hint = " (lost for good? `sendguard audit restart-anchor --reason ...`)" if lost else ""
+        print(f"sendguard: audit trail BROKEN: {result.problem}{hint}", file=sys.stderr)
         return 1
-    against = f"checked against {anchor}" if anchor else "no anchor file given: a cut-off tail would not show"
+    against = (
+        f"checked against {checked_against}"
+        if checked_against
+        else "without an anchor (--no-anchor): a cut-off tail would not show"
+    )
     print(f"audit trail ok: {result.checked} entries, {against}")
     return 0
 
