@@ -65,7 +65,7 @@ class Trip:
 
 @dataclass(frozen=True)
 class Recorded:
-    """Whether a signal counted (not already counted for its message), and the trips it caused."""
+    """Whether a signal counted for its message for the first time, and the trips it caused."""
 
     counted: bool
     trips: list[Trip]
@@ -116,8 +116,10 @@ class Signals:
         """Count `signals` for each scope; with a bad signal, trip the first scope that crosses.
 
         `scopes` must come most specific first (see the script for why).
-        `once` names a field on the message: a signal already counted for it is not counted
-        again (a DSN posted twice is one bounce). `last_sent_to` remembers the message as the
+        `once` names a field on the message: a signal already counted for it in a scope is not
+        counted there again (a DSN posted twice is one bounce), while a scope that has not counted
+        it yet does (an agent's own report counted on its agent scope alone, then the same bounce
+        from a trusted source counts on the rest). `last_sent_to` remembers the message as the
         latest sent to that address, for events that only name the recipient.
         """
         k = self._keys

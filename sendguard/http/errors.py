@@ -7,6 +7,8 @@ RequestValidationError   422  the request's form: every field that is wrong, nam
 InvalidValue             422  a value the form allows that is still not one (a scope, an entry)
 ConfigError              422  the rules file does not validate (a reload is refused)
 Forbidden                403  the agent may not do this at all, with the reason code
+UnknownMessage           404  an agent reported an event about a message not its own
+NotSent                  409  an agent reported an event about its own message that was not sent
 BatchConflict            409  the idempotency key names a different batch
 ApprovalRefused          409  the approval rules do not allow this decision
 AuditError               409  the trail cannot be read as it stands
@@ -21,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from sendguard.errors import ConfigError, InvalidValue, StoreError
+from sendguard.feedback.apply import NotSent, UnknownMessage
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
 from sendguard.intake.admission import Forbidden
@@ -60,7 +63,11 @@ async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
     )
 
 
-async def _conflict(request: Request, exc: BatchConflict | ApprovalRefused) -> JSONResponse:
+async def _unknown_message(request: Request, exc: UnknownMessage) -> JSONResponse:
+    return _detail(404, str(exc))
+
+
+async def _conflict(request: Request, exc: BatchConflict | ApprovalRefused | NotSent) -> JSONResponse:
     return _detail(409, str(exc))
 
 
@@ -83,6 +90,8 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     Forbidden: _forbidden,
     BatchConflict: _conflict,
     ApprovalRefused: _conflict,
+    UnknownMessage: _unknown_message,
+    NotSent: _conflict,
     AuditError: _audit_unreadable,
     StoreError: _store_down,
 }

@@ -1,5 +1,7 @@
 -- Count signals for each scope of a message and, for a bad signal, trip the first scope whose
--- rates cross the rules. Returns {1 (counted) or 0 (already counted), the trips as JSON...}.
+-- rates cross the rules. Returns {1 (first counted for the message) or 0, the trips as JSON...}.
+-- With `once`, a signal counts once per message in each scope: an agent's own report counts on
+-- its agent scope alone, and a trusted report of the same outcome later adds only the others.
 local trips_key, active_key = KEYS[1], KEYS[2]
 local msg_key = KEYS[3]             -- the message `once` is recorded on
 local last_sent_key = KEYS[4]       -- where `last_id` is remembered
@@ -18,19 +20,25 @@ local scopes = {unpack(ARGV, 10)}   -- most specific first
 local now = clock_ms()
 local slot_ms = math.floor(window / slots)
 local slot = math.floor(now / slot_ms)
-if once ~= '' and redis.call('HSETNX', msg_key, once, now) == 0 then return {0} end
+local first = once == '' or redis.call('HSETNX', msg_key, once, now) == 1
 if last_id ~= '' then redis.call('SET', last_sent_key, last_id, 'PX', retention) end
-local trips = {1}  -- counted, then the trips
+local trips = {first and 1 or 0}  -- first counted, then the trips
 local function over(n, d, rate) return d > 0 and n >= rate * d - 1e-9 end
+local counted = false
 for i, key in ipairs(signal_keys) do
-  refresh(key, slot, slots)
-  for _, c in ipairs(counters) do
-    redis.call('HINCRBY', key, slot .. ':' .. c, 1)
-    redis.call('HINCRBY', key, 't:' .. c, 1)
+  -- `once` also marks each scope it was counted in
+  if once == '' or redis.call('HSETNX', msg_key, once .. ' in ' .. scopes[i], now) == 1 then
+    counted = true
+    refresh(key, slot, slots)
+    for _, c in ipairs(counters) do
+      redis.call('HINCRBY', key, slot .. ':' .. c, 1)
+      redis.call('HINCRBY', key, 't:' .. c, 1)
+    end
+    redis.call('PEXPIRE', key, window + slot_ms)
+    redis.call('ZADD', active_key, now, scopes[i])
   end
-  redis.call('PEXPIRE', key, window + slot_ms)
-  redis.call('ZADD', active_key, now, scopes[i])
 end
+if not counted then return trips end
 -- Scopes come most specific first. The first one already tripped absorbs the signal, and the
 -- first one to cross trips alone: a bad segment stops that segment, not everything above it.
 for i, key in ipairs(signal_keys) do
