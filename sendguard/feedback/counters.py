@@ -48,6 +48,7 @@ CAUSES: dict[Signal, tuple[str, ...]] = {
     Signal.ABUSIVE: ("negative_reply_rate", "abusive_replies"),
     Signal.DENIAL: ("denials",),
 }
+BAD = frozenset(CAUSES)  # the signals that can trip a scope
 
 
 @dataclass(frozen=True)
