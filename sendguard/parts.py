@@ -138,7 +138,7 @@ async def build(
     audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
     safe_mode = SafeMode(client, keys, store, notifier, audit, current, metrics)
-    suppressions = Suppressions(client, keys, audit)
+    suppressions = Suppressions(client, keys, audit, store)
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
     approvals = Approvals(client, keys, store, audit)
     unsubscribe = await Unsubscribe.load(client, keys, settings.public_url) if settings.public_url else None

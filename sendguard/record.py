@@ -40,6 +40,7 @@ class MessageRecord:
     from_name: str = ""
     from_addr: str = ""
     to: str = ""
+    to_canonical: str = ""  # the recipient's mailbox (model.canonical_address), what suppression matches
     to_domain: str = ""
     subject: str = ""
     text: str = ""
@@ -94,6 +95,7 @@ class MessageRecord:
             from_name=get("from_name", ""),
             from_addr=get("from_addr", ""),
             to=get("to", ""),
+            to_canonical=get("to_canonical", ""),
             to_domain=get("to_domain", ""),
             subject=get("subject", ""),
             text=get("text", ""),
@@ -132,6 +134,7 @@ _SUBMITTED = (
     "from_name",
     "from_addr",
     "to",
+    "to_canonical",
     "to_domain",
     "subject",
     "text",

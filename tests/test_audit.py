@@ -707,9 +707,9 @@ async def test_suppressions_tokens_and_recall_record_their_own_changes(
     audit: AuditLog, client: aioredis.Redis, keys: Keys
 ) -> None:
     """The service that makes a change writes its entry, so neither the API nor the CLI has to."""
-    suppressions = Suppressions(client, keys, audit)
+    suppressions = Suppressions(client, keys, audit, Store(client, keys))
     added = await suppressions.suppress(["Gone@Customer.example", "other.example"], "admin:dana")
-    assert added == (["gone@customer.example"], ["other.example"])
+    assert (added.addresses, added.domains) == (["gone@customer.example"], ["other.example"])
     assert await suppressions.lift("other.example", "admin:dana")
     assert not await suppressions.lift("other.example", "admin:dana")  # nothing lifted: no entry
     tokens = Tokens(client, keys, audit)
@@ -723,7 +723,12 @@ async def test_suppressions_tokens_and_recall_record_their_own_changes(
     listed = ["gone@customer.example", "other.example"]
     digest = hashlib.sha256(encode(listed).encode()).hexdigest()
     assert [(e.kind, e.actor, e.fields) for e in await audit.entries()] == [
-        ("suppression.added", "admin:dana", {"new": 2, "entries": 2, "sha256": digest, "first": listed}),
+        (
+            "suppression.added",
+            "admin:dana",
+            {"new": 2, "cancelled": 0, "entries": 2, "sha256": digest, "first": listed},
+        ),
+        ("suppression.swept", "admin:dana", {"domains": ["other.example"], "cancelled": {}}),
         ("suppression.lifted", "admin:dana", {"entry": "other.example"}),
         (
             "token.created",

@@ -7,11 +7,11 @@ once per message in each scope, so a report delivered twice does not count twice
 Who reports decides what an event may move. An agent may be hijacked, so its word is taken only
 about its own messages that left, named by id, and weighs only against itself: it counts on its
 own `agent:` scope alone, and only when it is bad news (good news could only dilute its own
-rates); it suppresses only the address its message went to and cancels only its own waiting
-messages. Trusted sources (operators and admins, the relay, inbound mail, a signed one-click
-link) keep the recipient tie and count on every scope. An event that matches no message
-suppresses and cancels nothing, whoever sends it, except a one-click link: its signature proves
-the address was mailed.
+rates); it suppresses only the address its message went to (which, like any suppression, cancels
+every message still waiting for that mailbox) and its reply cancels only its own waiting messages.
+Trusted sources (operators and admins, the relay, inbound mail, a signed one-click link) keep the
+recipient tie and count on every scope. An event that matches no message suppresses and cancels
+nothing, whoever sends it, except a one-click link: its signature proves the address was mailed.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Feedback:
         )
         if recorded.counted:
             self._metrics.bounces.labels("hard").inc()
-        await self._suppress(record.to, "recipient_suppressed", "the address bounced", message_id)
+        await self._suppress(record.to, "the address bounced")
         return recorded.trips
 
     async def apply(self, events: Sequence[EventIn], reporter: Reporter) -> list[Applied]:
@@ -167,13 +167,7 @@ class Feedback:
                 )
             if judged.suppress:
                 applied.suppressed = applied.suppressed or address
-                applied.cancelled += await self._suppress(
-                    address,
-                    "recipient_suppressed",
-                    f"suppressed after a {event.type.value}",
-                    message_id,
-                    agent=reporter.agent,
-                )
+                applied.cancelled += await self._suppress(address, f"suppressed after a {event.type.value}")
         await self._audit.append(
             f"event.{event.type.value}",
             reporter.source,
@@ -220,19 +214,15 @@ class Feedback:
             )
         return message_id, record
 
-    async def _suppress(
-        self, address: str, cause: str, detail: str, message_id: str | None, agent: str | None = None
-    ) -> int:
-        await self._suppressions.add([address], [])
-        return await self._cancel_waiting(address, cause, detail, keep=message_id, agent=agent)
+    async def _suppress(self, address: str, detail: str) -> int:
+        """Suppress the recipient's mailbox, cancelling every message still waiting for it in the
+        same step, whoever's: a suppression holds for all, so they could never be sent anyway."""
+        return await self._suppressions.add(address, detail)
 
-    async def _cancel_waiting(
-        self, address: str, cause: str, detail: str, keep: str | None = None, agent: str | None = None
-    ) -> int:
-        """Cancel the messages to `address` that have not been sent yet (only `agent`'s, if given)."""
-        ids = [
-            message_id for message_id in await self._store.recipient_messages(address) if message_id != keep
-        ]
+    async def _cancel_waiting(self, address: str, cause: str, detail: str, agent: str | None = None) -> int:
+        """Cancel the messages to the mailbox of `address` that have not been sent yet (only
+        `agent`'s, if given)."""
+        ids = await self._store.recipient_messages(address)
         filters = {"agent": agent} if agent else None
         return sum((await self._store.cancel(ids, cause, detail, filters)).values())
 

@@ -102,8 +102,13 @@ class SuppressionsIn(BaseModel):
 
 
 class SuppressionsOut(BaseModel):
-    addresses: list[str]
+    addresses: list[str] = Field(description="mailboxes: lower case, without a +tag")
     domains: list[str]
+
+
+class SuppressionsAdded(SuppressionsOut):
+    new: int = Field(description="entries that were not suppressed before")
+    cancelled: int = Field(description="waiting messages the entries cover, cancelled at once")
 
 
 class BodyLimit:
@@ -313,10 +318,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         addresses, domains = await runtime.suppressions.list()
         return SuppressionsOut(addresses=addresses, domains=domains)
 
-    @app.post("/v1/suppressions", response_model=SuppressionsOut)
-    async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
-        addresses, domains = await runtime.suppressions.suppress(body.entries, who.actor)
-        return SuppressionsOut(addresses=addresses, domains=domains)
+    @app.post("/v1/suppressions", response_model=SuppressionsAdded)
+    async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsAdded:
+        added = await runtime.suppressions.suppress(body.entries, who.actor)
+        return SuppressionsAdded(
+            addresses=added.addresses, domains=added.domains, new=added.new, cancelled=added.cancelled
+        )
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:

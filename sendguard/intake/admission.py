@@ -255,6 +255,7 @@ class Admissions:
             from_name=message.sender.display_name,
             from_addr=message.sender.address,
             to=recipient.address,
+            to_canonical=recipient.canonical,
             to_domain=recipient.domain,
             subject=message.subject,
             text=message.text or "",

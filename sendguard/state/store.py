@@ -10,14 +10,14 @@ as uncertain if it was mid-send. The scripts are `lua/*.lua`, loaded through scr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from sendguard.model import WAITING, Reason, Status, decode_reasons
+from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
 from sendguard.record import Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
@@ -32,7 +32,8 @@ class Moved(IntEnum):
 
     REFUSED = 0
     MOVED = 1
-    HELD = 2  # a scope of it is in safe mode: held instead (only when asked to check)
+    HELD = 2  # a scope of it is in safe mode: held instead (only at the start of a send)
+    SUPPRESSED = 3  # its recipient is suppressed: cancelled instead (only at the start of a send)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Store:
         self._annotate = scripts.register(client, keys, "annotate")
         self._hold_waiting = scripts.register(client, keys, "hold_waiting")
         self._cancel = scripts.register(client, keys, "cancel")
+        self._suppress = scripts.register(client, keys, "suppress")
         self._settle_approval = scripts.register(client, keys, "settle_approval")
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
@@ -127,9 +129,7 @@ class Store:
                             k.count,
                             k.idempotency(record.agent, candidate.idempotency_key or "-"),
                             k.cooldown(record.to),
-                            k.suppressed_addresses,
-                            k.suppressed_domains,
-                            k.recipient(record.to),
+                            k.waiting(record.to_canonical),
                         ],
                         args=self._admit_args(candidate),
                         client=pipe,
@@ -157,6 +157,7 @@ class Store:
             candidate.delay_ms,
             candidate.cooldown_ms,
             record.to,
+            record.to_canonical,
             record.to_domain,
             IDEMPOTENCY_TTL_MS,
             "1" if candidate.idempotency_key else "0",
@@ -197,14 +198,14 @@ class Store:
         keep_claim: bool = False,
         changes: Changes | None = None,
         recipient: str = "-",
-        hold_if_tripped: bool = False,
+        start_of_send: bool = False,
         audit_entry: str = "",
     ) -> Moved:
         """Move a message on; `Moved.REFUSED` (falsy) when it was not in an allowed status or the
         claim was lost.
 
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
-        `hold_if_tripped` holds it instead when a scope of it is in safe mode (`Moved.HELD`).
+        `start_of_send` makes it the last step before the relay (see `begin`).
         `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
         trail cannot miss a transition that happened.
         """
@@ -219,7 +220,7 @@ class Store:
             -1 if delay_ms is None else delay_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
-            "1" if hold_if_tripped else "0",
+            "1" if start_of_send else "0",
             audit_entry,
         ]
         for name, value in encode_changes(changes or {}).items():
@@ -238,10 +239,15 @@ class Store:
             )
         return Moved(int(result[0]))
 
-    async def begin(self, message_id: str, claim: str, detail: str, changes: Changes) -> Moved:
-        """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
+    async def begin(
+        self, message_id: str, claim: str, detail: str, changes: Changes, suppressed_entry: str
+    ) -> Moved:
+        """Mark a claimed message `sending`, unless a suppression entry covers its recipient (then
+        it is cancelled, `Moved.SUPPRESSED`, and `suppressed_entry` is its audit entry, with
+        "outcome": "@" for the entry that matched) or a scope of it is in safe mode (then it is held).
 
-        Checked in the same script that starts the send, so after a trip no new send starts.
+        Checked in the same script that starts the send, so once a suppression or a trip is
+        recorded no new send to it starts, however the message got this far.
         """
         return await self.transition(
             message_id,
@@ -252,7 +258,8 @@ class Store:
             allowed_from=(Status.QUEUED, Status.DEFERRED),
             keep_claim=True,
             changes=changes,
-            hold_if_tripped=True,
+            start_of_send=True,
+            audit_entry=suppressed_entry,
         )
 
     async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
@@ -290,35 +297,59 @@ class Store:
 
         Messages already `sending` are in the relay's hands and cannot be called back.
         """
-        k = self.keys
         counts: dict[str, int] = {}
+        async for ids in self._waiting_ids():
+            _merge(counts, await self.cancel(ids, "recalled", detail, filters))
+        return counts
+
+    async def sweep_suppressed(self, cause: str, detail: str) -> dict[str, int]:
+        """Cancel every waiting message that a suppression entry covers; counts by state.
+
+        For a new domain entry, which covers recipients at every subdomain of it: a walk of the
+        waiting messages finds them without an index per parent domain. Mailboxes have their own
+        index (`suppress`). A message that is `sending` is stopped at its next attempt, if any.
+        """
+        counts: dict[str, int] = {}
+        async for ids in self._waiting_ids():
+            _merge(counts, await self.cancel(ids, cause, detail, only_suppressed=True))
+        return counts
+
+    async def _waiting_ids(self, batch: int = 500) -> AsyncIterator[list[str]]:
+        """The ids of every waiting message, `batch` at a time (a message may come twice)."""
+        k = self.keys
         async with translated():
-            # Waiting messages are in the due queue, a held set or an approval request's set.
-            waiting_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=500)]
+            # Waiting messages are in the due queue, claimed, in a held set or in an approval
+            # request's set.
+            waiting_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=batch)]
             waiting_sets += [
-                key async for key in self.redis.scan_iter(match=k.approval_messages("*"), count=500)
+                key async for key in self.redis.scan_iter(match=k.approval_messages("*"), count=batch)
             ]
-            sources = [self.redis.zscan_iter(k.due, count=500)] + [
-                self.redis.sscan_iter(key, count=500) for key in waiting_sets
-            ]
+            sources = [self.redis.zscan_iter(key, count=batch) for key in (k.due, k.inflight)]
+            sources += [self.redis.sscan_iter(key, count=batch) for key in waiting_sets]
             for source in sources:
                 ids: list[str] = []
                 async for item in source:
                     ids.append(str(item[0] if isinstance(item, tuple) else item))
-                    if len(ids) >= 500:
-                        _merge(counts, await self.cancel(ids, "recalled", detail, filters))
+                    if len(ids) >= batch:
+                        yield ids
                         ids = []
-                _merge(counts, await self.cancel(ids, "recalled", detail, filters))
-        return counts
+                if ids:
+                    yield ids
 
     async def cancel(
-        self, ids: list[str], cause: str, detail: str, filters: Mapping[str, str] | None = None
+        self,
+        ids: list[str],
+        cause: str,
+        detail: str,
+        filters: Mapping[str, str] | None = None,
+        *,
+        only_suppressed: bool = False,
     ) -> dict[str, int]:
-        """Cancel those of `ids` still waiting (and matching `filters`), 500 a script; counts by state.
+        """Cancel those of `ids` still waiting (and matching `filters`, and covered by a
+        suppression entry if `only_suppressed`), 500 a script; counts by state.
 
         `cause` becomes the reason code; the detail says why, for people.
         """
-        k = self.keys
         counts: dict[str, int] = {}
         for start in range(0, len(ids), 500):
             args: list[str | int] = [
@@ -326,11 +357,28 @@ class Store:
                 RETENTION_MS,
                 cause,
                 detail,
+                "1" if only_suppressed else "0",
             ]
             async with translated():
-                found = await self._cancel(keys=[k.due, k.count], args=[*args, *ids[start : start + 500]])
+                found = await self._cancel(keys=[], args=[*args, *ids[start : start + 500]])
             _merge(counts, decode_counts(found))
         return counts
+
+    async def suppress(
+        self, mailboxes: Sequence[str], domains: Sequence[str], cause: str, detail: str, audit_entry: str
+    ) -> tuple[int, int]:
+        """Add suppression entries and cancel, in the same script, every message still waiting for
+        one of the mailboxes (canonical addresses), whatever its due time; (new entries, cancelled).
+
+        `audit_entry` ('' for none) gets "outcome": "@" replaced by the two counts. Domains are
+        only added: `sweep_suppressed` finds their messages.
+        """
+        async with translated():
+            new, cancelled = await self._suppress(
+                keys=[],
+                args=[cause, detail, RETENTION_MS, audit_entry, len(mailboxes), *mailboxes, *domains],
+            )
+        return int(new), int(cancelled)
 
     async def settle_approval(self, approval_id: str, outcome: str, detail: str) -> int:
         """Queue (approved), cancel (denied) or expire the messages waiting for a request."""
@@ -362,9 +410,10 @@ class Store:
         return str(found) if found else None
 
     async def recipient_messages(self, address: str) -> list[str]:
-        """Ids of the messages admitted for an address within the retention period."""
+        """Ids of the messages still waiting for the mailbox of an address (case and +tag aside)."""
+        mailbox = canonical_address(address)
         async with translated():
-            return sorted(str(member) for member in await self.redis.smembers(self.keys.recipient(address)))
+            return sorted(str(member) for member in await self.redis.smembers(self.keys.waiting(mailbox)))
 
     async def recover(self, own: str = "", live: Iterable[str] = (), limit: int = 1000) -> tuple[int, int]:
         """Requeue messages whose daemon died; returns (recovered, of which uncertain).
