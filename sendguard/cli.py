@@ -326,6 +326,8 @@ def _check_rules(path: Path) -> int:
         f"{len(rules.file.agent)} agents, {len(rules.free_domains)} free-mail domains, "
         f"{len(rules.role_accounts)} role accounts, {len(rules.disposable_domains)} disposable domains"
     )
+    for warning in rules.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -197,6 +197,27 @@ class Rules:
     def agent(self, name: str) -> AgentEntry | None:
         return next((a for a in self.file.agent if a.name == name), None)
 
+    def warnings(self) -> list[str]:
+        """What the file allows that a hijacked agent could use, for `sendguard rules check` to say.
+
+        An agent that may use `*@domain` can send as any address there (ceo@ included), and every
+        address it makes up gets a per-inbox throttle bucket of its own.
+        """
+        capped = {rule.scope for rule in self.file.throttle if rule.match == "*"}
+        missing = [kind.value for kind in (ScopeKind.AGENT, ScopeKind.SENDER_DOMAIN) if kind not in capped]
+        unless = f"; this file has no {' or '.join(missing)} throttle to cap it" if missing else ""
+        found = []
+        for number, agent in enumerate(self.file.agent, start=1):
+            for pattern in agent.inboxes:
+                if pattern.startswith("*@"):
+                    domain = pattern[2:].lower()
+                    found.append(
+                        f"rules file {self.path}: [[agent]] #{number} key 'inboxes': {agent.name!r} may send "
+                        f"as any address at {domain}, ceo@{domain} included, each with a per-inbox "
+                        f"throttle of its own{unless}; list its inboxes one by one"
+                    )
+        return found
+
 
 class CurrentRules:
     """The rules in force, held for the parts that read them at each use; a reload swaps `now`.
