@@ -159,6 +159,11 @@ def test_every_route_that_suppresses_cancels_what_waits_at_once_whatever_its_due
         agent.send(to, send_at=_after(days=40))["id"]
         for to in (f"{lead.upper()}+later@Customer.example", f"{lead}@customer.example")
     ]
+    # Another agent's too: a suppression holds for everyone, whoever's report made it.
+    other = client_for(daemon, "agent", "support-bot")
+    theirs = other.send(
+        f"{lead}+support@customer.example", send_at=_after(days=40), **{"from": "help@acme.example"}
+    )
     untouched = agent.send(f"{lead}ann@other.example", send_at=_after(days=40))["id"]
 
     if first is None:
@@ -171,6 +176,8 @@ def test_every_route_that_suppresses_cancels_what_waits_at_once_whatever_its_due
     for message_id in waiting:  # at once: no waiting, no polling
         found = agent.status(message_id)
         assert (found["status"], _codes(found)) == ("cancelled", [code]), (route, found)
+    found = other.status(theirs["id"])
+    assert (found["status"], _codes(found)) == ("cancelled", ["recipient_suppressed"]), (route, found)
     assert agent.status(untouched)["status"] == "queued"
     again = agent.send(f"{lead}+new@customer.example")
     assert (again["status"], _codes(again)) == ("rejected", ["suppressed"])
