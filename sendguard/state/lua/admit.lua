@@ -11,24 +11,24 @@ local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred 
 local cooldown_ms = ARGV[5]
 local address, domain = ARGV[6], ARGV[7]
 local idempotency_ttl_ms = ARGV[8]
-local use_idempotency = ARGV[9] == '1'
+local keep_rejected = ARGV[9] == '1'  -- the key answers a rejection too, not only an accepted message
 local retention_ms = ARGV[10]
 local scopes = ARGV[11]             -- JSON list, most specific first
 local approval = ARGV[12]           -- the request it waits for; '' for none
 local audit_entry = ARGV[13]        -- a pending audit entry holding AUDIT_OUTCOME; '' for none
 local send_at = tonumber(ARGV[14])  -- ms: not before the time the agent asked for; 0 for none
-local fields = {unpack(ARGV, 15)}   -- name, value, ... of the record
+local template = ARGV[15]           -- the batch whose stored template holds the content; '' for none
+local content_at = tonumber(ARGV[16])  -- fields from this one on are content: not kept if rejected
+local fields = {unpack(ARGV, 17)}   -- name, value, ... of the record
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
 -- The submission's audit entry carries this pair where the outcome goes (see intake/admission.py).
 local AUDIT_OUTCOME = '"outcome":"@"'
 
-if use_idempotency then
-  local existing = redis.call('GET', idempotency_key)
-  if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
-    return {'existing', existing}
-  end
+local existing = redis.call('GET', idempotency_key)
+if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
+  return {'existing', existing}
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
@@ -46,8 +46,10 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
+local kept = #fields
+if status == 'rejected' then kept = content_at - 1 end
 redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields))
+  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields, 1, kept))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(hist_key, now, status, 'submitted', detail)
@@ -55,6 +57,10 @@ local held_by = ''
 if WAITING[status] then
   redis.call('SADD', recipient_key, id)
   redis.call('PEXPIRE', recipient_key, retention_ms)
+  if template ~= '' then  -- kept while a message waits for it (see retire)
+    redis.call('HINCRBY', key_template(template), 'waiting', 1)
+    redis.call('PERSIST', key_template(template))
+  end
   local scope = approval == '' and tripped(scopes)
   if approval ~= '' then
     -- Waits for people; safe mode is checked again when it is approved and claimed.
@@ -74,7 +80,7 @@ else
   redis.call('PEXPIRE', msg_key, retention_ms)
   redis.call('PEXPIRE', hist_key, retention_ms)
 end
-if use_idempotency then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
+if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
 if audit_entry ~= '' then
   -- The decision enters the audit trail in the same step: its placeholder becomes the outcome.
   local codes = {}

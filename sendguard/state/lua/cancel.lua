@@ -28,8 +28,7 @@ for _, id in ipairs(ids) do
     local cooldown = key_cooldown(redis.call('HGET', key, 'to') or '')
     if redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
     history(key_hist(id), now, 'cancelled', cause, detail)
-    redis.call('PEXPIRE', key, retention_ms)
-    redis.call('PEXPIRE', key_hist(id), retention_ms)
+    retire(id, retention_ms, true)
     counts[status] = (counts[status] or 0) + 1
   end
 end
