@@ -99,6 +99,8 @@ class Settings(BaseSettings):
 
     redis_url: RedisURL = None
     redis_prefix: str = Field(default="sg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    # The embedded Redis's maxmemory (bytes); an external Redis's own is read instead.
+    redis_maxmemory: int = Field(default=1 << 30, ge=16 << 20)
     data_dir: Path = Path(".sendguard")
     smtp_url: SmtpURL = None
     smtp_connections: int = Field(default=4, ge=1, le=64)

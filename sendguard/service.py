@@ -40,6 +40,8 @@ class Service:
         runtime = self._runtime
         settings = runtime.settings
         await runtime.store.heartbeat(runtime.instance, self._ttl_ms)
+        for warning in await runtime.memory.warnings():
+            log.warning(warning)
         await runtime.follow_reloads()
         if settings.inbound_smtp:
             host, port = parse_host_port(settings.inbound_smtp, 25)

@@ -102,8 +102,9 @@ class RedisServer:
     files on the same port, so a drill can take Redis away from a running daemon and give it back.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        self.options = options  # more redis-server options, e.g. "--maxmemory", "8mb"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -125,6 +126,7 @@ class RedisServer:
                 "yes",
                 "--save",
                 "",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

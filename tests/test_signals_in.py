@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,8 +76,9 @@ def start(make_daemon: MakeDaemon, client_for: Callable[..., Api]) -> Callable[.
 
 
 def _deliver(agent: Api, smtp: SmtpSink, to: str) -> Sent:
-    """Submit a message and wait until the relay has it."""
-    message_id = agent.send(to)["id"]
+    """Submit a message and wait until the relay has it; each call sends one of its own, the same
+    content to the same recipient included (its own idempotency key, not one derived from it)."""
+    message_id = agent.send(to, idempotency_key=secrets.token_hex(8))["id"]
     agent.wait_status(message_id, "sent")
     header = next((r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or "")), None)
     assert header is not None, f"message {message_id} is sent but not at the relay"
@@ -192,7 +194,7 @@ def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, sm
     assert agent.status(bounced.id)["status"] == "bounced"
     assert _causes(agent, bounced.id).count("bounce_report") == 1
     assert _suppressed(admin) == ["dana@customer.example"]
-    again = agent.send("dana@customer.example")
+    again = agent.send("dana@customer.example", subject="Another question")
     assert again["status"] == "rejected"
     assert [reason["code"] for reason in again["reasons"]] == ["suppressed"]
 
@@ -405,7 +407,7 @@ def test_an_unsubscribe_reply_suppresses_the_replier(start: Start, smtp: SmtpSin
     assert (reply["message_id"], reply["unsubscribe"]) == (sent.id, True)
     assert reply["suppressed"] == "lee@customer.example"
     assert _suppressed(admin) == ["lee@customer.example"]
-    assert agent.send("lee@customer.example")["status"] == "rejected"
+    assert agent.send("lee@customer.example", subject="Another question")["status"] == "rejected"
     assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 

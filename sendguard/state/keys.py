@@ -22,6 +22,9 @@ SCHEMA: dict[str, str] = {
     "idempotency": "idem:{agent}:{key}",  # string: message id for an agent's idempotency key
     "batch_idempotency": "idem-batch:{agent}:{key}",  # string: batch id for a batch idempotency key
     "batch": "batch:{id}",  # hash: a batch: agent, requester, size, hash of the request, approval
+    # hash: a batch's subject, text, html and headers, stored once, and `waiting`: how many of its
+    # messages have not finished (it expires only once none has)
+    "template": "tmpl:{batch}",
     "cooldown": "cool:{address}",  # string: message id holding a recipient's cooldown
     "suppressed_addresses": "supp:addr",  # set: suppressed mailboxes (canonical addresses)
     "suppressed_domains": "supp:dom",  # set: suppressed domains (each covers its subdomains too)
@@ -104,6 +107,9 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return self._key("batch", batch_id)
+
+    def template(self, batch_id: str) -> str:
+        return self._key("template", batch_id)
 
     def cooldown(self, address: str) -> str:
         return self._key("cooldown", address)

@@ -38,7 +38,7 @@ async def redis_connection(
         data = DataDir(settings.data_dir)
         lock = DaemonLock(data)
         if lock.try_acquire():
-            embedded = EmbeddedRedis(data)
+            embedded = EmbeddedRedis(data, settings.redis_maxmemory)
             url = await asyncio.to_thread(embedded.start)
             description = f"embedded, append-only, in {data.redis_dir}"
         elif for_daemon:

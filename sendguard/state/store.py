@@ -5,6 +5,9 @@ the due queue and the per-status counts never disagree, even with several daemon
 Redis. A claim carries an owner token; only its holder can finish the work, and a claim whose
 daemon stopped heartbeating, or that its daemon let go of when Redis failed, is recovered, counted
 as uncertain if it was mid-send. The scripts are `lua/*.lua`, loaded through scripts.py.
+
+A batch's template is stored once (`keep_template`) and lives as long as the messages that fill
+it; every read of a record that names one fills its content in (see record.py).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
-from sendguard.record import Changes, MessageRecord, encode, encode_changes
+from sendguard.record import CONTENT, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
 RETENTION_MS = 30 * 86400 * 1000
-IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000
+IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 
 
 class Moved(IntEnum):
@@ -34,6 +37,16 @@ class Moved(IntEnum):
     MOVED = 1
     HELD = 2  # a scope of it is in safe mode: held instead (only at the start of a send)
     SUPPRESSED = 3  # its recipient is suppressed: cancelled instead (only at the start of a send)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """The key a retry of a submission is answered by: how long it answers (ms), and whether it
+    answers a rejection too (the agent's own key) or only an accepted message (a derived one)."""
+
+    key: str
+    ms: int
+    keeps_rejected: bool
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class Candidate:
     record: MessageRecord
     delay_ms: int
     cooldown_ms: int
-    idempotency_key: str | None
+    idempotency: Idempotency
     # audit.entry(...) with the field "outcome": "@", which lua/admit.lua replaces with the
     # outcome it decides; empty for no entry
     audit_entry: str = ""
@@ -92,6 +105,11 @@ def decode_counts(raw: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A hash as HGETALL gives it inside a script's reply: name, value, name, value, ..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -113,6 +131,13 @@ class Store:
         self._cancel = scripts.register(client, keys, "cancel")
         self._suppress = scripts.register(client, keys, "suppress")
         self._settle_approval = scripts.register(client, keys, "settle_approval")
+        self._template_keep = scripts.register(client, keys, "template_keep")
+
+    async def keep_template(self, batch_id: str, subject: str, text: str, html: str, headers: str) -> None:
+        """Store a batch's template once, before its messages; a retry of the batch keeps the first."""
+        fields = ["subject", subject, "text", text, "html", html, "headers", headers]
+        async with translated():
+            await self._template_keep(keys=[self.keys.template(batch_id)], args=[RETENTION_MS, *fields])
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
@@ -127,7 +152,7 @@ class Store:
                             k.hist(record.id),
                             k.due,
                             k.count,
-                            k.idempotency(record.agent, candidate.idempotency_key or "-"),
+                            k.idempotency(record.agent, candidate.idempotency.key),
                             k.cooldown(record.to),
                             k.waiting(record.to_canonical),
                         ],
@@ -159,15 +184,20 @@ class Store:
             record.to,
             record.to_canonical,
             record.to_domain,
-            IDEMPOTENCY_TTL_MS,
-            "1" if candidate.idempotency_key else "0",
+            candidate.idempotency.ms,
+            "1" if candidate.idempotency.keeps_rejected else "0",
             RETENTION_MS,
             encode(record.scopes),
             record.approval,
             candidate.audit_entry,
             int(record.send_at.timestamp() * 1000) if record.send_at else 0,
+            record.template,
         ]
-        for name, value in record.to_fields().items():
+        fields = record.to_fields()
+        args.append(2 * len(fields) + 1)  # where the content starts among the fields
+        if record.status is not Status.REJECTED:  # a rejected message keeps no content
+            fields |= record.content_fields()
+        for name, value in fields.items():
             args += [name, value]
         return args
 
@@ -178,9 +208,9 @@ class Store:
         if not result[0]:
             next_due = int(float(result[1])) if result[1] else None
             return NoWork(next_due, int(result[2]))
-        flat = result[3]
+        flat, template = result[3], result[4]
         try:
-            record = MessageRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+            record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
         except (KeyError, TypeError, ValueError) as exc:
             return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}")
         return Claim(result[0], token, record)
@@ -439,31 +469,29 @@ class Store:
         """The message record alone, without its history."""
         async with translated():
             record = await self.redis.hgetall(self.keys.msg(message_id))
-        return (
-            MessageRecord.from_hash({str(name): str(value) for name, value in record.items()})
-            if record
-            else None
-        )
+        return (await self._filled([{str(k): str(v) for k, v in record.items()}]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
         `only` read (besides id and status); the rest keep their defaults.
 
-        For readers of many records that need a few fields, not the bodies.
+        For readers of many records that need a few fields, not the bodies (a content field named
+        in `only` costs a second round trip for the templates it is filled from).
         """
         names = ["id", "status", *only]
+        if set(only) & set(CONTENT):
+            names += ["template", "values"]
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
                 pipe.hmget(self.keys.msg(message_id), names)
             rows = await pipe.execute() if ids else []
-        return [
-            MessageRecord.from_hash(
-                {name: value for name, value in zip(names, row, strict=True) if value is not None}
-            )
-            if row[1] is not None
-            else None
+        found = [
+            {name: value for name, value in zip(names, row, strict=True) if value is not None}
             for row in rows
+            if row[1] is not None
         ]
+        filled = iter(await self._filled(found))
+        return [next(filled) if row[1] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
@@ -473,7 +501,22 @@ class Store:
             record, history = await pipe.execute()
         if not record:
             return None
-        return MessageRecord.from_hash(record), [json.loads(entry) for entry in history]
+        [filled] = await self._filled([record])
+        return filled, [json.loads(entry) for entry in history]
+
+    async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
+        """Records from their hashes, each filled from its batch's template (one round trip for
+        all the templates they name, none when they name none)."""
+        batches = sorted({name for fields in hashes if (name := fields.get("template"))})
+        templates: dict[str, dict[str, str]] = {}
+        if batches:
+            async with translated(), self.redis.pipeline(transaction=False) as pipe:
+                for batch in batches:
+                    pipe.hgetall(self.keys.template(batch))
+                templates = dict(zip(batches, await pipe.execute(), strict=True))
+        return [
+            MessageRecord.from_hash(fields, templates.get(fields.get("template", ""))) for fields in hashes
+        ]
 
     async def waiting_counts(self) -> dict[str, int]:
         async with translated():

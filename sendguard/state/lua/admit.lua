@@ -10,21 +10,21 @@ local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred 
 local cooldown_ms = ARGV[5]
 local address, mailbox, domain = ARGV[6], ARGV[7], ARGV[8]  -- the recipient, its canonical form, its domain
 local idempotency_ttl_ms = ARGV[9]
-local use_idempotency = ARGV[10] == '1'
+local keep_rejected = ARGV[10] == '1'  -- the key answers a rejection too, not only an accepted message
 local retention_ms = ARGV[11]
 local scopes = ARGV[12]             -- JSON list, most specific first
 local approval = ARGV[13]           -- the request it waits for; '' for none
 local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
 local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
-local fields = {unpack(ARGV, 16)}   -- name, value, ... of the record
+local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
+local content_at = tonumber(ARGV[17])  -- fields from this one on are content: not kept if rejected
+local fields = {unpack(ARGV, 18)}   -- name, value, ... of the record
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
-if use_idempotency then
-  local existing = redis.call('GET', idempotency_key)
-  if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
-    return {'existing', existing}
-  end
+local existing = redis.call('GET', idempotency_key)
+if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
+  return {'existing', existing}
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
@@ -42,14 +42,20 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
+local kept = #fields
+if status == 'rejected' then kept = content_at - 1 end
 redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields))
+  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields, 1, kept))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(hist_key, now, status, 'submitted', detail)
 local held_by = ''
 if WAITING[status] then
   redis.call('SADD', waiting_key, id)
+  if template ~= '' then  -- kept while a message waits for it (see finished)
+    redis.call('HINCRBY', key_template(template), 'waiting', 1)
+    redis.call('PERSIST', key_template(template))
+  end
   local scope = approval == '' and tripped(scopes)
   if approval ~= '' then
     -- Waits for people; safe mode is checked again when it is approved and claimed.
@@ -69,7 +75,7 @@ else
   redis.call('PEXPIRE', msg_key, retention_ms)
   redis.call('PEXPIRE', hist_key, retention_ms)
 end
-if use_idempotency then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
+if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
 if audit_entry ~= '' then
   -- The decision enters the audit trail in the same step: its placeholder becomes the outcome.
   local codes = {}

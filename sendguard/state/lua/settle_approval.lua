@@ -22,7 +22,7 @@ for _, id in ipairs(redis.call('SMEMBERS', messages_key)) do
       redis.call('ZADD', due_key, math.max(now, tonumber(cur[2] or '0')), id)
     else
       redis.call('HSET', key, 'reasons', cjson.encode({{code=cause, detail=detail}}))
-      finished(id, retention_ms)
+      finished(id, retention_ms, true)
     end
     moved = moved + 1
   end

@@ -56,7 +56,7 @@ end
 redis.call('ZREM', due_key, id)
 if delay_ms >= 0 then redis.call('ZADD', due_key, now + delay_ms, id) end
 if TERMINAL[new] then
-  finished(id, retention_ms)
+  finished(id, retention_ms, WAITING[cur[1]])
   if new == 'cancelled' and redis.call('GET', cooldown_key) == id then redis.call('DEL', cooldown_key) end
 end
 return {1, cur[1]}

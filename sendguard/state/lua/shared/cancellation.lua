@@ -13,5 +13,5 @@ local function cancel_waiting(id, from, cause, detail, retention_ms, at)
   local cooldown = key_cooldown(cur[2] or '')
   if redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
   history(key_hist(id), at, 'cancelled', cause, detail)
-  finished(id, retention_ms)
+  finished(id, retention_ms, true)
 end
