@@ -51,6 +51,14 @@ class _Parser(argparse.ArgumentParser):
 _TOKEN = re.compile(r"\b(sg_[0-9a-f]+_)\S+")
 
 
+def _scope(text: str) -> str:
+    """A scope argument in normal form; a malformed one is refused with what a scope looks like."""
+    try:
+        return parse_scope(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sendguard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         ("resume", "resume a scope: its held messages go back to the queue"),
     ):
         action = safe_commands.add_parser(name, parents=[api], help=text)
-        action.add_argument("scope", help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
+        action.add_argument("scope", type=_scope, help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
         action.add_argument("--reason", required=True, help="why; recorded with the trip or resume")
 
     audit = commands.add_parser("audit", help="verify and export the tamper-evident audit trail")
@@ -127,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
     kill = commands.add_parser("kill", parents=[api], help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
+    kill.set_defaults(safe_command="trip", scope="global")
 
     rules = commands.add_parser("rules", help="check the rules file, or have the daemon reload it")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
@@ -254,28 +263,9 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _control(settings: Settings, args: argparse.Namespace) -> int:
     """A control action, through the running daemon's API; ClientError when it cannot be done."""
-    scope = ""
-    if args.command == "kill":
-        scope = "global"
-    elif args.command == "safe-mode" and args.safe_command != "list":
-        try:
-            scope = parse_scope(args.scope)
-        except ValueError as exc:
-            print(f"sendguard: {exc}", file=sys.stderr)
-            return 2
     with Client(settings.api_base, _api_token(settings, args.token_file)) as api:
-        if scope and (args.command == "kill" or args.safe_command == "trip"):
-            trip, created = api.trip(scope, args.reason)
-            print(f"{scope}: {'tripped' if created else 'already in safe mode'} ({trip.detail})")
-        elif scope:
-            resumed = api.resume(scope, args.reason)
-            print(
-                f"{resumed.scope}: resumed; {resumed.released} held messages released, "
-                f"{resumed.still_held} still held by other scopes"
-            )
-        elif args.command == "safe-mode":
-            for active in api.safe_mode():
-                print(f"{active.scope}\t{active.cause}\t{active.detail}\tby {active.by}")
+        if args.command in ("kill", "safe-mode"):
+            _safe_mode(api, args)
         elif args.command == "approvals":
             _approvals(api, args)
         elif args.command == "rules":
@@ -310,6 +300,21 @@ def _api_token(settings: Settings, flag: Path | None) -> str:
     )
 
 
+def _safe_mode(api: Client, args: argparse.Namespace) -> None:
+    if args.safe_command == "list":
+        for trip in api.safe_mode():
+            print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
+    elif args.safe_command == "trip":
+        trip, created = api.trip(args.scope, args.reason)
+        print(f"{trip.scope}: {'tripped' if created else 'already in safe mode'} ({trip.detail})")
+    else:
+        resumed = api.resume(args.scope, args.reason)
+        print(
+            f"{resumed.scope}: resumed; {resumed.released} held messages released, "
+            f"{resumed.still_held} still held by other scopes"
+        )
+
+
 def _approvals(api: Client, args: argparse.Namespace) -> None:
     if args.approval_command == "list":
         for request in api.approvals(args.status):
@@ -322,11 +327,10 @@ def _approvals(api: Client, args: argparse.Namespace) -> None:
 
 
 def _print_reload(reloaded: RulesReloaded) -> None:
-    same = reloaded.version == reloaded.previous_version
     versions = (
         f"version {reloaded.version}, unchanged"
-        if same
-        else (f"version {reloaded.previous_version} -> {reloaded.version}")
+        if reloaded.version == reloaded.previous_version
+        else f"version {reloaded.previous_version} -> {reloaded.version}"
     )
     print(f"rules reloaded from {reloaded.path}: {versions}")
     print(f"  changed: {', '.join(reloaded.changed) or 'no setting or list'}")

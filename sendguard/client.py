@@ -5,7 +5,7 @@ webhook and checked against the caller's token; one taken on a store of its own 
 these. Sync, on httpx. Each method is one route and returns the answer as a typed model; any
 other answer raises, carrying the status, the detail and the reason codes, never the token:
 
-ClientError              (a SendguardError)
+ClientError              (a SendguardError) also: an answer this client cannot read
 ├── Unreachable          no answer: nothing listens there, a timeout, a name that does not resolve
 └── ApiError             the API answered 4xx or 5xx: `status`, `detail`, `reasons`
     ├── TokenRefused     401 or 403: the token is not valid, or its role may not do this
@@ -189,18 +189,16 @@ class Client:
             raise TokenRefused(f"{where} {what}: {detail} ({status})", status, detail, reasons)
         if status == 404:
             raise NotFound(f"{detail} ({status} from {where})", status, detail, reasons)
-        raise ApiError(f"{where} refused {method} {path}: {detail} ({status})", status, detail, reasons)
+        failed = "refused" if status < 500 else "failed"
+        raise ApiError(f"{where} {failed} {method} {path}: {detail} ({status})", status, detail, reasons)
 
     def _parse(self, response: httpx.Response, model: type[M]) -> M:
         try:
             parsed: M = TypeAdapter(model).validate_json(response.content)
         except ValidationError as exc:
-            raise ApiError(
+            raise ClientError(
                 f"the sendguard API at {self.base_url} gave an answer this client cannot read "
-                f"({response.request.method} {response.request.url.path}): {exc.error_count()} problems",
-                response.status_code,
-                "unreadable answer",
-                [],
+                f"({response.request.method} {response.request.url.path}): {exc.error_count()} problems"
             ) from exc
         return parsed
 
