@@ -89,7 +89,7 @@ ApiURL = Annotated[RedactedURL | None, _to_url(("http", "https")), _mask]
 
 
 class Settings(BaseSettings):
-    """Daemon settings; environment variables override `./sendguard.env`."""
+    """Settings of the daemon and the commands; environment variables override `./sendguard.env`."""
 
     model_config = SettingsConfigDict(
         env_prefix="SENDGUARD_",

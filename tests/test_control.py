@@ -185,11 +185,11 @@ def test_rules_reload_from_the_cli_says_what_changed(
         "  agents added: new-bot",
         "  agents changed: sdr-bot",
     ]
-    same = sendguard(here, env, "rules", "reload")
-    assert same.stdout.splitlines()[:2] == [
-        f"rules reloaded from {rules}: version {after}, unchanged",
-        "  changed: no setting or list",
-    ]
+    rules.write_text(rules.read_text() + "\n# a comment changes the version, and nothing else\n")
+    commented = sendguard(here, env, "rules", "reload").stdout.splitlines()
+    assert commented[0].startswith(f"rules reloaded from {rules}: version {after} -> ")
+    assert commented[1:] == ["  changed: no setting or list"]
+    after = admin.client.get("/readyz").json()["rules_version"]
 
     rules.write_text(rules.read_text() + "\n[[throttle]]\nscope = 'inbox'\nlimit = 0\nper = '1h'\n")
     refused = sendguard(here, env, "rules", "reload")
