@@ -219,6 +219,38 @@ class Rules:
         return found
 
 
+@dataclass(frozen=True)
+class RulesChanges:
+    """What differs between two loaded rules files, as a person reloading them wants to see it."""
+
+    sections: list[str]  # top-level tables and lists whose values differ (the agent register apart)
+    agents_added: list[str]
+    agents_removed: list[str]
+    agents_changed: list[str]
+
+
+def rules_changes(before: Rules, after: Rules) -> RulesChanges:
+    """Compare by value, not text: a reworded comment changes the version and nothing here."""
+    sections = [
+        name
+        for name in RulesFile.model_fields
+        if name != "agent" and getattr(before.file, name) != getattr(after.file, name)
+    ]
+    sections += [
+        name
+        for name in ("free_domains", "role_accounts", "disposable_domains")
+        if getattr(before, name) != getattr(after, name)
+    ]
+    old = {agent.name: agent for agent in before.file.agent}
+    new = {agent.name: agent for agent in after.file.agent}
+    return RulesChanges(
+        sections=sections,
+        agents_added=sorted(new.keys() - old.keys()),
+        agents_removed=sorted(old.keys() - new.keys()),
+        agents_changed=sorted(name for name in old.keys() & new.keys() if old[name] != new[name]),
+    )
+
+
 class CurrentRules:
     """The rules in force, held for the parts that read them at each use; a reload swaps `now`.
 

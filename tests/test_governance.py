@@ -97,7 +97,8 @@ def test_kill_stops_everything_with_one_command(
 ) -> None:
     daemon = make_daemon("")
     agent = client_for(daemon, "agent", "sdr-bot")
-    out = daemon.cli("kill", "--reason", "agent misbehaving", "--by", "sam")
+    sam = client_for(daemon, "operator", "sam")
+    out = daemon.cli("kill", "--reason", "agent misbehaving", token=sam.token)
     assert "global: tripped" in out
     assert agent.send("lead@customer.example")["status"] == "held"
 

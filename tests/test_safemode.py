@@ -132,7 +132,8 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     assert agent.client.get("/v1/safe-mode").json()[0]["scope"] == "global"
     assert smtp.received == []
 
-    out = second.cli("safe-mode", "resume", "global", "--reason", "drill over", "--by", "sam")
+    sam = client_for(first, "admin", "sam")
+    out = second.cli("safe-mode", "resume", "global", "--reason", "drill over", token=sam.token)
     assert "3 held messages released" in out
     for message_id in ids:
         agent.wait_status(message_id, "sent")

@@ -8,7 +8,8 @@ its pid file and replaces after a clean shutdown (SIGTERM makes Redis flush its 
 is lost.
 
 A lock file says whether a daemon is using the data dir; tools such as `sendguard token`
-talk to the running daemon's server when it is held, and start their own when it is not.
+talk to the running daemon's server when it is held, and start one of their own only over a
+data set that is already there (`holds_data_set`), never on an empty directory.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class DataDir:
     @property
     def url(self) -> str:
         return f"unix://{self.socket_path}"
+
+    def holds_data_set(self) -> bool:
+        """True once an embedded Redis has kept data here: its append-only file (Redis 7: directory)."""
+        return (self.redis_dir / "appendonly.aof").is_file() or (self.redis_dir / "appendonlydir").is_dir()
 
     def create(self) -> None:
         for path in (self.root, self.redis_dir, self.outbox):

@@ -1,6 +1,8 @@
-"""The Redis a command talks to: the configured one, the running daemon's embedded one, or its own.
+"""The Redis a process talks to: the configured one, the running daemon's embedded one, or one it starts.
 
-Kept apart from the daemon so the command-line tools start without loading the HTTP stack.
+Kept apart from the daemon so the command-line tools start without loading the HTTP stack. Only
+the daemon may start an embedded Redis on an empty data directory: a command run from the wrong
+directory must say it found no deployment, not act on a fresh store nobody else reads.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from sendguard.config import Settings
-from sendguard.errors import EmbeddedRedisError, StoreError
+from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
 from sendguard.state.embedded_redis import DaemonLock, DataDir, EmbeddedRedis
 
 _MIN_REDIS = (6, 2)
@@ -26,7 +28,8 @@ _LOADING_STALL = 60.0  # seconds a loading Redis may go without progress before 
 async def redis_connection(
     settings: Settings, *, for_daemon: bool
 ) -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    """A Redis client: the configured one, the running daemon's embedded one, or a fresh embedded one.
+    """A Redis client: the configured one, the running daemon's embedded one, or an embedded one
+    started here (by a command, only over the data set a stopped daemon left; ConfigError otherwise).
 
     Yields the client and a description for humans (never with a password in it).
     """
@@ -36,6 +39,14 @@ async def redis_connection(
         url, description = settings.redis_url.secret, f"external {settings.redis_url}"
     else:
         data = DataDir(settings.data_dir)
+        if not for_daemon and not data.holds_data_set():
+            raise ConfigError(
+                f"found no sendguard deployment: SENDGUARD_REDIS_URL is not set, and {data.root} "
+                f"(SENDGUARD_DATA_DIR) holds no sendguard data set (no append-only file in "
+                f"{data.redis_dir}), so no daemon runs on it; point this command at the deployment "
+                "with SENDGUARD_REDIS_URL=<its Redis URL> or SENDGUARD_DATA_DIR=<its daemon's data "
+                "directory>. Nothing was created."
+            )
         lock = DaemonLock(data)
         if lock.try_acquire():
             embedded = EmbeddedRedis(data, settings.redis_maxmemory)
