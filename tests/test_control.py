@@ -147,7 +147,7 @@ def test_token_and_audit_commands_find_the_deployments_redis_or_create_nothing(t
 
     # A stopped daemon's data directory holds its data set: a command starts Redis on it, and stops it.
     data = DataDir(tmp_path / "stopped-daemon")
-    left_behind = EmbeddedRedis(data)
+    left_behind = EmbeddedRedis(data, 64 << 20)
     left_behind.start()
     left_behind.stop()
     env = bare_env(data_dir=str(data.root))
