@@ -470,6 +470,8 @@ def make_daemon(
         env = {
             "PATH": os.environ["PATH"],
             "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+            # The test's own temporary directory: a deep data dir's Redis socket is named under it.
+            "TMPDIR": tempfile.gettempdir(),
             "SENDGUARD_REDIS_PREFIX": prefix,
             "SENDGUARD_SMTP_URL": smtp.url,
             "SENDGUARD_DNS_NAMESERVERS": dns_server.nameserver,

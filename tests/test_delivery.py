@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from sendguard.state.embedded_redis import process_alive
+from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import SmtpSink
@@ -484,7 +484,7 @@ def test_a_daemon_restarts_on_a_hundred_thousand_queued_messages(
     # Copied inside Redis, ten times faster than 100,000 round trips from here, in steps short
     # enough that the running daemon is never told BUSY.
     keys = Keys(first.env["SENDGUARD_REDIS_PREFIX"])
-    client = redis.Redis(unix_socket_path=str(data / "redis" / "redis.sock"), decode_responses=True)
+    client = redis.Redis(unix_socket_path=str(DataDir(data).socket_path), decode_responses=True)
     try:
         for start in range(0, QUEUED_FOR_RESTART, 10_000):
             client.eval(
