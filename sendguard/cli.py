@@ -19,7 +19,7 @@ from sendguard import logs
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.approvals import ApprovalRefused
-from sendguard.governance.tokens import Role
+from sendguard.governance.tokens import Role, normal_name
 from sendguard.parts import Runtime, build
 from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
 from sendguard.scopes import parse_scope
@@ -154,6 +154,12 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
         role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
     if (role is Role.APPROVER) != bool(args.group):
         raise ConfigError("an approver token needs --group (e.g. ops), and only an approver token takes one")
+    try:
+        name = normal_name(name, "--name")
+        if args.group:
+            normal_name(args.group, "--group")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     rules = None
     if role is Role.AGENT:
         rules = load_rules(default_rules_path(settings.rules))
@@ -243,15 +249,14 @@ async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
             found = await approvals.get(args.id)
             if found is None:
                 raise ConfigError(f"no approval request {args.id}")
-            print(json.dumps(found.__dict__ | {"contents": await approvals.contents(args.id)}, indent=2))
+            shown = found.__dict__ | {"releases": found.releases()}
+            print(json.dumps(shown | {"contents": await approvals.contents(args.id)}, indent=2))
             return 0
         who = await parts.tokens.verify(args.token or "")
         if who is None or who.role is not Role.APPROVER:
             raise ConfigError("give a valid approver token with --token or SENDGUARD_TOKEN")
         try:
-            decided = await approvals.decide(
-                args.id, who, args.approval_command == "approve", args.comment, rules.file.approvals
-            )
+            decided = await approvals.decide(args.id, who, args.approval_command == "approve", args.comment)
         except ApprovalRefused as exc:
             print(f"sendguard: refused: {exc}", file=sys.stderr)
             return 1

@@ -83,6 +83,15 @@ def folded_address(text: str) -> str:
     return text.strip().lower()
 
 
+def canonical_address(text: str) -> str:
+    """The mailbox an address reaches, for matching that spelling must not escape: folded as
+    `folded_address`, and without a `+tag` (`Team+q4@acme.example` is `team@acme.example`)."""
+    local, at, domain = folded_address(text).rpartition("@")
+    if not at:
+        return folded_address(text)
+    return f"{local.partition('+')[0] or local}@{domain}"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -29,7 +29,7 @@ from sendguard.state.keys import PARTS, SCHEMA, Keys
 
 LUA = files("sendguard.state") / "lua"
 # The shared helper files, in an order where each may use the ones before it.
-SHARED = ("clock", "history", "safe_mode", "signal_window")
+SHARED = ("clock", "history", "approval", "safe_mode", "signal_window")
 
 _DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)
 _KEY_HELPER = re.compile(r"\bkey_(\w+)\(")

@@ -110,7 +110,6 @@ class Store:
         self._annotate = scripts.register(client, keys, "annotate")
         self._hold_waiting = scripts.register(client, keys, "hold_waiting")
         self._cancel = scripts.register(client, keys, "cancel")
-        self._settle_approval = scripts.register(client, keys, "settle_approval")
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
@@ -331,16 +330,6 @@ class Store:
                 found = await self._cancel(keys=[k.due, k.count], args=[*args, *ids[start : start + 500]])
             _merge(counts, decode_counts(found))
         return counts
-
-    async def settle_approval(self, approval_id: str, outcome: str, detail: str) -> int:
-        """Queue (approved), cancel (denied) or expire the messages waiting for a request."""
-        k = self.keys
-        async with translated():
-            moved = await self._settle_approval(
-                keys=[k.approval_messages(approval_id), k.due, k.count],
-                args=[outcome, detail, RETENTION_MS],
-            )
-        return int(moved)
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, changes: Changes | None = None
