@@ -41,7 +41,7 @@ SCHEMA: dict[str, str] = {
     "approval_messages": "appr:{id}:msgs",  # set: ids of the messages waiting for it
     "approvals": "approvals",  # zset: approval request ids, score = creation time (ms)
     "approvals_pending": "approvals:pending",  # zset: pending request ids, score = expiry (ms)
-    # zset: an agent's accepted submissions, member `<id>:<recipients>`, score = due time (ms)
+    # zset: an agent's accepted recipients per slot of due time, member `<slot>:<recipients>`, score = slot
     "mass_sends": "mass:{agent}",
     "mass_request": "mass:{agent}:request",  # string: the agent's latest tier-2 request
     "audit_pending": "audit:pending",  # list: entries written, not yet chained, oldest first

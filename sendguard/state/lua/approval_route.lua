@@ -19,16 +19,26 @@ local audit_entry = ARGV[10]        -- a new request's approval.requested entry
 local now = clock_ms()
 local due = math.max(now, send_at)
 
--- Nothing due before now - window can share a window with anything still to come.
-redis.call('ZREMRANGEBYSCORE', sends_key, '-inf', now - window_ms)
--- Every counted submission within a window's length of this one, either side; each holds at
--- least one message, so `threshold` of them are enough to know the threshold is reached.
-local counted = count
-local near = redis.call('ZRANGEBYSCORE', sends_key, '(' .. (due - window_ms), '(' .. (due + window_ms),
-  'LIMIT', 0, threshold)
-for _, member in ipairs(near) do counted = counted + tonumber(member:match(':(%d+)$')) end
-redis.call('ZADD', sends_key, due, new_id .. ':' .. count)
-redis.call('PEXPIRE', sends_key, math.max(redis.call('PTTL', sends_key), due + window_ms - now))
+-- Counted in slots of a sixtieth of the window (member `slot:messages`, score = slot), so a call
+-- reads at most 121 of them whatever the traffic. Every slot touching the window either side of
+-- this submission's due time counts: the window looked at is up to two slots longer, never shorter.
+local slot_ms = math.max(1, math.ceil(window_ms / 60))
+local slot = math.floor(due / slot_ms)
+-- A slot before the first one a window from now can touch counts for nothing still to come.
+redis.call('ZREMRANGEBYSCORE', sends_key, '-inf', math.floor((now - window_ms) / slot_ms) - 1)
+local counted, mine = count, 0
+local near = redis.call('ZRANGEBYSCORE', sends_key, math.floor((due - window_ms) / slot_ms),
+  math.floor((due + window_ms) / slot_ms))
+for _, member in ipairs(near) do
+  local at, messages = member:match('^(%d+):(%d+)$')
+  counted = counted + tonumber(messages)
+  if tonumber(at) == slot then
+    redis.call('ZREM', sends_key, member)
+    mine = tonumber(messages)
+  end
+end
+redis.call('ZADD', sends_key, slot, slot .. ':' .. (mine + count))
+redis.call('PEXPIRE', sends_key, math.max(redis.call('PTTL', sends_key), due + window_ms + slot_ms - now))
 if counted < threshold then return {'free', ''} end
 
 local cur = redis.call('GET', request_key)
