@@ -159,3 +159,39 @@ def test_send_at_cannot_gather_several_windows_into_one(
     for message_id in first:
         rogue.api.wait_status(message_id, "sent")
     assert len(smtp.snapshot()) == THRESHOLD - 1
+
+
+DODGES = ("no segment or campaign", "a new segment per message", "a new campaign every 24", "batches of 24")
+
+
+def _play(dodge: str, rogue: Rogue) -> None:
+    """200 messages, labelled as the dodge would have them."""
+    if dodge == "batches of 24":
+        for size in [24] * 8 + [8]:
+            rogue.batch({}, size)
+        return
+    for i in range(200):
+        labels = {"segment": f"s{i}"} if dodge == "a new segment per message" else {}
+        rogue.single(labels | ({"campaign": f"c{i // 24}"} if dodge == "a new campaign every 24" else {}))
+
+
+def test_the_probed_dodges_get_threshold_minus_one_of_two_hundred_out(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """The dodges the probe of issue 11 found (200 of 200 sent then), at the shipped threshold."""
+    daemon = make_daemon(RULES.replace(f"mass_send_threshold = {THRESHOLD}", "mass_send_threshold = 25"))
+    arrived: dict[str, int] = {}
+    for n, dodge in enumerate(DODGES):
+        rogue = Rogue(client_for(daemon, "agent", f"rogue-{n}"), f"dodge{n}")
+        _play(dodge, rogue)
+        assert len(rogue.due_later) == 200
+        for message_id in rogue.due_later:
+            wait_until(
+                lambda message_id=message_id, api=rogue.api: (
+                    api.status(message_id)["status"] not in UNSETTLED
+                ),
+                what=f"message {message_id} to settle",
+            )
+        arrived[dodge] = sum(1 for r in smtp.snapshot() if r.rcpt_tos[0].startswith(f"dodge{n}-"))
+    print(f"messages at the relay without approval, of 200, threshold 25: {arrived}")
+    assert arrived == dict.fromkeys(DODGES, 24)
