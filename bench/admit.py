@@ -25,6 +25,7 @@ from bench.harness import PREFIX, ROOT
 from bench.mail import AGENT, submission
 from sendguard.config import Settings
 from sendguard.governance.tokens import Principal, Role
+from sendguard.intake.batches import BatchIn
 from sendguard.parts import Runtime, build
 from sendguard.rules import load_rules
 from sendguard.scopes import GLOBAL
@@ -62,6 +63,13 @@ class Admitter:
 
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
         return statuses
+
+    async def batch(self, body: dict[str, Any]) -> Counter[str]:
+        """Admit one batch, as `POST /v1/batches` would; how many recipients ended in each status."""
+        submitted = await self._parts.admissions.submit(
+            self._who, BatchIn.model_validate(body), self._parts.rules
+        )
+        return Counter(outcome.admission.status.value for outcome in submitted.outcomes)
 
     async def fill_paused(self, submissions: Iterable[dict[str, Any]], count: int) -> None:
         """A queue ready to time: pause, admit `count` submissions (all held), chain their audit entries."""

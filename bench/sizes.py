@@ -22,6 +22,7 @@ class Size:
     scaling_burst: int  # messages to one domain submitted at once, so its throttle has to bind
     storm_rate: float  # submissions a second during the bounce storm
     footprint_messages: int
+    footprint_batch: int  # recipients of the batch whose Redis bytes per recipient are measured
     rss_seconds: int  # of wrk load while resident memory is read
 
 
@@ -39,6 +40,7 @@ QUICK = Size(
     scaling_burst=20,
     storm_rate=60.0,
     footprint_messages=10_000,
+    footprint_batch=1_000,
     rss_seconds=1,
 )
 
@@ -56,5 +58,6 @@ FULL = Size(
     scaling_burst=30,
     storm_rate=60.0,
     footprint_messages=100_000,
+    footprint_batch=10_000,
     rss_seconds=3,
 )

@@ -1,5 +1,12 @@
-"""The `sendguard` command: run the daemon, mint and revoke tokens, trip and resume safe mode,
-check a rules file."""
+"""The `sendguard` command: run the daemon, and control a running deployment.
+
+Control commands (`kill`, `safe-mode`, `approvals`, `rules reload`, `suppressions`) act through the
+running daemon's API (`client.py`), so every action is checked against a token, counted in the
+daemon's metrics and notified through its webhook; when the API cannot be reached or refuses, they
+exit non-zero saying so. Only what cannot go through the API reaches Redis directly: tokens (the
+first admin token cannot come from the API) and the audit trail (an auditor may check it with
+the daemon stopped); they find the deployment's Redis or fail, and never start a store of their own.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,19 @@ import asyncio
 import contextlib
 import getpass
 import json
-import os
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from sendguard import logs
+from sendguard.client import ApiError, Client, RulesReloaded
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
-from sendguard.governance.approvals import ApprovalRefused
+from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role, normal_name
 from sendguard.parts import Runtime, build
 from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
@@ -27,8 +36,31 @@ from sendguard.state.embedded_redis import DataDir
 from sendguard.state.redis_connection import redis_connection
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags, here or in any subcommand: `--token SECRET` must be refused, not read
+    as `--token-file SECRET` (and then echoed in an error)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """argparse repeats what it did not understand; a token put there anyway is not repeated."""
+        super().error(_TOKEN.sub(r"\1***", message))
+
+
+_TOKEN = re.compile(r"\b(sg_[0-9a-f]+_)\S+")
+
+
+def _scope(text: str) -> str:
+    """A scope argument in normal form; a malformed one is refused with what a scope looks like."""
+    try:
+        return parse_scope(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sendguard", description=__doc__)
+    parser = _Parser(prog="sendguard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the daemon (embedded Redis and sandbox outbox by default)")
 
@@ -46,53 +78,80 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("token")
     token_commands.add_parser("list", help="list token ids, roles and names (never secrets)")
 
+    # Every command that acts through the API takes its token from here or the environment, never argv.
+    api = _Parser(add_help=False)
+    api.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="a file holding your API token (default: SENDGUARD_TOKEN_FILE, else SENDGUARD_TOKEN)",
+    )
+
     safe = commands.add_parser("safe-mode", help="list, trip and resume safe-mode scopes")
     safe_commands = safe.add_subparsers(dest="safe_command", required=True)
-    safe_commands.add_parser("list", help="the scopes in safe mode now")
+    safe_commands.add_parser("list", parents=[api], help="the scopes in safe mode now")
     for name, text in (
         ("trip", "stop sending in a scope ('global' stops everything)"),
         ("resume", "resume a scope: its held messages go back to the queue"),
     ):
-        action = safe_commands.add_parser(name, help=text)
-        action.add_argument("scope", help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
+        action = safe_commands.add_parser(name, parents=[api], help=text)
+        action.add_argument("scope", type=_scope, help="'global' or <kind>:<value>, e.g. segment:cfo-na-q4")
         action.add_argument("--reason", required=True, help="why; recorded with the trip or resume")
-        action.add_argument("--by", default=None, help="who (default: your login name)")
 
     audit = commands.add_parser("audit", help="verify and export the tamper-evident audit trail")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="recompute the hash chain; name the first broken entry")
     verify.add_argument(
-        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory, if there)"
+        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory)"
     )
+    verify.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="check the chain alone, knowing that a cut-off tail cannot show without the anchor",
+    )
+    restart = audit_commands.add_parser(
+        "restart-anchor",
+        help="start a new anchor file at the current head, when the old one is lost (recorded in the trail)",
+    )
+    restart.add_argument(
+        "--anchor", type=Path, help="the anchor file (default: audit.anchor in the data directory)"
+    )
+    restart.add_argument("--reason", required=True, help="why the old anchor is gone, for the audit trail")
     export = audit_commands.add_parser("export", help="the trail as JSON lines on stdout")
     export.add_argument("--after", type=int, default=0, metavar="SEQ", help="only entries after this one")
 
     approvals = commands.add_parser("approvals", help="list, inspect and decide approval requests")
     approval_commands = approvals.add_subparsers(dest="approval_command", required=True)
-    listing = approval_commands.add_parser("list", help="approval requests (default: pending)")
+    listing = approval_commands.add_parser("list", parents=[api], help="approval requests (default: pending)")
     listing.add_argument("--status", default="pending", choices=["pending", "approved", "denied", "expired"])
-    show = approval_commands.add_parser("show", help="what a request would release")
+    show = approval_commands.add_parser("show", parents=[api], help="what a request would release")
     show.add_argument("id")
     for verdict in ("approve", "deny"):
         decide = approval_commands.add_parser(
-            verdict, help=f"{verdict} a request, as the approver the token names"
+            verdict, parents=[api], help=f"{verdict} a request, as the approver your token names"
         )
         decide.add_argument("id")
         decide.add_argument("--comment", required=True, help="why; recorded with the decision")
-        decide.add_argument(
-            "--token",
-            default=os.environ.get("SENDGUARD_TOKEN"),
-            help="your approver token (or SENDGUARD_TOKEN)",
-        )
 
-    kill = commands.add_parser("kill", help="stop all sending now: trips global safe mode")
+    kill = commands.add_parser("kill", parents=[api], help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
-    kill.add_argument("--by", default=None, help="who (default: your login name)")
+    kill.set_defaults(safe_command="trip", scope="global")
 
-    rules = commands.add_parser("rules", help="work with the rules file")
+    rules = commands.add_parser("rules", help="check the rules file, or have the daemon reload it")
     rules_commands = rules.add_subparsers(dest="rules_command", required=True)
     check = rules_commands.add_parser("check", help="validate a rules file and say what it holds")
     check.add_argument("path", nargs="?", type=Path)
+    rules_commands.add_parser(
+        "reload", parents=[api], help="have the daemon read its rules file again, and say what changed"
+    )
+
+    suppressions = commands.add_parser("suppressions", help="addresses and domains never to be mailed")
+    suppression_commands = suppressions.add_subparsers(dest="suppression_command", required=True)
+    suppression_commands.add_parser("list", parents=[api], help="every suppressed address and domain")
+    add = suppression_commands.add_parser("add", parents=[api], help="suppress addresses or whole domains")
+    add.add_argument("entries", nargs="+", metavar="ENTRY", help="an address (with @) or a domain")
+    remove = suppression_commands.add_parser("remove", parents=[api], help="lift one suppression")
+    remove.add_argument("entry")
     return parser
 
 
@@ -111,16 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return daemon.run(settings)
         if args.command == "token":
             return asyncio.run(_token(settings, args))
-        if args.command == "safe-mode":
-            return asyncio.run(_safe_mode(settings, args))
-        if args.command == "approvals":
-            return asyncio.run(_approvals(settings, args))
         if args.command == "audit":
             return asyncio.run(_audit(settings, args))
-        if args.command == "kill":
-            args.safe_command, args.scope = "trip", "global"
-            return asyncio.run(_safe_mode(settings, args))
-        return _check_rules(args.path or default_rules_path(settings.rules))
+        if args.command == "rules" and args.rules_command == "check":
+            return _check_rules(args.path or default_rules_path(settings.rules))
+        return _control(settings, args)
+    except ApiError as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 1 if exc.status < 500 else 2
     except SendguardError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2
@@ -140,7 +197,12 @@ async def _parts(settings: Settings, rules: Rules | None = None) -> AsyncIterato
     stops an auditor or a token listing.
     """
     async with redis_connection(settings, for_daemon=False) as (client, _):
-        yield await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
+        parts = await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
+        yield parts
+        # What the command wrote is chained now, not when a daemon next leads: until then it
+        # could be taken out of `audit:pending` without a trace.
+        while await parts.audit.chain():
+            pass
 
 
 def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, Rules | None]:
@@ -205,80 +267,131 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
-async def _safe_mode(settings: Settings, args: argparse.Namespace) -> int:
-    rules = load_rules(default_rules_path(settings.rules))
-    by = getattr(args, "by", None) or _login()
-    scope = ""
-    if args.safe_command != "list":
-        try:
-            scope = parse_scope(args.scope)
-        except ValueError as exc:
-            print(f"sendguard: {exc}", file=sys.stderr)
-            return 2
-    async with _parts(settings, rules) as parts:
-        safe_mode = parts.safe_mode
-        if args.safe_command == "list":
-            for trip in await safe_mode.active():
-                print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
-            return 0
-        if args.safe_command == "trip":
-            trip, created = await safe_mode.trip(scope, "manual", by, args.reason)
-            print(f"{scope}: {'tripped' if created else 'already in safe mode'} ({trip.detail})")
+def _control(settings: Settings, args: argparse.Namespace) -> int:
+    """A control action, through the running daemon's API; ClientError when it cannot be done."""
+    with Client(settings.api_base, _api_token(settings, args.token_file)) as api:
+        if args.command in ("kill", "safe-mode"):
+            _safe_mode(api, args)
+        elif args.command == "approvals":
+            _approvals(api, args)
+        elif args.command == "rules":
+            _print_reload(api.reload_rules())
         else:
-            resumed = await safe_mode.resume(scope, by, args.reason)
-            if resumed.trip is None and not resumed.released and not resumed.still_held:
-                print(f"sendguard: {scope} is not in safe mode", file=sys.stderr)
-                return 1
-            print(
-                f"{scope}: resumed; {resumed.released} held messages released, "
-                f"{resumed.still_held} still held by other scopes"
-            )
-        await safe_mode.drain(10.0)
-        return 0
+            _suppressions(api, args)
+    return 0
 
 
-async def _approvals(settings: Settings, args: argparse.Namespace) -> int:
-    rules = load_rules(default_rules_path(settings.rules))
-    async with _parts(settings, rules) as parts:
-        approvals = parts.approvals
-        if args.approval_command == "list":
-            for request in await approvals.list(args.status):
-                print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
-            return 0
-        if args.approval_command == "show":
-            found = await approvals.get(args.id)
-            if found is None:
-                raise ConfigError(f"no approval request {args.id}")
-            shown = found.__dict__ | {"releases": found.releases()}
-            print(json.dumps(shown | {"contents": await approvals.contents(args.id)}, indent=2))
-            return 0
-        who = await parts.tokens.verify(args.token or "")
-        if who is None or who.role is not Role.APPROVER:
-            raise ConfigError("give a valid approver token with --token or SENDGUARD_TOKEN")
+def _api_token(settings: Settings, flag: Path | None) -> str:
+    """The caller's token: `--token-file`, else SENDGUARD_TOKEN_FILE, else SENDGUARD_TOKEN.
+
+    Never an argument: any user of the machine can read another's argv in `ps`.
+    """
+    if flag is None and settings.token_file is not None and settings.token is not None:
+        raise ConfigError("SENDGUARD_TOKEN and SENDGUARD_TOKEN_FILE are both set: keep one")
+    path = flag or settings.token_file
+    if path is not None:
         try:
-            decided = await approvals.decide(args.id, who, args.approval_command == "approve", args.comment)
-        except ApprovalRefused as exc:
-            print(f"sendguard: refused: {exc}", file=sys.stderr)
-            return 1
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
+        if not token:
+            raise ConfigError(f"the token file {path} is empty")
+        return token
+    if settings.token is not None and settings.token.get_secret_value().strip():
+        return settings.token.get_secret_value().strip()
+    raise ConfigError(
+        f"no token for the sendguard API at {settings.api_base}: set SENDGUARD_TOKEN_FILE (or "
+        "--token-file) to a file holding your token, or SENDGUARD_TOKEN; an admin mints one on the "
+        "deployment with `sendguard token create --role operator --name <you>`"
+    )
+
+
+def _safe_mode(api: Client, args: argparse.Namespace) -> None:
+    if args.safe_command == "list":
+        for trip in api.safe_mode():
+            print(f"{trip.scope}\t{trip.cause}\t{trip.detail}\tby {trip.by}")
+    elif args.safe_command == "trip":
+        trip, created = api.trip(args.scope, args.reason)
+        print(f"{trip.scope}: {'tripped' if created else 'already in safe mode'} ({trip.detail})")
+    else:
+        resumed = api.resume(args.scope, args.reason)
+        print(
+            f"{resumed.scope}: resumed; {resumed.released} held messages released, "
+            f"{resumed.still_held} still held by other scopes"
+        )
+
+
+def _approvals(api: Client, args: argparse.Namespace) -> None:
+    if args.approval_command == "list":
+        for request in api.approvals(args.status):
+            print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
+    elif args.approval_command == "show":
+        print(json.dumps(api.approval(args.id).model_dump(), indent=2))
+    else:
+        decided = api.decide(args.id, approve=args.approval_command == "approve", comment=args.comment)
         print(f"{decided.id}: {decided.status}")
-        return 0
+
+
+def _print_reload(reloaded: RulesReloaded) -> None:
+    versions = (
+        f"version {reloaded.version}, unchanged"
+        if reloaded.version == reloaded.previous_version
+        else f"version {reloaded.previous_version} -> {reloaded.version}"
+    )
+    print(f"rules reloaded from {reloaded.path}: {versions}")
+    print(f"  changed: {', '.join(reloaded.changed) or 'no setting or list'}")
+    for what, names in (
+        ("added", reloaded.agents_added),
+        ("removed", reloaded.agents_removed),
+        ("changed", reloaded.agents_changed),
+    ):
+        if names:
+            print(f"  agents {what}: {', '.join(names)}")
+
+
+def _suppressions(api: Client, args: argparse.Namespace) -> None:
+    if args.suppression_command == "list":
+        listed = api.suppressions()
+        for entry in [*listed.addresses, *listed.domains]:
+            print(entry)
+    elif args.suppression_command == "add":
+        added = api.suppress(args.entries)
+        print(f"suppressed {len(added.addresses)} addresses and {len(added.domains)} domains")
+    else:
+        api.lift_suppression(args.entry)
+        print(f"{args.entry}: no longer suppressed")
 
 
 async def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    anchor = (args.anchor if args.audit_command != "export" else None) or DataDir(
+        settings.data_dir
+    ).audit_anchor
     async with _parts(settings) as parts:
         audit = parts.audit
         if args.audit_command == "export":
             async for entry in audit.iter_entries(after_seq=args.after):
                 print(entry.to_json())
             return 0
-        anchor = args.anchor
-        if anchor is None and DataDir(settings.data_dir).audit_anchor.is_file():
-            anchor = DataDir(settings.data_dir).audit_anchor
-        result = await audit.verify(anchor)
+        if args.audit_command == "restart-anchor":
+            if anchor.is_file() and anchor.stat().st_size:
+                raise ConfigError(f"{anchor} exists: verify against it (`sendguard audit verify`) instead")
+            seq, digest = await AuditLog(parts.redis, parts.keys, anchor).restart_anchor(
+                f"cli:{_login()}", args.reason
+            )
+            print(f"anchor {anchor} started at entry {seq} ({digest[:12]}...)")
+            return 0
+        checked_against = None if args.no_anchor else anchor
+        result = await audit.verify(checked_against)
     if not result.ok:
-        print(f"sendguard: audit trail BROKEN: {result.problem}", file=sys.stderr)
+        lost = checked_against is not None and not checked_against.exists()
+        hint = " (lost for good? `sendguard audit restart-anchor --reason ...`)" if lost else ""
+        print(f"sendguard: audit trail BROKEN: {result.problem}{hint}", file=sys.stderr)
         return 1
-    against = f"checked against {anchor}" if anchor else "no anchor file given: a cut-off tail would not show"
+    against = (
+        f"checked against {checked_against}"
+        if checked_against
+        else "without an anchor (--no-anchor): a cut-off tail would not show"
+    )
     print(f"audit trail ok: {result.checked} entries, {against}")
     return 0
 
@@ -297,6 +410,8 @@ def _check_rules(path: Path) -> int:
         f"{len(rules.file.agent)} agents, {len(rules.free_domains)} free-mail domains, "
         f"{len(rules.role_accounts)} role accounts, {len(rules.disposable_domains)} disposable domains"
     )
+    for warning in rules.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

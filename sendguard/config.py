@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BeforeValidator, Field, PlainSerializer, field_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -85,10 +85,11 @@ _mask = PlainSerializer(lambda url: str(url) if url is not None else None, retur
 RedisURL = Annotated[RedactedURL | None, _to_url(("redis", "rediss", "unix")), _mask]
 SmtpURL = Annotated[RedactedURL | None, _to_url(("smtp", "smtps")), _mask]
 NotifyURL = Annotated[RedactedURL | None, _to_url(("http", "https"), WebhookURL), _mask]
+ApiURL = Annotated[RedactedURL | None, _to_url(("http", "https")), _mask]
 
 
 class Settings(BaseSettings):
-    """Daemon settings; environment variables override `./sendguard.env`."""
+    """Settings of the daemon and the commands; environment variables override `./sendguard.env`."""
 
     model_config = SettingsConfigDict(
         env_prefix="SENDGUARD_",
@@ -99,6 +100,8 @@ class Settings(BaseSettings):
 
     redis_url: RedisURL = None
     redis_prefix: str = Field(default="sg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    # The embedded Redis's maxmemory (bytes); an external Redis's own is read instead.
+    redis_maxmemory: int = Field(default=1 << 30, ge=16 << 20)
     data_dir: Path = Path(".sendguard")
     smtp_url: SmtpURL = None
     smtp_connections: int = Field(default=4, ge=1, le=64)
@@ -107,6 +110,11 @@ class Settings(BaseSettings):
     dns_timeout: float = Field(default=5.0, gt=0, le=60)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8587, ge=0, le=65535)
+    # Where the control commands reach the daemon, with a token from the environment or a file:
+    # never from argv, which every user of the machine can read in `ps`.
+    api_url: ApiURL = None
+    token: SecretStr | None = None
+    token_file: Path | None = None
     rules: Path | None = None
     workers: int = Field(default=8, ge=1, le=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
@@ -124,6 +132,22 @@ class Settings(BaseSettings):
     circuit_max_delay: float = Field(default=60.0, gt=0)
     batch_max_bytes: int = Field(default=33_554_432, ge=1024)
     public_url: str | None = None
+
+    @property
+    def api_base(self) -> str:
+        """The API the control commands call: `api_url`, else where these settings make a daemon listen."""
+        if self.api_url is not None:
+            return self.api_url.secret.rstrip("/")  # it holds no password (`_no_password_in_api_url`)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.api_host, self.api_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.api_port}"
+
+    @field_validator("api_url")
+    @classmethod
+    def _no_password_in_api_url(cls, value: RedactedURL | None) -> RedactedURL | None:
+        """The token is the credential; a password in the URL would end up in error messages."""
+        if value is not None and (value.parts.username or value.parts.password):
+            raise ValueError("must not carry a user or password: the API takes a bearer token")
+        return value
 
     @field_validator("public_url")
     @classmethod

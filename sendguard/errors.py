@@ -4,6 +4,7 @@ SendguardError
 ├── InvalidValue         a value a person gave is not one (names the field; also a ValueError)
 ├── ConfigError          settings or rules file cannot be used (names file, table, key)
 ├── StoreError           Redis unreachable or answered with an error
+│   └── StoreFull        Redis is near its maxmemory: admission refused until it has room
 ├── EmbeddedRedisError   the embedded Redis server could not be started
 └── RelayError           the SMTP relay could not be reached or spoke nonsense
     └── RelayReply       the relay answered a command with a non-2xx reply (code, text, stage)
@@ -34,6 +35,10 @@ class ConfigError(SendguardError):
 
 class StoreError(SendguardError):
     """The state store (Redis) failed; the operation may be retried."""
+
+
+class StoreFull(StoreError):
+    """Redis is too close to its `maxmemory` to take a submission; retry once it has room."""
 
 
 class EmbeddedRedisError(SendguardError):

@@ -169,6 +169,11 @@ class Metrics:
             "The first 52 bits of the audit trail's head hash: a copy outside Redis that a rewritten or "
             "truncated trail cannot match.",
         )
+        self.audit_anchor_missing = gauge(
+            "sendguard_audit_anchor_missing",
+            "1 while this daemon does not chain the audit trail because its anchor file is gone and the "
+            "trail has entries (a fresh anchor would hide a cut-off tail).",
+        )
 
     def exposition(self) -> bytes:
         """The text `/metrics` answers with."""

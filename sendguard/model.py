@@ -58,6 +58,11 @@ class Address:
     def local(self) -> str:
         return self.address.rpartition("@")[0]
 
+    @property
+    def canonical(self) -> str:
+        """The mailbox it reaches (see `canonical_address`)."""
+        return canonical_address(self.address)
+
 
 def normal_address(text: str) -> Address:
     """The address as sendguard stores it; ValueError (email_validator's, saying why) if it is not one.
@@ -84,12 +89,14 @@ def folded_address(text: str) -> str:
 
 
 def canonical_address(text: str) -> str:
-    """The mailbox an address reaches, for matching that spelling must not escape: folded as
-    `folded_address`, and without a `+tag` (`Team+q4@acme.example` is `team@acme.example`)."""
+    """The mailbox an address reaches: lower case, a `+tag` taken off the local part. Never refused.
+
+    `Bob+Q4@Acme.example` and `bob@acme.example` are one person's mailbox: suppressions, the
+    waiting index and per-inbox throttles go by this form, so a made-up tag escapes none of them.
+    A local part that is only a tag (`+x@...`) is kept whole.
+    """
     local, at, domain = folded_address(text).rpartition("@")
-    if not at:
-        return folded_address(text)
-    return f"{local.partition('+')[0] or local}@{domain}"
+    return f"{local.split('+', 1)[0] or local}{at}{domain}"
 
 
 def now_ms() -> int:

@@ -38,6 +38,7 @@ from sendguard.metrics import Metrics
 from sendguard.rules import CurrentRules, Rules, load_rules
 from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
+from sendguard.state.memory import MemoryBudget
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
 
@@ -55,6 +56,7 @@ class Runtime:
     metrics: Metrics
     current: CurrentRules
     store: Store
+    memory: MemoryBudget
     ingress: Ingress
     transport: Transport
     throttles: Throttles
@@ -130,6 +132,7 @@ async def build(
     metrics = Metrics()
     current = CurrentRules(rules)
     store = Store(client, keys)
+    memory = MemoryBudget(client)
     ingress = Ingress(MxChecker(settings.dns_nameservers, settings.dns_timeout))
     transport = make_transport(
         settings.smtp_url, DataDir(settings.data_dir).outbox, settings.smtp_connections, settings.smtp_timeout
@@ -138,7 +141,7 @@ async def build(
     audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
     safe_mode = SafeMode(client, keys, store, notifier, audit, current, metrics)
-    suppressions = Suppressions(client, keys, audit)
+    suppressions = Suppressions(client, keys, audit, store)
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
     approvals = Approvals(client, keys, store, audit)
     unsubscribe = await Unsubscribe.load(client, keys, settings.public_url) if settings.public_url else None
@@ -166,6 +169,7 @@ async def build(
         metrics=metrics,
         current=current,
         store=store,
+        memory=memory,
         ingress=ingress,
         transport=transport,
         throttles=throttles,
@@ -179,7 +183,7 @@ async def build(
         deliverer=deliverer,
         inbox=Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout, metrics),
         admissions=Admissions(
-            store, ingress, safe_mode, approvals, audit, settings.retry_base, deliverer.wake, metrics
+            store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
         ),
         recall=Recall(store, audit),
         tokens=Tokens(client, keys, audit),

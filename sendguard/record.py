@@ -2,9 +2,13 @@
 
 Redis keeps a message as a hash of strings (`P:msg:{id}`, see state/keys.py); the store turns it
 into a `MessageRecord` as it reads it (`from_hash`) and back into strings as it writes
-(`to_fields`, `encode_changes`), so above the store nothing reads or writes a record by string
-key. Attribute names are the hash's field names, which the Lua scripts also read and write.
-A field missing from a hash (written by an older version) takes its default.
+(`to_fields`, `content_fields`, `encode_changes`), so above the store nothing reads or writes a
+record by string key. Attribute names are the hash's field names, which the Lua scripts also read
+and write. A field missing from a hash (written by an older version) takes its default.
+
+The content (subject, text, html, headers) is a single message's own; a batch's recipient keeps
+only its `values` and the `template` it fills (its batch's, stored once), and `from_hash` fills it
+in, so every reader sees the content the recipient gets. A rejected message keeps no content.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TypedDict
 
 from sendguard.model import Reason, Status, decode_reasons
 from sendguard.rules import ScopeKind
+from sendguard.templates import BatchTemplate
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class MessageRecord:
     from_name: str = ""
     from_addr: str = ""
     to: str = ""
+    to_canonical: str = ""  # the recipient's mailbox (model.canonical_address), what suppression matches
     to_domain: str = ""
     subject: str = ""
     text: str = ""
@@ -47,6 +53,8 @@ class MessageRecord:
     # The agent's headers as a JSON object. Decoded only when the message is rendered
     # (`extra_headers`), so a damaged value fails that send, not every read of the record.
     headers: str = ""
+    template: str = ""  # the batch whose stored template holds the content; "" when the record does
+    values: str = ""  # with a template: this recipient's values, as a JSON object
     segment: str | None = None
     campaign: str | None = None
     run_id: str | None = None
@@ -73,10 +81,23 @@ class MessageRecord:
         return headers
 
     @classmethod
-    def from_hash(cls, fields: Mapping[str, str]) -> MessageRecord:
-        """The record from its Redis hash (all of it, or the fields a reader asked for);
-        ValueError if a field is damaged."""
+    def from_hash(cls, fields: Mapping[str, str], template: Mapping[str, str] | None = None) -> MessageRecord:
+        """The record from its Redis hash (all of it, or the fields a reader asked for), its content
+        filled from `template` (its batch's stored template) when it names one; ValueError if a
+        field is damaged or the template it needs is missing."""
         get = fields.get
+        subject, text, html, headers = (
+            get("subject", ""),
+            get("text", ""),
+            get("html", ""),
+            get("headers", ""),
+        )
+        if name := get("template"):
+            if not template:
+                raise ValueError(f"the template of batch {name} is gone")
+            values: dict[str, str] = json.loads(get("values") or "{}")
+            filled = BatchTemplate(template["subject"], template["text"], template["html"]).fill(values)
+            subject, text, html, headers = filled.subject, filled.text, filled.html, template["headers"]
         return cls(
             id=fields["id"],
             status=Status(fields["status"]),
@@ -94,11 +115,14 @@ class MessageRecord:
             from_name=get("from_name", ""),
             from_addr=get("from_addr", ""),
             to=get("to", ""),
+            to_canonical=get("to_canonical", ""),
             to_domain=get("to_domain", ""),
-            subject=get("subject", ""),
-            text=get("text", ""),
-            html=get("html", ""),
-            headers=get("headers", ""),
+            subject=subject,
+            text=text,
+            html=html,
+            headers=headers,
+            template=get("template", ""),
+            values=get("values", ""),
             segment=get("segment") or None,
             campaign=get("campaign") or None,
             run_id=get("run_id") or None,
@@ -120,23 +144,30 @@ class MessageRecord:
         )
 
     def to_fields(self) -> dict[str, str]:
-        """The hash fields a new message is written with, besides those the admission script
-        sets itself (id, status, reasons, created, not_before, attempts, scopes, approval)."""
+        """The hash fields a new message is written with, besides its content (`content_fields`)
+        and those the admission script sets itself (id, status, reasons, created, not_before,
+        attempts, scopes, approval)."""
         return {name: encode(getattr(self, name)) for name in _SUBMITTED}
 
+    def content_fields(self) -> dict[str, str]:
+        """The hash fields of its content, which a message keeps only if it is not rejected: its
+        own subject, body and headers, or the template it fills and its values."""
+        names = ("template", "values") if self.template else CONTENT
+        return {name: encode(getattr(self, name)) for name in names}
 
-# Written at admission from the record; every other field is the scripts' or a later change's.
+
+# A message's own content; a batch's recipient has them in its template instead.
+CONTENT = ("subject", "text", "html", "headers")
+# Written at admission from the record, besides the content; every other field is the scripts' or
+# a later change's.
 _SUBMITTED = (
     "agent",
     "agent_version",
     "from_name",
     "from_addr",
     "to",
+    "to_canonical",
     "to_domain",
-    "subject",
-    "text",
-    "html",
-    "headers",
     "segment",
     "campaign",
     "run_id",

@@ -206,6 +206,59 @@ class Rules:
     def agent(self, name: str) -> AgentEntry | None:
         return next((a for a in self.file.agent if a.name == name), None)
 
+    def warnings(self) -> list[str]:
+        """What the file allows that a hijacked agent could use, for `sendguard rules check` to say.
+
+        An agent that may use `*@domain` can send as any address there (ceo@ included), and every
+        address it makes up gets a per-inbox throttle bucket of its own.
+        """
+        capped = {rule.scope for rule in self.file.throttle if rule.match == "*"}
+        missing = [kind.value for kind in (ScopeKind.AGENT, ScopeKind.SENDER_DOMAIN) if kind not in capped]
+        unless = f"; this file has no {' or '.join(missing)} throttle to cap it" if missing else ""
+        found = []
+        for number, agent in enumerate(self.file.agent, start=1):
+            for pattern in agent.inboxes:
+                if pattern.startswith("*@"):
+                    domain = pattern[2:].lower()
+                    found.append(
+                        f"rules file {self.path}: [[agent]] #{number} key 'inboxes': {agent.name!r} may send "
+                        f"as any address at {domain}, ceo@{domain} included, each with a per-inbox "
+                        f"throttle of its own{unless}; list its inboxes one by one"
+                    )
+        return found
+
+
+@dataclass(frozen=True)
+class RulesChanges:
+    """What differs between two loaded rules files, as a person reloading them wants to see it."""
+
+    sections: list[str]  # top-level tables and lists whose values differ (the agent register apart)
+    agents_added: list[str]
+    agents_removed: list[str]
+    agents_changed: list[str]
+
+
+def rules_changes(before: Rules, after: Rules) -> RulesChanges:
+    """Compare by value, not text: a reworded comment changes the version and nothing here."""
+    sections = [
+        name
+        for name in RulesFile.model_fields
+        if name != "agent" and getattr(before.file, name) != getattr(after.file, name)
+    ]
+    sections += [
+        name
+        for name in ("free_domains", "role_accounts", "disposable_domains")
+        if getattr(before, name) != getattr(after, name)
+    ]
+    old = {agent.name: agent for agent in before.file.agent}
+    new = {agent.name: agent for agent in after.file.agent}
+    return RulesChanges(
+        sections=sections,
+        agents_added=sorted(new.keys() - old.keys()),
+        agents_removed=sorted(old.keys() - new.keys()),
+        agents_changed=sorted(name for name in old.keys() & new.keys() if old[name] != new[name]),
+    )
+
 
 class CurrentRules:
     """The rules in force, held for the parts that read them at each use; a reload swaps `now`.

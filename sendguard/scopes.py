@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sendguard.errors import InvalidValue
+from sendguard.model import canonical_address
 from sendguard.record import MessageRecord
 from sendguard.rules import ScopeKind
 
@@ -17,8 +18,13 @@ _CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeK
 
 
 def scope_values(record: MessageRecord) -> dict[ScopeKind, str | None]:
-    """The value a message has for each scope kind (None: the scope does not apply)."""
-    inbox = record.from_addr
+    """The value a message has for each scope kind (None: the scope does not apply).
+
+    The inbox is the mailbox the From address reaches (`Alice+x@Acme.example` is
+    `alice@acme.example`), so an agent cannot invent tags to get a throttle bucket or a safe-mode
+    scope of its own.
+    """
+    inbox = canonical_address(record.from_addr)
     return {
         ScopeKind.RECIPIENT_DOMAIN: record.to_domain,
         ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],

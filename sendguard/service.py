@@ -15,7 +15,7 @@ import logging
 from sendguard.config import parse_host_port
 from sendguard.errors import ConfigError, StoreError
 from sendguard.feedback.receive import start_listener
-from sendguard.governance.audit import AuditError
+from sendguard.governance.audit import AnchorMissing, AuditError
 from sendguard.parts import Runtime
 
 log = logging.getLogger("sendguard.daemon")
@@ -40,6 +40,8 @@ class Service:
         runtime = self._runtime
         settings = runtime.settings
         await runtime.store.heartbeat(runtime.instance, self._ttl_ms)
+        for warning in await runtime.memory.warnings():
+            log.warning(warning)
         await runtime.follow_reloads()
         if settings.inbound_smtp:
             host, port = parse_host_port(settings.inbound_smtp, 25)
@@ -77,13 +79,29 @@ class Service:
         return int(self._runtime.settings.instance_ttl * 1000)
 
     async def _chain(self) -> None:
-        """Chain the audit trail while this daemon leads, and once more on the way out."""
+        """Chain the audit trail while this daemon leads, and once more on the way out.
+
+        Without its anchor file over a non-empty trail it does not lead, so that a daemon that
+        has its anchor chains, and says so once (log and gauge) until the anchor is back.
+        """
         audit, instance, stopping = self._runtime.audit, self._runtime.instance, self._stopping
+        anchor_missing, refusing = self._runtime.metrics.audit_anchor_missing, False
         while True:
             try:
+                if not await audit.may_chain():
+                    raise AnchorMissing(f"the anchor file {audit.anchor} is missing over a non-empty trail")
+                refusing = False
+                anchor_missing.set(0)
                 if await audit.try_lead(instance, self._ttl_ms):
                     while await audit.chain() and not stopping.is_set():
                         pass
+            except AnchorMissing as exc:
+                if not refusing:
+                    log.error("audit trail not chained by this daemon: %s", exc)
+                refusing = True
+                anchor_missing.set(1)
+                with contextlib.suppress(StoreError):
+                    await audit.resign(instance)
             except (StoreError, AuditError) as exc:
                 log.error("audit trail not chained: %s", exc)
             if stopping.is_set():

@@ -70,6 +70,11 @@ RESERVED_HEADERS = frozenset(
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 MAX_SUBJECT = 998
+# `text` and `html` each, in UTF-8 bytes (a batch's: once filled for each recipient). As large as
+# a single message's whole request may be by default (SENDGUARD_MAX_REQUEST_BYTES), so a batch's
+# template can be no larger than a single message's body; both parts quoted-printable stay under
+# the 10 MB many relays take.
+MAX_BODY_BYTES = 1 << 20
 # Every character str.splitlines() breaks at: the email package refuses a header holding any of them.
 _LINE_BREAK = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -83,6 +88,20 @@ def _single_line(value: str) -> str:
 
 
 SingleLine = Annotated[str, AfterValidator(_single_line)]
+
+
+def _body_size(value: str) -> str:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_BODY_BYTES:
+        raise ValueError(f"is {size:,} bytes of UTF-8; the limit is {MAX_BODY_BYTES:,} (1 MiB)")
+    return value
+
+
+Body = Annotated[
+    str,
+    AfterValidator(_body_size),
+    WithJsonSchema({"type": "string", "description": f"at most {MAX_BODY_BYTES} bytes of UTF-8"}),
+]
 
 
 class Sender(BaseModel):
@@ -136,8 +155,8 @@ class Content(BaseModel):
 
     sender: SenderHeader = Field(alias="from")
     subject: SingleLine = Field(max_length=MAX_SUBJECT)
-    text: str | None = None
-    html: str | None = None
+    text: Body | None = None
+    html: Body | None = None
     headers: dict[str, SingleLine] = Field(default_factory=dict, max_length=50)
     segment: Annotated[str, Field(pattern=_LABEL)] | None = None
     campaign: Annotated[str, Field(pattern=_LABEL)] | None = None

@@ -3,8 +3,9 @@
 Every test gets its own Redis key prefix, so tests share one Redis server without sharing state.
 A daemon is built in the test process (`make_daemon`): the same `build()` and `Service` as
 `sendguard run`, its loops on an event loop in a background thread, its API served through
-httpx's ASGI transport. A test whose point is the process (SIGTERM, kill -9, embedded Redis, the
-command line) asks for a real `sendguard run` with `process=True`.
+httpx's ASGI transport; it listens on its port only when a test runs the command line against it.
+A test whose point is the process (SIGTERM, kill -9, embedded Redis) asks for a real `sendguard
+run` with `process=True`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import redis
+import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -107,8 +109,9 @@ class RedisServer:
     files on the same port, so a drill can take Redis away from a running daemon and give it back.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         self.directory = directory
+        self.options = options  # more redis-server options, e.g. "--maxmemory", "8mb"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -130,6 +133,7 @@ class RedisServer:
                 "yes",
                 "--save",
                 "",
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -267,13 +271,26 @@ class Daemon(abc.ABC):
     @abc.abstractmethod
     def client(self, token: str | None = None) -> httpx.Client: ...
 
-    def cli(self, *args: str) -> str:
-        """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, and rules."""
-        return run_cli(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+    def cli(self, *args: str, token: str | None = None) -> str:
+        """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, its rules, and
+        its API (at `SENDGUARD_API_PORT`) with `token` in a token file, as an operator would."""
+        return run_cli(self.cli_env(token), *args, cwd=self.env["SENDGUARD_DATA_DIR"])
 
-    def cli_result(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli_result(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         """Like cli(), whatever the exit status, for tests of refusals."""
-        return sendguard_command(self.env, *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+        return sendguard_command(self.cli_env(token), *args, cwd=self.env["SENDGUARD_DATA_DIR"])
+
+    def cli_env(self, token: str | None = None) -> dict[str, str]:
+        """This daemon's environment, listening on its API port, plus `SENDGUARD_TOKEN_FILE` for a token."""
+        self.listen()
+        env = dict(self.env)
+        if token is not None:
+            env["SENDGUARD_TOKEN_FILE"] = str(token_file(self.log_path.parent, token))
+        return env
+
+    @abc.abstractmethod
+    def listen(self) -> None:
+        """Serve the API on `SENDGUARD_API_PORT`, for clients in other processes."""
 
     def metric(self, sample: str, **labels: str) -> float | None:
         """One sample of /metrics, read with Prometheus' own parser; None if absent."""
@@ -296,6 +313,7 @@ class InProcessDaemon(Daemon):
         self._loop = loop
         self._stack = contextlib.AsyncExitStack()
         self._app: FastAPI | None = None
+        self._listening = False
 
     def start(self) -> InProcessDaemon:
         self._loop.run(self._start())
@@ -321,6 +339,38 @@ class InProcessDaemon(Daemon):
         except BaseException:
             await self._stack.aclose()
             raise
+
+    def listen(self) -> None:
+        """Also serve the app on its port with uvicorn, on the daemon's loop; only when a test asks,
+        as most tests reach it in-process."""
+        if not self._listening:
+            self._loop.run(self._listen())
+            self._listening = True
+
+    async def _listen(self) -> None:
+        assert self._app is not None, "start the daemon first"
+        server = uvicorn.Server(
+            uvicorn.Config(
+                self._app,
+                host="127.0.0.1",
+                port=int(self.env["SENDGUARD_API_PORT"]),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        serving = asyncio.create_task(server.serve())  # uvicorn leaves signals alone off the main thread
+
+        async def stop() -> None:
+            server.should_exit = True
+            await serving
+
+        self._stack.push_async_callback(stop)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not server.started:
+            if serving.done() or asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the API did not start listening on {self.env['SENDGUARD_API_PORT']}")
+            await asyncio.sleep(0.01)
 
     def stop(self) -> None:
         if self._app is None:  # never started: `_start` closed what it had opened
@@ -368,6 +418,9 @@ class ProcessDaemon(Daemon):
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.base, headers=headers, timeout=10)
+
+    def listen(self) -> None:
+        """A process listens on its port from its start."""
 
     def stop(self) -> None:
         """SIGTERM, as a supervisor stops it (an embedded redis-server stops with it), or kill."""
@@ -466,6 +519,14 @@ def sendguard_command(
     )
 
 
+def token_file(directory: Path, token: str) -> Path:
+    """A file holding `token`, readable by its owner only, as the CLI takes tokens."""
+    path = directory / f"token-{secrets.token_hex(4)}"
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return path
+
+
 def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
     """Run `sendguard ARGS` as a user would; its stdout, or a failure showing its stderr."""
     result = sendguard_command(env, *args, cwd=cwd)
@@ -536,6 +597,7 @@ class Api:
     """A small client for one daemon and one token."""
 
     def __init__(self, daemon: Daemon, token: str) -> None:
+        self.token = token
         self.client = daemon.client(token)
 
     def send(self, to: str, **overrides: Any) -> dict[str, Any]:

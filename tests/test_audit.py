@@ -21,7 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from sendguard.errors import StoreError
-from sendguard.governance.audit import AuditError, AuditLog, Verification, content_hash, entry
+from sendguard.governance.audit import (
+    AnchorMissing,
+    AuditError,
+    AuditLog,
+    Verification,
+    content_hash,
+    entry,
+)
 from sendguard.governance.recall import Recall
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Principal, Role, Tokens
@@ -120,7 +127,9 @@ async def test_writers_and_two_daemons_chaining_at_once_make_one_unforked_chain(
 ) -> None:
     clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
     try:
-        daemons = [AuditLog(c, keys, tmp_path / f"anchor{i}") for i, c in enumerate(clients)]
+        # Without anchors: a daemon whose anchor is not there yet over a trail another daemon began
+        # would refuse to chain (see the anchor tests below); this test is about the race alone.
+        daemons = [AuditLog(c, keys) for c in clients]
         writing = asyncio.Event()
         writing.set()
 
@@ -214,9 +223,9 @@ async def test_the_anchor_file_gets_one_line_per_chained_batch(audit: AuditLog, 
     chained = await audit.entries()
     text = await asyncio.to_thread(anchor.read_text)
     lines = [line.split(" ") for line in text.splitlines()]
-    anchored = [(int(seq), digest) for seq, digest, _ in lines]
+    anchored = [(int(seq), digest) for seq, digest, _, _ in lines]
     assert anchored == [(seq, chained[seq - 1].hash) for seq in (10, 20, 25)]
-    assert all(before <= int(at) <= after for _, _, at in lines)
+    assert all(before <= int(at) <= after for _, _, at, _ in lines)
     assert text.endswith("\n")
 
 
@@ -463,7 +472,7 @@ async def test_a_missing_or_garbled_anchor_file_is_a_problem(audit: AuditLog, an
 
     await asyncio.to_thread(anchor.write_text, "3 " + "a" * 64 + " 1700000000000\nthree lines\n")
     garbled = await audit.verify(anchor)
-    assert garbled.problem == f"anchor file {anchor} line 2 is not 'seq hash at_ms'"
+    assert garbled.problem == f"anchor file {anchor} line 2 is not 'seq hash at_ms link'"
 
 
 async def test_a_line_torn_by_a_crash_does_not_spoil_the_anchor_file(audit: AuditLog, anchor: Path) -> None:
@@ -475,6 +484,85 @@ async def test_a_line_torn_by_a_crash_does_not_spoil_the_anchor_file(audit: Audi
     lines = (await asyncio.to_thread(anchor.read_text)).splitlines()
     assert lines[1] == text[:30] and lines[2].startswith("20 ")
     assert (await audit.verify(anchor)).ok
+
+
+def linked(previous: str, fields: str) -> str:
+    """An anchor line as the documented definition makes it: its link over the line before."""
+    link = hashlib.sha256((previous + "\n" + fields).encode()).hexdigest()
+    return f"{fields} {link}"
+
+
+async def test_anchor_lines_chain_so_a_line_taken_out_or_edited_shows(audit: AuditLog, anchor: Path) -> None:
+    await fill(audit, N)
+    lines = (await asyncio.to_thread(anchor.read_text)).splitlines()
+    previous = ""
+    for line in lines:  # every line links to the one before it, as documented
+        assert line == linked(previous, line.rsplit(" ", 1)[0])
+        previous = line
+
+    await asyncio.to_thread(anchor.write_text, "\n".join([lines[0], lines[2]]) + "\n")
+    removed = await audit.verify(anchor)
+    assert removed.problem == (
+        f"anchor file {anchor} line 2 does not follow the line before it "
+        "(a line removed, inserted or edited?)"
+    )
+    seq, digest, _, link = lines[1].split(" ")
+    edited = f"{seq} {digest} 1 {link}"  # a different time, the old link
+    await asyncio.to_thread(anchor.write_text, "\n".join([lines[0], edited, lines[2]]) + "\n")
+    assert "line 2 does not follow" in (await audit.verify(anchor)).problem
+
+    # Lines of the older three-field format are read, and a linked line after one links over it.
+    legacy = " ".join(lines[0].split(" ")[:3])
+    await asyncio.to_thread(
+        anchor.write_text, f"{legacy}\n{linked(legacy, ' '.join(lines[1].split(' ')[:3]))}\n"
+    )
+    assert (await audit.verify(anchor)).ok
+
+
+async def test_an_entry_stored_in_other_bytes_of_the_same_json_is_caught(
+    audit: AuditLog, client: aioredis.Redis
+) -> None:
+    await fill(audit, 3)
+    stored = await client.lindex(audit.keys.audit_chain, 1)
+    spaced = json.dumps(json.loads(stored), sort_keys=False, indent=1)  # same values, other bytes
+    await client.lset(audit.keys.audit_chain, 1, spaced)
+    found = await audit.verify()
+    assert (found.ok, found.first_broken) == (False, 2)
+    assert found.problem == "entry 2: its stored bytes are not its canonical encoding (rewritten by hand?)"
+
+
+async def test_no_fresh_anchor_starts_over_a_trail_that_has_entries(
+    audit: AuditLog, client: aioredis.Redis, anchor: Path, tmp_path: Path
+) -> None:
+    await fill(audit, 10)
+    await asyncio.to_thread(anchor.unlink)
+    await client.rpop(audit.keys.audit_chain)  # an intruder cuts the tail and sets the head back
+    head = json.loads(await client.lindex(audit.keys.audit_chain, -1))
+    await client.hset(audit.keys.audit_head, mapping={"seq": head["seq"], "hash": head["hash"]})
+    await audit.append("safe_mode.resumed", "admin:dana", {"scope": "global"})
+
+    assert not await audit.may_chain()
+    with pytest.raises(AnchorMissing, match="restart-anchor"):
+        await audit.chain()
+    assert await audit.pending() == 1  # still waiting, durable, for a person
+    assert not await asyncio.to_thread(anchor.exists)
+    assert "does not exist" in (await audit.verify(anchor)).problem
+
+    # A person who has checked what they can starts a new anchor; the trail says so.
+    assert await audit.restart_anchor("cli:sam", "disk replaced") == await audit.head()
+    restarted = (await audit.entries())[-1]
+    assert (restarted.kind, restarted.actor, restarted.fields["reason"]) == (
+        "audit.anchor_restarted",
+        "cli:sam",
+        "disk replaced",
+    )
+    assert await audit.may_chain()
+    await fill(audit, 3)
+    assert (await audit.verify(anchor)).ok
+    # A second, empty anchor elsewhere may start while the trail is still empty only.
+    other = AuditLog(client, Keys(f"{audit.keys.prefix}-other"), tmp_path / "other.anchor")
+    await other.append("rules.reloaded", "admin:dana", {"version": "v1"})
+    assert await other.chain() == 1
 
 
 async def test_chaining_stops_rather_than_restart_at_genesis_on_a_headless_chain(
@@ -619,9 +707,9 @@ async def test_suppressions_tokens_and_recall_record_their_own_changes(
     audit: AuditLog, client: aioredis.Redis, keys: Keys
 ) -> None:
     """The service that makes a change writes its entry, so neither the API nor the CLI has to."""
-    suppressions = Suppressions(client, keys, audit)
+    suppressions = Suppressions(client, keys, audit, Store(client, keys))
     added = await suppressions.suppress(["Gone@Customer.example", "other.example"], "admin:dana")
-    assert added == (["gone@customer.example"], ["other.example"])
+    assert (added.addresses, added.domains) == (["gone@customer.example"], ["other.example"])
     assert await suppressions.lift("other.example", "admin:dana")
     assert not await suppressions.lift("other.example", "admin:dana")  # nothing lifted: no entry
     tokens = Tokens(client, keys, audit)
@@ -635,7 +723,12 @@ async def test_suppressions_tokens_and_recall_record_their_own_changes(
     listed = ["gone@customer.example", "other.example"]
     digest = hashlib.sha256(encode(listed).encode()).hexdigest()
     assert [(e.kind, e.actor, e.fields) for e in await audit.entries()] == [
-        ("suppression.added", "admin:dana", {"new": 2, "entries": 2, "sha256": digest, "first": listed}),
+        (
+            "suppression.added",
+            "admin:dana",
+            {"new": 2, "cancelled": 0, "entries": 2, "sha256": digest, "first": listed},
+        ),
+        ("suppression.swept", "admin:dana", {"domains": ["other.example"], "cancelled": {}}),
         ("suppression.lifted", "admin:dana", {"entry": "other.example"}),
         (
             "token.created",

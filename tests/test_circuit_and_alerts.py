@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AGENT_RULES, Api, Daemon, free_port, run_cli, sendguard_command, wait_until
+from tests.conftest import Api, Daemon, free_port, run_cli, sendguard_command, wait_until
 from tests.peers import SmtpSink
 
 MakeDaemon = Callable[..., Daemon]
@@ -346,21 +346,21 @@ def test_an_agent_token_may_not_post_alerts(make_daemon: MakeDaemon, client_for:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, redis_url: str, prefix: str) -> dict[str, str]:
-    """The environment `sendguard safe-mode` needs: this test's Redis and a rules file (no daemon)."""
-    rules = tmp_path / "rules.toml"
-    rules.write_text(AGENT_RULES)
+def cli_env(make_daemon: MakeDaemon, client_for: ClientFor) -> dict[str, str]:
+    """The environment `sendguard safe-mode` needs: the running daemon's API and a token file (for
+    the admin sam), and nothing else: no Redis, no rules, no data directory."""
+    daemon = make_daemon("")
+    env = daemon.cli_env(client_for(daemon, "admin", "sam").token)
     return {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "SENDGUARD_REDIS_URL": redis_url,
-        "SENDGUARD_REDIS_PREFIX": prefix,
-        "SENDGUARD_RULES": str(rules),
+        "SENDGUARD_API_URL": f"http://127.0.0.1:{env['SENDGUARD_API_PORT']}",
+        "SENDGUARD_TOKEN_FILE": env["SENDGUARD_TOKEN_FILE"],
     }
 
 
 def test_the_cli_trips_a_scope_in_normal_form_and_lists_it(cli_env: dict[str, str]) -> None:
-    out = run_cli(cli_env, "safe-mode", "trip", "inbox:Alice@Acme.example", "--reason", "x", "--by", "sam")
+    out = run_cli(cli_env, "safe-mode", "trip", "inbox:Alice@Acme.example", "--reason", "x")
     assert out == "inbox:alice@acme.example: tripped (x)"
     assert run_cli(cli_env, "safe-mode", "list") == "inbox:alice@acme.example\tmanual\tx\tby sam"
 

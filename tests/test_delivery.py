@@ -445,3 +445,68 @@ def test_embedded_redis_survives_a_daemon_crash(
         what="the embedded redis-server to stop with its daemon",
     )
     assert redis_servers_of(data) == []
+
+
+QUEUED_FOR_RESTART = 100_000
+COPY_QUEUED = """
+local record = redis.call('HGETALL', KEYS[1])
+local due = redis.call('ZSCORE', KEYS[2], ARGV[3])
+local first, count = tonumber(ARGV[1]), tonumber(ARGV[2])
+for n = first, first + count - 1 do
+  local id = ARGV[3] .. string.format('%06d', n)
+  redis.call('HSET', ARGV[4] .. id, unpack(record))
+  redis.call('HSET', ARGV[4] .. id, 'id', id)
+  redis.call('ZADD', KEYS[2], due, id)
+end
+redis.call('HINCRBY', KEYS[3], 'queued', count)
+"""
+
+
+@pytest.mark.drill
+def test_a_daemon_restarts_on_a_hundred_thousand_queued_messages(
+    make_daemon: MakeDaemon, embedded_redis_reaper: list[Path]
+) -> None:
+    """A restarted embedded Redis answers LOADING while it reads a large append-only file; the
+    daemon waits for it, saying how far it got, instead of exiting on its first command."""
+    first = make_daemon(RULES, embedded=True)
+    data = Path(first.env["SENDGUARD_DATA_DIR"])
+    embedded_redis_reaper.append(data)
+    token = first.cli("token", "create", "--agent", "sdr-bot")
+    api = Api(first, token)
+    try:
+        send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        decision = api.send("later@customer.example", send_at=send_at)
+    finally:
+        api.close()
+    assert decision["status"] == "queued"
+
+    # The queue a busy deployment has: the admitted record copied under new ids, all due later.
+    # Copied inside Redis, ten times faster than 100,000 round trips from here, in steps short
+    # enough that the running daemon is never told BUSY.
+    keys = Keys(first.env["SENDGUARD_REDIS_PREFIX"])
+    client = redis.Redis(unix_socket_path=str(data / "redis" / "redis.sock"), decode_responses=True)
+    try:
+        for start in range(0, QUEUED_FOR_RESTART, 10_000):
+            client.eval(
+                COPY_QUEUED,
+                3,
+                keys.msg(decision["id"]),
+                keys.due,
+                keys.count,
+                start,
+                10_000,
+                decision["id"],
+                keys.msg(""),
+            )
+        assert client.zcard(keys.due) == QUEUED_FOR_RESTART + 1
+    finally:
+        client.close()
+    assert first.terminate() == 0, first.log()
+
+    second = make_daemon(RULES, embedded=True, data_dir=data)
+    wait_until(
+        lambda: second.metric("sendguard_messages_waiting", state="queued") == QUEUED_FOR_RESTART + 1,
+        what="every queued message counted after the restart",
+    )
+    assert "redis: loading its data set" in second.log() and "redis: data set loaded" in second.log()
+    assert second.terminate() == 0, second.log()

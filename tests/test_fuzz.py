@@ -7,6 +7,7 @@ doubled; the parser must understand raw mail or say why it cannot, quickly.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_api_fuzz_gives_no_5xx_no_crash_and_loses_no_message(
         "admin": mint("admin", "fuzz-admin"),
     }
     schema = schemathesis.openapi.from_url(f"{daemon.base}/openapi.json")
-    accepted: list[tuple[str | None, str]] = []
+    accepted: list[tuple[str, str]] = []
     operations: list[Operation] = [operation for methods in schema.values() for operation in methods.values()]
     # Submissions first: the safe-mode trips that fuzzing the other routes makes would hold them all.
     for operation in sorted(operations, key=lambda operation: operation.label != SUBMIT):
@@ -219,7 +220,7 @@ def _fuzz(
     base: str,
     token: str,
     examples: int,
-    accepted: list[tuple[str | None, str]] | None,
+    accepted: list[tuple[str, str]] | None,
 ) -> None:
     """Send `examples` cases, failing at the first 5xx; note each 201 in `accepted`, if given."""
 
@@ -231,22 +232,27 @@ def _fuzz(
         )
         if accepted is not None and response.status_code == 201:
             key = case.body.get("idempotency_key") if isinstance(case.body, dict) else None
-            accepted.append((key if isinstance(key, str) else None, response.json()["id"]))
+            # Without a key of its own, a submission's key is derived from its whole body.
+            derived = f"body:{json.dumps(case.body, sort_keys=True)}"
+            accepted.append((key if isinstance(key, str) else derived, response.json()["id"]))
 
     call()
 
 
-def _new_ids(accepted: list[tuple[str | None, str]]) -> list[str]:
-    """The ids of accepted submissions that made a new message; a repeated idempotency key must not."""
+def _new_ids(accepted: list[tuple[str, str]]) -> list[str]:
+    """The ids of accepted submissions that made a new message; a repeated idempotency key must not.
+
+    A key derived from the body answers only with an accepted message, so a repeat of a rejected
+    one is decided again, with a new id.
+    """
     first_by_key: dict[str, str] = {}
     new_ids = []
     for key, message_id in accepted:
-        if key is not None and key in first_by_key:
+        if key in first_by_key and (message_id == first_by_key[key] or not key.startswith("body:")):
             assert message_id == first_by_key[key], f"idempotency key {key!r} made a second message"
             continue
         new_ids.append(message_id)
-        if key is not None:
-            first_by_key[key] = message_id
+        first_by_key[key] = message_id
     return new_ids
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import Api, Daemon, wait_until
+from tests.conftest import Api, Daemon, run_cli, wait_until
 
 ClientFor = Callable[..., Api]
 LATER = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
@@ -96,7 +97,8 @@ def test_kill_stops_everything_with_one_command(
 ) -> None:
     daemon = make_daemon("")
     agent = client_for(daemon, "agent", "sdr-bot")
-    out = daemon.cli("kill", "--reason", "agent misbehaving", "--by", "sam")
+    sam = client_for(daemon, "operator", "sam")
+    out = daemon.cli("kill", "--reason", "agent misbehaving", token=sam.token)
     assert "global: tripped" in out
     assert agent.send("lead@customer.example")["status"] == "held"
 
@@ -242,3 +244,57 @@ def test_the_audit_trail_records_decisions_and_outcomes_and_verify_catches_an_ed
     detail = unreadable.json()["detail"]
     assert detail.startswith(f"audit entry at position {position + 1}: it is not JSON")
     assert detail.endswith("; run `sendguard audit verify`")
+
+
+def test_a_lost_anchor_stops_chaining_until_a_person_restarts_it_and_the_cli_chains_its_own_writes(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    daemon = make_daemon("")
+    operator = client_for(daemon, "operator", "omar")
+    anchor = Path(daemon.env["SENDGUARD_DATA_DIR"]) / "audit.anchor"
+    chain_key, pending_key = f"{prefix}:audit:chain", f"{prefix}:audit:pending"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wait_until(lambda: anchor.is_file() and client.llen(chain_key) > 0, what="the first anchored batch")
+        assert daemon.metric("sendguard_audit_anchor_missing") == 0
+        anchor.unlink()
+        wait_until(lambda: daemon.metric("sendguard_audit_anchor_missing") == 1, what="the refusal")
+        operator.client.post("/v1/safe-mode", json={"scope": "segment:smb", "reason": "drill"})
+        assert client.llen(pending_key) >= 1  # written, durable, and not chained by this daemon
+        assert not anchor.exists()  # no fresh anchor over the trail
+
+        refused = daemon.cli_result("audit", "verify")
+        assert refused.returncode == 1
+        assert f"the anchor file {anchor} does not exist" in refused.stderr
+        assert "restart-anchor" in refused.stderr
+        assert "without an anchor" in daemon.cli("audit", "verify", "--no-anchor")
+
+        out = daemon.cli("audit", "restart-anchor", "--reason", "disk replaced")
+        assert out.startswith(f"anchor {anchor} started at entry ")
+        wait_until(lambda: daemon.metric("sendguard_audit_anchor_missing") == 0, what="chaining again")
+        wait_until(lambda: client.llen(pending_key) == 0, what="the waiting entries to be chained")
+        assert "checked against" in daemon.cli("audit", "verify")
+        kinds = [json.loads(raw)["kind"] for raw in client.lrange(chain_key, 0, -1)]
+        assert "audit.anchor_restarted" in kinds and "safe_mode.tripped" in kinds
+    finally:
+        client.close()
+    # A second restart over the anchor that is back is refused: verify against it instead.
+    assert daemon.cli_result("audit", "restart-anchor", "--reason", "again").returncode == 2
+
+
+def test_what_the_cli_writes_is_chained_before_it_exits(redis_url: str, prefix: str, tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "SENDGUARD_REDIS_URL": redis_url,
+        "SENDGUARD_REDIS_PREFIX": prefix,
+        "SENDGUARD_DATA_DIR": str(tmp_path),
+    }
+    run_cli(env, "token", "create", "--admin", "sam", cwd=str(tmp_path))  # no daemon runs
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.llen(f"{prefix}:audit:pending") == 0
+        chained = [json.loads(raw) for raw in client.lrange(f"{prefix}:audit:chain", 0, -1)]
+    finally:
+        client.close()
+    assert [(entry["kind"], entry["fields"]["name"]) for entry in chained] == [("token.created", "sam")]

@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sendguard"
 
 # Lowest first. Modules at the top of the package are the shared words, except `parts` (the
 # composition root: it builds every stage, and the HTTP routes are handed what it built), `service`
-# (the loops that run what it built) and the commands that run the whole.
+# (the loops that run what it built), the commands that run the whole, and the API client, which
+# talks to the http stage from outside as the commands do.
 LAYERS = ["words", "state", "governance", "feedback", "intake", "delivery", "parts", "http", "commands"]
 COMPOSITION = {"parts", "service"}
-COMMANDS = {"daemon", "cli", "__main__"}
+COMMANDS = {"daemon", "cli", "client", "__main__"}
 
 
 def layer_of(module: str) -> int:
@@ -78,3 +79,11 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     found = imports_of(bad, modules)
     assert "sendguard.delivery.relay" in found
     assert layer_of("sendguard.delivery.relay") > layer_of("sendguard.state.store")
+
+
+def test_the_api_client_knows_the_daemon_only_by_its_wire_form() -> None:
+    """The client runs where no daemon's parts are (an operator's shell, later an MCP server):
+    it may use the shared words, never a stage, the composition root or the routes' own models."""
+    modules = sendguard_modules()
+    imported = imports_of(modules["sendguard.client"], set(modules))
+    assert imported and {layer_of(name) for name in imported} == {LAYERS.index("words")}, imported

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from sendguard.errors import ConfigError
 from sendguard.rules import Rules, ScopeKind, load_rules, parse_duration
+from tests.conftest import sendguard_command
 
 REPO_RULES = Path(__file__).resolve().parent.parent / "rules"
 
@@ -90,12 +92,23 @@ def test_repo_rules_load() -> None:
     assert rules.agent("nobody") is None
 
     throttles = rules.file.throttle
-    assert len(throttles) == 3
-    assert [t.scope for t in throttles] == [ScopeKind.RECIPIENT_DOMAIN, ScopeKind.INBOX, ScopeKind.GLOBAL]
-    assert (throttles[0].limit, throttles[0].per) == (20, 3600.0)
-    assert (throttles[1].limit, throttles[1].per) == (40, 86400.0)
+    assert [t.scope for t in throttles] == [
+        ScopeKind.RECIPIENT_DOMAIN,
+        ScopeKind.INBOX,
+        ScopeKind.AGENT,
+        ScopeKind.SENDER_DOMAIN,
+        ScopeKind.GLOBAL,
+    ]
+    assert {t.match for t in throttles} == {"*"}
+    assert [(t.limit, t.per) for t in throttles] == [
+        (20, 3600.0),
+        (40, 86400.0),
+        (120, 86400.0),  # an agent: three inboxes' worth, however many it invents
+        (200, 86400.0),  # a sender domain: five inboxes' worth
+        (2000, 3600.0),
+    ]
     assert (throttles[1].min_gap, throttles[1].jitter) == (90.0, 60.0)
-    assert (throttles[2].limit, throttles[2].per, throttles[2].match) == (2000, 3600.0, "*")
+    assert rules.warnings() == []
 
     ingress = rules.file.ingress
     assert ingress.mx_check == "enforce"
@@ -299,3 +312,27 @@ def test_safe_mode_refuses_a_bad_setting_naming_its_key(
     message = refused(write(rules_dir, f"[safe_mode]\n{line}\n" + AGENT))
     assert f"[safe_mode] key '{key}'" in message
     assert says in message
+
+
+def test_rules_check_warns_when_an_agent_may_send_as_anyone_at_a_domain(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_RULES.parent)}
+    path = write(
+        tmp_path, AGENT + '[[agent]]\nname = "ops-bot"\nowner = "ops"\ninboxes = ["ops@acme.example"]\n'
+    )
+
+    checked = sendguard_command(env, "rules", "check", str(path))
+
+    assert checked.returncode == 0, checked.stderr  # valid, and said to be risky
+    assert checked.stderr.splitlines() == [
+        f"warning: rules file {path}: [[agent]] #1 key 'inboxes': 'sdr-bot' may send as any address at "
+        "acme.example, ceo@acme.example included, each with a per-inbox throttle of its own; this file "
+        "has no agent or sender_domain throttle to cap it; list its inboxes one by one"
+    ]
+    capped = write(tmp_path, AGENT + '[[throttle]]\nscope = "agent"\nlimit = 5\nper = "1h"\n', "capped.toml")
+    # The cap it lacks is named.
+    assert (
+        "this file has no sender_domain throttle to cap it"
+        in sendguard_command(env, "rules", "check", str(capped)).stderr
+    )
+    shipped = sendguard_command(env, "rules", "check", str(REPO_RULES / "sendguard.toml"))
+    assert (shipped.returncode, shipped.stderr) == (0, "")

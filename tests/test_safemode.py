@@ -132,7 +132,8 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     assert agent.client.get("/v1/safe-mode").json()[0]["scope"] == "global"
     assert smtp.received == []
 
-    out = second.cli("safe-mode", "resume", "global", "--reason", "drill over", "--by", "sam")
+    sam = client_for(first, "admin", "sam")
+    out = second.cli("safe-mode", "resume", "global", "--reason", "drill over", token=sam.token)
     assert "3 held messages released" in out
     for message_id in ids:
         agent.wait_status(message_id, "sent")
@@ -193,3 +194,82 @@ def test_a_trip_holds_messages_due_later_at_once_and_resume_keeps_their_time(
     assert resumed["released"] == 3
     assert {agent.status(m)["status"] for m in waiting} == {"queued"}
     assert smtp.received == []  # back in the queue for their send_at, not sent at once
+
+
+JUDGED_RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[safe_mode]
+min_sent = 10
+bounce_rate = 0.1
+complaint_rate = 0.1
+
+[approvals]
+mass_send_threshold = 1000
+"""
+
+
+def _send_one(agent: Api, local: str, segment: str) -> str:
+    """Send one message and wait for the relay's answer, so every count is settled before the next."""
+    message_id: str = agent.send(f"{local}@customer.example", segment=segment)["id"]
+    wait_until(
+        lambda: agent.status(message_id)["status"] in ("sent", "bounced"),
+        what=f"{local} to be answered",
+    )
+    return message_id
+
+
+def test_a_tripped_segment_takes_its_evidence_out_of_the_scopes_above_it(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
+) -> None:
+    """A bad list trips its segment. Its bounces then count no more in the inbox, the sender domain,
+    the agent and global, so a clean segment of the same inbox trips nothing with a bounce rate
+    under the line, before or after the bad segment is resumed; a scope trips on its own evidence."""
+    daemon = make_daemon(JUDGED_RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+
+    def tripped() -> list[tuple[str, str]]:
+        return [(t["scope"], t["cause"]) for t in admin.client.get("/v1/safe-mode").json()]
+
+    for i in range(10):  # 3 bounces of 10: the bad list crosses at its tenth answer
+        _send_one(agent, f"bounce{i}" if i >= 7 else f"lead{i}", "cfo-na-q4")
+    assert tripped() == [("segment:cfo-na-q4", "bounce_rate")]
+
+    # 1 bounce of 12 in the clean segment: 8 %, under the line. With the bad list's 3 of 10 still
+    # counted above it, the inbox would see 4 of 22 (18 %) and trip on the clean segment's bounce.
+    for i in range(12):
+        _send_one(agent, "bounce-clean" if i == 11 else f"buyer{i}", "smb")
+    assert tripped() == [("segment:cfo-na-q4", "bounce_rate")]
+
+    resumed = admin.client.delete("/v1/safe-mode/segment:cfo-na-q4", params={"reason": "list fixed"})
+    assert resumed.status_code == 200, resumed.text
+    _send_one(agent, "bounce-clean2", "smb")  # 2 of 13 in the clean segment: 15 %, its own crossing
+    assert tripped() == [("segment:smb", "bounce_rate")]
+
+
+def test_a_bounce_is_judged_on_the_bounce_rate_only(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
+) -> None:
+    """Complaints that came in while the window was too small to judge wait for the next
+    complaint: a later bounce does not trip the scope on the complaint rate."""
+    daemon = make_daemon(JUDGED_RULES.replace("bounce_rate = 0.1", "bounce_rate = 0.5"))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+
+    def complain(message_id: str) -> None:
+        local = agent.status(message_id)["to"]
+        event = {"type": "complaint", "message_id": message_id, "recipient": local}
+        assert admin.client.post("/v1/events", json=event).status_code == 200
+
+    early = [_send_one(agent, f"lead{i}", "smb") for i in range(5)]
+    complain(early[0])
+    complain(early[1])  # 2 complaints of 5 sent: too few sends to judge
+    for i in range(5, 10):  # then 1 bounce of 10 sent (under 50 %), while complaints stand at 20 %
+        _send_one(agent, "bounce9" if i == 9 else f"lead{i}", "smb")
+    assert admin.client.get("/v1/safe-mode").json() == []
+
+    complain(early[2])  # a complaint is judged on the complaint rate: 3 of 10
+    trips = admin.client.get("/v1/safe-mode").json()
+    assert [(t["scope"], t["cause"]) for t in trips] == [("segment:smb", "complaint_rate")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,8 +76,9 @@ def start(make_daemon: MakeDaemon, client_for: Callable[..., Api]) -> Callable[.
 
 
 def _deliver(agent: Api, smtp: SmtpSink, to: str) -> Sent:
-    """Submit a message and wait until the relay has it."""
-    message_id = agent.send(to)["id"]
+    """Submit a message and wait until the relay has it; each call sends one of its own, the same
+    content to the same recipient included (its own idempotency key, not one derived from it)."""
+    message_id = agent.send(to, idempotency_key=secrets.token_hex(8))["id"]
     agent.wait_status(message_id, "sent")
     header = next((r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or "")), None)
     assert header is not None, f"message {message_id} is sent but not at the relay"
@@ -187,10 +189,12 @@ def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, sm
 
     assert admin.client.get("/v1/safe-mode").json() == []
     assert _global_bounce_rate(daemon, sent=2) == 0.5
+    # The agent's own report counted on its own scope alone; the admin's added the others once.
+    assert daemon.metric("sendguard_bounce_rate", scope_kind="agent", scope="sdr-bot") == 0.5
     assert agent.status(bounced.id)["status"] == "bounced"
     assert _causes(agent, bounced.id).count("bounce_report") == 1
     assert _suppressed(admin) == ["dana@customer.example"]
-    again = agent.send("dana@customer.example")
+    again = agent.send("dana@customer.example", subject="Another question")
     assert again["status"] == "rejected"
     assert [reason["code"] for reason in again["reasons"]] == ["suppressed"]
 
@@ -250,16 +254,30 @@ def test_complaints_and_unsubscribes_suppress_and_cancel_what_waits(start: Start
     assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 
-def test_an_event_for_an_unknown_message_is_counted_and_still_suppresses(
-    start: Start,
+@pytest.mark.parametrize("kind", ["bounce", "complaint", "reply", "unsubscribe"])
+def test_an_event_that_matches_no_message_is_counted_and_moves_nothing(
+    start: Start, client_for: Callable[..., Api], kind: str
 ) -> None:
-    daemon, agent, admin = start()
+    # Even from an operator: only an event about a message sendguard sent may suppress or cancel.
+    # (It used to suppress the recipient it named; POST /v1/suppressions is the route for that.)
+    daemon, agent, admin = start(NO_COOLDOWN)
+    operator = client_for(daemon, "operator", "olive")
+    waiting = _waiting(agent, "gone@third.example")
+    text = {"text": "Stop emailing me, remove me from your list."} if kind == "reply" else {}
 
-    out = _event(agent, type="bounce", message_id=UNKNOWN_ID, recipient="gone@third.example")
+    by_id = _event(operator, type=kind, message_id=UNKNOWN_ID, recipient="gone@third.example", **text)
+    by_recipient = _event(operator, type=kind, recipient="Gone@Third.example", **text)
 
-    assert (out["message_id"], out["suppressed"], out["tripped"]) == (UNKNOWN_ID, "gone@third.example", [])
-    assert daemon.metric("sendguard_events_unmatched_total", type="bounce") == 1
-    assert _suppressed(admin) == ["gone@third.example"]
+    assert (by_id["message_id"], by_id["suppressed"], by_id["cancelled"]) == (UNKNOWN_ID, None, 0)
+    assert (by_recipient["message_id"], by_recipient["suppressed"], by_recipient["cancelled"]) == (
+        None,
+        None,
+        0,
+    )
+    assert daemon.metric("sendguard_events_unmatched_total", type=kind) == 2
+    assert _suppressed(admin) == []
+    assert agent.status(waiting)["status"] == "queued"
+    assert admin.client.get("/v1/safe-mode").json() == []
 
 
 def test_a_malformed_event_gets_422_naming_the_field(start: Start) -> None:
@@ -295,6 +313,7 @@ def test_a_malformed_event_gets_422_naming_the_field(start: Start) -> None:
 )
 def test_a_dsn_ties_back_to_its_message_bounces_it_and_suppresses(
     start: Start,
+    client_for: Callable[..., Api],
     smtp: SmtpSink,
     sample: str,
     settings: dict[str, str],
@@ -304,8 +323,10 @@ def test_a_dsn_ties_back_to_its_message_bounces_it_and_suppresses(
     daemon, agent, admin = start(NO_COOLDOWN, **settings)
     # Two messages to one address: only the one the DSN names, or else the latest, may bounce.
     messages = [_deliver(agent, smtp, "dana@customer.example") for _ in range(2)]
+    # The recipient tie is for trusted sources: an agent's mail must name its message.
+    poster = client_for(daemon, "operator", "olive") if untraceable else agent
 
-    out = _applied(agent, _about(sample, messages[0], untraceable=untraceable))
+    out = _applied(poster, _about(sample, messages[0], untraceable=untraceable))
 
     assert out["kind"] == "dsn"
     assert "1 hard bounce (5." in out["summary"], out["summary"]
@@ -386,18 +407,22 @@ def test_an_unsubscribe_reply_suppresses_the_replier(start: Start, smtp: SmtpSin
     assert (reply["message_id"], reply["unsubscribe"]) == (sent.id, True)
     assert reply["suppressed"] == "lee@customer.example"
     assert _suppressed(admin) == ["lee@customer.example"]
-    assert agent.send("lee@customer.example")["status"] == "rejected"
+    assert agent.send("lee@customer.example", subject="Another question")["status"] == "rejected"
     assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 
-def test_the_callers_sentiment_wins_over_the_classifier(start: Start, smtp: SmtpSink) -> None:
+def test_the_callers_sentiment_wins_over_the_classifier(
+    start: Start, client_for: Callable[..., Api], smtp: SmtpSink
+) -> None:
     # Half of two replies negative trips the agent; the classifier alone finds none negative.
+    # An operator reports: an agent's own positive reply would count nothing (test_signal_privileges).
     daemon, agent, _ = start("[safe_mode]\nmin_replies = 2\nnegative_reply_rate = 0.5\n")
+    operator = client_for(daemon, "operator", "olive")
     first, second = (_deliver(agent, smtp, to) for to in ("dana@customer.example", "lee@customer.example"))
     text = "Thanks, sounds great. Let's talk Thursday."
 
-    classified = _event(agent, type="reply", message_id=first.id, text=text)
-    decided = _event(agent, type="reply", message_id=second.id, text=text, sentiment="negative")
+    classified = _event(operator, type="reply", message_id=first.id, text=text)
+    decided = _event(operator, type="reply", message_id=second.id, text=text, sentiment="negative")
 
     assert (classified["sentiment"], classified["tripped"]) == ("positive", [])
     assert (decided["sentiment"], decided["tripped"]) == ("negative", ["agent:sdr-bot"])

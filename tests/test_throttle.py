@@ -1,12 +1,23 @@
-"""Throttles as properties: exact rolling windows across daemons, no head-of-line blocking, gaps."""
+"""Throttles as properties: exact rolling windows across daemons, no head-of-line blocking, gaps,
+and buckets that an invented inbox cannot escape."""
 
 from __future__ import annotations
 
 import itertools
 import json
 from collections.abc import Callable
+from pathlib import Path
 
-from tests.conftest import Api, Daemon, by_domain, max_in_any_window
+import pytest
+import redis.asyncio as aioredis
+
+from sendguard.delivery.throttle import Throttles
+from sendguard.model import Status
+from sendguard.record import MessageRecord
+from sendguard.rules import Rules, ScopeKind, load_rules
+from sendguard.scopes import scope_values
+from sendguard.state.keys import Keys
+from tests.conftest import Api, Daemon, by_domain, max_in_any_window, wait_until
 from tests.peers import SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
@@ -83,3 +94,65 @@ def test_min_gap_spaces_sends_and_waiting_messages_leave_by_themselves(
     # to the one before, in Redis's whole milliseconds, so the margin is one millisecond.
     assert all(gap >= 0.699 for gap in gaps), gaps
     assert len(smtp.snapshot()) == 4
+
+
+def test_an_invented_tag_shares_its_inboxs_bucket(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(rules_with({"scope": "inbox", "limit": 1, "per": "1h"}))
+    api = client_for(daemon, "agent", "sdr-bot")
+    api.wait_status(
+        api.send("lead1@customer.example", **{"from": "Alice <Alice+x@Acme.example>"})["id"], "sent"
+    )
+
+    waiting = [
+        api.send(f"lead{n}@customer.example", **{"from": sender})["id"]
+        for n, sender in enumerate(["alice@acme.example", "Alice <ALICE+q4@acme.example>"], start=2)
+    ]
+    api.wait_status(api.send("lead4@customer.example", **{"from": "bob@acme.example"})["id"], "sent")
+
+    wait_until(
+        lambda: all(api.status(m)["waiting_for"] == "inbox" for m in waiting),
+        what="the other spellings of alice@ to wait for alice@'s bucket",
+    )
+    assert [api.status(m)["status"] for m in waiting] == ["queued", "queued"]
+    assert sorted(r.rcpt_tos[0] for r in smtp.snapshot()) == [
+        "lead1@customer.example",
+        "lead4@customer.example",
+    ]
+
+
+@pytest.fixture
+def shipped() -> Rules:
+    return load_rules(Path(__file__).resolve().parent.parent / "rules" / "sendguard.toml")
+
+
+async def test_the_shipped_rules_cap_an_agent_and_a_sender_domain_however_many_inboxes_it_invents(
+    redis_url: str, prefix: str, shipped: Rules
+) -> None:
+    """An agent allowed `*@domain` can make up a new From address per message, each with a fresh
+    per-inbox bucket; the shipped agent and sender-domain throttles still stop it."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    throttles = Throttles(client, Keys(prefix), lease_ms=31_000)
+
+    async def until_refused(agent: str) -> tuple[int, ScopeKind | None]:
+        """Messages from a new address each, to a new domain each, until one must wait."""
+        for n in itertools.count():
+            record = MessageRecord(
+                id=f"{agent}-{n}",
+                status=Status.QUEUED,
+                agent=agent,
+                from_addr=f"invented-{agent}-{n}@acme.example",
+                to_domain=f"r{n}.example",
+            )
+            buckets = throttles.buckets(shipped.file.throttle, scope_values(record))
+            reservation = await throttles.reserve(buckets, f"{record.id}:1")
+            if reservation.wait_ms:
+                return n, reservation.blocked_by
+        raise AssertionError("unreachable")
+
+    try:
+        assert await until_refused("sdr-bot") == (120, ScopeKind.AGENT)
+        assert await until_refused("support-bot") == (80, ScopeKind.SENDER_DOMAIN)  # 200 from acme.example
+    finally:
+        await client.aclose()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 from pydantic import ValidationError
 
 from sendguard.config import Settings
@@ -67,6 +68,29 @@ def test_every_message_carries_a_one_click_link_that_suppresses_the_recipient_at
     assert daemon.metric("sendguard_unsubscribes_total") == 1
     history = agent.status(sent["id"])["history"]
     assert history[-1]["cause"] == "unsubscribe" and "one-click" in history[-1]["detail"]
+
+
+def test_a_one_click_link_still_suppresses_after_its_message_record_expired(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    # An event that matches no message moves nothing, but the link's signature proves the address.
+    public = f"http://127.0.0.1:{free_port()}"
+    daemon = make_daemon(RULES, public_url=public)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "root")
+    sent = agent.send("lead@customer.example")
+    agent.wait_status(sent["id"], "sent")
+    [mail] = [r.message for r in smtp.wait_for(1)]
+    link = re.search(r"<(http[^>]+/v1/unsubscribe/[^>]+)>", " ".join(mail["List-Unsubscribe"].split()))
+    assert link
+    with redis.Redis.from_url(redis_url) as store:
+        assert store.delete(f"{prefix}:msg:{sent['id']}") == 1  # as the 30-day retention would
+
+    with daemon.client() as browser:
+        done = browser.post(link[1], content="List-Unsubscribe=One-Click")
+
+    assert done.status_code == 200, done.text
+    assert admin.client.get("/v1/suppressions").json()["addresses"] == ["lead@customer.example"]
 
 
 def test_without_a_public_url_there_is_no_one_click_link(

@@ -202,13 +202,28 @@ class Deliverer:
                 changes={"waiting_for": reservation.blocked_by},
             )
             return
+        suppressed = audit_entry(
+            "delivery.outcome",
+            "sendguard",
+            {
+                "message_id": message_id,
+                "agent": record.agent,
+                "status": Status.CANCELLED.value,
+                "cause": "recipient_suppressed",
+                "attempt": attempt,
+                "outcome": "@",  # the script writes the suppression entry that matched here
+            },
+        )
         began = await self._store.begin(
             message_id,
             claim.token,
             f"attempt {attempt}",
             {"attempts": attempt, "dns_pending": False, "waiting_for": None},
+            suppressed,
         )
-        if began is not Moved.MOVED:  # its scope tripped, or it was cancelled, since the claim
+        if began is not Moved.MOVED:  # suppressed, its scope tripped, or it was cancelled, since the claim
+            if began is Moved.SUPPRESSED:
+                log.info("delivery cancelled: recipient suppressed", extra={"message_id": message_id})
             await self._throttles.settle(buckets, member, delivered=False)
             return
         await self._send(claim, record, data, attempt, buckets, member)
@@ -381,7 +396,7 @@ class Deliverer:
 
     async def _recheck_dns(self, claim: Claim, record: MessageRecord) -> bool:
         """True when the recipient's domain now resolves; otherwise the message is moved on."""
-        recipient = Recipient(address=record.to, domain=record.to_domain)
+        recipient = Recipient(address=record.to, canonical=record.to_canonical, domain=record.to_domain)
         await self._ingress.check_mail_host(recipient)
         checks = record.dns_checks + 1
         if recipient.reasons:

@@ -2,15 +2,26 @@
 
 Every path (the relay's synchronous 5xx, `POST /v1/events`, parsed DSNs, ARF reports and
 replies) ends here, so a bounce means the same thing however it arrived. A signal is counted
-once per message, so a report delivered twice does not count twice.
+once per message in each scope, so a report delivered twice does not count twice.
+
+Who reports decides what an event may move. An agent may be hijacked, so its word is taken only
+about its own messages that left, named by id, and weighs only against itself: it counts on its
+own `agent:` scope alone, and only when it is bad news (good news could only dilute its own
+rates); it suppresses only the address its message went to (which, like any suppression, cancels
+every message still waiting for that mailbox) and its reply cancels only its own waiting messages.
+Trusted sources (operators and admins, the relay, inbound mail, a signed one-click link) keep the
+recipient tie and count on every scope. An event that matches no message suppresses and cancels
+nothing, whoever sends it, except a one-click link: its signature proves the address was mailed.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sendguard.feedback.counters import Signal, Trip
+from sendguard.errors import InvalidValue, SendguardError
+from sendguard.feedback.counters import BAD, Signal, Trip
 from sendguard.feedback.events import EventIn, EventType, Sentiment, sendguard_id
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
@@ -22,6 +33,33 @@ from sendguard.record import MessageRecord
 from sendguard.state.store import Store
 
 log = logging.getLogger("sendguard.feedback.apply")
+
+# An agent's events are about messages that reached the relay; others never met a recipient.
+_LEFT = (Status.SENT, Status.BOUNCED)
+
+
+class UnknownMessage(SendguardError):
+    """An agent named a message that is not one of its own, or no message at all: 404, nothing applied.
+
+    Another agent's message gets the same answer as an unknown id, so its existence is not told.
+    """
+
+
+class NotSent(SendguardError):
+    """An agent reported an event about its own message that never left: 409, nothing applied."""
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Who reports events: `source` names it in the history and the audit trail.
+
+    `agent` is set for an agent's token: its word moves only its own messages and scope.
+    `signed` marks a one-click link, whose message id and address sendguard signed itself.
+    """
+
+    source: str
+    agent: str | None = None
+    signed: bool = False
 
 
 @dataclass
@@ -65,19 +103,41 @@ class Feedback:
         )
         if recorded.counted:
             self._metrics.bounces.labels("hard").inc()
-        await self._suppress(record.to, "recipient_suppressed", "the address bounced", message_id)
+        await self._suppress(record.to, "the address bounced")
         return recorded.trips
 
-    async def apply(self, event: EventIn, source: str) -> Applied:
-        message_id, record = await self._find(event)
+    async def apply(self, events: Sequence[EventIn], reporter: Reporter) -> list[Applied]:
+        """Tie every event to its message first, then apply each.
+
+        An agent's report is refused whole (UnknownMessage, NotSent, InvalidValue), before
+        anything is applied, if one of its events is not about a message of its own that left.
+        """
+        tied = [await self._tie(event, reporter) for event in events]
+        return [
+            await self._apply(event, message_id, record, reporter)
+            for event, (message_id, record) in zip(events, tied, strict=True)
+        ]
+
+    async def _apply(
+        self, event: EventIn, message_id: str | None, record: MessageRecord | None, reporter: Reporter
+    ) -> Applied:
         applied = Applied(event.type, message_id)
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
         counted = True
+        addresses: list[str] = []
         if message_id and record:
             if judged.signals:
+                # An agent's good news about itself counts nothing: it could only lower its own
+                # rates. `once` still marks the message, so its metrics count it once.
+                mine = reporter.agent is not None
+                signals = judged.signals if not mine or BAD.intersection(judged.signals) else []
                 recorded = await self._safe_mode.observe(
-                    record.scopes, judged.signals, message_id=message_id, once=judged.once
+                    record.scopes if signals else [],
+                    signals,
+                    message_id=message_id,
+                    once=judged.once,
+                    agent_only=mine,
                 )
                 applied.trips, counted = recorded.trips, recorded.counted
             if event.hard:
@@ -88,27 +148,29 @@ class Feedback:
                     detail=judged.note,
                     allowed_from=[Status.SENT],
                 )
-            await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {source})")
+            await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {reporter.source})")
+            # The address we mailed and the one the event names differ when a person replies from
+            # an alias or a report names a forwarding target: a trusted source means both, an
+            # agent's word reaches only the address its message went to.
+            named = () if reporter.agent else (event.recipient,)
+            addresses = list(dict.fromkeys(a for a in (*named, record.to) if a))
         else:
             self._metrics.unmatched_events.labels(event.type.value).inc()
+            if reporter.signed and event.recipient:
+                addresses = [event.recipient]  # the link outlives the record; its signature is proof
         if counted:
             _count(self._metrics, event, judged)
-        # The address we mailed and the one the event names differ when a person replies from an
-        # alias or a report names a forwarding target: both are meant.
-        addresses = dict.fromkeys(a for a in (event.recipient, record.to if record else None) if a)
         for address in addresses:
             if event.type is EventType.REPLY:
                 applied.cancelled += await self._cancel_waiting(
-                    address, "recipient_replied", "the recipient replied"
+                    address, "recipient_replied", "the recipient replied", agent=reporter.agent
                 )
             if judged.suppress:
                 applied.suppressed = applied.suppressed or address
-                applied.cancelled += await self._suppress(
-                    address, "recipient_suppressed", f"suppressed after a {event.type.value}", message_id
-                )
+                applied.cancelled += await self._suppress(address, f"suppressed after a {event.type.value}")
         await self._audit.append(
             f"event.{event.type.value}",
-            source,
+            reporter.source,
             {
                 "message_id": message_id,
                 "agent": record.agent if record else None,
@@ -125,24 +187,44 @@ class Feedback:
         )
         return applied
 
-    async def _find(self, event: EventIn) -> tuple[str | None, MessageRecord | None]:
-        """The message an event is about: by its id, else the last one sent to the recipient."""
+    async def _tie(self, event: EventIn, reporter: Reporter) -> tuple[str | None, MessageRecord | None]:
+        """The message an event is about: by its id, else (trusted sources only) the last one
+        sent to the recipient. An agent's must be its own and have left, or nothing is applied."""
         message_id = sendguard_id(event.message_id) if event.message_id else None
-        if message_id is None and event.recipient:
-            message_id = await self._store.last_sent(event.recipient)
-        record = await self._store.record(message_id) if message_id else None
+        if reporter.agent is None:
+            if message_id is None and event.recipient:
+                message_id = await self._store.last_sent(event.recipient)
+            return message_id, await self._store.record(message_id) if message_id else None
+        if message_id is None:
+            raise InvalidValue(
+                "message_id",
+                "an agent reports events about its own messages by message_id (sendguard's id or "
+                "the Message-ID it sent); a recipient alone ties nothing",
+            )
+        record = await self._store.record(message_id)
+        if record is None or record.agent != reporter.agent:
+            raise UnknownMessage(
+                f"no message {message_id} of agent {reporter.agent}: "
+                "an agent reports events only about its own messages"
+            )
+        if record.status not in _LEFT:
+            raise NotSent(
+                f"message {message_id} is {record.status.value}: "
+                "events are about messages that were sent, and this one was not"
+            )
         return message_id, record
 
-    async def _suppress(self, address: str, cause: str, detail: str, message_id: str | None) -> int:
-        await self._suppressions.add([address], [])
-        return await self._cancel_waiting(address, cause, detail, keep=message_id)
+    async def _suppress(self, address: str, detail: str) -> int:
+        """Suppress the recipient's mailbox, cancelling every message still waiting for it in the
+        same step, whoever's: a suppression holds for all, so they could never be sent anyway."""
+        return await self._suppressions.add(address, detail)
 
-    async def _cancel_waiting(self, address: str, cause: str, detail: str, keep: str | None = None) -> int:
-        """Cancel the messages to `address` that have not been sent yet, in one script."""
-        ids = [
-            message_id for message_id in await self._store.recipient_messages(address) if message_id != keep
-        ]
-        return sum((await self._store.cancel(ids, cause, detail)).values())
+    async def _cancel_waiting(self, address: str, cause: str, detail: str, agent: str | None = None) -> int:
+        """Cancel the messages to the mailbox of `address` that have not been sent yet (only
+        `agent`'s, if given)."""
+        ids = await self._store.recipient_messages(address)
+        filters = {"agent": agent} if agent else None
+        return sum((await self._store.cancel(ids, cause, detail, filters)).values())
 
 
 @dataclass(frozen=True)

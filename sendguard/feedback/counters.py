@@ -38,8 +38,17 @@ class Signal(StrEnum):
 
 
 _TOTALS = [s.value for s in Signal]
-# The signals that can trip a scope; the others only move the denominators.
-BAD = frozenset({Signal.HARD, Signal.COMPLAINT, Signal.NEGATIVE, Signal.ABUSIVE, Signal.DENIAL})
+# The causes a signal is judged on: a bounce can trip a scope on its bounce rate only, never on
+# old complaints or denials that happen to sit in the window. The other signals only move the
+# denominators.
+CAUSES: dict[Signal, tuple[str, ...]] = {
+    Signal.HARD: ("bounce_rate",),
+    Signal.COMPLAINT: ("complaint_rate",),
+    Signal.NEGATIVE: ("negative_reply_rate",),
+    Signal.ABUSIVE: ("negative_reply_rate", "abusive_replies"),
+    Signal.DENIAL: ("denials",),
+}
+BAD = frozenset(CAUSES)  # the signals that can trip a scope
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class Trip:
 
 @dataclass(frozen=True)
 class Recorded:
-    """Whether a signal counted (not already counted for its message), and the trips it caused."""
+    """Whether a signal counted for its message for the first time, and the trips it caused."""
 
     counted: bool
     trips: list[Trip]
@@ -115,9 +124,14 @@ class Signals:
     ) -> Recorded:
         """Count `signals` for each scope; with a bad signal, trip the first scope that crosses.
 
-        `scopes` must come most specific first (see the script for why).
-        `once` names a field on the message: a signal already counted for it is not counted
-        again (a DSN posted twice is one bounce). `last_sent_to` remembers the message as the
+        `scopes` must come most specific first (see the script for why). A bad signal is judged
+        only on the causes it bears on (CAUSES). A scope already tripped absorbs the signal: the
+        scopes above it do not count it, and a scope that trips takes its window's counts out of
+        the scopes above it, so they trip later only on evidence of their own.
+        `once` names a field on the message: a signal already counted for it in a scope is not
+        counted there again (a DSN posted twice is one bounce), while a scope that has not counted
+        it yet does (an agent's own report counted on its agent scope alone, then the same bounce
+        from a trusted source counts on the rest). `last_sent_to` remembers the message as the
         latest sent to that address, for events that only name the recipient.
         """
         k = self._keys
@@ -142,7 +156,7 @@ class Signals:
                     json.dumps(thresholds),
                     "sendguard",
                     RETENTION_MS,
-                    "1" if BAD.intersection(signals) else "0",
+                    json.dumps(sorted({cause for s in signals for cause in CAUSES.get(s, ())})),
                     *scopes,
                 ],
             )

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from sendguard.errors import StoreError
-from sendguard.feedback.apply import Applied, Feedback
+from sendguard.feedback.apply import Applied, Feedback, Reporter
 from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
 from sendguard.metrics import Metrics
 from sendguard.model import now_ms
@@ -67,7 +67,10 @@ class Inbox:
         self._bounce_domain = bounce_domain
         self._timeout = timeout
 
-    async def receive(self, raw: bytes, envelope_recipients: list[str], source: str) -> Received | Unparsed:
+    async def receive(
+        self, raw: bytes, envelope_recipients: list[str], reporter: Reporter
+    ) -> Received | Unparsed:
+        """Parse and apply; mail an agent hands in is its word, held to what its events may move."""
         try:
             async with asyncio.timeout(self._timeout):
                 inbound = await asyncio.to_thread(
@@ -77,12 +80,11 @@ class Inbox:
                     bounce_domain=self._bounce_domain,
                 )
         except UnparsableMail as exc:
-            return await self._keep(raw, str(exc), source)
+            return await self._keep(raw, str(exc), reporter.source)
         except TimeoutError:
-            return await self._keep(raw, f"parsing took longer than {self._timeout:g}s", source)
+            return await self._keep(raw, f"parsing took longer than {self._timeout:g}s", reporter.source)
         self._metrics.inbound.labels(inbound.kind.value).inc()
-        applied = [await self._feedback.apply(event, source) for event in inbound.events]
-        return Received(inbound, applied)
+        return Received(inbound, await self._feedback.apply(inbound.events, reporter))
 
     async def unparsed(self) -> list[dict[str, Any]]:
         """What was kept, newest first, without the raw bytes."""
@@ -131,7 +133,7 @@ class InboundSmtpHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         try:
-            result = await self._inbox.receive(raw, list(envelope.rcpt_tos), "smtp")
+            result = await self._inbox.receive(raw, list(envelope.rcpt_tos), Reporter("smtp"))
         except StoreError as exc:
             log.warning("inbound mail could not be recorded: %s", exc)
             return "451 4.3.0 could not record the message; try again later"

@@ -90,10 +90,15 @@ class SafeMode:
         message_id: str = "",
         once: str = "",
         last_sent_to: str = "",
+        agent_only: bool = False,
     ) -> Recorded:
-        """Count signals in the watched ones of `scopes`; announce any trip they cause."""
+        """Count signals in the watched ones of `scopes`; announce any trip they cause.
+
+        `agent_only`: the signals are the agent's own word (its report about its own message), so
+        they count on its `agent:` scope alone, watched or not, and can stop nobody else.
+        """
         rules = self._rules.now.file.safe_mode
-        watched = set(rules.scopes)
+        watched = {ScopeKind.AGENT} if agent_only else set(rules.scopes)
         if Signal.DENIAL in signals:
             watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
         order = _LIST_FIRST if {Signal.HARD, Signal.COMPLAINT} & set(signals) else _AGENT_FIRST

@@ -246,7 +246,7 @@ class Approvals:
                 "verdict": verdict,
                 "group": who.group,
                 "comment": comment,
-                "status": "@",  # the script writes the request's new status here
+                "outcome": "@",  # the script writes the request's new status here
             },
         )
         async with translated():

@@ -21,7 +21,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -32,6 +32,7 @@ from sendguard.governance.audit_entries import (
     HEX64,
     AuditEntry,
     AuditError,
+    anchor_line,
     canonical,
     canonical_hash,
     content_hash,
@@ -50,6 +51,7 @@ from sendguard.state.redis_connection import translated
 MAX_BATCH = 1000
 
 __all__ = [
+    "AnchorMissing",
     "AuditEntry",
     "AuditError",
     "AuditLog",
@@ -60,9 +62,24 @@ __all__ = [
 ]
 
 
-def _write_anchor(path: Path, line: str) -> None:
+def _last_line(anchor: BinaryIO) -> str:
+    """The last complete line of an anchor file open for reading at its end; "" if none.
+
+    A line cut short by a crash (no newline after it) is not complete: it claims nothing.
+    """
+    size = anchor.seek(0, os.SEEK_END)
+    anchor.seek(max(0, size - 4096))
+    tail = anchor.read().decode("ascii", "replace")
+    complete = tail[: tail.rfind("\n") + 1] if not tail.endswith("\n") else tail
+    lines = complete.splitlines()
+    return lines[-1] if lines else ""
+
+
+def _write_anchor(path: Path, seq: int, digest: str, at_ms: int) -> None:
     created = not path.exists()
     with path.open("a+b") as anchor:
+        previous = _last_line(anchor)
+        line = anchor_line(previous, seq, digest, at_ms) + "\n"
         if anchor.tell() > 0:
             anchor.seek(-1, os.SEEK_END)
             if anchor.read(1) != b"\n":  # a line torn by a crash: start afresh after it
@@ -76,6 +93,17 @@ def _write_anchor(path: Path, line: str) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _has_lines(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+class AnchorMissing(AuditError):
+    """This daemon's anchor file is gone while the trail has entries: it must not start a new one."""
 
 
 class AuditLog:
@@ -110,7 +138,9 @@ class AuditLog:
 
         0 means nothing was pending or another chainer committed first (call again later).
         Raises AuditError if the head record is missing or malformed while the chain has
-        entries: building on it would hide the damage, so chaining waits for a person.
+        entries: building on it would hide the damage, so chaining waits for a person. Raises
+        AnchorMissing if this log's anchor file is gone while the trail has entries: starting a
+        fresh one would make a cut-off tail invisible, so that too waits for a person.
         """
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be between 1 and {MAX_BATCH}")
@@ -123,6 +153,13 @@ class AuditLog:
         if not pending:
             return 0
         seq, prev = self._parse_head(head)
+        if not await self._may_anchor(seq):
+            raise AnchorMissing(
+                f"the audit trail holds {seq} entries but the anchor file {self.anchor} is missing or "
+                "empty: this daemon does not chain, since a fresh anchor would hide a cut-off tail. "
+                "Restore the anchor, or verify the trail and start a new one with "
+                "`sendguard audit restart-anchor --reason ...`"
+            )
         at_ms = now_ms()
         chained: list[str] = []
         read = hashlib.sha1(usedforsecurity=False)  # only compares what we read with what is there
@@ -156,9 +193,8 @@ class AuditLog:
                 "someone looks: run `sendguard audit verify`"
             )
         if done and self.anchor is not None:
-            line = f"{new_seq} {new_hash} {now_ms()}\n"
             try:
-                await asyncio.to_thread(_write_anchor, self.anchor, line)
+                await asyncio.to_thread(_write_anchor, self.anchor, new_seq, new_hash, now_ms())
             except OSError as exc:
                 raise AuditError(
                     f"chained {done} audit entries but could not write {self.anchor}: {exc}"
@@ -176,6 +212,36 @@ class AuditLog:
                 "looks: run `sendguard audit verify`"
             )
         return int(seq), digest
+
+    async def restart_anchor(self, actor: str, reason: str) -> tuple[int, str]:
+        """Start this log's anchor file afresh at the current head, on a person's word.
+
+        Only over a trail that verifies on its own (a cut-off tail cannot be seen without the old
+        anchor, so the person vouches for that part), and recorded in the trail itself: an
+        auditor sees where the anchor restarted, who did it and why. Returns the head anchored.
+        """
+        if self.anchor is None:
+            raise AuditError("no anchor file to start")
+        result = await self.verify(None)
+        if not result.ok:
+            raise AuditError(
+                f"the audit trail does not verify, so no anchor is started over it: {result.problem}"
+            )
+        await self.append("audit.anchor_restarted", actor, {"reason": reason, "anchor": str(self.anchor)})
+        unanchored = AuditLog(self.redis, self.keys)  # the old anchor is gone: no lines until the new one
+        while await unanchored.chain(MAX_BATCH):
+            pass
+        seq, digest = await self.head()
+        await asyncio.to_thread(_write_anchor, self.anchor, seq, digest, now_ms())
+        return seq, digest
+
+    async def may_chain(self) -> bool:
+        """False while this log's anchor file is gone and the trail has entries (see `chain`)."""
+        seq, _ = await self.head()
+        return await self._may_anchor(seq)
+
+    async def _may_anchor(self, seq: int) -> bool:
+        return not seq or self.anchor is None or await asyncio.to_thread(_has_lines, self.anchor)
 
     async def try_lead(self, owner: str, ttl_ms: int) -> bool:
         """Take or renew the chaining lock for `owner`; True while we hold it."""

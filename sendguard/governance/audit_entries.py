@@ -10,6 +10,10 @@ not chained yet) has only `at`, `kind`, `actor` and `fields`.
 
 Message content never goes into the trail: `entry()` refuses fields named subject, text, html or
 body; callers record `content_hash(subject, text, html)` instead.
+
+Anchor line (one per chained batch, appended to a file outside Redis):
+    `<seq> <hash of entry seq> <ms when written> <link>`, where `link` is SHA-256 over the line
+    before it and this line's first three fields, so the lines chain as the entries do.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ class AuditError(SendguardError):
 def canonical(value: Any) -> str:
     """The one encoding that is hashed and stored: JSON, sorted keys, no spaces, no NaN."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def anchor_line(previous: str, seq: int, digest: str, at_ms: int) -> str:
+    """One anchor line, `seq hash at_ms link`, without its newline.
+
+    `link` is SHA-256 over the previous complete line and this line's first three fields, so the
+    lines chain as the entries do: a line taken out of the middle or edited shows at the next one.
+    """
+    fields = f"{seq} {digest} {at_ms}"
+    link = hashlib.sha256(f"{previous}\n{fields}".encode("ascii")).hexdigest()
+    return f"{fields} {link}"
 
 
 def canonical_hash(value: Any) -> str:

@@ -21,6 +21,8 @@ from sendguard.governance.audit_entries import (
     GENESIS,
     HEX64,
     AuditEntry,
+    anchor_line,
+    canonical,
     decoded,
     decoded_record,
     expected_hash,
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
     from sendguard.governance.audit import AuditLog
 
 CHUNK = 1000  # chain entries read per round trip
-_ANCHOR_LINE = re.compile(r"(\d+) ([0-9a-f]{64}) (\d+)")
+# `seq hash at_ms link`; lines written before anchor lines were linked lack the link.
+_ANCHOR_LINE = re.compile(r"((\d+) ([0-9a-f]{64}) (\d+))(?: ([0-9a-f]{64}))?")
 # What a write cut short by a crash leaves: a beginning of a line, which claims nothing.
 _TORN_LINE = re.compile(r"\d*(?: [0-9a-f]{0,64}(?: \d*)?)?")
 
@@ -56,21 +59,35 @@ class Verification:
 def _read_anchor(path: Path) -> dict[int, str] | str | None:
     """seq -> hash from an anchor file; None if there is no file; a problem text if it is bad.
 
-    A line cut short by a crash is skipped: it claims nothing, and the next batch is anchored.
+    Each line carries a link over the line before it (see `anchor_line`), so a line taken
+    out of the middle or edited is caught; a cut-off end is not, which the chain itself and the
+    head fingerprint in Prometheus cover. A line cut short by a crash is skipped: it claims
+    nothing, and the next batch is anchored.
     The file grows by about 90 bytes per chained batch and is read whole. Its last line alone
     pins the whole chain (the hash links pin every entry before it), so it may be compacted to
-    its last line; earlier lines only help to say where a rewrite began.
+    its last line (whose link is then checked no more); earlier lines help to say where a rewrite began.
     """
     anchors: dict[int, str] = {}
+    previous = ""
     try:
         with path.open(encoding="utf-8", errors="replace") as lines:
             for number, line in enumerate(lines, 1):
-                match = _ANCHOR_LINE.fullmatch(line.rstrip("\n"))
-                if not match and _TORN_LINE.fullmatch(line.rstrip("\n")):
+                text = line.rstrip("\n")
+                match = _ANCHOR_LINE.fullmatch(text)
+                if not match and _TORN_LINE.fullmatch(text):
                     continue
                 if not match:
-                    return f"anchor file {path} line {number} is not 'seq hash at_ms'"
-                seq, digest = int(match[1]), match[2]
+                    return f"anchor file {path} line {number} is not 'seq hash at_ms link'"
+                if (
+                    match[5] is not None
+                    and anchor_line(previous, int(match[2]), match[3], int(match[4])) != text
+                ):
+                    return (
+                        f"anchor file {path} line {number} does not follow the line before it "
+                        "(a line removed, inserted or edited?)"
+                    )
+                previous = text
+                seq, digest = int(match[2]), match[3]
                 if anchors.setdefault(seq, digest) != digest:
                     return (
                         f"anchor file {path} line {number} records a second, different hash for entry {seq}"
@@ -126,6 +143,12 @@ async def verify(log: AuditLog, anchor: Path | None = None) -> Verification:
             name = _name(position, item.seq)
             if expected_hash(item) != item.hash:
                 return _broken(checked, position, f"{name}: its hash does not match its content (edited?)")
+            if canonical(item.to_dict()) != raw:
+                return _broken(
+                    checked,
+                    position,
+                    f"{name}: its stored bytes are not its canonical encoding (rewritten by hand?)",
+                )
             if item.seq != last_seq + 1:
                 problem, blamed = await _misplaced(log, position, item, last_seq, last_hash, length)
                 return _broken(blamed - 1, blamed, problem)

@@ -47,6 +47,9 @@ def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
 Agent = Annotated[Principal, Depends(role(Role.AGENT))]
 # Agents read their own messages; operators and admins read everything.
 Reader = Annotated[Principal, Depends(role(Role.AGENT, Role.OPERATOR, Role.ADMIN))]
+# Events and inbound mail: an agent about its own sent messages, by id, its word weighing only
+# against itself; operators and admins about any message (sendguard/feedback/apply.py).
+EventReporter = Annotated[Principal, Depends(role(Role.AGENT, Role.OPERATOR, Role.ADMIN))]
 Operator = Annotated[Principal, Depends(role(Role.OPERATOR, Role.ADMIN))]
 Approver = Annotated[Principal, Depends(role(Role.APPROVER))]
 Reviewer = Annotated[Principal, Depends(role(Role.APPROVER, Role.OPERATOR, Role.ADMIN))]

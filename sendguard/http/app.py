@@ -4,21 +4,18 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
-import re
-from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import sendguard
 from sendguard.governance.tokens import Principal, Role
 from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
+from sendguard.http.bodies import BodyLimit, StrictJson
 from sendguard.http.errors import HANDLERS
 from sendguard.intake.admission import approval_reason
 from sendguard.intake.batches import BatchIn
@@ -102,107 +99,13 @@ class SuppressionsIn(BaseModel):
 
 
 class SuppressionsOut(BaseModel):
-    addresses: list[str]
+    addresses: list[str] = Field(description="mailboxes: lower case, without a +tag")
     domains: list[str]
 
 
-class BodyLimit:
-    """Refuses request bodies over the limit with 413, before they are read into memory.
-
-    `paths` gives some routes a limit of their own (raw inbound mail is larger than JSON).
-    """
-
-    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int]) -> None:
-        self._app = app
-        self._default = limit
-        self._paths = paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        limit = self._paths.get(scope["path"], self._default)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _too_large(limit)(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _BodyTooLarge
-            return message
-
-        try:
-            await self._app(scope, limited, send)
-        except _BodyTooLarge:
-            await _too_large(limit)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(
-        {"error": "body_too_large", "detail": f"request body is over the {limit} byte limit"},
-        status_code=413,
-    )
-
-
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_JSON_MEDIA = re.compile(r"application/(?:.+\+)?json")  # the bodies FastAPI parses as JSON
-
-
-async def _text_only(request: Request) -> None:
-    """Refuses a JSON body with a lone surrogate (`"\\ud800"`) in a string: valid JSON but not text.
-
-    Redis, the audit trail and the email package would each fail on it later: a 500, or a message
-    stuck in `sending`. Runs after FastAPI has parsed the body and before the route's model.
-    """
-    if not _JSON_MEDIA.fullmatch(request.headers.get("content-type", "").partition(";")[0].strip().lower()):
-        return
-    # JSON can only carry a surrogate as an escape: without one, no need to walk the whole body.
-    if not _SURROGATE_ESCAPE.search(await request.body()):
-        return
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError):  # not JSON: the route's model refuses it, or it takes no body
-        return
-    if (where := _lone_surrogate(body)) is not None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_unicode",
-                    "loc": ("body", *where),
-                    "msg": "must be text: a lone surrogate (\\ud800-\\udfff) is not a character",
-                }
-            ]
-        )
-
-
-def _lone_surrogate(body: Any) -> tuple[str | int, ...] | None:
-    """Where a string or key holding a lone surrogate is in decoded JSON; None if nowhere.
-
-    Iterative: JSON nested as deep as the parser allows must not exhaust the stack here.
-    """
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), body)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str) and _SURROGATE.search(value):
-            return path
-        items: Iterable[tuple[str | int, Any]] = (
-            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        )
-        for key, item in items:
-            if isinstance(key, str) and _SURROGATE.search(key):
-                return (*path, key.encode("utf-8", "backslashreplace").decode())  # the answer is JSON too
-            stack.append(((*path, key), item))
-    return None
+class SuppressionsAdded(SuppressionsOut):
+    new: int = Field(description="entries that were not suppressed before")
+    cancelled: int = Field(description="waiting messages the entries cover, cancelled at once")
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -210,7 +113,6 @@ def create_app(runtime: Runtime) -> FastAPI:
         title="sendguard",
         version=sendguard.__version__,
         description="Safety gateway for outbound email sent by AI agents.",
-        dependencies=[Depends(_text_only)],
         exception_handlers=HANDLERS,
     )
     app.state.runtime = runtime
@@ -313,10 +215,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         addresses, domains = await runtime.suppressions.list()
         return SuppressionsOut(addresses=addresses, domains=domains)
 
-    @app.post("/v1/suppressions", response_model=SuppressionsOut)
-    async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsOut:
-        addresses, domains = await runtime.suppressions.suppress(body.entries, who.actor)
-        return SuppressionsOut(addresses=addresses, domains=domains)
+    @app.post("/v1/suppressions", response_model=SuppressionsAdded)
+    async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsAdded:
+        added = await runtime.suppressions.suppress(body.entries, who.actor)
+        return SuppressionsAdded(
+            addresses=added.addresses, domains=added.domains, new=added.new, cancelled=added.cancelled
+        )
 
     @app.delete("/v1/suppressions/{entry}", status_code=204)
     async def remove_suppression(entry: str, who: Admin) -> Response:
@@ -341,6 +245,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     settings = runtime.settings
+    app.add_middleware(StrictJson)  # inside BodyLimit: the size is checked first
     app.add_middleware(
         BodyLimit,
         limit=settings.max_request_bytes,

@@ -7,20 +7,24 @@ RequestValidationError   422  the request's form: every field that is wrong, nam
 InvalidValue             422  a value the form allows that is still not one (a scope, an entry)
 ConfigError              422  the rules file does not validate (a reload is refused)
 Forbidden                403  the agent may not do this at all, with the reason code
+UnknownMessage           404  an agent reported an event about a message not its own
+NotSent                  409  an agent reported an event about its own message that was not sent
 BatchConflict            409  the idempotency key names a different batch
 ApprovalRefused          409  the approval rules do not allow this decision
 AuditError               409  the trail cannot be read as it stands
+StoreFull                503  Redis is near its maxmemory: no submission is admitted; retry later
 StoreError               503  Redis is unreachable; retry
 """
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from sendguard.errors import ConfigError, InvalidValue, StoreError
+from sendguard.errors import ConfigError, InvalidValue, StoreError, StoreFull
+from sendguard.feedback.apply import NotSent, UnknownMessage
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
 from sendguard.intake.admission import Forbidden
@@ -32,9 +36,10 @@ def _detail(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+def invalid_request(found: Iterable[Mapping[str, Any]]) -> JSONResponse:
+    """The 422 for a request's form, every wrong field named: the model's errors, or bodies.py's."""
     errors = []
-    for error in exc.errors():
+    for error in found:
         loc = [str(part) for part in error["loc"] if part != "body"]
         field = ".".join(loc) or "body"
         message = str(error["msg"]).removeprefix("Value error, ")
@@ -43,6 +48,10 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
         errors.append({"field": field, "message": message})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse({"error": "invalid_request", "detail": detail, "errors": errors}, 422)
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return invalid_request(exc.errors())
 
 
 async def _invalid_value(request: Request, exc: InvalidValue) -> JSONResponse:
@@ -60,7 +69,11 @@ async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
     )
 
 
-async def _conflict(request: Request, exc: BatchConflict | ApprovalRefused) -> JSONResponse:
+async def _unknown_message(request: Request, exc: UnknownMessage) -> JSONResponse:
+    return _detail(404, str(exc))
+
+
+async def _conflict(request: Request, exc: BatchConflict | ApprovalRefused | NotSent) -> JSONResponse:
     return _detail(409, str(exc))
 
 
@@ -76,6 +89,12 @@ async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
     )
 
 
+async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
+    return JSONResponse(
+        {"error": "store_full", "detail": str(exc)}, status_code=503, headers={"Retry-After": "60"}
+    )
+
+
 HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
     RequestValidationError: _invalid_request,
     InvalidValue: _invalid_value,
@@ -83,6 +102,9 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     Forbidden: _forbidden,
     BatchConflict: _conflict,
     ApprovalRefused: _conflict,
+    UnknownMessage: _unknown_message,
+    NotSent: _conflict,
     AuditError: _audit_unreadable,
     StoreError: _store_down,
+    StoreFull: _store_full,
 }

@@ -6,10 +6,11 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from sendguard.feedback.apply import Applied
+from sendguard.feedback.apply import Applied, Reporter
 from sendguard.feedback.events import EventIn, EventType
 from sendguard.feedback.receive import Unparsed
-from sendguard.http.access import Operator, Reader, RuntimeDep
+from sendguard.governance.tokens import Principal, Role
+from sendguard.http.access import EventReporter, Operator, RuntimeDep
 from sendguard.parts import Runtime
 
 router = APIRouter()
@@ -21,7 +22,9 @@ class EventOut(BaseModel):
     sentiment: str | None
     unsubscribe: bool
     suppressed: str | None
-    cancelled: int = Field(description="waiting messages to the recipient cancelled because of it")
+    cancelled: int = Field(
+        description="waiting messages to the recipient cancelled because of it (an agent's: its own only)"
+    )
     tripped: list[str] = Field(description="scopes this event put into safe mode")
 
 
@@ -43,10 +46,19 @@ def _event_out(applied: Applied) -> EventOut:
     )
 
 
+def _reporter(who: Principal) -> Reporter:
+    return Reporter(f"api ({who.name})", agent=who.name if who.role is Role.AGENT else None)
+
+
 @router.post("/v1/events", response_model=EventOut)
-async def post_event(event: EventIn, runtime: RuntimeDep, who: Reader) -> EventOut:
-    """Report a bounce, complaint, reply, unsubscribe or delivery for a message sendguard sent."""
-    return _event_out(await runtime.feedback.apply(event, f"api ({who.name})"))
+async def post_event(event: EventIn, runtime: RuntimeDep, who: EventReporter) -> EventOut:
+    """Report a bounce, complaint, reply, unsubscribe or delivery for a message sendguard sent.
+
+    An agent names one of its own sent messages by `message_id` (404 otherwise, 409 if it was not
+    sent); its report weighs only against its own `agent:` scope.
+    """
+    [applied] = await runtime.feedback.apply([event], _reporter(who))
+    return _event_out(applied)
 
 
 _UNSUBSCRIBE_PAGE = """<!doctype html>
@@ -82,7 +94,7 @@ async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
     """RFC 8058 one-click: the mailbox provider POSTs here, and the address is suppressed at once."""
     message_id, address = _unsubscribe_link(runtime, token)
     event = EventIn(type=EventType.UNSUBSCRIBE, message_id=message_id, recipient=address)
-    await runtime.feedback.apply(event, "one-click unsubscribe")
+    await runtime.feedback.apply([event], Reporter("one-click unsubscribe", signed=True))
     return HTMLResponse(_UNSUBSCRIBED_PAGE)
 
 
@@ -91,12 +103,17 @@ async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
     response_model=InboundOut,
     openapi_extra={"requestBody": {"content": {"message/rfc822": {"schema": {"type": "string"}}}}},
 )
-async def post_inbound(request: Request, runtime: RuntimeDep, who: Reader) -> InboundOut | JSONResponse:
-    """A raw message (DSN, ARF report or reply), detected and applied; unparsable mail is kept."""
+async def post_inbound(
+    request: Request, runtime: RuntimeDep, who: EventReporter
+) -> InboundOut | JSONResponse:
+    """A raw message (DSN, ARF report or reply), detected and applied; unparsable mail is kept.
+
+    From an agent it is the agent's word: held to what the agent's own events may move.
+    """
     raw = await request.body()
     if not raw.strip():
         raise HTTPException(422, "body: empty; send the raw message (Content-Type: message/rfc822)")
-    result = await runtime.inbox.receive(raw, [], f"api ({who.name})")
+    result = await runtime.inbox.receive(raw, [], _reporter(who))
     if isinstance(result, Unparsed):
         return JSONResponse(
             {"error": "unparsable", "detail": result.reason, "kept_as": result.kept_as},

@@ -11,6 +11,7 @@ from sendguard.governance.tokens import Principal
 from sendguard.http.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
 from sendguard.model import iso_ms
 from sendguard.parts import Runtime
+from sendguard.rules import rules_changes
 from sendguard.submission import parse_sender
 
 router = APIRouter()
@@ -61,6 +62,13 @@ class RulesOut(BaseModel):
     version: str
     previous_version: str
     path: str
+    changed: list[str] = Field(
+        description="top-level tables and lists whose values differ: ingress, safe_mode, approvals, "
+        "throttle, free_domains, role_accounts, disposable_domains"
+    )
+    agents_added: list[str]
+    agents_removed: list[str]
+    agents_changed: list[str]
 
 
 @router.post("/v1/recall", response_model=RecallOut)
@@ -74,8 +82,16 @@ async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOu
 async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
     """Read the rules file again; a file that does not validate is refused and the old rules stay."""
     previous = await runtime.reload(who.actor)
+    current = runtime.rules
+    changes = rules_changes(previous, current)
     return RulesOut(
-        version=runtime.rules.version, previous_version=previous.version, path=str(runtime.rules.path)
+        version=current.version,
+        previous_version=previous.version,
+        path=str(current.path),
+        changed=changes.sections,
+        agents_added=changes.agents_added,
+        agents_removed=changes.agents_removed,
+        agents_changed=changes.agents_changed,
     )
 
 

@@ -1,10 +1,16 @@
 """The admission pipeline: who may send a submission, which checks each recipient fails, where it waits.
 
 A single message is a batch of one: both go through `Admissions.submit`, which authorises the
-agent, decides every recipient, opens the one approval request they wait for, admits them into the
-durable store and counts a policy refusal. What only a batch has (its id, idempotency claim, record
-and audit entry) is `batches.py`'s. Form was checked by the API model; here policy decides, and
-every decision is recorded with an id, a status and reason codes, rejections included.
+agent, makes sure Redis has room, decides every recipient, opens the one approval request they
+wait for, admits them into the durable store and counts a policy refusal. What only a batch has
+(its id, idempotency claim, template, record and audit entry) is `batches.py`'s. Form was checked
+by the API model; here policy decides, and every decision is recorded with an id, a status and
+reason codes, rejections included.
+
+Every submission has an idempotency key, the agent's or one derived from its content (see
+`batches.idempotency`), and every recipient is decided before any is admitted: a submission that
+failed part way (Redis gone between two chunks, an answer lost after the write) is completed by
+its retry, whose already admitted recipients answer with their first decision.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,6 +36,7 @@ from sendguard.intake.batches import (
     BatchRecords,
     Renderer,
     Submission,
+    idempotency,
     recipients,
 )
 from sendguard.intake.boundaries import check_content
@@ -39,7 +46,8 @@ from sendguard.model import Reason, Status
 from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
-from sendguard.state.store import Admission, Candidate, Store
+from sendguard.state.memory import MemoryBudget
+from sendguard.state.store import Admission, Candidate, Idempotency, Store
 from sendguard.submission import (
     MAX_SUBJECT,
     Content,
@@ -64,6 +72,15 @@ class Outcome:
     index: int
     to: str
     admission: Admission
+
+
+@dataclass(frozen=True)
+class Decided:
+    """One recipient decided, and the hash of the content it gets, for its audit entry (None when
+    its content was refused unbuilt)."""
+
+    candidate: Candidate
+    content_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -93,11 +110,13 @@ class Admissions:
         safe_mode: SafeMode,
         approvals: Approvals,
         audit: AuditLog,
+        memory: MemoryBudget,
         retry_base: float,
         wake: Callable[[], None],
         metrics: Metrics,
     ) -> None:
         self._store = store
+        self._memory = memory
         self._metrics = metrics
         self._ingress = ingress
         self._safe_mode = safe_mode
@@ -109,17 +128,31 @@ class Admissions:
 
     async def submit(self, requester: Principal, submission: Submission, rules: Rules) -> Submitted:
         """Decide and admit every recipient; raises Forbidden when the agent may not send it at all,
-        BatchConflict when a batch's idempotency key names another batch."""
+        StoreFull when Redis has no room for it, BatchConflict when a batch's idempotency key names
+        another batch."""
         started = time.perf_counter()
         agent = await self._authorized(requester, submission, rules)
+        await self._memory.reserve(_footprint(submission))
+        key = idempotency(submission, rules)
         claim = (
-            await self._batches.claim(agent, submission)
+            await self._batches.claim(agent, submission, key)
             if isinstance(submission, BatchIn)
             else BatchClaim("")
         )
-        candidates = await self._decide(agent, submission, claim.id, rules)
+        decided = await self._decide(agent, submission, claim.id, key, rules)
+        candidates = [one.candidate for one in decided]
         routing = await self._routing(agent, submission, claim, candidates, rules, requester)
-        admissions = await self._admit(candidates, routing)
+        if isinstance(submission, BatchIn) and any(
+            candidate.record.status is not Status.REJECTED for candidate in candidates
+        ):
+            await self._store.keep_template(
+                claim.id,
+                submission.subject,
+                submission.text or "",
+                submission.html or "",
+                json.dumps(submission.headers),
+            )
+        admissions = await self._admit(decided, routing)
         await self._count_refusal(agent, admissions)
         outcomes = [
             Outcome(index, candidate.record.to, admission)
@@ -154,27 +187,35 @@ class Admissions:
             raise
 
     async def _decide(
-        self, agent: AgentEntry, submission: Submission, batch_id: str, rules: Rules
-    ) -> list[Candidate]:
-        """Each recipient's message and checks, before suppression, cooldown, approval and safe mode."""
+        self, agent: AgentEntry, submission: Submission, batch_id: str, key: Idempotency, rules: Rules
+    ) -> list[Decided]:
+        """Each recipient's message filled and checked, before suppression, cooldown, approval and
+        safe mode; a batch's recipients keep only their values (its template is stored once)."""
         entries = recipients(submission)
         await self._ingress.warm([entry.to for entry in entries], rules)
-        candidates: list[Candidate] = []
+        decided: list[Decided] = []
         first_index: dict[str, int] = {}
         renderer = Renderer(submission)
         for index, entry in enumerate(entries):
-            message = renderer.message(entry)
             recipient = await self._ingress.check(entry.to, rules)
-            reasons = _boundaries(agent, message, rules)
+            if too_large := renderer.oversized(entry):
+                message, reasons, hashed = renderer.unfilled(entry), [too_large], None
+            else:
+                message = renderer.message(entry)
+                reasons = _boundaries(agent, message, rules)
+                hashed = content_hash(message.subject, message.text or "", message.html or "")
             seen = first_index.setdefault(recipient.address, index)
             if seen != index:
                 duplicate = f"{recipient.address} is already recipient {seen} of this batch"
                 reasons.append(Reason("duplicate_recipient", duplicate))
-            key = f"batch:{batch_id}:{index}" if batch_id else message.idempotency_key
-            candidates.append(self._candidate(agent, message, recipient, reasons, rules, batch_id, key))
+            # A batch's recipients answer a retry of the batch by their place in it.
+            each = dataclasses.replace(key, key=f"batch:{batch_id}:{index}") if batch_id else key
+            values = entry.vars if batch_id else None
+            candidate = self._candidate(agent, message, recipient, reasons, rules, batch_id, values, each)
+            decided.append(Decided(candidate, hashed))
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
-        return candidates
+        return decided
 
     async def _routing(
         self,
@@ -198,14 +239,14 @@ class Admissions:
             await self._batches.settle(claim.id, agent, len(candidates), routing)
         return routing
 
-    async def _admit(self, candidates: list[Candidate], routing: Routing | None) -> list[Admission]:
+    async def _admit(self, decided: list[Decided], routing: Routing | None) -> list[Admission]:
         """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`."""
         waits_for = routing.approval_id if routing else ""
         admissions: list[Admission] = []
-        for start in range(0, len(candidates), CHUNK):
+        for start in range(0, len(decided), CHUNK):
             sealed = [
-                _sealed(candidate, waits_for if candidate.record.status is not Status.REJECTED else "")
-                for candidate in candidates[start : start + CHUNK]
+                _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
+                for one in decided[start : start + CHUNK]
             ]
             admissions += [self._settled(admission) for admission in await self._store.admit(sealed)]
         return admissions
@@ -233,9 +274,14 @@ class Admissions:
         boundaries: list[Reason],
         rules: Rules,
         batch: str,
-        idempotency_key: str | None,
+        values: Mapping[str, str] | None,
+        key: Idempotency,
     ) -> Candidate:
-        """The decision on one recipient: the agent's boundaries, then what the recipient checks found."""
+        """The decision on one recipient: the agent's boundaries, then what the recipient checks found.
+
+        With `values`, the content is the batch's template filled with them: the record keeps the
+        values and names the template instead of holding a copy.
+        """
         reasons = (*boundaries, *recipient.reasons)
         if reasons:
             status = Status.REJECTED
@@ -255,11 +301,14 @@ class Admissions:
             from_name=message.sender.display_name,
             from_addr=message.sender.address,
             to=recipient.address,
+            to_canonical=recipient.canonical,
             to_domain=recipient.domain,
-            subject=message.subject,
-            text=message.text or "",
-            html=message.html or "",
-            headers=json.dumps(message.headers),
+            subject="" if values is not None else message.subject,
+            text="" if values is not None else message.text or "",
+            html="" if values is not None else message.html or "",
+            headers="" if values is not None else json.dumps(message.headers),
+            template=batch if values is not None else "",
+            values=json.dumps(values) if values is not None else "",
             segment=message.segment,
             campaign=message.campaign,
             run_id=message.run_id,
@@ -276,7 +325,7 @@ class Admissions:
         return Candidate(
             record=dataclasses.replace(record, scopes=tuple(message_scopes(scope_values(record)))),
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
-            idempotency_key=idempotency_key,
+            idempotency=key,
             delay_ms=self._retry_base_ms if status is Status.DEFERRED else 0,
         )
 
@@ -296,8 +345,9 @@ class Admissions:
         return admission
 
 
-def _sealed(candidate: Candidate, approval: str) -> Candidate:
+def _sealed(decided: Decided, approval: str) -> Candidate:
     """The candidate with the request it waits for and its audit entry, ready to admit."""
+    candidate = decided.candidate
     record = candidate.record
     trail = audit_entry(
         "submission.decided",
@@ -314,13 +364,24 @@ def _sealed(candidate: Candidate, approval: str) -> Candidate:
             "campaign": record.campaign,
             "approval_id": approval or None,
             "rules_version": record.rules_version,
-            "content_hash": content_hash(record.subject, record.text, record.html),
+            "content_hash": decided.content_hash,
             "outcome": "@",  # the admission script writes status, reasons and held_by here
         },
     )
     return dataclasses.replace(
         candidate, record=dataclasses.replace(record, approval=approval), audit_entry=trail
     )
+
+
+# Redis bytes a queued recipient takes besides the content it shares: its record, history,
+# indexes, idempotency key and audit entry (4,647 in bench/scenarios/footprint.py), rounded up.
+RECIPIENT_BYTES = 5_000
+
+
+def _footprint(submission: Submission) -> int:
+    """About the Redis bytes admitting `submission` takes: its content once, and every recipient."""
+    content = len(submission.subject) + len(submission.text or "") + len(submission.html or "")
+    return content + len(recipients(submission)) * RECIPIENT_BYTES
 
 
 def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Reason]:

@@ -1,19 +1,18 @@
 """Batches: one template, many recipients, a decision for each and one approval request for all.
 
-Placeholders `{{ name }}` are filled from each recipient's `vars` by plain substitution: no
-template code runs, and a value goes into the HTML part escaped. A placeholder without a value
-stays as it is, so the content boundary rejects that recipient as `unrendered_template`. Every
-recipient goes through every ingress check; admission (`admission.py`, where a single message is
-a batch of one) is pipelined a few hundred recipients per round trip, so 10,000 recipients take
-seconds, not minutes. Here: the batch's form, its placeholders, and its own record and audit entry.
+Placeholders `{{ name }}` are filled from each recipient's `vars` (see templates.py); the template
+is stored once and each recipient keeps only its values. Every recipient is filled and goes through
+every ingress check and content boundary before any is admitted; admission (`admission.py`, where
+a single message is a batch of one) is pipelined a few hundred recipients per round trip, so
+10,000 recipients take seconds, not minutes. Here: the batch's form, its filling, its idempotency
+claim, and its own record and audit entry.
 """
 
 from __future__ import annotations
 
-import html
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -24,20 +23,19 @@ from sendguard.governance.approvals import Routing
 from sendguard.governance.audit import AuditLog, canonical_hash, content_hash
 from sendguard.governance.tokens import Principal
 from sendguard.metrics import Metrics
-from sendguard.model import Status
+from sendguard.model import Reason, Status
 from sendguard.rules import AgentEntry, Rules
 from sendguard.state.redis_connection import translated
-from sendguard.state.store import IDEMPOTENCY_TTL_MS, RETENTION_MS, Store
-from sendguard.submission import Content, MessageIn, SingleLine
+from sendguard.state.store import IDEMPOTENCY_TTL_MS, RETENTION_MS, Idempotency, Store
+from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine
+from sendguard.templates import NAME, BatchTemplate
 
 MAX_RECIPIENTS = 50_000
 CHUNK = 500  # recipients per pipelined round trip, and between yields to the event loop
-_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
-PLACEHOLDER = re.compile(rf"(\{{\{{[ \t]*({_NAME})[ \t]*\}}\}})")
 
 
 def _var_name(name: str) -> str:
-    if not re.fullmatch(_NAME, name):
+    if not re.fullmatch(NAME, name):
         raise ValueError("a placeholder name is a letter or _, then up to 63 letters, digits, _ . or -")
     return name
 
@@ -67,32 +65,6 @@ class BatchConflict(SendguardError):
     """The idempotency key already names a different batch."""
 
 
-class Template:
-    """A subject or body split once at its placeholders, so filling it per recipient is a join."""
-
-    def __init__(self, text: str, *, escape: bool = False) -> None:
-        # split() with two groups: literal, whole placeholder, name, literal, ...
-        pieces = PLACEHOLDER.split(text)
-        self._literals = pieces[0::3]
-        self._placeholders = pieces[1::3]
-        self._names = pieces[2::3]
-        self._escape = escape
-
-    def fill(self, values: Mapping[str, str]) -> str:
-        """Each known name's value in place of its placeholder; unknown ones stay as they are."""
-        out = [self._literals[0]]
-        for placeholder, name, literal in zip(
-            self._placeholders, self._names, self._literals[1:], strict=True
-        ):
-            value = values.get(name)
-            if value is None:
-                out.append(placeholder)
-            else:
-                out.append(html.escape(value) if self._escape else value)
-            out.append(literal)
-        return "".join(out)
-
-
 @dataclass(frozen=True)
 class BatchClaim:
     """A batch's id; on a retry, also the approval request its first attempt settled on."""
@@ -112,15 +84,13 @@ class BatchRecords:
         self._keys = store.keys
         self._audit = audit
 
-    async def claim(self, agent: AgentEntry, batch: BatchIn) -> BatchClaim:
-        """A new batch id, or the one an idempotency key already names (a retry)."""
+    async def claim(self, agent: AgentEntry, batch: BatchIn, idempotency: Idempotency) -> BatchClaim:
+        """A new batch id, or the one its idempotency key already names (a retry)."""
         fresh = secrets.token_hex(8)
-        if batch.idempotency_key is None:
-            return BatchClaim(fresh)
-        key = self._keys.batch_idempotency(agent.name, batch.idempotency_key)
+        key = self._keys.batch_idempotency(agent.name, idempotency.key)
         fingerprint = _fingerprint(batch)
         async with translated():
-            claimed = await self._redis.set(key, fresh, nx=True, px=IDEMPOTENCY_TTL_MS)
+            claimed = await self._redis.set(key, fresh, nx=True, px=idempotency.ms)
         if claimed:
             await self._keep(fresh, {"fingerprint": fingerprint})
             return BatchClaim(fresh)
@@ -199,6 +169,28 @@ class BatchRecords:
 
 
 Submission = MessageIn | BatchIn
+DERIVED_MIN_MS = 3600 * 1000  # a derived idempotency key answers retries for at least an hour
+
+
+def idempotency(submission: Submission, rules: Rules) -> Idempotency:
+    """The agent's own `idempotency_key` (kept 7 days), else one derived from the whole request.
+
+    Every field counts (from, to or recipients, subject, text, html, headers, labels, run id,
+    agent version, send_at, enrichment), so a retry of the same request is answered by the first
+    and two requests that differ in anything never share a key. A derived key answers only with
+    an accepted message: a rejected one is decided again, so a repeat after the cause went away
+    (a suppression lifted, the rules changed) is not told the old rejection. It lives as long as
+    the recipient cooldown, and at least an hour: within it the same content could not go to the
+    same recipient again anyway, so it only turns a false `recipient_cooldown` into the first
+    answer; after it, the same request is a new message, as the rules allow. An agent that means
+    to send the same content twice gives each its own `idempotency_key`.
+    """
+    if submission.idempotency_key is not None:
+        return Idempotency(submission.idempotency_key, IDEMPOTENCY_TTL_MS, keeps_rejected=True)
+    cooldown_ms = int(rules.file.ingress.recipient_cooldown * 1000)
+    return Idempotency(
+        f"content:{_fingerprint(submission)}", max(cooldown_ms, DERIVED_MIN_MS), keeps_rejected=False
+    )
 
 
 def recipients(submission: Submission) -> list[BatchRecipient]:
@@ -213,23 +205,36 @@ class Renderer:
 
     def __init__(self, batch: Content) -> None:
         self._shared = {name: getattr(batch, name) for name in Content.model_fields if name not in _FILLED}
-        self._subject = Template(batch.subject)
-        self._text = Template(batch.text) if batch.text else None
-        self._html = Template(batch.html, escape=True) if batch.html else None
+        self._template = BatchTemplate(batch.subject, batch.text or "", batch.html or "")
+
+    def oversized(self, entry: BatchRecipient) -> Reason | None:
+        """Why this recipient's filled text or html would be over the cap, found without filling it."""
+        for part, size in zip(("text", "html"), self._template.body_sizes(entry.vars), strict=True):
+            if size > MAX_BODY_BYTES:
+                return Reason(
+                    "content_too_large",
+                    f"the {part} is {size:,} bytes once filled; the limit is {MAX_BODY_BYTES:,} (1 MiB)",
+                )
+        return None
 
     def message(self, entry: BatchRecipient) -> MessageIn:
         """Built without validation: the submission was validated, and values cannot break a header
-        (they are single lines); what filling can break, the subject's length, admission checks."""
-        values = entry.vars
+        (they are single lines); what filling can break, the subject's length and the body's size,
+        admission checks."""
+        filled = self._template.fill(entry.vars)
         return MessageIn.model_construct(
             **self._shared,
             to=entry.to,
-            subject=self._subject.fill(values),
-            text=self._text.fill(values) if self._text else None,
-            html=self._html.fill(values) if self._html else None,
+            subject=filled.subject,
+            text=filled.text or None,
+            html=filled.html or None,
         )
 
+    def unfilled(self, entry: BatchRecipient) -> MessageIn:
+        """The recipient's message without its content, for one whose content is refused unbuilt."""
+        return MessageIn.model_construct(**self._shared, to=entry.to, subject="", text=None, html=None)
 
-def _fingerprint(batch: BatchIn) -> str:
+
+def _fingerprint(submission: Submission) -> str:
     """A hash of the whole request, so a reused idempotency key with other content is caught."""
-    return canonical_hash(batch.model_dump(mode="json", by_alias=True))
+    return canonical_hash(submission.model_dump(mode="json", by_alias=True))

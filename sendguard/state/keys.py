@@ -22,15 +22,21 @@ SCHEMA: dict[str, str] = {
     "idempotency": "idem:{agent}:{key}",  # string: message id for an agent's idempotency key
     "batch_idempotency": "idem-batch:{agent}:{key}",  # string: batch id for a batch idempotency key
     "batch": "batch:{id}",  # hash: a batch: agent, requester, size, hash of the request, approval
+    # hash: a batch's subject, text, html and headers, stored once, and `waiting`: how many of its
+    # messages have not finished (it expires only once none has)
+    "template": "tmpl:{batch}",
     "cooldown": "cool:{address}",  # string: message id holding a recipient's cooldown
-    "suppressed_addresses": "supp:addr",  # set: suppressed addresses
-    "suppressed_domains": "supp:dom",  # set: suppressed domains
+    "suppressed_addresses": "supp:addr",  # set: suppressed mailboxes (canonical addresses)
+    "suppressed_domains": "supp:dom",  # set: suppressed domains (each covers its subdomains too)
     "throttle": "thr:{scope}:{per_ms}:{value}",  # zset: sends, score = latest possible send time
     # zset: the last send in a min_gap bucket, score = its latest possible arrival (ms); renamed
     # from the string `gap:` key of earlier versions so an older daemon never reads it
     "gap": "gaps:{scope}:{value}",
     "token": "tok:{id}",  # hash: a token: sha256 of its secret, role, name; never the secret
-    "recipient": "rcpt:{address}",  # set: ids of messages admitted for an address
+    # set: ids of the messages still waiting for a mailbox (a canonical address): joined at
+    # admission, left when a message finishes, so it lasts exactly as long as they wait, whatever
+    # their due time, and a suppression finds them all (replaces the 30-day `rcpt:` index)
+    "waiting": "waiting:{mailbox}",
     "last_sent": "last:{address}",  # string: id of the last message sent to an address
     "signals": "sig:{scope}",  # hash: counts per slot `{slot}:{signal}`, totals `t:{signal}`
     "active_scopes": "sig:active",  # zset: scopes with signals, score = last signal (ms)
@@ -103,6 +109,9 @@ class Keys:
     def batch(self, batch_id: str) -> str:
         return self._key("batch", batch_id)
 
+    def template(self, batch_id: str) -> str:
+        return self._key("template", batch_id)
+
     def cooldown(self, address: str) -> str:
         return self._key("cooldown", address)
 
@@ -128,8 +137,8 @@ class Keys:
         """Every token key, for SCAN MATCH."""
         return self.token("*")
 
-    def recipient(self, address: str) -> str:
-        return self._key("recipient", address)
+    def waiting(self, mailbox: str) -> str:
+        return self._key("waiting", mailbox)
 
     def last_sent(self, address: str) -> str:
         return self._key("last_sent", address)

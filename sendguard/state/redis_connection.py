@@ -1,30 +1,35 @@
-"""The Redis a command talks to: the configured one, the running daemon's embedded one, or its own.
+"""The Redis a process talks to: the configured one, the running daemon's embedded one, or one it starts.
 
-Kept apart from the daemon so the command-line tools start without loading the HTTP stack.
+Kept apart from the daemon so the command-line tools start without loading the HTTP stack. Only
+the daemon may start an embedded Redis on an empty data directory: a command run from the wrong
+directory must say it found no deployment, not act on a fresh store nobody else reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
 from sendguard.config import Settings
-from sendguard.errors import EmbeddedRedisError, StoreError
+from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
 from sendguard.state.embedded_redis import DaemonLock, DataDir, EmbeddedRedis
 
 _MIN_REDIS = (6, 2)
-_LOADING_TIMEOUT = 60.0  # seconds a freshly started Redis may take to load its append-only file
+log = logging.getLogger("sendguard.redis")
+_LOADING_STALL = 60.0  # seconds a loading Redis may go without progress before we give up
 
 
 @contextlib.asynccontextmanager
 async def redis_connection(
     settings: Settings, *, for_daemon: bool
 ) -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    """A Redis client: the configured one, the running daemon's embedded one, or a fresh embedded one.
+    """A Redis client: the configured one, the running daemon's embedded one, or an embedded one
+    started here (by a command, only over the data set a stopped daemon left; ConfigError otherwise).
 
     Yields the client and a description for humans (never with a password in it).
     """
@@ -34,9 +39,17 @@ async def redis_connection(
         url, description = settings.redis_url.secret, f"external {settings.redis_url}"
     else:
         data = DataDir(settings.data_dir)
+        if not for_daemon and not data.holds_data_set():
+            raise ConfigError(
+                f"found no sendguard deployment: SENDGUARD_REDIS_URL is not set, and {data.root} "
+                f"(SENDGUARD_DATA_DIR) holds no sendguard data set (no append-only file in "
+                f"{data.redis_dir}), so no daemon runs on it; point this command at the deployment "
+                "with SENDGUARD_REDIS_URL=<its Redis URL> or SENDGUARD_DATA_DIR=<its daemon's data "
+                "directory>. Nothing was created."
+            )
         lock = DaemonLock(data)
         if lock.try_acquire():
-            embedded = EmbeddedRedis(data)
+            embedded = EmbeddedRedis(data, settings.redis_maxmemory)
             url = await asyncio.to_thread(embedded.start)
             description = f"embedded, append-only, in {data.redis_dir}"
         elif for_daemon:
@@ -51,6 +64,7 @@ async def redis_connection(
     # has closed (redis-py #4128), so after a Redis restart each one would fail a command.
     client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10, protocol=2)
     try:
+        await _wait_until_loaded(url)
         await _check_version(client)
         yield client, description
     finally:
@@ -62,21 +76,56 @@ async def redis_connection(
 
 
 async def _check_version(client: aioredis.Redis) -> None:
-    """Refuse a Redis that is too old; wait for one still loading its files (a restarted one)."""
-    deadline = asyncio.get_running_loop().time() + _LOADING_TIMEOUT
-    while True:
-        try:
-            info = await client.info("server")
-            break
-        except redis.exceptions.BusyLoadingError as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise StoreError(f"Redis still loading its data after {_LOADING_TIMEOUT:g}s") from exc
-            await asyncio.sleep(0.05)
-        except redis.exceptions.RedisError as exc:
-            raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
+    """Refuse a Redis that is too old."""
+    try:
+        info = await client.info("server")
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
     version = tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
     if version < _MIN_REDIS:
         raise StoreError(f"Redis {info['redis_version']} is too old; sendguard needs 6.2 or newer")
+
+
+async def _wait_until_loaded(url: str) -> None:
+    """Wait while Redis loads its data set, saying how far it got, for as long as it gets further.
+
+    A Redis that is loading answers INFO but refuses every other command ("LOADING"), so a daemon
+    that went on would fail at its first script. A large data set takes as long as it takes; only
+    a load that makes no progress for `_LOADING_STALL` seconds is given up on. The question is put
+    on a bare connection: the daemon's client opens its connections with commands a loading
+    Redis refuses (CLIENT SETINFO, a health-check PING), which redis-py takes for a failed connection.
+    """
+    loop = asyncio.get_running_loop()
+    progress, last_change, last_said = -1.0, loop.time(), 0.0
+    probe = aioredis.Redis.from_url(url, decode_responses=True, protocol=2, driver_info=None)
+    try:
+        while True:
+            try:
+                info = await probe.info("persistence")
+            except redis.exceptions.RedisError as exc:
+                raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
+            if not int(info.get("loading", 0)):
+                if progress >= 0:
+                    log.warning("redis: data set loaded")
+                return
+            now, loaded = loop.time(), float(info.get("loading_loaded_perc", 0))
+            if loaded != progress:
+                progress, last_change = loaded, now
+            elif now - last_change > _LOADING_STALL:
+                raise StoreError(
+                    f"Redis made no progress loading its data for {_LOADING_STALL:g}s (at {loaded:.0f}%)"
+                )
+            if now - last_said >= 1.0:
+                log.warning(
+                    "redis: loading its data set, %.0f%% of %s MB, about %ss left",
+                    loaded,
+                    int(info.get("loading_total_bytes", 0)) // 1_000_000,
+                    info.get("loading_eta_seconds", "?"),
+                )
+                last_said = now
+            await asyncio.sleep(0.1)
+    finally:
+        await probe.aclose()
 
 
 @contextlib.asynccontextmanager

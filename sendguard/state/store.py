@@ -5,26 +5,29 @@ the due queue and the per-status counts never disagree, even with several daemon
 Redis. A claim carries an owner token; only its holder can finish the work, and a claim whose
 daemon stopped heartbeating, or that its daemon let go of when Redis failed, is recovered, counted
 as uncertain if it was mid-send. The scripts are `lua/*.lua`, loaded through scripts.py.
+
+A batch's template is stored once (`keep_template`) and lives as long as the messages that fill
+it; every read of a record that names one fills its content in (see record.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from sendguard.model import WAITING, Reason, Status, decode_reasons
-from sendguard.record import Changes, MessageRecord, encode, encode_changes
+from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
+from sendguard.record import CONTENT, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
 RETENTION_MS = 30 * 86400 * 1000
-IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000
+IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 
 
 class Moved(IntEnum):
@@ -32,7 +35,18 @@ class Moved(IntEnum):
 
     REFUSED = 0
     MOVED = 1
-    HELD = 2  # a scope of it is in safe mode: held instead (only when asked to check)
+    HELD = 2  # a scope of it is in safe mode: held instead (only at the start of a send)
+    SUPPRESSED = 3  # its recipient is suppressed: cancelled instead (only at the start of a send)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """The key a retry of a submission is answered by: how long it answers (ms), and whether it
+    answers a rejection too (the agent's own key) or only an accepted message (a derived one)."""
+
+    key: str
+    ms: int
+    keeps_rejected: bool
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,7 @@ class Candidate:
     record: MessageRecord
     delay_ms: int
     cooldown_ms: int
-    idempotency_key: str | None
+    idempotency: Idempotency
     # audit.entry(...) with the field "outcome": "@", which lua/admit.lua replaces with the
     # outcome it decides; empty for no entry
     audit_entry: str = ""
@@ -91,6 +105,11 @@ def decode_counts(raw: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A hash as HGETALL gives it inside a script's reply: name, value, name, value, ..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -110,6 +129,14 @@ class Store:
         self._annotate = scripts.register(client, keys, "annotate")
         self._hold_waiting = scripts.register(client, keys, "hold_waiting")
         self._cancel = scripts.register(client, keys, "cancel")
+        self._suppress = scripts.register(client, keys, "suppress")
+        self._template_keep = scripts.register(client, keys, "template_keep")
+
+    async def keep_template(self, batch_id: str, subject: str, text: str, html: str, headers: str) -> None:
+        """Store a batch's template once, before its messages; a retry of the batch keeps the first."""
+        fields = ["subject", subject, "text", text, "html", html, "headers", headers]
+        async with translated():
+            await self._template_keep(keys=[self.keys.template(batch_id)], args=[RETENTION_MS, *fields])
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
@@ -124,11 +151,9 @@ class Store:
                             k.hist(record.id),
                             k.due,
                             k.count,
-                            k.idempotency(record.agent, candidate.idempotency_key or "-"),
+                            k.idempotency(record.agent, candidate.idempotency.key),
                             k.cooldown(record.to),
-                            k.suppressed_addresses,
-                            k.suppressed_domains,
-                            k.recipient(record.to),
+                            k.waiting(record.to_canonical),
                         ],
                         args=self._admit_args(candidate),
                         client=pipe,
@@ -156,16 +181,22 @@ class Store:
             candidate.delay_ms,
             candidate.cooldown_ms,
             record.to,
+            record.to_canonical,
             record.to_domain,
-            IDEMPOTENCY_TTL_MS,
-            "1" if candidate.idempotency_key else "0",
+            candidate.idempotency.ms,
+            "1" if candidate.idempotency.keeps_rejected else "0",
             RETENTION_MS,
             encode(record.scopes),
             record.approval,
             candidate.audit_entry,
             int(record.send_at.timestamp() * 1000) if record.send_at else 0,
+            record.template,
         ]
-        for name, value in record.to_fields().items():
+        fields = record.to_fields()
+        args.append(2 * len(fields) + 1)  # where the content starts among the fields
+        if record.status is not Status.REJECTED:  # a rejected message keeps no content
+            fields |= record.content_fields()
+        for name, value in fields.items():
             args += [name, value]
         return args
 
@@ -176,9 +207,9 @@ class Store:
         if not result[0]:
             next_due = int(float(result[1])) if result[1] else None
             return NoWork(next_due, int(result[2]))
-        flat = result[3]
+        flat, template = result[3], result[4]
         try:
-            record = MessageRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+            record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
         except (KeyError, TypeError, ValueError) as exc:
             return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}")
         return Claim(result[0], token, record)
@@ -196,14 +227,14 @@ class Store:
         keep_claim: bool = False,
         changes: Changes | None = None,
         recipient: str = "-",
-        hold_if_tripped: bool = False,
+        start_of_send: bool = False,
         audit_entry: str = "",
     ) -> Moved:
         """Move a message on; `Moved.REFUSED` (falsy) when it was not in an allowed status or the
         claim was lost.
 
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
-        `hold_if_tripped` holds it instead when a scope of it is in safe mode (`Moved.HELD`).
+        `start_of_send` makes it the last step before the relay (see `begin`).
         `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
         trail cannot miss a transition that happened.
         """
@@ -218,7 +249,7 @@ class Store:
             -1 if delay_ms is None else delay_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
-            "1" if hold_if_tripped else "0",
+            "1" if start_of_send else "0",
             audit_entry,
         ]
         for name, value in encode_changes(changes or {}).items():
@@ -237,10 +268,15 @@ class Store:
             )
         return Moved(int(result[0]))
 
-    async def begin(self, message_id: str, claim: str, detail: str, changes: Changes) -> Moved:
-        """Mark a claimed message `sending`, unless a scope of it is in safe mode (then it is held).
+    async def begin(
+        self, message_id: str, claim: str, detail: str, changes: Changes, suppressed_entry: str
+    ) -> Moved:
+        """Mark a claimed message `sending`, unless a suppression entry covers its recipient (then
+        it is cancelled, `Moved.SUPPRESSED`, and `suppressed_entry` is its audit entry, with
+        "outcome": "@" for the entry that matched) or a scope of it is in safe mode (then it is held).
 
-        Checked in the same script that starts the send, so after a trip no new send starts.
+        Checked in the same script that starts the send, so once a suppression or a trip is
+        recorded no new send to it starts, however the message got this far.
         """
         return await self.transition(
             message_id,
@@ -251,7 +287,8 @@ class Store:
             allowed_from=(Status.QUEUED, Status.DEFERRED),
             keep_claim=True,
             changes=changes,
-            hold_if_tripped=True,
+            start_of_send=True,
+            audit_entry=suppressed_entry,
         )
 
     async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
@@ -289,35 +326,59 @@ class Store:
 
         Messages already `sending` are in the relay's hands and cannot be called back.
         """
-        k = self.keys
         counts: dict[str, int] = {}
+        async for ids in self._waiting_ids():
+            _merge(counts, await self.cancel(ids, "recalled", detail, filters))
+        return counts
+
+    async def sweep_suppressed(self, cause: str, detail: str) -> dict[str, int]:
+        """Cancel every waiting message that a suppression entry covers; counts by state.
+
+        For a new domain entry, which covers recipients at every subdomain of it: a walk of the
+        waiting messages finds them without an index per parent domain. Mailboxes have their own
+        index (`suppress`). A message that is `sending` is stopped at its next attempt, if any.
+        """
+        counts: dict[str, int] = {}
+        async for ids in self._waiting_ids():
+            _merge(counts, await self.cancel(ids, cause, detail, only_suppressed=True))
+        return counts
+
+    async def _waiting_ids(self, batch: int = 500) -> AsyncIterator[list[str]]:
+        """The ids of every waiting message, `batch` at a time (a message may come twice)."""
+        k = self.keys
         async with translated():
-            # Waiting messages are in the due queue, a held set or an approval request's set.
-            waiting_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=500)]
+            # Waiting messages are in the due queue, claimed, in a held set or in an approval
+            # request's set.
+            waiting_sets = [key async for key in self.redis.scan_iter(match=k.held("*"), count=batch)]
             waiting_sets += [
-                key async for key in self.redis.scan_iter(match=k.approval_messages("*"), count=500)
+                key async for key in self.redis.scan_iter(match=k.approval_messages("*"), count=batch)
             ]
-            sources = [self.redis.zscan_iter(k.due, count=500)] + [
-                self.redis.sscan_iter(key, count=500) for key in waiting_sets
-            ]
+            sources = [self.redis.zscan_iter(key, count=batch) for key in (k.due, k.inflight)]
+            sources += [self.redis.sscan_iter(key, count=batch) for key in waiting_sets]
             for source in sources:
                 ids: list[str] = []
                 async for item in source:
                     ids.append(str(item[0] if isinstance(item, tuple) else item))
-                    if len(ids) >= 500:
-                        _merge(counts, await self.cancel(ids, "recalled", detail, filters))
+                    if len(ids) >= batch:
+                        yield ids
                         ids = []
-                _merge(counts, await self.cancel(ids, "recalled", detail, filters))
-        return counts
+                if ids:
+                    yield ids
 
     async def cancel(
-        self, ids: list[str], cause: str, detail: str, filters: Mapping[str, str] | None = None
+        self,
+        ids: list[str],
+        cause: str,
+        detail: str,
+        filters: Mapping[str, str] | None = None,
+        *,
+        only_suppressed: bool = False,
     ) -> dict[str, int]:
-        """Cancel those of `ids` still waiting (and matching `filters`), 500 a script; counts by state.
+        """Cancel those of `ids` still waiting (and matching `filters`, and covered by a
+        suppression entry if `only_suppressed`), 500 a script; counts by state.
 
         `cause` becomes the reason code; the detail says why, for people.
         """
-        k = self.keys
         counts: dict[str, int] = {}
         for start in range(0, len(ids), 500):
             args: list[str | int] = [
@@ -325,11 +386,28 @@ class Store:
                 RETENTION_MS,
                 cause,
                 detail,
+                "1" if only_suppressed else "0",
             ]
             async with translated():
-                found = await self._cancel(keys=[k.due, k.count], args=[*args, *ids[start : start + 500]])
+                found = await self._cancel(keys=[], args=[*args, *ids[start : start + 500]])
             _merge(counts, decode_counts(found))
         return counts
+
+    async def suppress(
+        self, mailboxes: Sequence[str], domains: Sequence[str], cause: str, detail: str, audit_entry: str
+    ) -> tuple[int, int]:
+        """Add suppression entries and cancel, in the same script, every message still waiting for
+        one of the mailboxes (canonical addresses), whatever its due time; (new entries, cancelled).
+
+        `audit_entry` ('' for none) gets "outcome": "@" replaced by the two counts. Domains are
+        only added: `sweep_suppressed` finds their messages.
+        """
+        async with translated():
+            new, cancelled = await self._suppress(
+                keys=[],
+                args=[cause, detail, RETENTION_MS, audit_entry, len(mailboxes), *mailboxes, *domains],
+            )
+        return int(new), int(cancelled)
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, changes: Changes | None = None
@@ -351,9 +429,10 @@ class Store:
         return str(found) if found else None
 
     async def recipient_messages(self, address: str) -> list[str]:
-        """Ids of the messages admitted for an address within the retention period."""
+        """Ids of the messages still waiting for the mailbox of an address (case and +tag aside)."""
+        mailbox = canonical_address(address)
         async with translated():
-            return sorted(str(member) for member in await self.redis.smembers(self.keys.recipient(address)))
+            return sorted(str(member) for member in await self.redis.smembers(self.keys.waiting(mailbox)))
 
     async def recover(self, own: str = "", live: Iterable[str] = (), limit: int = 1000) -> tuple[int, int]:
         """Requeue messages whose daemon died; returns (recovered, of which uncertain).
@@ -379,31 +458,29 @@ class Store:
         """The message record alone, without its history."""
         async with translated():
             record = await self.redis.hgetall(self.keys.msg(message_id))
-        return (
-            MessageRecord.from_hash({str(name): str(value) for name, value in record.items()})
-            if record
-            else None
-        )
+        return (await self._filled([{str(k): str(v) for k, v in record.items()}]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
         `only` read (besides id and status); the rest keep their defaults.
 
-        For readers of many records that need a few fields, not the bodies.
+        For readers of many records that need a few fields, not the bodies (a content field named
+        in `only` costs a second round trip for the templates it is filled from).
         """
         names = ["id", "status", *only]
+        if set(only) & set(CONTENT):
+            names += ["template", "values"]
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
                 pipe.hmget(self.keys.msg(message_id), names)
             rows = await pipe.execute() if ids else []
-        return [
-            MessageRecord.from_hash(
-                {name: value for name, value in zip(names, row, strict=True) if value is not None}
-            )
-            if row[1] is not None
-            else None
+        found = [
+            {name: value for name, value in zip(names, row, strict=True) if value is not None}
             for row in rows
+            if row[1] is not None
         ]
+        filled = iter(await self._filled(found))
+        return [next(filled) if row[1] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
@@ -413,7 +490,22 @@ class Store:
             record, history = await pipe.execute()
         if not record:
             return None
-        return MessageRecord.from_hash(record), [json.loads(entry) for entry in history]
+        [filled] = await self._filled([record])
+        return filled, [json.loads(entry) for entry in history]
+
+    async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
+        """Records from their hashes, each filled from its batch's template (one round trip for
+        all the templates they name, none when they name none)."""
+        batches = sorted({name for fields in hashes if (name := fields.get("template"))})
+        templates: dict[str, dict[str, str]] = {}
+        if batches:
+            async with translated(), self.redis.pipeline(transaction=False) as pipe:
+                for batch in batches:
+                    pipe.hgetall(self.keys.template(batch))
+                templates = dict(zip(batches, await pipe.execute(), strict=True))
+        return [
+            MessageRecord.from_hash(fields, templates.get(fields.get("template", ""))) for fields in hashes
+        ]
 
     async def waiting_counts(self) -> dict[str, int]:
         async with translated():

@@ -2,39 +2,35 @@
 -- are settled here, atomically with the write. Returns {'existing', id} for a known
 -- idempotency key, else {'new', status, reasons (JSON), held_by}.
 local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local idempotency_key, cooldown_key = KEYS[5], KEYS[6]
-local suppressed_addresses_key, suppressed_domains_key, recipient_key = KEYS[7], KEYS[8], KEYS[9]
+local idempotency_key, cooldown_key, waiting_key = KEYS[5], KEYS[6], KEYS[7]
 local id = ARGV[1]
 local decided_status = ARGV[2]      -- what the checks in Python decided
 local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
 local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred check's wait)
 local cooldown_ms = ARGV[5]
-local address, domain = ARGV[6], ARGV[7]
-local idempotency_ttl_ms = ARGV[8]
-local use_idempotency = ARGV[9] == '1'
-local retention_ms = ARGV[10]
-local scopes = ARGV[11]             -- JSON list, most specific first
-local approval = ARGV[12]           -- the request it waits for; '' for none
-local audit_entry = ARGV[13]        -- a pending audit entry holding AUDIT_OUTCOME; '' for none
-local send_at = tonumber(ARGV[14])  -- ms: not before the time the agent asked for; 0 for none
-local fields = {unpack(ARGV, 15)}   -- name, value, ... of the record
+local address, mailbox, domain = ARGV[6], ARGV[7], ARGV[8]  -- the recipient, its canonical form, its domain
+local idempotency_ttl_ms = ARGV[9]
+local keep_rejected = ARGV[10] == '1'  -- the key answers a rejection too, not only an accepted message
+local retention_ms = ARGV[11]
+local scopes = ARGV[12]             -- JSON list, most specific first
+local approval = ARGV[13]           -- the request it waits for; '' for none
+local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
+local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
+local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
+local content_at = tonumber(ARGV[17])  -- fields from this one on are content: not kept if rejected
+local fields = {unpack(ARGV, 18)}   -- name, value, ... of the record
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
--- The submission's audit entry carries this pair where the outcome goes (see intake/admission.py).
-local AUDIT_OUTCOME = '"outcome":"@"'
-
-if use_idempotency then
-  local existing = redis.call('GET', idempotency_key)
-  if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
-    return {'existing', existing}
-  end
+local existing = redis.call('GET', idempotency_key)
+if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
+  return {'existing', existing}
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
-if redis.call('SISMEMBER', suppressed_addresses_key, address) == 1
-    or redis.call('SISMEMBER', suppressed_domains_key, domain) == 1 then
-  table.insert(reasons, {code='suppressed', detail='the recipient is on the suppression list'})
+local entry = suppressed(address, mailbox, domain)
+if entry then
+  table.insert(reasons, {code='suppressed', detail='the recipient is on the suppression list (' .. entry .. ')'})
   status = 'rejected'
 end
 if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
@@ -46,15 +42,20 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
+local kept = #fields
+if status == 'rejected' then kept = content_at - 1 end
 redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields))
+  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields, 1, kept))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(hist_key, now, status, 'submitted', detail)
 local held_by = ''
 if WAITING[status] then
-  redis.call('SADD', recipient_key, id)
-  redis.call('PEXPIRE', recipient_key, retention_ms)
+  redis.call('SADD', waiting_key, id)
+  if template ~= '' then  -- kept while a message waits for it (see finished)
+    redis.call('HINCRBY', key_template(template), 'waiting', 1)
+    redis.call('PERSIST', key_template(template))
+  end
   local scope = approval == '' and tripped(scopes)
   if approval ~= '' then
     -- Waits for people; safe mode is checked again when it is approved and claimed.
@@ -81,7 +82,7 @@ else
   redis.call('PEXPIRE', msg_key, retention_ms)
   redis.call('PEXPIRE', hist_key, retention_ms)
 end
-if use_idempotency then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
+if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
 if audit_entry ~= '' then
   -- The decision enters the audit trail in the same step: its placeholder becomes the outcome.
   local codes = {}
@@ -89,8 +90,6 @@ if audit_entry ~= '' then
   local outcome = '"status":' .. cjson.encode(status) .. ',"reasons":' ..
     (#codes > 0 and cjson.encode(codes) or '[]') .. ',"held_by":' ..
     (held_by ~= '' and cjson.encode(held_by) or 'null')
-  local at, upto = string.find(audit_entry, AUDIT_OUTCOME, 1, true)
-  local trail = audit_entry:sub(1, at - 1) .. outcome .. audit_entry:sub(upto + 1)
-  redis.call('RPUSH', key_audit_pending(), trail)
+  audit(audit_entry, outcome)
 end
 return {'new', status, encoded, held_by}

@@ -8,11 +8,8 @@ local verdict = ARGV[2]             -- approve | deny
 local name, group, token = ARGV[3], ARGV[4], ARGV[5]  -- who decides, as their token was minted
 local comment = ARGV[6]
 local retention_ms = ARGV[7]        -- how long a settled message is kept
-local audit_entry = ARGV[8]         -- approval.decided, holding AUDIT_STATUS
+local audit_entry = ARGV[8]         -- approval.decided; its outcome is the request's new status
 local now = clock_ms()
-
--- The decision's audit entry carries this pair where the request's new status goes.
-local AUDIT_STATUS = '"status":"@"'
 
 local r = redis.call('HMGET', request_key, 'status', 'tier', 'requested_by', 'requested_token', 'decisions',
   'expires', 'headroom_for')
@@ -51,7 +48,5 @@ if status ~= 'pending' then
     settle_waiting(message, status, settled, now, retention_ms)
   end
 end
-local at, upto = string.find(audit_entry, AUDIT_STATUS, 1, true)
-redis.call('RPUSH', key_audit_pending(),
-  audit_entry:sub(1, at - 1) .. '"status":' .. cjson.encode(status) .. audit_entry:sub(upto + 1))
+audit(audit_entry, '"status":' .. cjson.encode(status))
 return {status, ''}

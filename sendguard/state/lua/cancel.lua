@@ -1,10 +1,11 @@
--- Cancel the given messages that are still waiting and match every filter; counts by state.
--- A cancelled message gives back the recipient's cooldown it holds, as a single cancel does.
-local due_key, count_key = KEYS[1], KEYS[2]
+-- Cancel the given messages that are still waiting and match every filter (and, when asked, only
+-- those a suppression entry covers); counts by state. A cancelled message gives back the
+-- recipient's cooldown it holds, as a single cancel does.
 local filters = cjson.decode(ARGV[1])  -- record field -> value
 local retention_ms = ARGV[2]
 local cause, detail = ARGV[3], ARGV[4]  -- the reason code, and why for people
-local ids = {unpack(ARGV, 5)}
+local only_suppressed = ARGV[5] == '1'
+local ids = {unpack(ARGV, 6)}
 local now = clock_ms()
 
 local counts = {}
@@ -17,19 +18,12 @@ for _, id in ipairs(ids) do
       if redis.call('HGET', key, field) ~= value then match = false break end
     end
   end
+  if match and only_suppressed then
+    local to = redis.call('HMGET', key, 'to', 'to_canonical', 'to_domain')
+    match = suppressed(to[1] or '', to[2] or to[1] or '', to[3] or '') ~= nil
+  end
   if match then
-    local held_by = redis.call('HGET', key, 'held_by')
-    if held_by then redis.call('SREM', key_held(held_by), id) end
-    redis.call('HSET', key, 'status', 'cancelled', 'reasons',
-      cjson.encode({{code=cause, detail=detail}}))
-    redis.call('HDEL', key, 'held_by')
-    redis.call('ZREM', due_key, id)
-    redis.call('HINCRBY', count_key, status, -1)
-    local cooldown = key_cooldown(redis.call('HGET', key, 'to') or '')
-    if redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
-    history(key_hist(id), now, 'cancelled', cause, detail)
-    redis.call('PEXPIRE', key, retention_ms)
-    redis.call('PEXPIRE', key_hist(id), retention_ms)
+    cancel_waiting(id, status, cause, detail, retention_ms, now)
     counts[status] = (counts[status] or 0) + 1
   end
 end

@@ -1,4 +1,5 @@
--- Claim the first due message for a daemon. Returns {id, '', now, record} for a claim, else
+-- Claim the first due message for a daemon. Returns {id, '', now, record, its batch's template
+-- (empty for a message without one)} for a claim, else
 -- {'', next due (ms, '' when the queue is empty, '0' when the claim gave up), now}.
 local due_key, inflight_key = KEYS[1], KEYS[2]
 local owner = ARGV[1]       -- the daemon instance
@@ -21,7 +22,10 @@ for _ = 1, 32 do
     if not scope then
       redis.call('ZADD', inflight_key, now, id)
       redis.call('HSET', key, 'owner', owner, 'claim', claim)
-      return {id, '', tostring(now), redis.call('HGETALL', key)}
+      local batch = redis.call('HGET', key, 'template')
+      local template = {}
+      if batch then template = redis.call('HGETALL', key_template(batch)) end
+      return {id, '', tostring(now), redis.call('HGETALL', key), template}
     end
     hold(id, scope, now, cur[1])
   end

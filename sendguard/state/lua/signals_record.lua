@@ -1,5 +1,13 @@
 -- Count signals for each scope of a message and, for a bad signal, trip the first scope whose
--- rates cross the rules. Returns {1 (counted) or 0 (already counted), the trips as JSON...}.
+-- rates cross the rules on the causes the signal bears on. Returns {1 (first counted for the
+-- message) or 0, the trips as JSON...}.
+--
+-- With `once`, a signal counts once per message in each scope: an agent's own report counts on
+-- its agent scope alone, and a trusted report of the same outcome later adds only the others.
+-- Scopes come most specific first. The first one already tripped absorbs the signal: it counts
+-- there and in the scopes before it, not above it. The first one to cross trips alone, and takes
+-- the counts of its window out of the scopes above it: its evidence is judged, so a bad segment
+-- stops that segment, and the inbox, the agent and global trip later only on evidence of their own.
 local trips_key, active_key = KEYS[1], KEYS[2]
 local msg_key = KEYS[3]             -- the message `once` is recorded on
 local last_sent_key = KEYS[4]       -- where `last_id` is remembered
@@ -12,48 +20,80 @@ local last_id = ARGV[5]             -- '' for none
 local r = cjson.decode(ARGV[6])     -- the safe-mode thresholds
 local by = ARGV[7]                  -- who trips
 local retention = tonumber(ARGV[8])
-local evaluate = ARGV[9] == '1'     -- a bad signal: compare the rates with the rules
+local judged_causes = cjson.decode(ARGV[9])  -- the causes to judge; none for a signal that cannot trip
 local scopes = {unpack(ARGV, 10)}   -- most specific first
 
 local now = clock_ms()
 local slot_ms = math.floor(window / slots)
 local slot = math.floor(now / slot_ms)
-if once ~= '' and redis.call('HSETNX', msg_key, once, now) == 0 then return {0} end
+local first = once == '' or redis.call('HSETNX', msg_key, once, now) == 1
 if last_id ~= '' then redis.call('SET', last_sent_key, last_id, 'PX', retention) end
-local trips = {1}  -- counted, then the trips
+local trips = {first and 1 or 0}  -- first counted, then the trips
+local causes = {}
+for _, cause in ipairs(judged_causes) do causes[cause] = true end
 local function over(n, d, rate) return d > 0 and n >= rate * d - 1e-9 end
-for i, key in ipairs(signal_keys) do
-  refresh(key, slot, slots)
-  for _, c in ipairs(counters) do
-    redis.call('HINCRBY', key, slot .. ':' .. c, 1)
-    redis.call('HINCRBY', key, 't:' .. c, 1)
+local absorbed_at = #signal_keys
+if #scopes > 0 then
+  local tripped_now = redis.call('HMGET', trips_key, unpack(scopes))
+  for i = 1, #scopes do
+    if tripped_now[i] then absorbed_at = i break end
   end
-  redis.call('PEXPIRE', key, window + slot_ms)
-  redis.call('ZADD', active_key, now, scopes[i])
 end
--- Scopes come most specific first. The first one already tripped absorbs the signal, and the
--- first one to cross trips alone: a bad segment stops that segment, not everything above it.
-for i, key in ipairs(signal_keys) do
-  if not evaluate then break end
+local counted = false
+for i = 1, absorbed_at do
+  local key = signal_keys[i]
+  -- `once` also marks each scope it was counted in
+  if once == '' or redis.call('HSETNX', msg_key, once .. ' in ' .. scopes[i], now) == 1 then
+    counted = true
+    refresh(key, slot, slots)
+    for _, c in ipairs(counters) do
+      redis.call('HINCRBY', key, slot .. ':' .. c, 1)
+      redis.call('HINCRBY', key, 't:' .. c, 1)
+    end
+    redis.call('PEXPIRE', key, window + slot_ms)
+    redis.call('ZADD', active_key, now, scopes[i])
+  end
+end
+if not counted then return trips end
+-- Take a tripped scope's window out of the scopes above it that counted this signal (those
+-- above an absorbing scope had its evidence taken out when it tripped), slot by slot, never
+-- below zero.
+local function judged(i)
+  local own = redis.call('HGETALL', signal_keys[i])
+  for j = i + 1, absorbed_at do
+    local above = signal_keys[j]
+    for f = 1, #own, 2 do
+      local field = own[f]
+      if string.match(field, '^%d+:') or string.sub(field, 1, 2) == 't:' then
+        local left = redis.call('HINCRBY', above, field, -tonumber(own[f + 1]))
+        if left < 0 then redis.call('HSET', above, field, 0) end
+      end
+    end
+  end
+end
+for i = 1, absorbed_at do
+  if next(causes) == nil or i == absorbed_at and redis.call('HEXISTS', trips_key, scopes[i]) == 1 then
+    break
+  end
   local scope = scopes[i]
-  if redis.call('HEXISTS', trips_key, scope) == 1 then break end
-  local v = totals(key)
+  local v = totals(signal_keys[i])
   local sent, hard, complaint, replies = v[1], v[2], v[4], v[5]
   local bad, abusive, denials = v[6] + v[7], v[7], v[8]
   local cause, value, threshold, detail
-  if sent >= r.min_sent and over(hard, sent, r.bounce_rate) then
+  if causes.bounce_rate and sent >= r.min_sent and over(hard, sent, r.bounce_rate) then
     cause, value, threshold = 'bounce_rate', hard / sent, r.bounce_rate
     detail = hard .. ' hard bounces of ' .. sent .. ' sent'
-  elseif sent >= r.min_sent and over(complaint, sent, r.complaint_rate) then
+  elseif causes.complaint_rate and sent >= r.min_sent and over(complaint, sent, r.complaint_rate) then
     cause, value, threshold = 'complaint_rate', complaint / sent, r.complaint_rate
     detail = complaint .. ' complaints of ' .. sent .. ' sent'
-  elseif replies >= r.min_replies and over(bad, replies, r.negative_reply_rate) then
+  elseif causes.negative_reply_rate and replies >= r.min_replies
+      and over(bad, replies, r.negative_reply_rate) then
     cause, value, threshold = 'negative_reply_rate', bad / replies, r.negative_reply_rate
     detail = bad .. ' negative or abusive replies of ' .. replies
-  elseif abusive >= r.abusive_replies then
+  elseif causes.abusive_replies and abusive >= r.abusive_replies then
     cause, value, threshold = 'abusive_replies', abusive, r.abusive_replies
     detail = abusive .. ' abusive replies'
-  elseif denials >= r.max_denials then
+  elseif causes.denials and denials >= r.max_denials then
     cause, value, threshold = 'denials', denials, r.max_denials
     detail = denials .. ' submissions refused by policy'
   end
@@ -62,6 +102,7 @@ for i, key in ipairs(signal_keys) do
       detail=detail .. ' in the window', at=now, by=by})
     redis.call('HSET', trips_key, scope, trip)
     table.insert(trips, trip)
+    judged(i)
     break
   end
 end

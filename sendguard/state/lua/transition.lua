@@ -1,5 +1,7 @@
 -- Move a message on, if it is in an allowed status and (when given) the claim is still ours.
--- Returns {0, status} when refused, {2, scope} when held by safe mode instead, {1, old status}.
+-- Returns {0, status} when refused, {1, old status} when moved; at the start of a send, {3, entry}
+-- when it was cancelled instead because a suppression entry covers its recipient, {2, scope} when
+-- held instead because a scope of it is in safe mode.
 local msg_key, hist_key, due_key, inflight_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local count_key, cooldown_key = KEYS[5], KEYS[6]  -- the cooldown a cancellation gives back
 local id = ARGV[1]
@@ -10,23 +12,32 @@ local cause, detail = ARGV[5], ARGV[6]  -- for the history; no entry without a c
 local delay_ms = tonumber(ARGV[7])  -- (re)queue this long after now; negative for not queued
 local keep_claim = ARGV[8] == '1'
 local retention_ms = ARGV[9]
-local hold_if_tripped = ARGV[10] == '1'
-local audit_entry = ARGV[11]        -- '' for none
+local start_of_send = ARGV[10] == '1'  -- the last step before the relay: suppression and safe mode
+local audit_entry = ARGV[11]        -- '' for none; at the start of a send, written only if cancelled
 local fields = {unpack(ARGV, 12)}   -- name, value, ... to set on the record
 local now = clock_ms()
 
-local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes')
+local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain')
 if not cur[1] then return {0, ''} end
 if claim ~= '' and cur[2] ~= claim then return {0, cur[1]} end
 if allowed_from ~= '' and not string.find(',' .. allowed_from .. ',', ',' .. cur[1] .. ',', 1, true) then
   return {0, cur[1]}
 end
-if hold_if_tripped then
+if start_of_send then
+  -- A record from before `to_canonical` was written is matched by its address as written.
+  local entry = suppressed(cur[4] or '', cur[5] or cur[4] or '', cur[6] or '')
+  if entry then
+    cancel_waiting(id, cur[1], 'recipient_suppressed',
+      'the recipient is on the suppression list (' .. entry .. '); not sent', retention_ms, now)
+    if audit_entry ~= '' then audit(audit_entry, '"suppressed_by":' .. cjson.encode(entry)) end
+    return {3, entry}
+  end
   local scope = tripped(cur[3])
   if scope then
     hold(id, scope, now, cur[1])
     return {2, scope}
   end
+  audit_entry = ''
 end
 if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
 if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
@@ -45,8 +56,7 @@ end
 redis.call('ZREM', due_key, id)
 if delay_ms >= 0 then redis.call('ZADD', due_key, now + delay_ms, id) end
 if TERMINAL[new] then
-  redis.call('PEXPIRE', msg_key, retention_ms)
-  redis.call('PEXPIRE', hist_key, retention_ms)
+  finished(id, retention_ms, WAITING[cur[1]])
   if new == 'cancelled' and redis.call('GET', cooldown_key) == id then redis.call('DEL', cooldown_key) end
 end
 return {1, cur[1]}

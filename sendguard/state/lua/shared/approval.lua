@@ -16,8 +16,7 @@ local function settle_waiting(id, outcome, detail, now, retention_ms)
     redis.call('ZADD', key_due(), math.max(now, tonumber(cur[2] or '0')), id)
   else
     redis.call('HSET', key, 'reasons', cjson.encode({{code=cause, detail=detail}}))
-    redis.call('PEXPIRE', key, retention_ms)
-    redis.call('PEXPIRE', key_hist(id), retention_ms)
+    finished(id, retention_ms, true)
   end
   return 1
 end
