@@ -28,7 +28,7 @@ from sendguard.client import ApiError, Client, RulesReloaded
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role
+from sendguard.governance.tokens import Role, normal_name
 from sendguard.parts import Runtime, build
 from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
 from sendguard.scopes import parse_scope
@@ -216,6 +216,12 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
         role, name = (Role.AGENT, args.agent) if args.agent else (Role.ADMIN, args.admin)
     if (role is Role.APPROVER) != bool(args.group):
         raise ConfigError("an approver token needs --group (e.g. ops), and only an approver token takes one")
+    try:
+        name = normal_name(name, "--name")
+        if args.group:
+            normal_name(args.group, "--group")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     rules = None
     if role is Role.AGENT:
         rules = load_rules(default_rules_path(settings.rules))

@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from sendguard.errors import ConfigError
-from sendguard.model import folded_address
+from sendguard.model import canonical_address
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -129,6 +129,11 @@ class AgentEntry(_Table):
     def may_use_segment(self, segment: str | None) -> bool:
         return segment is None or "*" in self.segments or segment in self.segments
 
+    @property
+    def needs_segment(self) -> bool:
+        """An agent kept to some segments names one in every send: no segment is not a way out."""
+        return "*" not in self.segments
+
     def may_run_version(self, version: str) -> bool:
         return any(fnmatch.fnmatchcase(version, pattern) for pattern in self.versions)
 
@@ -168,11 +173,15 @@ class ApprovalRules(_Table):
 
     @field_validator("shared_inboxes")
     @classmethod
-    def _lowercase(cls, inboxes: list[str]) -> list[str]:
+    def _canonical(cls, inboxes: list[str]) -> list[str]:
         for inbox in inboxes:
             if "@" not in inbox:
                 raise ValueError(f"{inbox!r} is not an address")
-        return [folded_address(inbox) for inbox in inboxes]
+        return [canonical_address(inbox) for inbox in inboxes]
+
+    def is_shared(self, inbox: str) -> bool:
+        """Whether mail from `inbox` is from a shared inbox, however its case or `+tag` is spelt."""
+        return canonical_address(inbox) in self.shared_inboxes
 
 
 class RulesFile(_Table):

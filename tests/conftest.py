@@ -51,6 +51,11 @@ AGENT_RULES = """
 name = "sdr-bot"
 owner = "sales"
 inboxes = ["*@acme.example"]
+
+[[agent]]
+name = "list-bot"
+owner = "sales"
+inboxes = ["*@acme.example"]
 segments = ["cfo-na-q4", "smb"]
 
 [[agent]]

@@ -54,18 +54,27 @@ def test_revoked_token_is_refused(daemon: Daemon, client_for: ClientFor) -> None
     assert client.client.get("/v1/messages/0000").status_code == 401
 
 
-def test_agent_may_only_use_its_inboxes_and_segments(api: Api) -> None:
+def test_agent_may_only_use_its_inboxes_and_segments(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
     wrong_inbox = api.client.post(
         "/v1/messages", json=message("bob@customer.example", **{"from": "Eve <eve@evil.example>"})
     )
     assert wrong_inbox.status_code == 403
     assert wrong_inbox.json()["reasons"][0]["code"] == "inbox_not_allowed"
-    wrong_segment = api.client.post(
-        "/v1/messages", json=message("bob@customer.example", segment="all-customers")
+    # An agent kept to some segments may neither leave them nor leave the segment out.
+    kept = client_for(daemon, "agent", "list-bot")
+    for segment, code in (("all-customers", "segment_not_allowed"), ("SMB", "segment_not_allowed")):
+        refused = kept.client.post("/v1/messages", json=message("bob@customer.example", segment=segment))
+        assert refused.status_code == 403 and refused.json()["reasons"][0]["code"] == code
+    unnamed = kept.client.post("/v1/messages", json=message("bob@customer.example"))
+    assert unnamed.status_code == 403 and unnamed.json()["reasons"][0]["code"] == "segment_required"
+    batch = {k: v for k, v in message("").items() if k != "to"} | {
+        "recipients": [{"to": "b@customer.example"}]
+    }
+    unnamed_batch = kept.client.post("/v1/batches", json=batch)
+    assert (
+        unnamed_batch.status_code == 403 and unnamed_batch.json()["reasons"][0]["code"] == "segment_required"
     )
-    assert wrong_segment.status_code == 403
-    assert wrong_segment.json()["reasons"][0]["code"] == "segment_not_allowed"
-    assert api.send("bob@customer.example", segment="smb")["status"] == "queued"
+    assert kept.send("bob@customer.example", segment="smb")["status"] == "queued"
 
 
 @pytest.mark.parametrize(

@@ -126,22 +126,24 @@ def test_a_mass_batch_is_one_tier_two_request_and_small_batches_add_up_to_a_run(
     dana = client_for(daemon, "approver", "dana", "--group", "ops")
     finn = client_for(daemon, "approver", "finn", "--group", "sales")
 
+    # Splitting a mass send into batches under the threshold does not dodge it: the agent's
+    # messages add up, whatever segment or campaign each batch names.
+    small = [{"to": f"s{i}@customer.example", "vars": {"first_name": "S", "company": "C"}} for i in range(6)]
+    first = post(agent, batch(small[:3], segment=None, campaign="split"))
+    second = post(agent, batch(small[3:], segment="smb", campaign="other"))
+    assert first["approval"] is None and {r["status"] for r in first["accepted"]} == {"queued"}
+    assert second["approval"]["tier"] == 2 and "makes 5 or more messages" in second["approval"]["why"]
+    assert {r["status"] for r in second["accepted"]} == {"pending_approval"}
+
     people = [{"to": f"p{i}@customer.example", "vars": {"first_name": "P", "company": "C"}} for i in range(6)]
     mass = post(agent, batch(people, segment="smb"))
     assert mass["approval"]["tier"] == 2 and "batch of 6 recipients" in mass["approval"]["why"]
     assert {r["status"] for r in mass["accepted"]} == {"pending_approval"}
     request_id = mass["approval"]["id"]
+    assert request_id != second["approval"]["id"]  # a batch is shown to its approvers on its own
     shown = dana.client.get(f"/v1/approvals/{request_id}").json()
     assert shown["kind"] == "batch" and shown["contents"]["messages"] == 6
     assert shown["contents"]["samples"][0]["subject"] == "A question for C"
-
-    # Splitting it into batches under the threshold does not dodge it: the run adds up.
-    small = [{"to": f"s{i}@customer.example", "vars": {"first_name": "S", "company": "C"}} for i in range(6)]
-    first = post(agent, batch(small[:3], segment=None, campaign="split"))
-    second = post(agent, batch(small[3:], segment=None, campaign="split"))
-    assert first["approval"] is None and {r["status"] for r in first["accepted"]} == {"queued"}
-    assert second["approval"]["tier"] == 2 and "mass send: 6 messages" in second["approval"]["why"]
-    assert {r["status"] for r in second["accepted"]} == {"pending_approval"}
 
     for approver in (dana, finn):
         response = approver.client.post(f"/v1/approvals/{request_id}/approve", json={"comment": "ok"})

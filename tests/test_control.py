@@ -183,7 +183,7 @@ def test_rules_reload_from_the_cli_says_what_changed(
         f"rules reloaded from {rules}: version {before} -> {after}",
         "  changed: ingress",
         "  agents added: new-bot",
-        "  agents changed: sdr-bot",
+        "  agents changed: list-bot",
     ]
     rules.write_text(rules.read_text() + "\n# a comment changes the version, and nothing else\n")
     commented = sendguard(here, env, "rules", "reload").stdout.splitlines()

@@ -24,6 +24,8 @@ RULES = """
 mx_check = "off"
 recipient_cooldown = "0s"
 """
+# Drills of delivery, not of approval: their bursts of one agent ask for no mass-send request.
+UNAPPROVED = RULES + "\n[approvals]\nmass_send_threshold = 1000000\n"
 
 
 @pytest.mark.drill
@@ -31,7 +33,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_counts_every_duplicate(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
     smtp.delay = 0.05
-    first = make_daemon(RULES, process=True, workers="8")  # it gets kill -9
+    first = make_daemon(UNAPPROVED, process=True, workers="8")  # it gets kill -9
     api = client_for(first, "agent", "sdr-bot")
     ids = [api.send(f"lead{n}@customer.example")["id"] for n in range(80)]
     wait_until(lambda: len(smtp.snapshot()) >= 15, what="deliveries to be under way")
@@ -39,7 +41,7 @@ def test_kill_9_mid_delivery_loses_nothing_and_counts_every_duplicate(
     delivered_before_kill = len(smtp.snapshot())
     assert delivered_before_kill < len(ids), "the kill came too late to test anything"
 
-    second = make_daemon(RULES, workers="8")
+    second = make_daemon(UNAPPROVED, workers="8")
     api = client_for(second, "agent", "sdr-bot")
     records = [api.wait_status(message_id, "sent", timeout=60) for message_id in ids]
 
@@ -74,7 +76,7 @@ def test_redis_restarted_mid_run_loses_nothing_and_readiness_follows_it(
     make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink
 ) -> None:
     smtp.delay = 0.05
-    daemon = make_daemon(RULES, process=True, redis_url=own_redis.url)
+    daemon = make_daemon(UNAPPROVED, process=True, redis_url=own_redis.url)
     api = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
     try:
         accepted = [api.send(f"before{n}@customer.example")["id"] for n in range(60)]
@@ -218,8 +220,10 @@ def test_a_rogue_agent_at_full_size_gets_only_tier_zero_out(
         f"<{message_id}.sg@acme.example>" for message_id, status in statuses.items() if status == "queued"
     }
     assert Counter(r.message_id for r in smtp.received) == Counter(queued), "the tier-0 ones, once each"
-    response = operator.client.get("/v1/approvals", params={"status": "pending"})
-    [request] = response.json()
-    assert request["tier"] == 2
-    contents = operator.client.get(f"/v1/approvals/{request['id']}").json()["contents"]
-    assert contents["waiting"] == waiting
+    # Each request holds what its approvers are shown: the message that opened it and at most a
+    # threshold's worth that joined it (the waiting counts above hold all of them).
+    requests = operator.client.get("/v1/approvals", params={"status": "pending"}).json()
+    assert requests and {r["tier"] for r in requests} == {2}
+    assert all(r["messages"] + r["headroom"] == MASS_SEND_THRESHOLD + 1 for r in requests)
+    contents = operator.client.get(f"/v1/approvals/{requests[0]['id']}").json()["contents"]
+    assert contents["waiting"] == requests[0]["messages"] <= MASS_SEND_THRESHOLD + 1

@@ -249,8 +249,11 @@ def scenarios(draw: st.DrawFn, domain: str) -> tuple[str, str, list[tuple[str, f
 def test_no_message_to_a_suppressed_recipient_reaches_the_relay_after_the_suppression_was_acknowledged(
     make_daemon: MakeDaemon, client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    # Refusals of suppressed recipients add up over the examples; they must not trip the agent.
-    daemon = make_daemon(BASE + "[safe_mode]\nmax_denials = 100000\n")
+    # Refusals of suppressed recipients add up over the examples; they must not trip the agent, and
+    # its sends add up too: they must not wait for a mass-send approval.
+    daemon = make_daemon(
+        BASE + "[safe_mode]\nmax_denials = 100000\n[approvals]\nmass_send_threshold = 100000\n"
+    )
     agent, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
     domains = (f"d{n}.example" for n in itertools.count())  # each example its own recipients
 

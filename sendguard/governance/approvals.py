@@ -1,13 +1,17 @@
 """Approval tiers: which sends wait for people, and the rules people must follow to release them.
 
 Tier 0 sends go straight to the queue. Tier 1 (an agent registered with `tier = 1`, or a shared
-inbox) needs one approval per message. Tier 2, mass sends, needs two approvals from two different
-people in two different groups: a batch of at least `mass_send_threshold` recipients, and an
-agent's run of single messages to one segment or campaign that reaches the threshold within
-`mass_send_window` (from then on, the run's messages wait for one tier-2 request, so splitting a
-mass send into singles does not dodge it; an approved run is good for `ttl`). Nobody approves what
-their own token submitted, nor gives both approvals. Every decision runs in one Redis script, so
-two approvers deciding at once cannot both be "the second".
+inbox, matched by canonical address) needs one approval per submission, whatever else was
+approved. Tier 2, mass sends, needs two approvals from two different people in two different
+groups. Mass sends are counted per agent, never per label the agent chooses: from the
+`mass_send_threshold`-th accepted recipient within `mass_send_window` (a batch's recipients count
+like single messages, at the time they are due) the rest waits for a tier-2 request. A request
+releases what its approvers are shown and no more: its messages, plus a headroom of
+`mass_send_threshold` more that the agent may send within `mass_send_window` of the approval;
+what joins a pending request comes out of that headroom, and beyond it a new request opens.
+Nobody approves what their own token submitted, nor gives both approvals. Every decision runs in
+one Redis script with its effects and audit entry, so two approvers deciding at once cannot both
+be "the second", and a message admitted after its request was decided is settled by the decision.
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ import redis.asyncio as aioredis
 
 from sendguard.errors import SendguardError
 from sendguard.governance.audit import AuditLog
+from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
-from sendguard.model import Status, now_ms
+from sendguard.model import Status, iso_ms, now_ms
 from sendguard.record import MessageRecord
-from sendguard.rules import AgentEntry, ApprovalRules, Rules, ScopeKind
-from sendguard.scopes import scope_name
+from sendguard.rules import AgentEntry, Rules
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
-from sendguard.state.store import Store
+from sendguard.state.store import RETENTION_MS, Store
 from sendguard.submission import Content
 
 
@@ -73,6 +77,10 @@ class Request:
     expires: int
     rules_version: str
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    messages: int = 0  # a tier-2 request: the messages it holds (a batch's, or a run's so far)
+    headroom: int = 0  # a tier-2 request: how many more approving it lets through without a new one
+    headroom_for: int = 0  # ms after the approval the headroom lasts
+    headroom_until: int = 0  # ms: once approved, when the headroom ends
 
     @classmethod
     def from_record(cls, record: dict[str, str]) -> Request:
@@ -89,6 +97,22 @@ class Request:
             expires=int(record["expires"]),
             rules_version=record.get("rules_version", ""),
             decisions=json.loads(record.get("decisions") or "[]") or [],
+            messages=int(record.get("messages") or 0),
+            headroom=int(record.get("headroom") or 0),
+            headroom_for=int(record.get("headroom_for") or 0),
+            headroom_until=int(record.get("headroom_until") or 0),
+        )
+
+    def releases(self) -> str:
+        """What deciding a tier-2 request lets through, in the words its approvers read."""
+        if self.tier < 2:
+            return "approving releases this submission"
+        more = f"up to {self.headroom} more messages from {self.agent} through without a new request"
+        if self.headroom_until:
+            return f"approved: lets {more} until {iso_ms(self.headroom_until)}"
+        return (
+            f"approving releases the {self.messages} messages it holds and lets {more} "
+            f"until {self.headroom_for / 1000:g}s after the approval"
         )
 
 
@@ -100,8 +124,7 @@ class Approvals:
         self._keys = keys
         self._store = store
         self._audit = audit
-        self._count_run = scripts.register(client, keys, "approval_count_run")
-        self._open_run = scripts.register(client, keys, "approval_open_run")
+        self._route = scripts.register(client, keys, "approval_route")
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
 
@@ -116,49 +139,74 @@ class Approvals:
     ) -> Routing | None:
         """The request `count` messages (a submission, or a batch's accepted recipients) wait for.
 
-        None is tier 0. A batch's messages count towards the agent's run like single ones, so a
-        mass send split into small batches is caught as well.
+        None is tier 0. The mass-send count comes first: a tier-2 request settles everything it
+        holds. Past it (under the threshold, or in an approved request's headroom) tier 1 is
+        judged on its own, so no tier-2 approval lets a tier-1 agent or a shared inbox through.
         """
         settings = rules.file.approvals
-        threshold = settings.mass_send_threshold
-        scope = run_scope(content)
-        in_run = 0
-        if scope is not None:
-            async with translated():
-                in_run = int(
-                    await self._count_run(
-                        keys=[self._keys.run(agent.name, scope)],
-                        args=[now_ms(), int(settings.mass_send_window * 1000), secrets.token_hex(8), count],
-                    )
-                )
-        label = f"batch {batch} of {count} from {agent.name}" if batch else f"one message from {agent.name}"
-        if batch and count >= threshold:
-            why = f"mass send: a batch of {count} recipients (threshold {threshold})"
-            approval_id = await self.open(Opening(2, "batch", label, why, agent.name), requester, rules)
-            return Routing(approval_id, 2, why)
-        if scope is not None and in_run >= threshold:
-            why = (
-                f"mass send: {in_run} messages from {agent.name} to {scope} within "
-                f"{settings.mass_send_window:g}s (threshold {threshold})"
-            )
-            # None: an approved run covers it, whatever the agent's own tier.
-            return await self._run_request(agent, scope, rules, requester, why)
+        mass = await self._mass(agent, content, count, rules, requester, batch)
+        if mass is not None:
+            return mass
         inbox = content.sender.address
-        if agent.tier >= 1 or inbox in settings.shared_inboxes:
+        if agent.tier >= 1 or settings.is_shared(inbox):
             why = f"agent {agent.name} is tier 1" if agent.tier >= 1 else f"{inbox} is a shared inbox"
+            label = (
+                f"batch {batch} of {count} from {agent.name}" if batch else f"one message from {agent.name}"
+            )
             kind = "batch" if batch else "message"
             approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
             return Routing(approval_id, 1, why)
         return None
 
+    async def _mass(
+        self, agent: AgentEntry, content: Content, count: int, rules: Rules, requester: Principal, batch: str
+    ) -> Routing | None:
+        """The tier-2 request the submission waits for, counted in one script; None if it needs none."""
+        settings = rules.file.approvals
+        threshold, window = settings.mass_send_threshold, settings.mass_send_window
+        approval_id = secrets.token_hex(8)
+        if batch:
+            opening = Opening(2, "batch", f"batch {batch} of {count} from {agent.name}", "", agent.name)
+        else:
+            opening = Opening(2, "run", f"the sends of {agent.name} past the threshold", "", agent.name)
+        why = _mass_why(agent, count, rules, batch)
+        fields = self._fields(approval_id, opening, requester, rules) | {"why": why}
+        send_at = int(content.send_at.timestamp() * 1000) if content.send_at else 0
+        k = self._keys
+        async with translated():
+            state, found = await self._route(
+                keys=[k.mass_sends(agent.name), k.mass_request(agent.name), k.approvals, k.approvals_pending],
+                args=[
+                    approval_id,
+                    count,
+                    send_at,
+                    int(window * 1000),
+                    threshold,
+                    threshold,  # the headroom: one more threshold's worth, as a tier-0 agent has
+                    "0" if batch else "1",
+                    int(settings.ttl * 1000),
+                    json.dumps(fields),
+                    audit_entry(
+                        "approval.requested",
+                        requester.actor,
+                        {"approval_id": approval_id, "tier": 2, "why": why},
+                    ),
+                ],
+            )
+        if state in ("free", "covered"):
+            return None
+        return Routing(str(found), 2, why)
+
     async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
-        """Open a request; messages join it through admission."""
+        """Open a tier-1 request; messages join it through admission."""
         approval_id = secrets.token_hex(8)
         fields = self._fields(approval_id, opening, requester, rules)
+        created = now_ms()
+        fields |= {"created": str(created), "expires": str(created + int(rules.file.approvals.ttl * 1000))}
         k = self._keys
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
-            pipe.zadd(k.approvals, {approval_id: int(fields["created"])})
+            pipe.zadd(k.approvals, {approval_id: created})
             pipe.zadd(k.approvals_pending, {approval_id: int(fields["expires"])})
             self._audit.stage(
                 pipe,
@@ -169,30 +217,9 @@ class Approvals:
             await pipe.execute()
         return approval_id
 
-    async def _run_request(
-        self, agent: AgentEntry, run_scope: str, rules: Rules, requester: Principal, why: str
-    ) -> Routing | None:
-        k = self._keys
-        approval_id = secrets.token_hex(8)
-        opening = Opening(2, "run", f"the run of {agent.name} to {run_scope}", why, agent.name)
-        fields = self._fields(approval_id, opening, requester, rules)
-        ttl_ms = int(rules.file.approvals.ttl * 1000)
-        async with translated():
-            state, found = await self._open_run(
-                keys=[k.run_approval(agent.name, run_scope), k.approvals, k.approvals_pending],
-                args=[approval_id, fields["created"], ttl_ms, json.dumps(fields)],
-            )
-        if state == "covered":
-            return None
-        if state == "new":
-            await self._audit.append(
-                "approval.requested", requester.actor, {"approval_id": found, "tier": 2, "why": why}
-            )
-        return Routing(str(found), 2, why)
-
     @staticmethod
     def _fields(approval_id: str, opening: Opening, requester: Principal, rules: Rules) -> dict[str, str]:
-        created = now_ms()
+        """A new request's record, but for its times (and a tier-2 request's counts)."""
         return {
             "id": approval_id,
             "tier": str(opening.tier),
@@ -203,35 +230,15 @@ class Approvals:
             "requested_by": requester.name,
             "requested_token": requester.token_id,
             "status": "pending",
-            "created": str(created),
-            "expires": str(created + int(rules.file.approvals.ttl * 1000)),
             "rules_version": rules.version,
             "decisions": "[]",
         }
 
-    async def decide(
-        self, approval_id: str, who: Principal, approve: bool, comment: str, rules: ApprovalRules
-    ) -> Request:
+    async def decide(self, approval_id: str, who: Principal, approve: bool, comment: str) -> Request:
         """Record an approver's decision; ApprovalRefused says which rule forbids it."""
         k = self._keys
         verdict = "approve" if approve else "deny"
-        async with translated():
-            status, problem = await self._decide(
-                keys=[k.approval(approval_id), k.approvals_pending],
-                args=[
-                    approval_id,
-                    now_ms(),
-                    verdict,
-                    who.name,
-                    who.group,
-                    who.token_id,
-                    comment,
-                    int(rules.ttl * 1000),
-                ],
-            )
-        if status == "refused":
-            raise ApprovalRefused(str(problem))
-        await self._audit.append(
+        trail = audit_entry(
             "approval.decided",
             who.actor,
             {
@@ -239,12 +246,16 @@ class Approvals:
                 "verdict": verdict,
                 "group": who.group,
                 "comment": comment,
-                "status": status,
+                "outcome": "@",  # the script writes the request's new status here
             },
         )
-        if status in ("approved", "denied"):
-            detail = f"{status} by {who.name} ({who.group}): {comment}"
-            await self._store.settle_approval(approval_id, status, detail)
+        async with translated():
+            status, problem = await self._decide(
+                keys=[k.approval(approval_id), k.approvals_pending, k.approval_messages(approval_id)],
+                args=[approval_id, verdict, who.name, who.group, who.token_id, comment, RETENTION_MS, trail],
+            )
+        if status == "refused":
+            raise ApprovalRefused(str(problem))
         request = await self.get(approval_id)
         assert request is not None
         return request
@@ -256,16 +267,14 @@ class Approvals:
             due = await self._redis.zrangebyscore(k.approvals_pending, "-inf", now_ms(), start=0, num=100)
         expired = 0
         for approval_id in map(str, due):
+            trail = audit_entry("approval.expired", "sendguard", {"approval_id": approval_id})
             async with translated():
-                done = await self._expire(
-                    keys=[k.approval(approval_id), k.approvals_pending], args=[approval_id, now_ms()]
+                expired += int(
+                    await self._expire(
+                        keys=[k.approval(approval_id), k.approvals_pending, k.approval_messages(approval_id)],
+                        args=[approval_id, RETENTION_MS, trail],
+                    )
                 )
-            if done:
-                expired += 1
-                await self._store.settle_approval(
-                    approval_id, "expired", "no decision within the approval ttl"
-                )
-                await self._audit.append("approval.expired", "sendguard", {"approval_id": approval_id})
         return expired
 
     async def _requests(self, ids: list[str]) -> list[Request]:
@@ -328,10 +337,13 @@ def _sample(message_id: str, record: MessageRecord | None) -> dict[str, str | No
     }
 
 
-def run_scope(content: Content) -> str | None:
-    """The scope an agent's run is counted in: the segment, else the campaign."""
-    if content.segment:
-        return scope_name(ScopeKind.SEGMENT, content.segment)
-    if content.campaign:
-        return scope_name(ScopeKind.CAMPAIGN, content.campaign)
-    return None
+def _mass_why(agent: AgentEntry, count: int, rules: Rules, batch: str) -> str:
+    """Why a mass send waits, for the request and the agent's answer."""
+    settings = rules.file.approvals
+    within = (
+        f"{settings.mass_send_threshold} or more messages from {agent.name} "
+        f"within {settings.mass_send_window:g}s"
+    )
+    if batch:
+        return f"mass send: a batch of {count} recipients makes {within}"
+    return f"mass send: {within}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -54,6 +55,22 @@ class Principal:
         return f"{self.role.value}:{self.name}"
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
+
+
+def normal_name(text: str, what: str = "name") -> str:
+    """A token's name or group as it is kept and compared: trimmed and case-folded, so `Dana` and
+    `dana ` are one person and `Ops` and `ops` one group. ValueError for an empty or odd one
+    (spaces, punctuation, non-ASCII look-alikes), which no rule could tell apart from another."""
+    name = text.strip().casefold()
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"{what} {text!r}: use 1 to 64 letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -71,11 +88,13 @@ class Tokens:
     ) -> tuple[str, str]:
         """Returns (token id, the token); the token itself is never stored or shown again.
 
-        `expires` is a lifetime as people write it (`30d`), recorded as written; ValueError says
-        what is wrong with it or with the group.
+        `expires` is a lifetime as people write it (`30d`), recorded as written; the name and group
+        are kept normalised (`normal_name`). ValueError says what is wrong with any of them.
         """
         if (role is Role.APPROVER) != bool(group):
             raise ValueError("an approver token needs a group, and only an approver token has one")
+        name = normal_name(name)
+        group = normal_name(group, "group") if group else ""
         expires_in = parse_duration(expires) if expires else None
         token_id = secrets.token_hex(6)
         token = f"sg_{token_id}_{secrets.token_urlsafe(32)}"

@@ -133,6 +133,8 @@ class DecisionIn(BaseModel):
 def _request_out(request: Request) -> dict[str, Any]:
     out = dict(request.__dict__)
     out["created"], out["expires"] = iso_ms(request.created), iso_ms(request.expires)
+    out["headroom_until"] = iso_ms(request.headroom_until) or None
+    out["releases"] = request.releases()
     return out
 
 
@@ -168,7 +170,5 @@ async def deny(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: App
 async def _decide(
     approval_id: str, body: DecisionIn, runtime: Runtime, who: Principal, *, approve: bool
 ) -> dict[str, Any]:
-    request = await runtime.approvals.decide(
-        approval_id, who, approve, body.comment, runtime.rules.file.approvals
-    )
+    request = await runtime.approvals.decide(approval_id, who, approve, body.comment)
     return _request_out(request)

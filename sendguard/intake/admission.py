@@ -428,6 +428,13 @@ def _authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
                 f"agent {agent.name!r} may not send from {payload.sender.address}",
             )
         )
+    if agent.needs_segment and payload.segment is None:
+        raise Forbidden(
+            Reason(
+                "segment_required",
+                f"agent {agent.name!r} may send only to segments {', '.join(agent.segments)}: name one",
+            )
+        )
     if not agent.may_use_segment(payload.segment):
         raise Forbidden(
             Reason(

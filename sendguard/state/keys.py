@@ -47,8 +47,9 @@ SCHEMA: dict[str, str] = {
     "approval_messages": "appr:{id}:msgs",  # set: ids of the messages waiting for it
     "approvals": "approvals",  # zset: approval request ids, score = creation time (ms)
     "approvals_pending": "approvals:pending",  # zset: pending request ids, score = expiry (ms)
-    "run": "run:{agent}:{scope}",  # zset: an agent's recent messages to a segment or campaign
-    "run_approval": "run:{agent}:{scope}:approval",  # string: the approval request covering that run
+    # zset: an agent's accepted recipients per slot of due time, member `<slot>:<recipients>`, score = slot
+    "mass_sends": "mass:{agent}",
+    "mass_request": "mass:{agent}:request",  # string: the agent's latest tier-2 request
     "audit_pending": "audit:pending",  # list: entries written, not yet chained, oldest first
     "audit_chain": "audit:chain",  # list: the hash-chained audit trail, JSON entries in sequence order
     "audit_head": "audit:head",  # hash: seq and hash of the last chained entry
@@ -174,11 +175,11 @@ class Keys:
     def approvals_pending(self) -> str:
         return self._key("approvals_pending")
 
-    def run(self, agent: str, scope: str) -> str:
-        return self._key("run", agent, scope)
+    def mass_sends(self, agent: str) -> str:
+        return self._key("mass_sends", agent)
 
-    def run_approval(self, agent: str, scope: str) -> str:
-        return self._key("run_approval", agent, scope)
+    def mass_request(self, agent: str) -> str:
+        return self._key("mass_request", agent)
 
     @property
     def audit_pending(self) -> str:

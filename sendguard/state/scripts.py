@@ -8,7 +8,7 @@ the loader puts exactly the shared definitions the script uses, each from its on
   so no script builds a key by hand;
 - the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py;
 - the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
-  signal windows, suppression, the waiting index, cancellation).
+  signal windows, suppression, the waiting index, cancellation, settling by an approval).
 
 Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
 the layout of Redis. tests/test_scripts.py holds each script to these rules.
@@ -30,7 +30,17 @@ from sendguard.state.keys import PARTS, SCHEMA, Keys
 
 LUA = files("sendguard.state") / "lua"
 # The shared helper files, in an order where each may use the ones before it.
-SHARED = ("clock", "history", "audit", "safe_mode", "signal_window", "suppression", "waiting", "cancellation")
+SHARED = (
+    "clock",
+    "history",
+    "audit",
+    "safe_mode",
+    "signal_window",
+    "suppression",
+    "waiting",
+    "cancellation",
+    "approval",
+)
 
 _DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)
 _KEY_HELPER = re.compile(r"\bkey_(\w+)\(")

@@ -130,7 +130,6 @@ class Store:
         self._hold_waiting = scripts.register(client, keys, "hold_waiting")
         self._cancel = scripts.register(client, keys, "cancel")
         self._suppress = scripts.register(client, keys, "suppress")
-        self._settle_approval = scripts.register(client, keys, "settle_approval")
         self._template_keep = scripts.register(client, keys, "template_keep")
 
     async def keep_template(self, batch_id: str, subject: str, text: str, html: str, headers: str) -> None:
@@ -409,16 +408,6 @@ class Store:
                 args=[cause, detail, RETENTION_MS, audit_entry, len(mailboxes), *mailboxes, *domains],
             )
         return int(new), int(cancelled)
-
-    async def settle_approval(self, approval_id: str, outcome: str, detail: str) -> int:
-        """Queue (approved), cancel (denied) or expire the messages waiting for a request."""
-        k = self.keys
-        async with translated():
-            moved = await self._settle_approval(
-                keys=[k.approval_messages(approval_id), k.due, k.count],
-                args=[outcome, detail, RETENTION_MS],
-            )
-        return int(moved)
 
     async def annotate(
         self, message_id: str, cause: str, detail: str, changes: Changes | None = None

@@ -64,6 +64,13 @@ if WAITING[status] then
     redis.call('SADD', key_approval_messages(approval), id)
     redis.call('HINCRBY', count_key, status, 1)
     history(hist_key, now, status, 'approval_required', 'approval request ' .. approval)
+    local decided = redis.call('HMGET', key_approval(approval), 'status', 'settled')
+    if decided[1] ~= 'pending' then
+      -- Decided while this was on its way in (a batch still being admitted, a run's late
+      -- joiner): the decision already taken settles it, so nothing waits for a closed request.
+      settle_waiting(id, decided[1], decided[2] or 'the approval request is gone', now, retention_ms)
+      status = redis.call('HGET', msg_key, 'status')
+    end
   elseif scope then
     hold(id, scope, now, nil)
     status, held_by = 'held', scope

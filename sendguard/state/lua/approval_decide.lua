@@ -1,15 +1,18 @@
 -- Record one approver's decision if the rules allow it; two deciding at once are serialised here.
+-- A decision that settles the request settles its waiting messages in the same step (a message
+-- admitted later is settled by admit.lua from the status written here), with the audit entry.
 -- Returns {'refused', why} or {new status, ''}.
-local request_key, pending_key = KEYS[1], KEYS[2]
+local request_key, pending_key, messages_key = KEYS[1], KEYS[2], KEYS[3]
 local id = ARGV[1]
-local now = tonumber(ARGV[2])       -- ms
-local verdict = ARGV[3]             -- approve | deny
-local name, group, token = ARGV[4], ARGV[5], ARGV[6]  -- who decides
-local comment = ARGV[7]
-local ttl_ms = tonumber(ARGV[8])    -- how long an approval stays good
+local verdict = ARGV[2]             -- approve | deny
+local name, group, token = ARGV[3], ARGV[4], ARGV[5]  -- who decides, as their token was minted
+local comment = ARGV[6]
+local retention_ms = ARGV[7]        -- how long a settled message is kept
+local audit_entry = ARGV[8]         -- approval.decided; its outcome is the request's new status
+local now = clock_ms()
 
 local r = redis.call('HMGET', request_key, 'status', 'tier', 'requested_by', 'requested_token', 'decisions',
-  'expires')
+  'expires', 'headroom_for')
 if not r[1] then return {'refused', 'there is no approval request ' .. id} end
 if r[1] ~= 'pending' then return {'refused', 'the request is already ' .. r[1]} end
 if now >= tonumber(r[6]) then return {'refused', 'the request has expired'} end
@@ -34,10 +37,16 @@ if verdict == 'deny' then
   status = 'denied'
 elseif approvals + 1 >= tonumber(r[2]) then
   status = 'approved'
-  redis.call('HSET', request_key, 'good_until', now + ttl_ms)
+  -- The headroom its approvers were shown starts now.
+  redis.call('HSET', request_key, 'headroom_until', now + tonumber(r[7] or '0'))
 end
 if status ~= 'pending' then
-  redis.call('HSET', request_key, 'status', status, 'decided', now)
+  local settled = status .. ' by ' .. name .. ' (' .. group .. '): ' .. comment
+  redis.call('HSET', request_key, 'status', status, 'decided', now, 'settled', settled)
   redis.call('ZREM', pending_key, id)
+  for _, message in ipairs(redis.call('SMEMBERS', messages_key)) do
+    settle_waiting(message, status, settled, now, retention_ms)
+  end
 end
+audit(audit_entry, '"status":' .. cjson.encode(status))
 return {status, ''}

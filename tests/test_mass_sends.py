@@ -1,0 +1,197 @@
+"""Mass sends against a hijacked agent, on a real daemon: whatever labels, sizes, inboxes, times,
+cancels and keys it chooses, at most `mass_send_threshold - 1` of its messages reach the relay
+within the window without a tier-2 approval, and an approval releases no more than it showed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Api, Daemon, message, wait_until
+from tests.peers import SmtpSink
+
+ClientFor = Callable[..., Api]
+THRESHOLD = 6
+ROGUES = 40  # agents, one per example (reused, still counted, if shrinking needs more)
+RULES = f"""
+[ingress]
+recipient_cooldown = "0s"
+
+[safe_mode]
+max_denials = 1000000
+
+[approvals]
+mass_send_threshold = {THRESHOLD}
+shared_inboxes = ["team@acme.example"]
+""" + "".join(
+    f'\n[[agent]]\nname = "rogue-{n}"\nowner = "sales"\ninboxes = ["*@acme.example"]\n' for n in range(ROGUES)
+)
+UNSETTLED = {"queued", "deferred", "sending"}
+
+# Every label a hijacked agent writes, case included.
+LABEL = (
+    st.none()
+    | st.sampled_from(["q4", "Q4", "smb", "SMB", "cfo-na-q4"])
+    | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,10}", fullmatch=True)
+)
+SENDER = st.sampled_from(
+    ["Alice <alice@acme.example>", "ALICE@ACME.EXAMPLE", "alice+x@acme.example", "bob@acme.example"]
+)
+SEND_AT = st.sampled_from([None, 1, 86_400])  # seconds ahead: now-ish, or due long after the test
+KEY = st.none() | st.sampled_from(["k1", "k2", "k3"])
+
+
+@st.composite
+def labels(draw: st.DrawFn) -> dict[str, Any]:
+    ahead = draw(SEND_AT)
+    chosen = {
+        "from": draw(SENDER),
+        "segment": draw(LABEL),
+        "campaign": draw(LABEL),
+        "run_id": draw(st.none() | st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)),
+        "idempotency_key": draw(KEY),
+    }
+    if ahead is not None:
+        chosen["send_at"] = (datetime.now(UTC) + timedelta(seconds=ahead)).isoformat()
+    return {name: value for name, value in chosen.items() if value is not None}
+
+
+OPERATION = st.one_of(
+    st.tuples(st.just("single"), labels()),
+    st.tuples(st.just("batch"), labels(), st.integers(1, 2 * THRESHOLD)),
+    st.tuples(st.just("parallel"), labels(), st.integers(1, THRESHOLD)),
+    st.tuples(st.just("cancel"), st.integers(0, 1000)),
+)
+
+
+@dataclass
+class Rogue:
+    """One agent's example: its client, and every message it was told was accepted, by id, with
+    whether it is due after the test (a reused idempotency key answers with the first message)."""
+
+    api: Api
+    prefix: str
+    due_later: dict[str, bool] = field(default_factory=dict)
+
+    def address(self) -> str:
+        return f"{self.prefix}-{secrets.token_hex(4)}@customer.example"
+
+    def single(self, chosen: dict[str, Any]) -> None:
+        response = self.api.client.post("/v1/messages", json=message(self.address(), **chosen))
+        assert response.status_code == 201, response.text
+        self.due_later.setdefault(response.json()["id"], "send_at" in chosen and _far(chosen))
+
+    def batch(self, chosen: dict[str, Any], size: int) -> None:
+        body = {name: value for name, value in message("", **chosen).items() if name != "to"}
+        body["recipients"] = [{"to": self.address()} for _ in range(size)]
+        response = self.api.client.post("/v1/batches", json=body, timeout=60)
+        # A reused key with other content is a 409; it admits nothing.
+        assert response.status_code in (201, 409), response.text
+        if response.status_code == 201:
+            for row in response.json()["accepted"]:
+                self.due_later.setdefault(row["id"], "send_at" in chosen and _far(chosen))
+
+
+def _far(chosen: dict[str, Any]) -> bool:
+    return bool(datetime.fromisoformat(chosen["send_at"]) > datetime.now(UTC) + timedelta(hours=1))
+
+
+def test_no_labels_sizes_or_timing_get_a_mass_send_past_approval(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(RULES)
+    operator = client_for(daemon, "operator", "omar")
+    examples = iter(range(10**6))
+
+    @settings(max_examples=12, deadline=None, derandomize=True)
+    @given(operations=st.lists(OPERATION, min_size=1, max_size=10))
+    def hijacked(operations: list[tuple[Any, ...]]) -> None:
+        n = next(examples) % ROGUES
+        rogue = Rogue(client_for(daemon, "agent", f"rogue-{n}"), f"rogue{n}")
+        for operation in operations:
+            kind = operation[0]
+            if kind == "single":
+                rogue.single(operation[1])
+            elif kind == "batch":
+                rogue.batch(operation[1], operation[2])
+            elif kind == "parallel":  # two submissions at once must not both slip under
+                with ThreadPoolExecutor(2) as pool:
+                    list(pool.map(rogue.batch, [operation[1]] * 2, [operation[2]] * 2))
+            elif rogue.due_later:
+                ids = list(rogue.due_later)
+                rogue.api.client.post(f"/v1/messages/{ids[operation[1] % len(ids)]}/cancel")
+        for message_id, later in rogue.due_later.items():
+            if not later:
+                wait_until(
+                    lambda message_id=message_id: operator.status(message_id)["status"] not in UNSETTLED,
+                    what=f"message {message_id} to settle",
+                )
+        arrived = [r for r in smtp.snapshot() if r.rcpt_tos[0].startswith(f"{rogue.prefix}-")]
+        assert len(arrived) <= THRESHOLD - 1, f"{len(arrived)} of {rogue.prefix}'s messages passed unapproved"
+
+    hijacked()
+
+
+def test_send_at_cannot_gather_several_windows_into_one(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    window = 2.0
+    daemon = make_daemon(RULES.replace("[approvals]\n", f'[approvals]\nmass_send_window = "{window:g}s"\n'))
+    rogue = Rogue(client_for(daemon, "agent", "rogue-0"), "late")
+    started = time.time()
+    due = {"send_at": datetime.fromtimestamp(started + 2 * window, UTC).isoformat()}
+    rogue.batch(due, THRESHOLD - 1)
+    first = list(rogue.due_later)
+    # Admitted a whole window later, but due at the same moment as the first: counted with it.
+    wait_until(lambda: time.time() > started + window + 0.2, what="the first window to pass")
+    rogue.batch(due, THRESHOLD - 1)
+    second = [message_id for message_id in rogue.due_later if message_id not in first]
+    assert {rogue.api.status(message_id)["status"] for message_id in second} == {"pending_approval"}
+    for message_id in first:
+        rogue.api.wait_status(message_id, "sent")
+    assert len(smtp.snapshot()) == THRESHOLD - 1
+
+
+DODGES = ("no segment or campaign", "a new segment per message", "a new campaign every 24", "batches of 24")
+
+
+def _play(dodge: str, rogue: Rogue) -> None:
+    """200 messages, labelled as the dodge would have them."""
+    if dodge == "batches of 24":
+        for size in [24] * 8 + [8]:
+            rogue.batch({}, size)
+        return
+    for i in range(200):
+        labels = {"segment": f"s{i}"} if dodge == "a new segment per message" else {}
+        rogue.single(labels | ({"campaign": f"c{i // 24}"} if dodge == "a new campaign every 24" else {}))
+
+
+def test_the_probed_dodges_get_threshold_minus_one_of_two_hundred_out(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """The dodges the probe of issue 11 found (200 of 200 sent then), at the shipped threshold."""
+    daemon = make_daemon(RULES.replace(f"mass_send_threshold = {THRESHOLD}", "mass_send_threshold = 25"))
+    arrived: dict[str, int] = {}
+    for n, dodge in enumerate(DODGES):
+        rogue = Rogue(client_for(daemon, "agent", f"rogue-{n}"), f"dodge{n}")
+        _play(dodge, rogue)
+        assert len(rogue.due_later) == 200
+        for message_id in rogue.due_later:
+            wait_until(
+                lambda message_id=message_id, api=rogue.api: (
+                    api.status(message_id)["status"] not in UNSETTLED
+                ),
+                what=f"message {message_id} to settle",
+            )
+        arrived[dodge] = sum(1 for r in smtp.snapshot() if r.rcpt_tos[0].startswith(f"dodge{n}-"))
+    print(f"messages at the relay without approval, of 200, threshold 25: {arrived}")
+    assert arrived == dict.fromkeys(DODGES, 24)
