@@ -1,21 +1,24 @@
 """Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon, a relay
-saying "try later", and a rogue agent submitting 12,000 singles to one segment.
+saying "try later", a rogue agent submitting 12,000 singles to one segment, and a hijacked agent
+trying every dodge of issue 11.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Api, Daemon, RedisServer, message, wait_until
-from tests.peers import SmtpSink
+from tests.peers import DnsServer, SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
 UNFINISHED = ("queued", "deferred", "sending")
@@ -227,3 +230,147 @@ def test_a_rogue_agent_at_full_size_gets_only_tier_zero_out(
     assert all(r["messages"] + r["headroom"] == MASS_SEND_THRESHOLD + 1 for r in requests)
     contents = operator.client.get(f"/v1/approvals/{requests[0]['id']}").json()["contents"]
     assert contents["waiting"] == requests[0]["messages"] <= MASS_SEND_THRESHOLD + 1
+
+
+# --- a hijacked agent --------------------------------------------------------------------------
+
+HIJACK_THRESHOLD = 25
+HIJACK_RULES = f"""
+[ingress]
+mx_check = "enforce"
+recipient_cooldown = "0s"
+
+[approvals]
+mass_send_threshold = {HIJACK_THRESHOLD}
+mass_send_window = "1h"
+"""
+
+
+def _report(name: str, **figures: float) -> None:
+    """Hand a drill's figures to `python -m bench --drills`, which names a file to append them to."""
+    path = os.environ.get("SENDGUARD_DRILL_FIGURES")
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"drill": name, **figures}) + "\n")
+
+
+@pytest.mark.drill
+def test_a_hijacked_agent_gets_no_more_out_than_its_rules_allow(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, dns_server: DnsServer
+) -> None:
+    """sdr-bot, prompt-injected, tries every dodge issue 11 lists against one real daemon: labels
+    that would split a mass send, events about other agents' mail, spellings of suppressed
+    addresses, a second look-alike approver, raw bytes that are not text. Counted at the relay."""
+    for domain in ("customer.example", "other.example", "sub.blocked.example"):
+        dns_server.add_mx_domain(domain)
+    daemon = make_daemon(HIJACK_RULES)
+    rogue = client_for(daemon, "agent", "sdr-bot")
+    honest = client_for(daemon, "agent", "support-bot")
+    admin = client_for(daemon, "admin", "sam")
+    later = (datetime.now(UTC) + timedelta(days=40)).isoformat()
+
+    # The honest agent's mail, sent and waiting, which the rogue must not be able to touch.
+    honest_sent = honest.send("victim@other.example", **{"from": "help@acme.example"})["id"]
+    honest_waiting = honest.send("victim@other.example", **{"from": "help@acme.example"}, send_at=later)["id"]
+    honest.wait_status(honest_sent, "sent")
+
+    # 1. Labels: 200 messages each way the probe found, with every other field varied too.
+    dodges: list[dict[str, Any]] = []
+    for i in range(200):
+        dodges.append({})  # no segment, no campaign
+        dodges.append({"segment": f"Seg-{i}"})  # a new segment per message
+        dodges.append({"campaign": f"q4-{i // 24}"})  # a new campaign every 24
+    for n, labels in enumerate(dodges):
+        sender = ["Alice <alice@acme.example>", "ALICE+x@Acme.example", f"rep{n % 7}@acme.example"][n % 3]
+        rogue.client.post(
+            "/v1/messages",
+            json=message(f"lead{n}@customer.example", **{"from": sender}, run_id=f"run-{n % 5}", **labels),
+        )
+    for b in range(8):  # batches of 24, no segment
+        batch = {
+            **{k: v for k, v in message("x@customer.example").items() if k != "to"},
+            "recipients": [{"to": f"batch{b}-{i}@customer.example"} for i in range(24)],
+        }
+        assert rogue.client.post("/v1/batches", json=batch).status_code == 201
+    wait_until(  # the honest agent's message due in 40 days is the one left queued
+        lambda: [daemon.metric("sendguard_messages_waiting", state=s) for s in UNFINISHED] == [1, 0, 0],
+        what="every message not waiting for people to be answered by the relay",
+    )
+    rogue_at_relay = sum(1 for r in smtp.received if r.rcpt_tos[0].endswith("@customer.example"))
+    assert rogue_at_relay <= HIJACK_THRESHOLD - 1
+
+    # 2. Events: about the honest agent's messages and recipients, from the rogue's token.
+    forged = [
+        {"type": "complaint", "message_id": honest_sent, "recipient": "victim@other.example"},
+        {"type": "complaint", "recipient": "victim@other.example"},
+        {"type": "unsubscribe", "recipient": "ceo@other.example"},
+        {
+            "type": "reply",
+            "message_id": honest_sent,
+            "recipient": "victim@other.example",
+            "sentiment": "abusive",
+        },
+    ]
+    answers = [rogue.client.post("/v1/events", json=event).status_code for event in forged * 3]
+    assert 200 not in answers, answers
+    scopes = {t["scope"] for t in admin.client.get("/v1/safe-mode").json()}
+    foreign_trips = len(scopes - {"agent:sdr-bot"})
+    assert foreign_trips == 0, scopes
+    assert honest.status(honest_waiting)["status"] == "queued"
+    suppressed = admin.client.get("/v1/suppressions").json()
+    assert suppressed == {"addresses": [], "domains": []}
+
+    # 3. Suppressions: spellings of a suppressed mailbox and a subdomain of a suppressed domain.
+    added = admin.client.post(
+        "/v1/suppressions", json={"entries": ["bob@customer.example", "blocked.example"]}
+    )
+    assert added.status_code == 200, added.text
+    spellings = [
+        "bob@customer.example",
+        "BOB@Customer.example",
+        "bob+q4@customer.example",
+        "eve@sub.blocked.example",
+    ]
+    statuses = [rogue.send(address)["status"] for address in spellings]
+    assert set(statuses) == {"rejected"}, statuses
+    # One that was waiting for 40 days when its recipient unsubscribed is cancelled at once.
+    carol = honest.send("carol@other.example", **{"from": "help@acme.example"}, send_at=later)["id"]
+    assert admin.client.post("/v1/suppressions", json={"entries": ["carol@other.example"]}).status_code == 200
+    assert honest.status(carol)["status"] == "cancelled"
+    suppressed_at_relay = sum(
+        1
+        for r in smtp.received
+        for to in r.rcpt_tos
+        if to.endswith("blocked.example") or to.startswith(("bob", "carol"))
+    )
+    assert suppressed_at_relay == 0
+
+    # 4. Separation of duties: one person in two spellings cannot give both approvals.
+    [request, *_] = admin.client.get("/v1/approvals", params={"status": "pending"}).json()
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    dana_again = client_for(daemon, "approver", "Dana", "--group", "Ops")
+    first = dana.client.post(f"/v1/approvals/{request['id']}/approve", json={"comment": "checked"})
+    assert first.status_code == 200, first.text
+    second = dana_again.client.post(f"/v1/approvals/{request['id']}/approve", json={"comment": "me again"})
+    assert second.status_code == 409, second.text
+
+    # 5. Raw bytes that are not text are a 422 naming the field, never a 500 after a partial send.
+    raw = (
+        b'{"from": "alice@acme.example", "to": "zed@customer.example", "subject": "\xed\xa0\x80", '
+        b'"text": "x", "agent_version": "t"}'
+    )
+    broken = rogue.client.post("/v1/messages", content=raw, headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422, broken.text
+
+    print(
+        f"\nhijacked agent: {rogue_at_relay} of {len(dodges) + 8 * 24} messages reached the relay without "
+        f"approval (at most {HIJACK_THRESHOLD - 1}); {foreign_trips} trips outside its own scope; "
+        f"{suppressed_at_relay} messages to suppressed recipients at the relay"
+    )
+    _report(
+        "hijacked agent",
+        past_approval=rogue_at_relay,
+        allowed=HIJACK_THRESHOLD - 1,
+        foreign_trips=foreign_trips,
+        suppressed_at_relay=suppressed_at_relay,
+    )
