@@ -140,7 +140,7 @@ async def build(
     throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
     audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
-    safe_mode = SafeMode(client, keys, store, notifier, audit, current, metrics)
+    safe_mode = SafeMode(client, keys, store, notifier, current, metrics)
     suppressions = Suppressions(client, keys, audit, store)
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
     approvals = Approvals(client, keys, store, audit)

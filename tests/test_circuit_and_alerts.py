@@ -214,7 +214,7 @@ def test_a_trip_by_hand_notifies_the_webhook(notified: tuple[Daemon, Api], webho
     body = _notification(webhook, "tripped")
     assert SEGMENT in body["text"] and "the Q4 list looks stale" in body["text"], body
     assert body["sendguard"]["scope"] == SEGMENT
-    assert body["sendguard"]["cause"] == "manual" and body["sendguard"]["by"] == "dana"
+    assert body["sendguard"]["cause"] == "manual" and body["sendguard"]["by"] == "admin:dana"
 
 
 def test_a_resume_notifies_the_webhook_with_the_released_count(
@@ -309,8 +309,8 @@ def test_a_firing_alert_trips_its_scope(admin: Api) -> None:
     out = _alerts_out(admin, _alert("firing", sendguard_scope=SEGMENT))
     assert out == {"tripped": [SEGMENT], "already": [], "ignored": []}
     [trip] = _trips(admin)
-    assert (trip["scope"], trip["cause"], trip["by"]) == (SEGMENT, "alert", f"alertmanager ({ALERT_NAME})")
-    assert trip["detail"] == "bounce rate above half its threshold"
+    assert (trip["scope"], trip["cause"], trip["by"]) == (SEGMENT, "alert", "admin:dana")
+    assert trip["detail"] == f"{ALERT_NAME}: bounce rate above half its threshold"
 
 
 def test_a_second_firing_alert_finds_its_scope_already_tripped(admin: Api) -> None:
@@ -362,7 +362,7 @@ def cli_env(make_daemon: MakeDaemon, client_for: ClientFor) -> dict[str, str]:
 def test_the_cli_trips_a_scope_in_normal_form_and_lists_it(cli_env: dict[str, str]) -> None:
     out = run_cli(cli_env, "safe-mode", "trip", "inbox:Alice@Acme.example", "--reason", "x")
     assert out == "inbox:alice@acme.example: tripped (x)"
-    assert run_cli(cli_env, "safe-mode", "list") == "inbox:alice@acme.example\tmanual\tx\tby sam"
+    assert run_cli(cli_env, "safe-mode", "list") == "inbox:alice@acme.example\tmanual\tx\tby admin:sam"
 
 
 def test_the_cli_resuming_a_scope_that_is_not_tripped_exits_1(cli_env: dict[str, str]) -> None:

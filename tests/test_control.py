@@ -93,7 +93,7 @@ def test_the_kill_switch_goes_through_the_daemon_counted_and_notified(
         assert killed.stdout.strip() == "global: tripped (agent misbehaving)"
         assert daemon.metric("sendguard_safe_mode_trips_total", cause="manual") == 1
         [trip] = agent.client.get("/v1/safe-mode").json()
-        assert (trip["scope"], trip["cause"], trip["by"]) == ("global", "manual", "sam")
+        assert (trip["scope"], trip["cause"], trip["by"]) == ("global", "manual", "admin:sam")
         held = agent.send("lead@customer.example")
         assert held["status"] == "held"
         wait_until(lambda: webhook.bodies(), what="the daemon's webhook to hear of the trip")

@@ -30,7 +30,7 @@ def test_each_role_may_do_its_own_part_only(
 
     assert operator.status(sent)["agent"] == "sdr-bot"  # operators read everything
     trip = operator.client.post("/v1/safe-mode", json={"scope": "segment:smb", "reason": "checking"})
-    assert trip.status_code == 201 and trip.json()["by"] == "omar"
+    assert trip.status_code == 201 and trip.json()["by"] == "operator:omar"
     assert operator.client.delete("/v1/safe-mode/segment:smb", params={"reason": "x"}).status_code == 403
     assert operator.client.get("/v1/suppressions").status_code == 403
     for outsider in (auditor, approver):

@@ -123,7 +123,7 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     agent = client_for(second, "agent", "sdr-bot")
     tripped = admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill switch drill"})
     assert tripped.status_code == 201, tripped.text
-    assert tripped.json()["cause"] == "manual" and tripped.json()["by"] == "dana"
+    assert tripped.json()["cause"] == "manual" and tripped.json()["by"] == "admin:dana"
     again = admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "twice"})
     assert again.status_code == 200 and again.json()["detail"] == "kill switch drill"
 
@@ -137,7 +137,7 @@ def test_two_daemons_share_a_trip_and_the_cli_resumes_it(
     assert "3 held messages released" in out
     for message_id in ids:
         agent.wait_status(message_id, "sent")
-    assert "resumed by sam" in agent.status(ids[0])["history"][-3]["detail"]
+    assert "resumed by admin:sam" in agent.status(ids[0])["history"][-3]["detail"]
 
 
 def test_a_scope_that_is_not_one_is_refused_naming_the_field(

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 import redis.asyncio as aioredis
 
+from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.rules import SafeModeRules
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
@@ -22,6 +23,7 @@ from sendguard.state.redis_connection import translated
 from sendguard.state.store import RETENTION_MS
 
 SLOTS = 60  # the window moves in steps of window / SLOTS
+AUTOMATIC = "sendguard"  # the actor of decisions no person took; a person is always `role:name`
 
 
 class Signal(StrEnum):
@@ -154,9 +156,10 @@ class Signals:
                     f"counted_{once}" if once else "",
                     message_id if last_sent_to else "",
                     json.dumps(thresholds),
-                    "sendguard",
+                    AUTOMATIC,
                     RETENTION_MS,
                     json.dumps(sorted({cause for s in signals for cause in CAUSES.get(s, ())})),
+                    audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}),
                     *scopes,
                 ],
             )

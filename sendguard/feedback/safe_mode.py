@@ -11,22 +11,26 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from sendguard.feedback.counters import Recorded, Signal, Signals, Trip
 from sendguard.feedback.notify import Notifier
-from sendguard.governance.audit import AuditLog
+from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.metrics import Metrics
-from sendguard.model import now_ms
 from sendguard.rules import CurrentRules, ScopeKind
 from sendguard.scopes import split_scope
+from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
 
 log = logging.getLogger("sendguard.feedback.safe_mode")
+
+RELEASE_BATCH = 500  # held messages released per script run
+# How long a resumed scope answers a retried resume with success rather than "not in safe mode".
+RESUMED_REMEMBERED_MS = 24 * 3600 * 1000
 
 # Which scope a signal blames first. Bounces and complaints judge the list, so the audience
 # slice goes first; replies and refusals judge what the agent does, so the agent goes first.
@@ -56,6 +60,7 @@ class Resumed:
     trip: Trip | None
     released: int
     still_held: int
+    resumed_before: bool  # the scope was resumed lately (by this call or an earlier one)
 
 
 class SafeMode:
@@ -67,7 +72,6 @@ class SafeMode:
         keys: Keys,
         store: Store,
         notifier: Notifier,
-        audit: AuditLog,
         rules: CurrentRules,
         metrics: Metrics,
     ) -> None:
@@ -75,9 +79,10 @@ class SafeMode:
         self._metrics = metrics
         self._keys = keys
         self._store = store
+        self._trip = scripts.register(client, keys, "safe_mode_trip")
+        self._resume = scripts.register(client, keys, "safe_mode_resume")
         self._signals = Signals(client, keys)
         self._notifier = notifier
-        self._audit = audit
         self._rules = rules
         self._labelled: set[tuple[str, str]] = set()
         self._sweeps: set[asyncio.Task[int]] = set()
@@ -112,49 +117,53 @@ class SafeMode:
             last_sent_to=last_sent_to,
         )
         for trip in recorded.trips:
-            await self._announce(trip)
+            self._announce(trip)
         return recorded
 
     async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
-        """Trip a scope by hand or on an alert; (the active trip, whether this call made it)."""
-        trip = Trip(scope=scope, cause=cause, detail=reason, at=now_ms(), by=by)
+        """Trip a scope by hand or on an alert; (the active trip, whether this call made it).
+
+        `by` is the actor, `role:name`. The trip and its audit entry are one script, so a retry
+        after a lost reply finds the trip and answers with it.
+        """
+        trail = audit_entry("safe_mode.tripped", by, {"outcome": "@"})  # the script writes the trip
         async with translated():
-            created = await self._redis.hsetnx(self._keys.trips, scope, trip.to_json())
-            if not created:
-                existing = await self._redis.hget(self._keys.trips, scope)
-                if existing is not None:
-                    return Trip.from_json(str(existing)), False
-                await self._redis.hset(self._keys.trips, scope, trip.to_json())  # resumed meanwhile
-        await self._announce(trip)
-        return trip, True
+            created, raw = await self._trip(args=[scope, cause, by, reason, trail])
+        trip = Trip.from_json(str(raw))
+        if created:
+            self._announce(trip)
+        return trip, bool(created)
 
     async def resume(self, scope: str, by: str, reason: str) -> Resumed:
-        """Lift a trip, restart the scope's window and release what it held."""
-        k = self._keys
+        """Lift a trip, restart the scope's window and release what it held, with the audit entry.
+
+        The first batch of held messages is released by the same script; the rest follow in
+        batches (and the maintenance loop finishes them if this call is interrupted). A retry
+        writes no second entry.
+        """
+        detail = f"{scope} resumed by {by}: {reason}"
+        trail = audit_entry("safe_mode.resumed", by, {"scope": scope, "reason": reason, "outcome": "@"})
         async with translated():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(k.trips, scope)
-                pipe.hdel(k.trips, scope)
-                raw, removed = await pipe.execute()
-            if removed:  # a fresh window, so it does not trip again on the counts that tripped it
-                await self._redis.delete(k.signals(scope))
-                await self._redis.zrem(k.active_scopes, scope)
-        raw = str(raw) if removed else None
-        released, still = await self._store.release(scope, f"{scope} resumed by {by}: {reason}")
-        resumed = Resumed(scope, Trip.from_json(raw) if raw else None, released, still)
-        if resumed.trip is not None:
-            await self._audit.append(
-                "safe_mode.resumed",
-                by,
-                {"scope": scope, "reason": reason, "released": released, "still_held": still},
+            raw, released, still, left, before = await self._resume(
+                args=[scope, RELEASE_BATCH, detail, trail, RESUMED_REMEMBERED_MS]
             )
+        more, still_more = await self._store.release(scope, detail, RELEASE_BATCH) if int(left) else (0, 0)
+        trip = Trip.from_json(str(raw)) if raw else None
+        resumed = Resumed(scope, trip, int(released) + more, int(still) + still_more, bool(before))
+        if trip is not None:
             self._metrics.resumes.inc()
             self._metrics.safe_mode.labels(*split_scope(scope)).set(0)
-            text = f"sendguard: {scope} resumed by {by} ({reason}); {released} held messages released"
+            text = f"sendguard: {scope} resumed by {by} ({reason}); {resumed.released} held messages released"
             log.warning(text, extra={"scope": scope})
             self._notifier.post(
                 text,
-                {"event": "resumed", "scope": scope, "by": by, "reason": reason, "released": released},
+                {
+                    "event": "resumed",
+                    "scope": scope,
+                    "by": by,
+                    "reason": reason,
+                    "released": resumed.released,
+                },
             )
         return resumed
 
@@ -195,7 +204,8 @@ class SafeMode:
             await asyncio.wait(set(self._sweeps), timeout=within)
         await self._notifier.drain(within)
 
-    async def _announce(self, trip: Trip) -> None:
+    def _announce(self, trip: Trip) -> None:
+        """Hold the scope's queue now and tell people; the trip's audit entry is already written."""
         sweep = asyncio.create_task(self._store.hold_waiting(trip.scope))
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._swept)
@@ -204,7 +214,6 @@ class SafeMode:
         text = f"sendguard: safe mode for {trip.scope} ({trip.cause}: {trip.detail}; by {trip.by})"
         log.warning(text, extra={"scope": trip.scope})
         self._notifier.post(text, {"event": "tripped", **trip.__dict__})
-        await self._audit.append("safe_mode.tripped", trip.by, asdict(trip))
 
     def _swept(self, sweep: asyncio.Task[int]) -> None:
         self._sweeps.discard(sweep)

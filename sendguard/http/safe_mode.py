@@ -77,7 +77,7 @@ async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
 @router.post("/v1/safe-mode", response_model=TripOut, status_code=201)
 async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JSONResponse:
     """Trip a scope by hand; `global` stops everything (the kill switch)."""
-    active, created = await runtime.safe_mode.trip(parse_scope(body.scope), "manual", who.name, body.reason)
+    active, created = await runtime.safe_mode.trip(parse_scope(body.scope), "manual", who.actor, body.reason)
     if not created:
         return JSONResponse(_trip_out(active).model_dump(), status_code=200)
     return _trip_out(active)
@@ -90,9 +90,12 @@ async def resume(
     who: Admin,
     reason: Annotated[str, Query(min_length=1, max_length=500, description="why sending may resume")],
 ) -> ResumeOut:
-    """Resume a scope: lift the trip, restart its signal window, release its held messages."""
-    resumed = await runtime.safe_mode.resume(parse_scope(scope), who.name, reason)
-    if resumed.trip is None and not resumed.released and not resumed.still_held:
+    """Resume a scope: lift the trip, restart its signal window, release its held messages.
+
+    A retry of a resume that took effect answers 200 with `resumed: null`.
+    """
+    resumed = await runtime.safe_mode.resume(parse_scope(scope), who.actor, reason)
+    if not resumed.resumed_before and not resumed.released and not resumed.still_held:
         raise HTTPException(404, f"{resumed.scope} is not in safe mode")
     return ResumeOut(
         scope=resumed.scope,
@@ -121,7 +124,8 @@ async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> Al
         except ValueError as exc:
             out.ignored.append(f"{name}: {exc}")
             continue
-        reason = alert.annotations.get("summary") or name
-        _, created = await runtime.safe_mode.trip(scope, "alert", f"alertmanager ({name})", reason)
+        summary = alert.annotations.get("summary")
+        reason = f"{name}: {summary}" if summary else name  # the caller's token is the actor
+        _, created = await runtime.safe_mode.trip(scope, "alert", who.actor, reason)
         (out.tripped if created else out.already).append(scope)
     return out

@@ -42,6 +42,7 @@ SCHEMA: dict[str, str] = {
     "active_scopes": "sig:active",  # zset: scopes with signals, score = last signal (ms)
     "trips": "trips",  # hash: scope -> JSON of its active safe-mode trip
     "held": "held:{scope}",  # set: ids of messages held by that scope's trip
+    "resumed": "resumed:{scope}",  # string: when the scope was last resumed; expires, see safe_mode.py
     "unparsed": "unparsed",  # list: inbound mail that could not be parsed, newest first
     "approval": "appr:{id}",  # hash: an approval request: tier, kind, requester, status, decisions
     "approval_messages": "appr:{id}:msgs",  # set: ids of the messages waiting for it
@@ -156,6 +157,9 @@ class Keys:
 
     def held(self, scope: str) -> str:
         return self._key("held", scope)
+
+    def resumed(self, scope: str) -> str:
+        return self._key("resumed", scope)
 
     @property
     def unparsed(self) -> str:

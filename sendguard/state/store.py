@@ -294,15 +294,13 @@ class Store:
     async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
         """Put the messages a scope's trip held back in the queue; (released, held by another trip).
 
-        The trip must already be gone. Messages still in another tripped scope move to its set.
+        The trip must already be gone (the resume released the first batch). Messages still in
+        another tripped scope move to its set.
         """
-        k = self.keys
         released = still = 0
         while True:
             async with translated():
-                done, other, left = await self._release_held(
-                    keys=[k.held(scope), k.due, k.count], args=[scope, batch, detail]
-                )
+                done, other, left = await self._release_held(args=[scope, batch, detail])
             released, still = released + int(done), still + int(other)
             if not int(left):
                 return released, still

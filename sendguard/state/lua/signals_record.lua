@@ -1,6 +1,6 @@
 -- Count signals for each scope of a message and, for a bad signal, trip the first scope whose
 -- rates cross the rules on the causes the signal bears on. Returns {1 (first counted for the
--- message) or 0, the trips as JSON...}.
+-- message) or 0, the trips as JSON...}; a trip writes its audit entry here too.
 --
 -- With `once`, a signal counts once per message in each scope: an agent's own report counts on
 -- its agent scope alone, and a trusted report of the same outcome later adds only the others.
@@ -21,7 +21,8 @@ local r = cjson.decode(ARGV[6])     -- the safe-mode thresholds
 local by = ARGV[7]                  -- who trips
 local retention = tonumber(ARGV[8])
 local judged_causes = cjson.decode(ARGV[9])  -- the causes to judge; none for a signal that cannot trip
-local scopes = {unpack(ARGV, 10)}   -- most specific first
+local audit_entry = ARGV[10]        -- safe_mode.tripped, written with a trip; its outcome is the trip
+local scopes = {unpack(ARGV, 11)}   -- most specific first
 
 local now = clock_ms()
 local slot_ms = math.floor(window / slots)
@@ -101,6 +102,7 @@ for i = 1, absorbed_at do
     local trip = cjson.encode({scope=scope, cause=cause, value=value, threshold=threshold,
       detail=detail .. ' in the window', at=now, by=by})
     redis.call('HSET', trips_key, scope, trip)
+    audit(audit_entry, '"trip":' .. trip)
     table.insert(trips, trip)
     judged(i)
     break

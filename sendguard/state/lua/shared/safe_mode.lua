@@ -22,3 +22,32 @@ local function hold(id, scope, at, from)
   history(key_hist(id), at, 'held', 'safe_mode',
     'scope ' .. scope .. ' is in safe mode; held until a person resumes it')
 end
+-- Put back in the queue up to `limit` messages a resumed scope held (its trip already gone);
+-- those still in another tripped scope move to its set. Returns released, moved, left in the set.
+local function release_held(scope, limit, detail, now)
+  local held_key = key_held(scope)
+  local released, still = 0, 0
+  for _, id in ipairs(redis.call('SPOP', held_key, limit)) do
+    local key = key_msg(id)
+    local cur = redis.call('HMGET', key, 'status', 'held_by', 'scopes', 'not_before')
+    if cur[1] == 'held' and cur[2] == scope then
+      local other = tripped(cur[3])
+      if other then
+        redis.call('HSET', key, 'held_by', other)
+        redis.call('SADD', key_held(other), id)
+        history(key_hist(id), now, 'held', 'safe_mode',
+          scope .. ' resumed, but scope ' .. other .. ' is in safe mode')
+        still = still + 1
+      else
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('HDEL', key, 'held_by')
+        redis.call('HINCRBY', key_count(), 'held', -1)
+        redis.call('HINCRBY', key_count(), 'queued', 1)
+        redis.call('ZADD', key_due(), math.max(now, tonumber(cur[4] or '0')), id)
+        history(key_hist(id), now, 'queued', 'resumed', detail)
+        released = released + 1
+      end
+    end
+  end
+  return released, still, redis.call('SCARD', held_key)
+end

@@ -1,0 +1,116 @@
+"""Every safe-mode decision is in the audit trail, written by the script that takes it.
+
+A reply Redis drops after running a script is the same as a call that ran the script and never
+looked at the answer: these tests run the scripts alone and find the entry with the effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from sendguard.feedback.counters import AUTOMATIC, Signal, Signals
+from sendguard.governance.audit_entries import entry
+from sendguard.rules import SafeModeRules, ScopeKind
+from sendguard.state import scripts
+from sendguard.state.keys import Keys
+from tests.conftest import Api, Daemon
+
+SCOPE = "segment:cfo-na-q4"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def entries(client: redis.Redis, keys: Keys, kind: str) -> list[dict[str, Any]]:
+    """The entries of `kind`, chained or still pending."""
+    raw = client.lrange(keys.audit_chain, 0, -1) + client.lrange(keys.audit_pending, 0, -1)
+    return [found for found in map(json.loads, raw) if found["kind"] == kind]
+
+
+def run(client: redis.Redis, keys: Keys, name: str, *args: Any) -> Any:
+    """Run one script and nothing else, as Redis does when the reply is then lost."""
+    return client.eval(scripts.source(name, keys), 0, *args)
+
+
+def test_a_trip_and_a_resume_write_their_entries_in_the_same_script(client: redis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    tripped = entry("safe_mode.tripped", "operator:omar", {"outcome": "@"})
+    created, trip = run(
+        client, keys, "safe_mode_trip", SCOPE, "manual", "operator:omar", "stale list", tripped
+    )
+    assert created == 1 and client.hget(keys.trips, SCOPE) == trip
+    [written] = entries(client, keys, "safe_mode.tripped")
+    assert written["actor"] == "operator:omar" and written["fields"]["trip"] == json.loads(trip)
+    assert json.loads(trip)["by"] == "operator:omar"
+    # A retry finds the trip, answers with it and writes nothing more.
+    assert run(client, keys, "safe_mode_trip", SCOPE, "manual", "operator:omar", "again", tripped) == [
+        0,
+        trip,
+    ]
+    assert len(entries(client, keys, "safe_mode.tripped")) == 1
+
+    resumed = entry("safe_mode.resumed", "admin:sam", {"scope": SCOPE, "reason": "fixed", "outcome": "@"})
+    lifted, released, still, left, before = run(
+        client, keys, "safe_mode_resume", SCOPE, 500, "resumed by admin:sam", resumed, 60_000
+    )
+    assert (lifted, released, still, left, before) == (trip, 0, 0, 0, 1)
+    assert client.hget(keys.trips, SCOPE) is None
+    [written] = entries(client, keys, "safe_mode.resumed")
+    assert written["actor"] == "admin:sam" and written["fields"]["trip"] == json.loads(trip)
+    assert (written["fields"]["reason"], written["fields"]["released"]) == ("fixed", 0)
+    again = run(client, keys, "safe_mode_resume", SCOPE, 500, "resumed by admin:sam", resumed, 60_000)
+    assert again == ["", 0, 0, 0, 1]  # nothing left to do, and it is known to be done
+    assert len(entries(client, keys, "safe_mode.resumed")) == 1
+
+
+def test_an_automatic_trip_writes_its_entry_in_the_script_that_counts(
+    client: redis.Redis, redis_url: str, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    rules = SafeModeRules(min_sent=2, bounce_rate=0.5, scopes=[ScopeKind.SEGMENT])
+
+    async def bounce() -> list[str]:
+        async_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            signals = Signals(async_client, keys)
+            await signals.record([SCOPE], [Signal.SENT], rules)
+            recorded = await signals.record([SCOPE], [Signal.SENT, Signal.HARD], rules)
+            return [trip.scope for trip in recorded.trips]
+        finally:
+            await async_client.aclose()
+
+    assert asyncio.run(bounce()) == [SCOPE]
+    [written] = entries(client, keys, "safe_mode.tripped")
+    assert written["actor"] == AUTOMATIC and written["fields"]["trip"]["cause"] == "bounce_rate"
+    assert written["fields"]["trip"] == json.loads(client.hget(keys.trips, SCOPE))
+
+
+def test_people_act_as_role_and_name_and_a_retried_resume_succeeds_once(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], client: redis.Redis
+) -> None:
+    daemon = make_daemon("")
+    keys = Keys(daemon.env["SENDGUARD_REDIS_PREFIX"])
+    operator = client_for(daemon, "operator", "sendguard")  # a person may pick the daemon's name
+    admin = client_for(daemon, "admin", "sam")
+    trip = operator.client.post("/v1/safe-mode", json={"scope": SCOPE, "reason": "checking"})
+    assert trip.status_code == 201 and trip.json()["by"] == "operator:sendguard"
+    again = operator.client.post("/v1/safe-mode", json={"scope": SCOPE, "reason": "checking"})
+    assert again.status_code == 200 and again.json()["at"] == trip.json()["at"]
+
+    done = admin.client.delete(f"/v1/safe-mode/{SCOPE}", params={"reason": "fine"})
+    assert done.status_code == 200 and done.json()["resumed"]["by"] == "operator:sendguard"
+    retried = admin.client.delete(f"/v1/safe-mode/{SCOPE}", params={"reason": "fine"})
+    assert retried.status_code == 200 and retried.json()["resumed"] is None
+    assert [e["actor"] for e in entries(client, keys, "safe_mode.tripped")] == ["operator:sendguard"]
+    assert [e["actor"] for e in entries(client, keys, "safe_mode.resumed")] == ["admin:sam"]
