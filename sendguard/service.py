@@ -113,7 +113,8 @@ class Service:
                 await asyncio.wait_for(stopping.wait(), _CHAIN_EVERY)
 
     async def _maintain(self) -> None:
-        """Heartbeat, recover the work of daemons that died, follow rules reloads, refresh the gauges."""
+        """Heartbeat, recover the work of daemons that died (and releases that resumes left unfinished),
+        follow rules reloads, refresh the gauges."""
         runtime = self._runtime
         store, audit, metrics = runtime.store, runtime.audit, runtime.metrics
         while not self._stopping.is_set():
@@ -131,6 +132,7 @@ class Service:
                     metrics.waiting.labels(state).set(count)
                 await runtime.follow_reloads()
                 await runtime.safe_mode.refresh_metrics()
+                await runtime.safe_mode.finish_releases()
                 await runtime.approvals.expire_due()
                 seq, head = await audit.head()
                 metrics.audit_entries.set(seq)

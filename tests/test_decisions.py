@@ -21,6 +21,7 @@ from sendguard.rules import SafeModeRules, ScopeKind
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon
+from tests.peers import SmtpSink
 
 SCOPE = "segment:cfo-na-q4"
 
@@ -114,3 +115,24 @@ def test_people_act_as_role_and_name_and_a_retried_resume_succeeds_once(
     assert retried.status_code == 200 and retried.json()["resumed"] is None
     assert [e["actor"] for e in entries(client, keys, "safe_mode.tripped")] == ["operator:sendguard"]
     assert [e["actor"] for e in entries(client, keys, "safe_mode.resumed")] == ["admin:sam"]
+
+
+def test_the_maintenance_loop_finishes_a_release_a_resume_left_half_done(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], client: redis.Redis, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon("", instance_ttl="1")
+    keys = Keys(daemon.env["SENDGUARD_REDIS_PREFIX"])
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "sam")
+    assert admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "drill"}).status_code == 201
+    ids = [agent.send(f"lead{i}@customer.example")["id"] for i in range(3)]
+    assert {agent.status(m)["status"] for m in ids} == {"held"}
+    # The resume's script ran, releasing one message; the caller died before releasing the rest.
+    resumed = entry("safe_mode.resumed", "admin:sam", {"scope": "global", "reason": "over", "outcome": "@"})
+    lifted, released, _, left, _ = run(
+        client, keys, "safe_mode_resume", "global", 1, "resumed", resumed, 60_000
+    )
+    assert lifted and (released, left) == (1, 2)
+    for message_id in ids:
+        agent.wait_status(message_id, "sent")
+    assert client.scard(keys.releasing) == 0 and len(entries(client, keys, "safe_mode.resumed")) == 1

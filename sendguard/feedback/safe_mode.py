@@ -167,6 +167,20 @@ class SafeMode:
             )
         return resumed
 
+    async def finish_releases(self) -> int:
+        """Release what resumes left held when they were interrupted; how many messages it freed."""
+        async with translated():
+            scopes = await self._redis.smembers(self._keys.releasing)
+        freed = 0
+        for scope in sorted(map(str, scopes)):
+            released, _ = await self._store.release(
+                scope, f"{scope} resumed; releasing what was left", RELEASE_BATCH
+            )
+            freed += released
+        if freed:
+            log.warning("released %d held messages that interrupted resumes left behind", freed)
+        return freed
+
     async def active(self) -> list[Trip]:
         async with translated():
             raw = await self._redis.hgetall(self._keys.trips)

@@ -42,6 +42,7 @@ SCHEMA: dict[str, str] = {
     "active_scopes": "sig:active",  # zset: scopes with signals, score = last signal (ms)
     "trips": "trips",  # hash: scope -> JSON of its active safe-mode trip
     "held": "held:{scope}",  # set: ids of messages held by that scope's trip
+    "releasing": "releasing",  # set: resumed scopes whose held messages are not all released yet
     "resumed": "resumed:{scope}",  # string: when the scope was last resumed; expires, see safe_mode.py
     "unparsed": "unparsed",  # list: inbound mail that could not be parsed, newest first
     "approval": "appr:{id}",  # hash: an approval request: tier, kind, requester, status, decisions
@@ -157,6 +158,10 @@ class Keys:
 
     def held(self, scope: str) -> str:
         return self._key("held", scope)
+
+    @property
+    def releasing(self) -> str:
+        return self._key("releasing")
 
     def resumed(self, scope: str) -> str:
         return self._key("resumed", scope)

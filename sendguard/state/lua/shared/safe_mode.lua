@@ -24,8 +24,14 @@ local function hold(id, scope, at, from)
 end
 -- Put back in the queue up to `limit` messages a resumed scope held (its trip already gone);
 -- those still in another tripped scope move to its set. Returns released, moved, left in the set.
+-- A scope with messages left stays in `releasing` until they are all out (or it trips again), so
+-- the maintenance loop finishes a release that was interrupted.
 local function release_held(scope, limit, detail, now)
   local held_key = key_held(scope)
+  if redis.call('HEXISTS', key_trips(), scope) == 1 then  -- tripped again: its set is the new trip's
+    redis.call('SREM', key_releasing(), scope)
+    return 0, 0, 0
+  end
   local released, still = 0, 0
   for _, id in ipairs(redis.call('SPOP', held_key, limit)) do
     local key = key_msg(id)
@@ -49,5 +55,7 @@ local function release_held(scope, limit, detail, now)
       end
     end
   end
-  return released, still, redis.call('SCARD', held_key)
+  local left = redis.call('SCARD', held_key)
+  if left > 0 then redis.call('SADD', key_releasing(), scope) else redis.call('SREM', key_releasing(), scope) end
+  return released, still, left
 end
