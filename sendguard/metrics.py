@@ -10,6 +10,8 @@ never a recipient address or a domain.
 from __future__ import annotations
 
 import functools
+import itertools
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.gc_collector import GCCollector
@@ -174,6 +176,16 @@ class Metrics:
             "1 while this daemon does not chain the audit trail because its anchor file is gone and the "
             "trail has entries (a fresh anchor would hide a cut-off tail).",
         )
+
+    @staticmethod
+    def start_at_zero(counter: Counter, *values: Iterable[str]) -> None:
+        """Export `counter` at 0 for every combination of its known label values.
+
+        A series that appears only at its first increment has no earlier sample, so `increase()`
+        never sees that first burst and an alert on it never fires.
+        """
+        for labels in itertools.product(*values):
+            counter.labels(*labels)
 
     def exposition(self) -> bytes:
         """The text `/metrics` answers with."""

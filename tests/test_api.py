@@ -7,6 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
+from sendguard.delivery.deliverer import DEFER_CAUSES
+from sendguard.delivery.relay import STAGES
+from sendguard.feedback.counters import TRIP_CAUSES
+from sendguard.feedback.events import BounceType, EventType, Sentiment
+from sendguard.feedback.parse import InboundKind
+from sendguard.rules import ScopeKind
 from tests.conftest import Api, Daemon, message
 from tests.peers import DnsServer, SmtpSink
 
@@ -257,6 +263,32 @@ def test_agent_sees_only_its_own_messages_and_can_cancel(
     assert api.client.post(f"/v1/messages/{later['id']}/cancel").status_code == 409
     # Cancelling gave the recipient's cooldown back.
     assert api.send("frank@customer.example")["status"] == "queued"
+
+
+def test_labelled_counters_start_at_zero(daemon: Daemon) -> None:
+    """Every known label value is exported at 0 before its first event, so `increase()` sees the
+    first burst: an unparsed-mail or unmatched-event alert fires on the first ones too."""
+    metrics = daemon.http.get("/metrics").text
+    expected = [
+        *(f'sendguard_inbound_messages_total{{kind="{kind}"}}' for kind in [*InboundKind, "unparsed"]),
+        *(f'sendguard_events_unmatched_total{{type="{kind}"}}' for kind in EventType),
+        *(
+            f'sendguard_safe_mode_trips_total{{cause="{cause}"}}'
+            for cause in [*TRIP_CAUSES, "alert", "manual"]
+        ),
+        *(f'sendguard_bounces_total{{type="{kind}"}}' for kind in BounceType),
+        *(f'sendguard_replies_total{{sentiment="{sentiment}"}}' for sentiment in Sentiment),
+        *(f'sendguard_messages_deferred_total{{cause="{cause}"}}' for cause in DEFER_CAUSES),
+        *(f'sendguard_throttle_waits_total{{scope="{kind}"}}' for kind in ScopeKind),
+        *(
+            f'sendguard_smtp_replies_total{{reply_class="{reply_class}",stage="{stage}"}}'
+            for reply_class in ("2xx", "4xx", "5xx")
+            for stage in STAGES
+        ),
+    ]
+    missing = [series for series in expected if f"{series} 0.0" not in metrics.splitlines()]
+    assert missing == []
+    assert {"denials", "abusive_replies", "bounce_rate"} <= set(TRIP_CAUSES)
 
 
 def test_health_readiness_metrics_and_openapi(api: Api, daemon: Daemon) -> None:

@@ -75,8 +75,7 @@ def test_a_throttled_domain_does_not_hold_up_others(
     assert sorted(s["status"] for s in statuses) == ["queued"] * 5 + ["sent"]
     assert {s["waiting_for"] for s in statuses if s["status"] == "queued"} == {"recipient_domain"}
     assert len(smtp.snapshot()) == 11
-    metrics = daemon.http.get("/metrics").text
-    assert 'sendguard_throttle_waits_total{scope="recipient_domain"}' in metrics
+    assert (daemon.metric("sendguard_throttle_waits_total", scope="recipient_domain") or 0) >= 1
 
 
 def test_min_gap_spaces_sends_and_waiting_messages_leave_by_themselves(

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from sendguard.config import Settings
 from sendguard.delivery.circuit import Circuit
-from sendguard.delivery.relay import Transport, UncertainDelivery
+from sendguard.delivery.relay import STAGES, Transport, UncertainDelivery
 from sendguard.delivery.render import render
 from sendguard.delivery.throttle import Buckets, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
@@ -34,7 +34,7 @@ from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Status, now_ms
 from sendguard.record import Changes, MessageRecord
-from sendguard.rules import CurrentRules
+from sendguard.rules import CurrentRules, ScopeKind
 from sendguard.scopes import scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
 
@@ -43,6 +43,7 @@ log = logging.getLogger("sendguard.delivery.deliverer")
 _IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
 _STORE_RETRY = 1.0  # seconds between tries while Redis does not answer
 _CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
+DEFER_CAUSES = ("smtp_4xx", "connection", "uncertain", "dns")  # why a message waits for a retry
 
 
 class Outcome(NamedTuple):
@@ -76,6 +77,9 @@ class Deliverer:
     ) -> None:
         self._store = store
         self._metrics = metrics
+        metrics.start_at_zero(metrics.deferred, DEFER_CAUSES)
+        metrics.start_at_zero(metrics.smtp_replies, ("2xx", "4xx", "5xx"), STAGES)
+        metrics.start_at_zero(metrics.throttle_waits, ScopeKind)
         self._unsubscribe = unsubscribe
         self._throttles = throttles
         self._ingress = ingress

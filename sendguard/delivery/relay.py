@@ -19,6 +19,8 @@ import aiosmtplib
 from sendguard.config import RedactedURL
 from sendguard.errors import ConfigError, RelayError, RelayReply
 
+STAGES = ("mail", "rcpt", "data")  # the commands a relay can answer a transaction with a refusal at
+
 
 class Transport(Protocol):
     """Delivers one message to one recipient; returns the relay's 2xx reply."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sendguard.errors import InvalidValue, SendguardError
 from sendguard.feedback.counters import BAD, Signal, Trip
-from sendguard.feedback.events import EventIn, EventType, Sentiment, sendguard_id
+from sendguard.feedback.events import BounceType, EventIn, EventType, Sentiment, sendguard_id
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
 from sendguard.governance.audit import AuditLog
@@ -88,6 +88,9 @@ class Feedback:
     ) -> None:
         self._store = store
         self._metrics = metrics
+        metrics.start_at_zero(metrics.bounces, BounceType)
+        metrics.start_at_zero(metrics.replies, Sentiment)
+        metrics.start_at_zero(metrics.unmatched_events, EventType)
         self._suppressions = suppressions
         self._safe_mode = safe_mode
         self._audit = audit

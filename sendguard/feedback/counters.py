@@ -51,6 +51,7 @@ CAUSES: dict[Signal, tuple[str, ...]] = {
     Signal.DENIAL: ("denials",),
 }
 BAD = frozenset(CAUSES)  # the signals that can trip a scope
+TRIP_CAUSES = tuple(dict.fromkeys(cause for causes in CAUSES.values() for cause in causes))
 
 
 @dataclass(frozen=True)

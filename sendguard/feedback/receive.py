@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from sendguard.errors import StoreError
 from sendguard.feedback.apply import Applied, Feedback, Reporter
-from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
+from sendguard.feedback.parse import Inbound, InboundKind, UnparsableMail, parse_inbound
 from sendguard.metrics import Metrics
 from sendguard.model import now_ms
 from sendguard.state.keys import Keys
@@ -62,6 +62,7 @@ class Inbox:
     ) -> None:
         self._redis = client
         self._metrics = metrics
+        metrics.start_at_zero(metrics.inbound, [*InboundKind, "unparsed"])
         self._keys = keys
         self._feedback = feedback
         self._bounce_domain = bounce_domain

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sendguard.feedback.counters import Recorded, Signal, Signals, Trip
+from sendguard.feedback.counters import TRIP_CAUSES, Recorded, Signal, Signals, Trip
 from sendguard.feedback.notify import Notifier
 from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.metrics import Metrics
@@ -77,6 +77,7 @@ class SafeMode:
     ) -> None:
         self._redis = client
         self._metrics = metrics
+        metrics.start_at_zero(metrics.trips, [*TRIP_CAUSES, "alert", "manual"])
         self._keys = keys
         self._store = store
         self._trip = scripts.register(client, keys, "safe_mode_trip")
