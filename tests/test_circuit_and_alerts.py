@@ -232,6 +232,24 @@ def test_a_resume_notifies_the_webhook_with_the_released_count(
     assert SEGMENT in body["text"] and "list cleaned" in body["text"] and "2 held" in body["text"]
 
 
+def test_the_webhook_secret_path_never_reaches_the_log(
+    make_daemon: MakeDaemon, client_for: ClientFor, webhook: Webhook
+) -> None:
+    """httpx logs every request's URL; the webhook's path is its secret, so only its host is shown."""
+    daemon = make_daemon("", process=True, notify_url=webhook.url)
+    _trip(client_for(daemon, "admin", "dana"), SEGMENT, "the Q4 list looks stale")
+    _notification(webhook, "tripped")
+    request_lines = wait_until(
+        lambda: [line for line in daemon.log_path.read_text().splitlines() if "HTTP Request: POST" in line],
+        what="httpx's log line for the notification",
+    )
+    assert "http://127.0.0.1:" in request_lines[0], request_lines
+    log = daemon.log_path.read_text()
+    assert webhook.url.endswith("/hooks/T000/B000/secret")
+    assert "/hooks/" not in log
+    assert "T000/B000" not in log
+
+
 def test_a_failing_webhook_gets_the_notification_on_its_third_try(
     notified: tuple[Daemon, Api], webhook: Webhook
 ) -> None:
