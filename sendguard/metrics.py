@@ -18,6 +18,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+ALERT_IGNORED = ("not_firing", "no_scope", "bad_scope")  # why a posted alert tripped nothing
+
 
 class Metrics:
     """One daemon's metrics, with the process, platform and GC collectors a default registry has."""
@@ -148,6 +150,13 @@ class Metrics:
             ["cause"],
         )
         self.resumes = counter("sendguard_safe_mode_resumes_total", "Safe-mode scopes resumed by a person.")
+        self.alerts_ignored = counter(
+            "sendguard_alerts_ignored_total",
+            "Alertmanager alerts posted to /v1/alerts that tripped nothing, by reason (not_firing, "
+            "no_scope, bad_scope).",
+            ["reason"],
+        )
+        self.start_at_zero(self.alerts_ignored, ALERT_IGNORED)
         self.inbound = counter(
             "sendguard_inbound_messages_total",
             "Raw inbound mail received (HTTP or SMTP), by what it was: dsn, arf, reply or unparsed.",

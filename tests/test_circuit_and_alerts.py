@@ -7,6 +7,7 @@ loopback plays the Slack-style webhook, and the CLI runs as a subprocess against
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -352,6 +353,29 @@ def test_alerts_without_a_usable_scope_are_ignored_with_the_reason(admin: Api) -
     assert unlabelled == f"{ALERT_NAME}: no sendguard_scope label"
     assert unparsable.startswith(f"{ALERT_NAME}: scope 'planet:mars' must be 'global' or '<kind>:<value>'")
     assert _trips(admin) == []
+
+
+def test_an_ignored_alert_is_logged_and_counted_by_reason(
+    make_daemon: MakeDaemon, client_for: ClientFor, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = make_daemon("")
+    admin = client_for(daemon, "admin", "dana")
+    assert daemon.metric("sendguard_alerts_ignored_total", reason="bad_scope") == 0
+    caplog.set_level(logging.WARNING, logger="sendguard")
+    out = _alerts_out(
+        admin,
+        _alert("firing"),
+        _alert("firing", sendguard_scope="planet:mars"),
+        _alert("firing", sendguard_scope="segment:"),
+        _alert("resolved", sendguard_scope=SEGMENT),
+    )
+    assert len(out["ignored"]) == 4
+    assert daemon.metric("sendguard_alerts_ignored_total", reason="no_scope") == 1
+    assert daemon.metric("sendguard_alerts_ignored_total", reason="bad_scope") == 2
+    assert daemon.metric("sendguard_alerts_ignored_total", reason="not_firing") == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum(ALERT_NAME in line and "ignored" in line for line in warnings) == 3, warnings
+    assert any("planet:mars" in line for line in warnings), warnings
 
 
 def test_an_agent_token_may_not_post_alerts(make_daemon: MakeDaemon, client_for: ClientFor) -> None:

@@ -1,5 +1,6 @@
 """Safe mode over HTTP: list, trip and resume scopes, and Alertmanager alerts that trip them."""
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -11,6 +12,7 @@ from sendguard.http.access import Admin, Operator, Reader, RuntimeDep
 from sendguard.model import iso_ms
 from sendguard.scopes import parse_scope
 
+log = logging.getLogger("sendguard.http.safe_mode")
 router = APIRouter()
 
 
@@ -112,16 +114,25 @@ async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> Al
     A resolved alert does not resume: a person does.
     """
     out = AlertsOut(tripped=[], already=[], ignored=[])
+    ignored = runtime.metrics.alerts_ignored
     for alert in body.alerts:
         name = alert.labels.get("alertname", "unnamed alert")
         raw_scope = alert.labels.get("sendguard_scope")
-        if alert.status != "firing" or raw_scope is None:
-            why = "not firing" if alert.status != "firing" else "no sendguard_scope label"
-            out.ignored.append(f"{name}: {why}")
+        if alert.status != "firing":
+            ignored.labels("not_firing").inc()  # a resolved alert: a person resumes, not Alertmanager
+            out.ignored.append(f"{name}: not firing")
+            continue
+        # A misrouted or mislabelled stop-sending alert trips nothing: say so where people look.
+        if raw_scope is None:
+            ignored.labels("no_scope").inc()
+            log.warning("alert %r ignored: no sendguard_scope label", name)
+            out.ignored.append(f"{name}: no sendguard_scope label")
             continue
         try:
             scope = parse_scope(raw_scope)
         except ValueError as exc:
+            ignored.labels("bad_scope").inc()
+            log.warning("alert %r ignored: %s", name, exc)
             out.ignored.append(f"{name}: {exc}")
             continue
         summary = alert.annotations.get("summary")
