@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -156,6 +157,26 @@ def test_dns_temporary_failure_defers_then_delivers(api: Api, dns_server: DnsSer
     sent = api.wait_status(decision["id"], "sent")
     assert "dns_resolved" in [h["cause"] for h in sent["history"]]
     assert [r.rcpt_tos for r in smtp.snapshot()] == [("bob@flaky.example",)]
+
+
+def test_rules_reloaded_with_mx_check_off_stop_the_dns_rechecks(
+    api: Api, daemon: Daemon, dns_server: DnsServer, smtp: SmtpSink, client_for: ClientFor
+) -> None:
+    """A message deferred for DNS is sent once the rules say not to check MX, though DNS still fails."""
+    dns_server.add_mx_domain("stuck.example")
+    dns_server.set_servfail("stuck.example", True)
+    try:
+        decision = api.send("bob@stuck.example")
+        assert decision["status"] == "deferred"
+        rules_path = Path(daemon.env["SENDGUARD_RULES"])
+        rules_path.write_text(rules_path.read_text().replace('mx_check = "enforce"', 'mx_check = "off"'))
+        reloaded = client_for(daemon, "admin", "dana").client.post("/v1/rules/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        sent = api.wait_status(decision["id"], "sent")
+    finally:
+        dns_server.set_servfail("stuck.example", False)
+    assert "mx_check_off" in [h["cause"] for h in sent["history"]]
+    assert [r.rcpt_tos for r in smtp.snapshot()] == [("bob@stuck.example",)]
 
 
 def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api, smtp: SmtpSink) -> None:

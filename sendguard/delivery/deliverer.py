@@ -399,7 +399,14 @@ class Deliverer:
         return int(base * random.uniform(0.8, 1.2) * 1000)
 
     async def _recheck_dns(self, claim: Claim, record: MessageRecord) -> bool:
-        """True when the recipient's domain now resolves; otherwise the message is moved on."""
+        """True when the recipient's domain now resolves; otherwise the message is moved on.
+
+        Rules reloaded with `mx_check = "off"` stop the re-checks too: the message is sent as a
+        message admitted under those rules would be.
+        """
+        if self._rules.now.file.ingress.mx_check != "enforce":
+            await self._dns_settled(claim, "mx_check_off")
+            return True
         recipient = Recipient(address=record.to, canonical=record.to_canonical, domain=record.to_domain)
         await self._ingress.check_mail_host(recipient)
         checks = record.dns_checks + 1
@@ -436,16 +443,20 @@ class Deliverer:
                     changes={"dns_checks": checks},
                 )
             return False
+        await self._dns_settled(claim, "dns_resolved")
+        return True
+
+    async def _dns_settled(self, claim: Claim, cause: str) -> None:
+        """The message no longer waits for DNS: queued again, still claimed, for this attempt."""
         await self._store.transition(
             claim.message_id,
             to=Status.QUEUED,
-            cause="dns_resolved",
+            cause=cause,
             claim=claim.token,
             allowed_from=_CLAIMABLE,
             keep_claim=True,
             changes={"dns_pending": False, "reasons": ()},
         )
-        return True
 
 
 def _idle_for(no_work: NoWork) -> float:
