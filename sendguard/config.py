@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     api_url: ApiURL = None
     token: SecretStr | None = None
     token_file: Path | None = None
+    # When set, /metrics answers only a scraper that sends it as a bearer token; unset, it is open.
+    metrics_token: SecretStr | None = None
     rules: Path | None = None
     workers: int = Field(default=8, ge=1, le=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
@@ -147,6 +149,14 @@ class Settings(BaseSettings):
         """The token is the credential; a password in the URL would end up in error messages."""
         if value is not None and (value.parts.username or value.parts.password):
             raise ValueError("must not carry a user or password: the API takes a bearer token")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty or short token would leave /metrics open in all but name."""
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
         return value
 
     @field_validator("public_url")

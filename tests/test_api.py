@@ -312,6 +312,17 @@ def test_labelled_counters_start_at_zero(daemon: Daemon) -> None:
     assert {"denials", "abusive_replies", "bounce_rate"} <= set(TRIP_CAUSES)
 
 
+def test_metrics_token_guards_the_metrics_page(make_daemon: Callable[..., Daemon]) -> None:
+    token = "scrape-me-0123456789abcdef"
+    daemon = make_daemon(RULES, metrics_token=token)
+    assert daemon.http.get("/metrics").status_code == 401
+    wrong = daemon.http.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789abcdeX"})
+    assert wrong.status_code == 401
+    scraped = daemon.http.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200 and "sendguard_messages_sent_total 0.0" in scraped.text
+    assert daemon.http.get("/healthz").status_code == 200  # probes stay open
+
+
 def test_health_readiness_metrics_and_openapi(api: Api, daemon: Daemon) -> None:
     api.wait_status(api.send("gina@customer.example")["id"], "sent")
     assert daemon.http.get("/healthz").json() == {"status": "ok"}

@@ -4,9 +4,10 @@ Malformed requests get a 4xx that names the field; policy decisions are data: a 
 message still gets an id, a status and reason codes (201).
 """
 
+import hmac
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -241,7 +242,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         return JSONResponse({"status": "ready", "rules_version": runtime.rules.version})
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
+    async def prometheus(authorization: Annotated[str | None, Header()] = None) -> Response:
+        expected = runtime.settings.metrics_token
+        if expected is not None and not hmac.compare_digest(
+            (authorization or "").encode(), f"Bearer {expected.get_secret_value()}".encode()
+        ):
+            raise HTTPException(401, "missing or wrong metrics token", headers={"WWW-Authenticate": "Bearer"})
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     settings = runtime.settings
