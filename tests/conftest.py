@@ -174,6 +174,17 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis for one test alone, so taking it away (stop, restart, SHUTDOWN) disturbs no other test."""
+    directory = tmp_path / "own-redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def prefix() -> str:
     return f"t{secrets.token_hex(4)}"
 

@@ -276,16 +276,6 @@ def test_a_batch_whose_recipient_550_is_not_text_admits_none_of_its_600(
 # --- property 8: a batch cut short by Redis is completed by its retry ------------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "own-redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
-
-
 def _shutdown_once_admitting(server: RedisServer, baseline: int, done: threading.Event) -> None:
     """From a connection of its own, SHUTDOWN Redis (append-only file flushed) once admission began."""
     watcher = redis.Redis.from_url(server.url)

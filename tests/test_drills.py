@@ -9,10 +9,9 @@ import http.client
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,17 +56,6 @@ def test_kill_9_mid_delivery_loses_nothing_and_counts_every_duplicate(
     assert duplicates <= uncertain, (duplicates, uncertain)
     recovered = [r for r in records if "recovered" in [h["cause"] for h in r["history"]]]
     assert len(recovered) == uncertain
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis for one drill alone, so taking it away cannot disturb other tests."""
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _readiness(daemon: Daemon) -> int:
