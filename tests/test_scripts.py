@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from sendguard.state import scripts
 from sendguard.state.keys import PARTS, SCHEMA, Keys
@@ -121,3 +122,20 @@ def test_python_and_lua_build_every_key_alike(client: redis.Redis) -> None:
     assert expected[0] == 'odd "prefix" é:msg:id-0'
     body = "return {" + ", ".join(calls) + "}"
     assert client.eval(scripts.compose(body, keys), 0) == expected
+
+
+async def test_pipelined_calls_go_by_sha_alone_and_survive_a_flushed_script_cache(redis_url: str) -> None:
+    """One round trip with no SCRIPT EXISTS before it; after SCRIPT FLUSH (a restarted Redis) the
+    calls answered NOSCRIPT are sent again once the script is loaded, each run exactly once."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, protocol=2)
+    try:
+        counter = f"pipelined:{id(client)}"
+        script = client.register_script("return redis.call('INCR', KEYS[1]) .. ':' .. ARGV[1]")
+        await client.script_flush()
+        first = await scripts.run_pipelined(script, [([counter], ["a"]), ([counter], ["b"])])
+        assert first == ["1:a", "2:b"]
+        second = await scripts.run_pipelined(script, [([counter], ["c"])])
+        assert second == ["3:c"]
+        await client.delete(counter)
+    finally:
+        await client.aclose()

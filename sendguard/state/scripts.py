@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.resources import files
 from string import Formatter
+from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from sendguard.model import CANCELLABLE, WAITING, Status
@@ -119,3 +121,34 @@ def compose(body: str, keys: Keys, origin: str = "a script") -> str:
 def register(client: aioredis.Redis, keys: Keys, name: str) -> AsyncScript:
     """The script `name` for `keys`' deployment, run by its SHA (loaded on first use)."""
     return client.register_script(source(name, keys))
+
+
+async def run_pipelined(script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    """Run `script` once per (keys, args), all in one round trip, by its SHA alone.
+
+    redis-py's pipeline asks SCRIPT EXISTS before every execute that holds a script: a round trip
+    more for each single admission. Here the SHA is sent as it is; only the calls Redis answers
+    NOSCRIPT (a restarted or flushed Redis) are sent again once the script is loaded, and those
+    did not run, so sending them again is safe.
+    """
+    results: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        async with script.registered_client.pipeline(transaction=False) as pipe:
+            for i in todo:
+                keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            answers = await pipe.execute(raise_on_error=False)
+        missing = []
+        for i, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
+                missing.append(i)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                results[i] = answer
+        if not missing:
+            break
+        await script.registered_client.script_load(script.script)
+        todo = missing
+    return results

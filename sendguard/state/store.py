@@ -141,24 +141,23 @@ class Store:
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
         k = self.keys
+        calls = [
+            (
+                [
+                    k.msg(c.record.id),
+                    k.hist(c.record.id),
+                    k.due,
+                    k.count,
+                    k.idempotency(c.record.agent, c.idempotency.key),
+                    k.cooldown(c.record.to),
+                    k.waiting(c.record.to_canonical),
+                ],
+                self._admit_args(c),
+            )
+            for c in candidates
+        ]
         async with translated():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for candidate in candidates:
-                    record = candidate.record
-                    await self._admit(
-                        keys=[
-                            k.msg(record.id),
-                            k.hist(record.id),
-                            k.due,
-                            k.count,
-                            k.idempotency(record.agent, candidate.idempotency.key),
-                            k.cooldown(record.to),
-                            k.waiting(record.to_canonical),
-                        ],
-                        args=self._admit_args(candidate),
-                        client=pipe,
-                    )
-                results = await pipe.execute()
+            results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
             found = dict(zip(existing, await self.records(existing, ("reasons",)), strict=True))
         admissions = []
