@@ -164,11 +164,20 @@ class Bench:
         """Redis's count of the memory it holds (INFO memory used_memory), less passing buffers.
 
         The append-only file's write buffer and the clients' buffers come and go with the disk's
-        and the clients' pace, not with what is stored, so they are left out.
+        and the clients' pace, not with what is stored, so they are left out. The clients' share
+        is summed from CLIENT LIST, which measures each client as it is: INFO's `mem_clients_normal`
+        (Redis 6.2) is a tally the server cron refreshes a few clients at a time, so a 5 MB query
+        buffer left by a large script call could be counted as stored data and then vanish.
+        Both are read in one transaction, so they describe the same instant.
         """
-        info = await self.redis.info("memory")
-        passing = ("mem_aof_buffer", "mem_clients_normal", "mem_clients_slaves")
-        return int(info["used_memory"]) - sum(int(info.get(name, 0)) for name in passing)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.execute_command("CLIENT", "LIST")
+            pipe.info("memory")
+            clients, info = await pipe.execute()
+        buffers = sum(
+            int(field[len("tot-mem=") :]) for field in clients.split() if field.startswith("tot-mem=")
+        )
+        return int(info["used_memory"]) - int(info.get("mem_aof_buffer", 0)) - buffers
 
     def daemon(self, rules: Path, connections: int) -> Service:
         """A `sendguard run` daemon on this Redis and sink, not started yet (see `running`)."""
