@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     token_file: Path | None = None
     # When set, /metrics answers only a scraper that sends it as a bearer token; unset, it is open.
     metrics_token: SecretStr | None = None
+    # Per-scope gauges are exported for global, every tripped scope and this many of the busiest other
+    # scopes of each kind: agents choose segment, campaign and From values, so all of them would let
+    # an agent grow /metrics without bound.
+    metrics_top_scopes: int = Field(default=20, ge=1, le=1000)
     rules: Path | None = None
     workers: int = Field(default=8, ge=1, le=256)
     max_request_bytes: int = Field(default=1_048_576, ge=1024)

@@ -4,7 +4,9 @@ Each build of the parts has its own `Metrics` and registry, so daemons sharing o
 tests run several) never share a count; `/metrics` serves that registry.
 
 Labels take values from fixed sets (outcomes, reason codes, scope kinds, reply classes),
-never a recipient address or a domain.
+never a recipient address or a domain. The one exception is the per-scope gauges' `scope` label,
+whose values agents choose (segment, campaign, From): those are exported only for a bounded set of
+scopes (`SafeMode.refresh_metrics`, `SENDGUARD_METRICS_TOP_SCOPES`).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class Metrics:
         )
 
         # Signals and safe mode. The per-scope gauges are refreshed from Redis, so every daemon on one
-        # Redis reports the same values; only scopes of configured kinds with traffic in the window appear.
+        # Redis reports the same values, for global, every tripped scope and the busiest few others
+        # of each kind (`exported_scopes`), never every value an agent ever sent.
         _SCOPE = ["scope_kind", "scope"]
         self.bounce_rate = gauge(
             "sendguard_bounce_rate", "Hard bounces / sent in the safe-mode window, per scope.", _SCOPE

@@ -140,7 +140,9 @@ async def build(
     throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
     audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
-    safe_mode = SafeMode(client, keys, store, notifier, current, metrics)
+    safe_mode = SafeMode(
+        client, keys, store, notifier, current, metrics, top_scopes=settings.metrics_top_scopes
+    )
     suppressions = Suppressions(client, keys, audit, store)
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
     approvals = Approvals(client, keys, store, audit)

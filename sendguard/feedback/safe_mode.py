@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sendguard.feedback.counters import TRIP_CAUSES, Recorded, Signal, Signals, Trip
+from sendguard.feedback.counters import TRIP_CAUSES, Recorded, Signal, Signals, Totals, Trip
 from sendguard.feedback.notify import Notifier
 from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.metrics import Metrics
 from sendguard.rules import CurrentRules, ScopeKind
-from sendguard.scopes import split_scope
+from sendguard.scopes import GLOBAL, split_scope
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -52,6 +53,29 @@ _AGENT_FIRST = [
 ]
 
 
+def exported_scopes(totals: Sequence[Totals], tripped: set[str], top: int) -> dict[str, Totals]:
+    """The scopes whose gauges `/metrics` shows, with their window counts (0 for a scope with none).
+
+    Global, every tripped scope, and the `top` busiest other scopes of each kind (most sends in the
+    window, then most replies, then by name, so the choice is stable). Agents choose segment,
+    campaign and From values: exporting every scope would let them add series without bound, while
+    on-call needs the stopped scopes and the ones carrying the traffic.
+    """
+    counts = {t.scope: t for t in totals}
+    chosen = {GLOBAL, *tripped}
+    others: dict[str, list[Totals]] = defaultdict(list)
+    for scope_totals in totals:
+        if scope_totals.scope not in chosen:
+            others[split_scope(scope_totals.scope)[0]].append(scope_totals)
+    for candidates in others.values():
+        candidates.sort(key=lambda t: (-t.sent, -t.replies, t.scope))
+        chosen.update(t.scope for t in candidates[:top])
+    return {
+        scope: counts.get(scope) or Totals(scope=scope, sent=0, hard=0, complaints=0, replies=0, negative=0)
+        for scope in chosen
+    }
+
+
 @dataclass(frozen=True)
 class Resumed:
     """What a resume did: the trip it lifted (None if there was none) and the messages it freed."""
@@ -74,9 +98,13 @@ class SafeMode:
         notifier: Notifier,
         rules: CurrentRules,
         metrics: Metrics,
+        *,
+        top_scopes: int,
     ) -> None:
+        """`top_scopes`: how many of the busiest untripped scopes of each kind get gauges."""
         self._redis = client
         self._metrics = metrics
+        self._top_scopes = top_scopes
         metrics.start_at_zero(metrics.trips, [*TRIP_CAUSES, "alert", "manual"])
         self._keys = keys
         self._store = store
@@ -85,7 +113,7 @@ class SafeMode:
         self._signals = Signals(client, keys)
         self._notifier = notifier
         self._rules = rules
-        self._labelled: set[tuple[str, str]] = set()
+        self._labelled: set[tuple[str, str]] = set()  # (kind, value) of every scope with gauges now
         self._sweeps: set[asyncio.Task[int]] = set()
 
     async def observe(
@@ -153,7 +181,7 @@ class SafeMode:
         resumed = Resumed(scope, trip, int(released) + more, int(still) + still_more, bool(before))
         if trip is not None:
             self._metrics.resumes.inc()
-            self._metrics.safe_mode.labels(*split_scope(scope)).set(0)
+            self._show_safe_mode(scope, 0)
             text = f"sendguard: {scope} resumed by {by} ({reason}); {resumed.released} held messages released"
             log.warning(text, extra={"scope": scope})
             self._notifier.post(
@@ -188,30 +216,35 @@ class SafeMode:
         return sorted((Trip.from_json(str(value)) for value in raw.values()), key=lambda t: t.at)
 
     async def refresh_metrics(self) -> None:
-        """Set the per-scope gauges from Redis; drop labels of scopes gone quiet and untripped."""
+        """Set the per-scope gauges from Redis for the scopes `exported_scopes` picks, and remove
+        the series of every scope that left that set, so none is left behind stale."""
         rules = self._rules.now.file.safe_mode
         for signal in ("bounce_rate", "complaint_rate", "negative_reply_rate", "min_sent", "min_replies"):
             self._metrics.threshold.labels(signal).set(getattr(rules, signal))
         totals = await self._signals.totals(rules)
         tripped = {trip.scope for trip in await self.active()}
-        seen: set[tuple[str, str]] = set()
-        for scope_totals in totals:
-            labels = split_scope(scope_totals.scope)
-            seen.add(labels)
-            self._metrics.bounce_rate.labels(*labels).set(scope_totals.bounce_rate)
-            self._metrics.complaint_rate.labels(*labels).set(scope_totals.complaint_rate)
-            self._metrics.negative_reply_rate.labels(*labels).set(scope_totals.negative_reply_rate)
-            self._metrics.window_sent.labels(*labels).set(scope_totals.sent)
-            self._metrics.window_replies.labels(*labels).set(scope_totals.replies)
-        for scope in {t.scope for t in totals} | tripped:
+        shown: set[tuple[str, str]] = set()
+        for scope, counts in exported_scopes(totals, tripped, self._top_scopes).items():
             labels = split_scope(scope)
-            seen.add(labels)
+            shown.add(labels)
+            self._metrics.bounce_rate.labels(*labels).set(counts.bounce_rate)
+            self._metrics.complaint_rate.labels(*labels).set(counts.complaint_rate)
+            self._metrics.negative_reply_rate.labels(*labels).set(counts.negative_reply_rate)
+            self._metrics.window_sent.labels(*labels).set(counts.sent)
+            self._metrics.window_replies.labels(*labels).set(counts.replies)
             self._metrics.safe_mode.labels(*labels).set(1 if scope in tripped else 0)
-        for labels in self._labelled - seen:
+        for labels in self._labelled - shown:
             for gauge in self._metrics.per_scope:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
-        self._labelled = seen
+        self._labelled = shown
+
+    def _show_safe_mode(self, scope: str, value: int) -> None:
+        """Show a trip or a resume at once, before the next refresh; that refresh removes the scope's
+        series again if it is not one `exported_scopes` picks."""
+        labels = split_scope(scope)
+        self._metrics.safe_mode.labels(*labels).set(value)
+        self._labelled.add(labels)
 
     async def drain(self, within: float) -> None:
         """Wait for the background work of trips (holding their queue, notifying) to finish."""
@@ -225,7 +258,7 @@ class SafeMode:
         self._sweeps.add(sweep)
         sweep.add_done_callback(self._swept)
         self._metrics.trips.labels(trip.cause).inc()
-        self._metrics.safe_mode.labels(*split_scope(trip.scope)).set(1)
+        self._show_safe_mode(trip.scope, 1)
         text = f"sendguard: safe mode for {trip.scope} ({trip.cause}: {trip.detail}; by {trip.by})"
         log.warning(text, extra={"scope": trip.scope})
         self._notifier.post(text, {"event": "tripped", **trip.__dict__})
