@@ -1,9 +1,9 @@
 """Real protocol peers for the sendguard test suite.
 
-Tests talk to a real SMTP server and a real authoritative DNS server on
-loopback instead of mocks, so the gateway's actual wire behaviour (pipelining,
-connection reuse, reply parsing, timeouts, negative caching) is what gets
-tested.  Both peers run in background threads, which lets the same instance
+Tests talk to a real SMTP server, a real authoritative DNS server and an HTTP
+webhook on loopback instead of mocks, so the gateway's actual wire behaviour
+(pipelining, connection reuse, reply parsing, timeouts, negative caching) is what
+gets tested.  The peers run in background threads, which lets the same instance
 serve synchronous tests and ``pytest-asyncio`` tests without sharing the
 test's event loop.
 """
@@ -14,6 +14,7 @@ import asyncio
 import email.message
 import email.parser
 import email.policy
+import json
 import logging
 import socket
 import socketserver
@@ -22,6 +23,7 @@ import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -691,3 +693,63 @@ class DnsServer:
             if not reply.rr:
                 reply.add_auth(self._soa(name))  # NODATA
             return reply
+
+
+class Webhook:
+    """An HTTP webhook on loopback (a Slack incoming webhook, a pager): records each JSON body; can
+    answer 500 at first."""
+
+    def __init__(self) -> None:
+        self.fail_first = 0
+        self._attempts = 0
+        self._accepted: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, name="Webhook", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/T000/B000/secret"
+
+    @property
+    def attempts(self) -> int:
+        """Requests received, answered 500 or not."""
+        with self._lock:
+            return self._attempts
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Copy of the accepted bodies, in arrival order."""
+        with self._lock:
+            return list(self._accepted)
+
+    def _answer(self, body: dict[str, Any]) -> int:
+        with self._lock:
+            self._attempts += 1
+            if self._attempts <= self.fail_first:
+                return 500
+            self._accepted.append(body)
+            return 200
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(webhook._answer(body))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        return Handler
+
+    def __enter__(self) -> Webhook:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)

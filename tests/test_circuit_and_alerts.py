@@ -6,13 +6,10 @@ loopback plays the Slack-style webhook, and the CLI runs as a subprocess against
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, Daemon, free_port, run_cli, sendguard_command, wait_until
-from tests.peers import SmtpSink
+from tests.peers import SmtpSink, Webhook
 
 MakeDaemon = Callable[..., Daemon]
 ClientFor = Callable[[Daemon, str, str], Api]
@@ -125,65 +122,6 @@ def test_a_probe_held_back_by_a_throttle_gap_does_not_stall_dispatch(
 
 
 # -- notifications ----------------------------------------------------------------
-
-
-class Webhook:
-    """A Slack-style incoming webhook on loopback: records each body; can answer 500 at first."""
-
-    def __init__(self) -> None:
-        self.fail_first = 0
-        self._attempts = 0
-        self._accepted: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, name="Webhook", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/T000/B000/secret"
-
-    @property
-    def attempts(self) -> int:
-        """Requests received, answered 500 or not."""
-        with self._lock:
-            return self._attempts
-
-    def bodies(self) -> list[dict[str, Any]]:
-        """Copy of the accepted bodies, in arrival order."""
-        with self._lock:
-            return list(self._accepted)
-
-    def _answer(self, body: dict[str, Any]) -> int:
-        with self._lock:
-            self._attempts += 1
-            if self._attempts <= self.fail_first:
-                return 500
-            self._accepted.append(body)
-            return 200
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        webhook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(webhook._answer(body))
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        return Handler
-
-    def __enter__(self) -> Webhook:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
 
 
 @pytest.fixture
