@@ -2,7 +2,8 @@
 examples and the Grafana dashboard, checked with the real promtool and amtool, and against the
 metrics the daemon really exports.
 
-promtool and amtool are required, never skipped: `bash tests/install-tools.sh` installs them.
+promtool, amtool and Alertmanager are required, never skipped: `bash tests/install-tools.sh`
+installs them.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import json
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from sendguard.metrics import Metrics
+from tests.conftest import Api, Daemon, free_port, token_file, wait_until
+from tests.peers import Webhook
 
 KIT = Path(__file__).resolve().parent.parent / "metrics"
 ALERTS = KIT / "alerts.yml"
@@ -136,13 +143,19 @@ def test_alertmanager_example_config_is_valid() -> None:
 @pytest.mark.parametrize(
     ("labels", "receivers"),
     [
-        (["sendguard_scope=global", "severity=page"], {SENDGUARD_RECEIVER, "oncall-pager"}),
-        (["sendguard_scope=inbox:sdr@acme.example", "severity=page"], {SENDGUARD_RECEIVER, "oncall-pager"}),
+        (
+            ["alertname=SendguardDeliveriesFailingStop", "sendguard_scope=global", "severity=stop"],
+            {SENDGUARD_RECEIVER},
+        ),
+        (["sendguard_scope=inbox:sdr@acme.example", "severity=page"], {SENDGUARD_RECEIVER}),
+        (["alertname=SendguardDeliveriesFailing", "severity=page"], {"oncall-pager"}),
         (["alertname=SendguardSafeModeActive", "severity=page"], {"oncall-pager"}),
         (["alertname=SendguardBounceRateHigh", "severity=ticket"], {"oncall-tickets"}),
     ],
 )
-def test_alertmanager_sends_only_scoped_alerts_to_sendguard(labels: list[str], receivers: set[str]) -> None:
+def test_alertmanager_sends_scoped_alerts_to_sendguard_alone(labels: list[str], receivers: set[str]) -> None:
+    """A stop-sending alert resolves once its trip lands, inside the pager's group_wait, so it goes
+    to sendguard only; people get its person-facing sibling."""
     output = _run(_tool("amtool"), "config", "routes", "test", "--config.file=alertmanager.yml", *labels)
     assert set(output.strip().split(",")) == receivers
 
@@ -157,9 +170,11 @@ def test_alertmanager_posts_to_sendguard_with_a_bearer_token() -> None:
 
 
 def test_every_alert_has_for_severity_and_guidance() -> None:
+    """severity is page or ticket for people, and stop exactly for the alerts that stop sending."""
     for rule in _alert_rules():
         assert "for" in rule, rule["alert"]
-        assert rule["labels"]["severity"] in {"page", "ticket"}, rule["alert"]
+        stops = "sendguard_scope" in rule["labels"]
+        assert rule["labels"]["severity"] in ({"stop"} if stops else {"page", "ticket"}), rule["alert"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
 
 
@@ -222,3 +237,167 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
     _run(_tool("promtool"), "check", "rules", str(path))
+
+
+# -- a real Alertmanager ---------------------------------------------------------------------------
+
+AM_SPEEDUP = 10  # the example's timings, this many times faster: the pager's group_wait 30s -> 3s
+PAGER_GROUP_WAIT = 30 / AM_SPEEDUP
+
+
+def _faster(duration: str) -> str:
+    """An Alertmanager duration (`30s`, `5m`, `4h`) `AM_SPEEDUP` times shorter."""
+    match = re.fullmatch(r"(\d+)([smh])", duration)
+    assert match, f"unexpected duration {duration!r} in alertmanager.yml"
+    seconds = int(match[1]) * {"s": 1, "m": 60, "h": 3600}[match[2]]
+    return f"{seconds * 1000 // AM_SPEEDUP}ms"
+
+
+def _alertmanager_config(sendguard: str, token: Path, hooks: dict[str, str]) -> dict[str, Any]:
+    """alertmanager.yml's routes and inhibit rules as they are, its timings faster, and its receivers
+    pointed at this test's peers: sendguard itself (with a real token) and a webhook per person."""
+    config: dict[str, Any] = _load_yaml(KIT / "alertmanager.yml")
+
+    def speed_up(route: dict[str, Any]) -> None:
+        for key in ("group_wait", "group_interval", "repeat_interval"):
+            if key in route:
+                route[key] = _faster(route[key])
+        for child in route.get("routes", []):
+            speed_up(child)
+
+    speed_up(config["route"])
+    for receiver in config["receivers"]:
+        if receiver["name"] == SENDGUARD_RECEIVER:
+            (webhook,) = receiver["webhook_configs"]
+            webhook["url"] = f"{sendguard}/v1/alerts"
+            webhook["http_config"]["authorization"]["credentials_file"] = str(token)
+        else:
+            name = receiver["name"]
+            receiver.clear()
+            receiver.update(name=name, webhook_configs=[{"url": hooks[name], "send_resolved": True}])
+    return config
+
+
+class Alertmanager:
+    """`prometheus-alertmanager` (Debian's name for it) on loopback, alone (no cluster)."""
+
+    def __init__(self, config: dict[str, Any], directory: Path) -> None:
+        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        if binary is None:
+            pytest.fail(
+                "Alertmanager is not installed: run `bash tests/install-tools.sh` (needs root or sudo)"
+            )
+        config_path = directory / "alertmanager.yml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self._log = directory / "alertmanager.log"
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.path={directory / 'data'}",
+                    f"--web.listen-address={self.url.removeprefix('http://')}",
+                    "--cluster.listen-address=",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        wait_until(self._ready, timeout=15, what="Alertmanager to be ready")
+
+    def _ready(self) -> bool:
+        if self._process.poll() is not None:
+            raise AssertionError(f"Alertmanager exited {self._process.returncode}: {self._log.read_text()}")
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def post(self, *alerts: dict[str, Any]) -> None:
+        """Hand alerts over as Prometheus does after an evaluation."""
+        response = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=5)
+        assert response.status_code == 200, response.text
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+def _as_prometheus_sends(rule: dict[str, Any], fired_at: datetime, *, firing: bool) -> dict[str, Any]:
+    """An alert of `rule` as Prometheus posts it after an evaluation: since `fired_at` (the moment it
+    passed its `for`; Alertmanager flushes at once what is older than group_wait), firing (ending in a
+    minute unless posted again) or resolved."""
+    now = datetime.now(UTC)
+    return {
+        "labels": {"alertname": rule["alert"], **rule["labels"]},
+        "annotations": {"summary": f"{rule['alert']} (test)"},
+        "startsAt": fired_at.isoformat(),
+        "endsAt": (now + timedelta(minutes=1) if firing else now).isoformat(),
+        "generatorURL": "http://prometheus.test:9090/graph",
+    }
+
+
+@pytest.fixture
+def alertmanager_for(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Alertmanager]]:
+    started: list[Alertmanager] = []
+
+    def start(config: dict[str, Any]) -> Alertmanager:
+        started.append(Alertmanager(config, tmp_path))
+        return started[-1]
+
+    yield start
+    for alertmanager in started:
+        alertmanager.stop()
+
+
+def test_a_stop_trips_sendguard_and_its_page_reaches_a_person_through_a_real_alertmanager(
+    make_daemon: Callable[..., Daemon],
+    client_for: Callable[[Daemon, str, str], Api],
+    alertmanager_for: Callable[[dict[str, Any]], Alertmanager],
+    tmp_path: Path,
+) -> None:
+    """The stop alert resolves as soon as its trip lands, well inside the pager's group_wait; its
+    sibling page keeps firing and is what the pager gets, once group_wait is over."""
+    daemon = make_daemon("")
+    daemon.listen()
+    admin = client_for(daemon, "admin", "alertmanager")
+    rules = {rule["alert"]: rule for rule in _alert_rules()}
+    stop, page = rules["SendguardDeliveriesFailingStop"], rules["SendguardDeliveriesFailing"]
+    with Webhook() as pager, Webhook() as tickets:
+        alertmanager = alertmanager_for(
+            _alertmanager_config(
+                f"http://127.0.0.1:{daemon.env['SENDGUARD_API_PORT']}",
+                token_file(tmp_path, admin.token),
+                {"oncall-pager": pager.url, "oncall-tickets": tickets.url},
+            )
+        )
+        started, fired_at = time.monotonic(), datetime.now(UTC)
+        alertmanager.post(
+            _as_prometheus_sends(stop, fired_at, firing=True),
+            _as_prometheus_sends(page, fired_at, firing=True),
+        )
+        trips = wait_until(
+            lambda: admin.client.get("/v1/safe-mode").json(), what="sendguard to trip on the stop alert"
+        )
+        tripped_after = time.monotonic() - started
+        # Prometheus' next evaluation: global is in safe mode, so the stop resolves; the page fires on.
+        alertmanager.post(
+            _as_prometheus_sends(stop, fired_at, firing=False),
+            _as_prometheus_sends(page, fired_at, firing=True),
+        )
+        [first, *_] = wait_until(pager.bodies, what="a notification at the pager")
+        paged_after = time.monotonic() - started
+
+    assert [(t["scope"], t["cause"], t["by"]) for t in trips] == [("global", "alert", "admin:alertmanager")]
+    assert trips[0]["detail"].startswith("SendguardDeliveriesFailingStop: ")
+    assert tripped_after < PAGER_GROUP_WAIT <= paged_after, (tripped_after, paged_after)
+    assert first["status"] == "firing"
+    assert [a["labels"]["alertname"] for a in first["alerts"]] == ["SendguardDeliveriesFailing"]
+    stops_at_pager = [
+        a for body in pager.bodies() for a in body["alerts"] if "sendguard_scope" in a["labels"]
+    ]
+    assert stops_at_pager == [], "a machine-facing stop alert reached the pager"
+    assert tickets.bodies() == []
+    print(
+        f"\ntripped {tripped_after:.2f}s and paged {paged_after:.2f}s after the alerts reached Alertmanager"
+    )
