@@ -152,8 +152,9 @@ class Feedback:
         3,000 addresses under one signed address is one bounce of one message.
         """
         tied: dict[tuple[str, EventType, bool], tuple[EventIn, MessageRecord]] = {}
+        records: dict[str, MessageRecord | None] = {}  # each referenced message read once
         for event in inbound.events:
-            found = await self._referenced(inbound, event)
+            found = await self._referenced(inbound, event, records)
             if isinstance(found, str):
                 raise Unreferenced(f"no valid reference: {found}")
             message_id, record = found
@@ -165,7 +166,9 @@ class Feedback:
             for (message_id, _, _), (event, record) in tied.items()
         ]
 
-    async def _referenced(self, inbound: Inbound, event: EventIn) -> tuple[str, MessageRecord] | str:
+    async def _referenced(
+        self, inbound: Inbound, event: EventIn, records: dict[str, MessageRecord | None]
+    ) -> tuple[str, MessageRecord] | str:
         """The message a reference of the mail proves `event` is about, or why there is none.
 
         A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
@@ -180,13 +183,17 @@ class Feedback:
             if ref.mac and (self._bounces is None or not self._bounces.valid(ref.message_id, ref.mac)):
                 problems.append(f"the bounce address in {ref.where} is not signed by this deployment")
                 continue
-            record = await self._store.record(ref.message_id)
+            if ref.message_id not in records:
+                records[ref.message_id] = await self._store.record(ref.message_id)
+            record = records[ref.message_id]
             if record is None:
                 problems.append(f"{ref.where} names no message known here")
             elif ref.mac:
                 return ref.message_id, record
+            elif event.recipient is None:
+                problems.append(f"{ref.where} names a message, but the report names no recipient")
             elif event.recipient != folded_address(record.to):
-                problems.append(f"{ref.where} names a message that was not sent to {event.recipient or 'it'}")
+                problems.append(f"{ref.where} names a message that was not sent to {event.recipient}")
             elif report or record.status in _LEFT:
                 return ref.message_id, record
             else:
