@@ -162,7 +162,8 @@ class Metrics:
         self.start_at_zero(self.alerts_ignored, ALERT_IGNORED)
         self.inbound = counter(
             "sendguard_inbound_messages_total",
-            "Raw inbound mail received (HTTP or SMTP), by what it was: dsn, arf, reply or unparsed.",
+            "Raw inbound mail received (HTTP or SMTP), by what it was: dsn, arf, reply, unparsed, or "
+            "unreferenced (kept: it proves no message of ours).",
             ["kind"],
         )
         self.notify_failures = counter(

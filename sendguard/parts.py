@@ -25,6 +25,7 @@ from sendguard.feedback.apply import Feedback
 from sendguard.feedback.notify import Notifier
 from sendguard.feedback.receive import Inbox
 from sendguard.feedback.safe_mode import SafeMode
+from sendguard.feedback.signing import BounceAddresses, load_secret
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
@@ -144,9 +145,12 @@ async def build(
         client, keys, store, notifier, current, metrics, top_scopes=settings.metrics_top_scopes
     )
     suppressions = Suppressions(client, keys, audit, store)
-    feedback = Feedback(store, suppressions, safe_mode, audit, metrics)
+    # One secret signs what must come back provably ours: one-click links and bounce addresses.
+    secret = await load_secret(client, keys) if settings.public_url or settings.bounce_domain else b""
+    unsubscribe = Unsubscribe(settings.public_url, secret) if settings.public_url else None
+    bounces = BounceAddresses(settings.bounce_domain, secret) if settings.bounce_domain else None
+    feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces)
     approvals = Approvals(client, keys, store, audit)
-    unsubscribe = await Unsubscribe.load(client, keys, settings.public_url) if settings.public_url else None
     instance = secrets.token_hex(6)
     deliverer = Deliverer(
         store=store,
@@ -161,6 +165,7 @@ async def build(
         instance=instance,
         concurrency=transport.concurrency or settings.workers,
         unsubscribe=unsubscribe,
+        bounces=bounces,
         metrics=metrics,
     )
     return Runtime(

@@ -291,7 +291,10 @@ def test_labelled_counters_start_at_zero(daemon: Daemon) -> None:
     first burst: an unparsed-mail or unmatched-event alert fires on the first ones too."""
     metrics = daemon.http.get("/metrics").text
     expected = [
-        *(f'sendguard_inbound_messages_total{{kind="{kind}"}}' for kind in [*InboundKind, "unparsed"]),
+        *(
+            f'sendguard_inbound_messages_total{{kind="{kind}"}}'
+            for kind in [*InboundKind, "unparsed", "unreferenced"]
+        ),
         *(f'sendguard_events_unmatched_total{{type="{kind}"}}' for kind in EventType),
         *(
             f'sendguard_safe_mode_trips_total{{cause="{cause}"}}'

@@ -261,6 +261,7 @@ def _new_ids(accepted: list[tuple[str, str]]) -> list[str]:
 SAMPLES = {path.name: path.read_bytes() for path in sorted((Path(__file__).parent / "samples").iterdir())}
 PARSE_BOUND_S = 2.0  # the daemon gives a parse 10 s (SENDGUARD_INBOUND_TIMEOUT); these inputs are small
 ID_1D = "0192a3b4c5d6e7f8a9b0c1d"
+SIGNED = f"bounces+{ID_1D}.0f1e2d3c4b5a69788796a5b4@bounce.acme.example"  # shaped so; the mac is made up
 # What the parser looks at, and values that have broken mail parsers: bad charsets and RFC 2231
 # parameters, empty boundaries, unknown encodings, malformed encoded words, endless brackets.
 FIELDS = [
@@ -293,7 +294,8 @@ VALUES = [
     b"<>" * 300,
     f"<{ID_1D}.sg@acme.example>".encode(),
     f"<bounces+{ID_1D}@bounce.acme.example>".encode(),
-    f"rfc822; bounces+{ID_1D}@bounce.acme.example".encode(),
+    f"<{SIGNED}>".encode(),
+    f"rfc822; {SIGNED}".encode(),
     b"rfc822;",
     b'"\\" <@>',
     b"a@" + b"b" * 400,
@@ -359,7 +361,9 @@ def mutated_samples(draw: st.DrawFn) -> bytes:
 @settings(max_examples=2000, deadline=None, derandomize=True)
 @given(
     raw=st.binary(max_size=2048) | mutated_samples(),
-    envelope=st.lists(st.sampled_from([f"bounces+{ID_1D}@bounce.acme.example", "x@y", ""])),
+    envelope=st.lists(
+        st.sampled_from([SIGNED, SIGNED.upper(), f"bounces+{ID_1D}@bounce.acme.example", "x@y", ""])
+    ),
     bounce_domain=st.sampled_from([None, "bounce.acme.example", ""]),
 )
 def test_parser_reads_any_bytes_or_says_why_quickly(
@@ -377,4 +381,5 @@ def test_parser_reads_any_bytes_or_says_why_quickly(
         assert inbound.summary.encode()
         for event in inbound.events:
             event.model_dump_json()  # raises on a string that is not text
+        assert all(len(ref.message_id) == 23 for ref in inbound.references)
     assert time.perf_counter() - started < PARSE_BOUND_S

@@ -1,8 +1,14 @@
-"""parse_inbound over hand-written DSNs, ARF reports and replies, and over broken versions of them."""
+"""parse_inbound over hand-written DSNs, ARF reports and replies, and over broken versions of them.
+
+Parsing checks no reference (it holds no secret): it lists what it found and where, and the
+daemon decides (tests/test_signals_in.py, tests/test_forged_mail.py). The samples' bounce
+addresses carry a made-up mac, `MAC`.
+"""
 
 from __future__ import annotations
 
 import email
+import pickle
 import random
 from collections.abc import Sequence
 from email.message import Message
@@ -11,8 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from sendguard.feedback.events import BounceType, EventType, Sentiment, sendguard_id
-from sendguard.feedback.parse import MAX_PARSED_BYTES, Inbound, InboundKind, UnparsableMail, parse_inbound
+from sendguard.feedback.events import BounceType, EventType, Sentiment
+from sendguard.feedback.parse import (
+    MAX_PARSED_BYTES,
+    Inbound,
+    InboundKind,
+    Reference,
+    UnparsableMail,
+    parse_inbound,
+)
 from sendguard.feedback.sentiment import classify
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -23,6 +36,13 @@ ID_1D, ID_2E, ID_3F, ID_4A = (
     "0192a3b4c5d6e7f8a9b0c3f",
     "0192a3b4c5d6e7f8a9b0c4a",
 )
+
+MAC = "0f1e2d3c4b5a69788796a5b4"
+
+
+def signed(message_id: str, where: str) -> Reference:
+    """A signed bounce address as parsing reports it: with the mac it found, unchecked."""
+    return Reference(message_id, where, MAC)
 
 
 def sample(name: str) -> bytes:
@@ -62,22 +82,24 @@ def test_postfix_hard_bounce() -> None:
     assert event.hard
     assert event.status == "5.1.1"
     assert event.recipient == "dana@customer.example"
-    assert event.message_id == f"<{ID_1D}.sg@acme.example>"
+    assert event.message_id is None  # the daemon ties it, by checking the references
+    # To and Delivered-To hold the address, so does the returned Return-Path: listed once, first seen.
+    assert inbound.references == (signed(ID_1D, "To"), Reference(ID_1D, "returned Message-ID"))
     assert event.detail == (
         "smtp; 550 5.1.1 <dana@customer.example>: Recipient address rejected: "
         "User unknown in virtual mailbox table"
     )
 
 
-def test_returned_message_id_wins_over_verp_and_verp_stands_in_without_it() -> None:
+def test_a_report_lists_signed_addresses_only_at_the_bounce_domain_and_the_returned_message_id() -> None:
     raw = sample("dsn_postfix_hard.eml")
-    assert parse(raw, bounce_domain=None).events[0].message_id == f"<{ID_1D}.sg@acme.example>"
+    assert parse(raw, bounce_domain=None).references == (Reference(ID_1D, "returned Message-ID"),)
 
     foreign = swap(raw, f"<{ID_1D}.sg@acme.example>".encode(), b"<CAF=x7Ym2k@mail.example>")
-    assert parse(foreign).events[0].message_id == f"bounces+{ID_1D}@{BOUNCE_DOMAIN}"
-    untied = parse(foreign, bounce_domain=None).events[0]
-    assert untied.message_id is None
-    assert untied.recipient == "dana@customer.example"
+    assert parse(foreign).references == (signed(ID_1D, "To"),)
+    untied = parse(foreign, bounce_domain=None)
+    assert untied.references == ()
+    assert untied.events[0].recipient == "dana@customer.example"
 
 
 def test_exchange_delayed_is_a_soft_bounce_tied_by_the_returned_message() -> None:
@@ -91,11 +113,11 @@ def test_exchange_delayed_is_a_soft_bounce_tied_by_the_returned_message() -> Non
     assert not event.hard
     assert event.status == "4.4.7"
     assert event.recipient == "lee@customer.example"
-    assert event.message_id == f"<{ID_2E}.sg@acme.example>"
+    assert inbound.references == (Reference(ID_2E, "returned Message-ID"),)
     assert event.detail == "smtp;400 4.4.7 Message delayed"
 
 
-def test_multi_recipient_dsn_is_tied_by_verp() -> None:
+def test_multi_recipient_dsn_names_its_signed_address() -> None:
     inbound = parse(sample("dsn_multi_recipient.eml"))
 
     assert inbound.kind is InboundKind.DSN
@@ -110,26 +132,48 @@ def test_multi_recipient_dsn_is_tied_by_verp() -> None:
     assert delivered.bounce_type is None
     assert delivered.status == "2.0.0"
     assert delivered.recipient == "priya@partner.example"
-    for event in inbound.events:
-        assert event.message_id == f"bounces+{ID_3F}@{BOUNCE_DOMAIN}"
-        assert sendguard_id(event.message_id) == ID_3F
+    assert inbound.references == (signed(ID_3F, "To"),)
+    assert [event.message_id for event in inbound.events] == [None, None]
 
 
 @pytest.mark.parametrize("bounce_domain", [None, "bounce.other.example"])
-def test_verp_counts_only_at_the_bounce_domain(bounce_domain: str | None) -> None:
+def test_bounce_addresses_count_only_at_the_bounce_domain(bounce_domain: str | None) -> None:
     inbound = parse(sample("dsn_multi_recipient.eml"), bounce_domain=bounce_domain)
 
-    assert [event.message_id for event in inbound.events] == [None, None]
+    assert inbound.references == ()
     assert [event.recipient for event in inbound.events] == ["ops@partner.example", "priya@partner.example"]
 
 
-def test_verp_from_the_envelope_recipients() -> None:
-    verp = f"bounces+{ID_3F}@{BOUNCE_DOMAIN}".encode()
+def test_signed_address_from_the_envelope_recipients_in_any_case() -> None:
+    verp = f"bounces+{ID_3F}.{MAC}@{BOUNCE_DOMAIN}".encode()
     raw = swap(sample("dsn_multi_recipient.eml"), verp, b"bounces@acme.example")
 
-    assert parse(raw).events[0].message_id is None
-    tied = parse(raw, envelope_recipients=[f"bounces+{ID_3F}@Bounce.Acme.Example"])
-    assert tied.events[0].message_id == f"bounces+{ID_3F}@{BOUNCE_DOMAIN}"
+    assert parse(raw).references == ()
+    upper = f"bounces+{ID_3F.upper()}.{MAC.upper()}@Bounce.Acme.Example"
+    assert parse(raw, envelope_recipients=[upper]).references == (signed(ID_3F, "envelope recipient"),)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        f"bounces+{ID_3F}@{BOUNCE_DOMAIN}",  # unsigned, as earlier versions sent it
+        f"bounces+{ID_3F}.{MAC[:-1]}@{BOUNCE_DOMAIN}",  # a mac one digit short
+        f"bounces+{ID_3F}.{MAC}x@{BOUNCE_DOMAIN}",
+        f"bounces+{ID_3F}.{MAC}@{BOUNCE_DOMAIN}.evil.example",
+        f"other+{ID_3F}.{MAC}@{BOUNCE_DOMAIN}",
+    ],
+)
+def test_only_the_signed_shape_at_the_bounce_domain_is_a_bounce_address(address: str) -> None:
+    verp = f"bounces+{ID_3F}.{MAC}@{BOUNCE_DOMAIN}".encode()
+    raw = swap(sample("dsn_multi_recipient.eml"), verp, b"bounces@acme.example")
+
+    assert parse(raw, envelope_recipients=[address]).references == ()
+
+
+def test_an_inbound_crosses_a_process_boundary_by_pickle() -> None:
+    for name in ("dsn_multi_recipient.eml", "arf_abuse.eml", "reply_positive.eml"):
+        inbound = parse(sample(name))
+        assert pickle.loads(pickle.dumps(inbound)) == inbound
 
 
 def test_original_recipient_is_the_address_we_sent_to() -> None:
@@ -182,7 +226,11 @@ def test_arf_abuse_complaint() -> None:
     [event] = inbound.events
     assert event.type is EventType.COMPLAINT
     assert event.recipient == "riley@mailprovider.example"
-    assert event.message_id == f"<{ID_4A}.sg@acme.example>"
+    # Original-Mail-From and the returned Return-Path hold the same address: listed once.
+    assert inbound.references == (
+        signed(ID_4A, "Original-Mail-From"),
+        Reference(ID_4A, "returned Message-ID"),
+    )
     assert event.detail == "Feedback-Type: abuse; User-Agent: Yahoo!-Mail-Feedback/2.0"
 
 
@@ -204,12 +252,19 @@ def test_arf_recipient_falls_back_to_the_returned_to() -> None:
     assert event.recipient == "riley@mailprovider.example"
 
 
-def test_arf_without_message_id_is_tied_by_original_mail_from() -> None:
+def test_arf_without_message_id_or_recipient_still_names_its_signed_address() -> None:
     raw = swap(sample("arf_abuse.eml"), f"Message-ID: <{ID_4A}.sg@acme.example>\n".encode(), b"")
+    # Providers often redact the complainant: no Original-Rcpt-To, and the returned To blanked.
+    redacted = swap(
+        swap(raw, b"Original-Rcpt-To: <Riley@MailProvider.example>\n", b""),
+        b"To: riley@mailprovider.example",
+        b"To: redacted",
+    )
 
-    [event] = parse(raw).events
-
-    assert event.message_id == f"bounces+{ID_4A}@{BOUNCE_DOMAIN}"
+    for mail in (raw, redacted):
+        inbound = parse(mail)
+        assert inbound.references == (signed(ID_4A, "Original-Mail-From"),)
+    assert parse(redacted).events[0].recipient is None
 
 
 # --- replies -----------------------------------------------------------------------------------
@@ -267,7 +322,7 @@ def test_reply(
     assert inbound.summary == f"reply from {sender} to {sent_id}"
     [event] = inbound.events
     assert event.type is EventType.REPLY
-    assert event.message_id == f"<{sent_id}.sg@acme.example>"
+    assert inbound.references[0] == Reference(sent_id, "In-Reply-To")
     assert event.recipient == sender
     assert event.sentiment is None
     assert event.text is not None
@@ -317,21 +372,18 @@ References: <{ID_1D}.sg@acme.example> <CAF=x7Ym2k@mail.example>
 """
     )
 
-    [event] = parse(raw).events
-
-    assert event.message_id == f"<{ID_2E}.sg@acme.example>"
+    assert parse(raw).references == (Reference(ID_2E, "References"), Reference(ID_1D, "References"))
 
 
 def test_a_bare_id_is_not_a_message_id() -> None:
-    [event] = parse(reply(f"From: dana@customer.example\nIn-Reply-To: <{ID_1D}>")).events
-
-    assert event.message_id is None
+    assert parse(reply(f"From: dana@customer.example\nIn-Reply-To: <{ID_1D}>")).references == ()
 
 
-def test_reply_without_any_reference_is_tied_by_its_sender() -> None:
-    [event] = parse(reply("From: Priya N <Priya@Partner.example>")).events
+def test_reply_without_any_reference_names_only_its_sender() -> None:
+    inbound = parse(reply("From: Priya N <Priya@Partner.example>"))
 
-    assert event.message_id is None
+    assert inbound.references == ()
+    [event] = inbound.events
     assert event.recipient == "priya@partner.example"
     assert event.text == "Sounds good, talk Thursday."
 
@@ -445,7 +497,7 @@ Reporting-MTA: dns; mx.customer.example
         pytest.param(
             DSN_HEAD.format(id="not-an-id").encode()
             + b"\nFinal-Recipient: rfc822; dana\nAction: failed\n--b--\n",
-            "cannot tie it to a message: no Message-ID, VERP address or recipient",
+            "cannot tie it to a message: no Message-ID, bounce address or recipient",
             id="dsn-untied",
         ),
         pytest.param(
@@ -480,7 +532,7 @@ Reporting-MTA: dns; mx.customer.example
         ),
         pytest.param(
             b"Subject: hello\n\nIs this thing on?\n",
-            "cannot tie it to a message: no Message-ID, VERP address or recipient",
+            "a reply with no From address",
             id="reply-untied",
         ),
     ],

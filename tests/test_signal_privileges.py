@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import Api, Daemon
 from tests.peers import SmtpSink
-from tests.test_signals_in import UNKNOWN_ID, Sent, _about
+from tests.test_signals_in import UNKNOWN_ID, Sent, _about, at_relay
 
 ClientFor = Callable[..., Api]
 
@@ -76,9 +76,7 @@ def _later() -> str:
 def _sent(api: Api, smtp: SmtpSink, to: str) -> Sent:
     message_id = api.send(to, **SHARED)["id"]
     api.wait_status(message_id, "sent")
-    header = next(r.message_id for r in smtp.received if f"<{message_id}." in (r.message_id or ""))
-    assert header is not None
-    return Sent(message_id, to, header)
+    return at_relay(smtp, message_id, to)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from sendguard.delivery.throttle import Buckets, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
 from sendguard.feedback.apply import Feedback
 from sendguard.feedback.counters import Signal
-from sendguard.feedback.events import verp_address
 from sendguard.feedback.safe_mode import SafeMode
+from sendguard.feedback.signing import BounceAddresses
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.intake.recipients import Ingress, Recipient
@@ -73,6 +73,7 @@ class Deliverer:
         instance: str,
         concurrency: int,
         unsubscribe: Unsubscribe | None,
+        bounces: BounceAddresses | None,
         metrics: Metrics,
     ) -> None:
         self._store = store
@@ -81,6 +82,7 @@ class Deliverer:
         metrics.start_at_zero(metrics.smtp_replies, ("2xx", "4xx", "5xx"), STAGES)
         metrics.start_at_zero(metrics.throttle_waits, ScopeKind)
         self._unsubscribe = unsubscribe
+        self._bounces = bounces
         self._throttles = throttles
         self._ingress = ingress
         self._transport = transport
@@ -256,9 +258,9 @@ class Deliverer:
         started = time.perf_counter()
         outcome: Outcome
         delivered = False
-        # With a bounce domain, the envelope sender carries the id, so any bounce finds its message.
-        bounce_domain = self._settings.bounce_domain
-        sender = verp_address(claim.message_id, bounce_domain) if bounce_domain else record.from_addr
+        # With a bounce domain, the envelope sender carries the id, signed, so a bounce proves
+        # which message it is about and nobody else can write one that does.
+        sender = self._bounces.address(claim.message_id) if self._bounces else record.from_addr
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
                 code, text = await self._transport.send(claim.message_id, sender, record.to, data)

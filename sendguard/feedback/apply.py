@@ -9,9 +9,23 @@ about its own messages that left, named by id, and weighs only against itself: i
 own `agent:` scope alone, and only when it is bad news (good news could only dilute its own
 rates); it suppresses only the address its message went to (which, like any suppression, cancels
 every message still waiting for that mailbox) and its reply cancels only its own waiting messages.
-Trusted sources (operators and admins, the relay, inbound mail, a signed one-click link) keep the
-recipient tie and count on every scope. An event that matches no message suppresses and cancels
-nothing, whoever sends it, except a one-click link: its signature proves the address was mailed.
+Trusted sources count on every scope: operators and admins (whose JSON events may also be tied
+by the recipient alone), the relay, a signed one-click link, and raw mail that proves what it is
+about. An event that matches no message suppresses and cancels nothing, whoever sends it, except
+a one-click link: its signature proves the address was mailed.
+
+Raw mail (DSNs, ARF reports, replies; by SMTP or `POST /v1/inbound`, whoever hands it in) is
+written by strangers: anyone can name any address, and a recipient address alone once let one
+forged DSN suppress 3,000 of them. So it acts only on proof that it is about a message sendguard
+sent (`apply_mail`): a report must reach a bounce address sendguard signed (signing.py) or
+return a sendguard Message-ID whose message went to the recipient the report names; a reply must
+name, by In-Reply-To or References, a message that left for the reply's From. Either way it acts
+only on that message and its recipient, never on other addresses it names. Mail with anything
+less is refused whole (`Unreferenced`): the caller keeps it for a person, and it suppresses,
+cancels and counts nothing. A reply counts once per message, whatever its sentiment, so a
+replier cannot stop an agent by answering the same message over and over; a later reply to the
+same message is still recorded on it and still cancels and unsubscribes (it is genuine mail from
+the recipient), but counts in no window.
 """
 
 from __future__ import annotations
@@ -23,12 +37,14 @@ from dataclasses import dataclass, field
 from sendguard.errors import InvalidValue, SendguardError
 from sendguard.feedback.counters import BAD, Signal, Trip
 from sendguard.feedback.events import BounceType, EventIn, EventType, Sentiment, sendguard_id
+from sendguard.feedback.parse import Inbound, InboundKind
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
+from sendguard.feedback.signing import BounceAddresses
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.suppressions import Suppressions
 from sendguard.metrics import Metrics
-from sendguard.model import Status
+from sendguard.model import Status, folded_address
 from sendguard.record import MessageRecord
 from sendguard.state.store import Store
 
@@ -47,6 +63,10 @@ class UnknownMessage(SendguardError):
 
 class NotSent(SendguardError):
     """An agent reported an event about its own message that never left: 409, nothing applied."""
+
+
+class Unreferenced(SendguardError):
+    """Raw mail that does not prove which message of ours it is about: nothing applied, kept."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +105,10 @@ class Feedback:
         safe_mode: SafeMode,
         audit: AuditLog,
         metrics: Metrics,
+        bounces: BounceAddresses | None,
     ) -> None:
         self._store = store
+        self._bounces = bounces
         self._metrics = metrics
         metrics.start_at_zero(metrics.bounces, BounceType)
         metrics.start_at_zero(metrics.replies, Sentiment)
@@ -117,13 +139,77 @@ class Feedback:
         """
         tied = [await self._tie(event, reporter) for event in events]
         return [
-            await self._apply(event, message_id, record, reporter)
+            await self._apply(event, message_id, record, reporter, named=True)
             for event, (message_id, record) in zip(events, tied, strict=True)
         ]
 
+    async def apply_mail(self, inbound: Inbound, reporter: Reporter) -> list[Applied]:
+        """Apply parsed raw mail, each event to the message its references prove (module docstring).
+
+        Raises Unreferenced, before anything is applied, when one of its events has no such
+        message; from an agent, also UnknownMessage or NotSent as for its JSON events. Of the
+        events tied to one message, only the first of each kind is applied: a report naming
+        3,000 addresses under one signed address is one bounce of one message.
+        """
+        tied: dict[tuple[str, EventType, bool], tuple[EventIn, MessageRecord]] = {}
+        records: dict[str, MessageRecord | None] = {}  # each referenced message read once
+        for event in inbound.events:
+            found = await self._referenced(inbound, event, records)
+            if isinstance(found, str):
+                raise Unreferenced(f"no valid reference: {found}")
+            message_id, record = found
+            if reporter.agent is not None:
+                _own(message_id, record, reporter.agent)
+            tied.setdefault((message_id, event.type, event.hard), (event, record))
+        return [
+            await self._apply(event, message_id, record, reporter, named=False)
+            for (message_id, _, _), (event, record) in tied.items()
+        ]
+
+    async def _referenced(
+        self, inbound: Inbound, event: EventIn, records: dict[str, MessageRecord | None]
+    ) -> tuple[str, MessageRecord] | str:
+        """The message a reference of the mail proves `event` is about, or why there is none.
+
+        A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
+        went to the recipient the report names. A reply: In-Reply-To or References naming a
+        message that left for the reply's From (`event.recipient`).
+        """
+        report = inbound.kind is not InboundKind.REPLY
+        problems: list[str] = []
+        for ref in inbound.references:
+            if ref.mac and not report:
+                continue  # a reply proves itself by what it answers, not by where it was delivered
+            if ref.mac and (self._bounces is None or not self._bounces.valid(ref.message_id, ref.mac)):
+                problems.append(f"the bounce address in {ref.where} is not signed by this deployment")
+                continue
+            if ref.message_id not in records:
+                records[ref.message_id] = await self._store.record(ref.message_id)
+            record = records[ref.message_id]
+            if record is None:
+                problems.append(f"{ref.where} names no message known here")
+            elif ref.mac:
+                return ref.message_id, record
+            elif event.recipient is None:
+                problems.append(f"{ref.where} names a message, but the report names no recipient")
+            elif event.recipient != folded_address(record.to):
+                problems.append(f"{ref.where} names a message that was not sent to {event.recipient}")
+            elif report or record.status in _LEFT:
+                return ref.message_id, record
+            else:
+                problems.append(f"{ref.where} names a message that was not sent ({record.status.value})")
+        return "; ".join(dict.fromkeys(problems)) or "no sendguard Message-ID or signed bounce address"
+
     async def _apply(
-        self, event: EventIn, message_id: str | None, record: MessageRecord | None, reporter: Reporter
+        self,
+        event: EventIn,
+        message_id: str | None,
+        record: MessageRecord | None,
+        reporter: Reporter,
+        *,
+        named: bool,
     ) -> Applied:
+        """Apply one tied event; `named`: a trusted reporter's named recipient is meant too."""
         applied = Applied(event.type, message_id)
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
@@ -152,11 +238,11 @@ class Feedback:
                     allowed_from=[Status.SENT],
                 )
             await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {reporter.source})")
-            # The address we mailed and the one the event names differ when a person replies from
-            # an alias or a report names a forwarding target: a trusted source means both, an
-            # agent's word reaches only the address its message went to.
-            named = () if reporter.agent else (event.recipient,)
-            addresses = list(dict.fromkeys(a for a in (*named, record.to) if a))
+            # The address we mailed and the one the event names differ when an operator reports a
+            # forwarding target: a trusted person means both. An agent's word and raw mail reach
+            # only the address the message went to.
+            also = (event.recipient,) if named and reporter.agent is None else ()
+            addresses = list(dict.fromkeys(a for a in (*also, record.to) if a))
         else:
             self._metrics.unmatched_events.labels(event.type.value).inc()
             if reporter.signed and event.recipient:
@@ -204,18 +290,7 @@ class Feedback:
                 "an agent reports events about its own messages by message_id (sendguard's id or "
                 "the Message-ID it sent); a recipient alone ties nothing",
             )
-        record = await self._store.record(message_id)
-        if record is None or record.agent != reporter.agent:
-            raise UnknownMessage(
-                f"no message {message_id} of agent {reporter.agent}: "
-                "an agent reports events only about its own messages"
-            )
-        if record.status not in _LEFT:
-            raise NotSent(
-                f"message {message_id} is {record.status.value}: "
-                "events are about messages that were sent, and this one was not"
-            )
-        return message_id, record
+        return message_id, _own(message_id, await self._store.record(message_id), reporter.agent)
 
     async def _suppress(self, address: str, detail: str) -> int:
         """Suppress the recipient's mailbox, cancelling every message still waiting for it in the
@@ -228,6 +303,20 @@ class Feedback:
         ids = await self._store.recipient_messages(address)
         filters = {"agent": agent} if agent else None
         return sum((await self._store.cancel(ids, cause, detail, filters)).values())
+
+
+def _own(message_id: str, record: MessageRecord | None, agent: str) -> MessageRecord:
+    """The record, if it is the agent's own message and it left; else refused."""
+    if record is None or record.agent != agent:
+        raise UnknownMessage(
+            f"no message {message_id} of agent {agent}: an agent reports events only about its own messages"
+        )
+    if record.status not in _LEFT:
+        raise NotSent(
+            f"message {message_id} is {record.status.value}: "
+            "events are about messages that were sent, and this one was not"
+        )
+    return record
 
 
 @dataclass(frozen=True)
@@ -260,7 +349,7 @@ def _judge(event: EventIn) -> _Judged:
         asks = ", asks to unsubscribe" if verdict.unsubscribe else ""
         return _Judged(
             signals,
-            f"reply_{sentiment.value}",
+            "reply",  # once per message, whatever its sentiment: see the module docstring
             f"reply: {sentiment.value}{asks}",
             verdict.unsubscribe,
             sentiment,

@@ -17,7 +17,10 @@ from sendguard.model import folded_address
 _ID = r"[0-9a-f]{23}"
 _BARE_ID = re.compile(rf"^{_ID}$")
 _HEADER_ID = re.compile(rf"(?<![0-9a-f])({_ID})\.sg@[^>\s]+", re.IGNORECASE)
-_VERP = re.compile(rf"^bounces\+({_ID})@(.+)$", re.IGNORECASE)
+# A bounce address: `bounces+<id>.<mac>@<bounce domain>` (signing.py); its unsigned form
+# `bounces+<id>@...` of earlier versions still names an id, but proves nothing.
+MAC_DIGITS = 24
+_VERP = re.compile(rf"^bounces\+({_ID})(?:\.([0-9a-f]{{{MAC_DIGITS}}}))?@([^@\s]+)$", re.IGNORECASE)
 
 
 # Parsed inbound mail is cut to these before it becomes an event (inbound.py).
@@ -46,7 +49,11 @@ class Sentiment(StrEnum):
 
 
 class EventIn(BaseModel):
-    """One signal about one sent message, found by its id or, failing that, by its recipient."""
+    """One signal about one sent message: the id it names, if any, and the recipient it names.
+
+    Events parsed from raw mail name no id (the mail's references are checked instead, see
+    feedback/apply.py), and an ARF report may redact its recipient too.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,8 +78,6 @@ class EventIn(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> EventIn:
-        if not self.message_id and not self.recipient:
-            raise ValueError("give message_id or recipient, so the event can be tied to a message")
         if self.message_id and sendguard_id(self.message_id) is None:
             raise ValueError(f"message_id {self.message_id!r} is not a sendguard id or Message-ID")
         if self.recipient is not None:
@@ -90,6 +95,16 @@ class EventIn(BaseModel):
         return self.type is EventType.BOUNCE and self.bounce_type is not BounceType.SOFT
 
 
+class ReportedEvent(EventIn):
+    """An event a caller reports (`POST /v1/events`): it must name something to be tied by."""
+
+    @model_validator(mode="after")
+    def _tied(self) -> ReportedEvent:
+        if not self.message_id and not self.recipient:
+            raise ValueError("give message_id or recipient, so the event can be tied to a message")
+        return self
+
+
 def sendguard_id(reference: str) -> str | None:
     """The sendguard id in a bare id, a Message-ID header or a VERP address; None if there is none."""
     text = reference.strip()
@@ -102,6 +117,11 @@ def sendguard_id(reference: str) -> str | None:
     return None
 
 
-def verp_address(message_id: str, bounce_domain: str) -> str:
-    """The envelope sender that brings a message's bounces back with its id in the address."""
-    return f"bounces+{message_id}@{bounce_domain}"
+def signed_bounce(address: str) -> tuple[str, str, str] | None:
+    """(id, mac, domain) of an address shaped `bounces+<id>.<mac>@<domain>`, lowercased; None for
+    any other. The shape only: whether the mac is right takes the secret (signing.py)."""
+    match = _VERP.match(address.strip().strip("<>"))
+    if match is None or match.group(2) is None:
+        return None
+    message_id, mac, domain = match.groups()
+    return message_id.lower(), mac.lower(), domain.lower()

@@ -5,11 +5,15 @@ whatever the bytes. Mail is parsed with the compat32 policy: unlike the default 
 raises when a malformed header is read, it hands back the raw text. Only the first MiB is parsed:
 reports and a reply's text come first, attachments after them.
 
-Each event is tied to the message it is about by sendguard's id, found, in order, in
-- the returned original's Message-ID (reports) or In-Reply-To / References (replies);
-- a VERP address `bounces+{id}@{bounce_domain}`: one the mail was delivered to, or the envelope
-  sender of a report's original (its Return-Path, or an ARF report's Original-Mail-From);
-and otherwise by its recipient alone, which the caller matches as a last resort.
+Anyone can write such mail, so parsing decides nothing about which message it is about: it
+reports every reference it found and where (`Inbound.references`), and the address each event
+names (a report's recipient, a reply's From), and the daemon checks them (feedback/apply.py):
+- a signed bounce address `bounces+{id}.{mac}@{bounce_domain}`: one the mail was delivered to,
+  or the envelope sender of a report's original (its Return-Path, or an ARF report's
+  Original-Mail-From). Only its shape is read here; its mac takes the secret, which parsing never
+  holds, so it can run in a process of its own;
+- the returned original's Message-ID (reports) or In-Reply-To / References (replies).
+An `Inbound` is plain frozen data, so it crosses a process boundary by pickle.
 """
 
 from __future__ import annotations
@@ -27,7 +31,15 @@ from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from enum import StrEnum
 
-from sendguard.feedback.events import MAX_DETAIL, MAX_TEXT, BounceType, EventIn, EventType, sendguard_id
+from sendguard.feedback.events import (
+    MAX_DETAIL,
+    MAX_TEXT,
+    BounceType,
+    EventIn,
+    EventType,
+    sendguard_id,
+    signed_bounce,
+)
 from sendguard.feedback.sentiment import reply_text
 from sendguard.model import folded_address
 
@@ -61,16 +73,32 @@ class InboundKind(StrEnum):
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Something in the mail that names a sendguard message, unchecked, and where it was found.
+
+    `mac` is set for a signed bounce address (`where` is then "envelope recipient" or the header
+    it was in) and empty for a Message-ID ("returned Message-ID", "In-Reply-To", "References").
+    """
+
+    message_id: str
+    where: str
+    mac: str = ""
+
+
+@dataclass(frozen=True)
 class Inbound:
-    """What one inbound mail said.
+    """What one inbound mail said, and what it referred to.
 
     `events` is empty for mail that was understood but carries no signal (auto-replies, not-spam
-    feedback): callers record nothing and do not count it as unparsable.
+    feedback): callers record nothing and do not count it as unparsable. Its events name no
+    message (`message_id` is None): `references` hold every candidate, in the order found, and
+    each event's `recipient` is the address it names (a reply's is its From).
     """
 
     kind: InboundKind
     events: list[EventIn]
     summary: str
+    references: tuple[Reference, ...] = ()
 
 
 class UnparsableMail(ValueError):
@@ -85,24 +113,27 @@ def parse_inbound(
         msg = email.message_from_bytes(raw[:MAX_PARSED_BYTES], policy=compat32)
         if not msg.keys():
             raise UnparsableMail("not an email message: no headers")
-        delivered_to = [*envelope_recipients, *(a for name in _VERP_HEADERS for a in _addresses(msg, name))]
+        delivered_to = [
+            *((address, "envelope recipient") for address in envelope_recipients),
+            *((address, name) for name in _VERP_HEADERS for address in _addresses(msg, name)),
+        ]
         report = _report_type(msg)
         if report == "delivery-status":
-            return _dsn(msg, _report_reference(_returned(msg), delivered_to, bounce_domain))
+            return _dsn(msg, _report_references(_returned(msg), delivered_to, bounce_domain))
         if report == "feedback-report":
             return _arf(msg, delivered_to, bounce_domain)
         if report is not None:
             raise UnparsableMail(
                 f"a report of type {report or 'unknown'!r}: only delivery-status and feedback-report are read"
             )
-        return _reply(msg, _reply_reference(msg) or _verp_reference(delivered_to, bounce_domain))
+        return _reply(msg, (*_reply_references(msg), *_signed(delivered_to, bounce_domain)))
     except UnparsableMail:
         raise
     except Exception as exc:  # the email package has many ways to fail on hostile input
         raise UnparsableMail(f"malformed mail ({type(exc).__name__}: {exc})") from exc
 
 
-def _dsn(msg: Message, reference: str | None) -> Inbound:
+def _dsn(msg: Message, references: tuple[Reference, ...]) -> Inbound:
     part = _first_part(msg, "message/delivery-status")
     if part is None:
         raise UnparsableMail("a delivery-status report with no message/delivery-status part")
@@ -113,15 +144,16 @@ def _dsn(msg: Message, reference: str | None) -> Inbound:
         raise UnparsableMail("a delivery-status report with no per-recipient fields")
     if all(_action(group) is None for group in recipients):
         raise UnparsableMail("a delivery-status report whose recipients have no known Action")
-    events = [event for group in recipients if (event := _dsn_event(group, reference)) is not None]
+    events = [event for group in recipients if (event := _dsn_event(group, bool(references))) is not None]
     if not events:
         raise _untied()
     mta = next((_field(group, "Reporting-MTA") for group in groups if "Reporting-MTA" in group), "")
-    return Inbound(InboundKind.DSN, events, f"DSN from {_untyped(mta) or _sender(msg)}: {_tally(events)}")
+    summary = f"DSN from {_untyped(mta) or _sender(msg)}: {_tally(events)}"
+    return Inbound(InboundKind.DSN, events, summary, references)
 
 
-def _dsn_event(group: Message, reference: str | None) -> EventIn | None:
-    """The event for one per-recipient group; None when its Action is unknown or nothing ties it.
+def _dsn_event(group: Message, referenced: bool) -> EventIn | None:
+    """The event for one per-recipient group; None when its Action is unknown or nothing could tie it.
 
     Original-Recipient comes first: it is the address sendguard sent to, before any forwarding.
     """
@@ -129,21 +161,18 @@ def _dsn_event(group: Message, reference: str | None) -> EventIn | None:
     recipient = _address(_untyped(_field(group, "Original-Recipient"))) or _address(
         _untyped(_field(group, "Final-Recipient"))
     )
-    if action is None or not (reference or recipient):
+    if action is None or not (referenced or recipient):
         return None
     raw_status = next(iter(_field(group, "Status").split()), "")
     status = raw_status if _STATUS.fullmatch(raw_status) else None
     malformed = f"Status: {raw_status}" if raw_status and status is None else ""
     detail = "; ".join(filter(None, (malformed, _field(group, "Diagnostic-Code"))))[:MAX_DETAIL] or None
     if action in _DELIVERED:
-        return EventIn(
-            type=EventType.DELIVERED, message_id=reference, recipient=recipient, status=status, detail=detail
-        )
+        return EventIn(type=EventType.DELIVERED, recipient=recipient, status=status, detail=detail)
     hard = action == "failed" and (raw_status or "5").startswith("5")
     return EventIn(
         type=EventType.BOUNCE,
         bounce_type=BounceType.HARD if hard else BounceType.SOFT,
-        message_id=reference,
         recipient=recipient,
         status=status,
         detail=detail,
@@ -172,7 +201,7 @@ def _bounces(events: list[EventIn], kind: str) -> str:
     return f"{len(events)} {kind} bounce{plural}" + (f" ({statuses})" if statuses else "")
 
 
-def _arf(msg: Message, delivered_to: list[str], bounce_domain: str | None) -> Inbound:
+def _arf(msg: Message, delivered_to: list[tuple[str, str]], bounce_domain: str | None) -> Inbound:
     part = _first_part(msg, "message/feedback-report")
     fields = _subparts(part) if part is not None else []
     if not fields:
@@ -185,22 +214,20 @@ def _arf(msg: Message, delivered_to: list[str], bounce_domain: str | None) -> In
     reporter = agent or _sender(msg)
     if feedback_type in _NO_COMPLAINT:
         return Inbound(InboundKind.ARF, [], f"ARF from {reporter}: {feedback_type} report, not a complaint")
-    senders = [*delivered_to, *_addresses(report, "Original-Mail-From")]
+    senders = [*delivered_to, *((a, "Original-Mail-From") for a in _addresses(report, "Original-Mail-From"))]
     returned = _returned(msg)
-    reference = _report_reference(returned, senders, bounce_domain)
+    references = _report_references(returned, senders, bounce_domain)
     recipient = _address(_field(report, "Original-Rcpt-To"))
     if recipient is None and returned is not None:
         recipient = next(iter(_addresses(returned, "To")), None)
-    if not (reference or recipient):
+    if not (references or recipient):
         raise _untied()
     detail = f"Feedback-Type: {feedback_type}" + (f"; User-Agent: {agent}" if agent else "")
-    event = EventIn(
-        type=EventType.COMPLAINT, message_id=reference, recipient=recipient, detail=detail[:MAX_DETAIL]
-    )
-    return Inbound(InboundKind.ARF, [event], f"ARF from {reporter}: {feedback_type} complaint")
+    event = EventIn(type=EventType.COMPLAINT, recipient=recipient, detail=detail[:MAX_DETAIL])
+    return Inbound(InboundKind.ARF, [event], f"ARF from {reporter}: {feedback_type} complaint", references)
 
 
-def _reply(msg: Message, reference: str | None) -> Inbound:
+def _reply(msg: Message, references: tuple[Reference, ...]) -> Inbound:
     if _is_auto_reply(msg):
         return Inbound(InboundKind.REPLY, [], "auto-reply ignored")
     sender = next(iter(_addresses(msg, "From")), None)
@@ -209,13 +236,11 @@ def _reply(msg: Message, reference: str | None) -> Inbound:
     text = _body_text(msg)
     if text is None:
         raise UnparsableMail("a reply with no text: no text/plain or text/html part")
-    if not (reference or sender):
-        raise _untied()
-    event = EventIn(
-        type=EventType.REPLY, message_id=reference, recipient=sender, text=reply_text(text)[:MAX_TEXT]
-    )
-    about = f" to {sendguard_id(reference)}" if reference else ""
-    return Inbound(InboundKind.REPLY, [event], f"reply from {sender or 'an unknown sender'}{about}")
+    if sender is None:
+        raise UnparsableMail("a reply with no From address")
+    event = EventIn(type=EventType.REPLY, recipient=sender, text=reply_text(text)[:MAX_TEXT])
+    about = next((f" to {ref.message_id}" for ref in references if not ref.mac), "")
+    return Inbound(InboundKind.REPLY, [event], f"reply from {sender}{about}", references)
 
 
 def _is_auto_reply(msg: Message) -> bool:
@@ -307,42 +332,47 @@ def _returned(msg: Message) -> Message | None:
     return None
 
 
-def _report_reference(
-    returned: Message | None, addresses: list[str], bounce_domain: str | None
-) -> str | None:
-    """The returned original's Message-ID, else a VERP address among `addresses` or its Return-Path."""
+def _report_references(
+    returned: Message | None, addresses: list[tuple[str, str]], bounce_domain: str | None
+) -> tuple[Reference, ...]:
+    """Signed bounce addresses among `addresses` and the returned original's Return-Path, then
+    the returned original's Message-ID."""
     if returned is None:
-        return _verp_reference(addresses, bounce_domain)
-    return _message_id_reference([_field(returned, "Message-ID")]) or _verp_reference(
-        [*addresses, *_addresses(returned, "Return-Path")], bounce_domain
+        return _signed(addresses, bounce_domain)
+    return_path = [(a, "returned Return-Path") for a in _addresses(returned, "Return-Path")]
+    return (
+        *_signed([*addresses, *return_path], bounce_domain),
+        *_message_ids([(_field(returned, "Message-ID"), "returned Message-ID")]),
     )
 
 
-def _reply_reference(msg: Message) -> str | None:
+def _reply_references(msg: Message) -> tuple[Reference, ...]:
     """In-Reply-To first, then References newest first."""
-    references = _ANGLED.findall(_field(msg, "References"))
-    return _message_id_reference([_field(msg, "In-Reply-To"), *(f"<{ref}>" for ref in reversed(references))])
+    references = [(f"<{ref}>", "References") for ref in reversed(_ANGLED.findall(_field(msg, "References")))]
+    return _message_ids([(_field(msg, "In-Reply-To"), "In-Reply-To"), *references])
 
 
-def _message_id_reference(values: Iterable[str]) -> str | None:
-    """The first `<...>` token that sendguard_id recognises as a Message-ID, as written."""
-    for value in values:
+def _message_ids(values: Iterable[tuple[str, str]]) -> tuple[Reference, ...]:
+    """Each distinct sendguard id named by a `<...>` Message-ID token in `values` (value, where)."""
+    found: dict[str, Reference] = {}
+    for value, where in values:
         for token in _ANGLED.findall(value):
-            if sendguard_id(reference := f"<{token}>") is not None:
-                return reference
-    return None
+            message_id = sendguard_id(f"<{token}>")
+            if message_id is not None and message_id not in found:
+                found[message_id] = Reference(message_id, where)
+    return tuple(found.values())
 
 
-def _verp_reference(addresses: Iterable[str], bounce_domain: str | None) -> str | None:
-    """The first address `bounces+{id}@{bounce_domain}`, lowercased."""
+def _signed(addresses: Iterable[tuple[str, str]], bounce_domain: str | None) -> tuple[Reference, ...]:
+    """Each distinct address shaped `bounces+{id}.{mac}@{bounce_domain}` in (address, where)."""
     if not bounce_domain:
-        return None
-    for candidate in addresses:
-        address = candidate.strip().strip("<>").lower()
-        local, _, domain = address.rpartition("@")
-        if local.startswith("bounces+") and domain == bounce_domain.lower() and sendguard_id(address):
-            return address
-    return None
+        return ()
+    found: dict[tuple[str, str], Reference] = {}
+    for address, where in addresses:
+        parts = signed_bounce(address)
+        if parts is not None and parts[2] == bounce_domain.lower() and parts[:2] not in found:
+            found[parts[:2]] = Reference(parts[0], where, parts[1])
+    return tuple(found.values())
 
 
 def _parts(msg: Message, depth: int = 0) -> Iterator[Message]:
@@ -405,4 +435,4 @@ def _sender(msg: Message) -> str:
 
 
 def _untied() -> UnparsableMail:
-    return UnparsableMail("cannot tie it to a message: no Message-ID, VERP address or recipient")
+    return UnparsableMail("cannot tie it to a message: no Message-ID, bounce address or recipient")

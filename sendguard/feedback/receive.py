@@ -1,9 +1,13 @@
 """Raw inbound mail (bounces, feedback reports, replies), from HTTP or the optional SMTP listener.
 
 Parsing runs in a worker thread under a time limit, so one pathological message cannot stall
-the daemon. Mail that cannot be understood is never dropped: it is counted and kept in Redis
-for a person to inspect (the newest `KEEP_UNPARSED`, each cut at `KEEP_BYTES`, so a flood of junk
-mail cannot fill Redis).
+the daemon; `Inbox.take` is everything after it, so parsing can move elsewhere and hand over
+only its outcome. Parsing holds no secret and decides nothing: `take` checks what the mail
+refers to (Feedback.apply_mail). Mail is never dropped: it is kept in Redis for a person to
+inspect, and counted, when it cannot be understood (`unparsed`) or does not prove it is about a
+message sendguard sent (`unreferenced`: forged, or a bounce address or Message-ID that does not
+check out). Only the newest `KEEP_UNPARSED` are kept, each cut at `KEEP_BYTES`, so a flood of
+junk mail cannot fill Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import redis.asyncio as aioredis
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from sendguard.errors import StoreError
-from sendguard.feedback.apply import Applied, Feedback, Reporter
+from sendguard.feedback.apply import Applied, Feedback, Reporter, Unreferenced
 from sendguard.feedback.parse import Inbound, InboundKind, UnparsableMail, parse_inbound
 from sendguard.metrics import Metrics
 from sendguard.model import now_ms
@@ -42,10 +46,12 @@ class Received:
 
 @dataclass(frozen=True)
 class Unparsed:
-    """Mail that was not understood: why, and the id it is kept under."""
+    """Mail kept for a person instead of applied: why, the id it is kept under, and `kind`:
+    `unparsed` (not understood) or `unreferenced` (understood, but about no message of ours)."""
 
     reason: str
     kept_as: str
+    kind: str = "unparsed"
 
 
 class Inbox:
@@ -62,7 +68,7 @@ class Inbox:
     ) -> None:
         self._redis = client
         self._metrics = metrics
-        metrics.start_at_zero(metrics.inbound, [*InboundKind, "unparsed"])
+        metrics.start_at_zero(metrics.inbound, [*InboundKind, "unparsed", "unreferenced"])
         self._keys = keys
         self._feedback = feedback
         self._bounce_domain = bounce_domain
@@ -71,21 +77,44 @@ class Inbox:
     async def receive(
         self, raw: bytes, envelope_recipients: list[str], reporter: Reporter
     ) -> Received | Unparsed:
-        """Parse and apply; mail an agent hands in is its word, held to what its events may move."""
+        """Parse, then `take`."""
+        parsed: Inbound | UnparsableMail
         try:
             async with asyncio.timeout(self._timeout):
-                inbound = await asyncio.to_thread(
+                parsed = await asyncio.to_thread(
                     parse_inbound,
                     raw,
                     envelope_recipients=envelope_recipients,
                     bounce_domain=self._bounce_domain,
                 )
         except UnparsableMail as exc:
-            return await self._keep(raw, str(exc), reporter.source)
+            parsed = exc
         except TimeoutError:
-            return await self._keep(raw, f"parsing took longer than {self._timeout:g}s", reporter.source)
-        self._metrics.inbound.labels(inbound.kind.value).inc()
-        return Received(inbound, await self._feedback.apply(inbound.events, reporter))
+            parsed = UnparsableMail(f"parsing took longer than {self._timeout:g}s")
+        return await self.take(parsed, raw, envelope_recipients, reporter)
+
+    async def take(
+        self,
+        parsed: Inbound | UnparsableMail,
+        raw: bytes,
+        envelope_recipients: list[str],
+        reporter: Reporter,
+    ) -> Received | Unparsed:
+        """Apply what parsing found, if the mail proves what it is about; else keep `raw`.
+
+        Mail an agent hands in is its word, held to what its events may move (UnknownMessage,
+        NotSent). `envelope_recipients` are kept with the mail, for the person who reads it.
+        """
+        if isinstance(parsed, UnparsableMail):
+            return await self._keep(raw, str(parsed), reporter.source, envelope_recipients)
+        try:
+            applied = await self._feedback.apply_mail(parsed, reporter)
+        except Unreferenced as exc:
+            return await self._keep(
+                raw, f"{parsed.summary}: {exc}", reporter.source, envelope_recipients, "unreferenced"
+            )
+        self._metrics.inbound.labels(parsed.kind.value).inc()
+        return Received(parsed, applied)
 
     async def unparsed(self) -> list[dict[str, Any]]:
         """What was kept, newest first, without the raw bytes."""
@@ -101,14 +130,19 @@ class Inbox:
             entries = await self._redis.lrange(self._keys.unparsed, 0, -1)
         return [json.loads(entry) for entry in entries]
 
-    async def _keep(self, raw: bytes, reason: str, source: str) -> Unparsed:
-        self._metrics.inbound.labels("unparsed").inc()
+    async def _keep(
+        self, raw: bytes, reason: str, source: str, envelope_recipients: list[str], kind: str = "unparsed"
+    ) -> Unparsed:
+        """Keep `raw` for a person, counted under `kind` (unparsed or unreferenced)."""
+        self._metrics.inbound.labels(kind).inc()
         kept_as = secrets.token_hex(8)
         entry = {
             "id": kept_as,
             "at": now_ms(),
             "source": source,
+            "kind": kind,
             "reason": reason,
+            "envelope_recipients": envelope_recipients,
             "size": len(raw),
             "truncated": len(raw) > KEEP_BYTES,
             "raw": base64.b64encode(raw[:KEEP_BYTES]).decode("ascii"),
@@ -117,8 +151,8 @@ class Inbox:
             pipe.lpush(self._keys.unparsed, json.dumps(entry))
             pipe.ltrim(self._keys.unparsed, 0, KEEP_UNPARSED - 1)
             await pipe.execute()
-        log.warning("inbound mail not understood (%s); kept as %s", reason, kept_as)
-        return Unparsed(reason, kept_as)
+        log.warning("inbound mail %s (%s); kept as %s", kind, reason, kept_as)
+        return Unparsed(reason, kept_as, kind)
 
 
 class InboundSmtpHandler:

@@ -1,10 +1,10 @@
 """One-click unsubscribe (RFC 8058): the headers every message carries and the link in them.
 
-The link holds the message id, the recipient's address and an HMAC over both under a secret
-kept in Redis (made once, shared by every daemon on that Redis). Nobody can unsubscribe an
-address they were not sent mail for, and the link keeps working after the message record has
-expired. If the secret is lost (a wiped Redis), links already sent stop working: the endpoint
-answers 404 for them, and the recipient can still reply or complain.
+The link holds the message id, the recipient's address and an HMAC over both under the
+deployment's signing secret (feedback/signing.py, shared by every daemon on that Redis). Nobody
+can unsubscribe an address they were not sent mail for, and the link keeps working after the
+message record has expired. If the secret is lost (a wiped Redis), links already sent stop
+working: the endpoint answers 404 for them, and the recipient can still reply or complain.
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 from collections.abc import Mapping
-
-import redis.asyncio as aioredis
-
-from sendguard.state.keys import Keys
-from sendguard.state.redis_connection import translated
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 _LIST_UNSUBSCRIBE = "list-unsubscribe"
@@ -35,14 +29,6 @@ class Unsubscribe:
 
     def __repr__(self) -> str:
         return f"Unsubscribe({self._base!r})"  # never the secret
-
-    @classmethod
-    async def load(cls, client: aioredis.Redis, keys: Keys, base_url: str) -> Unsubscribe:
-        """The shared secret, made by whichever daemon comes first."""
-        async with translated():
-            await client.set(keys.unsubscribe_secret, secrets.token_hex(32), nx=True)
-            secret = await client.get(keys.unsubscribe_secret)
-        return cls(base_url, str(secret).encode())
 
     def link(self, message_id: str, address: str) -> str:
         encoded = base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")

@@ -7,7 +7,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from sendguard.feedback.apply import Applied, Reporter
-from sendguard.feedback.events import EventIn, EventType
+from sendguard.feedback.events import EventIn, EventType, ReportedEvent
 from sendguard.feedback.receive import Unparsed
 from sendguard.governance.tokens import Principal, Role
 from sendguard.http.access import EventReporter, Operator, RuntimeDep
@@ -51,7 +51,7 @@ def _reporter(who: Principal) -> Reporter:
 
 
 @router.post("/v1/events", response_model=EventOut)
-async def post_event(event: EventIn, runtime: RuntimeDep, who: EventReporter) -> EventOut:
+async def post_event(event: ReportedEvent, runtime: RuntimeDep, who: EventReporter) -> EventOut:
     """Report a bounce, complaint, reply, unsubscribe or delivery for a message sendguard sent.
 
     An agent names one of its own sent messages by `message_id` (404 otherwise, 409 if it was not
@@ -106,7 +106,8 @@ async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
 async def post_inbound(
     request: Request, runtime: RuntimeDep, who: EventReporter
 ) -> InboundOut | JSONResponse:
-    """A raw message (DSN, ARF report or reply), detected and applied; unparsable mail is kept.
+    """A raw message (DSN, ARF report or reply), detected and applied when it proves which message
+    of ours it is about; mail that is unparsable or proves nothing is kept (422, `kept_as`).
 
     From an agent it is the agent's word: held to what the agent's own events may move.
     """
@@ -116,7 +117,11 @@ async def post_inbound(
     result = await runtime.inbox.receive(raw, [], _reporter(who))
     if isinstance(result, Unparsed):
         return JSONResponse(
-            {"error": "unparsable", "detail": result.reason, "kept_as": result.kept_as},
+            {
+                "error": "unparsable" if result.kind == "unparsed" else result.kind,
+                "detail": result.reason,
+                "kept_as": result.kept_as,
+            },
             status_code=422,
         )
     return InboundOut(
@@ -128,7 +133,8 @@ async def post_inbound(
 
 @router.get("/v1/inbound/unparsed")
 async def list_unparsed(runtime: RuntimeDep, who: Operator) -> list[dict[str, Any]]:
-    """Inbound mail that was not understood, newest first: why, from where, how large."""
+    """Inbound mail kept for a person (not understood, or about no message of ours), newest first:
+    why, from where, how large."""
     return await runtime.inbox.unparsed()
 
 

@@ -56,7 +56,9 @@ SCHEMA: dict[str, str] = {
     "audit_chain": "audit:chain",  # list: the hash-chained audit trail, JSON entries in sequence order
     "audit_head": "audit:head",  # hash: seq and hash of the last chained entry
     "audit_lock": "audit:lock",  # string: the daemon currently chaining the audit trail
-    "unsubscribe_secret": "unsub:secret",  # string: the HMAC secret of one-click unsubscribe links
+    # string: the HMAC secret sendguard signs with (one-click links; bounce addresses under a key
+    # derived from it); named `unsub:` since it began with unsubscribe links alone
+    "signing_secret": "unsub:secret",
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
 }
 # The `{part}` names of each pattern, in order.
@@ -207,8 +209,8 @@ class Keys:
         return self._key("audit_lock")
 
     @property
-    def unsubscribe_secret(self) -> str:
-        return self._key("unsubscribe_secret")
+    def signing_secret(self) -> str:
+        return self._key("signing_secret")
 
     @property
     def rules_reloads(self) -> str:

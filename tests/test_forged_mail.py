@@ -1,0 +1,313 @@
+"""Only mail about our own messages moves anything (issue 12, property 1).
+
+An outsider who reaches the inbound SMTP listener, or anyone who hands raw mail to
+`POST /v1/inbound` (an agent, an operator, an admin), writes DSNs, ARF reports and replies
+with every reference short of a valid one: none, the unsigned bounce address of earlier
+versions, a bad mac, a mac moved onto another id, an unknown id, a Message-ID with a recipient
+that message did not go to, a reply from an address the message did not go to or naming a
+message that never left. Each must change no suppression, no message, no safe-mode window or
+trip and cancel nothing, and must be kept for a person and counted as `unreferenced`. The same
+kinds of mail with a genuine reference (the signed bounce address of a real delivery through
+the SMTP sink, a Message-ID with its recipient, a reply from the recipient) still act.
+"""
+
+from __future__ import annotations
+
+import secrets
+import smtplib
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import Api, Daemon, free_port
+from tests.peers import SmtpSink
+from tests.test_signals_in import BOUNCE_DOMAIN, UNKNOWN_ID, Sent, _deliver, _waiting
+
+# Every counted bad signal trips a scope at once, so a forgery that counted shows as a trip too.
+TOUCHY = """
+[ingress]
+recipient_cooldown = "0s"
+
+[safe_mode]
+min_sent = 1
+bounce_rate = 0.01
+complaint_rate = 0.01
+min_replies = 1
+negative_reply_rate = 0.01
+abusive_replies = 1
+"""
+DANA, LEE, PAT = "dana@customer.example", "lee@customer.example", "pat@customer.example"
+STRANGERS = ["victim@third.example", "jo@other.example"]
+ABUSIVE = "You idiots, this is spam, stop harassing me. Remove me from your list."
+FEEDBACK = f"fbl@{BOUNCE_DOMAIN}"
+
+
+class World(NamedTuple):
+    """A daemon with a signing bounce domain and an SMTP listener, and what its agent sent."""
+
+    daemon: Daemon
+    port: int  # the inbound SMTP listener
+    clients: dict[str, Api]  # agent, operator, admin
+    sent: list[Sent]  # to DANA, LEE, PAT, through the SMTP sink
+    waiting: dict[str, str]  # address -> a message to it due in an hour
+    store: redis.Redis
+    prefix: str
+
+
+@pytest.fixture
+def world(
+    make_daemon: Callable[..., Daemon],
+    client_for: Callable[..., Api],
+    smtp: SmtpSink,
+    redis_url: str,
+    prefix: str,
+) -> Iterator[World]:
+    port = free_port()
+    daemon = make_daemon(TOUCHY, bounce_domain=BOUNCE_DOMAIN, inbound_smtp=f"127.0.0.1:{port}")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    clients = {
+        "agent": agent,
+        "operator": client_for(daemon, "operator", "olive"),
+        "admin": client_for(daemon, "admin", "dana"),
+    }
+    sent = [_deliver(agent, smtp, to) for to in (DANA, LEE, PAT)]
+    waiting = {to: _waiting(agent, to) for to in (DANA, LEE, *STRANGERS)}
+    with redis.Redis.from_url(redis_url, decode_responses=True) as store:
+        yield World(daemon, port, clients, sent, waiting, store, prefix)
+
+
+# --- mail as an outsider writes it ------------------------------------------------------------------
+
+
+def dsn(recipients: list[str], *, to: str = FEEDBACK, return_path: str = "", message_id: str = "") -> bytes:
+    """A delivery-status report: every address in `recipients` failed with 5.1.1."""
+    groups = "".join(
+        f"\nFinal-Recipient: rfc822; {address}\nAction: failed\nStatus: 5.1.1\n" for address in recipients
+    )
+    returned = "".join(
+        (
+            f"Return-Path: <{return_path}>\n" if return_path else "",
+            f"Message-ID: {message_id}\n" if message_id else "",
+            "Subject: Quick question\n",
+        )
+    )
+    return (
+        "From: MAILER-DAEMON@mx.customer.example\n"
+        f"To: {to}\n"
+        "Subject: Undelivered Mail Returned to Sender\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nDelivery failed.\n"
+        "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.customer.example\n"
+        f"{groups}"
+        f"--b\nContent-Type: text/rfc822-headers\n\n{returned}"
+        "--b--\n"
+    ).encode()
+
+
+def arf(recipient: str, *, mail_from: str = "", message_id: str = "") -> bytes:
+    """An ARF abuse report about mail to `recipient`."""
+    original = "".join(
+        (
+            f"Return-Path: <{mail_from}>\n" if mail_from else "",
+            f"Message-ID: {message_id}\n" if message_id else "",
+            f"To: {recipient}\nSubject: Quick question\n\nHi\n",
+        )
+    )
+    return (
+        "From: feedback@fbl.mailprovider.example\n"
+        f"To: {FEEDBACK}\n"
+        "Subject: Abuse report\n"
+        "MIME-Version: 1.0\n"
+        'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\n\n'
+        "--b\nContent-Type: text/plain\n\nA complaint.\n"
+        "--b\nContent-Type: message/feedback-report\n\n"
+        "Feedback-Type: abuse\nUser-Agent: Forged/1.0\nVersion: 1\n"
+        + (f"Original-Mail-From: <{mail_from}>\n" if mail_from else "")
+        + f"Original-Rcpt-To: <{recipient}>\n"
+        f"\n--b\nContent-Type: message/rfc822\n\n{original}"
+        "--b--\n"
+    ).encode()
+
+
+def reply(sender: str, *, in_reply_to: str = "", to: str = "sam@acme.example") -> bytes:
+    """A reply from `sender` that would trip, suppress and cancel if it counted."""
+    refs = f"In-Reply-To: {in_reply_to}\nReferences: {in_reply_to}\n" if in_reply_to else ""
+    return f"From: {sender}\nTo: {to}\nSubject: Re: Quick question\n{refs}\n{ABUSIVE}\n".encode()
+
+
+def header(message_id: str) -> str:
+    return f"<{message_id}.sg@acme.example>"
+
+
+def _mac(address: str) -> str:
+    return address.partition("@")[0].rpartition(".")[2]
+
+
+class Forgery(NamedTuple):
+    raw: bytes
+    envelope: str  # the RCPT TO when it comes by SMTP
+    what: str  # for the failure message
+
+
+@st.composite
+def forgeries(draw: st.DrawFn, world: World) -> Forgery:
+    """Raw mail with every kind of reference short of a valid one."""
+    target = draw(st.sampled_from(world.sent))
+    other = draw(st.sampled_from([s for s in world.sent if s is not target]))
+    others = [a for a in (DANA, LEE, PAT, *STRANGERS) if a != target.to]
+    named = draw(st.lists(st.sampled_from(others), min_size=1, max_size=4, unique=True))
+    bad = {
+        "unsigned": f"bounces+{target.id}@{BOUNCE_DOMAIN}",
+        "bad mac": f"bounces+{target.id}.{secrets.token_hex(12)}@{BOUNCE_DOMAIN}",
+        "mac moved to another id": f"bounces+{other.id}.{_mac(target.envelope_sender)}@{BOUNCE_DOMAIN}",
+        "unknown id": f"bounces+{UNKNOWN_ID}.{_mac(target.envelope_sender)}@{BOUNCE_DOMAIN}",
+        "other domain": target.envelope_sender.replace(BOUNCE_DOMAIN, "bounce.evil.example"),
+    }
+    form = draw(st.sampled_from(["none", "message-id, other recipient", *bad]))
+    address = bad.get(form, FEEDBACK)
+    where = draw(st.sampled_from(["envelope", "to", "returned"]))
+    envelope = address if where == "envelope" else FEEDBACK
+    shown = address if where == "to" else FEEDBACK
+    returned = address if where == "returned" and form in bad else ""
+    message_id = header(target.id) if form == "message-id, other recipient" else ""
+    kind = draw(st.sampled_from(["dsn", "arf", "reply"]))
+    if kind == "dsn":
+        raw = dsn(
+            [*named, target.to] if form in bad else named,
+            to=shown,
+            return_path=returned,
+            message_id=message_id,
+        )
+        return Forgery(raw, envelope, f"dsn, {form} in {where}, naming {named}")
+    if kind == "arf":
+        raw = arf(draw(st.sampled_from(named)), mail_from=returned, message_id=message_id)
+        return Forgery(raw, envelope, f"arf, {form} in {where}")
+    # A reply: from the right address with no reference, or a reference that does not hold.
+    not_sent = draw(st.sampled_from(list(world.waiting.items())))
+    case = draw(
+        st.sampled_from(["from alone", "from another address", "message not sent", "unknown id", "at signed"])
+    )
+    if case == "from alone":
+        raw = reply(target.to.upper())
+    elif case == "from another address":
+        raw = reply(draw(st.sampled_from(named)), in_reply_to=target.header)
+    elif case == "message not sent":
+        raw = reply(not_sent[0], in_reply_to=header(not_sent[1]))
+    elif case == "unknown id":
+        raw = reply(target.to, in_reply_to=header(UNKNOWN_ID))
+    else:  # answering the signed bounce address proves nothing about who wrote the reply
+        raw = reply(target.to, to=target.envelope_sender)
+        envelope = target.envelope_sender
+    return Forgery(raw, envelope, f"reply, {case}")
+
+
+# --- what must not move ---------------------------------------------------------------------------------
+
+COUNTERS = [
+    ("sendguard_bounces_total", {"type": "hard"}),
+    ("sendguard_bounces_total", {"type": "soft"}),
+    ("sendguard_complaints_total", {}),
+    ("sendguard_unsubscribes_total", {}),
+    *(("sendguard_replies_total", {"sentiment": s}) for s in ("positive", "neutral", "negative", "abusive")),
+]
+
+
+def state(world: World) -> dict[str, Any]:
+    """Everything a forged mail could move: suppressions, every message and its history, the
+    trips, every scope's window counts in Redis, and the signal counters."""
+    admin = world.clients["admin"]
+    ids = [*(s.id for s in world.sent), *world.waiting.values()]
+    active = f"{world.prefix}:sig:active"  # scopes with signals, scored by the last one
+    windows = {
+        key: world.store.zrange(key, 0, -1, withscores=True)
+        if key == active
+        else {field: n for field, n in world.store.hgetall(key).items() if field != "_slot"}  # a clock
+        for key in world.store.scan_iter(f"{world.prefix}:sig:*")
+    }
+    return {
+        "suppressions": admin.client.get("/v1/suppressions").json(),
+        "messages": {i: (admin.status(i)["status"], admin.status(i)["history"]) for i in ids},
+        "trips": admin.client.get("/v1/safe-mode").json(),
+        "windows": windows,
+        "counters": [world.daemon.metric(name, **labels) for name, labels in COUNTERS],
+    }
+
+
+def kept(world: World) -> tuple[int, float | None]:
+    unparsed = world.clients["admin"].client.get("/v1/inbound/unparsed").json()
+    return len(unparsed), world.daemon.metric("sendguard_inbound_messages_total", kind="unreferenced")
+
+
+def hand_in(world: World, route: str, forgery: Forgery) -> None:
+    """Deliver the mail by `route` and check it was kept, not applied."""
+    if route == "smtp":
+        with smtplib.SMTP("127.0.0.1", world.port, timeout=10) as client:
+            client.ehlo()
+            client.mail("")
+            client.rcpt(forgery.envelope)
+            code, text = client.data(forgery.raw)
+        assert (code, text.decode().startswith("2.0.0 kept for inspection")) == (250, True), forgery.what
+        return
+    response = world.clients[route].client.post(
+        "/v1/inbound", content=forgery.raw, headers={"Content-Type": "message/rfc822"}
+    )
+    assert response.status_code == 422, (forgery.what, response.text)
+    assert response.json()["error"] == "unreferenced", (forgery.what, response.json())
+    assert response.json()["detail"].partition(": no valid reference")[1], response.json()
+
+
+def test_no_forged_mail_without_a_valid_reference_moves_anything(world: World) -> None:
+    before = state(world)
+    assert kept(world) == (0, 0)  # exported at 0 from the start
+    handed: list[int] = []
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(forgery=forgeries(world), route=st.sampled_from(["smtp", "agent", "operator", "admin"]))
+    def forge(forgery: Forgery, route: str) -> None:
+        count, counted = kept(world)
+        hand_in(world, route, forgery)
+        assert kept(world) == (count + 1, (counted or 0) + 1), forgery.what
+        now = state(world)
+        moved = {key: (before[key], now[key]) for key in now if now[key] != before[key]}
+        assert not moved, (forgery.what, route, moved)
+        handed.append(1)
+
+    forge()
+    assert len(handed) >= 50
+    [entry, *_] = world.clients["admin"].client.get("/v1/inbound/unparsed").json()
+    assert entry["kind"] == "unreferenced" and "no valid reference" in entry["reason"]
+
+
+def test_genuine_mail_still_acts(world: World) -> None:
+    dana, lee, pat = world.sent
+    admin = world.clients["admin"]
+    # A DSN at the signed bounce address of a real delivery, naming three addresses: it acts on
+    # the one its message went to, and only once.
+    with smtplib.SMTP("127.0.0.1", world.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("")
+        client.rcpt(dana.envelope_sender.upper())  # an MTA may change the case of the local part
+        code, _ = client.data(dsn([DANA, *STRANGERS]))
+    # An ARF report returning a Message-ID, about the recipient that message went to.
+    complaint = admin.client.post("/v1/inbound", content=arf(PAT.upper(), message_id=pat.header))
+    # A reply from the recipient, naming the message it answers.
+    answer = world.clients["agent"].client.post("/v1/inbound", content=reply(LEE, in_reply_to=lee.header))
+
+    assert code == 250
+    assert (complaint.status_code, answer.status_code) == (200, 200), (complaint.text, answer.text)
+    assert admin.status(dana.id)["status"] == "bounced"
+    # Lee's reply asks to be removed: the replier is suppressed too.
+    assert admin.client.get("/v1/suppressions").json()["addresses"] == [DANA, LEE, PAT]
+    assert admin.status(world.waiting[DANA])["reasons"][0]["code"] == "recipient_suppressed"
+    assert admin.status(world.waiting[LEE])["reasons"][0]["code"] == "recipient_replied"
+    # The addresses the DSN also named are not touched (held only by the trip it caused).
+    assert [admin.status(world.waiting[s])["status"] for s in STRANGERS] == ["held", "held"]
+    assert admin.client.get("/v1/safe-mode").json() != []
+    assert world.daemon.metric("sendguard_bounces_total", type="hard") == 1
+    assert world.daemon.metric("sendguard_complaints_total") == 1
+    assert world.daemon.metric("sendguard_inbound_messages_total", kind="unreferenced") == 0
