@@ -31,7 +31,7 @@ QUICK = Size(
     runs=1,
     connections=8,
     delivery_messages=300,
-    wrk_seconds=1,
+    wrk_seconds=2,
     http_concurrency=64,
     batch_recipients=1_000,
     throttle_seconds=0.75,
@@ -41,7 +41,7 @@ QUICK = Size(
     storm_rate=60.0,
     footprint_messages=10_000,
     footprint_batch=1_000,
-    rss_seconds=1,
+    rss_seconds=2,
 )
 
 FULL = Size(

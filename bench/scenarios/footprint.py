@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 from typing import Any
 
 from bench import wrk
@@ -98,7 +97,7 @@ def _batch(recipients: int) -> dict[str, Any]:
     }
 
 
-async def _loaded_rss(service: Service, script: Path, size: Size) -> int:
+async def _loaded_rss(service: Service, script: wrk.Script, size: Size) -> int:
     """Peak resident memory of `service` while wrk loads it."""
     load = asyncio.create_task(
         asyncio.to_thread(wrk.run, service.base, script, size.rss_seconds, size.http_concurrency)
