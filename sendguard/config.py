@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, field_validator
+from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -132,8 +132,20 @@ class Settings(BaseSettings):
     notify_url: NotifyURL = None
     bounce_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
     inbound_smtp: str | None = None
-    inbound_max_bytes: int = Field(default=10_485_760, ge=1024)
+    # 2 MiB: a DSN returning a whole message sendguard sent (at most 1 MiB, max_request_bytes) fits.
+    inbound_max_bytes: int = Field(default=2_097_152, ge=1024, le=64 << 20)
     inbound_timeout: float = Field(default=10.0, gt=0, le=300)
+    # The inbound SMTP listener's budgets (feedback/listener.py) and its TLS and name.
+    inbound_sessions: int = Field(default=20, ge=1, le=1000)
+    inbound_rate: int = Field(default=60, ge=1, le=100_000)  # messages a minute from one client IP
+    inbound_recipients: int = Field(default=5, ge=1, le=100)
+    inbound_queue: int = Field(default=16, ge=1, le=1000)
+    inbound_addresses: Annotated[list[str], NoDecode] = []
+    inbound_hostname: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253
+    )
+    inbound_tls_cert: Path | None = None
+    inbound_tls_key: Path | None = None
     circuit_failures: int = Field(default=5, ge=1, le=1000)
     circuit_max_delay: float = Field(default=60.0, gt=0)
     batch_max_bytes: int = Field(default=33_554_432, ge=1024)
@@ -184,6 +196,41 @@ class Settings(BaseSettings):
         if value:
             parse_host_port(value, 25)
         return value or None
+
+    @field_validator("inbound_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("inbound_addresses")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            local, _, domain = address.rpartition("@")
+            if not local or "." not in domain or any(c.isspace() or c in "<>," for c in address):
+                raise ValueError(f"{address!r} is not an address like fbl@bounce.example.com")
+        return [address.lower() for address in value]
+
+    @field_validator("inbound_tls_cert", "inbound_tls_key")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _check_inbound(self) -> Settings:
+        """A listener must know whose mail it takes, and TLS needs both halves."""
+        if (self.inbound_tls_cert is None) != (self.inbound_tls_key is None):
+            raise ValueError("SENDGUARD_INBOUND_TLS_CERT and SENDGUARD_INBOUND_TLS_KEY: give both or neither")
+        if self.inbound_smtp and not (self.bounce_domain or self.inbound_addresses):
+            raise ValueError(
+                "SENDGUARD_INBOUND_SMTP is set but neither SENDGUARD_BOUNCE_DOMAIN nor "
+                "SENDGUARD_INBOUND_ADDRESSES is: the listener would accept no recipient"
+            )
+        return self
 
     @field_validator("dns_nameservers", mode="before")
     @classmethod

@@ -21,6 +21,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 ALERT_IGNORED = ("not_firing", "no_scope", "bad_scope")  # why a posted alert tripped nothing
+# What the inbound SMTP listener refused, by the budget that refused it (feedback/listener.py).
+INBOUND_LIMITS = ("sessions", "rate", "recipient", "recipients", "size", "queue")
 
 
 class Metrics:
@@ -165,6 +167,16 @@ class Metrics:
             "Raw inbound mail received (HTTP or SMTP), by what it was: dsn, arf, reply, unparsed, or "
             "unreferenced (kept: it proves no message of ours).",
             ["kind"],
+        )
+        self.inbound_refused = counter(
+            "sendguard_inbound_refused_total",
+            "Inbound SMTP refused by a budget: sessions, rate (per client IP), recipient (not ours), "
+            "recipients (too many), size, queue (the daemon is behind).",
+            ["limit"],
+        )
+        self.inbound_restarts = counter(
+            "sendguard_inbound_process_restarts_total",
+            "Times the inbound mail process (SMTP listener and parser) died and was started again.",
         )
         self.notify_failures = counter(
             "sendguard_notifications_failed_total", "Trip or resume notifications the webhook never accepted."

@@ -10,20 +10,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from sendguard.config import Settings
+from sendguard.config import Settings, parse_host_port
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.deliverer import Deliverer
 from sendguard.delivery.relay import Transport, make_transport
 from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
+from sendguard.feedback.listener import InboundProcess, ListenerConfig
 from sendguard.feedback.notify import Notifier
-from sendguard.feedback.receive import Inbox
+from sendguard.feedback.receive import KEEP_BYTES, Inbox
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses, load_secret
 from sendguard.feedback.unsubscribe import Unsubscribe
@@ -70,6 +72,7 @@ class Runtime:
     unsubscribe: Unsubscribe | None
     deliverer: Deliverer
     inbox: Inbox
+    inbound: InboundProcess
     admissions: Admissions
     recall: Recall
     tokens: Tokens
@@ -168,6 +171,11 @@ async def build(
         bounces=bounces,
         metrics=metrics,
     )
+    inbound = InboundProcess(
+        _listener_config(settings),
+        parse_host_port(settings.inbound_smtp, 25) if settings.inbound_smtp else None,
+        metrics,
+    )
     return Runtime(
         settings=settings,
         redis=client,
@@ -188,10 +196,29 @@ async def build(
         approvals=approvals,
         unsubscribe=unsubscribe,
         deliverer=deliverer,
-        inbox=Inbox(client, keys, feedback, settings.bounce_domain, settings.inbound_timeout, metrics),
+        inbox=Inbox(client, keys, feedback, inbound, metrics),
+        inbound=inbound,
         admissions=Admissions(
             store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
         ),
         recall=Recall(store, audit),
         tokens=Tokens(client, keys, audit),
+    )
+
+
+def _listener_config(settings: Settings) -> ListenerConfig:
+    """What the inbound mail process needs to know; the banner names the host, never the software."""
+    return ListenerConfig(
+        hostname=settings.inbound_hostname or socket.getfqdn(),
+        max_bytes=settings.inbound_max_bytes,
+        max_sessions=settings.inbound_sessions,
+        rate_per_minute=settings.inbound_rate,
+        max_recipients=settings.inbound_recipients,
+        queue=settings.inbound_queue,
+        timeout=settings.inbound_timeout,
+        keep_bytes=KEEP_BYTES,
+        bounce_domain=settings.bounce_domain.lower() if settings.bounce_domain else None,
+        addresses=frozenset(settings.inbound_addresses),
+        tls_cert=settings.inbound_tls_cert,
+        tls_key=settings.inbound_tls_key,
     )

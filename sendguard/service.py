@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import logging
 
-from sendguard.config import parse_host_port
-from sendguard.errors import ConfigError, StoreError
-from sendguard.feedback.receive import start_listener
+from sendguard.errors import StoreError
 from sendguard.governance.audit import AnchorMissing, AuditError
 from sendguard.parts import Runtime
 
@@ -29,28 +27,20 @@ class Service:
         self._runtime = runtime
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncio.Server | None = None
 
     async def start(self) -> None:
-        """Announce this daemon in Redis, open the inbound listener if configured, start the loops.
+        """Announce this daemon in Redis, start the inbound mail process if a listener is
+        configured (else at the first raw mail posted), start the loops.
 
         ConfigError if the inbound SMTP address cannot be listened on; StoreError if Redis does
         not answer. Either way nothing is left running.
         """
         runtime = self._runtime
-        settings = runtime.settings
         await runtime.store.heartbeat(runtime.instance, self._ttl_ms)
         for warning in await runtime.memory.warnings():
             log.warning(warning)
         await runtime.follow_reloads()
-        if settings.inbound_smtp:
-            host, port = parse_host_port(settings.inbound_smtp, 25)
-            try:
-                self._listener = await start_listener(runtime.inbox, host, port, settings.inbound_max_bytes)
-            except OSError as exc:
-                raise ConfigError(
-                    f"SENDGUARD_INBOUND_SMTP={settings.inbound_smtp}: cannot listen: {exc.strerror or exc}"
-                ) from exc
+        await runtime.inbound.start(runtime.inbox.answer)
         self._tasks = [
             asyncio.create_task(self._maintain()),
             asyncio.create_task(self._chain()),
@@ -62,8 +52,7 @@ class Service:
         runtime = self._runtime
         grace = runtime.settings.shutdown_grace
         log.info("shutting down: no new claims, draining in-flight deliveries")
-        if self._listener is not None:
-            self._listener.close()
+        await runtime.inbound.stop()
         await runtime.deliverer.stop(grace)
         self._stopping.set()
         await _finish(*self._tasks)

@@ -526,7 +526,9 @@ def test_unparsable_mail_is_refused_and_kept_byte_for_byte(start: Start) -> None
 
 async def test_oversized_inbound_mail_is_refused_over_http_and_smtp(start: Start) -> None:
     port = free_port()
-    _, agent, admin = start(inbound_max_bytes="2048", inbound_smtp=f"127.0.0.1:{port}")
+    _, agent, admin = start(
+        inbound_max_bytes="2048", bounce_domain=BOUNCE_DOMAIN, inbound_smtp=f"127.0.0.1:{port}"
+    )
     big = (b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n") * 40
 
     declared = _inbound(agent, big)

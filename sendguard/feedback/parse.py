@@ -3,7 +3,8 @@
 Inbound mail is written by strangers, so `parse_inbound` raises `UnparsableMail` and nothing else,
 whatever the bytes. Mail is parsed with the compat32 policy: unlike the default policy it never
 raises when a malformed header is read, it hands back the raw text. Only the first MiB is parsed:
-reports and a reply's text come first, attachments after them.
+reports and a reply's text come first, attachments after them. Mail of more than `MAX_PARTS`
+MIME parts is not read at all: no report or reply has that many.
 
 Anyone can write such mail, so parsing decides nothing about which message it is about: it
 reports every reference it found and where (`Inbound.references`), and the address each event
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import email
 import html
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from sendguard.feedback.sentiment import reply_text
 from sendguard.model import folded_address
 
 MAX_PARSED_BYTES = 1 << 20
+MAX_PARTS = 100
 _MAX_DEPTH = 16
 
 _VERP_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To")
@@ -113,6 +116,8 @@ def parse_inbound(
         msg = email.message_from_bytes(raw[:MAX_PARSED_BYTES], policy=compat32)
         if not msg.keys():
             raise UnparsableMail("not an email message: no headers")
+        if next(itertools.islice(msg.walk(), MAX_PARTS, None), None) is not None:
+            raise UnparsableMail(f"more than {MAX_PARTS} MIME parts")
         delivered_to = [
             *((address, "envelope recipient") for address in envelope_recipients),
             *((address, name) for name in _VERP_HEADERS for address in _addresses(msg, name)),

@@ -1,31 +1,30 @@
 """Raw inbound mail (bounces, feedback reports, replies), from HTTP or the optional SMTP listener.
 
-Parsing runs in a worker thread under a time limit, so one pathological message cannot stall
-the daemon; `Inbox.take` is everything after it, so parsing can move elsewhere and hand over
-only its outcome. Parsing holds no secret and decides nothing: `take` checks what the mail
+Parsing happens in the inbound mail process (`listener.py`), never on the daemon's loop or under
+its GIL; what it found comes back here, to `Inbox.take`, the one place that applies it. Parsing
+holds no secret and decides nothing: `take` checks what the mail
 refers to (Feedback.apply_mail). Mail is never dropped: it is kept in Redis for a person to
 inspect, and counted, when it cannot be understood (`unparsed`) or does not prove it is about a
 message sendguard sent (`unreferenced`: forged, or a bounce address or Message-ID that does not
-check out). Only the newest `KEEP_UNPARSED` are kept, each cut at `KEEP_BYTES`, so a flood of
-junk mail cannot fill Redis.
+check out). Only the newest `KEEP_UNPARSED` are kept, each cut at `KEEP_BYTES` (16 MiB in all),
+so a flood of junk mail cannot fill Redis.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from sendguard.errors import StoreError
 from sendguard.feedback.apply import Applied, Feedback, Reporter, Unreferenced
-from sendguard.feedback.parse import Inbound, InboundKind, UnparsableMail, parse_inbound
+from sendguard.feedback.listener import Mail
+from sendguard.feedback.parse import Inbound, InboundKind, UnparsableMail
 from sendguard.metrics import Metrics
 from sendguard.model import now_ms
 from sendguard.state.keys import Keys
@@ -33,7 +32,7 @@ from sendguard.state.redis_connection import translated
 
 log = logging.getLogger("sendguard.feedback.receive")
 KEEP_UNPARSED = 500
-KEEP_BYTES = 256 * 1024
+KEEP_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,67 +53,74 @@ class Unparsed:
     kind: str = "unparsed"
 
 
+class Parser(Protocol):
+    """Where raw mail is parsed: the inbound mail process."""
+
+    async def parse(self, raw: bytes, envelope_recipients: list[str]) -> Inbound | UnparsableMail: ...
+
+
 class Inbox:
-    """Parses raw mail into events and applies them; keeps what it cannot parse."""
+    """Applies what parsed mail proves; keeps what could not be parsed or proves nothing."""
 
     def __init__(
-        self,
-        client: aioredis.Redis,
-        keys: Keys,
-        feedback: Feedback,
-        bounce_domain: str | None,
-        timeout: float,
-        metrics: Metrics,
+        self, client: aioredis.Redis, keys: Keys, feedback: Feedback, parser: Parser, metrics: Metrics
     ) -> None:
         self._redis = client
         self._metrics = metrics
         metrics.start_at_zero(metrics.inbound, [*InboundKind, "unparsed", "unreferenced"])
         self._keys = keys
         self._feedback = feedback
-        self._bounce_domain = bounce_domain
-        self._timeout = timeout
+        self._parser = parser
 
     async def receive(
         self, raw: bytes, envelope_recipients: list[str], reporter: Reporter
     ) -> Received | Unparsed:
-        """Parse, then `take`."""
-        parsed: Inbound | UnparsableMail
-        try:
-            async with asyncio.timeout(self._timeout):
-                parsed = await asyncio.to_thread(
-                    parse_inbound,
-                    raw,
-                    envelope_recipients=envelope_recipients,
-                    bounce_domain=self._bounce_domain,
-                )
-        except UnparsableMail as exc:
-            parsed = exc
-        except TimeoutError:
-            parsed = UnparsableMail(f"parsing took longer than {self._timeout:g}s")
-        return await self.take(parsed, raw, envelope_recipients, reporter)
+        """Parse in the inbound mail process, then `take`."""
+        parsed = await self._parser.parse(raw, envelope_recipients)
+        return await self.take(parsed, raw[:KEEP_BYTES], envelope_recipients, reporter, size=len(raw))
 
     async def take(
         self,
         parsed: Inbound | UnparsableMail,
-        raw: bytes,
+        raw_for_keeping: bytes,
         envelope_recipients: list[str],
         reporter: Reporter,
+        *,
+        size: int,
     ) -> Received | Unparsed:
-        """Apply what parsing found, if the mail proves what it is about; else keep `raw`.
+        """Apply what parsing found, if the mail proves what it is about; else keep the mail:
+        the one place after parsing, for HTTP and SMTP alike. `raw_for_keeping` is cut at
+        KEEP_BYTES (the listener ships no more); `size` is the whole mail's.
 
         Mail an agent hands in is its word, held to what its events may move (UnknownMessage,
         NotSent). `envelope_recipients` are kept with the mail, for the person who reads it.
         """
+        kept = (raw_for_keeping, size, reporter.source, envelope_recipients)
         if isinstance(parsed, UnparsableMail):
-            return await self._keep(raw, str(parsed), reporter.source, envelope_recipients)
+            return await self._keep(*kept, str(parsed))
         try:
             applied = await self._feedback.apply_mail(parsed, reporter)
         except Unreferenced as exc:
-            return await self._keep(
-                raw, f"{parsed.summary}: {exc}", reporter.source, envelope_recipients, "unreferenced"
-            )
+            return await self._keep(*kept, f"{parsed.summary}: {exc}", "unreferenced")
         self._metrics.inbound.labels(parsed.kind.value).inc()
         return Received(parsed, applied)
+
+    async def answer(self, mail: Mail) -> str:
+        """The reply for mail the SMTP listener took in.
+
+        250 once recorded or kept, so a sending MTA never retries (or bounces back to us) what
+        sendguard already holds; 451 when Redis failed, so it tries again later.
+        """
+        try:
+            result = await self.take(
+                mail.outcome, mail.kept, mail.recipients, Reporter("smtp"), size=mail.size
+            )
+        except StoreError as exc:
+            log.warning("inbound mail from %s could not be recorded: %s", mail.peer, exc)
+            return "451 4.3.0 could not record the message; try again later"
+        if isinstance(result, Unparsed):
+            return f"250 2.0.0 kept for inspection as {result.kept_as}"
+        return f"250 2.0.0 {result.inbound.summary}"[:500]
 
     async def unparsed(self) -> list[dict[str, Any]]:
         """What was kept, newest first, without the raw bytes."""
@@ -131,9 +137,15 @@ class Inbox:
         return [json.loads(entry) for entry in entries]
 
     async def _keep(
-        self, raw: bytes, reason: str, source: str, envelope_recipients: list[str], kind: str = "unparsed"
+        self,
+        raw: bytes,
+        size: int,
+        source: str,
+        envelope_recipients: list[str],
+        reason: str,
+        kind: str = "unparsed",
     ) -> Unparsed:
-        """Keep `raw` for a person, counted under `kind` (unparsed or unreferenced)."""
+        """Keep `raw` (cut at KEEP_BYTES) for a person, counted under `kind` (unparsed or unreferenced)."""
         self._metrics.inbound.labels(kind).inc()
         kept_as = secrets.token_hex(8)
         entry = {
@@ -143,9 +155,9 @@ class Inbox:
             "kind": kind,
             "reason": reason,
             "envelope_recipients": envelope_recipients,
-            "size": len(raw),
-            "truncated": len(raw) > KEEP_BYTES,
-            "raw": base64.b64encode(raw[:KEEP_BYTES]).decode("ascii"),
+            "size": size,
+            "truncated": size > len(raw),
+            "raw": base64.b64encode(raw).decode("ascii"),
         }
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
             pipe.lpush(self._keys.unparsed, json.dumps(entry))
@@ -153,36 +165,3 @@ class Inbox:
             await pipe.execute()
         log.warning("inbound mail %s (%s); kept as %s", kind, reason, kept_as)
         return Unparsed(reason, kept_as, kind)
-
-
-class InboundSmtpHandler:
-    """aiosmtpd handler for the bounce and feedback addresses: every message is taken in.
-
-    Accepted mail is always acknowledged with 250, parsed or kept, so a sending MTA never
-    retries (or bounces back to us) what sendguard already holds.
-    """
-
-    def __init__(self, inbox: Inbox) -> None:
-        self._inbox = inbox
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        try:
-            result = await self._inbox.receive(raw, list(envelope.rcpt_tos), Reporter("smtp"))
-        except StoreError as exc:
-            log.warning("inbound mail could not be recorded: %s", exc)
-            return "451 4.3.0 could not record the message; try again later"
-        if isinstance(result, Unparsed):
-            return f"250 2.0.0 kept for inspection as {result.kept_as}"
-        return f"250 2.0.0 {result.inbound.summary}"[:500]
-
-
-async def start_listener(inbox: Inbox, host: str, port: int, max_bytes: int) -> asyncio.Server:
-    """The inbound SMTP listener on the daemon's own event loop."""
-    handler = InboundSmtpHandler(inbox)
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: SMTP(handler, data_size_limit=max_bytes, enable_SMTPUTF8=True, hostname="sendguard"),
-        host=host,
-        port=port,
-    )

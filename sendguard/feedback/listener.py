@@ -1,0 +1,582 @@
+"""The inbound SMTP listener and the mail parser, in a niced process of their own.
+
+Parsing mail is CPU-bound Python: on the daemon's event loop, or in a thread under its GIL, a flood
+of junk starves delivery and the API. So the daemon starts this module as a child process that
+owns the SMTP listener and every parse, those of `POST /v1/inbound` included (`InboundProcess`
+is the daemon's side). The daemon only applies what the child understood (`Inbox.take`) and
+answers each message with the reply the child hands to the SMTP client.
+
+Parent and child talk over a socketpair in length-prefixed pickled frames. Both ends are this
+module, so nothing a stranger wrote is ever unpickled: mail travels as bytes inside the frames.
+The parent binds the listening socket and hands it down, so a restarted child serves the same port
+and a bad address fails the daemon's start. The child exits when the socketpair closes: it never
+outlives the daemon, however the daemon ended.
+
+Budgets, each refusal counted in `sendguard_inbound_refused_total{limit}`:
+- `sessions`: more than `inbound_sessions` SMTP sessions at once: 421 instead of the greeting;
+- `rate`: more than `inbound_rate` messages a minute from one client IP: 421 at MAIL, and closed;
+- `recipient`: an address that is neither the bounce domain's nor a configured feedback address: 550;
+- `recipients`: more than `inbound_recipients` recipients in one message: 452;
+- `size`: more than `inbound_max_bytes`: 552;
+- `queue`: more than `inbound_queue` messages waiting for the daemon: 451 4.3.2, try again later.
+A parse that takes longer than `inbound_timeout` is kept as unparsable, and the child, whose
+parsing thread cannot be stopped, ends once it has answered, to be restarted by the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import ssl
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from sendguard.errors import ConfigError
+from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
+from sendguard.metrics import INBOUND_LIMITS, Metrics
+
+log = logging.getLogger("sendguard.feedback.listener")
+Outcome = Inbound | UnparsableMail
+_HEADER = struct.Struct("!I")
+_NICENESS = 10
+_IDLE_TIMEOUT = 60  # seconds an SMTP client may stay silent between commands
+_RESTART_DELAY = 0.5  # seconds between a child's death and the next, so a crash loop cannot spin
+_STOP_GRACE = 5.0  # seconds a child gets to finish its sessions when the daemon stops
+_WEDGED_EXIT = 75
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """What the child needs to know: sent as its first frame."""
+
+    hostname: str
+    max_bytes: int
+    max_sessions: int
+    rate_per_minute: int
+    max_recipients: int
+    queue: int
+    timeout: float
+    keep_bytes: int
+    bounce_domain: str | None
+    addresses: frozenset[str]
+    tls_cert: Path | None
+    tls_key: Path | None
+
+    def accepts(self, address: str) -> bool:
+        """Only the bounce domain's addresses and the configured feedback addresses take mail."""
+        address = address.strip().strip("<>").lower()
+        domain = address.rpartition("@")[2]
+        return address in self.addresses or (self.bounce_domain is not None and domain == self.bounce_domain)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The STARTTLS context; ConfigError naming the files when they cannot be loaded."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"SENDGUARD_INBOUND_TLS_CERT={self.tls_cert}, SENDGUARD_INBOUND_TLS_KEY={self.tls_key}: "
+                f"cannot load the certificate and key: {exc}"
+            ) from exc
+        return context
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A message the child took in over SMTP and parsed: the daemon applies it and says the reply."""
+
+    id: int
+    outcome: Outcome
+    kept: bytes  # the raw mail cut to what may be kept
+    size: int
+    recipients: list[str]
+    peer: str
+
+
+@dataclass(frozen=True)
+class _Reply:
+    id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _ParseRequest:
+    id: int
+    raw: bytes
+    recipients: list[str]
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    id: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class _Refused:
+    limit: str
+
+
+async def _send(writer: asyncio.StreamWriter, frame: object) -> None:
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(data)) + data)
+    await writer.drain()
+
+
+async def _receive(reader: asyncio.StreamReader) -> object | None:
+    """The next frame, or None when the other end has closed."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        frame: object = pickle.loads(await reader.readexactly(_HEADER.unpack(header)[0]))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return frame
+
+
+# --- the daemon's side -------------------------------------------------------------------------------
+
+
+class _Run:
+    """One incarnation of the child: its process and the parses it owes."""
+
+    def __init__(self, process: asyncio.subprocess.Process, writer: asyncio.StreamWriter) -> None:
+        self.process = process
+        self.writer = writer
+        self.owed: dict[int, asyncio.Future[Outcome]] = {}
+
+    def end(self, why: str) -> None:
+        for future in self.owed.values():
+            if not future.done():
+                future.set_result(UnparsableMail(why))
+
+
+class InboundProcess:
+    """Starts the child (at once with a listener, else at the first parse), restarts it when it
+    dies, stops it with the daemon; parses for the HTTP route and hands SMTP mail to `on_mail`."""
+
+    def __init__(self, config: ListenerConfig, listen: tuple[str, int] | None, metrics: Metrics) -> None:
+        self._config = config
+        self._listen = listen
+        self._metrics = metrics
+        metrics.start_at_zero(metrics.inbound_refused, INBOUND_LIMITS)
+        metrics.inbound_restarts.inc(0)
+        self._socket: socket.socket | None = None
+        self._on_mail: Callable[[Mail], Awaitable[str]] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._run: _Run | None = None
+        self._running = asyncio.Event()
+        self._stopping = False
+        self._ids = itertools.count()
+        self._handling: set[asyncio.Task[None]] = set()
+
+    async def start(self, on_mail: Callable[[Mail], Awaitable[str]]) -> None:
+        """Bind the listener if one is configured and start the child; ConfigError if it cannot."""
+        self._on_mail = on_mail
+        if self._listen is None:
+            return
+        self._config.tls_context()  # a bad certificate fails the start, not each child
+        host, port = self._listen
+        try:
+            self._socket = socket.create_server((host, port), family=_family(host), backlog=128)
+        except OSError as exc:
+            raise ConfigError(
+                f"SENDGUARD_INBOUND_SMTP={host}:{port}: cannot listen: {exc.strerror or exc}"
+            ) from exc
+        self._socket.set_inheritable(True)
+        self._ensure_supervised()
+
+    async def parse(self, raw: bytes, envelope_recipients: list[str]) -> Outcome:
+        """Parse in the child; the child keeps to `inbound_timeout`, and a child that answers
+        nothing in twice that is killed (and restarted), the mail reported unparsable."""
+        self._ensure_supervised()
+        limit = 2 * self._config.timeout + 1
+        try:
+            async with asyncio.timeout(limit):
+                await self._running.wait()
+                run = self._run
+                assert run is not None
+                request = next(self._ids)
+                future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+                run.owed[request] = future
+                try:
+                    await _send(run.writer, _ParseRequest(request, raw, envelope_recipients))
+                    return await future
+                finally:
+                    del run.owed[request]
+        except TimeoutError:
+            if self._run is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._run.process.kill()
+            return UnparsableMail(f"the parsing process did not answer within {limit:g}s; restarted")
+        except ConnectionError:
+            return UnparsableMail("the parsing process stopped while parsing")
+
+    async def stop(self) -> None:
+        """Close the channel (the child finishes its sessions and exits), kill it if it lingers."""
+        self._stopping = True
+        if self._run is not None:
+            self._run.writer.close()
+            try:
+                async with asyncio.timeout(_STOP_GRACE):
+                    await self._run.process.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self._run.process.kill()
+        if self._supervisor is not None:
+            await self._supervisor
+        await asyncio.gather(*self._handling, return_exceptions=True)
+        if self._socket is not None:
+            self._socket.close()
+
+    def _ensure_supervised(self) -> None:
+        if self._supervisor is None and not self._stopping:
+            self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            code = await self._serve_one()
+            if self._stopping:
+                return
+            log.warning("the inbound mail process exited with %s; restarting it", code)
+            self._metrics.inbound_restarts.inc()
+            await asyncio.sleep(_RESTART_DELAY)
+
+    async def _serve_one(self) -> int | None:
+        ours, theirs = socket.socketpair()
+        passed = [theirs.fileno()]
+        if self._socket is not None:
+            passed.append(self._socket.fileno())
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "from sendguard.feedback.listener import main; main()",
+                *map(str, passed),
+                pass_fds=passed,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        run = self._run = _Run(process, writer)
+        try:
+            await _send(writer, self._config)
+            self._running.set()
+            while (frame := await _receive(reader)) is not None:
+                self._take(run, frame)
+        except ConnectionError:
+            pass
+        finally:
+            self._running.clear()
+            run.end("the parsing process stopped while parsing")
+            writer.close()
+        return await process.wait()
+
+    def _take(self, run: _Run, frame: object) -> None:
+        match frame:
+            case _Parsed(id=request, outcome=outcome):
+                future = run.owed.get(request)
+                if future is not None and not future.done():
+                    future.set_result(outcome)
+            case _Refused(limit=limit):
+                self._metrics.inbound_refused.labels(limit).inc()
+            case Mail():
+                task = asyncio.create_task(self._answer(run, frame))
+                self._handling.add(task)
+                task.add_done_callback(self._handling.discard)
+
+    async def _answer(self, run: _Run, mail: Mail) -> None:
+        assert self._on_mail is not None
+        text = await self._on_mail(mail)
+        with contextlib.suppress(ConnectionError):
+            await _send(run.writer, _Reply(mail.id, text))
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+# --- the child ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """The child's entry: `python -c '...main()' CHANNEL_FD [LISTEN_FD]`, started by InboundProcess."""
+    os.nice(_NICENESS)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    fds = [int(arg) for arg in sys.argv[1:]]
+    code = asyncio.run(_child(fds[0], fds[1] if len(fds) > 1 else None))
+    sys.stdout.flush()
+    os._exit(code)  # a wedged parsing thread must not hold the exit
+
+
+async def _child(channel_fd: int, listen_fd: int | None) -> int:
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=channel_fd))
+    config = await _receive(reader)
+    if not isinstance(config, ListenerConfig):
+        return 2
+    child = _Child(config, writer)
+    if listen_fd is not None:
+        loop = asyncio.get_running_loop()
+        child.server = await loop.create_server(child.protocol, sock=socket.socket(fileno=listen_fd))
+    try:
+        return await child.follow(reader)
+    finally:
+        if child.server is not None:
+            child.server.close()
+
+
+class _RateLimit:
+    """A token bucket per client IP: `per_minute` messages, refilled evenly."""
+
+    _MAX_CLIENTS = 4096
+
+    def __init__(self, per_minute: int) -> None:
+        self._capacity = float(per_minute)
+        self._per_second = per_minute / 60
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str) -> bool:
+        now = time.monotonic()
+        tokens, at = self._buckets.get(client, (self._capacity, now))
+        tokens = min(self._capacity, tokens + (now - at) * self._per_second)
+        if len(self._buckets) >= self._MAX_CLIENTS:
+            self._forget_full(now)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return False
+        self._buckets[client] = (tokens - 1, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Clients whose bucket has refilled are as good as unseen."""
+        for client, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self._per_second >= self._capacity:
+                del self._buckets[client]
+
+
+class _Child:
+    """The child's state: sessions, rate buckets, mail waiting for the daemon, the parse lane."""
+
+    def __init__(self, config: ListenerConfig, writer: asyncio.StreamWriter) -> None:
+        self.config = config
+        self._writer = writer
+        self._tls = config.tls_context()
+        self._handler = _Handler(self)
+        self.rate = _RateLimit(config.rate_per_minute)
+        self.sessions = 0
+        self.no_sessions = asyncio.Event()
+        self.no_sessions.set()
+        self.server: asyncio.Server | None = None
+        self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._ids = itertools.count()
+        self._lane = asyncio.Lock()  # one parse at a time: a second thread would only share the GIL
+        self._wedged = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def protocol(self) -> asyncio.Protocol:
+        if self.sessions >= self.config.max_sessions:
+            self.count("sessions")
+            return _Refusal(
+                f"421 4.7.0 {self.config.hostname} too many connections "
+                f"(limit {self.config.max_sessions}); try again later"
+            )
+        self.sessions += 1
+        self.no_sessions.clear()
+        return _Session(
+            self,
+            self._handler,
+            hostname=self.config.hostname,
+            ident="ESMTP",
+            data_size_limit=self.config.max_bytes,
+            enable_SMTPUTF8=True,
+            tls_context=self._tls,
+            timeout=_IDLE_TIMEOUT,
+        )
+
+    def count(self, limit: str) -> None:
+        """Tell the daemon a limit refused something, without holding up the session."""
+        task = asyncio.create_task(self._tell(_Refused(limit)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tell(self, frame: object) -> None:
+        with contextlib.suppress(ConnectionError):
+            await _send(self._writer, frame)
+
+    @property
+    def behind(self) -> bool:
+        return len(self._waiting) >= self.config.queue
+
+    async def parse(self, raw: bytes, recipients: list[str]) -> Outcome:
+        async with self._lane:
+            if self._wedged.is_set():
+                return UnparsableMail("parsing stopped: an earlier parse overran")
+            parsing = asyncio.to_thread(
+                parse_inbound, raw, envelope_recipients=recipients, bounce_domain=self.config.bounce_domain
+            )
+            try:
+                return await asyncio.wait_for(parsing, self.config.timeout)
+            except UnparsableMail as exc:
+                return exc
+            except TimeoutError:
+                self._wedged.set()
+                return UnparsableMail(f"parsing took longer than {self.config.timeout:g}s")
+
+    async def hand_over(self, raw: bytes, envelope: Envelope, peer: str) -> str:
+        """Parse, hand the outcome to the daemon, and give back its reply for the client."""
+        recipients = list(envelope.rcpt_tos)
+        outcome = await self.parse(raw, recipients)
+        mail = Mail(next(self._ids), outcome, raw[: self.config.keep_bytes], len(raw), recipients, peer)
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[mail.id] = future
+        try:
+            await _send(self._writer, mail)
+            return await future
+        finally:
+            del self._waiting[mail.id]
+
+    async def follow(self, reader: asyncio.StreamReader) -> int:
+        """Serve the daemon's frames until it closes the channel (0) or a parse overran (75)."""
+        wedged = asyncio.create_task(self._wedged.wait())
+        while True:
+            receiving = asyncio.create_task(_receive(reader))
+            await asyncio.wait({receiving, wedged}, return_when=asyncio.FIRST_COMPLETED)
+            if wedged.done():
+                receiving.cancel()
+                await self._drain()
+                return _WEDGED_EXIT
+            frame = receiving.result()
+            if frame is None:
+                wedged.cancel()
+                return 0
+            match frame:
+                case _Reply(id=request, text=text):
+                    future = self._waiting.get(request)
+                    if future is not None and not future.done():
+                        future.set_result(text)
+                case _ParseRequest():
+                    task = asyncio.create_task(self._answer_parse(frame))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _answer_parse(self, request: _ParseRequest) -> None:
+        await self._tell(_Parsed(request.id, await self.parse(request.raw, request.recipients)))
+
+    async def _drain(self) -> None:
+        """After an overrun: no new sessions; the answers owed and the open sessions get a few
+        seconds to finish."""
+        if self.server is not None:
+            self.server.close()
+        owed: list[asyncio.Future[Any]] = [*self._tasks, *self._waiting.values()]
+        if owed:
+            await asyncio.wait(owed, timeout=_STOP_GRACE)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_GRACE):
+                await self.no_sessions.wait()
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the session limit: told so, and closed."""
+
+    def __init__(self, reply: str) -> None:
+        self._reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self._reply.encode() + b"\r\n")
+        transport.close()
+
+
+class _Session(SMTP):
+    """aiosmtpd's session, counted while open, saying which size limit refused a message."""
+
+    def __init__(self, child: _Child, handler: _Handler, **options: Any) -> None:
+        super().__init__(handler, **options)
+        self._child = child
+        self._counted = True
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._child.sessions -= 1
+            if not self._child.sessions:
+                self._child.no_sessions.set()
+        super().connection_lost(error)
+
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        # aiosmtpd's own 552 texts name no limit; both of them (at MAIL SIZE= and during DATA) pass here.
+        if status.startswith("552 Error"):
+            self._child.count("size")
+            status = f"552 5.3.4 message larger than the {self._child.config.max_bytes}-byte limit"
+        await super().push(status)
+
+
+class _Handler:
+    """aiosmtpd hooks: the budgets at MAIL and RCPT, the hand-over at DATA."""
+
+    def __init__(self, child: _Child) -> None:
+        self._child = child
+
+    def _refuse(self, server: SMTP, limit: str, reply: str) -> str:
+        self._child.count(limit)
+        if reply.startswith("421") and server.transport is not None:
+            # aiosmtpd writes the reply after the hook returns, in the same loop step: close after it.
+            server.loop.call_soon(server.transport.close)
+        return reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        client = _client(session)
+        if not self._child.rate.take(client):
+            per_minute = self._child.config.rate_per_minute
+            return self._refuse(
+                server,
+                "rate",
+                f"421 4.7.0 {client} sent more than {per_minute} messages a minute; try again later",
+            )
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        config = self._child.config
+        if len(envelope.rcpt_tos) >= config.max_recipients:
+            return self._refuse(
+                server, "recipients", f"452 4.5.3 too many recipients (limit {config.max_recipients})"
+            )
+        if not config.accepts(address):
+            return self._refuse(
+                server, "recipient", f"550 5.1.1 <{address}>: not a bounce or feedback address here"
+            )
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self._child.behind:
+            return self._refuse(
+                server, "queue", "451 4.3.2 too much mail waiting to be recorded; try again later"
+            )
+        return await self._child.hand_over(envelope.original_content or b"", envelope, _client(session))
+
+
+def _client(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
