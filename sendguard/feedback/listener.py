@@ -50,7 +50,7 @@ from sendguard.metrics import INBOUND_LIMITS, Metrics
 log = logging.getLogger("sendguard.feedback.listener")
 Outcome = Inbound | UnparsableMail
 _HEADER = struct.Struct("!I")
-_NICENESS = 10
+_NICENESS = 19  # the lowest priority: inbound mail waits, delivery and the API do not
 _IDLE_TIMEOUT = 60  # seconds an SMTP client may stay silent between commands
 _RESTART_DELAY = 0.5  # seconds between a child's death and the next, so a crash loop cannot spin
 _STOP_GRACE = 5.0  # seconds a child gets to finish its sessions when the daemon stops
