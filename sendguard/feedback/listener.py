@@ -18,7 +18,8 @@ Budgets, each refusal counted in `sendguard_inbound_refused_total{limit}`:
 - `recipient`: an address that is neither the bounce domain's nor a configured feedback address: 550;
 - `recipients`: more than `inbound_recipients` recipients in one message: 452;
 - `size`: more than `inbound_max_bytes`: 552;
-- `queue`: more than `inbound_queue` messages waiting for the daemon: 451 4.3.2, try again later.
+- `queue`: more than `inbound_queue` messages taken in and not yet answered (being parsed, or
+  waiting for the daemon to record them): 451 4.3.2, try again later, never an unbounded backlog.
 A parse that takes longer than `inbound_timeout` is kept as unparsable, and the child, whose
 parsing thread cannot be stopped, ends once it has answered, to be restarted by the daemon.
 """
@@ -54,6 +55,7 @@ _NICENESS = 19  # the lowest priority: inbound mail waits, delivery and the API 
 _IDLE_TIMEOUT = 60  # seconds an SMTP client may stay silent between commands
 _RESTART_DELAY = 0.5  # seconds between a child's death and the next, so a crash loop cannot spin
 _STOP_GRACE = 5.0  # seconds a child gets to finish its sessions when the daemon stops
+_START_LIMIT = 30.0  # seconds a parse waits for a child to be (re)started
 _WEDGED_EXIT = 75
 
 
@@ -203,27 +205,29 @@ class InboundProcess:
         """Parse in the child; the child keeps to `inbound_timeout`, and a child that answers
         nothing in twice that is killed (and restarted), the mail reported unparsable."""
         self._ensure_supervised()
+        try:
+            async with asyncio.timeout(_START_LIMIT):
+                await self._running.wait()
+        except TimeoutError:
+            return UnparsableMail(f"the parsing process did not start within {_START_LIMIT:g}s")
+        run = self._run
+        assert run is not None
+        request = next(self._ids)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        run.owed[request] = future
         limit = 2 * self._config.timeout + 1
         try:
             async with asyncio.timeout(limit):
-                await self._running.wait()
-                run = self._run
-                assert run is not None
-                request = next(self._ids)
-                future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-                run.owed[request] = future
-                try:
-                    await _send(run.writer, _ParseRequest(request, raw, envelope_recipients))
-                    return await future
-                finally:
-                    del run.owed[request]
+                await _send(run.writer, _ParseRequest(request, raw, envelope_recipients))
+                return await future
         except TimeoutError:
-            if self._run is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._run.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                run.process.kill()
             return UnparsableMail(f"the parsing process did not answer within {limit:g}s; restarted")
         except ConnectionError:
             return UnparsableMail("the parsing process stopped while parsing")
+        finally:
+            del run.owed[request]
 
     async def stop(self) -> None:
         """Close the channel (the child finishes its sessions and exits), kill it if it lingers."""
@@ -382,6 +386,7 @@ class _Child:
         self.no_sessions.set()
         self.server: asyncio.Server | None = None
         self._waiting: dict[int, asyncio.Future[str]] = {}
+        self._taken = 0  # messages past DATA and not yet answered
         self._ids = itertools.count()
         self._lane = asyncio.Lock()  # one parse at a time: a second thread would only share the GIL
         self._wedged = asyncio.Event()
@@ -419,7 +424,7 @@ class _Child:
 
     @property
     def behind(self) -> bool:
-        return len(self._waiting) >= self.config.queue
+        return self._taken >= self.config.queue
 
     async def parse(self, raw: bytes, recipients: list[str]) -> Outcome:
         async with self._lane:
@@ -438,31 +443,35 @@ class _Child:
 
     async def hand_over(self, raw: bytes, envelope: Envelope, peer: str) -> str:
         """Parse, hand the outcome to the daemon, and give back its reply for the client."""
-        recipients = list(envelope.rcpt_tos)
-        outcome = await self.parse(raw, recipients)
-        mail = Mail(next(self._ids), outcome, raw[: self.config.keep_bytes], len(raw), recipients, peer)
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting[mail.id] = future
+        self._taken += 1
         try:
-            await _send(self._writer, mail)
-            return await future
+            recipients = list(envelope.rcpt_tos)
+            outcome = await self.parse(raw, recipients)
+            mail = Mail(next(self._ids), outcome, raw[: self.config.keep_bytes], len(raw), recipients, peer)
+            future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._waiting[mail.id] = future
+            try:
+                await _send(self._writer, mail)
+                return await future
+            finally:
+                del self._waiting[mail.id]
         finally:
-            del self._waiting[mail.id]
+            self._taken -= 1
 
     async def follow(self, reader: asyncio.StreamReader) -> int:
         """Serve the daemon's frames until it closes the channel (0) or a parse overran (75)."""
+        reading = asyncio.create_task(self._read(reader))
         wedged = asyncio.create_task(self._wedged.wait())
-        while True:
-            receiving = asyncio.create_task(_receive(reader))
-            await asyncio.wait({receiving, wedged}, return_when=asyncio.FIRST_COMPLETED)
-            if wedged.done():
-                receiving.cancel()
-                await self._drain()
-                return _WEDGED_EXIT
-            frame = receiving.result()
-            if frame is None:
-                wedged.cancel()
-                return 0
+        await asyncio.wait({reading, wedged}, return_when=asyncio.FIRST_COMPLETED)
+        if reading.done():
+            wedged.cancel()
+            return 0
+        await self._drain()  # still reading: the daemon's replies to what is owed come in
+        reading.cancel()
+        return _WEDGED_EXIT
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while (frame := await _receive(reader)) is not None:
             match frame:
                 case _Reply(id=request, text=text):
                     future = self._waiting.get(request)
