@@ -187,7 +187,8 @@ def test_a_flood_of_junk_on_the_listener_keeps_outbound_delivery_and_healthz(
         "agent_version": "test-1",
         "recipients": [{"to": f"lead{n}@c{n % 97}.example"} for n in range(BACKLOG)],
     }
-    submitted = daemon.client(token).post("/v1/batches", json=batch, timeout=120)
+    with daemon.client(token) as agent:
+        submitted = agent.post("/v1/batches", json=batch, timeout=120)
     assert submitted.status_code == 201, submitted.text[:500]
     wait_until(lambda: len(smtp.snapshot()) >= 200, what="deliveries to be under way")
 

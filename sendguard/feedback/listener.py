@@ -277,6 +277,8 @@ class InboundProcess:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
         run = self._run = _Run(process, writer)
+        if self._stopping:  # stopped while this child was starting: it sees the channel closed, and ends
+            writer.close()
         try:
             await _send(writer, self._config)
             self._running.set()

@@ -140,7 +140,7 @@ async def list_unparsed(runtime: RuntimeDep, who: Operator) -> list[dict[str, An
 
 @router.get("/v1/inbound/unparsed/{kept_as}", response_class=Response)
 async def get_unparsed(kept_as: str, runtime: RuntimeDep, who: Operator) -> Response:
-    """One kept message, as it arrived (its first 256 KiB)."""
+    """One kept message, as it arrived (its first 32 KiB)."""
     raw = await runtime.inbox.unparsed_raw(kept_as)
     if raw is None:
         raise HTTPException(404, f"no kept message {kept_as}")
