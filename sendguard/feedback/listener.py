@@ -44,6 +44,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from sendguard import logs
 from sendguard.errors import ConfigError
 from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
 from sendguard.metrics import INBOUND_LIMITS, Metrics
@@ -198,7 +199,6 @@ class InboundProcess:
             raise ConfigError(
                 f"SENDGUARD_INBOUND_SMTP={host}:{port}: cannot listen: {exc.strerror or exc}"
             ) from exc
-        self._socket.set_inheritable(True)
         self._ensure_supervised()
 
     async def parse(self, raw: bytes, envelope_recipients: list[str]) -> Outcome:
@@ -230,7 +230,8 @@ class InboundProcess:
             del run.owed[request]
 
     async def stop(self) -> None:
-        """Close the channel (the child finishes its sessions and exits), kill it if it lingers."""
+        """Close the channel, so the child stops listening and ends (a client cut off mid-message
+        sends it again later); kill it if it lingers. Mail already handed over is still applied."""
         self._stopping = True
         if self._run is not None:
             self._run.writer.close()
@@ -306,8 +307,13 @@ class InboundProcess:
                 task.add_done_callback(self._handling.discard)
 
     async def _answer(self, run: _Run, mail: Mail) -> None:
+        """Every message handed over gets a reply, or its session would wait for one forever."""
         assert self._on_mail is not None
-        text = await self._on_mail(mail)
+        try:
+            text = await self._on_mail(mail)
+        except Exception:
+            log.exception("inbound mail from %s could not be handled", mail.peer)
+            text = "451 4.3.0 could not record the message; try again later"
         with contextlib.suppress(ConnectionError):
             await _send(run.writer, _Reply(mail.id, text))
 
@@ -322,7 +328,7 @@ def _family(host: str) -> socket.AddressFamily:
 def main() -> None:
     """The child's entry: `python -c '...main()' CHANNEL_FD [LISTEN_FD]`, started by InboundProcess."""
     os.nice(_NICENESS)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("WARNING")  # the daemon's format on its stderr; aiosmtpd's per-session lines left out
     fds = [int(arg) for arg in sys.argv[1:]]
     code = asyncio.run(_child(fds[0], fds[1] if len(fds) > 1 else None))
     sys.stdout.flush()
