@@ -327,12 +327,21 @@ def _family(host: str) -> socket.AddressFamily:
 
 def main() -> None:
     """The child's entry: `python -c '...main()' CHANNEL_FD [LISTEN_FD]`, started by InboundProcess."""
-    os.nice(_NICENESS)
+    lowest_priority()
     logs.configure("WARNING")  # the daemon's format on its stderr; aiosmtpd's per-session lines left out
     fds = [int(arg) for arg in sys.argv[1:]]
     code = asyncio.run(_child(fds[0], fds[1] if len(fds) > 1 else None))
     sys.stdout.flush()
     os._exit(code)  # a wedged parsing thread must not hold the exit
+
+
+def lowest_priority() -> None:
+    """Run only on CPU nobody else wants: nice 19, and on Linux SCHED_IDLE, which also gives way at
+    once when the daemon wakes (nice alone lets a busy child finish its slice first, and the
+    delivery loop, waiting on many small round trips, would be late to each)."""
+    os.nice(_NICENESS)
+    if hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 async def _child(channel_fd: int, listen_fd: int | None) -> int:
