@@ -406,6 +406,7 @@ class _Child:
         self._taken = 0  # messages past DATA and not yet answered
         self._ids = itertools.count()
         self._lane = asyncio.Lock()  # one parse at a time: a second thread would only share the GIL
+        self._rest_until = 0.0  # loop time before which the lane takes no parse
         self._wedged = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -444,12 +445,18 @@ class _Child:
         return self._taken >= self.config.queue
 
     async def parse(self, raw: bytes, recipients: list[str]) -> Outcome:
+        """One parse at a time, within `inbound_timeout`, and after each the lane rests as long as
+        the parse took: a flood gets at most half a core, however idle the machine looks to the
+        scheduler (its caches and memory bandwidth are the daemon's too)."""
         async with self._lane:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(self._rest_until - loop.time())
             if self._wedged.is_set():
                 return UnparsableMail("parsing stopped: an earlier parse overran")
             parsing = asyncio.to_thread(
                 parse_inbound, raw, envelope_recipients=recipients, bounce_domain=self.config.bounce_domain
             )
+            started = loop.time()
             try:
                 return await asyncio.wait_for(parsing, self.config.timeout)
             except UnparsableMail as exc:
@@ -457,6 +464,8 @@ class _Child:
             except TimeoutError:
                 self._wedged.set()
                 return UnparsableMail(f"parsing took longer than {self.config.timeout:g}s")
+            finally:
+                self._rest_until = 2 * loop.time() - started
 
     async def hand_over(self, raw: bytes, envelope: Envelope, peer: str) -> str:
         """Parse, hand the outcome to the daemon, and give back its reply for the client."""
