@@ -10,6 +10,7 @@ is sampled all along the flooded phases.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import multiprocessing
 import socket
@@ -110,6 +111,8 @@ def _flood(port: int, on: Event, stopping: Event, *counters: Synchronized[int]) 
             if not command(b"DATA\r\n").startswith(b"354"):
                 return
             reply = command(junk)
+            if not reply:  # cut off at the end of the phase
+                return
             with sent.get_lock():
                 sent.value += 1
             if not reply.startswith(b"250"):
@@ -123,15 +126,32 @@ def _flood(port: int, on: Event, stopping: Event, *counters: Synchronized[int]) 
             try:
                 with sessions.get_lock():
                     sessions.value += 1
-                with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                    with lock:
+                        open_sockets.add(sock)
                     session(sock)
             except OSError:
                 continue
             finally:
+                with lock:
+                    open_sockets.discard(sock)
                 with sessions.get_lock():
                     sessions.value -= 1
 
-    threads = [threading.Thread(target=flooder) for _ in range(FLOODERS)]
+    def cutter() -> None:
+        """At the end of a flooded phase, cut every session at once, as a flooder that gives up
+        does: the quiet phase is then quiet, not the listener working through the last backlog."""
+        while not stopping.is_set():
+            if not on.is_set():
+                with lock:
+                    for sock in open_sockets:
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+            time.sleep(0.02)
+
+    lock = threading.Lock()
+    open_sockets: set[socket.socket] = set()
+    threads = [threading.Thread(target=cutter)] + [threading.Thread(target=flooder) for _ in range(FLOODERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -210,7 +230,7 @@ def test_a_flood_of_junk_on_the_listener_keeps_outbound_delivery_and_healthz(
                     sampling.set()
                     # The flood is on once junk is being parsed: its first replies are back.
                     sent = flood.sent
-                    wait_until(lambda sent=sent: flood.sent > sent, what="the flood to get going")
+                    wait_until(lambda sent=sent: flood.sent > sent, timeout=60, what="the flood to get going")
                 else:  # quiet means quiet: the last flood's messages are all answered
                     wait_until(lambda: flood.sessions == 0, what="the flood to stop")
                 start = time.time()
