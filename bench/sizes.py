@@ -39,7 +39,7 @@ QUICK = Size(
     scaling_messages=200,
     scaling_burst=20,
     storm_rate=60.0,
-    footprint_messages=10_000,
+    footprint_messages=2_000,
     footprint_batch=1_000,
     rss_seconds=2,
 )

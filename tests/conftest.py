@@ -303,14 +303,18 @@ class Daemon(abc.ABC):
     def listen(self) -> None:
         """Serve the API on `SENDGUARD_API_PORT`, for clients in other processes."""
 
-    def metric(self, sample: str, **labels: str) -> float | None:
-        """One sample of /metrics, read with Prometheus' own parser; None if absent."""
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of one /metrics scrape, read with Prometheus' own parser, by name and labels."""
         text = self.http.get("/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for found in family.samples:
-                if found.name == sample and found.labels == labels:
-                    return float(found.value)
-        return None
+        return {
+            (found.name, frozenset(found.labels.items())): float(found.value)
+            for family in text_string_to_metric_families(text)
+            for found in family.samples
+        }
+
+    def metric(self, sample: str, **labels: str) -> float | None:
+        """One sample of /metrics; None if absent."""
+        return self.samples().get((sample, frozenset(labels.items())))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

@@ -229,12 +229,14 @@ def state(world: World) -> dict[str, Any]:
         else {field: n for field, n in world.store.hgetall(key).items() if field != "_slot"}  # a clock
         for key in world.store.scan_iter(f"{world.prefix}:sig:*")
     }
+    scraped = world.daemon.samples()
+    records = {i: admin.status(i) for i in ids}
     return {
         "suppressions": admin.client.get("/v1/suppressions").json(),
-        "messages": {i: (admin.status(i)["status"], admin.status(i)["history"]) for i in ids},
+        "messages": {i: (record["status"], record["history"]) for i, record in records.items()},
         "trips": admin.client.get("/v1/safe-mode").json(),
         "windows": windows,
-        "counters": [world.daemon.metric(name, **labels) for name, labels in COUNTERS],
+        "counters": [scraped.get((name, frozenset(labels.items()))) for name, labels in COUNTERS],
     }
 
 
@@ -266,7 +268,7 @@ def test_no_forged_mail_without_a_valid_reference_moves_anything(world: World) -
     assert kept(world) == (0, 0)  # exported at 0 from the start
     handed: list[int] = []
 
-    @settings(max_examples=60, deadline=None, derandomize=True)
+    @settings(max_examples=30, deadline=None, derandomize=True)
     @given(forgery=forgeries(world), route=st.sampled_from(["smtp", "agent", "operator", "admin"]))
     def forge(forgery: Forgery, route: str) -> None:
         count, counted = kept(world)
@@ -278,7 +280,7 @@ def test_no_forged_mail_without_a_valid_reference_moves_anything(world: World) -
         handed.append(1)
 
     forge()
-    assert len(handed) >= 50
+    assert len(handed) >= 25
     [entry, *_] = world.clients["admin"].client.get("/v1/inbound/unparsed").json()
     assert entry["kind"] == "unreferenced" and "no valid reference" in entry["reason"]
 
