@@ -1,11 +1,14 @@
-"""Drill: a flood of large junk on the inbound SMTP listener does not starve outbound delivery.
+"""Drill: an outsider floods and forges on the inbound listener; an on-call engineer stops sending.
 
 A real `sendguard run` (the process is the point: the listener and the parser must load another
 process, not the daemon's loop or GIL) delivers a backlog to the real aiosmtpd relay sink, while
 flooders send ~1 MiB of multipart junk over several connections, on and off. Outbound rate is
 measured from the relay's receive times in alternating quiet and flooded phases (medians, so a
 burst of the other test worker's load on a shared machine cannot decide it), and /healthz latency
-is sampled all along the flooded phases.
+is sampled all along the flooded phases. Then the outsider forges bounces, a complaint and replies
+about mail that really went out, without a valid reference: none may act. Last, an on-call
+engineer runs `sendguard kill` from an empty directory: without the deployment's address and a
+token it fails and creates nothing; with them it stops the delivery of the backlog.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import multiprocessing
+import smtplib
 import socket
 import statistics
 import threading
@@ -20,13 +24,16 @@ import time
 from collections.abc import Callable
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event
+from pathlib import Path
 
 import pytest
 
 from sendguard.feedback.listener import lowest_priority
-from tests.conftest import Daemon, free_port, wait_until
+from tests.conftest import Api, Daemon, free_port, token_file, wait_until
 from tests.peers import SmtpSink
+from tests.test_control import api_url, bare_env, sendguard, shell
 from tests.test_drills import UNAPPROVED, _report
+from tests.test_forged_mail import arf, dsn, reply
 
 BOUNCE_DOMAIN = "bounce.acme.example"
 BACKLOG = 20_000
@@ -189,8 +196,8 @@ def _rate(arrivals: list[float], start: float, end: float) -> float:
 
 @pytest.mark.drill
 @pytest.mark.timeout(180)
-def test_a_flood_of_junk_on_the_listener_keeps_outbound_delivery_and_healthz(
-    make_daemon: Callable[..., Daemon], smtp: SmtpSink
+def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from_a_bare_shell(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink, tmp_path: Path
 ) -> None:
     port = free_port()
     daemon = make_daemon(
@@ -263,8 +270,88 @@ def test_a_flood_of_junk_on_the_listener_keeps_outbound_delivery_and_healthz(
         healthz_p99_ms=p99,
         junk_messages=flood.sent,
     )
-    # Each flooded phase began only once junk was answered; at nice 19 on a machine the other test
-    # worker keeps busy, that may be one message a phase, which is the protection at work.
+    # Each flooded phase began only once junk was answered; on a machine the other test
+    # worker keeps busy, that may be one message a phase (it runs at idle priority), which is the
+    # protection at work.
     assert flood.sent - flood.refused >= ROUNDS, "the flood did not get junk to the parser in every phase"
     assert kept >= 0.8
     assert p99 < 100
+
+    admin = client_for(daemon, "admin", "oncall")
+    acted = _forge(port, admin, daemon, smtp)
+    sent_after_kill = _kill_from_a_bare_shell(daemon, admin, smtp, tmp_path)
+    print(
+        f"\nforged mails that acted: {acted}; "
+        f"messages at the relay after the kill returned: {sent_after_kill}"
+    )
+    _report("outsider_and_on_call", forged_mail_that_acted=acted, sent_after_kill=sent_after_kill)
+    assert acted == 0
+    assert sent_after_kill == 0
+
+
+_COUNTED = (
+    ("sendguard_bounces_total", {"type": "hard"}),
+    ("sendguard_complaints_total", {}),
+    ("sendguard_unsubscribes_total", {}),
+    *(("sendguard_replies_total", {"sentiment": s}) for s in ("positive", "neutral", "negative", "abusive")),
+)
+
+
+def _forge(port: int, admin: Api, daemon: Daemon, smtp: SmtpSink) -> int:
+    """Forged mail about messages that really went out, without a valid reference, on the
+    listener; how many of them moved a suppression, a trip, a signal count or a message."""
+    out = smtp.snapshot()[:3]
+    ids = [str(r.message_id).strip("<>").partition(".sg@")[0] for r in out]
+    recipients = [r.rcpt_tos[0] for r in out]
+    forged = [
+        # The unsigned bounce address of earlier versions, naming its recipient and two more.
+        (f"bounces+{ids[0]}@{BOUNCE_DOMAIN}", dsn([recipients[0], recipients[1], "victim@third.example"])),
+        # A DSN returning a real Message-ID, but naming an address that message did not go to.
+        (f"fbl@{BOUNCE_DOMAIN}", dsn([recipients[2]], message_id=str(out[0].message_id))),
+        # A complaint about a real recipient with no reference at all.
+        (f"fbl@{BOUNCE_DOMAIN}", arf(recipients[1])),
+        # A reply that only claims to be from a recipient, and one from a stranger naming a message.
+        (f"fbl@{BOUNCE_DOMAIN}", reply(recipients[0])),
+        (f"fbl@{BOUNCE_DOMAIN}", reply("victim@third.example", in_reply_to=str(out[1].message_id))),
+    ]
+
+    def state() -> tuple[object, ...]:
+        scraped = daemon.samples()
+        statuses = [admin.status(message_id)["status"] for message_id in ids]
+        return (
+            admin.client.get("/v1/suppressions").json(),
+            admin.client.get("/v1/safe-mode").json(),
+            [scraped.get((name, frozenset(labels.items()))) for name, labels in _COUNTED],
+            statuses,
+        )
+
+    before, unreferenced = state(), daemon.metric("sendguard_inbound_messages_total", kind="unreferenced")
+    for envelope, raw in forged:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.ehlo()
+            client.mail("")
+            client.rcpt(envelope)
+            code, text = client.data(raw)
+        assert (code, text.decode()[:24]) == (250, "2.0.0 kept for inspectio"), text
+    after = state()
+    kept = daemon.metric("sendguard_inbound_messages_total", kind="unreferenced")
+    assert kept == (unreferenced or 0) + len(forged), "each forgery is kept for a person and counted"
+    return sum(1 for was, now in zip(before, after, strict=True) if was != now)
+
+
+def _kill_from_a_bare_shell(daemon: Daemon, admin: Api, smtp: SmtpSink, tmp_path: Path) -> int:
+    """`sendguard kill` as on-call runs it from an empty directory; messages at the relay after it
+    returned (measured from the relay's receive times, a moment after the answer)."""
+    here = shell(tmp_path)
+    lost = sendguard(here, bare_env(), "kill", "--reason", "outsider drill")
+    assert lost.returncode == 2 and "no token for the sendguard API" in lost.stderr, lost
+    assert list(here.iterdir()) == [], "a failed kill left something behind"
+    assert admin.client.get("/v1/safe-mode").json() == [], "a failed kill stopped something"
+
+    env = bare_env(api_url=api_url(daemon), token_file=str(token_file(tmp_path, admin.token)))
+    killed = sendguard(here, env, "kill", "--reason", "outsider drill")
+    returned = time.time()
+    assert killed.returncode == 0, killed.stderr
+    assert killed.stdout.strip() == "global: tripped (outsider drill)"
+    time.sleep(1.0)  # a second of relay time after the kill, in which nothing may arrive
+    return sum(1 for received in smtp.snapshot() if received.at > returned)

@@ -273,7 +273,7 @@ def test_the_listener_process_is_niced_restarted_when_it_dies_and_ends_with_its_
     assert daemon.process is not None
     first = wait_until(lambda: _listener_child(daemon.process.pid), what="the listener process")  # type: ignore[union-attr]
     wait_until(
-        lambda: os.getpriority(os.PRIO_PROCESS, first) == 19,
+        lambda: (os.getpriority(os.PRIO_PROCESS, first), os.sched_getscheduler(first)) == (19, os.SCHED_IDLE),
         what="the listener process to take the lowest priority",
     )
 
