@@ -25,21 +25,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import Api, Daemon, free_port
 from tests.peers import SmtpSink
+from tests.test_signal_privileges import TOUCHY  # a counted forgery shows as a trip at once
 from tests.test_signals_in import BOUNCE_DOMAIN, UNKNOWN_ID, Sent, _deliver, _waiting
 
-# Every counted bad signal trips a scope at once, so a forgery that counted shows as a trip too.
-TOUCHY = """
-[ingress]
-recipient_cooldown = "0s"
-
-[safe_mode]
-min_sent = 1
-bounce_rate = 0.01
-complaint_rate = 0.01
-min_replies = 1
-negative_reply_rate = 0.01
-abusive_replies = 1
-"""
 DANA, LEE, PAT = "dana@customer.example", "lee@customer.example", "pat@customer.example"
 STRANGERS = ["victim@third.example", "jo@other.example"]
 ABUSIVE = "You idiots, this is spam, stop harassing me. Remove me from your list."
