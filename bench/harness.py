@@ -135,7 +135,9 @@ class Bench:
         self.directory = directory
         self.redis_server = redis_server
         self.sink = sink
-        self.redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+        # redis-py 8 reads with a 5 s timeout by default; emptying the full footprint run's data set
+        # (FLUSHALL between runs) takes longer than that.
+        self.redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=300)
         self.keys = Keys(PREFIX)
         self._names = itertools.count()
 
