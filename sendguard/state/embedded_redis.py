@@ -21,6 +21,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -135,8 +136,8 @@ class EmbeddedRedis:
         self._data.create()
         self._stop_orphan()
         self._write_config()
-        socket = self._data.socket_path
-        socket.unlink(missing_ok=True)
+        socket_path = self._data.socket_path
+        socket_path.unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [str(redis_server_binary()), str(self._data.conf_path)],
             stdin=subprocess.DEVNULL,
@@ -145,7 +146,7 @@ class EmbeddedRedis:
             start_new_session=True,  # a Ctrl-C to the daemon must not kill Redis before we drain
         )
         deadline = time.monotonic() + _START_TIMEOUT
-        while not socket.exists():
+        while not _accepts(socket_path):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise EmbeddedRedisError(
                     f"embedded redis-server did not start; see {self._data.log_path}: {self._log_tail()}"
@@ -230,3 +231,14 @@ def _is_redis(pid: int) -> bool:
         return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a server listens on the unix socket at `path`. Its file appearing is not enough:
+    Redis binds (creating the file) before it listens, and a client between the two is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
