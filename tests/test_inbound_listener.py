@@ -22,6 +22,7 @@ import redis
 from pydantic import ValidationError
 
 from sendguard.config import Settings
+from sendguard.feedback.listener import _RateLimit
 from sendguard.feedback.parse import MAX_PARTS, UnparsableMail, parse_inbound
 from tests.conftest import Api, Daemon, RedisServer, free_port, wait_until
 
@@ -97,6 +98,15 @@ def test_a_client_over_its_rate_is_told_and_cut_off(make_daemon: MakeDaemon) -> 
     assert over == (421, b"4.7.0 127.0.0.1 sent more than 2 messages a minute; try again later")
     _refused(daemon, "rate", 1)
     assert daemon.metric("sendguard_inbound_messages_total", kind="unparsed") == 2
+
+
+def test_the_rate_buckets_stay_bounded_whatever_number_of_addresses_a_sender_has() -> None:
+    limit = _RateLimit(per_minute=1)
+    assert limit.take("192.0.2.1") and not limit.take("192.0.2.1")
+    for n in range(20_000):  # an IPv6 prefix gives a sender endless client addresses
+        assert limit.take(f"2001:db8::{n:x}")
+    assert len(limit) <= _RateLimit._MAX_CLIENTS
+    assert not limit.take("2001:db8::4e1f"), "a client seen lately keeps its empty bucket"
 
 
 def test_sessions_over_the_limit_are_turned_away_at_the_greeting(make_daemon: MakeDaemon) -> None:

@@ -363,32 +363,39 @@ async def _child(channel_fd: int, listen_fd: int | None) -> int:
 
 
 class _RateLimit:
-    """A token bucket per client IP: `per_minute` messages, refilled evenly."""
+    """A token bucket per client IP: `per_minute` messages, refilled evenly.
+
+    At most `_MAX_CLIENTS` buckets: a sender with endless addresses (an IPv6 prefix) must not grow
+    the child's memory without bound. Full buckets are forgotten first (as good as unseen), then the
+    longest quiet, down to three quarters, so the scan is paid once per thousand new clients.
+    """
 
     _MAX_CLIENTS = 4096
 
     def __init__(self, per_minute: int) -> None:
         self._capacity = float(per_minute)
         self._per_second = per_minute / 60
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # least recently seen first
 
     def take(self, client: str) -> bool:
         now = time.monotonic()
-        tokens, at = self._buckets.get(client, (self._capacity, now))
+        tokens, at = self._buckets.pop(client, (self._capacity, now))
         tokens = min(self._capacity, tokens + (now - at) * self._per_second)
         if len(self._buckets) >= self._MAX_CLIENTS:
-            self._forget_full(now)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return False
-        self._buckets[client] = (tokens - 1, now)
-        return True
+            self._forget(now)
+        allowed = tokens >= 1
+        self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+        return allowed
 
-    def _forget_full(self, now: float) -> None:
-        """Clients whose bucket has refilled are as good as unseen."""
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _forget(self, now: float) -> None:
         for client, (tokens, at) in list(self._buckets.items()):
             if tokens + (now - at) * self._per_second >= self._capacity:
                 del self._buckets[client]
+        while len(self._buckets) > self._MAX_CLIENTS * 3 // 4:
+            del self._buckets[next(iter(self._buckets))]
 
 
 class _Child:
