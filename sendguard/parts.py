@@ -24,7 +24,6 @@ from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
 from sendguard.feedback.listener import InboundProcess, ListenerConfig
-from sendguard.feedback.notify import Notifier
 from sendguard.feedback.receive import KEEP_BYTES, Inbox
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses, load_secret
@@ -32,12 +31,14 @@ from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.recall import Recall
+from sendguard.governance.sessions import Sessions
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.intake.admission import Admissions
 from sendguard.intake.mx import MxChecker
 from sendguard.intake.recipients import Ingress
 from sendguard.metrics import Metrics
+from sendguard.notify import Notifier
 from sendguard.rules import CurrentRules, Rules, load_rules
 from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
@@ -76,6 +77,7 @@ class Runtime:
     admissions: Admissions
     recall: Recall
     tokens: Tokens
+    sessions: Sessions
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
@@ -153,7 +155,8 @@ async def build(
     unsubscribe = Unsubscribe(settings.public_url, secret) if settings.public_url else None
     bounces = BounceAddresses(settings.bounce_domain, secret) if settings.bounce_domain else None
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces)
-    approvals = Approvals(client, keys, store, audit)
+    approvals = Approvals(client, keys, store, audit, notifier, settings.api_base)
+    tokens = Tokens(client, keys, audit)
     instance = secrets.token_hex(6)
     deliverer = Deliverer(
         store=store,
@@ -202,7 +205,8 @@ async def build(
             store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
         ),
         recall=Recall(store, audit),
-        tokens=Tokens(client, keys, audit),
+        tokens=tokens,
+        sessions=Sessions(client, keys, tokens),
     )
 
 

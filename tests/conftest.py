@@ -42,6 +42,7 @@ from sendguard.rules import load_rules
 from sendguard.service import Service
 from sendguard.state.embedded_redis import DataDir, redis_server_binary
 from sendguard.state.redis_connection import redis_connection
+from tests import browser
 from tests.peers import DnsServer, Received, SmtpSink
 
 T = TypeVar("T")
@@ -193,6 +194,12 @@ def prefix() -> str:
 def smtp() -> Iterator[SmtpSink]:
     with SmtpSink() as sink:
         yield sink
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[browser.Browser]:
+    """Debian's Chromium, headless, for the tests of pages (one per test module)."""
+    yield from browser.chromium()
 
 
 @pytest.fixture(scope="session")

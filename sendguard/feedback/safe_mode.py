@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from sendguard.feedback.counters import TRIP_CAUSES, Recorded, Signal, Signals, Totals, Trip
-from sendguard.feedback.notify import Notifier
 from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.metrics import Metrics
+from sendguard.notify import Notifier
 from sendguard.rules import CurrentRules, ScopeKind
 from sendguard.scopes import GLOBAL, split_scope
 from sendguard.state import scripts

@@ -30,6 +30,7 @@ from sendguard.governance.audit import AuditLog
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
 from sendguard.model import Status, iso_ms, now_ms
+from sendguard.notify import Notifier
 from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules
 from sendguard.state import scripts
@@ -119,11 +120,21 @@ class Request:
 class Approvals:
     """Routes submissions to approval requests and applies people's decisions."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, store: Store, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        store: Store,
+        audit: AuditLog,
+        notifier: Notifier,
+        console: str,
+    ) -> None:
         self._redis = client
         self._keys = keys
         self._store = store
         self._audit = audit
+        self._notifier = notifier
+        self._console = console  # where people open the console: the link in a notification
         self._route = scripts.register(client, keys, "approval_route")
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
@@ -155,6 +166,7 @@ class Approvals:
             )
             kind = "batch" if batch else "message"
             approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
+            self._announce(approval_id, 1, label, why, requester)
             return Routing(approval_id, 1, why)
         return None
 
@@ -195,7 +207,25 @@ class Approvals:
             )
         if state in ("free", "covered"):
             return None
+        if state == "new":
+            self._announce(approval_id, 2, opening.label, why, requester)
         return Routing(str(found), 2, why)
+
+    def _announce(self, approval_id: str, tier: int, label: str, why: str, requester: Principal) -> None:
+        """Tell the approvers a request is waiting, with a link to its page in the console."""
+        link = f"{self._console}/ui/approvals/{approval_id}"
+        self._notifier.post(
+            f"Approval needed (tier {tier}): {label}, asked by {requester.name}. {why}. Review it: {link}",
+            {
+                "event": "approval_requested",
+                "approval_id": approval_id,
+                "tier": tier,
+                "label": label,
+                "why": why,
+                "requested_by": requester.name,
+                "url": link,
+            },
+        )
 
     async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
         """Open a tier-1 request; messages join it through admission."""
@@ -299,6 +329,30 @@ class Approvals:
         found = await self._requests([str(approval_id) for approval_id in ids])
         return [r for r in found if status is None or r.status == status][:limit]
 
+    async def first_message(self, approval_id: str) -> MessageRecord | None:
+        """The request's first message (by id, as the samples are ordered), with its content."""
+        async with translated():
+            ids = sorted(map(str, await self._redis.smembers(self._keys.approval_messages(approval_id))))
+        wanted = ("agent", "campaign", "segment", "subject", "text", "html", "rules_version")
+        return (await self._store.records(ids[:1], wanted))[0] if ids else None
+
+    async def last_approved_like(
+        self, request: Request, first: MessageRecord, looked_at: int = 50
+    ) -> tuple[Request, MessageRecord] | None:
+        """The latest approved request before `request`, of the same agent, whose first message has
+        the same campaign as `first` (the same segment when `first` has no campaign): what the
+        console compares a request with. None: the first send of its kind still on record."""
+        for earlier in await self.list("approved", limit=looked_at):
+            if earlier.agent != request.agent or earlier.created >= request.created:
+                continue
+            found = await self.first_message(earlier.id)
+            if found is None:
+                continue
+            same = found.campaign == first.campaign if first.campaign else found.segment == first.segment
+            if same:
+                return earlier, found
+        return None
+
     async def contents(self, approval_id: str, samples: int = 3) -> dict[str, Any]:
         """What exactly will be sent: counts, breakdowns and a few messages as they will read."""
         async with translated():
@@ -306,7 +360,7 @@ class Approvals:
         counted = ("to_domain", "segment", "agent", "agent_version", "rules_version")
         records = await self._store.records(ids, counted)
         # Only the samples' content: a mass batch has thousands of bodies nobody reads here.
-        shown = await self._store.records(ids[:samples], ("from_addr", "to", "subject", "text"))
+        shown = await self._store.records(ids[:samples], ("from_addr", "to", "subject", "text", "html"))
 
         def breakdown(of: Callable[[MessageRecord], str | None]) -> dict[str, int]:
             # A message gone since (past its retention) counts as blank, as a missing field does.
@@ -327,13 +381,14 @@ class Approvals:
 def _sample(message_id: str, record: MessageRecord | None) -> dict[str, str | None]:
     """A message as the approver reads it; all blank if it is gone."""
     if record is None:
-        return {"id": message_id, "from": None, "to": None, "subject": None, "text": None}
+        return {"id": message_id, "from": None, "to": None, "subject": None, "text": None, "html": None}
     return {
         "id": message_id,
         "from": record.from_addr,
         "to": record.to,
         "subject": record.subject,
         "text": record.text,
+        "html": record.html or None,
     }
 
 

@@ -14,8 +14,10 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -69,6 +71,18 @@ def normal_name(text: str, what: str = "name") -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def _in_force(token_id: str, record: Mapping[Any, Any]) -> Principal | None:
+    """The principal of a token's record, or None once it has expired ("" never expires)."""
+    if record.get("expires") and int(record["expires"]) <= time.time() * 1000:
+        return None
+    return Principal(
+        token_id=token_id,
+        role=Role(str(record["role"])),
+        name=str(record["name"]),
+        group=str(record.get("group", "")),
+    )
 
 
 def _digest(token: str) -> str:
@@ -134,14 +148,14 @@ class Tokens:
             record = await self._redis.hgetall(self._keys.token(parts[1]))
         if not record or not hmac.compare_digest(str(record["hash"]), _digest(token)):
             return None
-        if record.get("expires") and int(record["expires"]) <= time.time() * 1000:  # "" never expires
-            return None
-        return Principal(
-            token_id=parts[1],
-            role=Role(str(record["role"])),
-            name=str(record["name"]),
-            group=str(record.get("group", "")),
-        )
+        return _in_force(parts[1], record)
+
+    async def holder(self, token_id: str) -> Principal | None:
+        """Who a token verified earlier belongs to, if it is still in force (not revoked, not
+        expired): a console session keeps only the id, and every request asks again."""
+        async with translated():
+            record = await self._redis.hgetall(self._keys.token(token_id))
+        return _in_force(token_id, record) if record else None
 
     async def revoke(self, token_or_id: str, *, actor: str) -> str | None:
         """Revoke by id or by the token itself; the id revoked, or None if there was none."""

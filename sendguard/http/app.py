@@ -17,6 +17,7 @@ from sendguard.governance.tokens import Principal, Role
 from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
 from sendguard.http.bodies import BodyLimit, StrictJson
+from sendguard.http.console.app import mount as mount_console
 from sendguard.http.errors import HANDLERS
 from sendguard.intake.admission import approval_reason
 from sendguard.intake.batches import BatchIn
@@ -120,6 +121,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(feedback.router)
     app.include_router(safe_mode.router)
     app.include_router(governance.router)
+    mount_console(app)
 
     @app.post("/v1/messages", status_code=201, response_model=Decision)
     async def submit(payload: MessageIn, who: Agent) -> Decision:

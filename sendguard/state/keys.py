@@ -60,6 +60,8 @@ SCHEMA: dict[str, str] = {
     # derived from it); named `unsub:` since it began with unsubscribe links alone
     "signing_secret": "unsub:secret",
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
+    # hash: a console session, by sha256 of its cookie: token id, csrf, expiry; never the token
+    "console_session": "ui:session:{digest}",
 }
 # The `{part}` names of each pattern, in order.
 PARTS = {
@@ -135,6 +137,9 @@ class Keys:
 
     def token(self, token_id: str) -> str:
         return self._key("token", token_id)
+
+    def console_session(self, digest: str) -> str:
+        return self._key("console_session", digest)
 
     @property
     def token_pattern(self) -> str:

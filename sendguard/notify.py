@@ -15,7 +15,7 @@ import httpx
 from sendguard.config import RedactedURL
 from sendguard.metrics import Metrics
 
-log = logging.getLogger("sendguard.feedback.notify")
+log = logging.getLogger("sendguard.notify")
 
 
 class Notifier:

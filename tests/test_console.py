@@ -1,0 +1,195 @@
+"""The console in a real Chromium, offline: people sign in, read what a send would be, and decide."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+from playwright.sync_api import Browser
+
+from tests.browser import Offline
+from tests.conftest import Api, Daemon, wait_until
+from tests.peers import SmtpSink
+
+ClientFor = Callable[..., Api]
+RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[approvals]
+mass_send_threshold = 3
+mass_send_window = "2s"
+"""
+HOSTILE_SUBJECT = 'Q4 offer <script>window.__pwned = "subject"</script>'
+HOSTILE_HTML = (
+    '<p>Hello</p><script>parent.__pwned = "script"</script>'
+    '<img src="x" onerror="parent.__pwned = \'onerror\'">'
+    '<img src="http://images.tracker.example/pixel.png">'
+)
+
+
+def _batch(agent: Api, campaign: str, subject: str, text: str, html: str, start: int) -> dict[str, Any]:
+    response = agent.client.post(
+        "/v1/batches",
+        json={
+            "from": "Alice <alice@acme.example>",
+            "subject": subject,
+            "text": text,
+            "html": html,
+            "campaign": campaign,
+            "agent_version": "test-1",
+            "recipients": [{"to": f"lead{start + i}@customer.example"} for i in range(3)],
+        },
+    )
+    assert response.status_code == 201, response.text
+    answer: dict[str, Any] = response.json()
+    assert answer["approval"] is not None and answer["approval"]["tier"] == 2
+    return answer
+
+
+def _listen(daemon: Daemon) -> str:
+    daemon.listen()
+    return f"http://127.0.0.1:{daemon.env['SENDGUARD_API_PORT']}"
+
+
+def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_third_is_told_why(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, chromium: Browser
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    earlier_ops = client_for(daemon, "approver", "olga", "--group", "ops")
+    earlier_legal = client_for(daemon, "approver", "lee", "--group", "legal")
+    # An earlier send of the same campaign, approved through the API: what the diff compares with.
+    earlier = _batch(agent, "q4", "Q4 offer for you", "Hi there,\nour Q4 offer is ready.", "<p>Hi</p>", 0)
+    for approver in (earlier_ops, earlier_legal):
+        decided = approver.client.post(
+            f"/v1/approvals/{earlier['approval']['id']}/approve", json={"comment": "ok"}
+        )
+        assert decided.status_code == 200, decided.text
+    headroom_until = decided.json()["headroom_until"]
+    wait_until(lambda: time.time() > _epoch(headroom_until), what="the earlier approval's headroom to end")
+    now = _batch(
+        agent, "q4", HOSTILE_SUBJECT, "Hi there,\nour final Q4 offer is ready now.", HOSTILE_HTML, 10
+    )
+    request_id = now["approval"]["id"]
+    page_of_request = f"/ui/approvals/{request_id}"
+    base = _listen(daemon)
+
+    dana = Offline(chromium, base)
+    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token)
+    page = dana.page
+    page.click("text=Approvals")
+    row = page.locator("table.list tr", has_text="batch")
+    assert "0 of 2" in row.first.inner_text()
+    page.click(f"a[href='/ui/approvals/{request_id}']")
+    assert "0 of 2 approvals" in page.inner_text("main")
+    # The diff against the earlier approved send of campaign q4, word by word.
+    assert page.locator(".diff ins", has_text="final").count() == 1
+    assert page.locator(".diff ins", has_text="now.").count() == 1
+    assert "Same rules version" in page.inner_text(".diff")
+    # What agents wrote is text: the subject's <script> is shown, not run; the HTML part is in a
+    # frame that runs nothing and loads nothing from elsewhere.
+    assert "<script>" in page.inner_text(".sample")
+    frame = page.frame_locator("iframe").first
+    assert frame.locator("p", has_text="Hello").count() == 1
+    assert page.locator("iframe").first.get_attribute("sandbox") == ""
+    page.fill("textarea[name=comment]", "copy checked against the Q4 brief")
+    page.click("button[value=approve]")
+    assert "1 of 2 approvals" in page.inner_text("main")
+    assert page.evaluate("window.__pwned") is None and dana.dialogs == []
+    assert dana.elsewhere == [], "the console asked for something beyond the daemon"
+
+    erin = Offline(chromium, base)
+    erin.sign_in(client_for(daemon, "approver", "erin", "--group", "ops").token, page_of_request)
+    erin.page.fill("textarea[name=comment]", "me too")
+    erin.page.click("button[value=approve]")
+    refusal = erin.page.inner_text("[role=alert]")
+    assert "group other than ops" in refusal and "two different groups" in refusal
+    assert "1 of 2 approvals" in erin.page.inner_text("main")
+
+    finn = Offline(chromium, base)
+    finn.sign_in(client_for(daemon, "approver", "finn", "--group", "sales").token, page_of_request)
+    finn.page.fill("textarea[name=comment]", "fine by sales")
+    finn.page.click("button[value=approve]")
+    assert "approved" in finn.page.inner_text(".status")
+    for row in now["accepted"]:
+        agent.wait_status(row["id"], "sent")
+    arrived = {r.rcpt_tos[0] for r in smtp.snapshot()}
+    assert {row["to"] for row in now["accepted"]} <= arrived
+    for browser in (dana, erin, finn):
+        assert browser.elsewhere == [] and browser.page.evaluate("window.__pwned") is None
+        browser.close()
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_form_without_its_csrf_code_or_from_another_site_is_refused(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, chromium: Browser
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    request_id = _batch(agent, "q4", "Hello", "Hello", "", 0)["approval"]["id"]
+    base = _listen(daemon)
+    dana = Offline(chromium, base)
+    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token)
+    [cookie] = [c for c in dana.context.cookies() if c["name"] == "sg_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    with httpx.Client(base_url=base, cookies={"sg_session": cookie["value"]}) as stolen_form:
+        target = f"/ui/approvals/{request_id}/decide"
+        without = stolen_form.post(target, data={"verdict": "approve", "comment": "x"})
+        wrong = stolen_form.post(target, data={"verdict": "approve", "comment": "x", "csrf": "guess"})
+        page = stolen_form.get(f"/ui/approvals/{request_id}").text
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        elsewhere = stolen_form.post(
+            target,
+            data={"verdict": "approve", "comment": "x", "csrf": csrf},
+            headers={"Origin": "https://evil.example"},
+        )
+    for refused in (without, wrong, elsewhere):
+        assert refused.status_code == 403 and "text/html" in refused.headers["content-type"]
+    assert "security code" in without.text and "another site" in elsewhere.text
+    decisions = agent.client.get(f"/v1/approvals/{request_id}")  # agents may not read requests
+    assert decisions.status_code == 403
+    shown = client_for(daemon, "operator", "omar").client.get(f"/v1/approvals/{request_id}").json()
+    assert shown["decisions"] == [] and shown["status"] == "pending"
+    dana.close()
+
+
+def test_sign_in_keeps_no_token_in_the_browser_refuses_agents_and_ends_with_the_token(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, mint: Callable[..., str], chromium: Browser
+) -> None:
+    daemon = make_daemon(RULES)
+    base = _listen(daemon)
+    robot = Offline(chromium, base)
+    robot.sign_in(client_for(daemon, "agent", "sdr-bot").token)
+    assert "Agent tokens cannot sign in" in robot.page.inner_text("[role=alert]")
+    robot.page.goto("/ui/approvals")
+    assert robot.page.url.startswith(f"{base}/ui/sign-in")
+    robot.close()
+
+    auditor_token = mint("auditor", "ana")
+    ana = Offline(chromium, base)
+    ana.sign_in(auditor_token, "/ui/approvals")
+    assert "This page is for approver, operator, admin" in ana.page.inner_text("[role=alert]")
+    stored = ana.page.evaluate(
+        "JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie"
+    )
+    assert auditor_token not in stored and auditor_token.split("_")[2] not in str(ana.context.cookies())
+    daemon.cli("token", "revoke", auditor_token.split("_")[1])  # revoking ends the session at once
+    ana.page.goto("/ui/")
+    assert ana.page.url.startswith(f"{base}/ui/sign-in")
+    ana.close()
+
+    omar = Offline(chromium, base)
+    omar.sign_in(mint("operator", "omar"))
+    assert "Approvals" in omar.page.inner_text("nav")
+    omar.page.click("text=Sign out")
+    omar.page.goto("/ui/approvals")
+    assert omar.page.url.startswith(f"{base}/ui/sign-in")
+    assert omar.elsewhere == []
+    omar.close()
