@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from sendguard import logs
-from sendguard.client import ApiError, Client, RulesReloaded
+from sendguard.client import ApiError, Approval, Client, RulesReloaded
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.audit import AuditLog
@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", default="pending", choices=["pending", "approved", "denied", "expired"])
     show = approval_commands.add_parser("show", parents=[api], help="what a request would release")
     show.add_argument("id")
+    show.add_argument("--json", action="store_true", help="the API's answer, whole, as JSON")
     for verdict in ("approve", "deny"):
         decide = approval_commands.add_parser(
             verdict, parents=[api], help=f"{verdict} a request, as the approver your token names"
@@ -326,10 +327,35 @@ def _approvals(api: Client, args: argparse.Namespace) -> None:
         for request in api.approvals(args.status):
             print(f"{request.id}\ttier {request.tier}\t{request.status}\t{request.label}\t{request.why}")
     elif args.approval_command == "show":
-        print(json.dumps(api.approval(args.id).model_dump(), indent=2))
+        shown = api.approval(args.id)
+        print(json.dumps(shown.model_dump(), indent=2) if args.json else _approval_text(shown, api.base_url))
     else:
         decided = api.decide(args.id, approve=args.approval_command == "approve", comment=args.comment)
         print(f"{decided.id}: {decided.status}")
+
+
+def _approval_text(request: Approval, base: str) -> str:
+    """A request as its approver reads it in a terminal; `--json` gives the API's answer whole."""
+    contents = request.contents or {}
+    lines = [
+        f"{request.label}",
+        f"  {request.status}: {request.approvals_given} of {request.approvals_needed} approvals"
+        + (" (two people, two groups)" if request.approvals_needed > 1 else ""),
+        f"  tier {request.tier}: {request.why}",
+        f"  asked by {request.requested_by} at {request.created}; expires {request.expires}",
+        f"  {request.releases}",
+        f"  rules version {request.rules_version}",
+        f"  messages: {contents.get('messages', 0)} ({contents.get('waiting', 0)} waiting)",
+    ]
+    for title, key in (("recipient domains", "by_recipient_domain"), ("segments", "by_segment")):
+        counted = ", ".join(f"{value or '(none)'} {count}" for value, count in contents.get(key, {}).items())
+        lines.append(f"  {title}: {counted or '-'}")
+    lines += [
+        f"  decided: {d.verdict} by {d.by} ({d.group}) at {d.at}: {d.comment}" for d in request.decisions
+    ]
+    lines += [f"  sample to {s['to']}: {s['subject']!r}" for s in contents.get("samples", [])]
+    lines.append(f"  console: {base}/ui/approvals/{request.id}")
+    return "\n".join(lines)
 
 
 def _print_reload(reloaded: RulesReloaded) -> None:

@@ -71,12 +71,30 @@ class Resumed(_Answer):
     still_held: int
 
 
+class Decided(_Answer):
+    by: str
+    group: str
+    verdict: str
+    comment: str
+    at: str
+
+
 class Approval(_Answer):
     id: str
     tier: int
     status: str
     label: str
     why: str
+    agent: str = ""
+    requested_by: str = ""
+    created: str = ""
+    expires: str = ""
+    rules_version: str = ""
+    decisions: list[Decided] = []
+    approvals_given: int = 0
+    approvals_needed: int = 1
+    releases: str = ""
+    contents: dict[str, Any] | None = None  # `approval()` only: counts, breakdowns, samples
 
 
 class RulesReloaded(_Answer):

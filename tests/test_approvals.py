@@ -108,7 +108,10 @@ def test_tier_one_sends_wait_for_one_approval_and_a_denial_cancels_them(
     # The same from the command line, as the approver the token names.
     second_request = _request_of(operator, second["id"])
     assert second_request in daemon.cli("approvals", "list", token=dana.token)
-    assert '"messages": 1' in daemon.cli("approvals", "show", second_request, token=dana.token)
+    shown = daemon.cli("approvals", "show", second_request, token=dana.token)
+    assert "pending: 0 of 1 approvals" in shown and "messages: 1 (1 waiting)" in shown
+    assert f"/ui/approvals/{second_request}" in shown
+    assert '"messages": 1' in daemon.cli("approvals", "show", second_request, "--json", token=dana.token)
     out = daemon.cli("approvals", "approve", second_request, "--comment", "fine", token=dana.token)
     assert out == f"{second_request}: approved"
     operator.wait_status(second["id"], "sent")

@@ -104,6 +104,15 @@ class Request:
             headroom_until=int(record.get("headroom_until") or 0),
         )
 
+    @property
+    def approvals_needed(self) -> int:
+        """One person for tier 1; two, in two groups, for tier 2."""
+        return 2 if self.tier >= 2 else 1
+
+    @property
+    def approvals_given(self) -> int:
+        return sum(1 for decision in self.decisions if decision.get("verdict") == "approve")
+
     def releases(self) -> str:
         """What deciding a tier-2 request lets through, in the words its approvers read."""
         if self.tier < 2:

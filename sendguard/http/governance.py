@@ -134,6 +134,8 @@ def _request_out(request: Request) -> dict[str, Any]:
     out = dict(request.__dict__)
     out["created"], out["expires"] = iso_ms(request.created), iso_ms(request.expires)
     out["headroom_until"] = iso_ms(request.headroom_until) or None
+    out["decisions"] = [decision | {"at": iso_ms(decision["at"])} for decision in request.decisions]
+    out["approvals_given"], out["approvals_needed"] = request.approvals_given, request.approvals_needed
     out["releases"] = request.releases()
     return out
 

@@ -42,11 +42,6 @@ async def queue(request: Request, runtime: RuntimeDep, session: Reviewer) -> Res
     return page(request, "approvals.html", session, pending=pending, decided=decided, counts=counts)
 
 
-def _needed(request: ApprovalRequest) -> int:
-    """How many approvals release it: one person for tier 1, two in two groups for tier 2."""
-    return 2 if request.tier >= 2 else 1
-
-
 async def _comparison(runtime: Runtime, request: ApprovalRequest) -> dict[str, Any] | None:
     """This request's first message against the last approved one like it, field by field."""
     first = await runtime.approvals.first_message(request.id)
@@ -81,8 +76,6 @@ async def _request_page(
         session,
         status,
         request_=found,
-        needed=_needed(found),
-        approvals=sum(1 for d in found.decisions if d.get("verdict") == "approve"),
         contents=await runtime.approvals.contents(approval_id),
         compared=await _comparison(runtime, found),
         may_decide=session.principal.role is Role.APPROVER and found.status == "pending",
