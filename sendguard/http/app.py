@@ -139,8 +139,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         responses=error_responses(*SIGNED_IN, 413, 422),
     )
     async def submit(payload: MessageIn, who: Agent) -> Decision:
-        """One message to one recipient. A decision is data: `queued`, `deferred`, `held`,
-        `pending_approval` or `rejected` with reason codes, always 201 with an id. The same
+        """One message to one recipient. The decision is data, always 201 with an id: `queued`,
+        `deferred`, `held`, `pending_approval` or `rejected` with reason codes. The same
         `idempotency_key` (or, without one, the same body) returns the first message."""
         submitted = await runtime.admissions.submit(who, payload, runtime.rules)
         [outcome] = submitted.outcomes
@@ -248,7 +248,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         ),
     )
     async def cancel(message_id: str, who: Reader) -> Decision:
-        """A message not yet sent (waiting, held, deferred or pending approval) becomes `cancelled`."""
+        """A message not yet sent (queued, deferred, held or pending approval) becomes `cancelled`."""
         record, _ = await _visible(message_id, who)
         done = await runtime.store.transition(
             message_id,

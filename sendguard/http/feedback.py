@@ -112,6 +112,11 @@ class _Link(NamedTuple):
     recipient: str
     sender: str  # the message's From, as its recipient saw it; "" once its record has expired
 
+    def html(self) -> tuple[str, str]:
+        """(" from <the sender>" or "", the recipient), escaped and emphasised for a page."""
+        sender = f" from <strong>{escape(self.sender)}</strong>" if self.sender else ""
+        return sender, f"<strong>{escape(self.recipient)}</strong>"
+
 
 async def _unsubscribe_link(runtime: Runtime, token: str) -> _Link | None:
     checker = runtime.unsubscribe
@@ -132,10 +137,10 @@ async def unsubscribe_page(token: str, runtime: RuntimeDep) -> HTMLResponse:
     link = await _unsubscribe_link(runtime, token)
     if link is None:
         return _page("Link not valid", _NOT_VALID, 404)
-    sender = f" from <strong>{escape(link.sender)}</strong>" if link.sender else ""
+    sender, recipient = link.html()
     return _page(
         "Unsubscribe",
-        f"<p>Stop emails{sender} to <strong>{escape(link.recipient)}</strong>?</p>\n"
+        f"<p>Stop emails{sender} to {recipient}?</p>\n"
         '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
         '<button type="submit">Unsubscribe</button></form>',
     )
@@ -149,11 +154,10 @@ async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
         return _page("Link not valid", _NOT_VALID, 404)
     event = EventIn(type=EventType.UNSUBSCRIBE, message_id=link.message_id, recipient=link.recipient)
     await runtime.feedback.apply([event], Reporter("one-click unsubscribe", signed=True))
-    sender = f" from <strong>{escape(link.sender)}</strong>" if link.sender else ""
+    sender, recipient = link.html()
     return _page(
         "Unsubscribed",
-        f"<p>You are unsubscribed: <strong>{escape(link.recipient)}</strong> will not be sent these "
-        f"emails{sender} again.</p>",
+        f"<p>You are unsubscribed: {recipient} will not be sent these emails{sender} again.</p>",
     )
 
 
