@@ -186,6 +186,23 @@ class Content(BaseModel):
 class MessageIn(Content):
     """The body of `POST /v1/messages`."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "Alice <alice@acme.example>",
+                    "to": "dana@customer.example",
+                    "subject": "A question about your Q4 close",
+                    "text": "Hi Dana,\n\nwould a 20-minute call next week help?\n\nAlice",
+                    "agent_version": "sdr-bot@1.4.2",
+                    "campaign": "q4",
+                    "idempotency_key": "q4-dana-intro",
+                    "enrichment": {"source": "crm", "fetched_at": "2026-11-27T09:00:00Z"},
+                }
+            ]
+        }
+    )
+
     to: SingleLine = Field(min_length=3, max_length=320)
 
 

@@ -193,3 +193,16 @@ def test_sign_in_keeps_no_token_in_the_browser_refuses_agents_and_ends_with_the_
     assert omar.page.url.startswith(f"{base}/ui/sign-in")
     assert omar.elsewhere == []
     omar.close()
+
+
+def test_the_api_page_renders_with_the_network_cut_off(
+    make_daemon: Callable[..., Daemon], chromium: Browser
+) -> None:
+    daemon = make_daemon(RULES)
+    reader = Offline(chromium, _listen(daemon))
+    reader.page.goto("/docs")
+    reader.page.wait_for_selector(".opblock-summary-path", state="attached")
+    shown = reader.page.inner_text("body")
+    assert "/v1/messages" in shown and "Submit a message" in shown
+    assert reader.elsewhere == [], "the API page asked for something beyond the daemon"
+    reader.close()

@@ -118,3 +118,37 @@ def test_a_public_url_must_be_https_except_on_loopback(url: str, problem: str) -
         Settings(public_url=url)
     assert Settings(public_url="https://mail.acme.example/sg/").public_url == "https://mail.acme.example/sg"
     assert Settings(public_url="http://localhost:8587").public_url == "http://localhost:8587"
+
+
+def test_the_unsubscribe_pages_name_sender_and_recipient_escaped_and_a_bad_link_says_so_in_html(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    public = f"http://127.0.0.1:{free_port()}"
+    daemon = make_daemon(RULES, public_url=public)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    hostile = "<script>alert(1)</script>"
+    sent = agent.send("lead@customer.example", **{"from": f'"{hostile}" <alice@acme.example>'})
+    agent.wait_status(sent["id"], "sent")
+    [mail] = [r.message for r in smtp.wait_for(1)]
+    link = re.search(r"<(http[^>]+/v1/unsubscribe/[^>]+)>", " ".join(mail["List-Unsubscribe"].split()))
+    assert link
+
+    with daemon.client() as browser:
+        asked = browser.get(link[1])
+        done = browser.post(link[1], content="List-Unsubscribe=One-Click")
+        token = link[1].rsplit("/", 1)[1]
+        cut_short = f"{public}/v1/unsubscribe/{token[:-3]}"
+        bad = [browser.get(cut_short), browser.post(cut_short, content="List-Unsubscribe=One-Click")]
+
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &lt;alice@acme.example&gt;"
+    for page in (asked, done):
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert escaped in page.text and "lead@customer.example" in page.text
+        assert "<script" not in page.text.lower(), "no scripts, and the sender's name is text"
+        assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page.text
+        assert not re.search(r"\b(src|href)=", page.text), "nothing is loaded from elsewhere"
+        assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert '<form method="post">' in asked.text and "unsubscribed" in done.text
+    for page in bad:
+        assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+        assert "link is not valid" in page.text

@@ -98,6 +98,26 @@ class EventIn(BaseModel):
 class ReportedEvent(EventIn):
     """An event a caller reports (`POST /v1/events`): it must name something to be tied by."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "reply",
+                    "message_id": "<0192a3b4c5d6e7f8a9b0c1d.sg@acme.example>",
+                    "text": "Thanks, but we are not interested.",
+                    "sentiment": "negative",
+                },
+                {
+                    "type": "bounce",
+                    "recipient": "dana@customer.example",
+                    "bounce_type": "hard",
+                    "status": "5.1.1",
+                    "detail": "550 5.1.1 <dana@customer.example>: mailbox unknown",
+                },
+            ]
+        }
+    )
+
     @model_validator(mode="after")
     def _tied(self) -> ReportedEvent:
         if not self.message_id and not self.recipient:

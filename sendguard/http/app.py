@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, HTTPException, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import sendguard
 from sendguard.governance.tokens import Principal, Role
@@ -18,7 +18,8 @@ from sendguard.http import feedback, governance, safe_mode
 from sendguard.http.access import Admin, Agent, Reader
 from sendguard.http.bodies import BodyLimit, StrictJson
 from sendguard.http.console.app import mount as mount_console
-from sendguard.http.errors import HANDLERS
+from sendguard.http.docs import TAGS, Tag, serve_docs
+from sendguard.http.errors import HANDLERS, SIGNED_IN, error_responses
 from sendguard.intake.admission import approval_reason
 from sendguard.intake.batches import BatchIn
 from sendguard.model import CANCELLABLE, Reason, Status, iso_ms
@@ -93,6 +94,10 @@ class MessageOut(BaseModel):
 
 
 class SuppressionsIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"entries": ["dana@customer.example", "competitor.example"]}]}
+    )
+
     entries: list[Annotated[str, Field(min_length=1, max_length=320)]] = Field(
         min_length=1,
         max_length=100_000,
@@ -116,15 +121,29 @@ def create_app(runtime: Runtime) -> FastAPI:
         version=sendguard.__version__,
         description="Safety gateway for outbound email sent by AI agents.",
         exception_handlers=HANDLERS,
+        openapi_tags=TAGS,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.runtime = runtime
+    serve_docs(app)
     app.include_router(feedback.router)
     app.include_router(safe_mode.router)
     app.include_router(governance.router)
     mount_console(app)
 
-    @app.post("/v1/messages", status_code=201, response_model=Decision)
+    @app.post(
+        "/v1/messages",
+        status_code=201,
+        response_model=Decision,
+        tags=[Tag.MESSAGES],
+        summary="Submit a message",
+        responses=error_responses(*SIGNED_IN, 413, 422),
+    )
     async def submit(payload: MessageIn, who: Agent) -> Decision:
+        """One message to one recipient. The decision is data, always 201 with an id: `queued`,
+        `deferred`, `held`, `pending_approval` or `rejected` with reason codes. The same
+        `idempotency_key` (or, without one, the same body) returns the first message."""
         submitted = await runtime.admissions.submit(who, payload, runtime.rules)
         [outcome] = submitted.outcomes
         admission = outcome.admission
@@ -134,8 +153,20 @@ def create_app(runtime: Runtime) -> FastAPI:
             reasons.append(approval_reason(submitted.approval))
         return Decision(id=admission.message_id, status=admission.status.value, reasons=reasons)
 
-    @app.post("/v1/batches", status_code=201, response_model=BatchOut)
+    @app.post(
+        "/v1/batches",
+        status_code=201,
+        response_model=BatchOut,
+        tags=[Tag.BATCHES],
+        summary="Submit a batch",
+        responses=error_responses(
+            *SIGNED_IN, (409, "the idempotency key names a batch with other content"), 413, 422
+        ),
+    )
     async def submit_batch(payload: BatchIn, who: Agent) -> BatchOut:
+        """The message once, its recipients many times, `{{ name }}` filled from each one's `vars`.
+        Every recipient gets its own id, status and reasons; the batch is one approval request when
+        its tier asks for one."""
         result = await runtime.admissions.submit(who, payload, runtime.rules)
         accepted: list[BatchRecipientOut] = []
         rejected: list[BatchRecipientOut] = []
@@ -167,8 +198,17 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPException(404, f"no message {message_id}")
         return found
 
-    @app.get("/v1/messages/{message_id}", response_model=MessageOut, response_model_by_alias=True)
+    @app.get(
+        "/v1/messages/{message_id}",
+        response_model=MessageOut,
+        response_model_by_alias=True,
+        tags=[Tag.MESSAGES],
+        summary="Read a message",
+        responses=error_responses(*SIGNED_IN, (404, "no such message, or another agent's"), 422),
+    )
     async def read(message_id: str, who: Reader) -> MessageOut:
+        """Its status, attempts, reasons, the relay's last reply, and every transition it went
+        through. An agent sees its own messages only."""
         record, history = await _visible(message_id, who)
         return MessageOut(
             id=record.id,
@@ -197,8 +237,20 @@ def create_app(runtime: Runtime) -> FastAPI:
             ],
         )
 
-    @app.post("/v1/messages/{message_id}/cancel", response_model=Decision)
+    @app.post(
+        "/v1/messages/{message_id}/cancel",
+        response_model=Decision,
+        tags=[Tag.MESSAGES],
+        summary="Cancel a message",
+        responses=error_responses(
+            *SIGNED_IN,
+            (404, "no such message, or another agent's"),
+            (409, "the message is sending or done, and can no longer be cancelled"),
+            422,
+        ),
+    )
     async def cancel(message_id: str, who: Reader) -> Decision:
+        """A message not yet sent (queued, deferred, held or pending approval) becomes `cancelled`."""
         record, _ = await _visible(message_id, who)
         done = await runtime.store.transition(
             message_id,
@@ -213,30 +265,65 @@ def create_app(runtime: Runtime) -> FastAPI:
             raise HTTPException(409, f"message {message_id} is {current} and can no longer be cancelled")
         return Decision(id=message_id, status=Status.CANCELLED.value, reasons=[])
 
-    @app.get("/v1/suppressions", response_model=SuppressionsOut)
+    @app.get(
+        "/v1/suppressions",
+        response_model=SuppressionsOut,
+        tags=[Tag.SUPPRESSIONS],
+        summary="List suppressions",
+        responses=error_responses(*SIGNED_IN),
+    )
     async def list_suppressions(who: Admin) -> SuppressionsOut:
+        """Every suppressed mailbox and domain: nothing is ever sent to them."""
         addresses, domains = await runtime.suppressions.list()
         return SuppressionsOut(addresses=addresses, domains=domains)
 
-    @app.post("/v1/suppressions", response_model=SuppressionsAdded)
+    @app.post(
+        "/v1/suppressions",
+        response_model=SuppressionsAdded,
+        tags=[Tag.SUPPRESSIONS],
+        summary="Suppress addresses and domains",
+        responses=error_responses(*SIGNED_IN, 413, 422),
+    )
     async def add_suppressions(body: SuppressionsIn, who: Admin) -> SuppressionsAdded:
+        """Up to 100,000 entries at once; waiting messages to them are cancelled at once."""
         added = await runtime.suppressions.suppress(body.entries, who.actor)
         return SuppressionsAdded(
             addresses=added.addresses, domains=added.domains, new=added.new, cancelled=added.cancelled
         )
 
-    @app.delete("/v1/suppressions/{entry}", status_code=204)
+    @app.delete(
+        "/v1/suppressions/{entry}",
+        status_code=204,
+        tags=[Tag.SUPPRESSIONS],
+        summary="Lift a suppression",
+        responses=error_responses(*SIGNED_IN, (404, "the entry is not suppressed"), 422),
+    )
     async def remove_suppression(entry: str, who: Admin) -> Response:
+        """Any spelling of a suppressed mailbox lifts it (case, a +tag)."""
         if not await runtime.suppressions.lift(entry, who.actor):
             raise HTTPException(404, f"{entry} is not suppressed")
         return Response(status_code=204)
 
-    @app.get("/healthz", include_in_schema=True)
+    @app.get("/healthz", tags=[Tag.HEALTH], summary="Liveness")
     async def healthz() -> dict[str, str]:
+        """The process is alive; it asks nothing of Redis."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        tags=[Tag.HEALTH],
+        summary="Readiness",
+        responses={
+            503: {
+                "description": "Redis does not answer",
+                "content": {
+                    "application/json": {"example": {"status": "not_ready", "redis": "ConnectionError"}}
+                },
+            }
+        },
+    )
     async def readyz() -> JSONResponse:
+        """Redis answers and the rules are loaded: the answer names the rules' version."""
         try:
             await runtime.redis.ping()
         except Exception as exc:  # any failure to reach Redis means not ready

@@ -14,6 +14,9 @@ ApprovalRefused          409  the approval rules do not allow this decision
 AuditError               409  the trail cannot be read as it stands
 StoreFull                503  Redis is near its maxmemory: no submission is admitted; retry later
 StoreError               503  Redis is unreachable; retry
+
+The bodies are documented here too (`error_responses`), beside the handlers that make them, so the
+OpenAPI document shows the errors the API really returns.
 """
 
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -22,6 +25,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from sendguard.errors import ConfigError, InvalidValue, StoreError, StoreFull
 from sendguard.feedback.apply import NotSent, UnknownMessage
@@ -29,6 +33,7 @@ from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
 from sendguard.intake.admission import Forbidden
 from sendguard.intake.batches import BatchConflict
+from sendguard.model import Reason
 
 
 def _detail(status: int, detail: str) -> JSONResponse:
@@ -108,3 +113,70 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     StoreError: _store_down,
     StoreFull: _store_full,
 }
+
+
+class ErrorOut(BaseModel):
+    """Every error's body has `detail`, what is wrong in words; some add a stable `error` code."""
+
+    detail: str
+
+
+class CodedErrorOut(ErrorOut):
+    error: str = Field(description="body_too_large, store_unavailable or store_full")
+
+
+class ForbiddenOut(ErrorOut):
+    error: str | None = Field(default=None, description="`forbidden` when a rule refused the request")
+    reasons: list[Reason] | None = Field(default=None, description="the rule's reason code, when one did")
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the dotted path of the wrong field, e.g. recipients.3.to; `body` for all")
+    message: str
+
+
+class InvalidOut(ErrorOut):
+    error: str | None = Field(
+        default=None,
+        description="`invalid_request` for the request's form; for inbound mail, why it was kept",
+    )
+    errors: list[FieldError] | None = Field(
+        default=None, description="every wrong field, when it is the form"
+    )
+    kept_as: str | None = Field(default=None, description="inbound mail only: where the mail was kept")
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+_ERRORS: dict[int, tuple[type[ErrorOut], str, dict[str, Any]]] = {
+    401: (
+        ErrorOut,
+        "no bearer token, or one that is unknown, expired or revoked",
+        {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    ),
+    403: (ForbiddenOut, "the token's role may not do this, or a rule forbids it (with its reason code)", {}),
+    404: (ErrorOut, "what the path names does not exist, or is not the caller's to see", {}),
+    409: (ErrorOut, "the request conflicts with the state it would change", {}),
+    413: (CodedErrorOut, "the body is over the size limit (`body_too_large`)", {}),
+    422: (InvalidOut, "the request is not valid: every wrong field is named", {}),
+    503: (
+        CodedErrorOut,
+        "the state store is unreachable (`store_unavailable`) or full (`store_full`); retry",
+        _RETRY_AFTER,
+    ),
+}
+SIGNED_IN = (401, 403, 503)  # every /v1 route: a token to check, and Redis to check it with
+
+
+def error_responses(*codes: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` for these status codes, with the body each really has.
+
+    A code alone gets the general description; `(code, "why")` says what it means on this route.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        status, why = code if isinstance(code, tuple) else (code, None)
+        model, general, headers = _ERRORS[status]
+        responses[status] = {"model": model, "description": why or general}
+        if headers:
+            responses[status]["headers"] = headers
+    return responses

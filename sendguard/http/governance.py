@@ -9,6 +9,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from sendguard.governance.approvals import Request
 from sendguard.governance.tokens import Principal
 from sendguard.http.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
+from sendguard.http.docs import Tag
+from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.model import iso_ms
 from sendguard.parts import Runtime
 from sendguard.rules import rules_changes
@@ -20,7 +22,10 @@ router = APIRouter()
 class RecallIn(BaseModel):
     """Which messages to call back: all given fields must match."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"campaign": "q4", "reason": "wrong price in the template"}]},
+    )
 
     agent: str | None = None
     campaign: str | None = None
@@ -71,16 +76,30 @@ class RulesOut(BaseModel):
     agents_changed: list[str]
 
 
-@router.post("/v1/recall", response_model=RecallOut)
+@router.post(
+    "/v1/recall",
+    response_model=RecallOut,
+    tags=[Tag.CONTROL],
+    summary="Recall messages",
+    responses=error_responses(*SIGNED_IN, 413, 422),
+)
 async def recall(body: RecallIn, runtime: RuntimeDep, who: Operator) -> RecallOut:
-    """Cancel every matching message not yet sent; those already sending cannot be called back."""
+    """Cancel every matching message not yet sent (all given filters must match); those already
+    sending cannot be called back. The answer counts them by the state they were in."""
     counts = await runtime.recall(body.filters, body.reason, who)
     return RecallOut(cancelled=sum(counts.values()), by_state=counts)
 
 
-@router.post("/v1/rules/reload", response_model=RulesOut)
+@router.post(
+    "/v1/rules/reload",
+    response_model=RulesOut,
+    tags=[Tag.CONTROL],
+    summary="Reload the rules",
+    responses=error_responses(*SIGNED_IN, (422, "the rules file does not validate: the key is named")),
+)
 async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
-    """Read the rules file again; a file that does not validate is refused and the old rules stay."""
+    """Read the rules file again; a file that does not validate is refused and the old rules stay.
+    The answer has both versions and what changed."""
     previous = await runtime.reload(who.actor)
     current = runtime.rules
     changes = rules_changes(previous, current)
@@ -95,7 +114,12 @@ async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
     )
 
 
-@router.get("/v1/audit")
+@router.get(
+    "/v1/audit",
+    tags=[Tag.AUDIT],
+    summary="Read the audit trail",
+    responses=error_responses(*SIGNED_IN, (409, "the trail cannot be read as it stands"), 422),
+)
 async def audit_trail(
     runtime: RuntimeDep,
     who: Auditor,
@@ -125,7 +149,9 @@ def _ms(moment: datetime | None) -> int | None:
 
 
 class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"comment": "list checked with sales; go"}]}
+    )
 
     comment: str = Field(min_length=1, max_length=1000, description="why; recorded with the decision")
 
@@ -140,17 +166,28 @@ def _request_out(request: Request) -> dict[str, Any]:
     return out
 
 
-@router.get("/v1/approvals")
+@router.get(
+    "/v1/approvals",
+    tags=[Tag.APPROVALS],
+    summary="List approval requests",
+    responses=error_responses(*SIGNED_IN, 422),
+)
 async def list_approvals(
     runtime: RuntimeDep,
     who: Reviewer,
     status: Annotated[str | None, Query(pattern="^(pending|approved|denied|expired)$")] = None,
 ) -> list[dict[str, Any]]:
-    """Approval requests, newest first (pending ones by expiry, soonest first)."""
+    """Approval requests, newest first (pending ones by expiry, soonest first): tier, why,
+    requester, decisions, expiry."""
     return [_request_out(request) for request in await runtime.approvals.list(status)]
 
 
-@router.get("/v1/approvals/{approval_id}")
+@router.get(
+    "/v1/approvals/{approval_id}",
+    tags=[Tag.APPROVALS],
+    summary="Read an approval request",
+    responses=error_responses(*SIGNED_IN, (404, "no such approval request"), 422),
+)
 async def show_approval(approval_id: str, runtime: RuntimeDep, who: Reviewer) -> dict[str, Any]:
     """One request and exactly what it would release: counts, breakdowns, sample messages."""
     request = await runtime.approvals.get(approval_id) if approval_id.isalnum() else None
@@ -159,13 +196,36 @@ async def show_approval(approval_id: str, runtime: RuntimeDep, who: Reviewer) ->
     return _request_out(request) | {"contents": await runtime.approvals.contents(approval_id)}
 
 
-@router.post("/v1/approvals/{approval_id}/approve")
+_DECISION_ERRORS = error_responses(
+    *SIGNED_IN,
+    (404, "no such approval request"),
+    (409, "the approval rules do not allow this decision: the rule is named"),
+    413,
+    422,
+)
+
+
+@router.post(
+    "/v1/approvals/{approval_id}/approve",
+    tags=[Tag.APPROVALS],
+    summary="Approve a request",
+    responses=_DECISION_ERRORS,
+)
 async def approve(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    """Tier 1 needs one approval, tier 2 two, from different people in different groups; the
+    request's messages go out once it has them. The comment is recorded with the decision."""
     return await _decide(approval_id, body, runtime, who, approve=True)
 
 
-@router.post("/v1/approvals/{approval_id}/deny")
+@router.post(
+    "/v1/approvals/{approval_id}/deny",
+    tags=[Tag.APPROVALS],
+    summary="Deny a request",
+    responses=_DECISION_ERRORS,
+)
 async def deny(approval_id: str, body: DecisionIn, runtime: RuntimeDep, who: Approver) -> dict[str, Any]:
+    """One denial cancels the request's messages (`approval_denied`). The comment is recorded with
+    the decision."""
     return await _decide(approval_id, body, runtime, who, approve=False)
 
 

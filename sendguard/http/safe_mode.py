@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sendguard.feedback.counters import Trip
 from sendguard.http.access import Admin, Operator, Reader, RuntimeDep
+from sendguard.http.docs import Tag
+from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.model import iso_ms
 from sendguard.scopes import parse_scope
 
 log = logging.getLogger("sendguard.http.safe_mode")
-router = APIRouter()
+router = APIRouter(tags=[Tag.SAFE_MODE])
 
 
 class TripOut(BaseModel):
@@ -27,7 +29,12 @@ class TripOut(BaseModel):
 
 
 class TripIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"scope": "segment:cfo-na-q4", "reason": "two complaints in an hour"}]
+        },
+    )
 
     scope: str = Field(description="'global' (the kill switch) or '<kind>:<value>', e.g. segment:cfo-na-q4")
     reason: str = Field(min_length=1, max_length=500)
@@ -48,6 +55,28 @@ class AlertIn(BaseModel):
 
 class AlertmanagerIn(BaseModel):
     """Alertmanager's webhook payload (version 4); only the fields sendguard acts on."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "4",
+                    "status": "firing",
+                    "receiver": "sendguard",
+                    "alerts": [
+                        {
+                            "status": "firing",
+                            "labels": {
+                                "alertname": "SendguardBounceRate",
+                                "sendguard_scope": "agent:sdr-bot",
+                            },
+                            "annotations": {"summary": "hard bounces over 5% in the last hour"},
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     alerts: list[AlertIn]
 
@@ -70,22 +99,42 @@ def _trip_out(trip: Trip) -> TripOut:
     )
 
 
-@router.get("/v1/safe-mode", response_model=list[TripOut])
+@router.get(
+    "/v1/safe-mode",
+    response_model=list[TripOut],
+    summary="List scopes in safe mode",
+    responses=error_responses(*SIGNED_IN),
+)
 async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
-    """The scopes in safe mode now."""
+    """The scopes in safe mode now: scope, cause, the measured value and its threshold, when, by whom."""
     return [_trip_out(trip) for trip in await runtime.safe_mode.active()]
 
 
-@router.post("/v1/safe-mode", response_model=TripOut, status_code=201)
+@router.post(
+    "/v1/safe-mode",
+    response_model=TripOut,
+    status_code=201,
+    summary="Trip a scope",
+    responses={
+        200: {"model": TripOut, "description": "the scope was already in safe mode: its trip"},
+        **error_responses(*SIGNED_IN, 413, 422),
+    },
+)
 async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JSONResponse:
-    """Trip a scope by hand; `global` stops everything (the kill switch)."""
+    """Trip a scope by hand: its messages are held until a person resumes it. `global` stops
+    everything (the kill switch)."""
     active, created = await runtime.safe_mode.trip(parse_scope(body.scope), "manual", who.actor, body.reason)
     if not created:
         return JSONResponse(_trip_out(active).model_dump(), status_code=200)
     return _trip_out(active)
 
 
-@router.delete("/v1/safe-mode/{scope:path}", response_model=ResumeOut)
+@router.delete(
+    "/v1/safe-mode/{scope:path}",
+    response_model=ResumeOut,
+    summary="Resume a scope",
+    responses=error_responses(*SIGNED_IN, (404, "the scope is not in safe mode"), 422),
+)
 async def resume(
     scope: str,
     runtime: RuntimeDep,
@@ -107,11 +156,15 @@ async def resume(
     )
 
 
-@router.post("/v1/alerts", response_model=AlertsOut)
+@router.post(
+    "/v1/alerts",
+    response_model=AlertsOut,
+    summary="Take Alertmanager's webhook",
+    responses=error_responses(*SIGNED_IN, 413, 422),
+)
 async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> AlertsOut:
-    """Alertmanager's webhook: a firing alert labelled `sendguard_scope` trips that scope.
-
-    A resolved alert does not resume: a person does.
+    """A firing alert labelled `sendguard_scope` trips that scope; one without a usable label is
+    answered in `ignored`. A resolved alert does not resume: a person does.
     """
     out = AlertsOut(tripped=[], already=[], ignored=[])
     ignored = runtime.metrics.alerts_ignored

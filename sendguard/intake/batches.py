@@ -58,6 +58,26 @@ class BatchRecipient(BaseModel):
 class BatchIn(Content):
     """The body of `POST /v1/batches`: the message once, its recipients many times."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "from": "Alice <alice@acme.example>",
+                    "subject": "A question for {{company}}",
+                    "text": "Hi {{first_name}}, ...",
+                    "html": "<p>Hi {{first_name}}, ...</p>",
+                    "campaign": "q4",
+                    "agent_version": "sdr-bot@1.4.2",
+                    "idempotency_key": "q4-launch-1",
+                    "recipients": [
+                        {"to": "ann@initech.example", "vars": {"first_name": "Ann", "company": "Initech"}},
+                        {"to": "bo@globex.example", "vars": {"first_name": "Bo", "company": "Globex"}},
+                    ],
+                }
+            ]
+        }
+    )
+
     recipients: list[BatchRecipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
 
 
