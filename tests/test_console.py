@@ -12,7 +12,7 @@ from playwright.sync_api import Browser
 
 from tests.browser import Offline
 from tests.conftest import Api, Daemon, wait_until
-from tests.peers import SmtpSink
+from tests.peers import SmtpSink, Webhook
 
 ClientFor = Callable[..., Api]
 RULES = """
@@ -79,7 +79,7 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     base = _listen(daemon)
 
     dana = Offline(chromium, base)
-    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token)
+    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "sales").token)  # sdr-bot's owners
     page = dana.page
     page.click("text=Approvals")
     row = page.locator("table.list tr", has_text="batch")
@@ -103,15 +103,16 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     assert dana.elsewhere == [], "the console asked for something beyond the daemon"
 
     erin = Offline(chromium, base)
-    erin.sign_in(client_for(daemon, "approver", "erin", "--group", "ops").token, page_of_request)
+    erin.sign_in(client_for(daemon, "approver", "erin", "--group", "sales").token, page_of_request)
     erin.page.fill("textarea[name=comment]", "me too")
     erin.page.click("button[value=approve]")
     refusal = erin.page.inner_text("[role=alert]")
-    assert "group other than ops" in refusal and "two different groups" in refusal
+    assert "group other than sales" in refusal and "sales owns this agent" in refusal
+    assert "two different groups" in refusal
     assert "1 of 2 approvals" in erin.page.inner_text("main")
 
     finn = Offline(chromium, base)
-    finn.sign_in(client_for(daemon, "approver", "finn", "--group", "sales").token, page_of_request)
+    finn.sign_in(client_for(daemon, "approver", "finn", "--group", "ops").token, page_of_request)
     finn.page.fill("textarea[name=comment]", "fine by sales")
     finn.page.click("button[value=approve]")
     assert "approved" in finn.page.inner_text(".status")
@@ -206,3 +207,25 @@ def test_the_api_page_renders_with_the_network_cut_off(
     assert "/v1/messages" in shown and "Submit a message" in shown
     assert reader.elsewhere == [], "the API page asked for something beyond the daemon"
     reader.close()
+
+
+def test_a_new_request_notifies_the_webhook_with_a_link_that_opens_its_page(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, chromium: Browser
+) -> None:
+    with Webhook() as webhook:
+        daemon = make_daemon(RULES, notify_url=webhook.url)
+        agent = client_for(daemon, "agent", "sdr-bot")
+        request_id = _batch(agent, "q4", "Hello", "Hello", "", 0)["approval"]["id"]
+        [told] = wait_until(
+            lambda: [b for b in webhook.bodies() if b["sendguard"]["event"] == "approval_requested"],
+            what="the approval_requested notification",
+        )
+    event = told["sendguard"]
+    assert (event["approval_id"], event["tier"], event["requested_by"]) == (request_id, 2, "sdr-bot")
+    assert event["url"] in told["text"] and "mass send" in told["text"]
+    base = _listen(daemon)
+    assert event["url"] == f"{base}/ui/approvals/{request_id}"
+    dana = Offline(chromium, base)
+    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token, event["url"][len(base) :])
+    assert dana.page.url == event["url"] and "0 of 2 approvals" in dana.page.inner_text("main")
+    dana.close()

@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.approvals import Request as ApprovalRequest
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
+from sendguard.governance.tokens import Role, normal_name
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.diff import word_diff
 from sendguard.http.console.pages import SAMPLE_POLICY, Form, PageError, acting, allowed, page
@@ -116,23 +116,35 @@ async def decide(approval_id: str, request: Request, runtime: RuntimeDep, signed
     if not 1 <= len(comment) <= 1000:
         problem = "Write a comment (up to 1,000 characters): it is recorded with your decision."
         return await _request_page(request, runtime, session, approval_id, 422, problem)
-    await _request(runtime, approval_id)
+    found = await _request(runtime, approval_id)
     try:
         await runtime.approvals.decide(approval_id, session.principal, verdict == "approve", comment)
     except ApprovalRefused as refused:
-        return await _request_page(request, runtime, session, approval_id, 409, _in_words(str(refused)))
+        agent = runtime.rules.agent(found.agent)
+        owner = _owner_group(agent.owner) if agent else ""
+        explained = _in_words(str(refused), session.principal.group, owner)
+        return await _request_page(request, runtime, session, approval_id, 409, explained)
     return RedirectResponse(f"/ui/approvals/{approval_id}", status_code=303)
 
 
-def _in_words(refusal: str) -> str:
+def _owner_group(owner: str) -> str:
+    """An agent's owner as a group name compares, or "" when it could not be one."""
+    try:
+        return normal_name(owner, "owner")
+    except ValueError:
+        return ""
+
+
+def _in_words(refusal: str, group: str, owner: str) -> str:
     """The approval rules' refusal, with the rule behind it, for the person who was refused."""
     if "cannot decide it" in refusal:
         return f"Refused: {refusal}. Nobody approves a send their own token asked for."
     if "already decided" in refusal:
         return f"Refused: {refusal}. A tier-2 send needs two different people; you have given yours."
     if "group other than" in refusal:
+        owning = f" ({group} owns this agent: its own team has had its say)" if group == owner else ""
         return (
-            f"Refused: {refusal}. A tier-2 send needs approvals from two different groups, so that "
-            "one team alone cannot release a mass send."
+            f"Refused: {refusal}{owning}. A tier-2 send needs approvals from two different groups, so "
+            "that one team alone cannot release a mass send."
         )
     return f"Refused: {refusal}."
