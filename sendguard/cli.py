@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sendguard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the daemon (embedded Redis and sandbox outbox by default)")
+    commands.add_parser(
+        "demo", help="run the daemon with the demo rules, into the outbox, and send a first message"
+    )
 
     token = commands.add_parser("token", help="mint, list and revoke bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -169,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sendguard import daemon  # the HTTP stack loads only for the daemon
 
             return daemon.run(settings)
+        if args.command == "demo":
+            from sendguard import daemon, demo
+
+            return daemon.run(demo.demo_settings(settings), demo=True)
         if args.command == "token":
             return asyncio.run(_token(settings, args))
         if args.command == "audit":

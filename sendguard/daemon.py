@@ -10,13 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shlex
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 
 import sendguard
+from sendguard import demo
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
 from sendguard.http.app import create_app
@@ -29,8 +35,8 @@ from sendguard.state.redis_connection import redis_connection
 log = logging.getLogger("sendguard.daemon")
 
 
-async def serve(settings: Settings) -> None:
-    """Run the daemon until SIGTERM or SIGINT."""
+async def serve(settings: Settings, *, demo: bool = False) -> None:
+    """Run the daemon until SIGTERM or SIGINT; with `demo`, send a first message once it listens."""
     rules = load_rules(default_rules_path(settings.rules))
     async with redis_connection(settings, for_daemon=True) as (client, redis_description):
         data_dir = DataDir(settings.data_dir)
@@ -52,18 +58,39 @@ async def serve(settings: Settings) -> None:
             )
             _announce(settings, redis_description, runtime.transport.description, rules.path)
             loop = asyncio.get_running_loop()
+            if demo:
+                showing = asyncio.create_task(_demo_once_listening(server, runtime, settings))
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, server.request_exit)
             reloads: set[asyncio.Task[None]] = set()
             loop.add_signal_handler(signal.SIGHUP, _on_sighup, runtime, reloads)
             await server.serve()  # returns once a signal asked it to stop
+            if demo:
+                showing.cancel()
         finally:
             await service.stop()
     log.info("stopped")
 
 
+async def _demo_once_listening(server: _Server, runtime: Runtime, settings: Settings) -> None:
+    await server.listening.wait()
+    try:
+        await demo.first_message(runtime, _base(settings), _command())
+    except Exception as exc:  # the demo's message is an illustration: the daemon keeps running
+        log.error("the demo's first message failed: %s", exc)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: it would re-raise SIGTERM before we drained."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -90,7 +117,8 @@ async def _reload(runtime: Runtime) -> None:
 
 def _announce(settings: Settings, redis_description: str, relay: str, rules_path: object) -> None:
     """Plain lines for the person who just started it: where it listens and what to do next."""
-    base = f"http://{settings.api_host}:{settings.api_port}"
+    base = _base(settings)
+    command = _command()
     lines = [
         f"sendguard {sendguard.__version__} listening on {base}  (API {base}/v1, docs {base}/docs, "
         f"metrics {base}/metrics)",
@@ -98,15 +126,33 @@ def _announce(settings: Settings, redis_description: str, relay: str, rules_path
         f"  delivery: {relay}",
         f"  rules: {rules_path}",
         *([f"  inbound SMTP: {settings.inbound_smtp}"] if settings.inbound_smtp else []),
-        "  mint a token: sendguard token create --agent <name from the rules file>   "
-        "(admin: sendguard token create --admin <your name>)",
+        f"  mint a token: {command} token create --agent <name from the rules file>   "
+        f"(admin: {command} token create --admin <your name>)",
+        f"  the console for people: {base}/ui/",
     ]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def run(settings: Settings) -> int:
+def _base(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def _command() -> str:
+    """The command as this shell can run it: `.venv/bin/sendguard` when that is how it was started,
+    since a fresh virtual environment is not on the PATH."""
+    started = Path(sys.argv[0])
+    if started.name != "sendguard":
+        return f"{shlex.quote(sys.executable)} -m sendguard.cli"
+    on_path = shutil.which("sendguard")
+    if on_path and Path(on_path).resolve() == started.resolve():
+        return "sendguard"
+    relative = os.path.relpath(started)
+    return shlex.quote(str(started) if relative.startswith("..") else relative)
+
+
+def run(settings: Settings, *, demo: bool = False) -> int:
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, demo=demo))
     except (ConfigError, EmbeddedRedisError, StoreError) as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2
