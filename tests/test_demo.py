@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.conftest import free_port, wait_until
@@ -18,7 +19,7 @@ def test_the_demo_sends_a_first_message_into_the_outbox_without_dns_or_a_relay(
     env = {
         "PATH": os.environ["PATH"],
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "TMPDIR": str(tmp_path),
+        "TMPDIR": tempfile.gettempdir(),  # short: the embedded Redis socket is named under it
         "SENDGUARD_API_PORT": str(free_port()),
         "SENDGUARD_DATA_DIR": str(tmp_path / "data"),
         "SENDGUARD_DNS_NAMESERVERS": f"127.0.0.1:{free_port()}",  # nothing answers: no DNS at all
