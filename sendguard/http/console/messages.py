@@ -159,17 +159,30 @@ async def messages(request: Request, runtime: RuntimeDep, session: Looking) -> R
     try:
         query = Query.from_form(request.query_params)
     except PageError as problem:
-        return page(
-            request,
-            "messages.html",
-            session,
-            problem.status,
-            query=Query(),
-            found=None,
-            problem=problem.message,
-        )
+        return _search_page(request, session, Query(), None, problem.status, problem.message)
     found = await search(runtime.store, query) if query.given else None
-    return page(request, "messages.html", session, query=query, found=found, problem="")
+    return _search_page(request, session, query, found)
+
+
+def _search_page(
+    request: Request,
+    session: Session,
+    query: Query,
+    found: Found | None,
+    status: int = 200,
+    problem: str = "",
+) -> Response:
+    return page(
+        request,
+        "messages.html",
+        session,
+        status,
+        query=query,
+        found=found,
+        problem=problem,
+        statuses=[one.value for one in Status],
+        kinds=[kind.value for kind in ScopeKind],
+    )
 
 
 @dataclass(frozen=True)
