@@ -27,11 +27,11 @@ from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
 RETENTION_MS = 30 * 86400 * 1000
+IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 # Where `Store.message_ids` reads ids: a tripped scope's held set, a mailbox's waiting set, the due
 # queue, the claimed messages, or every record (a SCAN).
 IdSource = Literal["held", "waiting", "due", "inflight", "all"]
 _SCAN_STEP = 500
-IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 
 
 class Moved(IntEnum):
@@ -452,16 +452,16 @@ class Store:
         k = self.keys
         if source == "all":
             return await self._scan_records(cap)
-        sources = {
-            "held": lambda: self.redis.sscan_iter(k.held(value), count=_SCAN_STEP),
-            "waiting": lambda: self.redis.sscan_iter(k.waiting(canonical_address(value)), count=_SCAN_STEP),
-            "due": lambda: self.redis.zscan_iter(k.due, count=_SCAN_STEP),
-            "inflight": lambda: self.redis.zscan_iter(k.inflight, count=_SCAN_STEP),
-        }
+        items: AsyncIterator[Any]
+        if source in ("held", "waiting"):
+            key = k.held(value) if source == "held" else k.waiting(canonical_address(value))
+            items = self.redis.sscan_iter(key, count=_SCAN_STEP)
+        else:
+            items = self.redis.zscan_iter(k.due if source == "due" else k.inflight, count=_SCAN_STEP)
         ids: dict[str, None] = {}  # a SCAN may return an id twice
         examined = 0
         async with translated():
-            async for item in sources[source]():
+            async for item in items:
                 if examined >= cap:
                     return list(ids), False
                 examined += 1
