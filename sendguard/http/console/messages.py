@@ -83,10 +83,10 @@ class Query:
         query = cls(**{f.name: given.get(f.name, "").strip() for f in fields(cls) if f.name != "scope"})
         if query.id and not query.id.isalnum():
             raise PageError(422, f"A message id is letters and digits only; {query.id!r} is not one.")
-        if query.status and query.status not in Status.__members__.values():
+        if query.status and query.status not in {one.value for one in Status}:
             known = ", ".join(status.value for status in Status)
             raise PageError(422, f"Status must be one of {known}; {query.status!r} is not.")
-        if query.waiting_for and query.waiting_for not in ScopeKind.__members__.values():
+        if query.waiting_for and query.waiting_for not in {kind.value for kind in ScopeKind}:
             known = ", ".join(kind.value for kind in ScopeKind)
             raise PageError(
                 422, f"A throttle is one of the scope kinds {known}; {query.waiting_for!r} is not."
