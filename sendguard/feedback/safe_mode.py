@@ -86,6 +86,11 @@ class Resumed:
     still_held: int
     resumed_before: bool  # the scope was resumed lately (by this call or an earlier one)
 
+    @property
+    def not_tripped(self) -> bool:
+        """The scope was not in safe mode, nor resumed lately, and held nothing: nothing to resume."""
+        return not self.resumed_before and not self.released and not self.still_held
+
 
 class SafeMode:
     """Records signals, trips and resumes scopes, and keeps the safe-mode metrics current."""

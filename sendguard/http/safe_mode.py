@@ -146,7 +146,7 @@ async def resume(
     A retry of a resume that took effect answers 200 with `resumed: null`.
     """
     resumed = await runtime.safe_mode.resume(parse_scope(scope), who.actor, reason)
-    if not resumed.resumed_before and not resumed.released and not resumed.still_held:
+    if resumed.not_tripped:
         raise HTTPException(404, f"{resumed.scope} is not in safe mode")
     return ResumeOut(
         scope=resumed.scope,

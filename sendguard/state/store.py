@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
@@ -28,6 +28,10 @@ from sendguard.state.redis_connection import translated
 
 RETENTION_MS = 30 * 86400 * 1000
 IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
+# Where `Store.message_ids` reads ids: a tripped scope's held set, a mailbox's waiting set, the due
+# queue, the claimed messages, or every record (a SCAN).
+IdSource = Literal["held", "waiting", "due", "inflight", "all"]
+_SCAN_STEP = 500
 
 
 class Moved(IntEnum):
@@ -430,6 +434,52 @@ class Store:
         mailbox = canonical_address(address)
         async with translated():
             return sorted(str(member) for member in await self.redis.smembers(self.keys.waiting(mailbox)))
+
+    async def held_counts(self, scopes: Sequence[str]) -> dict[str, int]:
+        """How many messages each scope's trip holds now."""
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            for scope in scopes:
+                pipe.scard(self.keys.held(scope))
+            counts = await pipe.execute() if scopes else []
+        return {scope: int(count) for scope, count in zip(scopes, counts, strict=True)}
+
+    async def message_ids(self, source: IdSource, value: str = "", *, cap: int) -> tuple[list[str], bool]:
+        """Message ids from one place, examining at most `cap` entries; (ids, whether it was all).
+
+        `value` names the held scope or the mailbox. For "all", `cap` bounds the keys the SCAN
+        walks, not only the records it finds, so the work stays bounded whatever else Redis holds.
+        """
+        k = self.keys
+        if source == "all":
+            return await self._scan_records(cap)
+        items: AsyncIterator[Any]
+        if source in ("held", "waiting"):
+            key = k.held(value) if source == "held" else k.waiting(canonical_address(value))
+            items = self.redis.sscan_iter(key, count=_SCAN_STEP)
+        else:
+            items = self.redis.zscan_iter(k.due if source == "due" else k.inflight, count=_SCAN_STEP)
+        ids: dict[str, None] = {}  # a SCAN may return an id twice
+        examined = 0
+        async with translated():
+            async for item in items:
+                if examined >= cap:
+                    return list(ids), False
+                examined += 1
+                ids[str(item[0] if isinstance(item, tuple) else item)] = None
+        return list(ids), True
+
+    async def _scan_records(self, cap: int) -> tuple[list[str], bool]:
+        start = len(self.keys.msg(""))
+        ids: dict[str, None] = {}
+        cursor, walked = 0, 0
+        async with translated():
+            while walked < cap:
+                cursor, found = await self.redis.scan(cursor, match=self.keys.msg("*"), count=_SCAN_STEP)
+                walked += _SCAN_STEP
+                ids.update((str(key)[start:], None) for key in found)
+                if int(cursor) == 0:
+                    return list(ids), True
+        return list(ids), False
 
     async def recover(self, own: str = "", live: Iterable[str] = (), limit: int = 1000) -> tuple[int, int]:
         """Requeue messages whose daemon died; returns (recovered, of which uncertain).

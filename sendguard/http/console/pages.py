@@ -20,9 +20,11 @@ import jinja2
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from sendguard.governance.audit import AuditEntry, AuditError
 from sendguard.governance.sessions import Session
 from sendguard.governance.tokens import Role
 from sendguard.http.access import runtime_of
+from sendguard.parts import Runtime
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -57,7 +59,13 @@ class NavItem:
 
 
 # The console's sections, in the order of its menu; each page checks its own roles too.
-NAV = (NavItem("Approvals", "/ui/approvals", frozenset({Role.APPROVER, Role.OPERATOR, Role.ADMIN})),)
+NAV = (
+    NavItem("Approvals", "/ui/approvals", frozenset({Role.APPROVER, Role.OPERATOR, Role.ADMIN})),
+    NavItem("Safe mode", "/ui/safe-mode", frozenset({Role.OPERATOR, Role.ADMIN})),
+    NavItem("Messages", "/ui/messages", frozenset({Role.OPERATOR, Role.ADMIN})),
+)
+# How many of the audit trail's latest entries a page reads, at most: the trail has no index yet.
+AUDIT_EXAMINED = 20_000
 
 
 def _moment(ms: int | None) -> str:
@@ -186,6 +194,19 @@ def acting(*roles: Role) -> Callable[[Request], Awaitable[tuple[Session, dict[st
         return session, form
 
     return check
+
+
+async def recent_audit(
+    runtime: Runtime, wanted: Callable[[AuditEntry], bool]
+) -> tuple[list[AuditEntry], bool]:
+    """The `wanted` entries among the trail's latest `AUDIT_EXAMINED`, oldest first, and whether
+    older entries went unread (a page reads a bounded part of the trail, never all of it)."""
+    try:
+        chained, _ = await runtime.audit.head()
+        start = max(0, chained - AUDIT_EXAMINED)
+        return [item async for item in runtime.audit.iter_entries(start) if wanted(item)], start > 0
+    except AuditError as exc:
+        raise PageError(500, f"The audit trail could not be read: {exc}") from exc
 
 
 Form = tuple[Session, dict[str, str]]
