@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sendguard.http.console import approvals, signin
+from sendguard.http.console import approvals, audit, break_glass, signin, suppressions
 from sendguard.http.console.pages import STATIC, PageError, SignInNeeded, page_error, sign_in_needed
 
 
@@ -14,6 +14,9 @@ def mount(app: FastAPI) -> None:
     console = APIRouter(prefix="/ui", include_in_schema=False)
     console.include_router(signin.router)
     console.include_router(approvals.router)
+    console.include_router(audit.router)
+    console.include_router(suppressions.router)
+    console.include_router(break_glass.router)
     app.include_router(console)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_exception_handler(PageError, page_error)
