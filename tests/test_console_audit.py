@@ -10,8 +10,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from playwright.sync_api import Browser
 
+from sendguard.governance.break_glass import WAIT_MS, BreakGlassRefused, Elevation, duration_minutes
 from tests.browser import Offline
 from tests.conftest import Api, Daemon, wait_until
 from tests.test_console import _listen
@@ -146,3 +148,15 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
     assert alice.elsewhere == [] and bob.elsewhere == []
     alice.close()
     bob.close()
+
+
+def test_an_elevation_ends_by_the_clock_and_lasts_whole_minutes_up_to_an_hour() -> None:
+    """What `active()` checks at every use: time alone, whatever the Redis keys' TTLs still hold."""
+    granted = Elevation("1a2b3c4d", "alice", "INC-1", "why", 1, requested=0, granted_by="bob", expires=60_000)
+    assert granted.state(59_999) == "active" and granted.state(60_000) == "expired"
+    waiting = Elevation("1a2b3c4d", "alice", "INC-1", "why", 1, requested=0)
+    assert waiting.state(WAIT_MS - 1) == "waiting" and waiting.state(WAIT_MS) == "lapsed"
+    assert [duration_minutes(text) for text in ("1m", "15m", "1h")] == [1, 15, 60]
+    for wrong in ("61m", "90s", "30s", "15", ""):
+        with pytest.raises(BreakGlassRefused, match=r"[Dd]uration"):
+            duration_minutes(wrong)

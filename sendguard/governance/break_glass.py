@@ -28,6 +28,7 @@ from sendguard.errors import SendguardError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.audit_entries import decoded_record
 from sendguard.governance.tokens import Principal, Role, normal_name
+from sendguard.model import iso_ms
 from sendguard.rules import parse_duration
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -178,7 +179,7 @@ class BreakGlass:
                 self._keys.break_glass(found.id), mapping={"granted_by": _name(granter), "expires": expires}
             )
             pipe.set(active_key, found.id, pxat=expires)
-            fields = _fields(found) | {"granted_by": _name(granter), "until_ms": expires}
+            fields = _fields(found) | {"granted_by": _name(granter), "until": iso_ms(expires)}
             self._audit.stage(pipe, "break_glass.granted", granter.actor, fields)
             await pipe.execute()
         return await self.get(found.id)

@@ -19,7 +19,7 @@ from sendguard.http.console.pages import Form, acting, allowed, page
 from sendguard.parts import Runtime
 
 router = APIRouter()
-Admin = Annotated[Session, Depends(allowed(Role.ADMIN))]
+AdminPage = Annotated[Session, Depends(allowed(Role.ADMIN))]
 Asking = Annotated[Form, Depends(acting(Role.ADMIN, break_glass=False))]
 
 
@@ -39,7 +39,7 @@ async def _page(
 
 
 @router.get("/break-glass")
-async def overview(request: Request, runtime: RuntimeDep, session: Admin) -> Response:
+async def overview(request: Request, runtime: RuntimeDep, session: AdminPage) -> Response:
     return await _page(request, runtime, session)
 
 

@@ -19,7 +19,7 @@ from sendguard.http.console.pages import Form, PageError, acting, allowed, page
 from sendguard.parts import Runtime
 
 router = APIRouter()
-Admin = Annotated[Session, Depends(allowed(Role.ADMIN))]
+AdminPage = Annotated[Session, Depends(allowed(Role.ADMIN))]
 Changing = Annotated[Form, Depends(acting(Role.ADMIN))]
 SHOWN = 500  # entries listed per kind; the search narrows a longer list
 MAX_ENTRIES = 1000  # entries added by one form, as the API takes them
@@ -48,7 +48,7 @@ async def _list_page(
 
 
 @router.get("/suppressions")
-async def suppressions(request: Request, runtime: RuntimeDep, session: Admin, q: str = "") -> Response:
+async def suppressions(request: Request, runtime: RuntimeDep, session: AdminPage, q: str = "") -> Response:
     return await _list_page(request, runtime, session, q)
 
 
@@ -69,7 +69,7 @@ async def add(request: Request, runtime: RuntimeDep, signed: Changing) -> Respon
 
 
 @router.get("/suppressions/lift")
-async def confirm_lift(request: Request, session: Admin, entry: str = "") -> Response:
+async def confirm_lift(request: Request, session: AdminPage, entry: str = "") -> Response:
     if not entry.strip():
         raise PageError(422, "Name the address or domain to lift.")
     return page(request, "suppression_lift.html", session, entry=entry.strip())
