@@ -143,9 +143,9 @@ class BreakGlass:
 
     async def grant(self, elevation_id: str, granter: Principal) -> Elevation:
         """Grant a waiting request of another admin; it is active from now for its minutes."""
-        found = await self.get(elevation_id)
         if granter.role is not Role.ADMIN:
             raise BreakGlassRefused("Only admins grant break-glass.")
+        found = await self.get(elevation_id)
         if _name(granter) == found.admin:
             await self._refused(
                 granter,

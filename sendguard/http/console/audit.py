@@ -1,8 +1,9 @@
 """The audit trail in the console: browse and filter it, and verify it on demand.
 
 Entries are listed oldest first and paged by `seq`, as `GET /v1/audit` pages them, so a page
-link stays valid while the trail grows. Verifying recomputes the whole chain, so it runs only when
-someone asks (a button), against this daemon's anchor file, and says how long it took.
+link stays valid while the trail grows (unfiltered, a link jumps to the newest page). Verifying
+recomputes the whole chain, so it runs only when someone asks (a button), against this daemon's
+anchor file, and says how long it took.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ async def trail(
     kept = {name: value for name, value in given.items() if value}
     more = f"/ui/audit?{urlencode(kept | {'after': found[-1].seq})}" if len(found) == PAGE_SIZE else ""
     seq, digest = await runtime.audit.head()
+    # Unfiltered, the newest entries are one page before the head; filtered, a scan must find them.
+    newest = f"/ui/audit?after={seq - PAGE_SIZE}" if not kept and seq - PAGE_SIZE > after else ""
     return page(
         request,
         "audit.html",
@@ -90,6 +93,7 @@ async def trail(
         after=after,
         entries=[(entry, _shown(entry)) for entry in found],
         more=more,
+        newest=newest,
         first=f"/ui/audit?{urlencode(kept)}",
         verify_link=f"/ui/audit?{urlencode(kept | {'after': after, 'verify': 1})}",
         head=(seq, digest),
