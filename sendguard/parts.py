@@ -30,6 +30,7 @@ from sendguard.feedback.signing import BounceAddresses, load_secret
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
+from sendguard.governance.break_glass import BreakGlass
 from sendguard.governance.recall import Recall
 from sendguard.governance.sessions import Sessions
 from sendguard.governance.suppressions import Suppressions
@@ -78,6 +79,7 @@ class Runtime:
     recall: Recall
     tokens: Tokens
     sessions: Sessions
+    break_glass: BreakGlass
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
@@ -207,6 +209,7 @@ async def build(
         recall=Recall(store, audit),
         tokens=tokens,
         sessions=Sessions(client, keys, tokens),
+        break_glass=BreakGlass(client, keys, audit),
     )
 
 

@@ -231,7 +231,11 @@ async def test_the_anchor_file_gets_one_line_per_chained_batch(audit: AuditLog, 
 
 async def test_verify_passes_an_intact_chain(audit: AuditLog, anchor: Path) -> None:
     await fill(audit, N)
-    assert await audit.verify(anchor) == Verification(ok=True, checked=N, first_broken=None, problem="")
+    seq, digest = await audit.head()
+    anchored = Verification(
+        ok=True, checked=N, first_broken=None, problem="", anchored=seq, anchored_hash=digest
+    )
+    assert seq == N and await audit.verify(anchor) == anchored  # it names the anchor line it matched
     assert await audit.verify() == Verification(ok=True, checked=N, first_broken=None, problem="")
 
 

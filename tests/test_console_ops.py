@@ -29,6 +29,19 @@ def _rows(browser: Offline, table: str) -> list[str]:
     return [row.inner_text() for row in browser.page.locator(f"table.{table} tbody tr").all()]
 
 
+def _elevate(admin: Offline, granter: Offline, granter_token: str) -> None:
+    """Break-glass for `admin`: asked for in the console, granted there by a second admin."""
+    admin.page.goto("/ui/break-glass")
+    admin.page.fill("input[name=ticket]", "INC-77")
+    admin.page.fill("textarea[name=reason]", "a list went wrong at night")
+    admin.page.fill("input[name=duration]", "15m")
+    admin.page.click("button:text-is('Ask a second admin')")
+    elevation_id = admin.page.locator("button[name=end]").first.get_attribute("value")
+    granter.sign_in(granter_token, "/ui/break-glass")
+    granter.page.click(f"button[name=grant][value='{elevation_id}']")
+    granter.close()
+
+
 def test_an_operator_trips_a_segment_after_confirming_and_only_an_admin_resumes_it(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, chromium: Browser
 ) -> None:
@@ -75,6 +88,11 @@ def test_an_operator_trips_a_segment_after_confirming_and_only_an_admin_resumes_
     sam.sign_in(client_for(daemon, "admin", "sam").token, "/ui/safe-mode")
     sam.page.fill("form.resume input[name=reason]", "bad rows removed")
     sam.page.click("form.resume button")
+    assert "admin actions need break-glass" in sam.page.inner_text("[role=alert]")
+    _elevate(sam, Offline(chromium, base), client_for(daemon, "admin", "tess").token)
+    sam.page.goto("/ui/safe-mode")
+    sam.page.fill("form.resume input[name=reason]", "bad rows removed")
+    sam.page.click("form.resume button")
     assert "Nothing is in safe mode" in sam.page.inner_text("main")
     for message_id in now:
         agent.wait_status(message_id, "sent")
@@ -86,7 +104,9 @@ def test_an_operator_trips_a_segment_after_confirming_and_only_an_admin_resumes_
         return _rows(sam, "history")
 
     resumed, tripped = wait_until(lambda: len(found := history()) == 2 and found, what="the history")
-    assert "resumed" in resumed and "admin:sam" in resumed and "bad rows removed (4 held" in resumed
+    assert (
+        "resumed" in resumed and "admin:sam (break-glass" in resumed and "bad rows removed (4 held" in resumed
+    )
     assert "tripped" in tripped and "operator:omar" in tripped and "the list looks wrong" in tripped
     for browser in (omar, sam):
         assert browser.elsewhere == []

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sendguard"
 # talks to the http stage from outside as the commands do.
 LAYERS = ["words", "state", "governance", "feedback", "intake", "delivery", "parts", "http", "commands"]
 COMPOSITION = {"parts", "service"}
-COMMANDS = {"daemon", "cli", "client", "__main__"}
+COMMANDS = {"daemon", "demo", "cli", "client", "__main__"}
 
 
 def layer_of(module: str) -> int:

@@ -293,6 +293,7 @@ class AuditLog:
         message_id: str | None = None,
         agent: str | None = None,
         batch: str | None = None,
+        kind: str | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
         after_seq: int = 0,
@@ -300,8 +301,8 @@ class AuditLog:
     ) -> list[AuditEntry]:
         """Chained entries matching every filter given, oldest first, at most `limit`.
 
-        `message_id`, `agent` and `batch` match the entry's fields of those names; `since_ms`
-        is inclusive and `until_ms` exclusive on `at`. Page with `after_seq` = the last seq seen.
+        `message_id`, `agent` and `batch` match the entry's fields of those names, `kind` its kind;
+        `since_ms` is inclusive and `until_ms` exclusive on `at`. Page with `after_seq` = the last seq seen.
         This is a linear scan of the chain from `after_seq` (in chunks): fine for now, an index
         per message, agent and batch is the next step when the trail grows large. Entries still
         pending are not listed.
@@ -318,6 +319,8 @@ class AuditLog:
             if since_ms is not None and item.at < since_ms:
                 continue
             if until_ms is not None and item.at >= until_ms:
+                continue
+            if kind is not None and item.kind != kind:
                 continue
             if any(item.fields.get(name) != value for name, value in wanted.items()):
                 continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,8 @@ class Verification:
     checked: int
     first_broken: int | None
     problem: str
+    anchored: int = 0  # the last anchored seq whose hash matched the chain (0: none checked)
+    anchored_hash: str = ""
 
 
 def _read_anchor(path: Path) -> dict[int, str] | str | None:
@@ -185,7 +187,8 @@ async def verify(log: AuditLog, anchor: Path | None = None) -> Verification:
             last_seq + 1,
             f"the chain ends at {last_seq} but the anchor file recorded {max(anchors)} (truncated?)",
         )
-    return _check_head(head, last_seq, last_hash, checked)
+    result = _check_head(head, last_seq, last_hash, checked)
+    return replace(result, anchored=good_anchor, anchored_hash=anchors.get(good_anchor, ""))
 
 
 def _check_head(head: Mapping[str, str], last_seq: int, last_hash: str, checked: int) -> Verification:

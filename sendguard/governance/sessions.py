@@ -12,10 +12,11 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
+from sendguard.governance.break_glass import Elevation
 from sendguard.governance.tokens import Principal, Tokens
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -25,14 +26,25 @@ LIFETIME = 8 * 3600  # seconds: a working day; a person signs in again the next 
 
 @dataclass(frozen=True)
 class Session:
-    """A signed-in person: who their token says they are, and the secret their forms must carry."""
+    """A signed-in person: who their token says they are, the secret their forms must carry, and
+    the break-glass elevation in force for them (admins only; see break_glass.py)."""
 
     principal: Principal
     csrf: str
     expires: int  # ms
+    elevation: Elevation | None = None
 
     def __repr__(self) -> str:  # the CSRF secret stays out of logs and tracebacks
         return f"Session({self.principal}, expires={self.expires})"
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names what this person does: with the elevation's marker under one."""
+        marker = f" ({self.elevation.marker})" if self.elevation else ""
+        return f"{self.principal.actor}{marker}"
+
+    def elevated(self, elevation: Elevation | None) -> Session:
+        return replace(self, elevation=elevation)
 
     def csrf_matches(self, given: str) -> bool:
         return hmac.compare_digest(given.encode(), self.csrf.encode())

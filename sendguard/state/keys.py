@@ -62,6 +62,10 @@ SCHEMA: dict[str, str] = {
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
     # hash: a console session, by sha256 of its cookie: token id, csrf, expiry; never the token
     "console_session": "ui:session:{digest}",
+    # hash: a break-glass elevation: admin, ticket, reason, minutes, status, granter, times; kept 30 days
+    "break_glass": "bg:{id}",
+    "break_glass_all": "bg:all",  # zset: elevation ids, score = when requested (ms)
+    "break_glass_active": "bg:active:{admin}",  # string: id of the admin's granted elevation, until it ends
 }
 # The `{part}` names of each pattern, in order.
 PARTS = {
@@ -140,6 +144,16 @@ class Keys:
 
     def console_session(self, digest: str) -> str:
         return self._key("console_session", digest)
+
+    def break_glass(self, elevation_id: str) -> str:
+        return self._key("break_glass", elevation_id)
+
+    @property
+    def break_glass_all(self) -> str:
+        return self._key("break_glass_all")
+
+    def break_glass_active(self, admin: str) -> str:
+        return self._key("break_glass_active", admin)
 
     @property
     def token_pattern(self) -> str:

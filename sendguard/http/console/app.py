@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sendguard.http.console import approvals, messages, safe_mode, signin
+from sendguard.http.console import approvals, audit, break_glass, messages, safe_mode, signin, suppressions
 from sendguard.http.console.pages import STATIC, PageError, SignInNeeded, page_error, sign_in_needed
 
 
@@ -16,6 +16,9 @@ def mount(app: FastAPI) -> None:
     console.include_router(approvals.router)
     console.include_router(safe_mode.router)
     console.include_router(messages.router)
+    console.include_router(audit.router)
+    console.include_router(suppressions.router)
+    console.include_router(break_glass.router)
     app.include_router(console)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_exception_handler(PageError, page_error)

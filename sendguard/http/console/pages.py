@@ -4,7 +4,8 @@ Pages are rendered on the server with autoescaping and carry a Content-Security-
 no script run and nothing load from anywhere but the daemon: what agents wrote (subjects, bodies,
 names) is shown as text, and a message's HTML only in a sandboxed frame of its own
 (`SAMPLE_POLICY`). Every state-changing form carries the session's CSRF secret and is refused
-without it, or when the browser says it came from another origin.
+without it, or when the browser says it came from another origin. A form for admins alone also
+needs the admin's break-glass elevation in force (governance/break_glass.py says why).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ NAV = (
     NavItem("Approvals", "/ui/approvals", frozenset({Role.APPROVER, Role.OPERATOR, Role.ADMIN})),
     NavItem("Safe mode", "/ui/safe-mode", frozenset({Role.OPERATOR, Role.ADMIN})),
     NavItem("Messages", "/ui/messages", frozenset({Role.OPERATOR, Role.ADMIN})),
+    NavItem("Audit", "/ui/audit", frozenset({Role.AUDITOR, Role.ADMIN})),
+    NavItem("Suppressions", "/ui/suppressions", frozenset({Role.ADMIN})),
+    NavItem("Break-glass", "/ui/break-glass", frozenset({Role.ADMIN})),
 )
 # How many of the audit trail's latest entries a page reads, at most: the trail has no index yet.
 AUDIT_EXAMINED = 20_000
@@ -141,10 +145,13 @@ async def sign_in_needed(request: Request, exc: Exception) -> Response:
 
 
 async def signed_in(request: Request) -> Session:
-    """The session of the request's cookie; sends the browser to sign in when there is none."""
-    session = await runtime_of(request).sessions.find(request.cookies.get(COOKIE, ""))
+    """The session of the request's cookie, with the admin's elevation in force if any; sends the
+    browser to sign in when there is none."""
+    runtime = runtime_of(request)
+    session = await runtime.sessions.find(request.cookies.get(COOKIE, ""))
     if session is None or session.principal.role not in PEOPLE:  # sign-in opens none for an agent
         raise SignInNeeded
+    session = session.elevated(await runtime.break_glass.active(session.principal))
     request.state.console_session = session
     return session
 
@@ -177,9 +184,17 @@ def allowed(*roles: Role) -> Callable[[Request], Awaitable[Session]]:
     return check
 
 
-def acting(*roles: Role) -> Callable[[Request], Awaitable[tuple[Session, dict[str, str]]]]:
-    """A state-changing form of these roles: the session and the form, its CSRF secret checked."""
+def acting(
+    *roles: Role, break_glass: bool = True
+) -> Callable[[Request], Awaitable[tuple[Session, dict[str, str]]]]:
+    """A state-changing form of these roles: the session and the form, its CSRF secret checked.
+
+    A form for admins alone is refused without the admin's break-glass elevation in force; the
+    session passed on carries it, and `session.actor` names it for the audit trail. Only the
+    break-glass forms themselves, which ask for, grant and end elevations, pass `break_glass=False`.
+    """
     may_see = allowed(*roles)
+    gated = break_glass and set(roles) == {Role.ADMIN}
 
     async def check(request: Request) -> tuple[Session, dict[str, str]]:
         same_origin(request)
@@ -190,6 +205,14 @@ def acting(*roles: Role) -> Callable[[Request], Awaitable[tuple[Session, dict[st
                 403,
                 "This form is missing its security code or has one from another session "
                 "(it may have been open across a sign-out). Reload the page and send it again.",
+            )
+        if gated and session.elevation is None:
+            await runtime_of(request).break_glass.refuse_form(session.principal, request.url.path)
+            raise PageError(
+                403,
+                "Refused: this is an admin action, and in the console admin actions need break-glass: "
+                "an elevation with a ticket that a second admin has granted and that has not ended. "
+                "Ask for one on the Break-glass page.",
             )
         return session, form
 

@@ -102,7 +102,7 @@ async def trip(request: Request, runtime: RuntimeDep, signed: Tripping) -> Respo
         scope, reason = _asked(form)
     except PageError as refused:
         return await _overview(request, runtime, session, refused.status, refused.message)
-    await runtime.safe_mode.trip(scope, "manual", session.principal.actor, reason)
+    await runtime.safe_mode.trip(scope, "manual", session.actor, reason)
     return RedirectResponse("/ui/safe-mode", status_code=303)
 
 
@@ -113,7 +113,7 @@ async def resume(request: Request, runtime: RuntimeDep, signed: Resuming) -> Res
         scope, reason = _asked(form)
     except PageError as refused:
         return await _overview(request, runtime, session, refused.status, refused.message)
-    resumed = await runtime.safe_mode.resume(scope, session.principal.actor, reason)
+    resumed = await runtime.safe_mode.resume(scope, session.actor, reason)
     if resumed.not_tripped:
         return await _overview(request, runtime, session, 409, f"{scope} is not in safe mode.")
     return RedirectResponse("/ui/safe-mode", status_code=303)
