@@ -2,14 +2,18 @@
 
 Every request the browser makes to anything but the daemon under test is refused and recorded,
 so a page that tries to load a font, a script or a remote image shows up in `elsewhere`.
+
+`pytest --screenshots DIR` also saves the pages the tests name with `shoot()` (the README's
+pictures are made so: `pytest -n 0 tests/test_console*.py --screenshots docs/console`).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
-from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, ViewportSize, sync_playwright
 
 # The flags Chromium needs as root in a container, and without the background traffic a closed
 # network refuses (updates, sync, metrics).
@@ -34,13 +38,19 @@ def chromium() -> Iterator[Browser]:
         browser.close()
 
 
-class Offline:
-    """A browser context that reaches `base` and nothing else."""
+SCREENSHOTS: list[Path] = []  # where `--screenshots` asks them saved (set by conftest), or none
+PHONE = ViewportSize(width=390, height=844)
+LAPTOP = ViewportSize(width=1280, height=800)
 
-    def __init__(self, browser: Browser, base: str) -> None:
+
+class Offline:
+    """A browser context that reaches `base` and nothing else; `phone` gives it a phone's screen."""
+
+    def __init__(self, browser: Browser, base: str, *, phone: bool = False) -> None:
         self.base = base.rstrip("/")
         self.elsewhere: list[str] = []
-        self.context: BrowserContext = browser.new_context(base_url=self.base)
+        size = PHONE if phone else LAPTOP
+        self.context: BrowserContext = browser.new_context(base_url=self.base, viewport=size)
         self.context.route("**/*", self._only_base)
         self.context.set_default_timeout(10_000)
         self.page: Page = self.context.new_page()
@@ -59,6 +69,19 @@ class Offline:
         self.page.goto(at)
         self.page.fill("input[name=token]", token)
         self.page.click("button[type=submit]")
+
+    def shoot(self, name: str) -> None:
+        """Save the whole page as `name`.png when the run was asked for screenshots."""
+        for directory in SCREENSHOTS:
+            self.page.wait_for_load_state("load")  # frames included
+            directory.mkdir(parents=True, exist_ok=True)
+            # A screen as tall as the page: Chromium does not paint frames below the fold into a
+            # full-page screenshot.
+            screen = self.page.viewport_size or LAPTOP
+            height = self.page.evaluate("document.documentElement.scrollHeight")
+            self.page.set_viewport_size(ViewportSize(width=screen["width"], height=height))
+            self.page.screenshot(path=str(directory / f"{name}.png"))
+            self.page.set_viewport_size(screen)
 
     def close(self) -> None:
         self.context.close()

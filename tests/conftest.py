@@ -196,6 +196,15 @@ def smtp() -> Iterator[SmtpSink]:
         yield sink
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--screenshots", metavar="DIR", help="save the console pages the tests name to DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if directory := config.getoption("--screenshots"):
+        browser.SCREENSHOTS.append(Path(directory).resolve())
+
+
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[browser.Browser]:
     """Debian's Chromium, headless, for the tests of pages (one per test module)."""

@@ -82,6 +82,7 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     dana.sign_in(client_for(daemon, "approver", "dana", "--group", "sales").token)  # sdr-bot's owners
     page = dana.page
     page.click("text=Approvals")
+    dana.shoot("approvals")
     row = page.locator("table.list tr", has_text="batch")
     assert "0 of 2" in row.first.inner_text()
     page.click(f"a[href='/ui/approvals/{request_id}']")
@@ -90,6 +91,7 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     assert page.locator(".diff ins", has_text="final").count() == 1
     assert page.locator(".diff ins", has_text="now.").count() == 1
     assert "Same rules version" in page.inner_text(".diff")
+    dana.shoot("approval-request")
     # What agents wrote is text: the subject's <script> is shown, not run; the HTML part is in a
     # frame that runs nothing and loads nothing from elsewhere.
     assert "<script>" in page.inner_text(".sample")
@@ -107,6 +109,7 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     erin.page.fill("textarea[name=comment]", "me too")
     erin.page.click("button[value=approve]")
     refusal = erin.page.inner_text("[role=alert]")
+    erin.shoot("approval-refused")
     assert "group other than sales" in refusal and "sales owns this agent" in refusal
     assert "two different groups" in refusal
     assert "1 of 2 approvals" in erin.page.inner_text("main")
@@ -116,6 +119,11 @@ def test_two_approvers_of_two_groups_release_a_mass_send_from_the_console_and_a_
     finn.page.fill("textarea[name=comment]", "fine by sales")
     finn.page.click("button[value=approve]")
     assert "approved" in finn.page.inner_text(".status")
+    phone = Offline(chromium, base, phone=True)
+    phone.context.add_cookies(finn.context.cookies())
+    phone.page.goto(page_of_request)
+    phone.shoot("approval-on-a-phone")
+    phone.close()
     for row in now["accepted"]:
         agent.wait_status(row["id"], "sent")
     arrived = {r.rcpt_tos[0] for r in smtp.snapshot()}
@@ -204,6 +212,7 @@ def test_the_api_page_renders_with_the_network_cut_off(
     reader.page.goto("/docs")
     reader.page.wait_for_selector(".opblock-summary-path", state="attached")
     shown = reader.page.inner_text("body")
+    reader.shoot("api-docs")
     assert "/v1/messages" in shown and "Submit a message" in shown
     assert reader.elsewhere == [], "the API page asked for something beyond the daemon"
     reader.close()

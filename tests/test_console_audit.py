@@ -56,6 +56,7 @@ def test_an_auditor_filters_the_trail_by_agent_and_verifies_it_but_sees_no_suppr
     verified = page.inner_text(".verification")
     assert "the chain is intact" in verified and "audit.anchor" in verified, verified
     assert page.input_value("input[name=agent]") == "sdr-bot"  # the filter survives verifying
+    ada.shoot("audit")
 
     page.goto("/ui/suppressions")
     assert "This page is for admin" in page.inner_text("[role=alert]")
@@ -116,6 +117,7 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
     # Under the elevation: the banner on every page, and the changes go through.
     alice.page.goto("/ui/suppressions")
     banner = alice.page.inner_text(".break-glass")
+    alice.shoot("break-glass-banner")
     assert "INC-1234" in banner and "granted by bob" in banner and re.search(r"ends in 1[45] min", banner)
     alice.page.fill("textarea[name=entries]", "blocked.example\nBob+Q4@Other.example")
     assert "Suppressed 2 new of 2" in _submit(alice, "Suppress")

@@ -72,6 +72,7 @@ def test_an_operator_trips_a_segment_after_confirming_and_only_an_admin_resumes_
     [trip] = _rows(omar, "trips")
     assert "segment:seg-a" in trip and "manual" in trip and "operator:omar" in trip
     assert omar.page.inner_text("table.trips td.held") == "4"
+    omar.shoot("safe-mode")
     assert omar.page.locator("form.resume").count() == 0 and "Only an admin resumes" in omar.page.inner_text(
         "main"
     )
@@ -168,6 +169,7 @@ def test_messages_are_found_by_recipient_and_held_scope_and_a_timeline_shows_the
     smtp_reply = next(row for row in rows if "delivery.outcome" in row)
     assert "SMTP reply" in smtp_reply and "250" in smtp_reply
     assert "<script>" in omar.page.inner_text(".subject")
+    omar.shoot("message-timeline")
     assert omar.page.evaluate("window.__pwned") is None and omar.elsewhere == []
     omar.close()
 
