@@ -345,6 +345,24 @@ class Approvals:
         wanted = ("agent", "campaign", "segment", "subject", "text", "html", "rules_version")
         return (await self._store.records(ids[:1], wanted))[0] if ids else None
 
+    async def sizes(self, requests: list[Request]) -> dict[str, int]:
+        """How many messages each request holds, in one round trip (a queue page, not its contents)."""
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                pipe.scard(self._keys.approval_messages(request.id))
+            counts = await pipe.execute()
+        return {request.id: int(count) for request, count in zip(requests, counts, strict=True)}
+
+    async def message_html(self, approval_id: str, message_id: str) -> str:
+        """The HTML part of one of the request's messages ("" if it has none or is not the request's):
+        what the console frames, read alone, not with the request's whole contents."""
+        async with translated():
+            held = await self._redis.sismember(self._keys.approval_messages(approval_id), message_id)
+        if not held:
+            return ""
+        [record] = await self._store.records([message_id], ("html",))
+        return record.html if record else ""
+
     async def last_approved_like(
         self, request: Request, first: MessageRecord, looked_at: int = 50
     ) -> tuple[Request, MessageRecord] | None:

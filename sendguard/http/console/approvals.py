@@ -38,7 +38,7 @@ async def _request(runtime: Runtime, approval_id: str) -> ApprovalRequest:
 async def queue(request: Request, runtime: RuntimeDep, session: Reviewer) -> Response:
     pending = await runtime.approvals.list("pending")
     decided = [r for r in await runtime.approvals.list(None, limit=50) if r.status != "pending"]
-    counts = {r.id: (await runtime.approvals.contents(r.id, samples=0))["messages"] for r in pending}
+    counts = await runtime.approvals.sizes(pending)
     return page(request, "approvals.html", session, pending=pending, decided=decided, counts=counts)
 
 
@@ -91,12 +91,11 @@ async def one(approval_id: str, request: Request, runtime: RuntimeDep, session: 
 @router.get("/approvals/{approval_id}/samples/{message_id}")
 async def sample_html(approval_id: str, message_id: str, runtime: RuntimeDep, session: Reviewer) -> Response:
     """A sample's HTML part, for the sandboxed frame: its own policy lets nothing run or load."""
-    contents = await runtime.approvals.contents((await _request(runtime, approval_id)).id)
-    shown = next((s for s in contents["samples"] if s["id"] == message_id and s["html"]), None)
-    if shown is None:
-        raise PageError(404, f"Request {approval_id} has no sample {message_id} with an HTML part.")
+    html = await runtime.approvals.message_html((await _request(runtime, approval_id)).id, message_id)
+    if not html:
+        raise PageError(404, f"Request {approval_id} has no message {message_id} with an HTML part.")
     return Response(
-        shown["html"],
+        html,
         media_type="text/html",
         headers={
             "Content-Security-Policy": SAMPLE_POLICY,
