@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,7 +345,7 @@ class Approvals:
         wanted = ("agent", "campaign", "segment", "subject", "text", "html", "rules_version")
         return (await self._store.records(ids[:1], wanted))[0] if ids else None
 
-    async def sizes(self, requests: list[Request]) -> dict[str, int]:
+    async def sizes(self, requests: Sequence[Request]) -> dict[str, int]:
         """How many messages each request holds, in one round trip (a queue page, not its contents)."""
         async with translated(), self._redis.pipeline(transaction=False) as pipe:
             for request in requests:
