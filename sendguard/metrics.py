@@ -21,8 +21,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 ALERT_IGNORED = ("not_firing", "no_scope", "bad_scope")  # why a posted alert tripped nothing
-# What the inbound SMTP listener refused, by the budget that refused it (feedback/listener.py).
-INBOUND_LIMITS = ("sessions", "rate", "recipient", "recipients", "size", "queue")
+# What an SMTP listener refused, by the budget that refused it: those every listener has
+# (smtp_server.py), and the inbound one's (feedback/listener.py) and the submission one's (intake/smtp.py).
+SMTP_SESSION_LIMITS = ("sessions", "size", "idle", "line", "commands", "bad_commands")
+INBOUND_LIMITS = (*SMTP_SESSION_LIMITS, "rate", "recipient", "recipients", "queue")
+SUBMISSION_LIMITS = (*SMTP_SESSION_LIMITS, "auth", "recipients")
 
 
 class Metrics:

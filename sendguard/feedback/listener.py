@@ -12,7 +12,8 @@ The parent binds the listening socket and hands it down, so a restarted child se
 and a bad address fails the daemon's start. The child exits when the socketpair closes: it never
 outlives the daemon, however the daemon ended.
 
-Budgets, each refusal counted in `sendguard_inbound_refused_total{limit}`:
+Budgets, each refusal counted in `sendguard_inbound_refused_total{limit}`, with those every
+sendguard SMTP listener has (`smtp_server.py`: `idle`, `line`, `commands`, `bad_commands`):
 - `sessions`: more than `inbound_sessions` SMTP sessions at once: 421 instead of the greeting;
 - `rate`: more than `inbound_rate` messages a minute from one client IP: 421 at MAIL, and closed;
 - `recipient`: an address that is neither the bounce domain's nor a configured feedback address: 550;
@@ -45,15 +46,22 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from sendguard import logs
-from sendguard.errors import ConfigError
 from sendguard.feedback.parse import Inbound, UnparsableMail, parse_inbound
 from sendguard.metrics import INBOUND_LIMITS, Metrics
+from sendguard.smtp_server import (
+    BudgetedSession,
+    Sessions,
+    client_of,
+    close_after_reply,
+    listening_socket,
+    quiet_aiosmtpd,
+    tls_context,
+)
 
 log = logging.getLogger("sendguard.feedback.listener")
 Outcome = Inbound | UnparsableMail
 _HEADER = struct.Struct("!I")
 _NICENESS = 19  # the lowest priority: inbound mail waits, delivery and the API do not
-_IDLE_TIMEOUT = 60  # seconds an SMTP client may stay silent between commands
 _RESTART_DELAY = 0.5  # seconds between a child's death and the next, so a crash loop cannot spin
 _STOP_GRACE = 5.0  # seconds a child gets to finish its sessions when the daemon stops
 _START_LIMIT = 30.0  # seconds a parse waits for a child to be (re)started
@@ -84,18 +92,10 @@ class ListenerConfig:
         return address in self.addresses or (self.bounce_domain is not None and domain == self.bounce_domain)
 
     def tls_context(self) -> ssl.SSLContext | None:
-        """The STARTTLS context; ConfigError naming the files when they cannot be loaded."""
+        """The STARTTLS context, if a certificate is configured; ConfigError if it cannot be loaded."""
         if self.tls_cert is None or self.tls_key is None:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"SENDGUARD_INBOUND_TLS_CERT={self.tls_cert}, SENDGUARD_INBOUND_TLS_KEY={self.tls_key}: "
-                f"cannot load the certificate and key: {exc}"
-            ) from exc
-        return context
+        return tls_context(self.tls_cert, self.tls_key, "SENDGUARD_INBOUND_TLS")
 
 
 @dataclass(frozen=True)
@@ -192,13 +192,7 @@ class InboundProcess:
         if self._listen is None:
             return
         self._config.tls_context()  # a bad certificate fails the start, not each child
-        host, port = self._listen
-        try:
-            self._socket = socket.create_server((host, port), family=_family(host), backlog=128)
-        except OSError as exc:
-            raise ConfigError(
-                f"SENDGUARD_INBOUND_SMTP={host}:{port}: cannot listen: {exc.strerror or exc}"
-            ) from exc
+        self._socket = listening_socket(*self._listen, "SENDGUARD_INBOUND_SMTP")
         self._ensure_supervised()
 
     async def parse(self, raw: bytes, envelope_recipients: list[str]) -> Outcome:
@@ -318,17 +312,14 @@ class InboundProcess:
             await _send(run.writer, _Reply(mail.id, text))
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 # --- the child ---------------------------------------------------------------------------------------
 
 
 def main() -> None:
     """The child's entry: `python -c '...main()' CHANNEL_FD [LISTEN_FD]`, started by InboundProcess."""
     lowest_priority()
-    logs.configure("WARNING")  # the daemon's format on its stderr; aiosmtpd's per-session lines left out
+    logs.configure("WARNING")  # the daemon's format on its stderr
+    quiet_aiosmtpd()
     fds = [int(arg) for arg in sys.argv[1:]]
     code = asyncio.run(_child(fds[0], fds[1] if len(fds) > 1 else None))
     sys.stdout.flush()
@@ -407,9 +398,7 @@ class _Child:
         self._tls = config.tls_context()
         self._handler = _Handler(self)
         self.rate = _RateLimit(config.rate_per_minute)
-        self.sessions = 0
-        self.no_sessions = asyncio.Event()
-        self.no_sessions.set()
+        self.sessions = Sessions(config.max_sessions, config.hostname, self.count)
         self.server: asyncio.Server | None = None
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._taken = 0  # messages past DATA and not yet answered
@@ -420,23 +409,14 @@ class _Child:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def protocol(self) -> asyncio.Protocol:
-        if self.sessions >= self.config.max_sessions:
-            self.count("sessions")
-            return _Refusal(
-                f"421 4.7.0 {self.config.hostname} too many connections "
-                f"(limit {self.config.max_sessions}); try again later"
+        return self.sessions.admit(
+            lambda: BudgetedSession(
+                self._handler,
+                self.sessions,
+                max_bytes=self.config.max_bytes,
+                enable_SMTPUTF8=True,
+                tls_context=self._tls,
             )
-        self.sessions += 1
-        self.no_sessions.clear()
-        return _Session(
-            self,
-            self._handler,
-            hostname=self.config.hostname,
-            ident="ESMTP",
-            data_size_limit=self.config.max_bytes,
-            enable_SMTPUTF8=True,
-            tls_context=self._tls,
-            timeout=_IDLE_TIMEOUT,
         )
 
     def count(self, limit: str) -> None:
@@ -530,43 +510,7 @@ class _Child:
             await asyncio.wait(owed, timeout=_STOP_GRACE)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STOP_GRACE):
-                await self.no_sessions.wait()
-
-
-class _Refusal(asyncio.Protocol):
-    """A connection over the session limit: told so, and closed."""
-
-    def __init__(self, reply: str) -> None:
-        self._reply = reply
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self._reply.encode() + b"\r\n")
-        transport.close()
-
-
-class _Session(SMTP):
-    """aiosmtpd's session, counted while open, saying which size limit refused a message."""
-
-    def __init__(self, child: _Child, handler: _Handler, **options: Any) -> None:
-        super().__init__(handler, **options)
-        self._child = child
-        self._counted = True
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self._child.sessions -= 1
-            if not self._child.sessions:
-                self._child.no_sessions.set()
-        super().connection_lost(error)
-
-    async def push(self, status: str) -> None:  # type: ignore[override]
-        # aiosmtpd's own 552 texts name no limit; both of them (at MAIL SIZE= and during DATA) pass here.
-        if status.startswith("552 Error"):
-            self._child.count("size")
-            status = f"552 5.3.4 message larger than the {self._child.config.max_bytes}-byte limit"
-        await super().push(status)
+                await self.sessions.none_open.wait()
 
 
 class _Handler:
@@ -577,15 +521,14 @@ class _Handler:
 
     def _refuse(self, server: SMTP, limit: str, reply: str) -> str:
         self._child.count(limit)
-        if reply.startswith("421") and server.transport is not None:
-            # aiosmtpd writes the reply after the hook returns, in the same loop step: close after it.
-            server.loop.call_soon(server.transport.close)
+        if reply.startswith("421"):
+            close_after_reply(server)
         return reply
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        client = _client(session)
+        client = client_of(session)
         if not self._child.rate.take(client):
             per_minute = self._child.config.rate_per_minute
             return self._refuse(
@@ -618,9 +561,4 @@ class _Handler:
             return self._refuse(
                 server, "queue", "451 4.3.2 too much mail waiting to be recorded; try again later"
             )
-        return await self._child.hand_over(envelope.original_content or b"", envelope, _client(session))
-
-
-def _client(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        return await self._child.hand_over(envelope.original_content or b"", envelope, client_of(session))

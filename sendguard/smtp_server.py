@@ -1,0 +1,166 @@
+"""What sendguard's two SMTP listeners share: the inbound one for bounces and feedback
+(`feedback/listener.py`) and the submission one for agents (`intake/smtp.py`).
+
+Both keep to aiosmtpd's own guidance for peers they do not trust: a limit on sessions at once,
+answered at the greeting; an idle timeout, reset at each command; aiosmtpd's limits on line and
+command length and its count of unknown commands; a size limit enforced while DATA arrives. Each
+refusal is handed to the listener's `count(limit)`, which it turns into its metric. The banner
+names the host, never the software, and aiosmtpd's own log lines stay out of sendguard's
+(`quiet_aiosmtpd`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Session
+
+from sendguard.errors import ConfigError
+
+IDLE_TIMEOUT = 60  # seconds a client may stay silent between commands
+Count = Callable[[str], None]
+
+
+def tls_context(cert: Path, key: Path, settings: str) -> ssl.SSLContext:
+    """A listener's STARTTLS context; ConfigError naming `settings` (`SENDGUARD_X_TLS`) when the
+    certificate and key cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"{settings}_CERT={cert}, {settings}_KEY={key}: cannot load the certificate and key: {exc}"
+        ) from exc
+    return context
+
+
+def listening_socket(host: str, port: int, setting: str) -> socket.socket:
+    """A bound, listening socket; ConfigError naming `setting` when the address cannot be had."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        raise ConfigError(f"{setting}={host}:{port}: cannot listen: {exc.strerror or exc}") from exc
+
+
+def client_of(session: Session) -> str:
+    """The client's IP address, as replies and logs name it."""
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def close_after_reply(server: SMTP) -> None:
+    """Close once the reply a hook returns is written: aiosmtpd writes it after the hook returns,
+    in the same loop step, so the close is scheduled after it."""
+    if server.transport is not None:
+        server.loop.call_soon(server.transport.close)
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection over the session limit: told so, and closed."""
+
+    def __init__(self, reply: str) -> None:
+        self._reply = reply
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(self._reply.encode() + b"\r\n")
+        transport.close()
+
+
+class Sessions:
+    """The sessions open at once, held to `limit`; `none_open` is set while there are none."""
+
+    def __init__(self, limit: int, hostname: str, count: Count) -> None:
+        self.limit = limit
+        self.hostname = hostname
+        self.count = count
+        self.open = 0
+        self.none_open = asyncio.Event()
+        self.none_open.set()
+
+    def admit(self, session: Callable[[], SMTP]) -> asyncio.Protocol:
+        """A new session from `session()`, or, over the limit, a 421 at the greeting (counted)."""
+        if self.open >= self.limit:
+            self.count("sessions")
+            return _Refusal(
+                f"421 4.7.0 {self.hostname} too many connections (limit {self.limit}); try again later"
+            )
+        self.open += 1
+        self.none_open.clear()
+        return session()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if not self.open:
+            self.none_open.set()
+
+
+class BudgetedSession(SMTP):
+    """aiosmtpd's session, counted while open, saying which budget refused what.
+
+    aiosmtpd enforces the budgets itself and answers each in its own words; `push` sees every
+    answer go out, so it counts those that are a budget's and says the size limit's in full.
+    """
+
+    def __init__(self, handler: Any, sessions: Sessions, *, max_bytes: int, **options: Any) -> None:
+        super().__init__(
+            handler,
+            hostname=sessions.hostname,
+            ident="ESMTP",
+            data_size_limit=max_bytes,
+            timeout=IDLE_TIMEOUT,
+            **options,
+        )
+        self._sessions = sessions
+        self._counted = True
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._sessions.closed()
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        self._sessions.count("idle")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        count = self._sessions.count
+        if status.startswith("552 Error"):  # both of aiosmtpd's (at MAIL SIZE= and during DATA)
+            count("size")
+            status = f"552 5.3.4 message larger than the {self.data_size_limit}-byte limit"
+        elif status == "500 Command line too long":
+            count("line")
+        elif status.startswith("421 4.7.0") and status.endswith("sent too many times"):
+            count("commands")
+        elif status.startswith("502 5.5.1 Too many unrecognized commands"):
+            count("bad_commands")
+        await super().push(status)
+
+
+class _AiosmtpdLines(logging.Filter):
+    """Keeps aiosmtpd's lines to warnings and worse, without the client's words: a client that
+    ignores a refused AUTH can send its credentials as the next command, which aiosmtpd logs as
+    `unrecognised: <that line>`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        if isinstance(record.msg, str) and "unrecognised" in record.msg:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+            record.msg, record.args = "%r sent a command it does not know", (peer,)
+        return True
+
+
+def quiet_aiosmtpd() -> None:
+    """aiosmtpd's `mail.log` lines: warnings and worse only, never what the client sent."""
+    logger = logging.getLogger("mail.log")
+    if not any(isinstance(found, _AiosmtpdLines) for found in logger.filters):
+        logger.addFilter(_AiosmtpdLines())
