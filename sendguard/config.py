@@ -81,6 +81,7 @@ def _to_url(schemes: tuple[str, ...], kind: type[RedactedURL] = RedactedURL) -> 
     return BeforeValidator(parse)
 
 
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253)]
 _mask = PlainSerializer(lambda url: str(url) if url is not None else None, return_type=str | None)
 RedisURL = Annotated[RedactedURL | None, _to_url(("redis", "rediss", "unix")), _mask]
 SmtpURL = Annotated[RedactedURL | None, _to_url(("smtp", "smtps")), _mask]
@@ -141,11 +142,19 @@ class Settings(BaseSettings):
     inbound_recipients: int = Field(default=5, ge=1, le=100)
     inbound_queue: int = Field(default=16, ge=1, le=1000)
     inbound_addresses: Annotated[list[str], NoDecode] = []
-    inbound_hostname: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253
-    )
+    inbound_hostname: HostName | None = None
     inbound_tls_cert: Path | None = None
     inbound_tls_key: Path | None = None
+    # The SMTP submission listener for agents' mailers (intake/smtp.py): its budgets, TLS and name.
+    # Without a certificate it makes a self-signed one in the data directory.
+    submission_smtp: str | None = None
+    # 2 MiB: a 1 MiB text (the API's limit) with an html alternative, both encoded, fits.
+    submission_max_bytes: int = Field(default=2_097_152, ge=1024, le=64 << 20)
+    submission_sessions: int = Field(default=20, ge=1, le=1000)
+    submission_recipients: int = Field(default=50, ge=1, le=1000)
+    submission_hostname: HostName | None = None
+    submission_tls_cert: Path | None = None
+    submission_tls_key: Path | None = None
     circuit_failures: int = Field(default=5, ge=1, le=1000)
     circuit_max_delay: float = Field(default=60.0, gt=0)
     batch_max_bytes: int = Field(default=33_554_432, ge=1024)
@@ -190,7 +199,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a base URL with a host and no query or fragment")
         return value.strip().rstrip("/")
 
-    @field_validator("inbound_smtp")
+    @field_validator("inbound_smtp", "submission_smtp")
     @classmethod
     def _check_listener(cls, value: str | None) -> str | None:
         if value:
@@ -213,7 +222,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{address!r} is not an address like fbl@bounce.example.com")
         return [address.lower() for address in value]
 
-    @field_validator("inbound_tls_cert", "inbound_tls_key")
+    @field_validator("inbound_tls_cert", "inbound_tls_key", "submission_tls_cert", "submission_tls_key")
     @classmethod
     def _readable_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -223,8 +232,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_inbound(self) -> Settings:
         """A listener must know whose mail it takes, and TLS needs both halves."""
-        if (self.inbound_tls_cert is None) != (self.inbound_tls_key is None):
-            raise ValueError("SENDGUARD_INBOUND_TLS_CERT and SENDGUARD_INBOUND_TLS_KEY: give both or neither")
+        for listener in ("inbound", "submission"):
+            if (getattr(self, f"{listener}_tls_cert") is None) != (
+                getattr(self, f"{listener}_tls_key") is None
+            ):
+                name = f"SENDGUARD_{listener.upper()}_TLS"
+                raise ValueError(f"{name}_CERT and {name}_KEY: give both or neither")
         if self.inbound_smtp and not (self.bounce_domain or self.inbound_addresses):
             raise ValueError(
                 "SENDGUARD_INBOUND_SMTP is set but neither SENDGUARD_BOUNCE_DOMAIN nor "

@@ -126,6 +126,7 @@ def _announce(settings: Settings, redis_description: str, relay: str, rules_path
         f"  delivery: {relay}",
         f"  rules: {rules_path}",
         *([f"  inbound SMTP: {settings.inbound_smtp}"] if settings.inbound_smtp else []),
+        *([f"  SMTP submission: {settings.submission_smtp}"] if settings.submission_smtp else []),
         f"  mint a token: {command} token create --agent <name from the rules file>   "
         f"(admin: {command} token create --admin <your name>)",
         f"  the console for people: {base}/ui/",

@@ -177,6 +177,12 @@ class Metrics:
             "recipients (too many), size, queue (the daemon is behind).",
             ["limit"],
         )
+        self.submission_refused = counter(
+            "sendguard_submission_refused_total",
+            "SMTP submission refused by a budget: sessions, size, idle, line (too long), commands (too "
+            "many of one), bad_commands (unknown ones), auth (a failed AUTH), recipients (too many).",
+            ["limit"],
+        )
         self.inbound_restarts = counter(
             "sendguard_inbound_process_restarts_total",
             "Times the inbound mail process (SMTP listener and parser) died and was started again.",

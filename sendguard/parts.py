@@ -38,6 +38,7 @@ from sendguard.governance.tokens import Tokens
 from sendguard.intake.admission import Admissions
 from sendguard.intake.mx import MxChecker
 from sendguard.intake.recipients import Ingress
+from sendguard.intake.smtp import SubmissionConfig, SubmissionListener
 from sendguard.metrics import Metrics
 from sendguard.notify import Notifier
 from sendguard.rules import CurrentRules, Rules, load_rules
@@ -76,6 +77,7 @@ class Runtime:
     inbox: Inbox
     inbound: InboundProcess
     admissions: Admissions
+    submission: SubmissionListener | None  # the SMTP submission listener, when one is configured
     recall: Recall
     tokens: Tokens
     sessions: Sessions
@@ -176,6 +178,9 @@ async def build(
         bounces=bounces,
         metrics=metrics,
     )
+    admissions = Admissions(
+        store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
+    )
     inbound = InboundProcess(
         _listener_config(settings),
         parse_host_port(settings.inbound_smtp, 25) if settings.inbound_smtp else None,
@@ -203,9 +208,12 @@ async def build(
         deliverer=deliverer,
         inbox=Inbox(client, keys, feedback, inbound, metrics),
         inbound=inbound,
-        admissions=Admissions(
-            store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
-        ),
+        admissions=admissions,
+        submission=SubmissionListener(
+            _submission_config(settings), admissions, tokens, ingress, current, metrics
+        )
+        if settings.submission_smtp
+        else None,
         recall=Recall(store, audit),
         tokens=tokens,
         sessions=Sessions(client, keys, tokens),
@@ -228,4 +236,19 @@ def _listener_config(settings: Settings) -> ListenerConfig:
         addresses=frozenset(settings.inbound_addresses),
         tls_cert=settings.inbound_tls_cert,
         tls_key=settings.inbound_tls_key,
+    )
+
+
+def _submission_config(settings: Settings) -> SubmissionConfig:
+    """Where the SMTP submission listener listens, its budgets, and its certificate or where to make one."""
+    assert settings.submission_smtp is not None
+    return SubmissionConfig(
+        listen=parse_host_port(settings.submission_smtp, 587),
+        hostname=settings.submission_hostname or socket.getfqdn(),
+        max_bytes=settings.submission_max_bytes,
+        max_sessions=settings.submission_sessions,
+        max_recipients=settings.submission_recipients,
+        tls_cert=settings.submission_tls_cert,
+        tls_key=settings.submission_tls_key,
+        self_signed_dir=DataDir(settings.data_dir).submission_tls,
     )

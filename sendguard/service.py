@@ -1,4 +1,5 @@
-"""A daemon's background work: delivery, maintenance, audit chaining and the inbound SMTP listener.
+"""A daemon's background work: delivery, maintenance, audit chaining, the inbound and submission
+SMTP listeners.
 
 `sendguard run` runs it next to the HTTP server, under signals; the tests run it in their own
 process. Start-up order matters for safety: the loops start only once Redis has answered a
@@ -41,6 +42,12 @@ class Service:
             log.warning(warning)
         await runtime.follow_reloads()
         await runtime.inbound.start(runtime.inbox.answer)
+        if runtime.submission is not None:
+            try:
+                await runtime.submission.start()
+            except BaseException:
+                await runtime.inbound.stop()
+                raise
         self._tasks = [
             asyncio.create_task(self._maintain()),
             asyncio.create_task(self._chain()),
@@ -52,6 +59,8 @@ class Service:
         runtime = self._runtime
         grace = runtime.settings.shutdown_grace
         log.info("shutting down: no new claims, draining in-flight deliveries")
+        if runtime.submission is not None:
+            await runtime.submission.stop()
         await runtime.inbound.stop()
         await runtime.deliverer.stop(grace)
         self._stopping.set()

@@ -12,9 +12,12 @@ names the host, never the software, and aiosmtpd's own log lines stay out of sen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import shutil
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,28 @@ def tls_context(cert: Path, key: Path, settings: str) -> ssl.SSLContext:
             f"{settings}_CERT={cert}, {settings}_KEY={key}: cannot load the certificate and key: {exc}"
         ) from exc
     return context
+
+
+def self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """A certificate and key for `hostname` in `directory`, made once with the `openssl` command and
+    kept, so clients that pinned it keep trusting it; ConfigError when it cannot be made."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if cert.is_file() and key.is_file():
+        return cert, key
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ConfigError(f"no openssl command to make a self-signed certificate in {directory}")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    command = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-days", "3650", "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise ConfigError(f"openssl could not make a self-signed certificate in {directory}: {done.stderr}")
+    key.chmod(0o600)
+    return cert, key
 
 
 def listening_socket(host: str, port: int, setting: str) -> socket.socket:
@@ -81,25 +106,35 @@ class Sessions:
         self.limit = limit
         self.hostname = hostname
         self.count = count
-        self.open = 0
+        self.open: set[SMTP] = set()
         self.none_open = asyncio.Event()
         self.none_open.set()
 
     def admit(self, session: Callable[[], SMTP]) -> asyncio.Protocol:
         """A new session from `session()`, or, over the limit, a 421 at the greeting (counted)."""
-        if self.open >= self.limit:
+        if len(self.open) >= self.limit:
             self.count("sessions")
             return _Refusal(
                 f"421 4.7.0 {self.hostname} too many connections (limit {self.limit}); try again later"
             )
-        self.open += 1
+        opened = session()
+        self.open.add(opened)
         self.none_open.clear()
-        return session()
+        return opened
 
-    def closed(self) -> None:
-        self.open -= 1
+    def closed(self, session: SMTP) -> None:
+        self.open.discard(session)
         if not self.open:
             self.none_open.set()
+
+    async def close(self, grace: float) -> None:
+        """Give the open sessions `grace` seconds to end, then cut them off (their client sends again)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.none_open.wait()
+        for session in list(self.open):
+            if session.transport is not None:
+                session.transport.close()
 
 
 class BudgetedSession(SMTP):
@@ -124,25 +159,31 @@ class BudgetedSession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted:
             self._counted = False
-            self._sessions.closed()
+            self._sessions.closed(self)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:
         self._sessions.count("idle")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
-    async def push(self, status: str) -> None:  # type: ignore[override]
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            await super().push(self._budget_reply(status))
+        else:  # an AUTH challenge, never a budget's
+            await super().push(status)
+
+    def _budget_reply(self, status: str) -> str:
         count = self._sessions.count
         if status.startswith("552 Error"):  # both of aiosmtpd's (at MAIL SIZE= and during DATA)
             count("size")
-            status = f"552 5.3.4 message larger than the {self.data_size_limit}-byte limit"
-        elif status == "500 Command line too long":
+            return f"552 5.3.4 message larger than the {self.data_size_limit}-byte limit"
+        if status == "500 Command line too long":
             count("line")
         elif status.startswith("421 4.7.0") and status.endswith("sent too many times"):
             count("commands")
         elif status.startswith("502 5.5.1 Too many unrecognized commands"):
             count("bad_commands")
-        await super().push(status)
+        return status
 
 
 class _AiosmtpdLines(logging.Filter):
@@ -151,7 +192,7 @@ class _AiosmtpdLines(logging.Filter):
     `unrecognised: <that line>`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or "login_data is deprecated" in str(record.msg):
             return False
         if isinstance(record.msg, str) and "unrecognised" in record.msg:
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"

@@ -165,26 +165,49 @@ class Admissions:
             self._metrics.decision_seconds.observe(time.perf_counter() - started)
         return Submitted(claim.id, outcomes, routing)
 
+    async def check_sender(self, requester: Principal, address: str, rules: Rules) -> None:
+        """Raise Forbidden, counted and recorded as `submit` does, if the agent may not send from
+        `address`: the SMTP door asks at MAIL FROM, before there is any content."""
+        if refused := sender_refusal(requester.name, address, rules):
+            await self._refused(requester, [refused], rules, {"from": address})
+            raise Forbidden(refused)
+
+    async def refuse_recipient(
+        self, requester: Principal, address: str, reasons: list[Reason], rules: Rules
+    ) -> None:
+        """Count and record recipients refused before any content (the SMTP door's RCPT verdicts),
+        as `submit` counts and records a rejected message: the denial rule sees them all."""
+        await self._refused(requester, reasons, rules, {"to": address})
+
     async def _authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
         """The requester's register entry; a refusal is counted and recorded before it is raised."""
         try:
             return _authorize(requester.name, payload, rules)
         except Forbidden as refused:
-            await self._denied(requester.name)
-            await self._audit.append(
-                "submission.refused",
-                f"agent:{requester.name}",
-                {
-                    "agent": requester.name,
-                    "agent_version": payload.agent_version,
-                    "run_id": payload.run_id,
-                    "from": payload.sender.address,
-                    "segment": payload.segment,
-                    "reasons": [refused.reason.code],
-                    "rules_version": rules.version,
-                },
-            )
+            about = {
+                "agent_version": payload.agent_version,
+                "run_id": payload.run_id,
+                "from": payload.sender.address,
+                "segment": payload.segment,
+            }
+            await self._refused(requester, [refused.reason], rules, about)
             raise
+
+    async def _refused(
+        self, requester: Principal, reasons: list[Reason], rules: Rules, about: dict[str, str | None]
+    ) -> None:
+        """A submission refused before it was admitted: counted as a denial, and recorded."""
+        await self._denied(requester.name)
+        await self._audit.append(
+            "submission.refused",
+            f"agent:{requester.name}",
+            {
+                "agent": requester.name,
+                **about,
+                "reasons": [reason.code for reason in reasons],
+                "rules_version": rules.version,
+            },
+        )
 
     async def _decide(
         self, agent: AgentEntry, submission: Submission, batch_id: str, key: Idempotency, rules: Rules
@@ -416,18 +439,22 @@ def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Rea
     return reasons
 
 
-def _authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
-    """The register entry for the agent, if it may use this From address and segment."""
+def sender_refusal(agent_name: str, address: str, rules: Rules) -> Reason | None:
+    """Why the agent may not send from `address` (not registered, not one of its inboxes), or None."""
     agent = rules.agent(agent_name)
     if agent is None:
-        raise Forbidden(Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file"))
-    if not agent.may_use_inbox(payload.sender.address):
-        raise Forbidden(
-            Reason(
-                "inbox_not_allowed",
-                f"agent {agent.name!r} may not send from {payload.sender.address}",
-            )
-        )
+        return Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file")
+    if not agent.may_use_inbox(address):
+        return Reason("inbox_not_allowed", f"agent {agent.name!r} may not send from {address}")
+    return None
+
+
+def _authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
+    """The register entry for the agent, if it may use this From address and segment."""
+    if refused := sender_refusal(agent_name, payload.sender.address, rules):
+        raise Forbidden(refused)
+    agent = rules.agent(agent_name)
+    assert agent is not None  # sender_refusal said it is registered
     if agent.needs_segment and payload.segment is None:
         raise Forbidden(
             Reason(

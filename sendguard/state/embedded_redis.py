@@ -61,6 +61,8 @@ class DataDir:
         self.log_path = self.redis_dir / "redis.log"
         # The audit trail's head, outside Redis, so a truncated trail can be told (audit.py).
         self.audit_anchor = self.root / "audit.anchor"
+        # The SMTP submission listener's self-signed certificate, when none is configured.
+        self.submission_tls = self.root / "submission-tls"
 
     @property
     def socket_path(self) -> Path:

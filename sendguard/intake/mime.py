@@ -1,0 +1,113 @@
+"""A mailer's message (the DATA of an SMTP submission) read into the fields `POST /v1/messages` takes.
+
+The SMTP door then builds a `MessageIn` from them for each recipient, so the same model checks
+the same things: a line break in a header (injection), a reserved or unknown header, a body over
+its size. What the API has no field for is refused here with a sentence: an attachment, a part
+that is neither text nor html, a label header sendguard does not read.
+
+Headers a mailer or a relay adds by itself describe the transport, not the message, and are
+dropped: sendguard writes its own Date, Message-ID and MIME structure, and each recipient's own
+To (so no `Bcc` or `Cc` is ever sent on). The labels the API takes as fields come from
+`X-Sendguard-*` headers, which are read and never sent on.
+"""
+
+from __future__ import annotations
+
+import email.policy
+from email.message import EmailMessage, MIMEPart
+from email.parser import BytesParser
+from typing import Any
+
+from sendguard.model import Reason
+
+# Headers that describe how the mail travelled or how its body is encoded: never sent on.
+TRANSPORT_HEADERS = frozenset(
+    {"received", "date", "message-id", "mime-version", "to", "cc", "bcc", "user-agent", "x-mailer"}
+)
+# The API's fields a mailer sets as headers, by header name.
+LABEL_HEADERS = {
+    "x-sendguard-segment": "segment",
+    "x-sendguard-campaign": "campaign",
+    "x-sendguard-agent-version": "agent_version",
+    "x-sendguard-run-id": "run_id",
+    "x-sendguard-idempotency-key": "idempotency_key",
+}
+# The version a message is recorded under when its mailer names none (`X-Sendguard-Agent-Version`).
+DEFAULT_AGENT_VERSION = "smtp"
+_TEXT_TYPES = {"text/plain": "text", "text/html": "html"}
+
+
+class Unacceptable(Exception):
+    """The message cannot be sent as it is; `reply` is the SMTP answer that says why."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def attachment_refusal(what: str) -> Unacceptable:
+    return Unacceptable(
+        f"554 5.6.1 attachments are not supported: {what}; sendguard sends a text and an html part only"
+    )
+
+
+def read_message(raw: bytes, envelope_sender: str) -> dict[str, Any]:
+    """The `MessageIn` fields of a raw message, all but `to`; Unacceptable says what cannot be sent.
+
+    The From header is the sender, as in the API; a message without one is from the envelope sender.
+    """
+    message = BytesParser(policy=email.policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)  # what policy.default parses into
+    fields: dict[str, Any] = {"from": envelope_sender, "subject": "", "headers": {}}
+    fields["agent_version"] = DEFAULT_AGENT_VERSION
+    seen: set[str] = set()
+    for name, value in message.items():
+        lowered = name.lower()
+        if lowered in TRANSPORT_HEADERS or lowered.startswith("content-"):
+            continue
+        if lowered in seen:
+            raise Unacceptable(f"554 5.6.0 the message has more than one {name} header")
+        seen.add(lowered)
+        if lowered in ("from", "subject"):
+            fields[lowered] = str(value)
+        elif lowered in LABEL_HEADERS:
+            fields[LABEL_HEADERS[lowered]] = str(value).strip()
+        elif lowered.startswith("x-sendguard"):
+            known = ", ".join(name.title() for name in LABEL_HEADERS)
+            raise Unacceptable(f"554 5.6.0 {name} is not a header sendguard reads (it reads {known})")
+        else:
+            fields["headers"][name] = str(value)
+    fields |= _bodies(message)
+    return fields
+
+
+def _bodies(message: EmailMessage) -> dict[str, str]:
+    """The text and html bodies; any other part is an attachment, refused."""
+    bodies: dict[str, MIMEPart] = {}
+    for kind, field in _TEXT_TYPES.items():
+        part = message.get_body(preferencelist=(kind.partition("/")[2],))
+        if part is not None and part.get_content_type() == kind:
+            bodies[field] = part
+    chosen = {id(part) for part in bodies.values()}
+    for part in message.walk():
+        if not part.is_multipart() and id(part) not in chosen:
+            name = part.get_filename()
+            raise attachment_refusal(
+                f"{name!r} ({part.get_content_type()})" if name else part.get_content_type()
+            )
+    read: dict[str, str] = {}
+    for field, part in bodies.items():
+        try:
+            content = part.get_content()
+        except LookupError as exc:
+            raise Unacceptable(
+                f"554 5.6.0 the {field} part's charset is not one sendguard knows: {exc}"
+            ) from exc
+        read[field] = str(content).replace("\r\n", "\n")
+    return read
+
+
+def refusal_reply(reasons: list[Reason] | tuple[Reason, ...], code: str = "550 5.7.1") -> str:
+    """An SMTP reply naming each reason's code and detail, within the 512 characters a reply line takes."""
+    text = "; ".join(f"{reason.code}: {reason.detail}" for reason in reasons)
+    return f"{code} {text}"[:500]

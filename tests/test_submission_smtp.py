@@ -1,0 +1,296 @@
+"""SMTP submission: an agent's mailer sends through sendguard with the API's decisions.
+
+Clients are the standard library's smtplib (the way most scripts send), swaks, and a real Postfix
+that relays through sendguard; every message is checked where it lands, at the SMTP sink. The
+daemon is built in-process; its listener is real, with its self-signed certificate, which the
+clients here trust by its file.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import logging
+import os
+import shutil
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Api, Daemon, free_port, wait_until
+from tests.peers import SmtpSink
+
+MakeDaemon = Callable[..., Daemon]
+Mint = Callable[..., str]
+ClientFor = Callable[..., Api]
+HOST = "submit.acme.example"
+AGENT = "sdr-bot"
+
+
+def _listener(make_daemon: MakeDaemon, rules: str = "", **settings: str) -> tuple[Daemon, int]:
+    port = free_port()
+    options = {"submission_smtp": f"127.0.0.1:{port}", "submission_hostname": HOST}
+    return make_daemon(rules, **(options | settings)), port
+
+
+def _certificate(daemon: Daemon) -> Path:
+    return Path(daemon.env["SENDGUARD_DATA_DIR"]) / "submission-tls" / "cert.pem"
+
+
+def _trusting(daemon: Daemon) -> ssl.SSLContext:
+    """Trusts the daemon's self-signed certificate and nothing else (reached by IP, not by its name)."""
+    context = ssl.create_default_context(cafile=_certificate(daemon))
+    context.check_hostname = False
+    return context
+
+
+def _connect(daemon: Daemon, port: int, *, tls: bool = True) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    client.ehlo("mailer.example")
+    if tls:
+        client.starttls(context=_trusting(daemon))
+        client.ehlo("mailer.example")
+    return client
+
+
+@pytest.fixture
+def session(make_daemon: MakeDaemon, mint: Mint) -> Iterator[tuple[Daemon, smtplib.SMTP]]:
+    """A daemon with a submission listener and a mailer signed in to it as the agent."""
+    daemon, port = _listener(make_daemon)
+    with _connect(daemon, port) as client:
+        client.login(AGENT, mint("agent", AGENT))
+        yield daemon, client
+
+
+def _plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def _mail(to: str, **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "Alice <alice@acme.example>"
+    message["To"] = to
+    message["Subject"] = "A question about your Q4 close"
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content("Hi,\n\nwould a call next week help?\n\nAlice\n")
+    return message
+
+
+def _wire(message: EmailMessage) -> bytes:
+    """The message as it goes over SMTP, with CRLF (smtplib sends bytes as they are)."""
+    return message.as_bytes(policy=email.policy.SMTP)
+
+
+def _send(client: smtplib.SMTP, message: EmailMessage | bytes, recipients: list[str]) -> tuple[int, str]:
+    """MAIL, each RCPT, DATA; the DATA reply (smtplib's sendmail would hide it)."""
+    assert client.mail("alice@acme.example")[0] == 250
+    for recipient in recipients:
+        assert client.rcpt(recipient)[0] == 250, recipient
+    raw = message if isinstance(message, bytes) else _wire(message)
+    code, text = client.data(raw)
+    return code, text.decode()
+
+
+def _refused(daemon: Daemon, limit: str, count: int) -> None:
+    wait_until(
+        lambda: daemon.metric("sendguard_submission_refused_total", limit=limit) == count,
+        what=f"{count} submission refusals by the {limit} limit to be counted",
+    )
+
+
+def test_each_recipient_bcc_too_becomes_its_own_message_without_bcc_or_sendguard_headers(
+    session: tuple[Daemon, smtplib.SMTP], smtp: SmtpSink, client_for: ClientFor
+) -> None:
+    daemon, client = session
+    message = _mail(
+        "dana@customer.example, erin@other.example",
+        Bcc="fay@third.example",
+        X_Sendguard_Campaign="q4",
+        X_Sendguard_Agent_Version="mailer-2",
+        Reply_To="alice@acme.example",
+    )
+    code, reply = _send(client, message, ["dana@customer.example", "erin@other.example", "fay@third.example"])
+
+    assert code == 250, reply
+    assert reply.startswith("2.0.0 queued as ")
+    ids = reply.removeprefix("2.0.0 queued as ").split(", ")
+    arrived = {received.rcpt_tos: received.message for received in smtp.wait_for(3)}
+    assert set(arrived) == {("dana@customer.example",), ("erin@other.example",), ("fay@third.example",)}
+    for (to,), sent in arrived.items():
+        assert sent["To"] == to and "Bcc" not in sent and "Cc" not in sent
+        assert not [name for name in sent if name.lower().startswith("x-sendguard")], sent.keys()
+        assert sent["Subject"] == "A question about your Q4 close"
+        assert sent["Reply-To"] == "alice@acme.example"
+        assert "would a call next week help?" in sent.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    reader = client_for(daemon, "agent", AGENT)
+    records = [reader.status(message_id) for message_id in ids]
+    assert {(r["to"], r["campaign"], r["agent_version"]) for r in records} == {
+        (to, "q4", "mailer-2") for to in ("dana@customer.example", "erin@other.example", "fay@third.example")
+    }
+
+
+def test_no_auth_before_starttls_and_no_mail_without_auth(make_daemon: MakeDaemon, mint: Mint) -> None:
+    daemon, port = _listener(make_daemon)
+    credentials = base64.b64encode(f"\0{AGENT}\0{mint('agent', AGENT)}".encode()).decode()
+    with _connect(daemon, port, tls=False) as plain:
+        offered = plain.esmtp_features
+        auth_in_clear = plain.docmd("AUTH", f"PLAIN {credentials}")
+        mail_in_clear = plain.docmd("MAIL", "FROM:<alice@acme.example>")
+    with _connect(daemon, port) as encrypted:
+        mail_unauthenticated = encrypted.docmd("MAIL", "FROM:<alice@acme.example>")
+        rcpt_unauthenticated = encrypted.docmd("RCPT", "TO:<dana@customer.example>")
+
+    assert "starttls" in offered and "auth" not in offered
+    assert auth_in_clear == (530, b"Must issue a STARTTLS command first")
+    assert mail_in_clear == (530, b"Must issue a STARTTLS command first")
+    assert mail_unauthenticated == (530, b"5.7.0 Authentication required")
+    assert rcpt_unauthenticated[0] == 530
+
+
+def test_only_an_agent_token_under_its_own_name_signs_in_and_it_is_never_logged(
+    make_daemon: MakeDaemon, mint: Mint, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    daemon, port = _listener(make_daemon)
+    token, admin = mint("agent", AGENT), mint("admin", "root")
+    attempts = [("sdr-bot", token[:-2] + "xx"), ("list-bot", token), ("root", admin)]
+    with _connect(daemon, port) as client:
+        refused = [client.docmd("AUTH", f"PLAIN {_plain(user, password)}") for user, password in attempts]
+        fourth = client.docmd("AUTH", f"PLAIN {_plain(AGENT, token)}")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+    with _connect(daemon, port) as client:  # a mailer that ignores a refusal and sends its secret on
+        client.docmd("AUTH", "LOGIN")
+        client.docmd(base64.b64encode(AGENT.encode()).decode())
+        client.docmd(base64.b64encode(token[:-2].encode() + b"xx").decode())
+        client.docmd(base64.b64encode(token.encode()).decode())
+        assert client.login(AGENT.upper(), token)[0] == 235  # names are compared as `token create` keeps them
+
+    assert refused == [(535, b"5.7.8 Authentication credentials invalid")] * 3
+    assert fourth == (421, b"4.7.0 AUTH sent too many times")
+    _refused(daemon, "auth", 4)
+    _refused(daemon, "commands", 1)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for secret in (token, admin, token[:-2] + "xx"):
+        for form in (secret, base64.b64encode(secret.encode()).decode(), _plain(AGENT, secret)):
+            assert form not in logged
+    assert "sent a command it does not know" in logged
+
+
+def test_a_recipient_refused_at_rcpt_says_why_while_the_others_go(
+    session: tuple[Daemon, smtplib.SMTP], smtp: SmtpSink, client_for: ClientFor
+) -> None:
+    daemon, client = session
+    admin = client_for(daemon, "admin", "root")
+    assert admin.client.post("/v1/suppressions", json={"entries": ["gone@other.example"]}).status_code == 200
+
+    assert client.mail("alice@acme.example")[0] == 250
+    role = client.rcpt("info@customer.example")
+    assert client.rcpt("dana@customer.example")[0] == 250
+    assert client.rcpt("gone@other.example")[0] == 250  # suppression is decided with the admission
+    code, reply = client.data(_wire(_mail("dana@customer.example, gone@other.example")))
+
+    assert role == (550, b"5.7.1 role_account: info@ is a role account")
+    assert code == 250
+    lines = reply.decode().splitlines()
+    assert lines[0].startswith("<gone@other.example> rejected as ") and "suppressed: " in lines[0]
+    assert lines[-1].startswith("2.0.0 queued as ") and "," not in lines[-1]
+    [received] = smtp.wait_for(1)
+    assert received.rcpt_tos == ("dana@customer.example",)
+    auditor = client_for(daemon, "auditor", "audit")
+    wait_until(
+        lambda: any(
+            entry["kind"] == "submission.refused"
+            and entry["fields"]["to"] == "info@customer.example"
+            and entry["fields"]["reasons"] == ["role_account"]
+            for entry in auditor.client.get("/v1/audit", params={"agent": AGENT}).json()
+        ),
+        what="the refused recipient in the audit trail",
+    )
+
+
+def test_a_sender_the_agent_may_not_use_is_refused_at_mail(session: tuple[Daemon, smtplib.SMTP]) -> None:
+    _, client = session
+    assert client.mail("ceo@elsewhere.example") == (
+        550,
+        b"5.7.1 inbox_not_allowed: agent 'sdr-bot' may not send from ceo@elsewhere.example",
+    )
+
+
+def _attached(message: EmailMessage) -> bytes:
+    message.add_attachment(b"%PDF-1.4", maintype="application", subtype="pdf", filename="deck.pdf")
+    return _wire(message)
+
+
+def _header(name: str, value: str) -> Callable[[EmailMessage], bytes]:
+    """The message with one more header, written as it is (the email package would fold or encode it)."""
+    return lambda message: _wire(message).replace(b"\r\n\r\n", f"\r\n{name}: {value}\r\n\r\n".encode(), 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (_attached, "554 5.6.1 attachments are not supported: 'deck.pdf' (application/pdf)"),
+        (
+            _header("Comments", "=?utf-8?q?Hello=0D=0ABcc=3A_victim=40other.example?="),
+            "554 5.6.0 headers.Comments: must not contain CR or LF",
+        ),
+        (_header("Sender", "x@acme.example"), "554 5.6.0 headers: 'Sender' is reserved"),
+        (_header("X-Sendguard-Priority", "high"), "554 5.6.0 X-Sendguard-Priority is not"),
+    ],
+    ids=["attachment", "header injection", "reserved header", "unknown label"],
+)
+def test_what_the_api_refuses_is_refused_with_a_reason(
+    session: tuple[Daemon, smtplib.SMTP], smtp: SmtpSink, raw: Callable[[EmailMessage], bytes], expected: str
+) -> None:
+    _, client = session
+    code, reply = _send(client, raw(_mail("dana@customer.example")), ["dana@customer.example"])
+
+    assert f"{code} {reply}".startswith(expected), reply
+    assert client.noop()[0] == 250  # the session goes on
+    assert smtp.received == []
+
+
+def test_a_message_over_the_size_limit_is_refused_and_counted(make_daemon: MakeDaemon, mint: Mint) -> None:
+    daemon, port = _listener(make_daemon, submission_max_bytes="2048")
+    with _connect(daemon, port) as client:
+        client.login(AGENT, mint("agent", AGENT))
+        message = _mail("dana@customer.example")
+        message.set_content(("x" * 70 + "\n") * 50)
+        code, reply = _send(client, message, ["dana@customer.example"])
+
+    assert (code, reply) == (552, "5.3.4 message larger than the 2048-byte limit")
+    _refused(daemon, "size", 1)
+
+
+def test_swaks_sends_one_message(make_daemon: MakeDaemon, mint: Mint, smtp: SmtpSink) -> None:
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is missing: run tests/install-tools.sh"
+    daemon, port = _listener(make_daemon)
+    done = subprocess.run(
+        [
+            swaks,
+            *("--server", f"127.0.0.1:{port}", "--tls", "--tls-verify"),
+            *("--tls-ca-path", str(_certificate(daemon)), "--auth", "PLAIN", "--auth-user", AGENT),
+            *("--from", "alice@acme.example", "--to", "dana@customer.example"),
+            *("--header", "Subject: from swaks", "--body", "Hello from swaks"),
+        ],
+        # The token is no argument: every user of the machine can read those.
+        env={**os.environ, "SWAKS_OPT_auth_password": mint("agent", AGENT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "<~  250 2.0.0 queued as " in done.stdout
+    [received] = smtp.wait_for(1)
+    assert received.rcpt_tos == ("dana@customer.example",)
+    assert received.message["Subject"] == "from swaks"
