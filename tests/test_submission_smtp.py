@@ -16,6 +16,7 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -294,3 +295,133 @@ def test_swaks_sends_one_message(make_daemon: MakeDaemon, mint: Mint, smtp: Smtp
     [received] = smtp.wait_for(1)
     assert received.rcpt_tos == ("dana@customer.example",)
     assert received.message["Subject"] == "from swaks"
+
+
+_POSTFIX_SERVICES = """\
+pickup    unix  n  -  n  60     1  pickup
+cleanup   unix  n  -  n  -      0  cleanup
+qmgr      unix  n  -  n  300    1  qmgr
+tlsmgr    unix  -  -  n  1000?  1  tlsmgr
+rewrite   unix  -  -  n  -      -  trivial-rewrite
+bounce    unix  -  -  n  -      0  bounce
+defer     unix  -  -  n  -      0  bounce
+trace     unix  -  -  n  -      0  bounce
+verify    unix  -  -  n  -      1  verify
+flush     unix  n  -  n  1000?  0  flush
+proxymap  unix  -  -  n  -      -  proxymap
+smtp      unix  -  -  n  -      -  smtp
+relay     unix  -  -  n  -      -  smtp
+showq     unix  n  -  n  -      -  showq
+error     unix  -  -  n  -      -  error
+retry     unix  -  -  n  -      -  error
+discard   unix  -  -  n  -      -  discard
+anvil     unix  -  -  n  -      1  anvil
+scache    unix  -  -  n  -      1  scache
+postlog   unix-dgram n  -  n  -  1  postlogd
+"""
+
+
+class Postfix:
+    """A private Postfix that relays everything to sendguard (`relayhost`, SASL over STARTTLS): its
+    own configuration, queue and log in a directory of its own, no listener, started as root.
+
+    The directory is made in /tmp, not in the test's temporary directory: Postfix's daemons run as
+    the `postfix` user, who must be able to reach their queue, and pytest's directories are
+    private to the user running the tests.
+    """
+
+    def __init__(self, relay_port: int, user: str, token: str) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="sendguard-postfix-", dir="/tmp"))
+        self.directory.chmod(0o755)
+        self.config = self.directory / "etc"
+        self.queue = self.directory / "queue"
+        self.log = self.directory / "maillog"
+        self.config.mkdir()
+        self.queue.mkdir()
+        passwords = self.config / "sasl_passwd"
+        passwords.touch(mode=0o600)
+        passwords.write_text(f"[127.0.0.1]:{relay_port} {user}:{token}\n")
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": self.queue,
+            "data_directory": self.directory / "data",
+            "maillog_file": self.log,
+            "maillog_file_prefixes": self.directory,
+            "myhostname": "mailer.acme.example",
+            "myorigin": "acme.example",
+            "mydestination": "",
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "alias_maps": "",
+            "alias_database": "",
+            "relayhost": f"[127.0.0.1]:{relay_port}",
+            "smtp_tls_security_level": "encrypt",
+            "smtp_sasl_auth_enable": "yes",
+            "smtp_sasl_password_maps": f"texthash:{passwords}",
+            "smtp_sasl_security_options": "noanonymous",
+            "smtp_sasl_tls_security_options": "noanonymous",
+            "smtp_sasl_mechanism_filter": "plain, login",
+        }
+        (self.config / "main.cf").write_text(
+            "".join(f"{name} = {value}\n" for name, value in settings.items())
+        )
+        (self.config / "master.cf").write_text(_POSTFIX_SERVICES)
+
+    def __enter__(self) -> Postfix:
+        self._postfix("start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self._postfix("stop")
+        finally:
+            shutil.rmtree(self.directory)
+
+    def _postfix(self, command: str) -> None:
+        done = subprocess.run(
+            ["postfix", "-c", str(self.config), command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, f"postfix {command}: {done.stderr}{self.maillog()}"
+
+    def sendmail(self, raw: bytes, sender: str) -> None:
+        """Hand a message to Postfix as a local program does: `sendmail -t`, recipients from its headers."""
+        subprocess.run(
+            ["sendmail", "-C", str(self.config), "-f", sender, "-t"], input=raw, timeout=30, check=True
+        )
+
+    def maillog(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def test_postfix_relays_through_sendguard_with_sasl(
+    make_daemon: MakeDaemon, mint: Mint, smtp: SmtpSink
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix is started as root (its daemons then run as the postfix user)")
+    assert shutil.which("postfix"), "Postfix is missing: run tests/install-tools.sh"
+    _, port = _listener(make_daemon)
+    message = _mail("dana@customer.example", Bcc="erin@other.example", X_Sendguard_Campaign="relay")
+    with Postfix(port, AGENT, mint("agent", AGENT)) as postfix:
+        postfix.sendmail(_wire(message), "alice@acme.example")
+        try:
+            wait_until(
+                lambda: "status=sent (250 2.0.0 queued as " in postfix.maillog(),
+                timeout=30,
+                what="Postfix's relay",
+            )
+            arrived = smtp.wait_for(2, timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(postfix.maillog()) from exc
+
+    assert {received.rcpt_tos for received in arrived} == {
+        ("dana@customer.example",),
+        ("erin@other.example",),
+    }
+    for received in arrived:
+        sent = received.message
+        assert "Bcc" not in sent and "X-Sendguard-Campaign" not in sent and "Received" not in sent
+        assert sent["From"] == "Alice <alice@acme.example>"
