@@ -216,6 +216,27 @@ def test_a_recipient_refused_at_rcpt_says_why_while_the_others_go(
     )
 
 
+def test_a_message_that_waits_for_approval_is_taken_and_the_reply_says_so(
+    make_daemon: MakeDaemon, mint: Mint, smtp: SmtpSink, client_for: ClientFor
+) -> None:
+    daemon, port = _listener(make_daemon, '[approvals]\nshared_inboxes = ["team@acme.example"]\n')
+    with _connect(daemon, port) as client:
+        client.login(AGENT, mint("agent", AGENT))
+        message = _mail("dana@customer.example")
+        message.replace_header("From", "Team <team@acme.example>")
+        assert client.mail("team@acme.example")[0] == 250
+        assert client.rcpt("dana@customer.example")[0] == 250
+        code, reply = client.data(_wire(message))
+
+    waiting, queued = reply.decode().splitlines()
+    assert code == 250
+    assert waiting.startswith("<dana@customer.example> pending_approval as ")
+    assert "approval_required: tier 1 (" in waiting and "waits for approval request " in waiting
+    message_id = queued.removeprefix("2.0.0 queued as ")
+    assert client_for(daemon, "agent", AGENT).status(message_id)["status"] == "pending_approval"
+    assert smtp.received == []
+
+
 def test_a_sender_the_agent_may_not_use_is_refused_at_mail(session: tuple[Daemon, smtplib.SMTP]) -> None:
     _, client = session
     assert client.mail("ceo@elsewhere.example") == (
