@@ -19,11 +19,12 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Daemon, free_port, wait_until
+from tests.conftest import Api, Daemon, free_port, message, wait_until
 from tests.peers import SmtpSink
 
 MakeDaemon = Callable[..., Daemon]
@@ -235,6 +236,57 @@ def test_a_message_that_waits_for_approval_is_taken_and_the_reply_says_so(
     message_id = queued.removeprefix("2.0.0 queued as ")
     assert client_for(daemon, "agent", AGENT).status(message_id)["status"] == "pending_approval"
     assert smtp.received == []
+
+
+def _smtp_decision(client: smtplib.SMTP, body: dict[str, str]) -> tuple[str, list[str]]:
+    """The status and reason codes an SMTP transaction was answered with, for one recipient."""
+    message = _mail(body["to"])
+    message.replace_header("From", body["from"])
+    message.replace_header("Subject", body["subject"])
+    message.set_content(body["text"])
+    assert client.mail(parseaddr(body["from"])[1])[0] == 250
+    code, text = client.rcpt(body["to"])
+    if code == 550:
+        client.rset()
+        return "rejected", _codes(text.decode().removeprefix("5.7.1 "))
+    text = client.data(_wire(message))[1].decode()
+    about = [line for line in text.splitlines() if line.startswith(f"<{body['to']}> ")]
+    if not about:  # only named in `queued as`
+        return "queued", []
+    head, _, reasons = about[0].partition(": ")
+    return head.split(" ")[1], _codes(reasons)
+
+
+def _codes(reasons: str) -> list[str]:
+    return [reason.partition(":")[0] for reason in reasons.split("; ")]
+
+
+def test_the_same_message_gets_the_same_decision_by_smtp_as_by_the_api(
+    make_daemon: MakeDaemon, mint: Mint, client_for: ClientFor
+) -> None:
+    rules = '[ingress]\nrecipient_cooldown = "0s"\n[approvals]\nshared_inboxes = ["team@acme.example"]\n'
+    daemon, port = _listener(make_daemon, rules)
+    admin = client_for(daemon, "admin", "root")
+    assert (
+        admin.client.post("/v1/suppressions", json={"entries": ["gone@customer.example"]}).status_code == 200
+    )
+    api = client_for(daemon, "agent", AGENT)
+    cases = {
+        "accepted": message("ann@customer.example"),
+        "a role account": message("info@customer.example"),
+        "a free-mail domain": message("someone@gmail.com"),
+        "a domain that takes no mail": message("x@nullmx.example"),
+        "a suppression": message("gone@customer.example"),
+        "a leftover placeholder": message("bob@customer.example", subject="Hi {{first_name}}"),
+        "a secret": message("cy@customer.example", text="card 4111 1111 1111 1111"),
+        "a shared inbox": message("dee@customer.example", **{"from": "Team <team@acme.example>"}),
+    }
+    with _connect(daemon, port) as client:
+        client.login(AGENT, mint("agent", AGENT))
+        for case, body in cases.items():
+            by_api = api.send(body["to"], **{k: v for k, v in body.items() if k != "to"})
+            expected = (by_api["status"], [reason["code"] for reason in by_api["reasons"]])
+            assert _smtp_decision(client, body) == expected, case
 
 
 def test_a_sender_the_agent_may_not_use_is_refused_at_mail(session: tuple[Daemon, smtplib.SMTP]) -> None:
