@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ def _credentials(server: Any, session: Session, envelope: Envelope, mechanism: s
 class _SubmissionSession(BudgetedSession):
     """A session that needs STARTTLS, then AUTH with an agent token, before MAIL."""
 
-    def __init__(self, listener: SubmissionListener, handler: _Handler, tls: Any) -> None:
+    def __init__(self, listener: SubmissionListener, handler: _Handler, tls: ssl.SSLContext) -> None:
         super().__init__(
             handler,
             listener.sessions,
