@@ -12,16 +12,19 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -102,9 +105,40 @@ class ThrottleRule(_Table):
         return value is not None and (self.match == "*" or self.match == value)
 
 
+# The register is reviewed monthly: a production agent reviewed longer ago than this is overdue.
+REVIEW_OVERDUE_AFTER = timedelta(days=31)
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _not_ahead(value: date | None) -> date | None:
+    """A test or review that has not happened yet is a typo or a wish; one day of slack lets a
+    person east of UTC write their own today."""
+    if value is not None and value > _today() + timedelta(days=1):
+        raise ValueError(f"{value.isoformat()} is in the future; give the date it happened")
+    return value
+
+
+PastDate = Annotated[date | None, AfterValidator(_not_ahead)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class AgentEntry(_Table):
+    """One agent of the register: what it may do, and what a governance review needs to know."""
+
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-    owner: str = Field(min_length=1)
+    owner: Text | None = None  # the person or team answerable for it (a production agent needs one)
+    builder: Text | None = None  # who built it: a team, a vendor
+    # sandbox: every check, throttle and approval as usual, but its mail lands in the outbox, never
+    # the relay. Left out, production: a file written before the field keeps sending as it did.
+    environment: Literal["sandbox", "production"] = "production"
+    systems: list[Text] = []  # the systems it touches (CRM, ticketing, ...)
+    data_classes: list[Text] = []  # the kinds of data it handles (contact data, deal notes, ...)
+    rollback_plan: Text | None = None  # how to stop it and undo what it did
+    last_tested: PastDate = None
+    last_reviewed: PastDate = None
     inboxes: list[str] = Field(min_length=1)
     segments: list[str] = ["*"]
     tier: Literal[0, 1] = 0  # 1: every send needs one approval (a new agent, say)
@@ -210,7 +244,9 @@ class Rules:
         """What the file allows that a hijacked agent could use, for `sendguard rules check` to say.
 
         An agent that may use `*@domain` can send as any address there (ceo@ included), and every
-        address it makes up gets a per-inbox throttle bucket of its own.
+        address it makes up gets a per-inbox throttle bucket of its own. A production agent
+        reaches real people, so it needs an owner, a rollback plan and a review within the month;
+        a sandbox agent reaches nobody, and its promotion is the rules change that gets checked.
         """
         capped = {rule.scope for rule in self.file.throttle if rule.match == "*"}
         missing = [kind.value for kind in (ScopeKind.AGENT, ScopeKind.SENDER_DOMAIN) if kind not in capped]
@@ -225,7 +261,33 @@ class Rules:
                         f"as any address at {domain}, ceo@{domain} included, each with a per-inbox "
                         f"throttle of its own{unless}; list its inboxes one by one"
                     )
+            if agent.environment == "production":
+                found += [
+                    f"rules file {self.path}: [[agent]] #{number} key '{key}': production agent "
+                    f"{agent.name!r} {problem}"
+                    for key, problem in governance_gaps(agent)
+                ]
         return found
+
+
+def governance_gaps(agent: AgentEntry) -> list[tuple[str, str]]:
+    """(key, what is missing) for what a production agent's register entry lacks."""
+    gaps = []
+    if agent.owner is None:
+        gaps.append(("owner", "has no owner: name the person or team answerable for it"))
+    if agent.rollback_plan is None:
+        gaps.append(("rollback_plan", "has no rollback plan: say how to stop it and undo what it did"))
+    if agent.last_reviewed is None:
+        gaps.append(("last_reviewed", "has never been reviewed: the register is reviewed monthly"))
+    elif (age := _today() - agent.last_reviewed) > REVIEW_OVERDUE_AFTER:
+        gaps.append(
+            (
+                "last_reviewed",
+                f"was last reviewed {agent.last_reviewed.isoformat()}, {age.days} days ago: the register "
+                f"is reviewed monthly (overdue after {REVIEW_OVERDUE_AFTER.days} days)",
+            )
+        )
+    return gaps
 
 
 @dataclass(frozen=True)
@@ -236,6 +298,9 @@ class RulesChanges:
     agents_added: list[str]
     agents_removed: list[str]
     agents_changed: list[str]
+    # agent -> the environment it is in now, for agents kept whose environment changed: a
+    # promotion to production (or a step back to sandbox) is the change a reviewer looks for
+    environments: dict[str, str]
 
 
 def rules_changes(before: Rules, after: Rules) -> RulesChanges:
@@ -257,6 +322,11 @@ def rules_changes(before: Rules, after: Rules) -> RulesChanges:
         agents_added=sorted(new.keys() - old.keys()),
         agents_removed=sorted(old.keys() - new.keys()),
         agents_changed=sorted(name for name in old.keys() & new.keys() if old[name] != new[name]),
+        environments={
+            name: new[name].environment
+            for name in sorted(old.keys() & new.keys())
+            if old[name].environment != new[name].environment
+        },
     )
 
 

@@ -323,7 +323,8 @@ def test_rules_check_warns_when_an_agent_may_send_as_anyone_at_a_domain(tmp_path
     checked = sendguard_command(env, "rules", "check", str(path))
 
     assert checked.returncode == 0, checked.stderr  # valid, and said to be risky
-    assert checked.stderr.splitlines() == [
+    # (the register's gaps of these production agents are tests/test_register.py's)
+    assert [line for line in checked.stderr.splitlines() if "key 'inboxes'" in line] == [
         f"warning: rules file {path}: [[agent]] #1 key 'inboxes': 'sdr-bot' may send as any address at "
         "acme.example, ceo@acme.example included, each with a per-inbox throttle of its own; this file "
         "has no agent or sender_domain throttle to cap it; list its inboxes one by one"
