@@ -124,6 +124,8 @@ class Signals:
         message_id: str = "",
         once: str = "",
         last_sent_to: str = "",
+        agent: str = "",
+        activity: Sequence[str] = (),
     ) -> Recorded:
         """Count `signals` for each scope; with a bad signal, trip the first scope that crosses.
 
@@ -135,10 +137,12 @@ class Signals:
         counted there again (a DSN posted twice is one bounce), while a scope that has not counted
         it yet does (an agent's own report counted on its agent scope alone, then the same bounce
         from a trusted source counts on the rest). `last_sent_to` remembers the message as the
-        latest sent to that address, for events that only name the recipient.
+        latest sent to that address, for events that only name the recipient. `agent` is whose mail
+        (or refusal) it is: a trip it causes counts in that agent's activity, as do the fields in
+        `activity` (see governance/register.py).
         """
         k = self._keys
-        if not scopes and not once and not last_sent_to:
+        if not scopes and not once and not last_sent_to and not activity:
             return Recorded(counted=True, trips=[])
         thresholds = rules.model_dump(exclude={"window", "scopes"})
         async with translated():
@@ -161,6 +165,8 @@ class Signals:
                     RETENTION_MS,
                     json.dumps(sorted({cause for s in signals for cause in CAUSES.get(s, ())})),
                     audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}),
+                    agent,
+                    json.dumps(list(activity)),
                     *scopes,
                 ],
             )

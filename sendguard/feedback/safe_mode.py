@@ -130,11 +130,13 @@ class SafeMode:
         once: str = "",
         last_sent_to: str = "",
         agent_only: bool = False,
+        activity: Sequence[str] = (),
     ) -> Recorded:
         """Count signals in the watched ones of `scopes`; announce any trip they cause.
 
         `agent_only`: the signals are the agent's own word (its report about its own message), so
         they count on its `agent:` scope alone, watched or not, and can stop nobody else.
+        A trip they cause counts in the activity of the agent `scopes` name, with `activity`.
         """
         rules = self._rules.now.file.safe_mode
         watched = {ScopeKind.AGENT} if agent_only else set(rules.scopes)
@@ -149,6 +151,8 @@ class SafeMode:
             message_id=message_id,
             once=once,
             last_sent_to=last_sent_to,
+            agent=next((value for kind, value in map(split_scope, scopes) if kind == ScopeKind.AGENT), ""),
+            activity=activity,
         )
         for trip in recorded.trips:
             self._announce(trip)

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +28,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.governance.approvals import Approvals, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
+from sendguard.governance.register import rejection_counted
 from sendguard.governance.tokens import Principal
 from sendguard.intake.batches import (
     CHUNK,
@@ -196,8 +197,9 @@ class Admissions:
     async def _refused(
         self, requester: Principal, reasons: list[Reason], rules: Rules, about: dict[str, str | None]
     ) -> None:
-        """A submission refused before it was admitted: counted as a denial, and recorded."""
-        await self._denied(requester.name)
+        """A submission refused before it was admitted: counted as a denial and in the agent's
+        activity (a rejection, by its reason codes), and recorded."""
+        await self._denied(requester.name, rejection_counted([reason.code for reason in reasons]))
         await self._audit.append(
             "submission.refused",
             f"agent:{requester.name}",
@@ -285,9 +287,15 @@ class Admissions:
         if any(admission.status is Status.REJECTED and not admission.existing for admission in admissions):
             await self._denied(agent.name)
 
-    async def _denied(self, agent: str) -> None:
-        """A policy refusal counts against the agent: many in a row look like a hijacked agent."""
-        await self._safe_mode.observe([scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL])
+    async def _denied(self, agent: str, activity: Sequence[str] = ()) -> None:
+        """A policy refusal counts against the agent: many in a row look like a hijacked agent.
+
+        `activity`: what a 403 counts in the agent's activity (a rejection admitted is counted by
+        its admission script).
+        """
+        await self._safe_mode.observe(
+            [scope_name(ScopeKind.AGENT, agent)], [Signal.DENIAL], activity=activity
+        )
 
     def _candidate(
         self,

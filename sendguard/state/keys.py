@@ -66,7 +66,13 @@ SCHEMA: dict[str, str] = {
     "break_glass": "bg:{id}",
     "break_glass_all": "bg:all",  # zset: elevation ids, score = when requested (ms)
     "break_glass_active": "bg:active:{admin}",  # string: id of the admin's granted elevation, until it ends
+    # hash: one agent's activity in one hour (hour = Redis time in ms // ACTIVITY_BUCKET_MS), fields
+    # `sent`, `bounced`, `failed`, `rejected:<reason code>`, `denied`, `tripped`; it expires
+    # ACTIVITY_BUCKETS_KEPT hours after its hour began, so a day's worth is always there to read
+    "activity": "activity:{agent}:{hour}",
 }
+ACTIVITY_BUCKET_MS = 3_600_000
+ACTIVITY_BUCKETS_KEPT = 25
 # The `{part}` names of each pattern, in order.
 PARTS = {
     name: [part for _, part, _, _ in Formatter().parse(pattern) if part] for name, pattern in SCHEMA.items()
@@ -234,3 +240,6 @@ class Keys:
     @property
     def rules_reloads(self) -> str:
         return self._key("rules_reloads")
+
+    def activity(self, agent: str, hour: int) -> str:
+        return self._key("activity", agent, hour)

@@ -6,9 +6,11 @@ the loader puts exactly the shared definitions the script uses, each from its on
 
 - `key_<name>(...)` for every key of the schema in keys.py, with the prefix fixed at load time,
   so no script builds a key by hand;
-- the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py;
+- the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py, and the
+  activity buckets' length and lifetime, from keys.py;
 - the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
-  signal windows, suppression, the waiting index, cancellation, settling by an approval).
+  signal windows, suppression, the waiting index, cancellation, settling by an approval, an
+  agent's activity count).
 
 Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
 the layout of Redis. tests/test_scripts.py holds each script to these rules.
@@ -28,7 +30,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from sendguard.model import CANCELLABLE, WAITING, Status
-from sendguard.state.keys import PARTS, SCHEMA, Keys
+from sendguard.state.keys import ACTIVITY_BUCKET_MS, ACTIVITY_BUCKETS_KEPT, PARTS, SCHEMA, Keys
 
 LUA = files("sendguard.state") / "lua"
 # The shared helper files, in an order where each may use the ones before it.
@@ -42,6 +44,7 @@ SHARED = (
     "waiting",
     "cancellation",
     "approval",
+    "activity",
 )
 
 _DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)
@@ -82,10 +85,12 @@ def _status_set(statuses: Iterable[Status]) -> str:
     return "{" + ", ".join(f"[{_lua_string(status)}]=true" for status in statuses) + "}"
 
 
-_STATUS_SETS = {
+_CONSTANTS = {
     "WAITING": _status_set(WAITING),
     "TERMINAL": _status_set(status for status in Status if status not in WAITING),
     "CANCELLABLE": _status_set(CANCELLABLE),
+    "ACTIVITY_BUCKET_MS": str(ACTIVITY_BUCKET_MS),
+    "ACTIVITY_BUCKETS_KEPT": str(ACTIVITY_BUCKETS_KEPT),
 }
 
 
@@ -108,9 +113,7 @@ def compose(body: str, keys: Keys, origin: str = "a script") -> str:
     if unknown:
         raise LookupError(f"{origin} uses key helpers that keys.SCHEMA lacks: {unknown}")
     preamble = [
-        f"local {set_name} = {table}\n"
-        for set_name, table in _STATUS_SETS.items()
-        if re.search(rf"\b{set_name}\b", text)
+        f"local {name} = {value}\n" for name, value in _CONSTANTS.items() if re.search(rf"\b{name}\b", text)
     ]
     if used_keys:
         preamble.append(f"local PREFIX = {_lua_string(keys.prefix)}\n")

@@ -232,6 +232,7 @@ class Store:
         recipient: str = "-",
         start_of_send: bool = False,
         audit_entry: str = "",
+        activity: Sequence[str] = (),
     ) -> Moved:
         """Move a message on; `Moved.REFUSED` (falsy) when it was not in an allowed status or the
         claim was lost.
@@ -239,7 +240,8 @@ class Store:
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
         `start_of_send` makes it the last step before the relay (see `begin`).
         `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
-        trail cannot miss a transition that happened.
+        trail cannot miss a transition that happened. `activity` names the fields counted in the
+        agent's hourly activity (`sent`, `rejected:<code>`, ...) if the message moves, in the same script.
         """
         k = self.keys
         args: list[Any] = [
@@ -254,6 +256,7 @@ class Store:
             RETENTION_MS,
             "1" if start_of_send else "0",
             audit_entry,
+            json.dumps(list(activity)),
         ]
         for name, value in encode_changes(changes or {}).items():
             args += [name, value]

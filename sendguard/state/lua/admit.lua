@@ -83,6 +83,11 @@ else
   redis.call('PEXPIRE', hist_key, retention_ms)
 end
 if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
+if status == 'rejected' then
+  local agent = redis.call('HGET', msg_key, 'agent')
+  count_activity(agent, 'rejected', now)
+  for _, r in ipairs(reasons) do count_activity(agent, 'rejected:' .. r.code, now) end
+end
 if audit_entry ~= '' then
   -- The decision enters the audit trail in the same step: its placeholder becomes the outcome.
   local codes = {}

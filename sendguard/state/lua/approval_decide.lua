@@ -12,7 +12,7 @@ local audit_entry = ARGV[8]         -- approval.decided; its outcome is the requ
 local now = clock_ms()
 
 local r = redis.call('HMGET', request_key, 'status', 'tier', 'requested_by', 'requested_token', 'decisions',
-  'expires', 'headroom_for')
+  'expires', 'headroom_for', 'agent')
 if not r[1] then return {'refused', 'there is no approval request ' .. id} end
 if r[1] ~= 'pending' then return {'refused', 'the request is already ' .. r[1]} end
 if now >= tonumber(r[6]) then return {'refused', 'the request has expired'} end
@@ -35,6 +35,7 @@ redis.call('HSET', request_key, 'decisions', cjson.encode(decisions))
 local status = 'pending'
 if verdict == 'deny' then
   status = 'denied'
+  count_activity(r[8], 'denied', now)
 elseif approvals + 1 >= tonumber(r[2]) then
   status = 'approved'
   -- The headroom its approvers were shown starts now.

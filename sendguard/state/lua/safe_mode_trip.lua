@@ -11,5 +11,7 @@ local existing = redis.call('HGET', key_trips(), scope)
 if existing then return {0, existing} end
 local trip = cjson.encode({scope=scope, cause=cause, detail=detail, at=now, by=by})
 redis.call('HSET', key_trips(), scope, trip)
+local kind, agent = string.match(scope, '^(%w+):(.*)$')
+if kind == 'agent' then count_activity(agent, 'tripped', now) end
 audit(audit_entry, '"trip":' .. trip)
 return {1, trip}

@@ -22,9 +22,12 @@ local by = ARGV[7]                  -- who trips
 local retention = tonumber(ARGV[8])
 local judged_causes = cjson.decode(ARGV[9])  -- the causes to judge; none for a signal that cannot trip
 local audit_entry = ARGV[10]        -- safe_mode.tripped, written with a trip; its outcome is the trip
-local scopes = {unpack(ARGV, 11)}   -- most specific first
+local agent = ARGV[11]              -- whose message (or refusal) the signal is about; '' for none
+local activity = cjson.decode(ARGV[12])  -- fields to count for the agent (see count_activity), a trip adds `tripped`
+local scopes = {unpack(ARGV, 13)}   -- most specific first
 
 local now = clock_ms()
+for _, field in ipairs(activity) do count_activity(agent, field, now) end
 local slot_ms = math.floor(window / slots)
 local slot = math.floor(now / slot_ms)
 local first = once == '' or redis.call('HSETNX', msg_key, once, now) == 1
@@ -104,6 +107,7 @@ for i = 1, absorbed_at do
     redis.call('HSET', trips_key, scope, trip)
     audit(audit_entry, '"trip":' .. trip)
     table.insert(trips, trip)
+    count_activity(agent, 'tripped', now)
     judged(i)
     break
   end

@@ -14,10 +14,11 @@ local keep_claim = ARGV[8] == '1'
 local retention_ms = ARGV[9]
 local start_of_send = ARGV[10] == '1'  -- the last step before the relay: suppression and safe mode
 local audit_entry = ARGV[11]        -- '' for none; at the start of a send, written only if cancelled
-local fields = {unpack(ARGV, 12)}   -- name, value, ... to set on the record
+local activity = cjson.decode(ARGV[12])  -- fields counted for the message's agent if it moves (count_activity)
+local fields = {unpack(ARGV, 13)}   -- name, value, ... to set on the record
 local now = clock_ms()
 
-local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain')
+local cur = redis.call('HMGET', msg_key, 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
 if not cur[1] then return {0, ''} end
 if claim ~= '' and cur[2] ~= claim then return {0, cur[1]} end
 if allowed_from ~= '' and not string.find(',' .. allowed_from .. ',', ',' .. cur[1] .. ',', 1, true) then
@@ -49,6 +50,7 @@ if new ~= cur[1] then
   if WAITING[new] then redis.call('HINCRBY', count_key, new, 1) end
 end
 if cause ~= '' then history(hist_key, now, new, cause, detail) end
+for _, field in ipairs(activity) do count_activity(cur[7], field, now) end
 if not keep_claim then
   redis.call('ZREM', inflight_key, id)
   redis.call('HDEL', msg_key, 'claim', 'owner')

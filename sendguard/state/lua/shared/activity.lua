@@ -1,0 +1,10 @@
+-- count_activity(agent, field, now): one more `field` (sent, rejected:<code>, denied, tripped, ...)
+-- in the agent's bucket for the hour of `now`, written by the script that records the event itself,
+-- so the register's last 24 hours cost no round trip of their own. '' counts nothing.
+local function count_activity(agent, field, now)
+  if not agent or agent == '' or field == '' then return end
+  local hour = math.floor(now / ACTIVITY_BUCKET_MS)
+  local key = key_activity(agent, hour)
+  redis.call('HINCRBY', key, field, 1)
+  redis.call('PEXPIREAT', key, (hour + ACTIVITY_BUCKETS_KEPT) * ACTIVITY_BUCKET_MS)
+end
