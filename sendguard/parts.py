@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from sendguard.config import Settings, parse_host_port
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.deliverer import Deliverer
-from sendguard.delivery.relay import Transport, make_transport
+from sendguard.delivery.relay import SandboxOutbox, Transport, make_transport
 from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
@@ -41,7 +41,7 @@ from sendguard.intake.recipients import Ingress
 from sendguard.intake.smtp import SubmissionConfig, SubmissionListener
 from sendguard.metrics import Metrics
 from sendguard.notify import Notifier
-from sendguard.rules import CurrentRules, Rules, load_rules
+from sendguard.rules import CurrentRules, Rules, load_rules, rules_changes
 from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
 from sendguard.state.memory import MemoryBudget
@@ -111,6 +111,8 @@ class Runtime:
                 "rules_version": self.rules.version,
                 "previous_version": running.version,
                 "path": str(running.path),
+                # a promotion to production is the change a review must find: name it
+                "environments": rules_changes(running, self.rules).environments,
             },
         )
         if announce:
@@ -144,9 +146,8 @@ async def build(
     store = Store(client, keys)
     memory = MemoryBudget(client)
     ingress = Ingress(MxChecker(settings.dns_nameservers, settings.dns_timeout))
-    transport = make_transport(
-        settings.smtp_url, DataDir(settings.data_dir).outbox, settings.smtp_connections, settings.smtp_timeout
-    )
+    outbox = SandboxOutbox(DataDir(settings.data_dir).outbox)
+    transport = make_transport(settings.smtp_url, outbox, settings.smtp_connections, settings.smtp_timeout)
     throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
     audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
@@ -167,6 +168,7 @@ async def build(
         throttles=throttles,
         ingress=ingress,
         transport=transport,
+        outbox=outbox,
         safe_mode=safe_mode,
         feedback=feedback,
         circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay, metrics),

@@ -30,6 +30,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses
 from sendguard.feedback.unsubscribe import Unsubscribe
 from sendguard.governance.audit import entry as audit_entry
+from sendguard.governance.register import outcome_counted, rejection_counted
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Status, now_ms
@@ -65,6 +66,7 @@ class Deliverer:
         throttles: Throttles,
         ingress: Ingress,
         transport: Transport,
+        outbox: Transport,
         safe_mode: SafeMode,
         feedback: Feedback,
         circuit: Circuit,
@@ -86,6 +88,7 @@ class Deliverer:
         self._throttles = throttles
         self._ingress = ingress
         self._transport = transport
+        self._outbox = outbox
         self._safe_mode = safe_mode
         self._feedback = feedback
         self._circuit = circuit
@@ -244,6 +247,7 @@ class Deliverer:
             detail=detail,
             claim=claim.token,
             allowed_from=_CLAIMABLE,
+            activity=outcome_counted(Status.FAILED),
         )
 
     def _render(self, claim: Claim, record: MessageRecord) -> bytes:
@@ -261,9 +265,10 @@ class Deliverer:
         # With a bounce domain, the envelope sender carries the id, signed, so a bounce proves
         # which message it is about and nobody else can write one that does.
         sender = self._bounces.address(claim.message_id) if self._bounces else record.from_addr
+        transport = self._transport_for(record.agent)
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
-                code, text = await self._transport.send(claim.message_id, sender, record.to, data)
+                code, text = await transport.send(claim.message_id, sender, record.to, data)
         except RelayReply as reply:
             self._circuit.succeeded()  # any reply proves the relay is there
             self._metrics.smtp_replies.labels(f"{reply.code // 100}xx", reply.stage).inc()
@@ -279,7 +284,8 @@ class Deliverer:
             self._circuit.failed()
             outcome = self._retry(attempt, "connection", str(exc), {})
         else:
-            self._circuit.succeeded()
+            if transport is self._transport:  # the outbox taking a sandbox agent's mail proves nothing
+                self._circuit.succeeded()
             delivered = True
             self._metrics.smtp_replies.labels(f"{code // 100}xx", "data").inc()
             self._metrics.sent.inc()
@@ -306,6 +312,15 @@ class Deliverer:
                 "status": status.value,
             },
         )
+
+    def _transport_for(self, agent_name: str) -> Transport:
+        """Sandbox first: only an agent the rules in force register as production reaches the relay.
+
+        Read at each send, so promoting an agent (a rules change and a reload, versioned and
+        audited) takes effect at its next message; an agent no longer registered reaches nobody.
+        """
+        agent = self._rules.now.agent(agent_name)
+        return self._transport if agent is not None and agent.environment == "production" else self._outbox
 
     async def _until_stored(self, step: Callable[[], Awaitable[None]], message_id: str) -> None:
         """Run `step` (recording the relay's answer) however long Redis takes to come back.
@@ -359,6 +374,7 @@ class Deliverer:
             delay_ms=delay,
             changes=changes,
             audit_entry=trail,
+            activity=outcome_counted(status),
         )
         if status is Status.SENT:
             await self._safe_mode.observe(
@@ -422,6 +438,7 @@ class Deliverer:
                 claim=claim.token,
                 allowed_from=_CLAIMABLE,
                 changes={"reasons": (reason,), "dns_pending": False},
+                activity=rejection_counted([reason.code]),
             )
             return False
         if recipient.dns_temporary:
@@ -434,6 +451,7 @@ class Deliverer:
                     detail=f"DNS failed temporarily {checks} times",
                     claim=claim.token,
                     allowed_from=_CLAIMABLE,
+                    activity=outcome_counted(Status.FAILED),
                 )
             else:
                 await self._store.transition(

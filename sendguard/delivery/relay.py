@@ -186,7 +186,8 @@ async def _quietly_close(client: aiosmtplib.SMTP) -> None:
     client.close()
 
 
-def make_transport(url: RedactedURL | None, outbox: Path, size: int, timeout: float) -> Transport:
+def make_transport(url: RedactedURL | None, outbox: SandboxOutbox, size: int, timeout: float) -> Transport:
+    """The relay at `url`; with none, the outbox, which sandbox agents' mail always goes to anyway."""
     if url is None:
-        return SandboxOutbox(outbox)
+        return outbox
     return RelayPool(url, size, timeout)
