@@ -1,6 +1,6 @@
 """The `sendguard` command: run the daemon, and control a running deployment.
 
-Control commands (`kill`, `safe-mode`, `approvals`, `rules reload`, `suppressions`) act through the
+Control commands (`kill`, `safe-mode`, `approvals`, `rules reload`, `suppressions`, `agents`) act through the
 running daemon's API (`client.py`), so every action is checked against a token, counted in the
 daemon's metrics and notified through its webhook; when the API cannot be reached or refuses, they
 exit non-zero saying so. Only what cannot go through the API reaches Redis directly: tokens (the
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from sendguard import logs
-from sendguard.client import ApiError, Approval, Client, RulesReloaded
+from sendguard.client import Agent, ApiError, Approval, Client, RulesReloaded
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.audit import AuditLog
@@ -148,6 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     rules_commands.add_parser(
         "reload", parents=[api], help="have the daemon read its rules file again, and say what changed"
     )
+
+    agents = commands.add_parser(
+        "agents", parents=[api], help="the agent register in force, with each agent's last 24 hours"
+    )
+    agents.add_argument("--json", action="store_true", help="as JSON, one object per agent in a list")
 
     suppressions = commands.add_parser("suppressions", help="addresses and domains never to be mailed")
     suppression_commands = suppressions.add_subparsers(dest="suppression_command", required=True)
@@ -284,6 +289,8 @@ def _control(settings: Settings, args: argparse.Namespace) -> int:
             _approvals(api, args)
         elif args.command == "rules":
             _print_reload(api.reload_rules())
+        elif args.command == "agents":
+            _agents(api.agents(), as_json=args.json)
         else:
             _suppressions(api, args)
     return 0
@@ -380,6 +387,41 @@ def _print_reload(reloaded: RulesReloaded) -> None:
     ):
         if names:
             print(f"  agents {what}: {', '.join(names)}")
+    for name, environment in reloaded.environments.items():
+        print(f"  {name} is now in {environment}")
+
+
+def _agents(agents: list[Agent], *, as_json: bool) -> None:
+    """The register for a person reviewing it: every field, what it lacks, its last 24 hours."""
+    if as_json:
+        print(json.dumps([agent.model_dump() for agent in agents], indent=2))
+        return
+    for number, agent in enumerate(agents):
+        if number:
+            print()
+        print(f"{agent.name}  ({agent.environment}, tier {agent.tier})")
+        for label, value in (
+            ("owner", agent.owner),
+            ("builder", agent.builder),
+            ("systems", ", ".join(agent.systems)),
+            ("data classes", ", ".join(agent.data_classes)),
+            ("rollback plan", agent.rollback_plan),
+            ("last tested", agent.last_tested),
+            ("last reviewed", agent.last_reviewed),
+            ("inboxes", ", ".join(agent.inboxes)),
+            ("segments", ", ".join(agent.segments)),
+            ("versions", ", ".join(agent.versions)),
+        ):
+            print(f"  {label + ':':<15}{value or '-'}")
+        done = agent.activity
+        reasons = ", ".join(f"{code} {count}" for code, count in done.rejected_by_reason.items())
+        print(
+            f"  {'last 24 hours:':<15}{done.sent} sent, {done.bounced} bounced, {done.failed} failed, "
+            f"{done.rejected} rejected{f' ({reasons})' if reasons else ''}, {done.denied} approvals denied, "
+            f"{done.tripped} safe-mode trips (since {done.since})"
+        )
+        for gap in agent.gaps:
+            print(f"  warning: {gap}")
 
 
 def _suppressions(api: Client, args: argparse.Namespace) -> None:

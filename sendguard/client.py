@@ -105,6 +105,40 @@ class RulesReloaded(_Answer):
     agents_added: list[str]
     agents_removed: list[str]
     agents_changed: list[str]
+    environments: dict[str, str] = {}  # an older daemon does not say
+
+
+class Activity(_Answer):
+    """An agent's last 24 hours (from `since`), as governance/register.py counts them."""
+
+    since: str
+    sent: int
+    bounced: int
+    failed: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    denied: int
+    tripped: int
+
+
+class Agent(_Answer):
+    """One agent of the register in force: every `[[agent]]` field, its gaps, its last 24 hours."""
+
+    name: str
+    environment: str
+    owner: str | None
+    builder: str | None
+    systems: list[str]
+    data_classes: list[str]
+    rollback_plan: str | None
+    last_tested: str | None
+    last_reviewed: str | None
+    inboxes: list[str]
+    segments: list[str]
+    versions: list[str]
+    tier: int
+    gaps: list[str]
+    activity: Activity
 
 
 class Suppressed(_Answer):
@@ -166,11 +200,15 @@ class Client:
         path = f"/v1/approvals/{_segment(approval_id)}/{verdict}"
         return self._call("POST", path, Approval, json={"comment": comment})
 
-    # -- rules and suppressions --------------------------------------------------------------------
+    # -- rules, the register and suppressions ------------------------------------------------------
 
     def reload_rules(self) -> RulesReloaded:
         """Have the daemon (and, through it, every daemon on its Redis) read the rules file again."""
         return self._call("POST", "/v1/rules/reload", RulesReloaded)
+
+    def agents(self) -> list[Agent]:
+        """The agent register in force, with each agent's last 24 hours."""
+        return self._call("GET", "/v1/agents", list[Agent])
 
     def suppressions(self) -> Suppressed:
         return self._call("GET", "/v1/suppressions", Suppressed)

@@ -54,4 +54,7 @@ Operator = Annotated[Principal, Depends(role(Role.OPERATOR, Role.ADMIN))]
 Approver = Annotated[Principal, Depends(role(Role.APPROVER))]
 Reviewer = Annotated[Principal, Depends(role(Role.APPROVER, Role.OPERATOR, Role.ADMIN))]
 Auditor = Annotated[Principal, Depends(role(Role.AUDITOR, Role.ADMIN))]
+# The agent register and its activity: for who runs the deployment and who reviews it, not for
+# agents (another agent's rollback plan is none of theirs) nor approvers (they judge sends).
+RegisterReader = Annotated[Principal, Depends(role(Role.OPERATOR, Role.ADMIN, Role.AUDITOR))]
 Admin = Annotated[Principal, Depends(role(Role.ADMIN))]

@@ -27,6 +27,7 @@ class Tag(StrEnum):
     SAFE_MODE = "safe mode"
     APPROVALS = "approvals"
     CONTROL = "control"
+    AGENTS = "agents"
     AUDIT = "audit"
     SUPPRESSIONS = "suppressions"
     HEALTH = "health"
@@ -39,6 +40,7 @@ _ABOUT = {
     Tag.SAFE_MODE: "Scopes that stop sending when the signals go bad, by hand, or by an alert.",
     Tag.APPROVALS: "Requests that wait for a person, and their decisions.",
     Tag.CONTROL: "Recall what has not gone out; reload the rules.",
+    Tag.AGENTS: "The agent register in force, and what each agent did in the last 24 hours.",
     Tag.AUDIT: "The chained audit trail.",
     Tag.SUPPRESSIONS: "Addresses and domains that are never sent to.",
     Tag.HEALTH: "Liveness and readiness, without a token.",

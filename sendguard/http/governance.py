@@ -1,4 +1,4 @@
-"""Control routes: recall what has not gone out, reload the rules, read the audit trail."""
+"""Control routes: recall what has not gone out, reload the rules, read the audit trail and the register."""
 
 from datetime import datetime
 from typing import Annotated, Any
@@ -7,8 +7,9 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sendguard.governance.approvals import Request
+from sendguard.governance.register import agents_report
 from sendguard.governance.tokens import Principal
-from sendguard.http.access import Admin, Approver, Auditor, Operator, Reviewer, RuntimeDep
+from sendguard.http.access import Admin, Approver, Auditor, Operator, RegisterReader, Reviewer, RuntimeDep
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.model import iso_ms
@@ -74,6 +75,9 @@ class RulesOut(BaseModel):
     agents_added: list[str]
     agents_removed: list[str]
     agents_changed: list[str]
+    environments: dict[str, str] = Field(
+        description="agents kept whose environment changed, with the one they are in now"
+    )
 
 
 @router.post(
@@ -111,7 +115,17 @@ async def reload_rules(runtime: RuntimeDep, who: Admin) -> RulesOut:
         agents_added=changes.agents_added,
         agents_removed=changes.agents_removed,
         agents_changed=changes.agents_changed,
+        environments=changes.environments,
     )
+
+
+@router.get(
+    "/v1/agents", tags=[Tag.AGENTS], summary="Read the agent register", responses=error_responses(*SIGNED_IN)
+)
+async def list_agents(runtime: RuntimeDep, who: RegisterReader) -> list[dict[str, Any]]:
+    """The agent register in force, every field, with what each production agent lacks for a review
+    (`gaps`) and its last 24 hours (`activity`)."""
+    return [report.to_dict() for report in await agents_report(runtime.redis, runtime.keys, runtime.rules)]
 
 
 @router.get(

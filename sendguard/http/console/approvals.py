@@ -120,7 +120,7 @@ async def decide(approval_id: str, request: Request, runtime: RuntimeDep, signed
         await runtime.approvals.decide(approval_id, session.principal, verdict == "approve", comment)
     except ApprovalRefused as refused:
         agent = runtime.rules.agent(found.agent)
-        owner = _owner_group(agent.owner) if agent else ""
+        owner = _owner_group(agent.owner) if agent and agent.owner else ""
         explained = _in_words(str(refused), session.principal.group, owner)
         return await _request_page(request, runtime, session, approval_id, 409, explained)
     return RedirectResponse(f"/ui/approvals/{approval_id}", status_code=303)
