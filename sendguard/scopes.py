@@ -70,3 +70,8 @@ def split_scope(scope: str) -> tuple[str, str]:
     """(kind, value) for metric labels; global is ("global", "global")."""
     kind, _, value = scope.partition(":")
     return kind, value or GLOBAL
+
+
+def agent_in(scopes: Iterable[str]) -> str:
+    """The agent an `agent:` scope among `scopes` names ('' for none): whose activity an event counts in."""
+    return next((value for kind, value in map(split_scope, scopes) if kind == ScopeKind.AGENT), "")

@@ -21,7 +21,7 @@ from sendguard.governance.audit_entries import entry as audit_entry
 from sendguard.metrics import Metrics
 from sendguard.notify import Notifier
 from sendguard.rules import CurrentRules, ScopeKind
-from sendguard.scopes import GLOBAL, split_scope
+from sendguard.scopes import GLOBAL, agent_in, split_scope
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -151,7 +151,7 @@ class SafeMode:
             message_id=message_id,
             once=once,
             last_sent_to=last_sent_to,
-            agent=next((value for kind, value in map(split_scope, scopes) if kind == ScopeKind.AGENT), ""),
+            agent=agent_in(scopes),
             activity=activity,
         )
         for trip in recorded.trips:
@@ -166,7 +166,7 @@ class SafeMode:
         """
         trail = audit_entry("safe_mode.tripped", by, {"outcome": "@"})  # the script writes the trip
         async with translated():
-            created, raw = await self._trip(args=[scope, cause, by, reason, trail])
+            created, raw = await self._trip(args=[scope, cause, by, reason, trail, agent_in([scope])])
         trip = Trip.from_json(str(raw))
         if created:
             self._announce(trip)

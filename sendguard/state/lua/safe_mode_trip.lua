@@ -5,13 +5,13 @@ local cause = ARGV[2]               -- manual | alert
 local by = ARGV[3]                  -- the actor, role:name
 local detail = ARGV[4]              -- the reason given
 local audit_entry = ARGV[5]         -- safe_mode.tripped; its outcome is the trip's fields
+local agent = ARGV[6]               -- the agent an `agent:` scope names, whose activity counts the trip; '' for none
 local now = clock_ms()
 
 local existing = redis.call('HGET', key_trips(), scope)
 if existing then return {0, existing} end
 local trip = cjson.encode({scope=scope, cause=cause, detail=detail, at=now, by=by})
 redis.call('HSET', key_trips(), scope, trip)
-local kind, agent = string.match(scope, '^(%w+):(.*)$')
-if kind == 'agent' then count_activity(agent, 'tripped', now) end
+count_activity(agent, 'tripped', now)
 audit(audit_entry, '"trip":' .. trip)
 return {1, trip}
