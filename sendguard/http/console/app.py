@@ -5,7 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from sendguard.http.console import approvals, audit, break_glass, messages, safe_mode, signin, suppressions
+from sendguard.http.console import (
+    agents,
+    approvals,
+    audit,
+    break_glass,
+    messages,
+    safe_mode,
+    signin,
+    suppressions,
+)
 from sendguard.http.console.pages import STATIC, PageError, SignInNeeded, page_error, sign_in_needed
 
 
@@ -14,6 +23,7 @@ def mount(app: FastAPI) -> None:
     console = APIRouter(prefix="/ui", include_in_schema=False)
     console.include_router(signin.router)
     console.include_router(approvals.router)
+    console.include_router(agents.router)
     console.include_router(safe_mode.router)
     console.include_router(messages.router)
     console.include_router(audit.router)

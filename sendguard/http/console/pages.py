@@ -64,6 +64,7 @@ NAV = (
     NavItem("Approvals", "/ui/approvals", frozenset({Role.APPROVER, Role.OPERATOR, Role.ADMIN})),
     NavItem("Safe mode", "/ui/safe-mode", frozenset({Role.OPERATOR, Role.ADMIN})),
     NavItem("Messages", "/ui/messages", frozenset({Role.OPERATOR, Role.ADMIN})),
+    NavItem("Agents", "/ui/agents", frozenset({Role.OPERATOR, Role.ADMIN, Role.AUDITOR})),
     NavItem("Audit", "/ui/audit", frozenset({Role.AUDITOR, Role.ADMIN})),
     NavItem("Suppressions", "/ui/suppressions", frozenset({Role.ADMIN})),
     NavItem("Break-glass", "/ui/break-glass", frozenset({Role.ADMIN})),

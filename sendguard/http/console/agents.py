@@ -1,0 +1,27 @@
+"""The agent register in the console: every agent's entry and its last 24 hours, for the monthly review.
+
+Read-only, for the roles that read `GET /v1/agents` (operators, admins, auditors), from the same
+`agents_report`; changing an agent is a rules change, versioned and audited at its reload.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from sendguard.governance.register import agents_report
+from sendguard.governance.sessions import Session
+from sendguard.governance.tokens import Role
+from sendguard.http.access import RuntimeDep
+from sendguard.http.console.pages import allowed, page
+
+router = APIRouter()
+Reviewer = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN, Role.AUDITOR))]
+
+
+@router.get("/agents")
+async def register(request: Request, runtime: RuntimeDep, session: Reviewer) -> Response:
+    reports = await agents_report(runtime.redis, runtime.keys, runtime.rules)
+    return page(request, "agents.html", session, reports=reports, rules=runtime.rules)
