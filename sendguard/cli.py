@@ -137,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("id")
         decide.add_argument("--comment", required=True, help="why; recorded with the decision")
 
+    commands.add_parser(
+        "mcp",
+        parents=[api],
+        help="serve the MCP tools on stdin and stdout for an agent host, as the agent your token names",
+    )
+
     kill = commands.add_parser("kill", parents=[api], help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
     kill.set_defaults(safe_command="trip", scope="global")
@@ -182,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_audit(settings, args))
         if args.command == "rules" and args.rules_command == "check":
             return _check_rules(args.path or default_rules_path(settings.rules))
+        if args.command == "mcp":
+            from sendguard import mcp_stdio  # the MCP SDK loads only for this command
+
+            asyncio.run(mcp_stdio.serve(settings.api_base, _api_token(settings, args.token_file)))
+            return 0
         return _control(settings, args)
     except ApiError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)

@@ -302,19 +302,23 @@ class _Call(Generic[M]):
         return {"json": self.json, "params": self.params or None}
 
 
-def _body(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+def _body(given: BaseModel | Mapping[str, Any]) -> Any:
+    """A request's JSON: a model as the API names its fields, or a mapping already in that form
+    (sent as it is, so the API, not this client, says what is wrong with it)."""
+    if isinstance(given, BaseModel):
+        return given.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dict(given)
 
 
 class _Agent:
     """The agent's calls, route by route (`Client` and `AsyncClient` send them)."""
 
     @staticmethod
-    def send(email: Email) -> _Call[Decision]:
+    def send(email: Email | Mapping[str, Any]) -> _Call[Decision]:
         return _Call("POST", "/v1/messages", Decision, json=_body(email))
 
     @staticmethod
-    def send_batch(batch: BatchEmail) -> _Call[BatchDecision]:
+    def send_batch(batch: BatchEmail | Mapping[str, Any]) -> _Call[BatchDecision]:
         return _Call("POST", "/v1/batches", BatchDecision, json=_body(batch))
 
     @staticmethod
@@ -408,11 +412,11 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def send(self, email: Email) -> Decision:
+    async def send(self, email: Email | Mapping[str, Any]) -> Decision:
         """Submit one message; the decision, whatever it is (a rejection is an answer, not an error)."""
         return await self._run(_Agent.send(email))
 
-    async def send_batch(self, batch: BatchEmail) -> BatchDecision:
+    async def send_batch(self, batch: BatchEmail | Mapping[str, Any]) -> BatchDecision:
         return await self._run(_Agent.send_batch(batch))
 
     async def get_message(self, message_id: str) -> Message:
@@ -458,11 +462,11 @@ class Client(_Base):
 
     # -- the agent's side (as AsyncClient's) -------------------------------------------------------
 
-    def send(self, email: Email) -> Decision:
+    def send(self, email: Email | Mapping[str, Any]) -> Decision:
         """Submit one message; the decision, whatever it is (a rejection is an answer, not an error)."""
         return self._run(_Agent.send(email))
 
-    def send_batch(self, batch: BatchEmail) -> BatchDecision:
+    def send_batch(self, batch: BatchEmail | Mapping[str, Any]) -> BatchDecision:
         return self._run(_Agent.send_batch(batch))
 
     def get_message(self, message_id: str) -> Message:

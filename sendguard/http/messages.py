@@ -9,7 +9,7 @@ path (`runtime.admissions.submit`), one set of answers.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sendguard.governance.approvals import Routing
 from sendguard.governance.tokens import Principal, Role
@@ -84,7 +84,8 @@ class MessageOut(BaseModel):
     status: str
     agent: str
     agent_version: str
-    from_: str = Field(serialization_alias="from")
+    # Read back as `from` too: the MCP tools check their answers against this model.
+    from_: str = Field(validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
     to: str
     subject: str
     segment: str | None
