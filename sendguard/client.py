@@ -27,7 +27,7 @@ from typing import Any, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sendguard.errors import SendguardError
 
@@ -131,9 +131,14 @@ class Suppressed(_Answer):
 
 
 class _Content(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid")
 
-    from_: str = Field(alias="from", description="'Alice <alice@acme.example>': one of the agent's inboxes")
+    # `Email(from_=...)` in Python, `from` on the wire.
+    from_: str = Field(
+        validation_alias=AliasChoices("from", "from_"),
+        serialization_alias="from",
+        description="'Alice <alice@acme.example>': one of the agent's inboxes",
+    )
     subject: str
     agent_version: str
     text: str | None = None

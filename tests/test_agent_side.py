@@ -175,9 +175,12 @@ async def test_the_typed_client_sync_and_async(
     daemon.listen()
     url = f"http://127.0.0.1:{daemon.env['SENDGUARD_API_PORT']}"
     token = mint("agent", "sdr-bot")
-    email = Email.model_validate(
-        {"from": "Alice <alice@acme.example>", "to": "bob@customer.example", "subject": "Hi", "text": "Hello"}
-        | {"agent_version": "test-1"}
+    email = Email(
+        from_="Alice <alice@acme.example>",
+        to="bob@customer.example",
+        subject="Hi",
+        text="Hello",
+        agent_version="test-1",
     )
     with Client(url, token) as api:
         queued = api.send(email)
@@ -192,9 +195,14 @@ async def test_the_typed_client_sync_and_async(
     async with AsyncClient(url, token) as api:
         read = await api.get_message(queued.id)
         assert (read.id, read.from_, read.to) == (queued.id, "alice@acme.example", "bob@customer.example")
+        recipients = [BatchRecipient(to=f"p{i}@customer.example") for i in range(3)]
         batch = await api.send_batch(
-            BatchEmail.model_validate(email.model_dump(exclude={"to"}) | {"recipients": []}).model_copy(
-                update={"recipients": [BatchRecipient(to=f"p{i}@customer.example") for i in range(3)]}
+            BatchEmail(
+                from_=email.from_,
+                subject=email.subject,
+                text=email.text,
+                agent_version=email.agent_version,
+                recipients=recipients,
             )
         )
         assert batch.approval is not None and batch.approval.approvals_needed == 2
