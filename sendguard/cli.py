@@ -6,6 +6,7 @@ daemon's metrics and notified through its webhook; when the API cannot be reache
 exit non-zero saying so. Only what cannot go through the API reaches Redis directly: tokens (the
 first admin token cannot come from the API) and the audit trail (an auditor may check it with
 the daemon stopped); they find the deployment's Redis or fail, and never start a store of their own.
+`sendguard mcp` serves the MCP tools over stdio for an agent host, through the same API.
 """
 
 from __future__ import annotations

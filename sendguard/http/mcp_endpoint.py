@@ -103,6 +103,7 @@ class Endpoint:
         )
         self._manager: StreamableHTTPSessionManager = server.session_manager
         self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None  # kept, so the task is not collected while it runs
 
     def _backend(self, ctx: Context[Any, Any]) -> Backend:
         request = ctx.request_context.request
@@ -131,8 +132,7 @@ class Endpoint:
         lifespan: uvicorn runs it with `lifespan="off"`); it runs until the loop ends."""
         if self._ready is None:
             self._ready = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(self._run(self._ready), name="mcp-endpoint")
-            self._task = task  # kept, so the task is not collected while it runs
+            self._task = asyncio.get_running_loop().create_task(self._run(self._ready), name="mcp-endpoint")
         await self._ready.wait()
 
     async def _run(self, ready: asyncio.Event) -> None:

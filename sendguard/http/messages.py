@@ -47,8 +47,11 @@ class Decision(BaseModel):
     id: str
     status: str
     reasons: list[Reason]
+    # Present only while the message waits for one, so every other answer reads as it always has.
     approval: ApprovalRef | None = Field(
-        default=None, description="while `pending_approval`: the request the message waits for"
+        default=None,
+        exclude_if=lambda approval: approval is None,
+        description="while `pending_approval`: the request the message waits for",
     )
 
 
