@@ -192,7 +192,8 @@ class Decision(_Answer):
     id: str
     status: str
     reasons: list[Reason]
-    approval: ApprovalWait | None = None
+    # As the API answers: present only while the message waits for a request.
+    approval: ApprovalWait | None = Field(default=None, exclude_if=lambda approval: approval is None)
 
 
 class BatchRecipientDecision(_Answer):

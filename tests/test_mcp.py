@@ -120,7 +120,7 @@ async def test_tools_over_http_decide_as_the_api_and_deliver(
         assert received.rcpt_tos == ("bob@customer.example",)
         api.wait_status(sent["id"], "sent")
         shown = decided(await session.call_tool("get_message", {"message_id": sent["id"]}))
-        assert shown["status"] == "sent" and shown["from"] == "alice@acme.example"
+        assert shown == api.status(sent["id"]), "the tool answers what the API answers"
 
         rejected = decided(await session.call_tool("send_email", {**EMAIL, "to": "info@customer.example"}))
         assert rejected["status"] == "rejected"
@@ -203,6 +203,11 @@ async def test_the_stdio_server_sends_through_the_running_daemon(
         assert rejected["status"] == "rejected" and rejected["reasons"][0]["code"] == "role_account"
         smtp.wait_for(1)
         wait_until(lambda: api.status(sent["id"])["status"] == "sent", what="the stdio send delivered")
+        for message_id in (sent["id"], rejected["id"]):
+            shown = decided(await session.call_tool("get_message", {"message_id": message_id}))
+            assert shown == api.status(message_id), "the tool answers what the API answers"
+        same = decided(await session.call_tool("send_email", {**EMAIL, "to": "carol@customer.example"}))
+        assert same == api.send("carol@customer.example", subject=EMAIL["subject"], text=EMAIL["text"])
 
     wrong = daemon.cli_result("mcp", token="sg_abc_forged")
     assert wrong.returncode == 1 and "refused the token" in wrong.stderr, wrong.stderr
