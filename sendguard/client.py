@@ -540,7 +540,7 @@ class Client(_Base):
     # -- one seam for every call -------------------------------------------------------------------
 
     def _run(self, call: _Call[M]) -> M:
-        return self._parse(self._send(call.method, call.path, **call.send_args()), call.answer)
+        return self._call(call.method, call.path, call.answer, **call.send_args())
 
     def _call(self, method: str, path: str, model: type[M], **kwargs: Any) -> M:
         return self._parse(self._send(method, path, **kwargs), model)
