@@ -16,7 +16,7 @@ from sendguard.governance.tokens import Principal, Role
 from sendguard.http.access import Agent, Reader, RuntimeDep
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
-from sendguard.intake.admission import Forbidden, approval_reason
+from sendguard.intake.admission import Forbidden, approval_reason, unregistered
 from sendguard.intake.batches import BatchIn
 from sendguard.model import CANCELLABLE, Reason, Status, iso_ms
 from sendguard.parts import Runtime
@@ -310,7 +310,7 @@ async def sending_status(runtime: Runtime, who: Principal) -> SendingStatus:
     rules = runtime.rules
     agent = rules.agent(who.name)
     if agent is None:
-        raise Forbidden(Reason("agent_not_registered", f"agent {who.name!r} is not in the rules file"))
+        raise Forbidden(unregistered(who.name))
     windows = await runtime.throttles.headroom(rules.file.throttle, agent)
     pending = [r for r in await runtime.approvals.list("pending") if r.agent == agent.name]
     trips = await runtime.safe_mode.active()
