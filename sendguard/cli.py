@@ -6,6 +6,7 @@ daemon's metrics and notified through its webhook; when the API cannot be reache
 exit non-zero saying so. Only what cannot go through the API reaches Redis directly: tokens (the
 first admin token cannot come from the API) and the audit trail (an auditor may check it with
 the daemon stopped); they find the deployment's Redis or fail, and never start a store of their own.
+`sendguard mcp` serves the MCP tools over stdio for an agent host, through the same API.
 """
 
 from __future__ import annotations
@@ -137,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("id")
         decide.add_argument("--comment", required=True, help="why; recorded with the decision")
 
+    commands.add_parser(
+        "mcp",
+        parents=[api],
+        help="serve the MCP tools on stdin and stdout for an agent host, as the agent your token names",
+    )
+
     kill = commands.add_parser("kill", parents=[api], help="stop all sending now: trips global safe mode")
     kill.add_argument("--reason", required=True, help="why; recorded with the trip")
     kill.set_defaults(safe_command="trip", scope="global")
@@ -187,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_audit(settings, args))
         if args.command == "rules" and args.rules_command == "check":
             return _check_rules(args.path or default_rules_path(settings.rules))
+        if args.command == "mcp":
+            from sendguard import mcp_stdio  # the MCP SDK loads only for this command
+
+            asyncio.run(mcp_stdio.serve(settings.api_base, _api_token(settings, args.token_file)))
+            return 0
         return _control(settings, args)
     except ApiError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)

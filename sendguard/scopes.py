@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from sendguard.errors import InvalidValue
 from sendguard.model import canonical_address
 from sendguard.record import MessageRecord
-from sendguard.rules import ScopeKind
+from sendguard.rules import AgentEntry, ScopeKind
 
 GLOBAL = "global"
 _CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}
@@ -75,3 +75,37 @@ def split_scope(scope: str) -> tuple[str, str]:
 def agent_in(scopes: Iterable[str]) -> str:
     """The agent an `agent:` scope among `scopes` names ('' for none): whose activity an event counts in."""
     return next((value for kind, value in map(split_scope, scopes) if kind == ScopeKind.AGENT), "")
+
+
+def agent_values(agent: AgentEntry) -> dict[ScopeKind, list[str]]:
+    """The scope values every message of an agent may have, kind by kind, as far as its register
+    entry says: its name, its inboxes' mailboxes and domains, the segments it is kept to. A
+    campaign, a recipient domain or a segment of an agent that may use any is known only per message.
+    """
+    exact = [canonical_address(inbox) for inbox in agent.inboxes if not inbox.startswith("*@")]
+    return {
+        ScopeKind.GLOBAL: ["*"],
+        ScopeKind.AGENT: [agent.name],
+        ScopeKind.INBOX: exact,
+        ScopeKind.SENDER_DOMAIN: sorted({inbox.rpartition("@")[2].lower() for inbox in agent.inboxes}),
+        ScopeKind.SEGMENT: [] if "*" in agent.segments else list(agent.segments),
+        ScopeKind.CAMPAIGN: [],
+        ScopeKind.RECIPIENT_DOMAIN: [],
+    }
+
+
+def concerns(agent: AgentEntry, scope: str) -> bool:
+    """Whether a scope (a safe-mode trip, a throttle bucket) can stop or slow a message the agent may
+    send: global, its own agent scope, its inboxes and their domains, segments it may use, any campaign."""
+    kind, _, value = scope.partition(":")
+    if kind == GLOBAL or kind == ScopeKind.CAMPAIGN:
+        return True
+    if kind == ScopeKind.AGENT:
+        return value == agent.name
+    if kind == ScopeKind.INBOX:
+        return agent.may_use_inbox(value)
+    if kind == ScopeKind.SENDER_DOMAIN:
+        return value in agent_values(agent)[ScopeKind.SENDER_DOMAIN]
+    if kind == ScopeKind.SEGMENT:
+        return agent.may_use_segment(value)
+    return False

@@ -48,6 +48,7 @@ OWN_ERRORS = {
 EXAMPLE_POSTERS = {
     "/v1/messages": ("agent", "sdr-bot"),
     "/v1/batches": ("agent", "sdr-bot"),
+    "/v1/recipients/check": ("agent", "sdr-bot"),
     "/v1/events": ("operator", "oncall"),
     "/v1/approvals/{approval_id}/approve": ("approver", "dana", "--group", "ops"),
     "/v1/approvals/{approval_id}/deny": ("approver", "finn", "--group", "legal"),

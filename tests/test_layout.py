@@ -13,11 +13,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sendguard"
 
 # Lowest first. Modules at the top of the package are the shared words, except `parts` (the
 # composition root: it builds every stage, and the HTTP routes are handed what it built), `service`
-# (the loops that run what it built), the commands that run the whole, and the API client, which
-# talks to the http stage from outside as the commands do.
+# (the loops that run what it built), the commands that run the whole (`mcp_stdio` serves the http
+# stage's MCP tools over stdio, through the API client), and the API client, which talks to the
+# http stage from outside as the commands do.
 LAYERS = ["words", "state", "governance", "feedback", "intake", "delivery", "parts", "http", "commands"]
 COMPOSITION = {"parts", "service"}
-COMMANDS = {"daemon", "demo", "cli", "client", "__main__"}
+COMMANDS = {"daemon", "demo", "cli", "client", "mcp_stdio", "__main__"}
 
 
 def layer_of(module: str) -> int:

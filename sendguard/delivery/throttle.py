@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sendguard.rules import ScopeKind, ThrottleRule
+from sendguard.rules import AgentEntry, ScopeKind, ThrottleRule
+from sendguard.scopes import agent_values, concerns, scope_name
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -50,10 +51,25 @@ class Reservation:
     blocked_by: ScopeKind | None
 
 
+@dataclass(frozen=True)
+class Headroom:
+    """One rolling window an agent's messages fall into: how many sends it holds now of its limit."""
+
+    scope: str
+    limit: int
+    per: float
+    used: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
 class Throttles:
     """Reserve and settle throttle buckets for messages."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, lease_ms: int) -> None:
+        self._redis = client
         self._keys = keys
         self._lease_ms = lease_ms
         self._reserve = scripts.register(client, keys, "throttle_reserve")
@@ -84,6 +100,32 @@ class Throttles:
             gaps=list(gaps.items()),
             scopes=[window_scopes[key] for key, _ in windows] + [gap_scopes[key] for key in gaps],
         )
+
+    async def headroom(self, rules: Sequence[ThrottleRule], agent: AgentEntry) -> list[Headroom]:
+        """Every window an agent's messages fall into whatever their recipient, and what it holds
+        now by Redis' clock, counted as the reservation script counts it; read, never reserved."""
+        values = agent_values(agent)
+        windows: list[tuple[ThrottleRule, str]] = []
+        for rule in rules:
+            if rule.match != "*":
+                if concerns(agent, scope_name(rule.scope, rule.match)):
+                    windows.append((rule, rule.match))
+            else:
+                windows += [(rule, value) for value in values[rule.scope]]
+        if not windows:
+            return []
+        async with translated():
+            seconds, micros = await self._redis.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for rule, value in windows:
+                    per_ms = int(rule.per * 1000)
+                    pipe.zcount(self._keys.throttle(rule.scope.value, per_ms, value), now_ms - per_ms, "+inf")
+                counts = await pipe.execute()
+        return [
+            Headroom(scope_name(rule.scope, value), rule.limit, rule.per, int(used))
+            for (rule, value), used in zip(windows, counts, strict=True)
+        ]
 
     async def reserve(self, buckets: Buckets, member: str) -> Reservation:
         if not buckets.windows and not buckets.gaps:

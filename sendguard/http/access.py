@@ -23,23 +23,24 @@ def runtime_of(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
 
 
-async def principal(
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    if credentials is None:
+async def authenticate(runtime: Runtime, token: str | None, *allowed: Role) -> Principal:
+    """Who holds `token`, if one of `allowed` may call; HTTPException 401 or 403 otherwise.
+    Every door that takes a bearer token (the routes, /mcp) asks here."""
+    if token is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    found = await runtime.tokens.verify(credentials.credentials)
+    found = await runtime.tokens.verify(token)
     if found is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    if allowed and found.role not in allowed:
+        raise HTTPException(403, f"a {found.role.value} token may not do this")
     return found
 
 
-def role(*allowed: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
-        if who.role not in allowed:
-            raise HTTPException(403, f"a {who.role.value} token may not do this")
-        return who
+def role(*allowed: Role) -> Callable[..., Awaitable[Principal]]:
+    async def check(
+        runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Principal:
+        return await authenticate(runtime, credentials.credentials if credentials else None, *allowed)
 
     return check
 

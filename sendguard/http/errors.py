@@ -19,13 +19,14 @@ The bodies are documented here too (`error_responses`), beside the handlers that
 OpenAPI document shows the errors the API really returns.
 """
 
+import json
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from sendguard.errors import ConfigError, InvalidValue, StoreError, StoreFull
 from sendguard.feedback.apply import NotSent, UnknownMessage
@@ -113,6 +114,22 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     StoreError: _store_down,
     StoreFull: _store_full,
 }
+
+
+async def error_answer(exc: Exception) -> tuple[int, dict[str, Any]] | None:
+    """The status and body the API answers `exc` with, for a door that is not an HTTP route (the
+    MCP tools in the daemon); None for an exception no handler answers (a bug: let it raise)."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code, {"detail": exc.detail}
+    response: Response
+    if isinstance(exc, ValidationError):  # a body validated outside FastAPI, as the routes' form
+        response = invalid_request(exc.errors())
+    else:
+        handler = next((HANDLERS[kind] for kind in type(exc).__mro__ if kind in HANDLERS), None)
+        if handler is None:
+            return None
+        response = await handler(Request({"type": "http", "method": "POST", "headers": []}), exc)
+    return response.status_code, json.loads(bytes(response.body))
 
 
 class ErrorOut(BaseModel):

@@ -48,7 +48,7 @@ from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.state.memory import MemoryBudget
-from sendguard.state.store import Admission, Candidate, Idempotency, Store
+from sendguard.state.store import Admission, Candidate, Idempotency, Refusable, Store
 from sendguard.submission import (
     MAX_SUBJECT,
     Content,
@@ -91,6 +91,17 @@ class Submitted:
     batch: str
     outcomes: list[Outcome]
     approval: Routing | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The ingress verdict on one recipient, as admission would decide it now: `would_queue`,
+    `deferred` (DNS failed for a moment; admission would check again later) or `rejected`."""
+
+    to: str
+    address: str
+    verdict: str
+    reasons: tuple[Reason, ...]
 
 
 def approval_reason(routing: Routing) -> Reason:
@@ -179,6 +190,32 @@ class Admissions:
         """Count and record recipients refused before any content (the SMTP door's RCPT verdicts),
         as `submit` counts and records a rejected message: the denial rule sees them all."""
         await self._refused(requester, reasons, rules, {"to": address})
+
+    async def check(self, requester: Principal, addresses: list[str], rules: Rules) -> list[Verdict]:
+        """The verdict admission would give each recipient now, from the same checks, writing
+        nothing: no cooldown is taken, no approval counted, nothing queued, no denial counted.
+
+        Only the recipient is judged: the agent's own boundaries (its inbox, segment, version, the
+        content) and safe mode depend on a message, not on a recipient."""
+        if rules.agent(requester.name) is None:
+            raise Forbidden(unregistered(requester.name))
+        await self._ingress.warm(addresses, rules)
+        checked = [await self._ingress.check(address, rules) for address in addresses]
+        shared = await self._store.refusals(
+            [Refusable(r.address, r.canonical, r.domain, bool(r.reasons)) for r in checked],
+            cooldown=rules.file.ingress.recipient_cooldown > 0,
+        )
+        verdicts = []
+        for to, recipient, more in zip(addresses, checked, shared, strict=True):
+            reasons = (*recipient.reasons, *more)
+            if reasons:
+                verdict = Status.REJECTED.value
+            elif recipient.dns_temporary:
+                verdict, reasons = Status.DEFERRED.value, (_DNS_TEMPORARY,)
+            else:
+                verdict = "would_queue"
+            verdicts.append(Verdict(to, recipient.address, verdict, reasons))
+        return verdicts
 
     async def _authorized(self, requester: Principal, payload: Content, rules: Rules) -> AgentEntry:
         """The requester's register entry; a refusal is counted and recorded before it is raised."""
@@ -318,7 +355,7 @@ class Admissions:
             status = Status.REJECTED
         elif recipient.dns_temporary:
             status = Status.DEFERRED
-            reasons = (Reason("dns_temporary", "DNS failed temporarily; will check again"),)
+            reasons = (_DNS_TEMPORARY,)
         else:
             status = Status.QUEUED
         message_id = new_message_id()
@@ -404,6 +441,8 @@ def _sealed(decided: Decided, approval: str) -> Candidate:
     )
 
 
+_DNS_TEMPORARY = Reason("dns_temporary", "DNS failed temporarily; will check again")
+
 # Redis bytes a queued recipient takes besides the content it shares: its record, history,
 # indexes, idempotency key and audit entry (4,647 in bench/scenarios/footprint.py), rounded up.
 RECIPIENT_BYTES = 5_000
@@ -451,7 +490,7 @@ def sender_refusal(agent_name: str, address: str, rules: Rules) -> Reason | None
     """Why the agent may not send from `address` (not registered, not one of its inboxes), or None."""
     agent = rules.agent(agent_name)
     if agent is None:
-        return Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file")
+        return unregistered(agent_name)
     if not agent.may_use_inbox(address):
         return Reason("inbox_not_allowed", f"agent {agent.name!r} may not send from {address}")
     return None
@@ -478,3 +517,8 @@ def _authorize(agent_name: str, payload: Content, rules: Rules) -> AgentEntry:
             )
         )
     return agent
+
+
+def unregistered(agent_name: str) -> Reason:
+    """The refusal of an agent the rules file's register does not name."""
+    return Reason("agent_not_registered", f"agent {agent_name!r} is not in the rules file")

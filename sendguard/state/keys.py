@@ -26,6 +26,9 @@ SCHEMA: dict[str, str] = {
     # messages have not finished (it expires only once none has)
     "template": "tmpl:{batch}",
     "cooldown": "cool:{address}",  # string: message id holding a recipient's cooldown
+    # zset: an agent's newest messages, score = admission time (ms), member = id; written by the
+    # admission script, trimmed there to the newest AGENT_INDEX_SIZE and to the record retention
+    "agent_messages": "agent-msgs:{agent}",
     "suppressed_addresses": "supp:addr",  # set: suppressed mailboxes (canonical addresses)
     "suppressed_domains": "supp:dom",  # set: suppressed domains (each covers its subdomains too)
     "throttle": "thr:{scope}:{per_ms}:{value}",  # zset: sends, score = latest possible send time
@@ -130,6 +133,9 @@ class Keys:
 
     def cooldown(self, address: str) -> str:
         return self._key("cooldown", address)
+
+    def agent_messages(self, agent: str) -> str:
+        return self._key("agent_messages", agent)
 
     @property
     def suppressed_addresses(self) -> str:

@@ -9,8 +9,8 @@ the loader puts exactly the shared definitions the script uses, each from its on
 - the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py, and the
   activity buckets' length and lifetime, from keys.py;
 - the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
-  signal windows, suppression, the waiting index, cancellation, settling by an approval, an
-  agent's activity count).
+  signal windows, suppression, a recipient's refusals, the waiting index, cancellation, settling
+  by an approval, an agent's activity count).
 
 Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
 the layout of Redis. tests/test_scripts.py holds each script to these rules.
@@ -41,6 +41,7 @@ SHARED = (
     "safe_mode",
     "signal_window",
     "suppression",
+    "recipient",
     "waiting",
     "cancellation",
     "approval",

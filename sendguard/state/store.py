@@ -32,6 +32,9 @@ IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 # queue, the claimed messages, or every record (a SCAN).
 IdSource = Literal["held", "waiting", "due", "inflight", "all"]
 _SCAN_STEP = 500
+# How many of its newest messages an agent can list (GET /v1/messages): enough for a run to find
+# its own, few enough that the index stays small (about 60 bytes a member).
+AGENT_INDEX_SIZE = 1000
 
 
 class Moved(IntEnum):
@@ -80,6 +83,17 @@ class Admission:
     reasons: tuple[Reason, ...]
     existing: bool
     held_by: str = ""
+
+
+@dataclass(frozen=True)
+class Refusable:
+    """A recipient to check against shared state: as written, its mailbox, its domain, and whether
+    the checks before already refused it."""
+
+    address: str
+    mailbox: str
+    domain: str
+    rejected: bool
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,7 @@ class Store:
         self._cancel = scripts.register(client, keys, "cancel")
         self._suppress = scripts.register(client, keys, "suppress")
         self._template_keep = scripts.register(client, keys, "template_keep")
+        self._recipient_check = scripts.register(client, keys, "recipient_check")
 
     async def keep_template(self, batch_id: str, subject: str, text: str, html: str, headers: str) -> None:
         """Store a batch's template once, before its messages; a retry of the batch keeps the first."""
@@ -155,6 +170,7 @@ class Store:
                     k.idempotency(c.record.agent, c.idempotency.key),
                     k.cooldown(c.record.to),
                     k.waiting(c.record.to_canonical),
+                    k.agent_messages(c.record.agent),
                 ],
                 self._admit_args(c),
             )
@@ -197,11 +213,30 @@ class Store:
         ]
         fields = record.to_fields()
         args.append(2 * len(fields) + 1)  # where the content starts among the fields
+        args.append(AGENT_INDEX_SIZE)
         if record.status is not Status.REJECTED:  # a rejected message keeps no content
             fields |= record.content_fields()
         for name, value in fields.items():
             args += [name, value]
         return args
+
+    async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
+        """What admission would add to each recipient's reasons from shared state (suppression, and
+        the cooldown unless it is already refused), read by the same script code, writing nothing."""
+        args: list[str] = ["1" if cooldown else "0"]
+        for recipient in recipients:
+            rejected = "1" if recipient.rejected else "0"
+            args += [recipient.address, recipient.mailbox, recipient.domain, rejected]
+        async with translated():
+            found = await self._recipient_check(keys=[], args=args) if recipients else []
+        return [decode_reasons(str(reasons)) for reasons in found]
+
+    async def agent_messages(self, agent: str, offset: int, count: int) -> list[str]:
+        """Ids of an agent's messages, newest first, `count` from `offset` (its newest
+        AGENT_INDEX_SIZE within the record retention, some possibly expired since)."""
+        async with translated():
+            found = await self.redis.zrevrange(self.keys.agent_messages(agent), offset, offset + count - 1)
+        return [str(message_id) for message_id in found]
 
     async def claim(self, owner: str, token: str) -> Claim | NoWork:
         k = self.keys

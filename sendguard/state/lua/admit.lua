@@ -3,6 +3,7 @@
 -- idempotency key, else {'new', status, reasons (JSON), held_by}.
 local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idempotency_key, cooldown_key, waiting_key = KEYS[5], KEYS[6], KEYS[7]
+local agent_index_key = KEYS[8]     -- the agent's newest messages, for listing them
 local id = ARGV[1]
 local decided_status = ARGV[2]      -- what the checks in Python decided
 local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
@@ -18,7 +19,8 @@ local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@"
 local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
 local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
 local content_at = tonumber(ARGV[17])  -- fields from this one on are content: not kept if rejected
-local fields = {unpack(ARGV, 18)}   -- name, value, ... of the record
+local agent_index_size = tonumber(ARGV[18])  -- how many of its newest messages an agent can list
+local fields = {unpack(ARGV, 19)}   -- name, value, ... of the record
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
@@ -28,15 +30,14 @@ if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
-local entry = suppressed(address, mailbox, domain)
-if entry then
-  table.insert(reasons, {code='suppressed', detail='the recipient is on the suppression list (' .. entry .. ')'})
+local refused = suppression_reason(address, mailbox, domain)
+if refused then
+  table.insert(reasons, refused)
   status = 'rejected'
 end
 if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
   if not redis.call('SET', cooldown_key, id, 'NX', 'PX', cooldown_ms) then
-    table.insert(reasons, {code='recipient_cooldown',
-      detail='the recipient already has message ' .. redis.call('GET', cooldown_key) .. ' within the cooldown'})
+    table.insert(reasons, cooldown_reason(redis.call('GET', cooldown_key)))
     status = 'rejected'
   end
 end
@@ -49,6 +50,11 @@ redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(hist_key, now, status, 'submitted', detail)
+-- Bounded by count and by age, so an agent's index costs the same however long it has sent.
+redis.call('ZADD', agent_index_key, now, id)
+redis.call('ZREMRANGEBYRANK', agent_index_key, 0, -agent_index_size - 1)
+redis.call('ZREMRANGEBYSCORE', agent_index_key, '-inf', '(' .. (now - retention_ms))
+redis.call('PEXPIRE', agent_index_key, retention_ms)
 local held_by = ''
 if WAITING[status] then
   redis.call('SADD', waiting_key, id)

@@ -1,0 +1,149 @@
+"""`/mcp`: sendguard's MCP tools over streamable HTTP, in the daemon, for agent tokens.
+
+Every request carries `Authorization: Bearer <agent token>`, checked as the API checks it
+(`access.authenticate`); the tools then call the functions the HTTP routes call (`messages.py`),
+as that agent, and answer what the routes answer. The SDK's transport runs stateless with JSON
+answers: no MCP session outlives a request, so any daemon on the Redis can answer any call.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from fastapi.security.utils import get_authorization_scheme_param
+from mcp.server.mcpserver import Context
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from sendguard.governance.tokens import Principal, Role
+from sendguard.http import messages
+from sendguard.http.access import authenticate
+from sendguard.http.errors import error_answer
+from sendguard.http.mcp_tools import Backend, Json, Refused, build_server
+from sendguard.intake.batches import BatchIn
+from sendguard.model import Status
+from sendguard.parts import Runtime
+from sendguard.submission import MessageIn
+
+PATH = "/mcp"
+_PRINCIPAL = "sendguard.principal"  # where the endpoint leaves the caller in the request's scope
+REFUSED = -32001  # JSON-RPC error code (implementation-defined range): the bearer token was refused
+
+
+class InProcess:
+    """The tools' backend in the daemon: what the HTTP routes call, as the agent `who`."""
+
+    def __init__(self, runtime: Runtime, who: Principal) -> None:
+        self._runtime = runtime
+        self._who = who
+
+    # A body is read as its route reads it (inside the step, so its ValidationError is the route's 422).
+
+    async def send(self, body: Json) -> Json:
+        return await self._json(
+            lambda: messages.submit(self._runtime, self._who, MessageIn.model_validate(body))
+        )
+
+    async def send_batch(self, body: Json) -> Json:
+        return await self._json(
+            lambda: messages.submit_batch(self._runtime, self._who, BatchIn.model_validate(body))
+        )
+
+    async def get_message(self, message_id: str) -> Json:
+        return await self._json(lambda: messages.read(self._runtime, self._who, message_id))
+
+    async def cancel(self, message_id: str) -> Json:
+        return await self._json(lambda: messages.cancel(self._runtime, self._who, message_id))
+
+    async def list_messages(self, status: str | None, limit: int) -> Json:
+        wanted = Status(status) if status else None
+        return await self._json(lambda: messages.list_own(self._runtime, self._who, wanted, limit))
+
+    async def check_recipients(self, addresses: list[str]) -> Json:
+        body = {"to": addresses}
+        return await self._json(
+            lambda: messages.check_recipients(
+                self._runtime, self._who, messages.RecipientsIn.model_validate(body)
+            )
+        )
+
+    async def sending_status(self) -> Json:
+        return await self._json(lambda: messages.sending_status(self._runtime, self._who))
+
+    @staticmethod
+    async def _json(step: Callable[[], Awaitable[BaseModel]]) -> Json:
+        """The step's answer as the route's JSON, or Refused with what the route answers its error with."""
+        try:
+            answer = await step()
+        except Exception as exc:
+            answered = await error_answer(exc)
+            if answered is None:
+                raise
+            raise Refused(*answered) from exc
+        return answer.model_dump(mode="json", by_alias=True)
+
+
+class Endpoint:
+    """The ASGI app at /mcp: the bearer check, then the SDK's streamable HTTP transport."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        server = build_server(self._backend)
+        server.streamable_http_app(
+            stateless_http=True,
+            json_response=True,
+            # Every request must carry an agent's bearer token, which a page that rebinds DNS to
+            # this host does not have; the daemon's own host settings decide who reaches it.
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        )
+        self._manager: StreamableHTTPSessionManager = server.session_manager
+        self._ready: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None  # kept, so the task is not collected while it runs
+
+    def _backend(self, ctx: Context[Any, Any]) -> Backend:
+        request = ctx.request_context.request
+        assert isinstance(request, Request), "the /mcp endpoint serves HTTP requests only"
+        return InProcess(self._runtime, request.scope[_PRINCIPAL])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scheme, token = get_authorization_scheme_param(Request(scope).headers.get("authorization"))
+        try:
+            scope[_PRINCIPAL] = await authenticate(
+                self._runtime, token if scheme.lower() == "bearer" and token else None, Role.AGENT
+            )
+        except HTTPException as refused:
+            # With the HTTP status, a JSON-RPC error an MCP client shows as it is (the SDK's does).
+            error = {"code": REFUSED, "message": f"sendguard: {refused.detail} ({refused.status_code})"}
+            answer = JSONResponse(
+                {"jsonrpc": "2.0", "id": None, "error": error}, refused.status_code, headers=refused.headers
+            )
+            await answer(scope, receive, send)
+            return
+        await self._running()
+        await self._manager.handle_request(scope, receive, send)
+
+    async def _running(self) -> None:
+        """Start the SDK's manager with the first call, on the daemon's loop (the app has no
+        lifespan: uvicorn runs it with `lifespan="off"`); it runs until the loop ends."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run(self._ready), name="mcp-endpoint")
+        await self._ready.wait()
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with self._manager.run():
+            ready.set()
+            await asyncio.Future()  # until cancelled
+
+
+def mount(app: FastAPI, runtime: Runtime) -> None:
+    """Serve the MCP tools at /mcp (not in the OpenAPI document: MCP describes itself)."""
+    # Starlette serves an endpoint that is not a function as an ASGI app; a Mount would answer
+    # /mcp with a redirect to /mcp/.
+    endpoint: Any = Endpoint(runtime)
+    app.add_route(PATH, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
