@@ -162,3 +162,28 @@ def test_an_elevation_ends_by_the_clock_and_lasts_whole_minutes_up_to_an_hour() 
     for wrong in ("61m", "90s", "30s", "15", ""):
         with pytest.raises(BreakGlassRefused, match=r"[Dd]uration"):
             duration_minutes(wrong)
+
+
+def test_an_auditor_reviews_the_register_with_each_agents_last_day_and_what_it_lacks(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, chromium: Browser
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    sent = agent.send("ann@customer.example")["id"]
+    assert agent.send("info@customer.example")["status"] == "rejected"
+    agent.wait_status(sent, "sent")
+    base = _listen(daemon)
+    ada = Offline(chromium, base)
+    ada.sign_in(client_for(daemon, "auditor", "ada").token, "/ui/agents")
+    ada.page.click("nav >> text=Agents")
+    sdr = ada.page.locator("article.agent", has_text="sdr-bot").inner_text()
+    assert "production" in sdr and "Owner\nsales" in sdr.replace("\t", "\n")
+    assert re.search(r"Sent\s+1\b", sdr) and re.search(r"Rejected\s+1\b", sdr) and "role_account" in sdr
+    assert "rollback" in ada.page.inner_text("article.agent:has-text('sdr-bot') [role=alert]")
+    ada.shoot("agents")
+    dana = Offline(chromium, base)
+    dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token, "/ui/agents")
+    assert "This page is for operator, admin, auditor" in dana.page.inner_text("[role=alert]")
+    for browser in (ada, dana):
+        assert browser.elsewhere == []
+        browser.close()
