@@ -134,6 +134,8 @@ def test_messages_are_found_by_recipient_and_held_scope_and_a_timeline_shows_the
     ]
     agent.wait_status(sent, "sent")
     agent.wait_status(other, "sent")
+    for message_id in held:  # held once a daemon claims them: the scope's set lists them from then
+        agent.wait_status(message_id, "held")
     base = _listen(daemon)
 
     omar = Offline(chromium, base)
