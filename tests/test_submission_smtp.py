@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Daemon, free_port, message, wait_until
+from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 
 MakeDaemon = Callable[..., Daemon]
@@ -259,34 +259,6 @@ def _smtp_decision(client: smtplib.SMTP, body: dict[str, str]) -> tuple[str, lis
 
 def _codes(reasons: str) -> list[str]:
     return [reason.partition(":")[0] for reason in reasons.split("; ")]
-
-
-def test_the_same_message_gets_the_same_decision_by_smtp_as_by_the_api(
-    make_daemon: MakeDaemon, mint: Mint, client_for: ClientFor
-) -> None:
-    rules = '[ingress]\nrecipient_cooldown = "0s"\n[approvals]\nshared_inboxes = ["team@acme.example"]\n'
-    daemon, port = _listener(make_daemon, rules)
-    admin = client_for(daemon, "admin", "root")
-    assert (
-        admin.client.post("/v1/suppressions", json={"entries": ["gone@customer.example"]}).status_code == 200
-    )
-    api = client_for(daemon, "agent", AGENT)
-    cases = {
-        "accepted": message("ann@customer.example"),
-        "a role account": message("info@customer.example"),
-        "a free-mail domain": message("someone@gmail.com"),
-        "a domain that takes no mail": message("x@nullmx.example"),
-        "a suppression": message("gone@customer.example"),
-        "a leftover placeholder": message("bob@customer.example", subject="Hi {{first_name}}"),
-        "a secret": message("cy@customer.example", text="card 4111 1111 1111 1111"),
-        "a shared inbox": message("dee@customer.example", **{"from": "Team <team@acme.example>"}),
-    }
-    with _connect(daemon, port) as client:
-        client.login(AGENT, mint("agent", AGENT))
-        for case, body in cases.items():
-            by_api = api.send(body["to"], **{k: v for k, v in body.items() if k != "to"})
-            expected = (by_api["status"], [reason["code"] for reason in by_api["reasons"]])
-            assert _smtp_decision(client, body) == expected, case
 
 
 def test_a_sender_the_agent_may_not_use_is_refused_at_mail(session: tuple[Daemon, smtplib.SMTP]) -> None:
