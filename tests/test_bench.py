@@ -21,7 +21,7 @@ def test_the_quick_bench_reports_every_scenario_with_figures(tmp_path: Path) -> 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,  # about 45 s alone; a loaded 2-core machine running the other worker doubles it
+        timeout=240,  # about 35 s alone; a loaded 2-core machine running the other worker doubles it
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
