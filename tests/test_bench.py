@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _MAY_BE_ZERO = "messages"
 
 
+@pytest.mark.slow
 def test_the_quick_bench_reports_every_scenario_with_figures(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     result = subprocess.run(
