@@ -215,18 +215,19 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
         "agent_version": "test-1",
         "recipients": [{"to": f"lead{n}@c{n % 97}.example"} for n in range(BACKLOG)],
     }
+    submitted = agent.client.post("/v1/batches", json=batch, timeout=120)
+    assert submitted.status_code == 201, submitted.text[:500]
+    wait_until(lambda: len(smtp.snapshot()) >= 200, what="deliveries to be under way")
+    print(f"\nbacklog of {BACKLOG} admitted in {submitted.elapsed.total_seconds():.1f}s")
+
     quiet: list[float] = []
     flooded: list[float] = []
     done, sampling = threading.Event(), threading.Event()
     latencies: list[float] = []
     sampler = threading.Thread(target=_healthz_latencies, args=(daemon.port, done, sampling, latencies))
-    with Flood(port) as flood:  # its process starts (imports, idles) while the backlog is admitted
-        submitted = agent.client.post("/v1/batches", json=batch, timeout=120)
-        assert submitted.status_code == 201, submitted.text[:500]
-        wait_until(lambda: len(smtp.snapshot()) >= 200, what="deliveries to be under way")
-        print(f"\nbacklog of {BACKLOG} admitted in {submitted.elapsed.total_seconds():.1f}s")
-        sampler.start()
-        try:
+    sampler.start()
+    try:
+        with Flood(port) as flood:
             # Quiet and flooded phases alternate, quiet first and last: each flooded phase is set
             # against the quiet ones on either side, so a drift in the machine's other load cancels.
             for flooding in [False, True] * ROUNDS + [False]:
@@ -245,9 +246,9 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
                 )
                 flood.on.clear()
                 sampling.clear()
-        finally:
-            done.set()
-            sampler.join(30)
+    finally:
+        done.set()
+        sampler.join(30)
 
     delivered = len(smtp.snapshot())
     assert delivered < BACKLOG, "the backlog ran out: the rates were not measured at full speed"
