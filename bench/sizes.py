@@ -33,10 +33,10 @@ QUICK = Size(
     runs=1,
     connections=8,
     delivery_messages=300,
-    wrk_seconds=1,
+    wrk_seconds=2,  # a run of one second on a busy machine could end before the first answer
     http_concurrency=64,
     batch_recipients=1_000,
-    throttle_seconds=0.5,
+    throttle_seconds=0.75,
     throttle_concurrency=64,
     scaling_messages=200,
     scaling_burst=20,
@@ -44,7 +44,7 @@ QUICK = Size(
     footprint_messages=1_000,
     footprint_processes=0,  # starting a process costs more than a thousand admissions
     footprint_batch=1_000,
-    rss_seconds=1,
+    rss_seconds=2,
 )
 
 FULL = Size(
