@@ -66,6 +66,12 @@ inboxes = ["help@acme.example"]
 """
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The drills and the slow tests first: started last, one of them would keep one xdist worker
+    busy long after the other ran out of tests."""
+    items.sort(key=lambda item: not any(item.iter_markers("drill")) and not any(item.iter_markers("slow")))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

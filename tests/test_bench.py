@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _MAY_BE_ZERO = "messages"
 
 
+@pytest.mark.slow
 def test_the_quick_bench_reports_every_scenario_with_figures(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     result = subprocess.run(
@@ -21,7 +24,7 @@ def test_the_quick_bench_reports_every_scenario_with_figures(tmp_path: Path) -> 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,  # about 45 s alone; a loaded 2-core machine running the other worker doubles it
+        timeout=240,  # about 35 s alone; a loaded 2-core machine running the other worker doubles it
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]

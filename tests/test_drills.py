@@ -1,6 +1,6 @@
 """Incident drills on real parts: a daemon killed mid-run, Redis restarted under a daemon, a relay
-saying "try later", a rogue agent submitting 12,000 singles to one segment, and a hijacked agent
-trying every dodge of issue 11.
+saying "try later", a rogue agent submitting singles to one segment as fast as it can, and a
+hijacked agent trying every dodge of issue 11.
 """
 
 from __future__ import annotations
@@ -146,8 +146,12 @@ def test_a_relay_saying_try_later_defers_and_then_delivers_everything_once(
     assert daemon.metric("sendguard_relay_circuit_opens_total") == 0, "a reply proves the relay is there"
 
 
-ROGUE_SUBMISSIONS = 12_000
-MASS_SEND_THRESHOLD = 25
+# A runaway loop's 12,000 singles against the default threshold of 25 fill some 460 approval requests,
+# each raced for by 16 connections. The gate is one script whatever the threshold, so a threshold of 4
+# puts the same races (tier 0 running out, a request filling and the next opening) at 240 requests,
+# a tenth of the submissions.
+ROGUE_SUBMISSIONS = 1_200
+MASS_SEND_THRESHOLD = 4
 
 
 def _rogue_burst(daemon: Daemon, token: str, count: int, threads: int) -> dict[str, str]:
@@ -183,8 +187,7 @@ def _rogue_burst(daemon: Daemon, token: str, count: int, threads: int) -> dict[s
 
 
 @pytest.mark.drill
-@pytest.mark.timeout(300)
-def test_a_rogue_agent_at_full_size_gets_only_tier_zero_out(
+def test_a_rogue_agents_burst_of_singles_gets_only_tier_zero_out(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
     # A process of its own: the burst's clients and the daemon then use both cores, not one GIL.

@@ -13,7 +13,6 @@ bare app's under the same wrk load.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from bench import wrk
@@ -36,7 +35,10 @@ async def run(bench: Bench, size: Size) -> Sample:
     rules = bench.write_rules(rules_text())
     admitter = await Admitter.build(bench.redis, bench.keys, rules)
     before = await bench.used_memory()
-    expect(admit_leads(bench.redis_url, rules, count, processes=os.cpu_count() or 1), "queued", count)
+    if size.footprint_processes:
+        expect(admit_leads(bench.redis_url, rules, count, size.footprint_processes), "queued", count)
+    else:
+        expect(await admitter.admit(leads(0, count)), "queued", count)
     await admitter.chain_audit()
     sendguard = (await bench.used_memory() - before) / count
     before = await bench.used_memory()
