@@ -20,6 +20,7 @@ from sendguard.config import Settings, parse_host_port
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.deliverer import Deliverer
 from sendguard.delivery.relay import SandboxOutbox, Transport, make_transport
+from sendguard.delivery.sender_auth import SenderAuthWatch
 from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
@@ -82,6 +83,7 @@ class Runtime:
     tokens: Tokens
     sessions: Sessions
     break_glass: BreakGlass
+    sender_auth: SenderAuthWatch
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
@@ -115,6 +117,7 @@ class Runtime:
                 "environments": rules_changes(running, self.rules).environments,
             },
         )
+        self.sender_auth.recheck(self.rules)
         if announce:
             async with translated():
                 self.reloads_seen = int(await self.redis.incr(self.store.keys.rules_reloads))
@@ -220,6 +223,7 @@ async def build(
         tokens=tokens,
         sessions=Sessions(client, keys, tokens),
         break_glass=BreakGlass(client, keys, audit),
+        sender_auth=SenderAuthWatch(settings, metrics),
     )
 
 
