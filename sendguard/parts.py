@@ -26,6 +26,7 @@ from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
 from sendguard.feedback.listener import InboundProcess, ListenerConfig
 from sendguard.feedback.receive import KEEP_BYTES, Inbox
+from sendguard.feedback.reply_stops import ReplyStops
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses, load_secret
 from sendguard.feedback.unsubscribe import Unsubscribe
@@ -162,7 +163,8 @@ async def build(
     secret = await load_secret(client, keys) if settings.public_url or settings.bounce_domain else b""
     unsubscribe = Unsubscribe(settings.public_url, secret) if settings.public_url else None
     bounces = BounceAddresses(settings.bounce_domain, secret) if settings.bounce_domain else None
-    feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces)
+    reply_stops = ReplyStops(client, keys, store, audit, current)
+    feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces, reply_stops)
     approvals = Approvals(client, keys, store, audit, notifier, settings.api_base)
     tokens = Tokens(client, keys, audit)
     instance = secrets.token_hex(6)
@@ -184,7 +186,16 @@ async def build(
         metrics=metrics,
     )
     admissions = Admissions(
-        store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
+        store,
+        ingress,
+        safe_mode,
+        approvals,
+        audit,
+        memory,
+        settings.retry_base,
+        deliverer.wake,
+        metrics,
+        reply_stops,
     )
     inbound = InboundProcess(
         _listener_config(settings),
