@@ -235,10 +235,10 @@ class DkimRule(_Table):
 
 
 class ReplyStopRules(_Table):
-    """What a reply stops. `recipient`: the agent's waiting mail to that mailbox (as before).
-    `domain`: also to everyone else at the replier's company, for `cooldown` (free-mail domains
-    are never one company). 30 days: a month-long sequence step, the span sales-engagement tools
-    (Outreach, Apollo) pause an account for after a reply; a rules default, not a standard."""
+    """What a reply stops. `recipient`: the waiting mail to that mailbox (as before). `domain`:
+    also the answered agent's mail to everyone else at the replier's company, for `cooldown`
+    (free-mail domains are never one company). 30 days: about the length of a multi-touch outbound
+    sequence, so the company is not mailed again by the sequence it answered; no standard sets it."""
 
     by: Literal["recipient", "domain"] = "recipient"
     cooldown: Duration = Field(default=30 * 86400.0, gt=0)

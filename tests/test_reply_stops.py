@@ -84,6 +84,11 @@ def test_a_reply_stops_the_agent_mailing_the_company_but_not_a_free_mail_domain(
     assert (refused["status"], _codes(refused)) == ("rejected", ["company_replied"])
     assert "someone at co.example replied to agent sdr-bot" in refused["reasons"][0]["detail"]
     assert agent.send("z@gmail.com")["status"] == "queued"
+    checked = agent.client.post("/v1/recipients/check", json={"to": ["frank@co.example", "z@gmail.com"]})
+    assert [(row["verdict"], _codes(row)) for row in checked.json()["recipients"]] == [
+        ("rejected", ["company_replied"]),
+        ("would_queue", []),
+    ]
 
 
 def test_an_out_of_office_reply_with_a_return_date_moves_the_follow_up(
