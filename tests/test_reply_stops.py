@@ -98,6 +98,7 @@ def test_an_out_of_office_reply_with_a_return_date_moves_the_follow_up(
     first = agent.send("bob@co.example")["id"]
     agent.wait_status(first, "sent")
     follow_up = agent.send("bob@co.example", send_at=_later())["id"]
+    later_still = agent.send("bob@co.example", send_at=(datetime.now(UTC) + timedelta(days=20)).isoformat())
     back = datetime.now(UTC).date() + timedelta(days=10)
     raw = (
         "From: Bob <bob@co.example>\r\nTo: alice@acme.example\r\n"
@@ -117,6 +118,9 @@ def test_an_out_of_office_reply_with_a_return_date_moves_the_follow_up(
     assert due == pytest.approx(
         datetime(back.year, back.month, back.day, 9, tzinfo=UTC).timestamp() * 1000, abs=1000
     )
+    assert (
+        agent.status(later_still["id"])["history"][-1]["cause"] != "recipient_away"
+    )  # never brought forward
     assert agent.send("carol@co.example")["status"] == "queued"  # an auto-reply is no reply
 
 

@@ -215,7 +215,11 @@ class SenderAuthWatch:
                 await self._task
 
     async def _report(self, rules: Rules) -> None:
-        findings = await check_sender_auth(rules, self._settings)
+        try:
+            findings = await check_sender_auth(rules, self._settings)
+        except Exception as exc:  # a check that cannot run must not end the daemon's start or stop
+            log.error("sender authentication not checked: %s", exc)
+            return
         passing: dict[tuple[str, str], bool] = {}
         for finding in findings:  # a domain with several DKIM selectors passes if all of them do
             labels = (finding.domain, finding.check.value)

@@ -97,14 +97,19 @@ class ReplyStops:
 
     async def away(self, record: MessageRecord, returning: date, source: str) -> int:
         """The recipient of `record` is away until `returning`: its agent's waiting follow-ups to them
-        are due at RETURN_HOUR that day instead; how many moved."""
+        due before RETURN_HOUR that day are due then instead; how many moved."""
         due = datetime.combine(returning, RETURN_HOUR)
+        due_ms = int(due.timestamp() * 1000)
         moved = 0
         ids = await self._store.recipient_messages(record.to)
-        for follow_up in await self._store.records(ids, ("agent", "status")):
-            if follow_up is None or follow_up.agent != record.agent:
-                continue
-            delay_ms = max(0, int((due - datetime.now(UTC)).total_seconds() * 1000))
+        async with translated(), self._redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.zscore(self._keys.due, message_id)
+            scheduled: list[float | None] = await pipe.execute() if ids else []
+        for follow_up, when in zip(await self._store.records(ids, ("agent",)), scheduled, strict=True):
+            if follow_up is None or follow_up.agent != record.agent or (when or 0) >= due_ms:
+                continue  # another agent's, or already due after the return: never brought forward
+            delay_ms = max(0, due_ms - _now_ms())
             moved += bool(
                 await self._store.transition(
                     follow_up.id,
