@@ -264,7 +264,12 @@ class Admissions:
         decided: list[Decided] = []
         first_index: dict[str, int] = {}
         renderer = Renderer(submission)
-        checked = [await self._ingress.check(entry.to, rules) for entry in entries]
+        # Every recipient checked first, so one look-up finds the companies whose reply stopped this agent.
+        checked: list[Recipient] = []
+        for index, entry in enumerate(entries):
+            checked.append(await self._ingress.check(entry.to, rules))
+            if index % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
         stopped = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
