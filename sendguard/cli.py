@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sendguard import logs
 from sendguard.client import Agent, ApiError, Approval, Client, RulesReloaded
 from sendguard.config import Settings
+from sendguard.delivery.sender_auth import Verdict, check_sender_auth
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role, normal_name
@@ -156,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
         "reload", parents=[api], help="have the daemon read its rules file again, and say what changed"
     )
 
+    commands.add_parser(
+        "doctor",
+        help="check SPF, DKIM and DMARC of every sender domain in the rules, and one-click unsubscribe; "
+        "exits 1 if any fails",
+    )
+
     agents = commands.add_parser(
         "agents", parents=[api], help="the agent register in force, with each agent's last 24 hours"
     )
@@ -194,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_audit(settings, args))
         if args.command == "rules" and args.rules_command == "check":
             return _check_rules(args.path or default_rules_path(settings.rules))
+        if args.command == "doctor":
+            return asyncio.run(_doctor(settings, load_rules(default_rules_path(settings.rules))))
         if args.command == "mcp":
             from sendguard import mcp_stdio  # the MCP SDK loads only for this command
 
@@ -488,6 +497,20 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name in some containers
         return "cli"
+
+
+async def _doctor(settings: Settings, rules: Rules) -> int:
+    """A sentence for each failure and warning; exits 1 if anything fails (a warning alone does not)."""
+    findings = await check_sender_auth(rules, settings)
+    for finding in findings:
+        if finding.verdict is Verdict.FAIL:
+            print(f"fail: {finding.sentence}")
+        elif finding.verdict is Verdict.WARN:
+            print(f"warning: {finding.sentence}")
+    failures = sum(1 for finding in findings if finding.verdict is Verdict.FAIL)
+    domains = ", ".join(rules.sender_domains()) or "none"
+    print(f"{len(findings)} checks of sender domains {domains}: {failures} failed", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _check_rules(path: Path) -> int:

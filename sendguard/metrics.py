@@ -196,6 +196,13 @@ class Metrics:
         )
         self.circuit_opens = counter("sendguard_relay_circuit_opens_total", "Times the relay circuit opened.")
 
+        self.sender_auth_ok = gauge(
+            "sendguard_sender_auth_ok",
+            "1 while a sender domain of the register passes a check (spf, dkim, dmarc; unsubscribe for "
+            "domain '*'), 0 on a failure or a warning; checked at start and at each rules reload.",
+            ["domain", "check"],
+        )
+
         self.audit_entries = gauge(
             "sendguard_audit_entries", "Entries in the hash-chained audit trail (the head's sequence)."
         )

@@ -20,11 +20,13 @@ from sendguard.config import Settings, parse_host_port
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.deliverer import Deliverer
 from sendguard.delivery.relay import SandboxOutbox, Transport, make_transport
+from sendguard.delivery.sender_auth import SenderAuthWatch
 from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
 from sendguard.feedback.apply import Feedback
 from sendguard.feedback.listener import InboundProcess, ListenerConfig
 from sendguard.feedback.receive import KEEP_BYTES, Inbox
+from sendguard.feedback.reply_stops import ReplyStops
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses, load_secret
 from sendguard.feedback.unsubscribe import Unsubscribe
@@ -82,6 +84,7 @@ class Runtime:
     tokens: Tokens
     sessions: Sessions
     break_glass: BreakGlass
+    sender_auth: SenderAuthWatch
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
@@ -115,6 +118,7 @@ class Runtime:
                 "environments": rules_changes(running, self.rules).environments,
             },
         )
+        self.sender_auth.recheck(self.rules)
         if announce:
             async with translated():
                 self.reloads_seen = int(await self.redis.incr(self.store.keys.rules_reloads))
@@ -159,7 +163,8 @@ async def build(
     secret = await load_secret(client, keys) if settings.public_url or settings.bounce_domain else b""
     unsubscribe = Unsubscribe(settings.public_url, secret) if settings.public_url else None
     bounces = BounceAddresses(settings.bounce_domain, secret) if settings.bounce_domain else None
-    feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces)
+    reply_stops = ReplyStops(client, keys, store, audit, current)
+    feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces, reply_stops)
     approvals = Approvals(client, keys, store, audit, notifier, settings.api_base)
     tokens = Tokens(client, keys, audit)
     instance = secrets.token_hex(6)
@@ -181,7 +186,16 @@ async def build(
         metrics=metrics,
     )
     admissions = Admissions(
-        store, ingress, safe_mode, approvals, audit, memory, settings.retry_base, deliverer.wake, metrics
+        store,
+        ingress,
+        safe_mode,
+        approvals,
+        audit,
+        memory,
+        settings.retry_base,
+        deliverer.wake,
+        metrics,
+        reply_stops,
     )
     inbound = InboundProcess(
         _listener_config(settings),
@@ -220,6 +234,7 @@ async def build(
         tokens=tokens,
         sessions=Sessions(client, keys, tokens),
         break_glass=BreakGlass(client, keys, audit),
+        sender_auth=SenderAuthWatch(settings, metrics),
     )
 
 

@@ -11,7 +11,8 @@ import fnmatch
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
@@ -30,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from sendguard.dkim import DkimSigner
 from sendguard.errors import ConfigError
 from sendguard.model import canonical_address
 
@@ -218,12 +220,38 @@ class ApprovalRules(_Table):
         return canonical_address(inbox) in self.shared_inboxes
 
 
+class DkimRule(_Table):
+    """Sign mail from `domain` with the key in `key_file` (relative to the rules file), published
+    at `<selector>._domainkey.<domain>`."""
+
+    domain: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253)
+    selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$", max_length=63)
+    key_file: str = Field(min_length=1)
+
+    @field_validator("domain")
+    @classmethod
+    def _lower(cls, domain: str) -> str:
+        return domain.lower()
+
+
+class ReplyStopRules(_Table):
+    """What a reply stops. `recipient`: the waiting mail to that mailbox (as before). `domain`:
+    also the answered agent's mail to everyone else at the replier's company, for `cooldown`
+    (free-mail domains are never one company). 30 days: about the length of a multi-touch outbound
+    sequence, so the company is not mailed again by the sequence it answered; no standard sets it."""
+
+    by: Literal["recipient", "domain"] = "recipient"
+    cooldown: Duration = Field(default=30 * 86400.0, gt=0)
+
+
 class RulesFile(_Table):
     ingress: IngressRules = IngressRules()
     safe_mode: SafeModeRules = SafeModeRules()
     approvals: ApprovalRules = ApprovalRules()
     throttle: list[ThrottleRule] = []
     agent: list[AgentEntry] = []
+    dkim: list[DkimRule] = []
+    reply_stops: ReplyStopRules = ReplyStopRules()
 
 
 @dataclass(frozen=True)
@@ -236,9 +264,15 @@ class Rules:
     free_domains: frozenset[str]
     role_accounts: frozenset[str]
     disposable_domains: frozenset[str]
+    # sender domain -> its signer, keys read from `[[dkim]]` key files at load (never logged)
+    dkim_signers: Mapping[str, DkimSigner] = field(default_factory=dict)
 
     def agent(self, name: str) -> AgentEntry | None:
         return next((a for a in self.file.agent if a.name == name), None)
+
+    def sender_domains(self) -> list[str]:
+        """Every domain the register lets an agent send from, sorted: the domains DNS must vouch for."""
+        return sorted({inbox.rpartition("@")[2].lower() for a in self.file.agent for inbox in a.inboxes})
 
     def warnings(self) -> list[str]:
         """What the file allows that a hijacked agent could use, for `sendguard rules check` to say.
@@ -384,7 +418,24 @@ def load_rules(path: Path) -> Rules:
         free_domains=_read_list(path, parsed.ingress, "free_domains"),
         role_accounts=_read_list(path, parsed.ingress, "role_accounts"),
         disposable_domains=_read_list(path, parsed.ingress, "disposable_domains"),
+        dkim_signers=_dkim_signers(path, parsed.dkim),
     )
+
+
+def _dkim_signers(rules_path: Path, rules: list[DkimRule]) -> dict[str, DkimSigner]:
+    """Each `[[dkim]]` key read and parsed now, so a bad key file fails the load, not a delivery."""
+    signers: dict[str, DkimSigner] = {}
+    for number, rule in enumerate(rules, start=1):
+        where = f"rules file {rules_path}: [[dkim]] #{number}"
+        if rule.domain in signers:
+            raise ConfigError(f"{where} key 'domain': {rule.domain} has a key already")
+        try:
+            signers[rule.domain] = DkimSigner.from_file(
+                rule.domain, rule.selector, rules_path.parent / rule.key_file
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{where} key 'key_file': {exc}") from exc
+    return signers
 
 
 def _read_list(rules_path: Path, ingress: IngressRules, name: str) -> frozenset[str]:
@@ -408,10 +459,10 @@ def _describe(path: Path, exc: ValidationError) -> str:
     for error in exc.errors():
         loc = list(error["loc"])
         table = "top level"
-        if loc and loc[0] in ("throttle", "agent"):
+        if loc and loc[0] in ("throttle", "agent", "dkim"):
             name = loc.pop(0)
             table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
-        elif loc and loc[0] in ("ingress", "safe_mode", "approvals"):
+        elif loc and loc[0] in ("ingress", "safe_mode", "approvals", "reply_stops"):
             table = f"[{loc.pop(0)}]"
         key = ".".join(str(part) for part in loc)
         where = f"{table} key '{key}'" if key else table

@@ -48,6 +48,7 @@ class Service:
             except BaseException:
                 await runtime.inbound.stop()
                 raise
+        runtime.sender_auth.recheck(runtime.rules)  # in the background: a slow DNS never delays the start
         self._tasks = [
             asyncio.create_task(self._maintain()),
             asyncio.create_task(self._chain()),
@@ -70,6 +71,7 @@ class Service:
             await runtime.store.forget_instance(runtime.instance)
             await runtime.store.recover()
         await runtime.transport.close()
+        await runtime.sender_auth.close()
         await runtime.safe_mode.drain(grace)
 
     @property

@@ -11,6 +11,7 @@ test's event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.message
 import email.parser
 import email.policy
@@ -18,12 +19,14 @@ import json
 import logging
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -753,3 +756,23 @@ class Webhook:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+
+# --------------------------------------------------------------------------
+# DKIM keys
+# --------------------------------------------------------------------------
+
+
+def dkim_key(path: Path) -> str:
+    """Write a fresh 1024-bit RSA key (PKCS#1 PEM) to `path` with openssl; its DKIM `p=` value.
+
+    1024 bits: the shortest key receivers accept (RFC 8301), and its public half fits in one TXT
+    string, which keeps the test zone simple.
+    """
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(path), "1024"], check=True, capture_output=True
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(path), "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    return base64.b64encode(public).decode()

@@ -254,7 +254,8 @@ class Deliverer:
         headers = record.extra_headers()
         if self._unsubscribe is not None:
             headers = self._unsubscribe.headers(claim.message_id, record.to, headers)
-        return render(record, headers, datetime.now(UTC))
+        signer = self._rules.now.dkim_signers.get(record.from_addr.rpartition("@")[2].lower())
+        return render(record, headers, datetime.now(UTC), signer)
 
     async def _send(
         self, claim: Claim, record: MessageRecord, data: bytes, attempt: int, buckets: Buckets, member: str

@@ -12,12 +12,24 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, quote
 from typing import Any
 
+from sendguard.dkim import DkimSigner
 from sendguard.record import MessageRecord
 from sendguard.submission import message_id_header
 
 
-def render(record: MessageRecord, headers: dict[str, str], sent_at: datetime) -> bytes:
-    """Build the RFC 5322 message for a stored record; its Message-ID ties bounces back to it."""
+def render(
+    record: MessageRecord, headers: dict[str, str], sent_at: datetime, signer: DkimSigner | None = None
+) -> bytes:
+    """Build the RFC 5322 message for a stored record; its Message-ID ties bounces back to it.
+
+    With a `signer`, the DKIM signature is made last, over the headers as they go out (the
+    one-click List-Unsubscribe ones included), and prepended.
+    """
+    data = _build(record, headers, sent_at)
+    return signer.sign(data) + data if signer else data
+
+
+def _build(record: MessageRecord, headers: dict[str, str], sent_at: datetime) -> bytes:
     fields = {
         "To": record.to,
         "Subject": record.subject,

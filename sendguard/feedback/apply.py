@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from sendguard.errors import InvalidValue, SendguardError
 from sendguard.feedback.counters import BAD, Signal, Trip
 from sendguard.feedback.events import BounceType, EventIn, EventType, Sentiment, sendguard_id
-from sendguard.feedback.parse import Inbound, InboundKind
+from sendguard.feedback.parse import Away, Inbound, InboundKind
+from sendguard.feedback.reply_stops import ReplyStops
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
 from sendguard.feedback.signing import BounceAddresses
@@ -106,8 +107,10 @@ class Feedback:
         audit: AuditLog,
         metrics: Metrics,
         bounces: BounceAddresses | None,
+        reply_stops: ReplyStops,
     ) -> None:
         self._store = store
+        self._reply_stops = reply_stops
         self._bounces = bounces
         self._metrics = metrics
         metrics.start_at_zero(metrics.bounces, BounceType)
@@ -153,6 +156,8 @@ class Feedback:
         """
         tied: dict[tuple[str, EventType, bool], tuple[EventIn, MessageRecord]] = {}
         records: dict[str, MessageRecord | None] = {}  # each referenced message read once
+        if inbound.away is not None:
+            return await self._away(inbound, inbound.away, reporter, records)
         for event in inbound.events:
             found = await self._referenced(inbound, event, records)
             if isinstance(found, str):
@@ -165,6 +170,20 @@ class Feedback:
             await self._apply(event, message_id, record, reporter, named=False)
             for (message_id, _, _), (event, record) in tied.items()
         ]
+
+    async def _away(
+        self, inbound: Inbound, away: Away, reporter: Reporter, records: dict[str, MessageRecord | None]
+    ) -> list[Applied]:
+        """An out-of-office reply with a return date, tied as a reply is: its agent's follow-ups
+        to the sender wait until then. It counts and cancels nothing."""
+        found = await self._referenced(inbound, EventIn(type=EventType.REPLY, recipient=away.sender), records)
+        if isinstance(found, str):
+            raise Unreferenced(f"no valid reference: {found}")
+        message_id, record = found
+        if reporter.agent is not None:
+            _own(message_id, record, reporter.agent)
+        await self._reply_stops.away(record, away.until, reporter.source)
+        return [Applied(EventType.REPLY, message_id)]
 
     async def _referenced(
         self, inbound: Inbound, event: EventIn, records: dict[str, MessageRecord | None]
@@ -247,6 +266,8 @@ class Feedback:
             self._metrics.unmatched_events.labels(event.type.value).inc()
             if reporter.signed and event.recipient:
                 addresses = [event.recipient]  # the link outlives the record; its signature is proof
+        if event.type is EventType.REPLY and record is not None:
+            applied.cancelled += await self._reply_stops.replied(record, reporter.source)
         if counted:
             _count(self._metrics, event, judged)
         for address in addresses:

@@ -25,6 +25,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from email.errors import HeaderParseError
 from email.header import Header, decode_header, make_header
 from email.message import Message
@@ -42,6 +43,7 @@ from sendguard.feedback.events import (
     sendguard_id,
     signed_bounce,
 )
+from sendguard.feedback.return_date import return_date
 from sendguard.feedback.sentiment import reply_text
 from sendguard.model import folded_address
 
@@ -89,6 +91,14 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Away:
+    """An out-of-office reply's sender and the return date it names (return_date.py)."""
+
+    sender: str
+    until: date
+
+
+@dataclass(frozen=True)
 class Inbound:
     """What one inbound mail said, and what it referred to.
 
@@ -102,6 +112,7 @@ class Inbound:
     events: list[EventIn]
     summary: str
     references: tuple[Reference, ...] = ()
+    away: Away | None = None  # an out-of-office reply that names when its sender is back
 
 
 class UnparsableMail(ValueError):
@@ -233,9 +244,14 @@ def _arf(msg: Message, delivered_to: list[tuple[str, str]], bounce_domain: str |
 
 
 def _reply(msg: Message, references: tuple[Reference, ...]) -> Inbound:
-    if _is_auto_reply(msg):
-        return Inbound(InboundKind.REPLY, [], "auto-reply ignored")
     sender = next(iter(_addresses(msg, "From")), None)
+    if _is_auto_reply(msg):
+        said = f"{_decoded_header(msg, 'Subject')}\n{_body_text(msg) or ''}"
+        until = return_date(said, datetime.now(UTC).date())
+        if sender is None or until is None:
+            return Inbound(InboundKind.REPLY, [], "auto-reply ignored")
+        summary = f"auto-reply from {sender}: back on {until.isoformat()}"
+        return Inbound(InboundKind.REPLY, [], summary, references, Away(sender, until))
     if sender is not None and sender.partition("@")[0] in _DAEMONS:
         raise UnparsableMail(f"a bounce from {sender} that is not a delivery-status report")
     text = _body_text(msg)

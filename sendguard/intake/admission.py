@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sendguard.feedback.counters import Signal
+from sendguard.feedback.reply_stops import ReplyStops
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.governance.approvals import Approvals, Routing
 from sendguard.governance.audit import AuditLog, content_hash
@@ -126,8 +127,10 @@ class Admissions:
         retry_base: float,
         wake: Callable[[], None],
         metrics: Metrics,
+        reply_stops: ReplyStops,
     ) -> None:
         self._store = store
+        self._reply_stops = reply_stops
         self._memory = memory
         self._metrics = metrics
         self._ingress = ingress
@@ -205,9 +208,12 @@ class Admissions:
             [Refusable(r.address, r.canonical, r.domain, bool(r.reasons)) for r in checked],
             cooldown=rules.file.ingress.recipient_cooldown > 0,
         )
+        stopped = await self._reply_stops.refusals(requester.name, {r.domain for r in checked})
         verdicts = []
         for to, recipient, more in zip(addresses, checked, shared, strict=True):
             reasons = (*recipient.reasons, *more)
+            if company := stopped.get(recipient.domain):
+                reasons = (*reasons, company)
             if reasons:
                 verdict = Status.REJECTED.value
             elif recipient.dns_temporary:
@@ -258,14 +264,22 @@ class Admissions:
         decided: list[Decided] = []
         first_index: dict[str, int] = {}
         renderer = Renderer(submission)
+        # Every recipient checked first, so one look-up finds the companies whose reply stopped this agent.
+        checked: list[Recipient] = []
         for index, entry in enumerate(entries):
-            recipient = await self._ingress.check(entry.to, rules)
+            checked.append(await self._ingress.check(entry.to, rules))
+            if index % CHUNK == CHUNK - 1:
+                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
+        stopped = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
+        for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
                 message, reasons, hashed = renderer.unfilled(entry), [too_large], None
             else:
                 message = renderer.message(entry)
                 reasons = _boundaries(agent, message, rules)
                 hashed = content_hash(message.subject, message.text or "", message.html or "")
+            if company := stopped.get(recipient.domain):
+                reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
             if seen != index:
                 duplicate = f"{recipient.address} is already recipient {seen} of this batch"

@@ -45,6 +45,22 @@ DETAILS = {
 }
 
 
+def make_resolver(nameservers: list[str], timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver on `SENDGUARD_DNS_NAMESERVERS` (else the system's), `timeout` per look-up, no
+    cache of its own: callers cache what they mean to."""
+    if nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(*parse_host_port(entry, 53)) for entry in nameservers
+        ]
+    else:
+        resolver = dns.asyncresolver.Resolver()
+    resolver.lifetime = timeout
+    resolver.timeout = timeout
+    resolver.cache = None
+    return resolver
+
+
 class _Temporary(Exception):
     pass
 
@@ -53,16 +69,7 @@ class MxChecker:
     """Resolves recipient domains once per TTL, shares in-flight look-ups between callers."""
 
     def __init__(self, nameservers: list[str], timeout: float) -> None:
-        if nameservers:
-            self._resolver = dns.asyncresolver.Resolver(configure=False)
-            self._resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(*parse_host_port(entry, 53)) for entry in nameservers
-            ]
-        else:
-            self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = timeout
-        self._resolver.cache = None
+        self._resolver = make_resolver(nameservers, timeout)
         self._cache: OrderedDict[str, tuple[MailHost, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[MailHost]] = {}
 

@@ -40,6 +40,8 @@ SCHEMA: dict[str, str] = {
     # admission, left when a message finishes, so it lasts exactly as long as they wait, whatever
     # their due time, and a suppression finds them all (replaces the 30-day `rcpt:` index)
     "waiting": "waiting:{mailbox}",
+    # hash: recipient domain -> until when (ms) a reply from someone there stops the agent mailing it
+    "company_replied": "replied:{agent}",
     "last_sent": "last:{address}",  # string: id of the last message sent to an address
     "signals": "sig:{scope}",  # hash: counts per slot `{slot}:{signal}`, totals `t:{signal}`
     "active_scopes": "sig:active",  # zset: scopes with signals, score = last signal (ms)
@@ -174,6 +176,9 @@ class Keys:
 
     def waiting(self, mailbox: str) -> str:
         return self._key("waiting", mailbox)
+
+    def company_replied(self, agent: str) -> str:
+        return self._key("company_replied", agent)
 
     def last_sent(self, address: str) -> str:
         return self._key("last_sent", address)

@@ -360,14 +360,16 @@ class Store:
             if str(cursor) == "0":
                 return held
 
-    async def recall(self, filters: Mapping[str, str], detail: str) -> dict[str, int]:
+    async def recall(
+        self, filters: Mapping[str, str], detail: str, cause: str = "recalled"
+    ) -> dict[str, int]:
         """Cancel every waiting message whose record fields equal all `filters`; counts by state.
 
         Messages already `sending` are in the relay's hands and cannot be called back.
         """
         counts: dict[str, int] = {}
         async for ids in self._waiting_ids():
-            _merge(counts, await self.cancel(ids, "recalled", detail, filters))
+            _merge(counts, await self.cancel(ids, cause, detail, filters))
         return counts
 
     async def sweep_suppressed(self, cause: str, detail: str) -> dict[str, int]:
