@@ -217,6 +217,23 @@ class Metrics:
             "1 while this daemon does not chain the audit trail because its anchor file is gone and the "
             "trail has entries (a fresh anchor would hide a cut-off tail).",
         )
+        self.reply_rule_actions = counter(
+            "sendguard_reply_rule_actions_total",
+            "Reply rules applied (defer, slow, trip), once per rule and scope in each window.",
+            ["action"],
+        )
+        self.blocklist_checks = counter(
+            "sendguard_blocklist_checks_total",
+            "Blocklist (DNSBL) look-ups, by result: listed, clear, or error (a time-out, a refusal, or "
+            "an answer that is an error code such as Spamhaus' 127.255.255.x, not a listing).",
+            ["result"],
+        )
+        self.blocklist_listed = gauge(
+            "sendguard_blocklist_listed",
+            "1 while a sender domain or sending IP of the rules file is listed on a configured zone; "
+            "targets and zones come from the rules file, so the series are bounded.",
+            ["zone", "target"],
+        )
 
     @staticmethod
     def start_at_zero(counter: Counter, *values: Iterable[str]) -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from sendguard.config import Settings, parse_host_port
+from sendguard.delivery.blocklists import Blocklists
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.deliverer import Deliverer
 from sendguard.delivery.relay import SandboxOutbox, Transport, make_transport
+from sendguard.delivery.reply_rules import ReplyRules
 from sendguard.delivery.sender_auth import SenderAuthWatch
 from sendguard.delivery.throttle import Throttles
 from sendguard.errors import ConfigError
@@ -38,7 +40,7 @@ from sendguard.governance.sessions import Sessions
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
 from sendguard.intake.admission import Admissions
-from sendguard.intake.mx import MxChecker
+from sendguard.intake.mx import MxChecker, make_resolver
 from sendguard.intake.recipients import Ingress
 from sendguard.intake.smtp import SubmissionConfig, SubmissionListener
 from sendguard.metrics import Metrics
@@ -85,6 +87,7 @@ class Runtime:
     sessions: Sessions
     break_glass: BreakGlass
     sender_auth: SenderAuthWatch
+    blocklists: Blocklists
 
     reloads_seen: int | None = None  # the last reload announcement this daemon followed
 
@@ -177,6 +180,7 @@ async def build(
         safe_mode=safe_mode,
         feedback=feedback,
         circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay, metrics),
+        reply_rules=ReplyRules(client, keys, safe_mode, audit, notifier, current, metrics),
         rules=current,
         settings=settings,
         instance=instance,
@@ -235,6 +239,15 @@ async def build(
         sessions=Sessions(client, keys, tokens),
         break_glass=BreakGlass(client, keys, audit),
         sender_auth=SenderAuthWatch(settings, metrics),
+        blocklists=Blocklists(
+            client,
+            keys,
+            make_resolver(settings.dns_nameservers, settings.dns_timeout),
+            safe_mode,
+            notifier,
+            current,
+            metrics,
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -244,6 +245,89 @@ class ReplyStopRules(_Table):
     cooldown: Duration = Field(default=30 * 86400.0, gt=0)
 
 
+# A reply rule's text pattern runs on text the relay (and the provider behind it) writes, with
+# Python's backtracking `re`: a bounded pattern over a bounded slice of the reply keeps it cheap.
+REPLY_TEXT_PATTERN_MAX = 300
+REPLY_TEXT_SCANNED = 4096
+# A group repeated that itself holds a repetition, `(a+)+` or `(\w*x)*`: backtracking can take
+# exponential time on a reply that almost matches.
+_NESTED_REPETITION = re.compile(r"\((?:[^()\\]|\\.)*[*+}](?:[^()\\]|\\.)*\)[*+{]")
+
+
+class ReplyAction(StrEnum):
+    """What a reply rule does to the scope of the message that got the reply."""
+
+    DEFER = "defer"  # no sends for `duration`, then sending resumes by itself
+    TRIP = "trip"  # safe mode: a person resumes
+    SLOW = "slow"  # at most `limit` per `per` for `duration`
+
+
+class ReplyRule(_Table):
+    """A pattern on a relay's refusal (code, enhanced code, text) and what to do when it matches."""
+
+    name: str | None = None
+    code: str | None = Field(default=None, pattern=r"^[45]([0-9]{2}|xx)$")  # 421, or 4xx for a class
+    enhanced: str | None = Field(default=None, pattern=r"^[45](\.[0-9]{1,3}){0,2}$")  # 4.7.28, or 4.7
+    text: str | None = Field(default=None, min_length=1, max_length=REPLY_TEXT_PATTERN_MAX)
+    scope: ScopeKind
+    action: ReplyAction
+    duration: Duration | None = Field(default=None, gt=0, le=7 * 86400.0)
+    limit: int | None = Field(default=None, gt=0)
+    per: Duration | None = Field(default=None, gt=0)
+
+    @field_validator("text")
+    @classmethod
+    def _compiles(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
+        if _NESTED_REPETITION.search(text):
+            raise ValueError(
+                f"{text!r} repeats a group that repeats inside: it can take exponential time on a reply; "
+                "write it without the nested repetition"
+            )
+        try:
+            re.compile(text, re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"{text!r} is not a regular expression: {exc}") from exc
+        return text
+
+    @model_validator(mode="after")
+    def _complete(self) -> ReplyRule:
+        if self.code is None and self.enhanced is None and self.text is None:
+            raise ValueError("a reply rule needs at least one of code, enhanced and text")
+        if self.action is not ReplyAction.TRIP and self.duration is None:
+            raise ValueError(f"a {self.action.value} rule needs a duration")
+        if self.action is ReplyAction.TRIP and self.duration is not None:
+            raise ValueError("a trip lasts until a person resumes it: a trip rule takes no duration")
+        if (self.action is ReplyAction.SLOW) != (self.limit is not None and self.per is not None):
+            raise ValueError("limit and per go together, on a slow rule only")
+        if self.code and self.enhanced and self.code[0] != self.enhanced[0]:
+            raise ValueError(f"code {self.code} and enhanced {self.enhanced} are of different classes")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How the audit trail and notifications name the rule."""
+        return self.name or f"{self.code or ''} {self.enhanced or ''} {self.text or ''}".strip()
+
+
+class BlocklistRules(_Table):
+    """DNSBL look-ups of the register's sender domains and of the relay's sending IPs."""
+
+    domain_zones: list[str] = []  # domain lists, queried as <domain>.<zone> (Spamhaus DBL style)
+    ip_zones: list[str] = []  # IP lists, queried as <reversed address>.<zone> (RFC 5782)
+    sending_ips: list[IPv4Address | IPv6Address] = []
+    interval: Duration = Field(default=900.0, ge=1)
+
+    @field_validator("domain_zones", "ip_zones")
+    @classmethod
+    def _zone_names(cls, zones: list[str]) -> list[str]:
+        for zone in zones:
+            if not re.fullmatch(r"(?!-)[a-z0-9-]{1,63}(\.(?!-)[a-z0-9-]{1,63})+\.?", zone.lower()):
+                raise ValueError(f"{zone!r} is not a DNS zone name such as 'dbl.spamhaus.org'")
+        return list(dict.fromkeys(zone.lower().rstrip(".") for zone in zones))
+
+
 class RulesFile(_Table):
     ingress: IngressRules = IngressRules()
     safe_mode: SafeModeRules = SafeModeRules()
@@ -252,6 +336,8 @@ class RulesFile(_Table):
     agent: list[AgentEntry] = []
     dkim: list[DkimRule] = []
     reply_stops: ReplyStopRules = ReplyStopRules()
+    reply_rule: list[ReplyRule] = []
+    blocklists: BlocklistRules = BlocklistRules()
 
 
 @dataclass(frozen=True)
@@ -459,10 +545,10 @@ def _describe(path: Path, exc: ValidationError) -> str:
     for error in exc.errors():
         loc = list(error["loc"])
         table = "top level"
-        if loc and loc[0] in ("throttle", "agent", "dkim"):
+        if loc and loc[0] in ("throttle", "agent", "dkim", "reply_rule"):
             name = loc.pop(0)
             table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
-        elif loc and loc[0] in ("ingress", "safe_mode", "approvals", "reply_stops"):
+        elif loc and loc[0] in ("ingress", "safe_mode", "approvals", "reply_stops", "blocklists"):
             table = f"[{loc.pop(0)}]"
         key = ".".join(str(part) for part in loc)
         where = f"{table} key '{key}'" if key else table

@@ -1,5 +1,5 @@
-"""A daemon's background work: delivery, maintenance, audit chaining, the inbound and submission
-SMTP listeners.
+"""A daemon's background work: delivery, maintenance, audit chaining, blocklist checks, the inbound
+and submission SMTP listeners.
 
 `sendguard run` runs it next to the HTTP server, under signals; the tests run it in their own
 process. Start-up order matters for safety: the loops start only once Redis has answered a
@@ -53,6 +53,7 @@ class Service:
             asyncio.create_task(self._maintain()),
             asyncio.create_task(self._chain()),
             asyncio.create_task(runtime.deliverer.run()),
+            asyncio.create_task(self._check_blocklists()),
         ]
 
     async def stop(self) -> None:
@@ -112,6 +113,20 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), _CHAIN_EVERY)
 
+    async def _check_blocklists(self) -> None:
+        """Check the blocklists whenever this daemon takes an interval's turn: one daemon per interval.
+
+        A loop of its own, as DNS may take its time-out per zone and the heartbeat must not wait.
+        """
+        blocklists, instance = self._runtime.blocklists, self._runtime.instance
+        while not self._stopping.is_set():
+            try:
+                await blocklists.check_if_turn(instance)
+            except StoreError as exc:
+                log.warning("blocklist check failed, retrying: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._runtime.settings.instance_ttl)
+
     async def _maintain(self) -> None:
         """Heartbeat, recover the work of daemons that died (and releases that resumes left unfinished),
         follow rules reloads, refresh the gauges."""
@@ -134,6 +149,7 @@ class Service:
                 await runtime.safe_mode.refresh_metrics()
                 await runtime.safe_mode.finish_releases()
                 await runtime.approvals.expire_due()
+                await runtime.blocklists.refresh_metrics()
                 seq, head = await audit.head()
                 metrics.audit_entries.set(seq)
                 metrics.audit_head.set(int(head[:13], 16))

@@ -22,6 +22,7 @@ from sendguard.config import Settings
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.relay import STAGES, Transport, UncertainDelivery
 from sendguard.delivery.render import render
+from sendguard.delivery.reply_rules import ReplyRules, held_kinds
 from sendguard.delivery.throttle import Buckets, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
 from sendguard.feedback.apply import Feedback
@@ -70,6 +71,7 @@ class Deliverer:
         safe_mode: SafeMode,
         feedback: Feedback,
         circuit: Circuit,
+        reply_rules: ReplyRules,
         rules: CurrentRules,
         settings: Settings,
         instance: str,
@@ -92,6 +94,7 @@ class Deliverer:
         self._safe_mode = safe_mode
         self._feedback = feedback
         self._circuit = circuit
+        self._reply_rules = reply_rules
         self._rules = rules
         self._settings = settings
         self._instance = instance
@@ -197,7 +200,9 @@ class Deliverer:
         rules = self._rules.now
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
-        buckets = self._throttles.buckets(rules.file.throttle, scope_values(record))
+        buckets = self._throttles.buckets(
+            rules.file.throttle, scope_values(record), held_kinds(rules.file.reply_rule)
+        )
         reservation = await self._throttles.reserve(buckets, member)
         if reservation.wait_ms:
             assert reservation.blocked_by is not None
@@ -263,6 +268,7 @@ class Deliverer:
         started = time.perf_counter()
         outcome: Outcome
         delivered = False
+        refusal: RelayReply | None = None
         # With a bounce domain, the envelope sender carries the id, signed, so a bounce proves
         # which message it is about and nobody else can write one that does.
         sender = self._bounces.address(claim.message_id) if self._bounces else record.from_addr
@@ -271,6 +277,7 @@ class Deliverer:
             async with asyncio.timeout(self._settings.smtp_timeout):
                 code, text = await transport.send(claim.message_id, sender, record.to, data)
         except RelayReply as reply:
+            refusal = reply
             self._circuit.succeeded()  # any reply proves the relay is there
             self._metrics.smtp_replies.labels(f"{reply.code // 100}xx", reply.stage).inc()
             outcome = self._refused(reply, attempt)
@@ -304,6 +311,8 @@ class Deliverer:
             self._record, claim, record, buckets, member, delivered, outcome, delay
         )
         await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
+        if refusal is not None:
+            await self._reply_rules.observe(record, refusal)
         log.info(
             "delivery %s",
             status.value,

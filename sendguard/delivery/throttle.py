@@ -12,12 +12,15 @@ A `min_gap` is held the same way, as a promise about arrivals at the relay: a bu
 holds its last reservation at that send's latest possible arrival, and the next send reserves
 only `gap` after it. Unlike a window slot, the reservation keeps its place whatever follows (a
 refusal, a failed connection), so a gap also spaces the retries.
+
+A reply rule's hold on a scope (reply_rules.py) is read by the same script: a deferred scope
+waits until the deferral ends, a slowed one keeps to its lower limit in a window of its own.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -35,12 +38,20 @@ class Buckets:
 
     windows: list[tuple[str, int, int]]  # key, limit, per_ms
     gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample) before this send
-    scopes: list[ScopeKind]  # scope of windows then gaps, in the same order
+    holds: list[tuple[str, str]]  # hold key, slow window key: each scope a reply rule may hold back
+    scopes: list[ScopeKind]  # scope of windows, gaps, then holds, in the same order
 
     @property
     def keys(self) -> list[str]:
-        """Window keys, then gap keys: the order the scripts take them in."""
-        return [key for key, _, _ in self.windows] + [key for key, _ in self.gaps]
+        """Window keys, gap keys, then each hold's two keys: the order the reservation takes them in."""
+        holds = [key for pair in self.holds for key in pair]
+        return [key for key, _, _ in self.windows] + [key for key, _ in self.gaps] + holds
+
+    @property
+    def settled(self) -> tuple[list[str], int]:
+        """The keys settling touches, and how many of them are windows (a slow hold's window is one)."""
+        windows = [key for key, _, _ in self.windows] + [window for _, window in self.holds]
+        return windows + [key for key, _ in self.gaps], len(windows)
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,13 @@ class Throttles:
         self._reserve = scripts.register(client, keys, "throttle_reserve")
         self._settle = scripts.register(client, keys, "throttle_settle")
 
-    def buckets(self, rules: Sequence[ThrottleRule], values: dict[ScopeKind, str | None]) -> Buckets:
+    def buckets(
+        self,
+        rules: Sequence[ThrottleRule],
+        values: dict[ScopeKind, str | None],
+        held: Iterable[ScopeKind] = (),
+    ) -> Buckets:
+        """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads."""
         windows: dict[tuple[str, int], int] = {}
         window_scopes: dict[str, ScopeKind] = {}
         gaps: dict[str, int] = {}
@@ -95,10 +112,16 @@ class Throttles:
                 gap_ms = int((rule.min_gap + random.uniform(0, rule.jitter)) * 1000)
                 gaps[gap_key] = max(gap_ms, gaps.get(gap_key, 0))
                 gap_scopes[gap_key] = rule.scope
+        holds = {kind: scope_name(kind, value) for kind in held if (value := values.get(kind)) is not None}
         return Buckets(
             windows=[(key, limit, per) for (key, per), limit in windows.items()],
             gaps=list(gaps.items()),
-            scopes=[window_scopes[key] for key, _ in windows] + [gap_scopes[key] for key in gaps],
+            holds=[
+                (self._keys.reply_hold(scope), self._keys.reply_window(scope)) for scope in holds.values()
+            ],
+            scopes=[window_scopes[key] for key, _ in windows]
+            + [gap_scopes[key] for key in gaps]
+            + list(holds),
         )
 
     async def headroom(self, rules: Sequence[ThrottleRule], agent: AgentEntry) -> list[Headroom]:
@@ -128,7 +151,7 @@ class Throttles:
         ]
 
     async def reserve(self, buckets: Buckets, member: str) -> Reservation:
-        if not buckets.windows and not buckets.gaps:
+        if not buckets.keys:
             return Reservation(0, None)
         args: list[str | int] = [member, self._lease_ms, len(buckets.windows), len(buckets.gaps)]
         for _, limit, per_ms in buckets.windows:
@@ -145,8 +168,8 @@ class Throttles:
 
         The gaps keep the attempt at its answer time either way.
         """
-        if not buckets.windows and not buckets.gaps:
+        keys, windows = buckets.settled
+        if not keys:
             return
-        args = [member, "1" if delivered else "0", len(buckets.windows)]
         async with translated():
-            await self._settle(keys=buckets.keys, args=args)
+            await self._settle(keys=keys, args=[member, "1" if delivered else "0", windows])

@@ -110,7 +110,7 @@ class SafeMode:
         self._redis = client
         self._metrics = metrics
         self._top_scopes = top_scopes
-        metrics.start_at_zero(metrics.trips, [*TRIP_CAUSES, "alert", "manual"])
+        metrics.start_at_zero(metrics.trips, [*TRIP_CAUSES, "alert", "manual", "reply_rule", "blocklisted"])
         self._keys = keys
         self._store = store
         self._trip = scripts.register(client, keys, "safe_mode_trip")
@@ -159,7 +159,8 @@ class SafeMode:
         return recorded
 
     async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
-        """Trip a scope by hand or on an alert; (the active trip, whether this call made it).
+        """Trip a scope by hand, on an alert, a reply rule or a blocklisting; (the active trip, whether
+        this call made it).
 
         `by` is the actor, `role:name`. The trip and its audit entry are one script, so a retry
         after a lost reply finds the trip and answers with it.

@@ -75,6 +75,14 @@ SCHEMA: dict[str, str] = {
     # `sent`, `bounced`, `failed`, `rejected:<reason code>`, `denied`, `tripped`; it expires
     # ACTIVITY_BUCKETS_KEPT hours after its hour began, so a day's worth is always there to read
     "activity": "activity:{agent}:{hour}",
+    # hash: a reply rule's hold on a scope: `defer_until` (ms), and `slow_until`, `slow_limit`,
+    # `slow_per` (ms); read by the throttle reservation, expires when the last of them ends
+    "reply_hold": "reply-hold:{scope}",
+    "reply_window": "reply-win:{scope}",  # zset: sends under a slow hold, scored as a throttle bucket's
+    # string: reply rule `rule` (its index) acted on `scope` in this window; expires at the window's end
+    "reply_once": "reply-once:{rule}:{scope}",
+    "blocklist_turn": "dnsbl:turn",  # string: the daemon checking the blocklists this interval
+    "blocklist_listed": "dnsbl:listed",  # hash: `<zone> <target>` -> JSON {at, answer} of a listing
 }
 ACTIVITY_BUCKET_MS = 3_600_000
 ACTIVITY_BUCKETS_KEPT = 25
@@ -254,3 +262,20 @@ class Keys:
 
     def activity(self, agent: str, hour: int) -> str:
         return self._key("activity", agent, hour)
+
+    def reply_hold(self, scope: str) -> str:
+        return self._key("reply_hold", scope)
+
+    def reply_window(self, scope: str) -> str:
+        return self._key("reply_window", scope)
+
+    def reply_once(self, rule: int, scope: str) -> str:
+        return self._key("reply_once", rule, scope)
+
+    @property
+    def blocklist_turn(self) -> str:
+        return self._key("blocklist_turn")
+
+    @property
+    def blocklist_listed(self) -> str:
+        return self._key("blocklist_listed")

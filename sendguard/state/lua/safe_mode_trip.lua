@@ -1,7 +1,8 @@
--- Trip a scope by hand or on an alert, with its audit entry; a scope already tripped keeps its
--- trip, so a retried call changes nothing. Returns {1 (this call tripped it) or 0, the trip}.
+-- Trip a scope by hand, on an alert, a reply rule or a blocklisting, with its audit entry; a scope
+-- already tripped keeps its trip, so a retried call changes nothing. Returns {1 (this call tripped
+-- it) or 0, the trip}.
 local scope = ARGV[1]
-local cause = ARGV[2]               -- manual | alert
+local cause = ARGV[2]               -- manual | alert | reply_rule | blocklisted
 local by = ARGV[3]                  -- the actor, role:name
 local detail = ARGV[4]              -- the reason given
 local audit_entry = ARGV[5]         -- safe_mode.tripped; its outcome is the trip's fields

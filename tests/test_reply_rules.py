@@ -1,0 +1,224 @@
+"""Rules on relay replies, against real replies from the SMTP sink: a defer holds the scope's mail
+until it ends and then lets it go by itself, a slow keeps it to the lower limit, a trip holds it
+until a person resumes; a storm of matching replies acts once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sendguard.delivery.reply_rules import matches
+from sendguard.errors import ConfigError
+from sendguard.rules import REPLY_TEXT_SCANNED, ReplyRule, load_rules
+from tests.conftest import Api, Daemon, by_domain, max_in_any_window, wait_until
+from tests.peers import SmtpSink, Webhook
+
+ClientFor = Callable[..., Api]
+# Gmail's published text for its rate limiting (support.google.com/a/answer/3726730).
+GMAIL_RATE_LIMITED = (
+    "421 4.7.28 Gmail has detected an unusual rate of unsolicited mail. To protect our users from "
+    "spam, mail has been temporarily rate limited."
+)
+GMAIL_UNAUTHENTICATED = (
+    "550 5.7.26 Unauthenticated email from acme.example is not accepted due to domain's DMARC policy."
+)
+BASE = """
+[ingress]
+recipient_cooldown = "0s"
+"""
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    with Webhook() as hook:
+        yield hook
+
+
+def applied(auditor: Api, count: int = 1) -> list[dict[str, Any]]:
+    """The chained `reply_rule.applied` entries, once there are at least `count`."""
+
+    def entries() -> list[dict[str, Any]]:
+        response = auditor.client.get("/v1/audit", params={"kind": "reply_rule.applied"})
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
+    wait_until(lambda: len(entries()) >= count, what=f"{count} reply_rule.applied entries")
+    return entries()
+
+
+def test_a_storm_of_rate_limit_replies_defers_the_domain_once_and_it_resumes_at_the_end(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, webhook: Webhook
+) -> None:
+    daemon = make_daemon(
+        BASE
+        + """
+[[reply_rule]]
+name = "gmail-rate-limited"
+code = "421"
+enhanced = "4.7.28"
+text = "unusual rate of unsolicited mail"
+scope = "recipient_domain"
+action = "defer"
+duration = "2s"
+""",
+        notify_url=webhook.url,
+        smtp_connections="6",
+    )
+    agent = client_for(daemon, "agent", "sdr-bot")
+    auditor = client_for(daemon, "auditor", "ana")
+    # Six deliveries in DATA at once, all answered 421: the replies land together, as in a storm.
+    smtp.delay, smtp.data_reply = 0.5, GMAIL_RATE_LIMITED
+    storm = [agent.send(f"storm{i}@customer.example")["id"] for i in range(6)]
+    wait_until(
+        lambda: daemon.metric("sendguard_smtp_replies_total", reply_class="4xx", stage="data") == 6,
+        what="six 421 replies",
+    )
+    smtp.delay, smtp.data_reply = 0.0, None
+
+    [entry] = applied(auditor)
+    ends = entry["fields"]["until"] / 1000
+    assert entry["fields"]["scope"] == "recipient_domain:customer.example"
+    assert entry["fields"]["name"] == "gmail-rate-limited"
+    assert entry["fields"]["reply"].startswith("421 4.7.28 Gmail has detected")
+
+    later = agent.send("later@customer.example")["id"]
+    other = agent.send("other@other.example")["id"]
+    agent.wait_status(other, "sent")  # another domain is not held back
+    waiting = agent.status(later)
+    assert waiting["status"] in {"queued", "deferred"} and waiting["waiting_for"] == "recipient_domain"
+    agent.wait_status(later, "sent")
+    for message in storm:
+        agent.wait_status(message, "sent")
+
+    arrivals = by_domain(smtp.received)["customer.example"]
+    assert len(arrivals) == 7
+    assert min(arrivals) >= ends - 0.005, "a message reached the relay before the deferral ended"
+    assert max(arrivals) < ends + 1.5, "the deferred mail did not go soon after the end"
+    # One action for the storm: one entry (checked above, after all were recorded), one count, one notice.
+    assert len(applied(auditor)) == 1
+    assert daemon.metric("sendguard_reply_rule_actions_total", action="defer") == 1
+    notices = [b for b in webhook.bodies() if b["sendguard"]["event"] == "reply_rule"]
+    assert len(notices) == 1 and "customer.example deferred until" in notices[0]["text"]
+
+
+def test_a_slow_rule_keeps_the_domain_to_the_lower_limit(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(
+        BASE
+        + """
+[[reply_rule]]
+code = "4xx"
+text = "rate[ -]limited"
+scope = "recipient_domain"
+action = "slow"
+limit = 2
+per = "1s"
+duration = "1m"
+"""
+    )
+    agent = client_for(daemon, "agent", "sdr-bot")
+    auditor = client_for(daemon, "auditor", "ana")
+    smtp.rcpt_replies["first@customer.example"] = GMAIL_RATE_LIMITED.replace("421", "451", 1)
+    first = agent.send("first@customer.example")["id"]
+    [entry] = applied(auditor)
+    assert entry["fields"]["action"] == "slow"
+    smtp.rcpt_replies.clear()
+
+    sent = [first] + [agent.send(f"next{i}@customer.example")["id"] for i in range(4)]
+    other = agent.send("other@other.example")["id"]
+    for message in [*sent, other]:
+        agent.wait_status(message, "sent")
+    arrivals = by_domain(smtp.received)
+    assert len(arrivals["customer.example"]) == 5
+    assert max_in_any_window(arrivals["customer.example"], 1.0) <= 2
+    assert daemon.metric("sendguard_reply_rule_actions_total", action="slow") == 1
+
+
+def test_an_authentication_refusal_trips_the_sender_domain_until_a_person_resumes(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    daemon = make_daemon(
+        BASE
+        + """
+[[reply_rule]]
+name = "gmail-unauthenticated"
+code = "550"
+enhanced = "5.7.26"
+scope = "sender_domain"
+action = "trip"
+"""
+    )
+    agent = client_for(daemon, "agent", "sdr-bot")
+    admin = client_for(daemon, "admin", "dana")
+    auditor = client_for(daemon, "auditor", "ana")
+    smtp.rcpt_replies["dmarc@customer.example"] = GMAIL_UNAUTHENTICATED
+    agent.wait_status(agent.send("dmarc@customer.example")["id"], "bounced")
+
+    [entry] = applied(auditor)
+    assert (entry["fields"]["action"], entry["fields"]["scope"]) == ("trip", "sender_domain:acme.example")
+    [trip] = admin.client.get("/v1/safe-mode").json()
+    assert (trip["scope"], trip["cause"]) == ("sender_domain:acme.example", "reply_rule")
+    assert "gmail-unauthenticated" in trip["detail"] and "5.7.26" in trip["detail"]
+    held = agent.send("next@customer.example")
+    assert held["status"] == "held"
+
+    smtp.rcpt_replies.clear()
+    resumed = admin.client.delete(
+        "/v1/safe-mode/sender_domain:acme.example", params={"reason": "DKIM key published"}
+    )
+    assert resumed.status_code == 200, resumed.text
+    agent.wait_status(held["id"], "sent")
+    assert daemon.metric("sendguard_reply_rule_actions_total", action="trip") == 1
+
+
+@pytest.mark.parametrize(
+    ("rule", "reply", "matched"),
+    [
+        ({"code": "421"}, "421 4.7.28 slow down", True),
+        ({"code": "4xx"}, "451 4.3.0 try later", True),
+        ({"code": "4xx"}, "550 5.1.1 unknown", False),
+        ({"enhanced": "4.7"}, "421 4.7.28 slow down", True),
+        ({"enhanced": "4.7.2"}, "421 4.7.28 slow down", False),  # whole parts, not characters
+        ({"enhanced": "5.7.1"}, "550 no enhanced code here", False),
+        ({"text": r"\[TS0[1-3]\]"}, "421 4.7.0 [TS02] Messages from 192.0.2.1 temporarily deferred", True),
+        ({"text": "S3150"}, "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent (s3150)", True),
+        ({"code": "421", "text": "TSS04"}, "451 4.7.0 [TSS04] deferred", False),  # every part must match
+    ],
+)
+def test_a_rule_matches_on_every_part_it_gives(rule: dict[str, str], reply: str, matched: bool) -> None:
+    parsed = ReplyRule.model_validate({**rule, "scope": "global", "action": "defer", "duration": "1m"})
+    code, _, text = reply.partition(" ")
+    assert matches(parsed, int(code), text) is matched
+
+
+def test_only_the_first_kilobytes_of_a_reply_are_searched() -> None:
+    rule = ReplyRule(text="needle", scope="global", action="trip")  # type: ignore[arg-type]
+    assert matches(rule, 550, "x" * (REPLY_TEXT_SCANNED - 6) + "needle")
+    assert not matches(rule, 550, "x" * REPLY_TEXT_SCANNED + "needle")
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('text = "(a+)+$"\naction = "trip"', "key 'text': '(a+)+$' repeats a group that repeats inside"),
+        ('text = "[TS01"\naction = "trip"', "key 'text': '[TS01' is not a regular expression"),
+        ('code = "421"\naction = "defer"', "a defer rule needs a duration"),
+        ('code = "421"\naction = "slow"\nduration = "1h"', "limit and per go together"),
+        ('code = "421"\naction = "trip"\nduration = "1h"', "a trip rule takes no duration"),
+        ('action = "trip"', "needs at least one of code, enhanced and text"),
+        ('code = "421"\nenhanced = "5.7.1"\naction = "trip"', "of different classes"),
+    ],
+)
+def test_a_bad_reply_rule_is_refused_naming_what_is_wrong(tmp_path: Path, table: str, problem: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(f'[[reply_rule]]\nscope = "recipient_domain"\n{table}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_rules(path)
+    assert f"rules file {path}: [[reply_rule]] #1" in str(refused.value)
+    assert problem in str(refused.value)
