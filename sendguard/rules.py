@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
-from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyAddress,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -316,7 +316,7 @@ class BlocklistRules(_Table):
 
     domain_zones: list[str] = []  # domain lists, queried as <domain>.<zone> (Spamhaus DBL style)
     ip_zones: list[str] = []  # IP lists, queried as <reversed address>.<zone> (RFC 5782)
-    sending_ips: list[IPv4Address | IPv6Address] = []
+    sending_ips: list[IPvAnyAddress] = []
     interval: Duration = Field(default=900.0, ge=1)
 
     @field_validator("domain_zones", "ip_zones")

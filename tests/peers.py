@@ -535,6 +535,11 @@ class DnsServer:
         self._add(domain, QTYPE.MX, MX(f"mx.{domain}.", 10))
         self._add(f"mx.{domain}", QTYPE.A, A(LOOPBACK))
 
+    def remove_name(self, name: str) -> None:
+        """Forget every record of ``name`` (it answers NXDOMAIN again), as a blocklist's delisting does."""
+        with self._lock:
+            self._records.pop(_norm(name), None)
+
     def _add(self, owner: str, rtype: int, rdata: Any) -> None:
         with self._lock:
             node = self._records.setdefault(owner, [])
