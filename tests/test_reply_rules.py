@@ -222,3 +222,35 @@ def test_a_bad_reply_rule_is_refused_naming_what_is_wrong(tmp_path: Path, table:
         load_rules(path)
     assert f"rules file {path}: [[reply_rule]] #1" in str(refused.value)
     assert problem in str(refused.value)
+
+
+# The providers' published replies (sources in rules/sendguard.toml), and the example rule of the
+# shipped rules file each should set off.
+GMAIL_NOT_AUTHENTICATED = (
+    "550 5.7.1 This message does not have authentication information or fails to pass authentication "
+    "checks. To best protect our users from spam, the message has been blocked."
+)
+PUBLISHED = {
+    GMAIL_RATE_LIMITED: "gmail-rate-limited",
+    GMAIL_UNAUTHENTICATED: "gmail-unauthenticated",
+    GMAIL_NOT_AUTHENTICATED: "gmail-authentication-checks",
+    "421 4.7.0 [TSS04] Messages from 192.0.2.10 temporarily deferred due to unexpected volume or user "
+    "complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes": "yahoo-deferred",
+    "421 4.7.0 [TS01] Messages from 192.0.2.10 temporarily deferred due to user complaints": "yahoo-deferred",
+    "550 5.7.1 Unfortunately, messages from [192.0.2.10] weren't sent. Please contact your Internet service "
+    "provider since part of their network is on our block list (S3150).": "microsoft-blocked-ip",
+}
+
+
+def test_the_commented_examples_of_the_default_rules_load_and_match_the_published_replies(
+    tmp_path: Path,
+) -> None:
+    shipped = (Path(__file__).resolve().parent.parent / "rules" / "sendguard.toml").read_text()
+    block = shipped[shipped.index("\n# [[reply_rule]]\n") : shipped.index("\n# Blocklists:")]
+    path = tmp_path / "examples.toml"
+    path.write_text("\n".join(line.removeprefix("#").removeprefix(" ") for line in block.splitlines()))
+    rules = load_rules(path).file.reply_rule
+    assert {rule.name for rule in rules} == set(PUBLISHED.values())
+    for reply, name in PUBLISHED.items():
+        code, _, text = reply.partition(" ")
+        assert [rule.name for rule in rules if matches(rule, int(code), text)] == [name], reply
