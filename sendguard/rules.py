@@ -310,6 +310,11 @@ class ReplyRule(_Table):
         """How the audit trail and notifications name the rule."""
         return self.name or f"{self.code or ''} {self.enhanced or ''} {self.text or ''}".strip()
 
+    @property
+    def identity(self) -> str:
+        """The rule as a hash of its settings: the same rule after a reload that moved it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
 
 class BlocklistRules(_Table):
     """DNSBL look-ups of the register's sender domains and of the relay's sending IPs."""

@@ -122,7 +122,7 @@ class ReplyRules:
         slow = (rule.limit or 0, int((rule.per or 0) * 1000))
         async with translated():
             created, ends = await self._apply(
-                args=[number, scope, rule.action.value, int(rule.duration * 1000), *slow, trail]
+                args=[rule.identity, scope, rule.action.value, int(rule.duration * 1000), *slow, trail]
             )
         if not created:
             return

@@ -79,7 +79,8 @@ SCHEMA: dict[str, str] = {
     # `slow_per` (ms); read by the throttle reservation, expires when the last of them ends
     "reply_hold": "reply-hold:{scope}",
     "reply_window": "reply-win:{scope}",  # zset: sends under a slow hold, scored as a throttle bucket's
-    # string: reply rule `rule` (its index) acted on `scope` in this window; expires at the window's end
+    # string: reply rule `rule` (a hash of its settings, so a reload that reorders the rules keeps it)
+    # acted on `scope` in this window; expires at the window's end
     "reply_once": "reply-once:{rule}:{scope}",
     "blocklist_turn": "dnsbl:turn",  # string: the daemon checking the blocklists this interval
     "blocklist_listed": "dnsbl:listed",  # hash: `<zone> <target>` -> JSON {at, answer} of a listing
@@ -269,7 +270,7 @@ class Keys:
     def reply_window(self, scope: str) -> str:
         return self._key("reply_window", scope)
 
-    def reply_once(self, rule: int, scope: str) -> str:
+    def reply_once(self, rule: str, scope: str) -> str:
         return self._key("reply_once", rule, scope)
 
     @property

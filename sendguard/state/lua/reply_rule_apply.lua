@@ -1,7 +1,7 @@
 -- A reply rule defers or slows a scope, once per rule and scope in each window, with its audit
 -- entry: replies that match again within the window keep the action in force and write nothing.
 -- Returns {1 (applied by this call) or 0, when the window ends (ms)}.
-local rule = ARGV[1]                -- the rule's number in the rules file
+local rule = ARGV[1]                -- the rule, as a hash of its settings
 local scope = ARGV[2]               -- the scope of the message that got the reply
 local action = ARGV[3]              -- defer | slow
 local duration = tonumber(ARGV[4])  -- ms
