@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from sendguard.delivery.reply_rules import matches
 from sendguard.errors import ConfigError
@@ -52,7 +53,12 @@ def applied(auditor: Api, count: int = 1) -> list[dict[str, Any]]:
 
 
 def test_a_storm_of_rate_limit_replies_defers_the_domain_once_and_it_resumes_at_the_end(
-    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, webhook: Webhook
+    make_daemon: Callable[..., Daemon],
+    client_for: ClientFor,
+    smtp: SmtpSink,
+    webhook: Webhook,
+    redis_url: str,
+    prefix: str,
 ) -> None:
     daemon = make_daemon(
         BASE
@@ -91,6 +97,9 @@ duration = "2s"
     agent.wait_status(other, "sent")  # another domain is not held back
     waiting = agent.status(later)
     assert waiting["status"] in {"queued", "deferred"} and waiting["waiting_for"] == "recipient_domain"
+    with redis.Redis.from_url(redis_url) as client:  # due at the end itself: nothing polls meanwhile
+        due = client.zscore(f"{prefix}:due", later)
+    assert due is not None and abs(due / 1000 - ends) < 0.05
     agent.wait_status(later, "sent")
     for message in storm:
         agent.wait_status(message, "sent")
@@ -198,7 +207,7 @@ def test_a_rule_matches_on_every_part_it_gives(rule: dict[str, str], reply: str,
 
 
 def test_only_the_first_kilobytes_of_a_reply_are_searched() -> None:
-    rule = ReplyRule(text="needle", scope="global", action="trip")  # type: ignore[arg-type]
+    rule = ReplyRule.model_validate({"text": "needle", "scope": "global", "action": "trip"})
     assert matches(rule, 550, "x" * (REPLY_TEXT_SCANNED - 6) + "needle")
     assert not matches(rule, 550, "x" * REPLY_TEXT_SCANNED + "needle")
 
