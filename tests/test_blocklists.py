@@ -108,6 +108,7 @@ def test_one_daemon_checks_in_each_interval(
     domains, ips = zones(dns_server, prefix)
     first = make_daemon(rules(domains, ips, "1h"))
     second = make_daemon(rules(domains, ips, "1h"))
+    wait_until(lambda: max(checks(first), checks(second)) == 5, what="one daemon to ask about all 5 targets")
     for daemon in (first, second):  # both have run maintenance, and so started their checking loops
         wait_until(lambda d=daemon: d.metric("sendguard_blocklist_listed", zone=ips, target="192.0.2.10"))
 
