@@ -83,7 +83,7 @@ SCHEMA: dict[str, str] = {
     # acted on `scope` in this window; expires at the window's end
     "reply_once": "reply-once:{rule}:{scope}",
     "blocklist_turn": "dnsbl:turn",  # string: the daemon checking the blocklists this interval
-    "blocklist_listed": "dnsbl:listed",  # hash: `<zone> <target>` -> JSON {at, answer} of a listing
+    "blocklist_listed": "dnsbl:listed",  # hash: `<zone> <target>` -> JSON {at, answer, scope} of a listing
 }
 ACTIVITY_BUCKET_MS = 3_600_000
 ACTIVITY_BUCKETS_KEPT = 25
