@@ -34,7 +34,9 @@ UNAPPROVED = RULES + "\n[approvals]\nmass_send_threshold = 1000000\n"
 def test_kill_9_mid_delivery_loses_nothing_and_counts_every_duplicate(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    smtp.delay = 0.05
+    # The relay answers DATA after 0.2 s: a worker spends most of each send waiting for that reply,
+    # so a kill finds some mid-send even when a busy machine slows the daemon's own work.
+    smtp.delay = 0.2
     first = make_daemon(UNAPPROVED, process=True, workers="8")  # it gets kill -9
     api = client_for(first, "agent", "sdr-bot")
     ids = [api.send(f"lead{n}@customer.example")["id"] for n in range(80)]
