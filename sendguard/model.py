@@ -6,8 +6,10 @@ Every stage reads and writes these, so they live above all of them and import no
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -97,6 +99,19 @@ def canonical_address(text: str) -> str:
     """
     local, at, domain = folded_address(text).rpartition("@")
     return f"{local.split('+', 1)[0] or local}{at}{domain}"
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    # `localtime` is whatever the machine is set to: not a zone anyone can name for a recipient.
+    return frozenset(zoneinfo.available_timezones() - {"localtime"})
+
+
+def time_zone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA zone `name` (`Europe/Berlin`); ValueError naming it if the tz database lacks it."""
+    if name not in _zone_names():
+        raise ValueError(f"{name!r} is not an IANA time zone such as 'Europe/Berlin' or 'America/New_York'")
+    return zoneinfo.ZoneInfo(name)
 
 
 def now_ms() -> int:

@@ -17,11 +17,25 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import TypedDict
 
 from sendguard.model import Reason, Status, decode_reasons
 from sendguard.rules import ScopeKind
 from sendguard.templates import BatchTemplate
+
+
+class Wait(StrEnum):
+    """What a queued message waits for besides a throttle's scope."""
+
+    SEND_WINDOW = "send_window"  # the next opening of the send windows that apply to it
+
+
+Waiting = ScopeKind | Wait
+
+
+def waiting_from(raw: str) -> Waiting:
+    return Wait(raw) if raw == Wait.SEND_WINDOW else ScopeKind(raw)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class MessageRecord:
     batch: str | None = None
     idempotency_key: str | None = None
     send_at: datetime | None = None
+    recipient_timezone: str | None = None  # IANA zone, for send windows in the recipient's wall time
     enrichment_source: str | None = None
     enrichment_fetched_at: datetime | None = None
     rules_version: str = ""
@@ -69,7 +84,7 @@ class MessageRecord:
     dns_pending: bool = False  # admitted while DNS failed temporarily; checked again before sending
     dns_checks: int = 1
     # How delivery went.
-    waiting_for: ScopeKind | None = None  # the throttle scope it last waited for
+    waiting_for: Waiting | None = None  # the throttle scope or send window it last waited for
     smtp_code: int | None = None
     smtp_text: str | None = None
     smtp_stage: str | None = None
@@ -129,6 +144,7 @@ class MessageRecord:
             batch=get("batch") or None,
             idempotency_key=get("idempotency_key") or None,
             send_at=_time_or_none(get("send_at")),
+            recipient_timezone=get("recipient_timezone") or None,
             enrichment_source=get("enrichment_source") or None,
             enrichment_fetched_at=_time_or_none(get("enrichment_fetched_at")),
             rules_version=get("rules_version", ""),
@@ -136,7 +152,7 @@ class MessageRecord:
             not_before=int(get("not_before") or 0),
             dns_pending=get("dns_pending") == "1",
             dns_checks=int(get("dns_checks", "1")),
-            waiting_for=ScopeKind(waiting) if (waiting := get("waiting_for")) else None,
+            waiting_for=waiting_from(waiting) if (waiting := get("waiting_for")) else None,
             smtp_code=_int_or_none(get("smtp_code")),
             smtp_text=get("smtp_text") or None,
             smtp_stage=get("smtp_stage") or None,
@@ -174,12 +190,14 @@ _SUBMITTED = (
     "batch",
     "idempotency_key",
     "send_at",
+    "recipient_timezone",
     "enrichment_source",
     "enrichment_fetched_at",
     "rules_version",
     "message_id_header",
     "dns_pending",
     "dns_checks",
+    "waiting_for",
 )
 
 
@@ -191,7 +209,7 @@ class Changes(TypedDict, total=False):
     reasons: tuple[Reason, ...]
     dns_pending: bool
     dns_checks: int
-    waiting_for: ScopeKind | None  # None: no longer waiting
+    waiting_for: Waiting | None  # None: no longer waiting
     smtp_code: int
     smtp_text: str
     smtp_stage: str

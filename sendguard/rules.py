@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -34,7 +34,7 @@ from pydantic import (
 
 from sendguard.dkim import DkimSigner
 from sendguard.errors import ConfigError
-from sendguard.model import canonical_address
+from sendguard.model import canonical_address, time_zone
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -88,24 +88,112 @@ class IngressRules(_Table):
     disposable_domains_list: str | None = None
 
 
-class ThrottleRule(_Table):
+class ScopedRule(_Table):
+    """A rule on a scope kind, for every value of it (`match = "*"`) or for one."""
+
     scope: ScopeKind
     match: str = Field(default="*", min_length=1)
-    limit: int = Field(gt=0)
-    per: Duration = Field(gt=0)
-    min_gap: Duration = Field(default=0.0, ge=0)
-    jitter: Duration = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
-    def _lowercase_match(self) -> ThrottleRule:
+    def _lowercase_match(self) -> Self:
         if self.scope is ScopeKind.GLOBAL and self.match != "*":
-            raise ValueError("a global throttle has one bucket; its match must be '*'")
+            raise ValueError("a global rule covers every message as one; its match must be '*'")
         if self.scope in {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}:
             object.__setattr__(self, "match", self.match.lower())
         return self
 
     def applies_to(self, value: str | None) -> bool:
         return value is not None and (self.match == "*" or self.match == value)
+
+
+class ThrottleRule(ScopedRule):
+    limit: int = Field(gt=0)
+    per: Duration = Field(gt=0)
+    min_gap: Duration = Field(default=0.0, ge=0)
+    jitter: Duration = Field(default=0.0, ge=0)
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # in date.weekday() order
+_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+RECIPIENT = "recipient"  # a window's timezone: each message's recipient_timezone
+
+
+def _hours(value: str) -> str:
+    found = _HOURS.match(value)
+    if not found:
+        raise ValueError(f"{value!r} is not a span of hours such as '09:00-17:30'")
+    opens_h, opens_m, closes_h, closes_m = map(int, found.groups())
+    if opens_h > 23 or opens_m > 59 or closes_m > 59 or closes_h > 24 or (closes_h == 24 and closes_m):
+        raise ValueError(f"{value!r} holds a time of day that does not exist (24:00 may end a span)")
+    if opens_h * 60 + opens_m >= closes_h * 60 + closes_m:
+        raise ValueError(
+            f"{value!r} does not open before it closes; a span lies within one day "
+            "(for one past midnight give two: ['00:00-06:00', '22:00-24:00'])"
+        )
+    return value
+
+
+def _zone_or_recipient(value: str) -> str:
+    return value if value == RECIPIENT else time_zone(value).key
+
+
+class WindowRule(ScopedRule):
+    """When messages of a scope may go: on these days, between these hours, in this zone's wall time.
+
+    Open means the wall clock of `timezone` reads a listed day, not a skipped date, and a time in
+    `hours` (opening included, closing not). Business hours in the recipient's zone by default.
+    """
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default=["mon", "tue", "wed", "thu", "fri"], min_length=1
+    )
+    # One span or several (a lunch break, a night shift): open in any of them.
+    hours: Annotated[
+        list[Annotated[str, AfterValidator(_hours)]],
+        BeforeValidator(lambda value: [value] if isinstance(value, str) else value),
+        Field(min_length=1),
+    ] = ["09:00-17:00"]
+    timezone: Annotated[str, AfterValidator(_zone_or_recipient)] = RECIPIENT
+    skip_dates: list[date] = []
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Each span's opening and closing as seconds after local midnight."""
+        return [
+            (int(span[:2]) * 3600 + int(span[3:5]) * 60, int(span[6:8]) * 3600 + int(span[9:]) * 60)
+            for span in self.hours
+        ]
+
+
+class WindowSettings(_Table):
+    """What `timezone = "recipient"` means for a message that names no recipient_timezone."""
+
+    default_recipient_timezone: Annotated[str, AfterValidator(lambda name: time_zone(name).key)] = "UTC"
+
+
+class RampRule(ScopedRule):
+    """A new inbox or sender domain's warm-up: `start` a day, `step` more each `period` from its first
+    send, up to `ceiling`; held as a rolling window of length `per` like a throttle."""
+
+    start: int = Field(gt=0)
+    step: int = Field(default=0, ge=0)
+    period: Duration = Field(default=86400.0, gt=0)
+    ceiling: int = Field(gt=0)
+    per: Duration = Field(default=86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.scope not in (ScopeKind.INBOX, ScopeKind.SENDER_DOMAIN):
+            raise ValueError("a ramp warms up an inbox or a sender_domain; scope must be one of them")
+        if self.ceiling < self.start:
+            raise ValueError(f"ceiling {self.ceiling} is below start {self.start}")
+        return self
+
+    def limit(self, since_first_ms: int | None) -> int:
+        """The limit `since_first_ms` after the first send (None: nothing sent yet); the same
+        arithmetic as lua/throttle_reserve.lua's."""
+        periods = 0 if since_first_ms is None else max(0, since_first_ms) // int(self.period * 1000)
+        return min(self.ceiling, self.start + self.step * periods)
 
 
 # The register is reviewed monthly: a production agent reviewed longer ago than this is overdue.
@@ -343,6 +431,9 @@ class RulesFile(_Table):
     reply_stops: ReplyStopRules = ReplyStopRules()
     reply_rule: list[ReplyRule] = []
     blocklists: BlocklistRules = BlocklistRules()
+    windows: WindowSettings = WindowSettings()
+    window: list[WindowRule] = []
+    ramp: list[RampRule] = []
 
 
 @dataclass(frozen=True)
@@ -550,10 +641,10 @@ def _describe(path: Path, exc: ValidationError) -> str:
     for error in exc.errors():
         loc = list(error["loc"])
         table = "top level"
-        if loc and loc[0] in ("throttle", "agent", "dkim", "reply_rule"):
+        if loc and loc[0] in ("throttle", "agent", "dkim", "reply_rule", "window", "ramp"):
             name = loc.pop(0)
             table = f"[[{name}]] #{loc.pop(0) + 1}" if loc and isinstance(loc[0], int) else f"[[{name}]]"
-        elif loc and loc[0] in ("ingress", "safe_mode", "approvals", "reply_stops", "blocklists"):
+        elif loc and loc[0] in ("ingress", "safe_mode", "approvals", "reply_stops", "blocklists", "windows"):
             table = f"[{loc.pop(0)}]"
         key = ".".join(str(part) for part in loc)
         where = f"{table} key '{key}'" if key else table
