@@ -114,18 +114,27 @@ class ThrottleRule(ScopedRule):
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # in date.weekday() order
-_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+_TIME_OF_DAY = re.compile(r"^(\d\d):(\d\d)(?::(\d\d))?$")  # seconds for tests and odd cases
 RECIPIENT = "recipient"  # a window's timezone: each message's recipient_timezone
 
 
-def _hours(value: str) -> str:
-    found = _HOURS.match(value)
+def _seconds_of_day(text: str) -> int | None:
+    """`09:30` (or `09:30:15`) as seconds after midnight; 24:00 ends a day; None if no such time."""
+    found = _TIME_OF_DAY.match(text)
     if not found:
-        raise ValueError(f"{value!r} is not a span of hours such as '09:00-17:30'")
-    opens_h, opens_m, closes_h, closes_m = map(int, found.groups())
-    if opens_h > 23 or opens_m > 59 or closes_m > 59 or closes_h > 24 or (closes_h == 24 and closes_m):
-        raise ValueError(f"{value!r} holds a time of day that does not exist (24:00 may end a span)")
-    if opens_h * 60 + opens_m >= closes_h * 60 + closes_m:
+        return None
+    hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    if minutes > 59 or seconds > 59 or hours > 24 or (hours == 24 and (minutes or seconds)):
+        return None
+    return (hours * 60 + minutes) * 60 + seconds
+
+
+def _hours(value: str) -> str:
+    opens_text, _, closes_text = value.partition("-")
+    opens, closes = _seconds_of_day(opens_text), _seconds_of_day(closes_text)
+    if opens is None or closes is None or opens == 86400:
+        raise ValueError(f"{value!r} is not a span of hours such as '09:00-17:30' (24:00 may end one)")
+    if opens >= closes:
         raise ValueError(
             f"{value!r} does not open before it closes; a span lies within one day "
             "(for one past midnight give two: ['00:00-06:00', '22:00-24:00'])"
@@ -160,8 +169,8 @@ class WindowRule(ScopedRule):
     def spans(self) -> list[tuple[int, int]]:
         """Each span's opening and closing as seconds after local midnight."""
         return [
-            (int(span[:2]) * 3600 + int(span[3:5]) * 60, int(span[6:8]) * 3600 + int(span[9:]) * 60)
-            for span in self.hours
+            (_seconds_of_day(opens) or 0, _seconds_of_day(closes) or 0)
+            for opens, _, closes in (span.partition("-") for span in self.hours)
         ]
 
 

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from sendguard.model import normal_address
+from sendguard.model import normal_address, time_zone
 
 # Headers an agent may set besides From/To/Subject. Anything else is refused: routing and
 # identity headers (Bcc, Received, Return-Path, ...) are how injected mail would hide.
@@ -101,6 +101,19 @@ Body = Annotated[
     str,
     AfterValidator(_body_size),
     WithJsonSchema({"type": "string", "description": f"at most {MAX_BODY_BYTES} bytes of UTF-8"}),
+]
+
+
+TimeZoneName = Annotated[
+    str,
+    AfterValidator(lambda name: time_zone(name).key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "an IANA time zone: send windows with timezone = 'recipient' read its wall clock",
+            "examples": ["Europe/Berlin"],
+        }
+    ),
 ]
 
 
@@ -204,6 +217,7 @@ class MessageIn(Content):
     )
 
     to: SingleLine = Field(min_length=3, max_length=320)
+    recipient_timezone: TimeZoneName | None = None
 
 
 def new_message_id() -> str:

@@ -10,19 +10,32 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
+import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendguard.errors import ConfigError
 from sendguard.rules import WEEKDAYS, WindowRule, load_rules
 from sendguard.scopes import ScopeKind
+from sendguard.state.keys import Keys
 from sendguard.windows import Window, next_opening
-from tests.conftest import AGENT_RULES
+from tests.conftest import AGENT_RULES, Api, Daemon, wait_until
+from tests.peers import SmtpSink
+
+ClientFor = Callable[[Daemon, str, str], Api]
+BASE = """
+[ingress]
+mx_check = "off"
+recipient_cooldown = "0s"
+"""
 
 ZONES = ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "Asia/Kolkata"]
 SEARCHED = timedelta(days=3)  # how far the brute force looks
@@ -161,6 +174,7 @@ def rules_file(tmp_path: Path, text: str) -> Path:
         ),
         ('[[window]]\nscope = "global"\nhours = "17:00-09:00"', "does not open before it closes"),
         ('[[window]]\nscope = "global"\nhours = "9-17"', "is not a span of hours"),
+        ('[[window]]\nscope = "global"\nhours = "09:00-24:01"', "is not a span of hours"),
         ('[[window]]\nscope = "global"\ndays = ["mon", "fry"]', "[[window]] #1 key 'days.1'"),
         ('[[window]]\nscope = "agent"\nmatch = "sdr-bot"\nskip_dates = ["2026-13-01"]', "skip_dates"),
         ('[windows]\ndefault_recipient_timezone = "EST5"', "'EST5' is not an IANA"),
@@ -170,3 +184,69 @@ def test_a_bad_window_is_named(tmp_path: Path, table: str, says: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_rules(rules_file(tmp_path, table))
     assert says in str(raised.value)
+
+
+def midday_zone() -> str:
+    """A fixed-offset zone where it is around noon now, so a window of an hour from now fits in the day."""
+    shift = 12 - datetime.now(UTC).hour  # -11 .. 12 hours east of UTC
+    return f"Etc/GMT{-shift:+d}"  # POSIX sign: Etc/GMT-3 is three hours east
+
+
+def opening_soon(zone: str, seconds: float, extra: str = "") -> tuple[float, str]:
+    """The instant `seconds` from now (a whole second) and the rules of a window opening then for an
+    hour, every day, in `zone`'s wall clock (`recipient`: each message's own zone)."""
+    opening = math.ceil(time.time() + seconds)
+    clock = "recipient" if zone == "recipient" else zone
+    local = datetime.fromtimestamp(opening, ZoneInfo(midday_zone() if zone == "recipient" else zone))
+    hours = f"{local:%H:%M:%S}-{local + timedelta(hours=1):%H:%M:%S}"
+    days = list(WEEKDAYS)
+    table = f'''
+[[window]]
+scope = "agent"
+match = "sdr-bot"
+days = {days!r}
+hours = "{hours}"
+timezone = "{clock}"
+'''
+    return opening, BASE + extra + table
+
+
+def reload_with(daemon: Daemon, admin: Api, rules: str) -> None:
+    Path(daemon.env["SENDGUARD_RULES"]).write_text(rules + AGENT_RULES)
+    reloaded = admin.client.post("/v1/rules/reload")
+    assert reloaded.status_code == 200, reloaded.text
+
+
+def test_a_message_outside_its_window_is_due_at_the_opening_and_goes_then(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    daemon = make_daemon(BASE)
+    api, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
+    opening, rules = opening_soon("recipient", 2)
+    reload_with(daemon, admin, rules)
+    sent = api.send("dana@customer.example", recipient_timezone=midday_zone())
+    waiting = api.status(sent["id"])
+    assert (waiting["status"], waiting["waiting_for"]) == ("queued", "send_window")
+    due = redis.Redis.from_url(redis_url).zscore(Keys(prefix).due, sent["id"])
+    assert due is not None and opening * 1000 <= due < opening * 1000 + 250, (due, opening)
+    [received] = smtp.wait_for(1, timeout=10)
+    assert received.at >= opening
+    assert api.wait_status(sent["id"], "sent")["waiting_for"] is None
+
+
+def test_every_claim_checks_the_windows_in_force(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """A message admitted with no window, waiting for a throttle, meets a window added meanwhile when
+    it is claimed, and waits for its opening then."""
+    throttle = '\n[[throttle]]\nscope = "agent"\nlimit = 1\nper = "1s"\n'
+    daemon = make_daemon(BASE + throttle)
+    api, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
+    first, second = (api.send(f"lead{n}@customer.example")["id"] for n in range(2))
+    assert api.status(second)["waiting_for"] in ("agent", None)  # not a window: there is none yet
+    opening, rules = opening_soon(midday_zone(), 3, throttle)
+    reload_with(daemon, admin, rules)
+    wait_until(lambda: api.status(second)["waiting_for"] == "send_window", what="the window to hold it")
+    received = smtp.wait_for(2, timeout=10)
+    assert [r.at >= opening for r in received] == [False, True]
+    assert api.status(first)["status"] == "sent"

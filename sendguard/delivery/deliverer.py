@@ -35,10 +35,11 @@ from sendguard.governance.register import outcome_counted, rejection_counted
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Status, now_ms
-from sendguard.record import Changes, MessageRecord
+from sendguard.record import Changes, MessageRecord, Wait
 from sendguard.rules import CurrentRules, ScopeKind
 from sendguard.scopes import scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
+from sendguard.windows import opening_ms
 
 log = logging.getLogger("sendguard.delivery.deliverer")
 
@@ -190,6 +191,19 @@ class Deliverer:
         if record is None:
             await self._unsendable(claim, f"cannot be read: {claim.damage}")
             return
+        rules = self._rules.now
+        # Checked again at each claim: the rules may have changed, and a retry may fall outside.
+        opens = opening_ms(rules.file, record, claim.now_ms)
+        if opens > claim.now_ms:
+            await self._store.transition(
+                message_id,
+                to=None,
+                claim=claim.token,
+                allowed_from=_CLAIMABLE,
+                delay_ms=opens - claim.now_ms,
+                changes={"waiting_for": Wait.SEND_WINDOW},
+            )
+            return
         if record.dns_pending and not await self._recheck_dns(claim, record):
             return
         try:
@@ -197,7 +211,6 @@ class Deliverer:
         except Exception as exc:
             await self._unsendable(claim, f"cannot be rendered: {type(exc).__name__}: {exc}")
             return
-        rules = self._rules.now
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
         buckets = self._throttles.buckets(

@@ -44,8 +44,8 @@ from sendguard.intake.batches import (
 from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
-from sendguard.model import Reason, Status
-from sendguard.record import MessageRecord
+from sendguard.model import Reason, Status, now_ms
+from sendguard.record import MessageRecord, Wait
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import message_scopes, scope_name, scope_values
 from sendguard.state.memory import MemoryBudget
@@ -57,6 +57,7 @@ from sendguard.submission import (
     message_id_header,
     new_message_id,
 )
+from sendguard.windows import opening_ms
 
 
 class Forbidden(Exception):
@@ -397,6 +398,7 @@ class Admissions:
             batch=batch or None,
             idempotency_key=message.idempotency_key,
             send_at=message.send_at,
+            recipient_timezone=message.recipient_timezone,
             enrichment_source=enrichment.source if enrichment else None,
             enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
             rules_version=rules.version,
@@ -404,11 +406,20 @@ class Admissions:
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
         )
+        delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
+        if status is not Status.REJECTED:
+            # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
+            now = now_ms()
+            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+            window_wait = opening_ms(rules.file, record, max(now, asked)) - now
+            if window_wait > 0:
+                record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
+                delay_ms = max(delay_ms, window_wait)
         return Candidate(
             record=dataclasses.replace(record, scopes=tuple(message_scopes(scope_values(record)))),
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency=key,
-            delay_ms=self._retry_base_ms if status is Status.DEFERRED else 0,
+            delay_ms=delay_ms,
         )
 
     def _settled(self, admission: Admission) -> Admission:

@@ -27,7 +27,7 @@ from sendguard.model import Reason, Status
 from sendguard.rules import AgentEntry, Rules
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import IDEMPOTENCY_TTL_MS, RETENTION_MS, Idempotency, Store
-from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine
+from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine, TimeZoneName
 from sendguard.templates import NAME, BatchTemplate
 
 MAX_RECIPIENTS = 50_000
@@ -53,6 +53,7 @@ class BatchRecipient(BaseModel):
     vars: dict[VarName, Annotated[SingleLine, Field(max_length=1000)]] = Field(
         default_factory=dict, max_length=50
     )
+    recipient_timezone: TimeZoneName | None = None
 
 
 class BatchIn(Content):
@@ -217,7 +218,11 @@ def recipients(submission: Submission) -> list[BatchRecipient]:
     """Who a submission goes to: a single message is a batch of one, with no values to fill in."""
     if isinstance(submission, BatchIn):
         return submission.recipients
-    return [BatchRecipient.model_construct(to=submission.to, vars={})]
+    return [
+        BatchRecipient.model_construct(
+            to=submission.to, vars={}, recipient_timezone=submission.recipient_timezone
+        )
+    ]
 
 
 class Renderer:
@@ -245,6 +250,7 @@ class Renderer:
         return MessageIn.model_construct(
             **self._shared,
             to=entry.to,
+            recipient_timezone=entry.recipient_timezone,
             subject=filled.subject,
             text=filled.text or None,
             html=filled.html or None,
@@ -252,7 +258,14 @@ class Renderer:
 
     def unfilled(self, entry: BatchRecipient) -> MessageIn:
         """The recipient's message without its content, for one whose content is refused unbuilt."""
-        return MessageIn.model_construct(**self._shared, to=entry.to, subject="", text=None, html=None)
+        return MessageIn.model_construct(
+            **self._shared,
+            to=entry.to,
+            recipient_timezone=entry.recipient_timezone,
+            subject="",
+            text=None,
+            html=None,
+        )
 
 
 def _fingerprint(submission: Submission) -> str:

@@ -108,6 +108,7 @@ class Claim:
     token: str
     record: MessageRecord | None
     damage: str = ""
+    now_ms: int = 0  # Redis' clock at the claim, which every daemon shares
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,8 @@ class Store:
         try:
             record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
         except (KeyError, TypeError, ValueError) as exc:
-            return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}")
-        return Claim(result[0], token, record)
+            return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}", int(result[2]))
+        return Claim(result[0], token, record, now_ms=int(result[2]))
 
     async def transition(
         self,
