@@ -307,6 +307,15 @@ class Window(_Answer):
     remaining: int
 
 
+class Ramp(_Answer):
+    scope: str
+    limit: int
+    ceiling: int
+    per_seconds: float
+    used: int
+    first_send: str | None
+
+
 class WaitingRequest(_Answer):
     id: str
     tier: int
@@ -321,6 +330,7 @@ class WaitingRequest(_Answer):
 class SendingStatus(_Answer):
     agent: str
     throttles: list[Window]
+    ramps: list[Ramp] = []  # absent from a daemon older than warm-up ramps
     approvals: list[WaitingRequest]
     safe_mode: list[str]
 

@@ -72,6 +72,12 @@ class Metrics:
             "Times a message had to wait for a throttle, by the scope kind that said no.",
             ["scope"],
         )
+        self.ramp_limit = gauge(
+            "sendguard_ramp_limit",
+            "A warm-up ramp's limit now for an inbox or sender domain of the register (the first "
+            "SENDGUARD_METRICS_TOP_SCOPES of each kind, by name).",
+            ["scope_kind", "scope"],
+        )
         self.waiting = gauge(
             "sendguard_messages_waiting",
             "Messages not yet in a terminal state, by status, across all daemons on this Redis.",

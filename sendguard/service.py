@@ -16,6 +16,7 @@ import logging
 from sendguard.errors import StoreError
 from sendguard.governance.audit import AnchorMissing, AuditError
 from sendguard.parts import Runtime
+from sendguard.scopes import split_scope
 
 log = logging.getLogger("sendguard.daemon")
 _CHAIN_EVERY = 0.25  # seconds an audit entry may wait unchained, at most, while a daemon leads
@@ -147,6 +148,7 @@ class Service:
                     metrics.waiting.labels(state).set(count)
                 await runtime.follow_reloads()
                 await runtime.safe_mode.refresh_metrics()
+                await _refresh_ramp_metrics(runtime)
                 await runtime.safe_mode.finish_releases()
                 await runtime.approvals.expire_due()
                 await runtime.blocklists.refresh_metrics()
@@ -158,6 +160,21 @@ class Service:
                 log.warning("maintenance failed, retrying: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), runtime.settings.instance_ttl / 3)
+
+
+async def _refresh_ramp_metrics(runtime: Runtime) -> None:
+    """Each ramp's limit now, for the register's inboxes and sender domains: bounded by the register
+    (never a value an agent makes up) and by the top-scopes setting, like the per-scope gauges."""
+    rules = runtime.rules
+    limits = await runtime.throttles.ramp_limits(rules.file.ramp, rules.file.agent)
+    shown: dict[str, int] = {}
+    gauge = runtime.metrics.ramp_limit
+    gauge.clear()
+    for ramp in sorted(limits, key=lambda r: r.scope):
+        kind, value = split_scope(ramp.scope)
+        if shown.setdefault(kind, 0) < runtime.settings.metrics_top_scopes:
+            shown[kind] += 1
+            gauge.labels(kind, value).set(ramp.limit)
 
 
 async def _finish(*tasks: asyncio.Task[None]) -> None:

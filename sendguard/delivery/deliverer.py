@@ -214,7 +214,10 @@ class Deliverer:
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
         buckets = self._throttles.buckets(
-            rules.file.throttle, scope_values(record), held_kinds(rules.file.reply_rule)
+            rules.file.throttle,
+            scope_values(record),
+            held_kinds(rules.file.reply_rule),
+            ramps=rules.file.ramp,
         )
         reservation = await self._throttles.reserve(buckets, member)
         if reservation.wait_ms:

@@ -15,17 +15,22 @@ refusal, a failed connection), so a gap also spaces the retries.
 
 A reply rule's hold on a scope (reply_rules.py) is read by the same script: a deferred scope
 waits until the deferral ends, a slowed one keeps to its lower limit in a window of its own.
+
+A warm-up ramp (`[[ramp]]`) is a window whose limit grows: the script reads the first send of
+the inbox or domain (recorded by the first reservation, in the same script) and holds the window
+to the ramp's limit of the day, so the ramp is exact across daemons as a throttle is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from sendguard.rules import AgentEntry, ScopeKind, ThrottleRule
+from sendguard.rules import AgentEntry, RampRule, ScopeKind, ThrottleRule
 from sendguard.scopes import agent_values, concerns, scope_name
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
@@ -40,18 +45,35 @@ class Buckets:
     gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample) before this send
     holds: list[tuple[str, str]]  # hold key, slow window key: each scope a reply rule may hold back
     scopes: list[ScopeKind]  # scope of windows, gaps, then holds, in the same order
+    # key of the first send, window (1-based), start, step, period_ms: a ramp holding that window
+    ramps: list[tuple[str, int, int, int, int]] = dataclasses.field(default_factory=list)
 
     @property
     def keys(self) -> list[str]:
-        """Window keys, gap keys, then each hold's two keys: the order the reservation takes them in."""
-        holds = [key for pair in self.holds for key in pair]
-        return [key for key, _, _ in self.windows] + [key for key, _ in self.gaps] + holds
+        """Window keys, gap keys, each ramp's first send, then each hold's two keys: the order the
+        reservation takes them in."""
+        windows_and_gaps = [key for key, _, _ in self.windows] + [key for key, _ in self.gaps]
+        return (
+            windows_and_gaps + [key for key, *_ in self.ramps] + [key for pair in self.holds for key in pair]
+        )
 
     @property
     def settled(self) -> tuple[list[str], int]:
         """The keys settling touches, and how many of them are windows (a slow hold's window is one)."""
         windows = [key for key, _, _ in self.windows] + [window for _, window in self.holds]
         return windows + [key for key, _ in self.gaps], len(windows)
+
+
+@dataclass(frozen=True)
+class RampLimit:
+    """Where a ramp stands for one inbox or sender domain."""
+
+    scope: str
+    limit: int  # sends allowed in its window now
+    ceiling: int
+    per: float
+    first_send_ms: int | None  # None: nothing sent yet, the ramp has not started
+    used: int
 
 
 @dataclass(frozen=True)
@@ -91,8 +113,10 @@ class Throttles:
         rules: Sequence[ThrottleRule],
         values: dict[ScopeKind, str | None],
         held: Iterable[ScopeKind] = (),
+        ramps: Sequence[RampRule] = (),
     ) -> Buckets:
-        """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads."""
+        """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads;
+        `ramps`: the warm-up ramps, each a window whose limit the reservation works out."""
         windows: dict[tuple[str, int], int] = {}
         window_scopes: dict[str, ScopeKind] = {}
         gaps: dict[str, int] = {}
@@ -112,6 +136,19 @@ class Throttles:
                 gap_ms = int((rule.min_gap + random.uniform(0, rule.jitter)) * 1000)
                 gaps[gap_key] = max(gap_ms, gaps.get(gap_key, 0))
                 gap_scopes[gap_key] = rule.scope
+        ramped: list[tuple[RampRule, str, tuple[str, int]]] = []
+        for ramp in ramps:
+            value = values.get(ramp.scope)
+            if not ramp.applies_to(value):
+                continue
+            assert value is not None
+            per_ms = int(ramp.per * 1000)
+            window = (self._keys.throttle(ramp.scope.value, per_ms, value), per_ms)
+            # Never above its ceiling; the script lowers it to the day's limit.
+            windows[window] = min(ramp.ceiling, windows.get(window, ramp.ceiling))
+            window_scopes[window[0]] = ramp.scope
+            ramped.append((ramp, value, window))
+        order = {window: number for number, window in enumerate(windows, start=1)}
         holds = {kind: scope_name(kind, value) for kind in held if (value := values.get(kind)) is not None}
         return Buckets(
             windows=[(key, limit, per) for (key, per), limit in windows.items()],
@@ -122,6 +159,16 @@ class Throttles:
             scopes=[window_scopes[key] for key, _ in windows]
             + [gap_scopes[key] for key in gaps]
             + list(holds),
+            ramps=[
+                (
+                    self._keys.ramp(ramp.scope.value, value),
+                    order[window],
+                    ramp.start,
+                    ramp.step,
+                    int(ramp.period * 1000),
+                )
+                for ramp, value, window in ramped
+            ],
         )
 
     async def headroom(self, rules: Sequence[ThrottleRule], agent: AgentEntry) -> list[Headroom]:
@@ -150,13 +197,61 @@ class Throttles:
             for (rule, value), used in zip(windows, counts, strict=True)
         ]
 
+    async def ramp_limits(self, ramps: Sequence[RampRule], agents: Iterable[AgentEntry]) -> list[RampLimit]:
+        """Where each ramp stands for the inboxes and sender domains of `agents` (those the register
+        names: a ramp on `*@domain` inboxes is known per message), read as the script reads it."""
+        found: dict[str, tuple[RampRule, str]] = {}
+        for agent in agents:
+            for ramp in ramps:
+                if ramp.match != "*":
+                    values = [ramp.match] if concerns(agent, scope_name(ramp.scope, ramp.match)) else []
+                else:
+                    values = agent_values(agent)[ramp.scope]
+                for value in values:
+                    found.setdefault(f"{scope_name(ramp.scope, value)}:{int(ramp.per * 1000)}", (ramp, value))
+        if not found:
+            return []
+        ramped = list(found.values())
+        async with translated():
+            seconds, micros = await self._redis.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for ramp, value in ramped:
+                    per_ms = int(ramp.per * 1000)
+                    pipe.get(self._keys.ramp(ramp.scope.value, value))
+                    pipe.zcount(self._keys.throttle(ramp.scope.value, per_ms, value), now_ms - per_ms, "+inf")
+                answers = await pipe.execute()
+        limits = []
+        for (ramp, value), first, used in zip(ramped, answers[::2], answers[1::2], strict=True):
+            first_ms = int(first) if first is not None else None
+            since = None if first_ms is None else now_ms - first_ms
+            limits.append(
+                RampLimit(
+                    scope_name(ramp.scope, value),
+                    ramp.limit(since),
+                    ramp.ceiling,
+                    ramp.per,
+                    first_ms,
+                    int(used),
+                )
+            )
+        return limits
+
     async def reserve(self, buckets: Buckets, member: str) -> Reservation:
         if not buckets.keys:
             return Reservation(0, None)
-        args: list[str | int] = [member, self._lease_ms, len(buckets.windows), len(buckets.gaps)]
+        args: list[str | int] = [
+            member,
+            self._lease_ms,
+            len(buckets.windows),
+            len(buckets.gaps),
+            len(buckets.ramps),
+        ]
         for _, limit, per_ms in buckets.windows:
             args += [limit, per_ms]
         args += [gap for _, gap in buckets.gaps]
+        for _, *ramp in buckets.ramps:
+            args += ramp
         async with translated():
             wait, blocker, _ = await self._reserve(keys=buckets.keys, args=args)
         if int(wait) <= 0:

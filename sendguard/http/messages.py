@@ -157,6 +157,15 @@ class WindowOut(BaseModel):
     remaining: int = Field(description="how many more may reach the relay in this window now")
 
 
+class RampOut(BaseModel):
+    scope: str = Field(description="inbox:<mailbox> or sender_domain:<domain> warming up")
+    limit: int = Field(description="sends its rolling window may hold now, by the day of its warm-up")
+    ceiling: int
+    per_seconds: float
+    used: int = Field(description="sends the rolling window holds now")
+    first_send: str | None = Field(description="when its first send was reserved; null: not started")
+
+
 class WaitingRequest(BaseModel):
     id: str
     tier: int
@@ -175,6 +184,10 @@ class SendingStatus(BaseModel):
     throttles: list[WindowOut] = Field(
         description="each rolling window every message of the agent falls into, whatever its recipient "
         "(a recipient domain's, or a campaign's, apply per message and are not listed)"
+    )
+    ramps: list[RampOut] = Field(
+        description="the warm-up ramps of its inboxes and sender domains (of a `*@domain` inbox, the "
+        "domain's), with today's limit"
     )
     approvals: list[WaitingRequest] = Field(description="its requests still waiting for a person")
     safe_mode: list[str] = Field(
@@ -312,6 +325,7 @@ async def sending_status(runtime: Runtime, who: Principal) -> SendingStatus:
     if agent is None:
         raise Forbidden(unregistered(who.name))
     windows = await runtime.throttles.headroom(rules.file.throttle, agent)
+    ramps = await runtime.throttles.ramp_limits(rules.file.ramp, [agent])
     pending = [r for r in await runtime.approvals.list("pending") if r.agent == agent.name]
     trips = await runtime.safe_mode.active()
     return SendingStatus(
@@ -319,6 +333,17 @@ async def sending_status(runtime: Runtime, who: Principal) -> SendingStatus:
         throttles=[
             WindowOut(scope=w.scope, limit=w.limit, per_seconds=w.per, used=w.used, remaining=w.remaining)
             for w in windows
+        ],
+        ramps=[
+            RampOut(
+                scope=r.scope,
+                limit=r.limit,
+                ceiling=r.ceiling,
+                per_seconds=r.per,
+                used=r.used,
+                first_send=iso_ms(r.first_send_ms) if r.first_send_ms is not None else None,
+            )
+            for r in ramps
         ],
         approvals=[
             WaitingRequest(

@@ -35,6 +35,9 @@ SCHEMA: dict[str, str] = {
     # zset: the last send in a min_gap bucket, score = its latest possible arrival (ms); renamed
     # from the string `gap:` key of earlier versions so an older daemon never reads it
     "gap": "gaps:{scope}:{value}",
+    # string: when the first send of a ramped inbox or sender domain was reserved (ms), which its
+    # warm-up counts from; kept, as the inbox or domain is (one per register entry, not per message)
+    "ramp": "ramp:{scope}:{value}",
     "token": "tok:{id}",  # hash: a token: sha256 of its secret, role, name; never the secret
     # set: ids of the messages still waiting for a mailbox (a canonical address): joined at
     # admission, left when a message finishes, so it lasts exactly as long as they wait, whatever
@@ -161,6 +164,9 @@ class Keys:
 
     def gap(self, scope: str, value: str) -> str:
         return self._key("gap", scope, value)
+
+    def ramp(self, scope: str, value: str) -> str:
+        return self._key("ramp", scope, value)
 
     def token(self, token_id: str) -> str:
         return self._key("token", token_id)

@@ -2,14 +2,16 @@
 -- Returns {wait ms (0: reserved), the 1-based bucket that blocked (windows, gaps, then holds), now}.
 local member = ARGV[1]              -- this send, as it is stored in the windows
 local lease = tonumber(ARGV[2])     -- how long a send may be in flight (ms)
-local n, m = tonumber(ARGV[3]), tonumber(ARGV[4])  -- window buckets, gap buckets
-local window_limits = {unpack(ARGV, 5, 4 + 2 * n)}  -- limit, per_ms for each window
-local gap_ms = {unpack(ARGV, 5 + 2 * n)}            -- for each gap bucket
+local n, m, r = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])  -- windows, gaps, ramps
+local window_limits = {unpack(ARGV, 6, 5 + 2 * n)}  -- limit, per_ms for each window
+local gap_ms = {unpack(ARGV, 6 + 2 * n, 5 + 2 * n + m)}  -- for each gap bucket
+local ramps = {unpack(ARGV, 6 + 2 * n + m)}  -- window (1-based), start, step, period_ms for each ramp
 local window_keys = {unpack(KEYS, 1, n)}
 local gap_keys = {unpack(KEYS, n + 1, n + m)}
+local ramp_keys = {unpack(KEYS, n + m + 1, n + m + r)}  -- each ramp's first send (ms), set by its first reservation
 -- For each scope a reply rule may defer or slow: its hold (keys.py `reply_hold`), then the window
 -- of its sends while slowed (`reply_window`).
-local hold_keys = {unpack(KEYS, n + m + 1)}
+local hold_keys = {unpack(KEYS, n + m + r + 1)}
 
 -- Blocked by a send still in flight: look again this soon, not after its whole lease.
 local IN_FLIGHT_RECHECK_MS = 200
@@ -29,8 +31,18 @@ local function window_wait(key, limit, per)
   return w
 end
 
+local limits = {}
+for i = 1, n do limits[i] = tonumber(window_limits[2 * i - 1]) end
+-- A ramp's limit today binds its window like a tighter throttle (rules.RampRule.limit's arithmetic).
+for k = 1, r do
+  local window, start = tonumber(ramps[4 * k - 3]), tonumber(ramps[4 * k - 2])
+  local step, period = tonumber(ramps[4 * k - 1]), tonumber(ramps[4 * k])
+  local first = tonumber(redis.call('GET', ramp_keys[k]) or now)
+  local ramped = start + step * math.floor(math.max(0, now - first) / period)
+  if ramped < limits[window] then limits[window] = ramped end
+end
 for i = 1, n do
-  local w = window_wait(window_keys[i], tonumber(window_limits[2 * i - 1]), tonumber(window_limits[2 * i]))
+  local w = window_wait(window_keys[i], limits[i], tonumber(window_limits[2 * i]))
   if w > wait then wait, blocker = w, i end
 end
 for j = 1, m do
@@ -69,4 +81,5 @@ for h, per in pairs(slowed) do
   redis.call('ZADD', hold_keys[2 * h], now + lease, member)
   redis.call('PEXPIRE', hold_keys[2 * h], per + lease)
 end
+for k = 1, r do redis.call('SET', ramp_keys[k], now, 'NX') end  -- the warm-up starts at the first send
 return {0, 0, now}
