@@ -30,61 +30,61 @@ from sendguard.record import MessageRecord
 from sendguard.rules import ScopeKind, ThrottleRule
 from sendguard.scopes import scope_values
 
-_LIMIT = 10_000_000  # per minute: never reached, so every decision is an admitting one
-_PER = "60s"
-_DOMAINS = 100
-_SCOPES = (
+LIMIT = 10_000_000  # per minute: never reached, so every decision is an admitting one
+PER = "60s"
+DOMAINS = 100
+SCOPES = (
     ScopeKind.RECIPIENT_DOMAIN,
     ScopeKind.SENDER_DOMAIN,
     ScopeKind.INBOX,
     ScopeKind.AGENT,
     ScopeKind.GLOBAL,
 )
-_LEASE_MS = 31_000  # as the daemon's default: send deadline plus a second
+LEASE_MS = 31_000  # as the daemon's default: send deadline plus a second
 
 Decide = Callable[[int], Awaitable[bool]]
 
 
 async def run(bench: Bench, size: Size) -> Sample:
     await bench.fresh()
-    throttles = Throttles(bench.redis, bench.keys, _LEASE_MS)
-    rules = [ThrottleRule.model_validate({"scope": scope, "limit": _LIMIT, "per": _PER}) for scope in _SCOPES]
+    throttles = Throttles(bench.redis, bench.keys, LEASE_MS)
+    rules = [ThrottleRule.model_validate({"scope": scope, "limit": LIMIT, "per": PER}) for scope in SCOPES]
 
     async def reserve(n: int) -> bool:
         record = MessageRecord(
-            f"m{n}", Status.QUEUED, from_addr=SENDER_ADDRESS, to_domain=_domain(n), agent=AGENT
+            f"m{n}", Status.QUEUED, from_addr=SENDER_ADDRESS, to_domain=domain(n), agent=AGENT
         )
         buckets = throttles.buckets(rules, scope_values(record))
         return (await throttles.reserve(buckets, f"m{n}:1")).wait_ms == 0
 
-    sendguard = await _rate(reserve, size)
+    sendguard = await decision_rate(reserve, size)
     pool = aioredis.ConnectionPool.from_url(bench.redis_url)  # ours, so we can close it
     options: dict[str, Any] = {"connection_pool": pool}  # passed on to redis-py, whatever limits' hints say
     try:
         storage = RedisStorage(f"async+{bench.redis_url}", implementation="redispy", **options)
         limiter = MovingWindowRateLimiter(storage)
-        item = RateLimitItemPerMinute(_LIMIT)
+        item = RateLimitItemPerMinute(LIMIT)
 
         async def hit(n: int) -> bool:
-            return await limiter.hit(item, _domain(n))
+            return await limiter.hit(item, domain(n))
 
-        moving_window = await _rate(hit, size)
+        moving_window = await decision_rate(hit, size)
     finally:
         await pool.aclose()
     return Sample(
         values={"sendguard": sendguard, "limits": moving_window},
         notes=[
             f"{size.throttle_concurrency} concurrent deciders for {size.throttle_seconds:g} s each, "
-            f"recipients spread over {_DOMAINS} domains; limits {_LIMIT:,} per minute, never reached"
+            f"recipients spread over {DOMAINS} domains; limits {LIMIT:,} per minute, never reached"
         ],
     )
 
 
-def _domain(n: int) -> str:
-    return f"org{n % _DOMAINS}.example"
+def domain(n: int) -> str:
+    return f"org{n % DOMAINS}.example"
 
 
-async def _rate(decide: Decide, size: Size) -> float:
+async def decision_rate(decide: Decide, size: Size) -> float:
     """Decisions a second from `throttle_concurrency` loops calling `decide` until the deadline."""
     numbers = itertools.count()
     for n in itertools.islice(numbers, 100):  # scripts loaded and connections open before timing
