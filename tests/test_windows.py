@@ -27,7 +27,7 @@ from sendguard.rules import WEEKDAYS, WindowRule, load_rules
 from sendguard.scopes import ScopeKind
 from sendguard.state.keys import Keys
 from sendguard.windows import Window, next_opening
-from tests.conftest import AGENT_RULES, Api, Daemon, wait_until
+from tests.conftest import AGENT_RULES, Api, Daemon, message, wait_until
 from tests.peers import SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
@@ -186,9 +186,10 @@ def test_a_bad_window_is_named(tmp_path: Path, table: str, says: str) -> None:
     assert says in str(raised.value)
 
 
-def midday_zone() -> str:
-    """A fixed-offset zone where it is around noon now, so a window of an hour from now fits in the day."""
-    shift = 12 - datetime.now(UTC).hour  # -11 .. 12 hours east of UTC
+def midday_zone(later: int = 0) -> str:
+    """A fixed-offset zone where it is around noon now (plus `later` hours), so a window of an hour
+    from now fits in the day."""
+    shift = 12 + later - datetime.now(UTC).hour  # -11 .. 12 hours east of UTC, plus later
     return f"Etc/GMT{-shift:+d}"  # POSIX sign: Etc/GMT-3 is three hours east
 
 
@@ -227,6 +228,15 @@ def test_a_message_outside_its_window_is_due_at_the_opening_and_goes_then(
     sent = api.send("dana@customer.example", recipient_timezone=midday_zone())
     waiting = api.status(sent["id"])
     assert (waiting["status"], waiting["waiting_for"]) == ("queued", "send_window")
+    # A batch recipient carries its own zone: three hours away, it is outside this window's hour.
+    elsewhere = midday_zone(later=3 if datetime.now(UTC).hour > 0 else -3)
+    batch = {**message("x"), "recipients": [{"to": "eve@customer.example", "recipient_timezone": elsewhere}]}
+    del batch["to"]
+    late = api.client.post("/v1/batches", json=batch).json()["accepted"][0]["id"]
+    assert api.status(late)["waiting_for"] == "send_window"
+    bad_zone = message("x@customer.example", recipient_timezone="Mars/Base")
+    refused = api.client.post("/v1/messages", json=bad_zone)
+    assert refused.status_code == 422 and "'Mars/Base' is not an IANA time zone" in refused.text
     due = redis.Redis.from_url(redis_url).zscore(Keys(prefix).due, sent["id"])
     assert due is not None and opening * 1000 <= due < opening * 1000 + 250, (due, opening)
     [received] = smtp.wait_for(1, timeout=10)
