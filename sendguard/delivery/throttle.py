@@ -200,7 +200,8 @@ class Throttles:
     async def ramp_limits(self, ramps: Sequence[RampRule], agents: Iterable[AgentEntry]) -> list[RampLimit]:
         """Where each ramp stands for the inboxes and sender domains of `agents` (those the register
         names: a ramp on `*@domain` inboxes is known per message), read as the script reads it."""
-        found: dict[str, tuple[RampRule, str]] = {}
+        # Ramps on the same inbox or domain and window bind together, the lowest limit first.
+        found: dict[tuple[ScopeKind, str, int], list[RampRule]] = {}
         for agent in agents:
             for ramp in ramps:
                 if ramp.match != "*":
@@ -208,29 +209,31 @@ class Throttles:
                 else:
                     values = agent_values(agent)[ramp.scope]
                 for value in values:
-                    found.setdefault(f"{scope_name(ramp.scope, value)}:{int(ramp.per * 1000)}", (ramp, value))
+                    together = found.setdefault((ramp.scope, value, int(ramp.per * 1000)), [])
+                    if ramp not in together:
+                        together.append(ramp)
         if not found:
             return []
-        ramped = list(found.values())
         async with translated():
             seconds, micros = await self._redis.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
             async with self._redis.pipeline(transaction=False) as pipe:
-                for ramp, value in ramped:
-                    per_ms = int(ramp.per * 1000)
-                    pipe.get(self._keys.ramp(ramp.scope.value, value))
-                    pipe.zcount(self._keys.throttle(ramp.scope.value, per_ms, value), now_ms - per_ms, "+inf")
+                for kind, value, per_ms in found:
+                    pipe.get(self._keys.ramp(kind.value, value))
+                    pipe.zcount(self._keys.throttle(kind.value, per_ms, value), now_ms - per_ms, "+inf")
                 answers = await pipe.execute()
         limits = []
-        for (ramp, value), first, used in zip(ramped, answers[::2], answers[1::2], strict=True):
+        for ((kind, value, per_ms), together), first, used in zip(
+            found.items(), answers[::2], answers[1::2], strict=True
+        ):
             first_ms = int(first) if first is not None else None
             since = None if first_ms is None else now_ms - first_ms
             limits.append(
                 RampLimit(
-                    scope_name(ramp.scope, value),
-                    ramp.limit(since),
-                    ramp.ceiling,
-                    ramp.per,
+                    scope_name(kind, value),
+                    min(ramp.limit(since) for ramp in together),
+                    min(ramp.ceiling for ramp in together),
+                    per_ms / 1000,
                     first_ms,
                     int(used),
                 )
