@@ -113,7 +113,8 @@ class ThrottleRule(ScopedRule):
     jitter: Duration = Field(default=0.0, ge=0)
 
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # in date.weekday() order
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # date.weekday() order
 _TIME_OF_DAY = re.compile(r"^(\d\d):(\d\d)(?::(\d\d))?$")  # seconds for tests and odd cases
 RECIPIENT = "recipient"  # a window's timezone: each message's recipient_timezone
 
@@ -153,9 +154,7 @@ class WindowRule(ScopedRule):
     `hours` (opening included, closing not). Business hours in the recipient's zone by default.
     """
 
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default=["mon", "tue", "wed", "thu", "fri"], min_length=1
-    )
+    days: list[Weekday] = Field(default=["mon", "tue", "wed", "thu", "fri"], min_length=1)
     # One span or several (a lunch break, a night shift): open in any of them.
     hours: Annotated[
         list[Annotated[str, AfterValidator(_hours)]],

@@ -13,14 +13,22 @@ import pytest
 import redis
 
 from sendguard.errors import ConfigError
-from sendguard.rules import RampRule, ScopeKind, load_rules
+from sendguard.rules import RampRule, load_rules
 from sendguard.state.keys import Keys
 from tests.conftest import AGENT_RULES, Api, Daemon, max_in_any_window, wait_until
 from tests.peers import SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
-RAMP = RampRule(
-    scope=ScopeKind.INBOX, match="alice@acme.example", start=2, step=1, period="1s", ceiling=4, per="1s"
+RAMP = RampRule.model_validate(
+    {
+        "scope": "inbox",
+        "match": "alice@acme.example",
+        "start": 2,
+        "step": 1,
+        "period": "1s",
+        "ceiling": 4,
+        "per": "1s",
+    }
 )
 RULES = """
 [ingress]

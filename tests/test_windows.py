@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sendguard.errors import ConfigError
-from sendguard.rules import WEEKDAYS, WindowRule, load_rules
-from sendguard.scopes import ScopeKind
+from sendguard.rules import WEEKDAYS, ScopeKind, WindowRule, load_rules
 from sendguard.state.keys import Keys
 from sendguard.windows import Window, next_opening
 from tests.conftest import AGENT_RULES, Api, Daemon, message, wait_until
@@ -138,7 +137,7 @@ def test_a_time_inside_the_windows_maps_to_itself(
 
 
 def opening(zone: str, hours: str, days: list[str], at: datetime) -> datetime | None:
-    rule = WindowRule(scope=ScopeKind.GLOBAL, hours=hours, days=days, timezone=zone)
+    rule = WindowRule.model_validate({"scope": "global", "hours": hours, "days": days, "timezone": zone})
     return next_opening(windows_of([rule]), at)
 
 

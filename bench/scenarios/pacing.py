@@ -48,7 +48,7 @@ async def run(bench: Bench, size: Size) -> Sample:
         now = now_ms()
         if opening_ms(rules, record, now) > now:
             return False
-        buckets = throttles.buckets(rules.throttle, scope_values(record), rules.ramp)
+        buckets = throttles.buckets(rules.throttle, scope_values(record), ramps=rules.ramp)
         return (await throttles.reserve(buckets, f"m{n}:1")).wait_ms == 0
 
     async def without(n: int) -> bool:
