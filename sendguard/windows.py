@@ -129,7 +129,11 @@ def applicable(rules: RulesFile, record: MessageRecord) -> list[Window]:
     if not rules.window:
         return []
     values = scope_values(record)
-    recipient = time_zone(record.recipient_timezone or rules.windows.default_recipient_timezone)
+    default = rules.windows.default_recipient_timezone
+    try:
+        recipient = time_zone(record.recipient_timezone or default)
+    except ValueError:  # checked at admission; gone from this machine's tz database since
+        recipient = time_zone(default)
     return [Window.of(rule, recipient) for rule in rules.window if rule.applies_to(values.get(rule.scope))]
 
 
