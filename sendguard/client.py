@@ -190,11 +190,13 @@ class Email(_Content):
     """What `POST /v1/messages` takes: one message to one recipient (see the README's HTTP API)."""
 
     to: str
+    recipient_timezone: str | None = None  # IANA, for send windows in the recipient's wall clock
 
 
 class BatchRecipient(BaseModel):
     to: str
     vars: dict[str, str] = {}
+    recipient_timezone: str | None = None
 
 
 class BatchEmail(_Content):
