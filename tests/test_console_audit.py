@@ -23,6 +23,16 @@ RULES = """
 [ingress]
 recipient_cooldown = "0s"
 """
+# A new sending domain's warm-up: 5 the first day, then 2 more a day up to 40.
+RAMP = """
+[[ramp]]
+scope = "sender_domain"
+match = "acme.example"
+start = 5
+step = 2
+period = "1d"
+ceiling = 40
+"""
 
 
 def _trail(reader: Api, **filters: str) -> list[dict[str, Any]]:
@@ -167,7 +177,7 @@ def test_an_elevation_ends_by_the_clock_and_lasts_whole_minutes_up_to_an_hour() 
 def test_an_auditor_reviews_the_register_with_each_agents_last_day_and_what_it_lacks(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, chromium: Browser
 ) -> None:
-    daemon = make_daemon(RULES)
+    daemon = make_daemon(RULES + RAMP)
     agent = client_for(daemon, "agent", "sdr-bot")
     sent = agent.send("ann@customer.example")["id"]
     assert agent.send("info@customer.example")["status"] == "rejected"
@@ -180,6 +190,10 @@ def test_an_auditor_reviews_the_register_with_each_agents_last_day_and_what_it_l
     assert "production" in sdr and "Owner\nsales" in sdr.replace("\t", "\n")
     assert re.search(r"Sent\s+1\b", sdr) and re.search(r"Rejected\s+1\b", sdr) and "role_account" in sdr
     assert "rollback" in ada.page.inner_text("article.agent:has-text('sdr-bot') [role=alert]")
+    ramp_row = ada.page.locator("article.agent", has_text="sdr-bot").locator("table.ramps tbody tr")
+    assert re.fullmatch(
+        r"sender_domain:acme\.example\s+5 per 86400 s\s+1\s+40\s+\d{4}-.*UTC", ramp_row.inner_text()
+    )
     ada.shoot("agents")
     dana = Offline(chromium, base)
     dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token, "/ui/agents")

@@ -1,4 +1,5 @@
-"""The agent register in the console: every agent's entry and its last 24 hours, for the monthly review.
+"""The agent register in the console: every agent's entry, its last 24 hours and where the warm-up
+ramps of its inboxes and domains stand, for the monthly review.
 
 Read-only, for the roles that read `GET /v1/agents` (operators, admins, auditors), from the same
 `agents_report`; changing an agent is a rules change, versioned and audited at its reload.
@@ -23,5 +24,10 @@ Reviewer = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN, Role.AU
 
 @router.get("/agents")
 async def register(request: Request, runtime: RuntimeDep, session: Reviewer) -> Response:
-    reports = await agents_report(runtime.redis, runtime.keys, runtime.rules)
-    return page(request, "agents.html", session, reports=reports, rules=runtime.rules)
+    rules = runtime.rules
+    reports = await agents_report(runtime.redis, runtime.keys, rules)
+    ramps = {
+        report.entry.name: await runtime.throttles.ramp_limits(rules.file.ramp, [report.entry])
+        for report in reports
+    }
+    return page(request, "agents.html", session, reports=reports, ramps=ramps, rules=rules)
