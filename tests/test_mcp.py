@@ -132,6 +132,12 @@ async def test_tools_over_http_decide_as_the_api_and_deliver(
         listed = decided(await session.call_tool("list_my_messages", {"status": "rejected"}))
         assert [m["id"] for m in listed["messages"]] == [same["id"], rejected["id"]]
 
+        zoned = await session.call_tool(
+            "send_email", {**EMAIL, "to": "zed@customer.example", "recipient_timezone": "Mars/Base"}
+        )
+        assert zoned.is_error and isinstance(zoned.structured_content, dict)
+        assert zoned.structured_content["http_status"] == 422 and "Mars/Base" in str(zoned.structured_content)
+
         forbidden = await session.call_tool(
             "send_email", {**EMAIL, "sender": "mallory@evil.example", "to": "bob@customer.example"}
         )

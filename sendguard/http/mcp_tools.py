@@ -89,6 +89,10 @@ IdempotencyKey = Annotated[
 ]
 SendAt = Annotated[str | None, Field(description="RFC 3339 time with a zone: not before then")]
 Headers = Annotated[dict[str, str] | None, Field(description="extra headers; custom ones start with X-")]
+RecipientTimezone = Annotated[
+    str | None,
+    Field(description="the recipient's IANA time zone (Europe/Berlin): send windows in their hours use it"),
+]
 
 
 def _body(**fields: Any) -> Json:
@@ -149,10 +153,12 @@ def build_server(backend_for: Callable[[Context[Any, Any]], Backend]) -> MCPServ
         idempotency_key: IdempotencyKey = None,
         send_at: SendAt = None,
         headers: Headers = None,
+        recipient_timezone: RecipientTimezone = None,
     ) -> Annotated[CallToolResult, Decision]:
         body = _body(
             sender=sender,
             to=to,
+            recipient_timezone=recipient_timezone,
             subject=subject,
             agent_version=agent_version,
             text=text,
