@@ -126,7 +126,7 @@ def test_a_refused_token_exits_non_zero_naming_the_refusal(
     as_agent = bare_env(api_url=url, token_file=str(token_file(tmp_path, agent.token)))
     not_allowed = sendguard(here, as_agent, "safe-mode", "trip", "segment:smb", "--reason", "x")
     assert not_allowed.returncode == 1, not_allowed
-    assert "refused this token's role: a agent token may not do this (403)" in not_allowed.stderr
+    assert "refused this token's role: an agent token may not do this (403)" in not_allowed.stderr
     assert agent.client.get("/v1/safe-mode").json() == []
 
     on_argv = sendguard(here, as_agent, "approvals", "approve", "abc", "--comment", "x", "--token", forged)

@@ -186,7 +186,7 @@ async def test_the_mcp_endpoint_takes_only_agent_tokens(
         operator = mint("operator", "oncall")
         wrong_role = await http.post(url, json={}, headers={"Authorization": f"Bearer {operator}"})
         assert wrong_role.status_code == 403
-        assert wrong_role.json()["error"]["message"] == "sendguard: a operator token may not do this (403)"
+        assert wrong_role.json()["error"]["message"] == "sendguard: an operator token may not do this (403)"
     # The SDK's own client fails at once, with sendguard's words.
     with pytest.raises(ExceptionGroup) as refused:
         async with over_http(daemon, "sg_abc_forged"):

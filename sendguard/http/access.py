@@ -32,7 +32,8 @@ async def authenticate(runtime: Runtime, token: str | None, *allowed: Role) -> P
     if found is None:
         raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
     if allowed and found.role not in allowed:
-        raise HTTPException(403, f"a {found.role.value} token may not do this")
+        article = "an" if found.role.value[0] in "aeiou" else "a"
+        raise HTTPException(403, f"{article} {found.role.value} token may not do this")
     return found
 
 
