@@ -58,6 +58,7 @@ def test_an_auditor_filters_the_trail_by_agent_and_verifies_it_but_sees_no_suppr
     page.click("nav >> text=Audit")
     page.fill("input[name=agent]", "sdr-bot")
     page.click("button:text-is('Filter')")
+    page.wait_for_url("**agent=sdr-bot**")  # the filtered page, not the whole trail still shown
     rows = page.locator("table.audit tbody tr")
     assert rows.count() >= 1
     shown = page.inner_text("table.audit")
