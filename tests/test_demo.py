@@ -9,6 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
+from sendguard.errors import EmbeddedRedisError
+from sendguard.state.embedded_redis import DataDir, EmbeddedRedis
 from tests.conftest import free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -45,3 +49,17 @@ def test_the_demo_sends_a_first_message_into_the_outbox_without_dns_or_a_relay(
     assert smtp.snapshot() == []
     token = said.split("TOKEN=")[1].split()[0]
     assert said.count(token) == 1  # printed once, for the person; not in any log line
+
+
+def test_a_temporary_directory_too_deep_for_a_unix_socket_is_named_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deep TMPDIR once gave a redis-server that listened where nobody could connect, a 15 s
+    wait, "did not start", and the server left running."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    data = DataDir(tmp_path / ("x" * 80) / "data")  # its own socket path is too long: TMPDIR's is used
+    with pytest.raises(EmbeddedRedisError, match="set TMPDIR to a shorter directory"):
+        EmbeddedRedis(data, 64 << 20).start()
+    assert not list(deep.iterdir()) and not data.pid_path.exists()

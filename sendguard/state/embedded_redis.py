@@ -139,6 +139,11 @@ class EmbeddedRedis:
         self._stop_orphan()
         self._write_config()
         socket_path = self._data.socket_path
+        if len(str(socket_path).encode()) > _MAX_SOCKET_PATH:  # redis-server would start, unreachable
+            raise EmbeddedRedisError(
+                f"the embedded Redis socket {socket_path} is longer than the {_MAX_SOCKET_PATH} bytes a "
+                "unix socket path may have: set TMPDIR to a shorter directory"
+            )
         socket_path.unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [str(redis_server_binary()), str(self._data.conf_path)],
@@ -150,6 +155,7 @@ class EmbeddedRedis:
         deadline = time.monotonic() + _START_TIMEOUT
         while not _accepts(socket_path):
             if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # a server that started late must not outlive the daemon that gave up on it
                 raise EmbeddedRedisError(
                     f"embedded redis-server did not start; see {self._data.log_path}: {self._log_tail()}"
                 )
