@@ -8,6 +8,7 @@ A policy decision is a normal tool result (`isError` false) with the API's `id`,
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -218,3 +219,12 @@ async def test_the_stdio_server_sends_through_the_running_daemon(
     wrong = daemon.cli_result("mcp", token="sg_abc_forged")
     assert wrong.returncode == 1 and "refused the token" in wrong.stderr, wrong.stderr
     assert "sg_abc_forged" not in wrong.stderr
+
+
+def test_a_daemon_loads_the_mcp_sdk_only_when_mcp_is_first_called() -> None:
+    """The SDK costs a daemon about 23 MiB; building the app must not import it."""
+    probe = (
+        "import sys, sendguard.http.app; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mcp'))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr

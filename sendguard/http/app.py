@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 import sendguard
-from sendguard.http import feedback, governance, mcp_endpoint, messages, safe_mode
+from sendguard.http import feedback, governance, mcp_route, messages, safe_mode
 from sendguard.http.access import Admin
 from sendguard.http.bodies import BodyLimit, StrictJson
 from sendguard.http.console.app import mount as mount_console
@@ -57,7 +57,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     serve_docs(app)
     app.include_router(messages.router)
-    mcp_endpoint.mount(app, runtime)
+    mcp_route.mount(app, runtime)
     app.include_router(feedback.router)
     app.include_router(safe_mode.router)
     app.include_router(governance.router)

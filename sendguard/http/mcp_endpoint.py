@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
 from mcp.server.mcpserver import Context
@@ -30,7 +30,6 @@ from sendguard.model import Status
 from sendguard.parts import Runtime
 from sendguard.submission import MessageIn
 
-PATH = "/mcp"
 _PRINCIPAL = "sendguard.principal"  # where the endpoint leaves the caller in the request's scope
 REFUSED = -32001  # JSON-RPC error code (implementation-defined range): the bearer token was refused
 
@@ -139,11 +138,3 @@ class Endpoint:
         async with self._manager.run():
             ready.set()
             await asyncio.Future()  # until cancelled
-
-
-def mount(app: FastAPI, runtime: Runtime) -> None:
-    """Serve the MCP tools at /mcp (not in the OpenAPI document: MCP describes itself)."""
-    # Starlette serves an endpoint that is not a function as an ASGI app; a Mount would answer
-    # /mcp with a redirect to /mcp/.
-    endpoint: Any = Endpoint(runtime)
-    app.add_route(PATH, endpoint, methods=["GET", "POST", "DELETE"], include_in_schema=False)
