@@ -34,10 +34,13 @@ end
 local limits = {}
 for i = 1, n do limits[i] = tonumber(window_limits[2 * i - 1]) end
 -- A ramp's limit today binds its window like a tighter throttle (rules.RampRule.limit's arithmetic).
+local unstarted = {}  -- ramps whose first send this reservation would be: written only then
 for k = 1, r do
   local window, start = tonumber(ramps[4 * k - 3]), tonumber(ramps[4 * k - 2])
   local step, period = tonumber(ramps[4 * k - 1]), tonumber(ramps[4 * k])
-  local first = tonumber(redis.call('GET', ramp_keys[k]) or now)
+  local recorded = redis.call('GET', ramp_keys[k])
+  if not recorded then unstarted[#unstarted + 1] = ramp_keys[k] end
+  local first = tonumber(recorded or now)
   local ramped = start + step * math.floor(math.max(0, now - first) / period)
   if ramped < limits[window] then limits[window] = ramped end
 end
@@ -81,5 +84,5 @@ for h, per in pairs(slowed) do
   redis.call('ZADD', hold_keys[2 * h], now + lease, member)
   redis.call('PEXPIRE', hold_keys[2 * h], per + lease)
 end
-for k = 1, r do redis.call('SET', ramp_keys[k], now, 'NX') end  -- the warm-up starts at the first send
+for _, key in ipairs(unstarted) do redis.call('SET', key, now) end  -- the warm-up starts at the first send
 return {0, 0, now}
