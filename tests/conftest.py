@@ -645,6 +645,13 @@ class Api:
         body: dict[str, Any] = response.json()
         return body
 
+    def audit(self, **filters: str) -> list[dict[str, Any]]:
+        """`GET /v1/audit` with these filters (`kind`, `agent`, `message_id`, ...): the chained entries."""
+        response = self.client.get("/v1/audit", params=filters)
+        assert response.status_code == 200, response.text
+        found: list[dict[str, Any]] = response.json()
+        return found
+
     def status(self, message_id: str) -> dict[str, Any]:
         response = self.client.get(f"/v1/messages/{message_id}")
         assert response.status_code == 200, response.text

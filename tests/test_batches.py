@@ -41,13 +41,6 @@ def post(agent: Api, body: dict[str, Any], expect: int = 201) -> dict[str, Any]:
     return answer
 
 
-def audit_of(auditor: Api, **params: str) -> list[dict[str, Any]]:
-    response = auditor.client.get("/v1/audit", params=params)
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()
-    return found
-
-
 def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
@@ -102,7 +95,7 @@ def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
     assert record["batch"] == answer["id"] and record["subject"] == "A question for Initech"
 
     def decided() -> list[dict[str, Any]]:
-        return [e for e in audit_of(auditor, batch=answer["id"]) if e["kind"] == "submission.decided"]
+        return [e for e in auditor.audit(batch=answer["id"]) if e["kind"] == "submission.decided"]
 
     wait_until(lambda: len(decided()) == 7, what="every recipient's decision in the audit trail")
     by_index = {r["id"]: r["index"] for r in answer["accepted"] + answer["rejected"]}
@@ -111,10 +104,10 @@ def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
     assert (outcomes[2]["status"], outcomes[2]["reasons"]) == ("rejected", ["role_account"])
     assert "Initech" not in str(decided()), "the trail holds a hash of the content, not the content"
     wait_until(
-        lambda: [e["kind"] for e in audit_of(auditor, batch=answer["id"])][-1] == "batch.submitted",
+        lambda: [e["kind"] for e in auditor.audit(batch=answer["id"])][-1] == "batch.submitted",
         what="the batch's own entry",
     )
-    summary = audit_of(auditor, batch=answer["id"])[-1]["fields"]
+    summary = auditor.audit(batch=answer["id"])[-1]["fields"]
     assert summary["recipients"] == 7 and summary["by_status"] == {"queued": 2, "rejected": 5}
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -47,13 +46,6 @@ interval = "{interval}"
 {MORE_AGENTS}"""
 
 
-def audited(auditor: Api, kind: str) -> list[dict[str, Any]]:
-    response = auditor.client.get("/v1/audit", params={"kind": kind})
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()
-    return found
-
-
 def checks(daemon: Daemon) -> float:
     """Look-ups this daemon made, whatever their result."""
     return sum(daemon.metric("sendguard_blocklist_checks_total", result=v) or 0 for v in Verdict)
@@ -67,7 +59,7 @@ def test_a_listing_trips_its_scope_an_error_trips_nothing_and_a_delisting_is_rec
     admin = client_for(daemon, "admin", "dana")
     auditor = client_for(daemon, "auditor", "ana")
 
-    listed = wait_until(lambda: len(found := audited(auditor, "blocklist.listed")) == 2 and found)
+    listed = wait_until(lambda: len(found := auditor.audit(kind="blocklist.listed")) == 2 and found)
     assert {(e["fields"]["target"], e["fields"]["scope"]) for e in listed} == {
         ("acme.example", "sender_domain:acme.example"),
         ("192.0.2.10", "global"),
@@ -93,13 +85,13 @@ def test_a_listing_trips_its_scope_an_error_trips_nothing_and_a_delisting_is_rec
     }
 
     dns_server.remove_name(f"acme.example.{domains}")
-    [delisted] = wait_until(lambda: audited(auditor, "blocklist.delisted"), what="the delisting")
+    [delisted] = wait_until(lambda: auditor.audit(kind="blocklist.delisted"), what="the delisting")
     assert delisted["fields"]["target"] == "acme.example"
     assert delisted["fields"]["was"]["answer"] == "127.0.1.2"
     wait_until(lambda: daemon.metric("sendguard_blocklist_listed", zone=domains, target="acme.example") == 0)
     still = {trip["scope"] for trip in admin.client.get("/v1/safe-mode").json()}
     assert "sender_domain:acme.example" in still  # a person resumes, as after every trip
-    assert len(audited(auditor, "blocklist.listed")) == 2  # listed once, however many checks
+    assert len(auditor.audit(kind="blocklist.listed")) == 2  # listed once, however many checks
 
 
 def test_one_daemon_checks_in_each_interval(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from playwright.sync_api import Browser
@@ -35,13 +34,6 @@ ceiling = 40
 """
 
 
-def _trail(reader: Api, **filters: str) -> list[dict[str, Any]]:
-    response = reader.client.get("/v1/audit", params=filters)
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()
-    return found
-
-
 def test_an_auditor_filters_the_trail_by_agent_and_verifies_it_but_sees_no_suppressions(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, chromium: Browser
 ) -> None:
@@ -49,7 +41,7 @@ def test_an_auditor_filters_the_trail_by_agent_and_verifies_it_but_sees_no_suppr
     sdr = client_for(daemon, "agent", "sdr-bot").send("lead1@customer.example")
     client_for(daemon, "agent", "list-bot").send("lead2@customer.example", segment="smb")
     auditor_api = client_for(daemon, "auditor", "ada")
-    wait_until(lambda: _trail(auditor_api, agent="list-bot"), what="both submissions to be chained")
+    wait_until(lambda: auditor_api.audit(agent="list-bot"), what="both submissions to be chained")
     base = _listen(daemon)
 
     ada = Offline(chromium, base)
@@ -78,7 +70,7 @@ def test_an_auditor_filters_the_trail_by_agent_and_verifies_it_but_sees_no_suppr
 
 def _break_glass_kinds(reader: Api) -> list[str]:
     return [
-        e["kind"].removeprefix("break_glass.") for e in _trail(reader) if e["kind"].startswith("break_glass.")
+        e["kind"].removeprefix("break_glass.") for e in reader.audit() if e["kind"].startswith("break_glass.")
     ]
 
 
@@ -139,7 +131,7 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
 
     marker = f"admin:alice (break-glass {elevation_id} INC-1234)"
     for kind in ("suppression.added", "suppression.lifted"):
-        entries = wait_until(lambda kind=kind: _trail(alice_api, kind=kind), what=f"{kind} to be chained")
+        entries = wait_until(lambda kind=kind: alice_api.audit(kind=kind), what=f"{kind} to be chained")
         assert [entry["actor"] for entry in entries] == [marker]
     alice.page.goto("/ui/audit?kind=suppression.lifted")
     assert marker in alice.page.inner_text("table.audit .marker")
@@ -156,7 +148,7 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
     wait_until(
         lambda: _break_glass_kinds(alice_api) == expected, what="the break-glass entries to be chained"
     )
-    self_grant = _trail(alice_api, kind="break_glass.refused")[1]
+    self_grant = alice_api.audit(kind="break_glass.refused")[1]
     assert self_grant["actor"] == "admin:alice" and "second admin" in self_grant["fields"]["why"]
     assert alice.elsewhere == [] and bob.elsewhere == []
     alice.close()

@@ -41,15 +41,11 @@ def webhook() -> Iterator[Webhook]:
 
 def applied(auditor: Api, count: int = 1) -> list[dict[str, Any]]:
     """The chained `reply_rule.applied` entries, once there are at least `count`."""
-
-    def entries() -> list[dict[str, Any]]:
-        response = auditor.client.get("/v1/audit", params={"kind": "reply_rule.applied"})
-        assert response.status_code == 200, response.text
-        found: list[dict[str, Any]] = response.json()
-        return found
-
-    wait_until(lambda: len(entries()) >= count, what=f"{count} reply_rule.applied entries")
-    return entries()
+    found: list[dict[str, Any]] = wait_until(
+        lambda: len(entries := auditor.audit(kind="reply_rule.applied")) >= count and entries,
+        what=f"{count} reply_rule.applied entries",
+    )
+    return found
 
 
 def test_a_storm_of_rate_limit_replies_defers_the_domain_once_and_it_resumes_at_the_end(
