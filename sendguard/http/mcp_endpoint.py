@@ -1,7 +1,7 @@
 """`/mcp`: sendguard's MCP tools over streamable HTTP, in the daemon, for agent tokens.
 
-Every request carries `Authorization: Bearer <agent token>`, checked as the API checks it
-(`access.authenticate`); the tools then call the functions the HTTP routes call (`messages.py`),
+Every request carries `Authorization: Bearer <agent token>`, checked as the API checks it, by
+`mcp_route` before anything here runs; the tools then call the functions the HTTP routes call (`messages.py`),
 as that agent, and answer what the routes answer. The SDK's transport runs stateless with JSON
 answers: no MCP session outlives a request, so any daemon on the Redis can answer any call.
 """
@@ -10,9 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
-from fastapi.security.utils import get_authorization_scheme_param
 from mcp.server.mcpserver import Context
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -20,18 +17,15 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.tokens import Principal
 from sendguard.http import messages
-from sendguard.http.access import authenticate
 from sendguard.http.errors import error_answer
+from sendguard.http.mcp_route import PRINCIPAL
 from sendguard.http.mcp_tools import Backend, Json, Refused, build_server
 from sendguard.intake.batches import BatchIn
 from sendguard.model import Status
 from sendguard.parts import Runtime
 from sendguard.submission import MessageIn
-
-_PRINCIPAL = "sendguard.principal"  # where the endpoint leaves the caller in the request's scope
-REFUSED = -32001  # JSON-RPC error code (implementation-defined range): the bearer token was refused
 
 
 class InProcess:
@@ -107,22 +101,10 @@ class Endpoint:
     def _backend(self, ctx: Context[Any, Any]) -> Backend:
         request = ctx.request_context.request
         assert isinstance(request, Request), "the /mcp endpoint serves HTTP requests only"
-        return InProcess(self._runtime, request.scope[_PRINCIPAL])
+        return InProcess(self._runtime, request.scope[PRINCIPAL])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scheme, token = get_authorization_scheme_param(Request(scope).headers.get("authorization"))
-        try:
-            scope[_PRINCIPAL] = await authenticate(
-                self._runtime, token if scheme.lower() == "bearer" and token else None, Role.AGENT
-            )
-        except HTTPException as refused:
-            # With the HTTP status, a JSON-RPC error an MCP client shows as it is (the SDK's does).
-            error = {"code": REFUSED, "message": f"sendguard: {refused.detail} ({refused.status_code})"}
-            answer = JSONResponse(
-                {"jsonrpc": "2.0", "id": None, "error": error}, refused.status_code, headers=refused.headers
-            )
-            await answer(scope, receive, send)
-            return
+        """A request whose bearer token `mcp_route` has checked (the caller is at PRINCIPAL)."""
         await self._running()
         await self._manager.handle_request(scope, receive, send)
 

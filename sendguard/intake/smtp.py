@@ -60,7 +60,19 @@ from sendguard.submission import MessageIn
 log = logging.getLogger("sendguard.intake.smtp")
 _AUTH_ATTEMPTS = 3  # per session: a token is not guessed, but a session must not try forever
 # Per session; a mailer that keeps its connection open past these opens another.
-_CALL_LIMITS = {"AUTH": _AUTH_ATTEMPTS, "STARTTLS": 1, "EHLO": 5, "HELO": 5, "*": 1000}
+# Commands that move no mail are few per session: NOOP, RSET, HELP and VRFY every 59 s would
+# otherwise hold a session slot for hours before any AUTH.
+_CALL_LIMITS = {
+    "AUTH": _AUTH_ATTEMPTS,
+    "STARTTLS": 1,
+    "EHLO": 5,
+    "HELO": 5,
+    "NOOP": 10,
+    "RSET": 100,  # a relay may reset before each message it sends over one kept connection
+    "HELP": 5,
+    "VRFY": 5,
+    "*": 1000,
+}
 _STOP_GRACE = 5.0  # seconds open sessions get to finish when the daemon stops
 
 
