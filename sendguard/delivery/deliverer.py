@@ -36,7 +36,7 @@ from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Status, now_ms
 from sendguard.record import Changes, MessageRecord, Wait
-from sendguard.rules import CurrentRules, ScopeKind
+from sendguard.rules import CurrentRules, Rules, ScopeKind
 from sendguard.scopes import scope_values
 from sendguard.state.store import Claim, Moved, NoWork, Store
 from sendguard.windows import opening_ms
@@ -207,7 +207,7 @@ class Deliverer:
         if record.dns_pending and not await self._recheck_dns(claim, record):
             return
         try:
-            data = self._render(claim, record)
+            data = self._render(claim, record, rules)
         except Exception as exc:
             await self._unsendable(claim, f"cannot be rendered: {type(exc).__name__}: {exc}")
             return
@@ -256,7 +256,7 @@ class Deliverer:
                 log.info("delivery cancelled: recipient suppressed", extra={"message_id": message_id})
             await self._throttles.settle(buckets, member, delivered=False)
             return
-        await self._send(claim, record, data, attempt, buckets, member)
+        await self._send(claim, record, data, attempt, buckets, member, rules)
 
     async def _unsendable(self, claim: Claim, detail: str) -> None:
         """A message that can never be sent as stored fails now, instead of being retried."""
@@ -271,16 +271,25 @@ class Deliverer:
             activity=outcome_counted(Status.FAILED),
         )
 
-    def _render(self, claim: Claim, record: MessageRecord) -> bytes:
+    def _render(self, claim: Claim, record: MessageRecord, rules: Rules) -> bytes:
         headers = record.extra_headers()
         if self._unsubscribe is not None:
             headers = self._unsubscribe.headers(claim.message_id, record.to, headers)
-        signer = self._rules.now.dkim_signers.get(record.from_addr.rpartition("@")[2].lower())
+        signer = rules.dkim_signers.get(record.from_addr.rpartition("@")[2].lower())
         return render(record, headers, datetime.now(UTC), signer)
 
     async def _send(
-        self, claim: Claim, record: MessageRecord, data: bytes, attempt: int, buckets: Buckets, member: str
+        self,
+        claim: Claim,
+        record: MessageRecord,
+        data: bytes,
+        attempt: int,
+        buckets: Buckets,
+        member: str,
+        rules: Rules,
     ) -> None:
+        """One attempt, under the rules the claim was judged by (its transport and signer included,
+        so a reload in between never pairs one version's throttles with another's environment)."""
         started = time.perf_counter()
         outcome: Outcome
         delivered = False
@@ -288,7 +297,7 @@ class Deliverer:
         # With a bounce domain, the envelope sender carries the id, signed, so a bounce proves
         # which message it is about and nobody else can write one that does.
         sender = self._bounces.address(claim.message_id) if self._bounces else record.from_addr
-        transport = self._transport_for(record.agent)
+        transport = self._transport_for(record.agent, rules)
         try:
             async with asyncio.timeout(self._settings.smtp_timeout):
                 code, text = await transport.send(claim.message_id, sender, record.to, data)
@@ -339,13 +348,13 @@ class Deliverer:
             },
         )
 
-    def _transport_for(self, agent_name: str) -> Transport:
+    def _transport_for(self, agent_name: str, rules: Rules) -> Transport:
         """Sandbox first: only an agent the rules in force register as production reaches the relay.
 
         Read at each send, so promoting an agent (a rules change and a reload, versioned and
         audited) takes effect at its next message; an agent no longer registered reaches nobody.
         """
-        agent = self._rules.now.agent(agent_name)
+        agent = rules.agent(agent_name)
         return self._transport if agent is not None and agent.environment == "production" else self._outbox
 
     async def _until_stored(self, step: Callable[[], Awaitable[None]], message_id: str) -> None:
