@@ -122,6 +122,13 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
     banner = alice.page.inner_text(".break-glass")
     alice.shoot("break-glass-banner")
     assert "INC-1234" in banner and "granted by bob" in banner and re.search(r"ends in 1[45] min", banner)
+    # Granted to the token that asked: another token minted in alice's name is not raised by it.
+    other_alice = Offline(chromium, base)
+    other_alice.sign_in(client_for(daemon, "admin", "alice").token, "/ui/suppressions")
+    assert other_alice.page.locator(".break-glass").count() == 0
+    other_alice.page.fill("textarea[name=entries]", "other.example")
+    assert "admin actions need break-glass" in _submit(other_alice, "Suppress")
+    other_alice.close()
     alice.page.fill("textarea[name=entries]", "blocked.example\nBob+Q4@Other.example")
     assert "Suppressed 2 new of 2" in _submit(alice, "Suppress")
     alice.page.click("a[href='/ui/suppressions/lift?entry=blocked.example']")
@@ -144,7 +151,8 @@ def test_an_admin_changes_suppressions_only_under_break_glass_granted_by_another
     alice.page.fill("textarea[name=entries]", "again.example")
     assert "admin actions need break-glass" in _submit(alice, "Suppress")
     # Asked, refused to herself, granted, ended: and each admin form tried without it.
-    expected = ["refused", "requested", "refused", "granted", "ended", "refused"]
+    # Refused: alice alone, her self-grant, the other alice token, alice after the end.
+    expected = ["refused", "requested", "refused", "granted", "refused", "ended", "refused"]
     wait_until(
         lambda: _break_glass_kinds(alice_api) == expected, what="the break-glass entries to be chained"
     )

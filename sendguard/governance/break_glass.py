@@ -60,6 +60,7 @@ class Elevation:
     requested: int
     granted_by: str = ""
     expires: int = 0
+    token_id: str = ""  # the requester's token: only sessions of that token are elevated
     ended_by: str = ""
     ended: int = 0
 
@@ -120,7 +121,13 @@ class BreakGlass:
             raise BreakGlassRefused(f"Give a reason (up to {MAX_REASON} characters) for the second admin.")
         now = _now_ms()
         elevation = Elevation(
-            secrets.token_hex(4), _name(admin), ticket, reason, duration_minutes(duration), now
+            secrets.token_hex(4),
+            _name(admin),
+            ticket,
+            reason,
+            duration_minutes(duration),
+            now,
+            token_id=admin.token_id,
         )
         key = self._keys.break_glass(elevation.id)
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
@@ -132,6 +139,7 @@ class BreakGlass:
                     "reason": elevation.reason,
                     "minutes": elevation.minutes,
                     "requested": now,
+                    "token_id": elevation.token_id,
                 },
             )
             pipe.pexpireat(key, now + KEEP_MS)
@@ -208,7 +216,10 @@ class BreakGlass:
         """The admin's elevation in force now, if any: checked by time, whatever the keys' TTLs."""
         if admin.role is not Role.ADMIN:
             return None
-        return await self.active_for(_name(admin))
+        found = await self.active_for(_name(admin))
+        # Granted to the token that asked: another token of the same name, or a session left open
+        # with one, is not raised by it.
+        return found if found is not None and found.token_id == admin.token_id else None
 
     async def active_for(self, admin: str) -> Elevation | None:
         """The elevation in force now for an admin's normalised name."""
@@ -255,6 +266,7 @@ class BreakGlass:
             expires=int(record.get("expires", 0)),
             ended_by=record.get("ended_by", ""),
             ended=int(record.get("ended", 0)),
+            token_id=record.get("token_id", ""),
         )
 
     async def _refused(self, admin: Principal, elevation: Elevation, why: str) -> None:
