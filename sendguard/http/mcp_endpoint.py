@@ -111,10 +111,18 @@ class Endpoint:
     async def _running(self) -> None:
         """Start the SDK's manager with the first call, on the daemon's loop (the app has no
         lifespan: uvicorn runs it with `lifespan="off"`); it runs until the loop ends."""
-        if self._ready is None:
+        if self._ready is None or self._task is None:
             self._ready = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run(self._ready), name="mcp-endpoint")
-        await self._ready.wait()
+        if self._ready.is_set():
+            return
+        # Wait for it to start or to fail: a manager that cannot start answers each call with an
+        # error, instead of leaving every call waiting for ever.
+        started = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait({started, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.is_set():
+            started.cancel()
+            raise RuntimeError("the MCP session manager did not start") from self._task.exception()
 
     async def _run(self, ready: asyncio.Event) -> None:
         async with self._manager.run():
