@@ -218,8 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setting_errors(exc: ValidationError) -> str:
+    """Each error with the variable it is about; one about several (a model check) names them itself."""
     return "; ".join(
-        f"SENDGUARD_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors(include_input=False)
+        f"SENDGUARD_{str(e['loc'][0]).upper()}: {e['msg']}" if e["loc"] else str(e["msg"])
+        for e in exc.errors(include_input=False)
     )
 
 

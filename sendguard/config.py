@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import BeforeValidator, Field, PlainSerializer, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,7 +63,70 @@ class WebhookURL(RedactedURL):
         return f"{parts.scheme}://{parts.hostname}{port}/***"
 
 
-def _to_url(schemes: tuple[str, ...], kind: type[RedactedURL] = RedactedURL) -> Any:
+class SentinelURL(RedactedURL):
+    """`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`: the sentinels to
+    ask where the primary of `service` is (port 26379 unless given); the user and password are the
+    primary's and its replicas', as in a `redis://` URL.
+
+    A URL naming several hosts is not one `urlsplit` can take apart (its `.port` raises), so it is
+    parsed here, once; every ValueError names what is wrong and never the password.
+    """
+
+    __slots__ = ("db", "password", "sentinels", "service", "username")
+    FORM = "redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]"
+    DEFAULT_PORT = 26379
+
+    def __init__(self, raw: str) -> None:
+        super().__init__(raw)
+        _, separator, rest = raw.partition("://")
+        if not separator:
+            raise ValueError(f"must look like {self.FORM}")
+        # Up to the last "@" is the user and password, so neither a "/" nor a "," in a password
+        # (which should be percent-encoded) can make part of it show in an error about the rest.
+        credentials, at, location = rest.rpartition("@")
+        user, _, password = credentials.partition(":")
+        self.username = unquote(user) or None
+        self.password = (unquote(password) or None) if at else None
+        hosts, _, tail = location.partition("/")
+        if any(mark in location for mark in "?#"):
+            raise ValueError(f"a Sentinel URL takes no query or fragment; it must look like {self.FORM}")
+        self.sentinels = [_sentinel_address(n, entry) for n, entry in enumerate(hosts.split(","), 1)]
+        service, _, db = tail.strip("/").partition("/")
+        if not service:
+            raise ValueError(
+                f"names no service (the sentinels' name for the primary); it must look like {self.FORM}"
+            )
+        if db and not db.isdigit():
+            raise ValueError(
+                f"the database after the service name is not a number; it must look like {self.FORM}"
+            )
+        self.service, self.db = unquote(service), int(db or 0)
+
+    def __str__(self) -> str:
+        user = self.username or ""
+        credentials = f"{user}:***@" if self.password else (f"{user}@" if user else "")
+        hosts = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels
+        )
+        return f"{self.parts.scheme}://{credentials}{hosts}/{self.service}/{self.db}"
+
+
+def _sentinel_address(number: int, entry: str) -> tuple[str, int]:
+    """The `number`th `host[:port]` of a Sentinel URL; its ValueError names it by number and quotes
+    nothing of the URL."""
+    if not entry.strip():
+        raise ValueError(f"sentinel address {number} is empty; it must look like {SentinelURL.FORM}")
+    try:
+        return parse_host_port(entry.strip(), SentinelURL.DEFAULT_PORT)
+    except ValueError:
+        raise ValueError(f"sentinel address {number} needs a host and a port from 1 to 65535") from None
+
+
+def _to_url(
+    schemes: tuple[str, ...],
+    kind: type[RedactedURL] = RedactedURL,
+    special: dict[str, type[RedactedURL]] | None = None,
+) -> Any:
     def parse(value: object) -> RedactedURL | None:
         if value is None or value == "":
             return None
@@ -71,7 +134,8 @@ def _to_url(schemes: tuple[str, ...], kind: type[RedactedURL] = RedactedURL) -> 
             return value
         if not isinstance(value, str):
             raise ValueError("must be a URL string")
-        url = kind(value.strip())
+        scheme = value.strip().partition("://")[0].lower()
+        url = (special or {}).get(scheme, kind)(value.strip())
         if url.parts.scheme not in schemes:
             raise ValueError(f"scheme must be one of {', '.join(schemes)}, got {url.parts.scheme!r}")
         if url.parts.scheme != "unix" and not url.parts.hostname:
@@ -83,7 +147,11 @@ def _to_url(schemes: tuple[str, ...], kind: type[RedactedURL] = RedactedURL) -> 
 
 HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$", max_length=253)]
 _mask = PlainSerializer(lambda url: str(url) if url is not None else None, return_type=str | None)
-RedisURL = Annotated[RedactedURL | None, _to_url(("redis", "rediss", "unix")), _mask]
+RedisURL = Annotated[
+    RedactedURL | None,
+    _to_url(("redis", "rediss", "unix", "redis+sentinel"), special={"redis+sentinel": SentinelURL}),
+    _mask,
+]
 SmtpURL = Annotated[RedactedURL | None, _to_url(("smtp", "smtps")), _mask]
 NotifyURL = Annotated[RedactedURL | None, _to_url(("http", "https"), WebhookURL), _mask]
 ApiURL = Annotated[RedactedURL | None, _to_url(("http", "https")), _mask]
@@ -103,6 +171,18 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="sg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     # The embedded Redis's maxmemory (bytes); an external Redis's own is read instead.
     redis_maxmemory: int = Field(default=1 << 30, ge=16 << 20)
+    # The sentinels' own password (`requirepass` in sentinel.conf), when they have one; the URL's
+    # password is the primary's. A setting, not part of the URL, so that only one secret is in it.
+    redis_sentinel_password: SecretStr | None = None
+    # Seconds one command may wait for Redis' answer, and to open a connection. Bounded so that a
+    # primary gone silent (a host down, a partition: no RST) fails a command in seconds, which the
+    # daemon's retry loops then carry, instead of waiting on TCP for minutes.
+    redis_socket_timeout: float = Field(default=5.0, gt=0, le=300)
+    redis_connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    # Every write waits (Redis WAIT) until this many replicas have it, or fails closed after
+    # `redis_wait_timeout` seconds: 0 turns it off.
+    redis_wait_replicas: int = Field(default=0, ge=0, le=100)
+    redis_wait_timeout: float = Field(default=1.0, ge=0.001, le=60)
     data_dir: Path = Path(".sendguard")
     smtp_url: SmtpURL = None
     smtp_connections: int = Field(default=4, ge=1, le=64)
@@ -228,6 +308,27 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file")
         return value
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> Settings:
+        """Replicas to wait for need a Redis that can have them, and time to wait within a command."""
+        if self.redis_wait_replicas:
+            if self.redis_url is None:
+                raise ValueError(
+                    "SENDGUARD_REDIS_WAIT_REPLICAS needs SENDGUARD_REDIS_URL: "
+                    "the embedded Redis has no replicas"
+                )
+            if self.redis_wait_timeout >= self.redis_socket_timeout:
+                raise ValueError(
+                    f"SENDGUARD_REDIS_WAIT_TIMEOUT ({self.redis_wait_timeout:g}s) must be shorter than "
+                    f"SENDGUARD_REDIS_SOCKET_TIMEOUT ({self.redis_socket_timeout:g}s): a write waits for "
+                    "its replicas within one command"
+                )
+        if self.redis_sentinel_password is not None and not isinstance(self.redis_url, SentinelURL):
+            raise ValueError(
+                "SENDGUARD_REDIS_SENTINEL_PASSWORD is set but SENDGUARD_REDIS_URL is no redis+sentinel:// URL"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_inbound(self) -> Settings:

@@ -4,7 +4,8 @@ SendguardError
 ├── InvalidValue         a value a person gave is not one (names the field; also a ValueError)
 ├── ConfigError          settings or rules file cannot be used (names file, table, key)
 ├── StoreError           Redis unreachable or answered with an error
-│   └── StoreFull        Redis is near its maxmemory: admission refused until it has room
+│   ├── StoreFull        Redis is near its maxmemory: admission refused until it has room
+│   └── NotReplicated    too few replicas confirmed a write (SENDGUARD_REDIS_WAIT_REPLICAS) in time
 ├── EmbeddedRedisError   the embedded Redis server could not be started
 └── RelayError           the SMTP relay could not be reached or spoke nonsense
     └── RelayReply       the relay answered a command with a non-2xx reply (code, text, stage)
@@ -39,6 +40,14 @@ class StoreError(SendguardError):
 
 class StoreFull(StoreError):
     """Redis is too close to its `maxmemory` to take a submission; retry once it has room."""
+
+
+class NotReplicated(StoreError):
+    """The primary took a write but too few replicas confirmed it within the timeout.
+
+    Not acknowledged, since losing the primary could lose it; retrying is safe (idempotency keys,
+    idempotent outcome records) and succeeds once the replicas answer.
+    """
 
 
 class EmbeddedRedisError(SendguardError):

@@ -13,6 +13,7 @@ BatchConflict            409  the idempotency key names a different batch
 ApprovalRefused          409  the approval rules do not allow this decision
 AuditError               409  the trail cannot be read as it stands
 StoreFull                503  Redis is near its maxmemory: no submission is admitted; retry later
+NotReplicated            503  too few replicas confirmed a write in time (SENDGUARD_REDIS_WAIT_REPLICAS)
 StoreError               503  Redis is unreachable; retry
 
 The bodies are documented here too (`error_responses`), beside the handlers that make them, so the
@@ -28,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from sendguard.errors import ConfigError, InvalidValue, StoreError, StoreFull
+from sendguard.errors import ConfigError, InvalidValue, NotReplicated, StoreError, StoreFull
 from sendguard.feedback.apply import NotSent, UnknownMessage
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
@@ -95,6 +96,14 @@ async def _store_down(request: Request, exc: StoreError) -> JSONResponse:
     )
 
 
+async def _not_replicated(request: Request, exc: NotReplicated) -> JSONResponse:
+    return JSONResponse(
+        {"error": "not_replicated", "detail": f"{exc}; nothing is acknowledged, retry"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
     return JSONResponse(
         {"error": "store_full", "detail": str(exc)}, status_code=503, headers={"Retry-After": "60"}
@@ -113,6 +122,7 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     AuditError: _audit_unreadable,
     StoreError: _store_down,
     StoreFull: _store_full,
+    NotReplicated: _not_replicated,
 }
 
 
@@ -139,7 +149,7 @@ class ErrorOut(BaseModel):
 
 
 class CodedErrorOut(ErrorOut):
-    error: str = Field(description="body_too_large, store_unavailable or store_full")
+    error: str = Field(description="body_too_large, store_unavailable, store_full or not_replicated")
 
 
 class ForbiddenOut(ErrorOut):
@@ -177,7 +187,8 @@ _ERRORS: dict[int, tuple[type[ErrorOut], str, dict[str, Any]]] = {
     422: (InvalidOut, "the request is not valid: every wrong field is named", {}),
     503: (
         CodedErrorOut,
-        "the state store is unreachable (`store_unavailable`) or full (`store_full`); retry",
+        "the state store is unreachable (`store_unavailable`), full (`store_full`) or could not "
+        "get the write to enough replicas (`not_replicated`); retry",
         _RETRY_AFTER,
     ),
 }

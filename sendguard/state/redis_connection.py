@@ -11,13 +11,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
-from sendguard.config import Settings
-from sendguard.errors import ConfigError, EmbeddedRedisError, StoreError
+from sendguard.config import SentinelURL, Settings
+from sendguard.errors import ConfigError, EmbeddedRedisError, NotReplicated, StoreError
 from sendguard.state.embedded_redis import DaemonLock, DataDir, EmbeddedRedis
+from sendguard.state.replication import ReplicasUnconfirmed, ReplicatedRedis, WaitForReplicas
 
 _MIN_REDIS = (6, 2)
 log = logging.getLogger("sendguard.redis")
@@ -60,19 +65,66 @@ async def redis_connection(
         else:
             lock = None
             url, description = data.url, f"the running daemon's embedded Redis in {data.redis_dir}"
-    # RESP2, the default before redis-py 8: under RESP3 its pool hands out connections the server
-    # has closed (redis-py #4128), so after a Redis restart each one would fail a command.
-    client = aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=10, protocol=2)
+    replication = None
+    if settings.redis_wait_replicas:
+        replication = WaitForReplicas(settings.redis_wait_replicas, round(settings.redis_wait_timeout * 1000))
     try:
-        await _wait_until_loaded(url)
-        await _check_version(client)
-        yield client, description
+        async with _client(settings, url, replication, health_check_interval=10) as client:
+            async with _client(settings, url, None, driver_info=None) as probe:
+                await _wait_until_loaded(probe)
+            await _check_version(client)
+            yield client, description
     finally:
-        await client.aclose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         if lock is not None:
             lock.release()
+
+
+@contextlib.asynccontextmanager
+async def _client(
+    settings: Settings, url: str, replication: WaitForReplicas | None, **options: Any
+) -> AsyncIterator[aioredis.Redis]:
+    """A client of `url`, or of the primary the sentinels of a Sentinel URL name at each connect.
+
+    RESP2, the default before redis-py 8: under RESP3 its pool hands out connections the server
+    has closed (redis-py #4128), so after a Redis restart (or a failover) each one would fail a
+    command. Explicit timeouts (see Settings), and no retries inside redis-py: a write retried
+    there could run twice; the daemon's own loops retry, knowing what is safe to repeat.
+    """
+    timeouts = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+    }
+    options |= timeouts | {"decode_responses": True, "protocol": 2, "retry": Retry(NoBackoff(), 0)}
+    redis_class = aioredis.Redis if replication is None else ReplicatedRedis
+    target = settings.redis_url
+    if isinstance(target, SentinelURL):
+        password = settings.redis_sentinel_password
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            target.sentinels,
+            sentinel_kwargs=timeouts
+            | {"protocol": 2, "password": password.get_secret_value() if password is not None else None},
+        )
+        client = sentinel.master_for(
+            target.service,
+            redis_class=redis_class,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **options,
+        )
+    else:
+        sentinel = None
+        client = redis_class.from_url(url, **options)
+    if isinstance(client, ReplicatedRedis) and replication is not None:
+        client.replication = replication
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if sentinel is not None:
+            await sentinel.aclose()
 
 
 async def _check_version(client: aioredis.Redis) -> None:
@@ -86,7 +138,7 @@ async def _check_version(client: aioredis.Redis) -> None:
         raise StoreError(f"Redis {info['redis_version']} is too old; sendguard needs 6.2 or newer")
 
 
-async def _wait_until_loaded(url: str) -> None:
+async def _wait_until_loaded(probe: aioredis.Redis) -> None:
     """Wait while Redis loads its data set, saying how far it got, for as long as it gets further.
 
     A Redis that is loading answers INFO but refuses every other command ("LOADING"), so a daemon
@@ -97,35 +149,31 @@ async def _wait_until_loaded(url: str) -> None:
     """
     loop = asyncio.get_running_loop()
     progress, last_change, last_said = -1.0, loop.time(), 0.0
-    probe = aioredis.Redis.from_url(url, decode_responses=True, protocol=2, driver_info=None)
-    try:
-        while True:
-            try:
-                info = await probe.info("persistence")
-            except redis.exceptions.RedisError as exc:
-                raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
-            if not int(info.get("loading", 0)):
-                if progress >= 0:
-                    log.warning("redis: data set loaded")
-                return
-            now, loaded = loop.time(), float(info.get("loading_loaded_perc", 0))
-            if loaded != progress:
-                progress, last_change = loaded, now
-            elif now - last_change > _LOADING_STALL:
-                raise StoreError(
-                    f"Redis made no progress loading its data for {_LOADING_STALL:g}s (at {loaded:.0f}%)"
-                )
-            if now - last_said >= 1.0:
-                log.warning(
-                    "redis: loading its data set, %.0f%% of %s MB, about %ss left",
-                    loaded,
-                    int(info.get("loading_total_bytes", 0)) // 1_000_000,
-                    info.get("loading_eta_seconds", "?"),
-                )
-                last_said = now
-            await asyncio.sleep(0.1)
-    finally:
-        await probe.aclose()
+    while True:
+        try:
+            info = await probe.info("persistence")
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"cannot reach Redis: {type(exc).__name__}: {exc}") from exc
+        if not int(info.get("loading", 0)):
+            if progress >= 0:
+                log.warning("redis: data set loaded")
+            return
+        now, loaded = loop.time(), float(info.get("loading_loaded_perc", 0))
+        if loaded != progress:
+            progress, last_change = loaded, now
+        elif now - last_change > _LOADING_STALL:
+            raise StoreError(
+                f"Redis made no progress loading its data for {_LOADING_STALL:g}s (at {loaded:.0f}%)"
+            )
+        if now - last_said >= 1.0:
+            log.warning(
+                "redis: loading its data set, %.0f%% of %s MB, about %ss left",
+                loaded,
+                int(info.get("loading_total_bytes", 0)) // 1_000_000,
+                info.get("loading_eta_seconds", "?"),
+            )
+            last_said = now
+        await asyncio.sleep(0.1)
 
 
 @contextlib.asynccontextmanager
@@ -133,5 +181,7 @@ async def translated() -> AsyncIterator[None]:
     """Turn redis-py errors into StoreError at the boundary of sendguard's own logic."""
     try:
         yield
+    except ReplicasUnconfirmed as exc:
+        raise NotReplicated(str(exc)) from exc
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
