@@ -129,8 +129,8 @@ async def test_every_kind_of_write_fails_closed_without_its_replica_and_reads_ne
 ) -> None:
     settings = Settings(
         redis_url=own_redis.url,
-        redis_wait_replicas=1,  # type: ignore[arg-type]
-        redis_wait_timeout=0.05,  # type: ignore[arg-type]
+        redis_wait_replicas=1,
+        redis_wait_timeout=0.05,
     )
     async with redis_connection(settings, for_daemon=False) as (client, _):
         script = client.register_script("return redis.call('INCR', KEYS[1])")
