@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,14 +99,14 @@ def test_waiting_for_replicas_refuses_settings_it_could_never_meet() -> None:
 
 
 def _online_replicas(primary: RedisServer) -> int:
-    with redis.Redis(port=primary.port) as client:
+    with redis.Redis.from_url(primary.url) as client:
         info = client.info("replication")
     return sum(1 for key, value in info.items() if key.startswith("slave") and value["state"] == "online")
 
 
 def _settled(replica: RedisServer) -> bool:
     """Synced, with the append-only file it writes after a sync done: until then it refuses SIGTERM."""
-    with redis.Redis(port=replica.port) as client:
+    with redis.Redis.from_url(replica.url) as client:
         info = client.info()
     return bool(
         info["master_link_status"] == "up"
@@ -118,7 +118,7 @@ def _settled(replica: RedisServer) -> bool:
 def _replica(primary: RedisServer, directory: Path) -> RedisServer:
     """A redis-server replicating `primary`, synced and settled."""
     directory.mkdir(exist_ok=True)
-    replica = RedisServer(directory, "--replicaof", "127.0.0.1", str(primary.port))
+    replica = type(primary)(directory, "--replicaof", "127.0.0.1", str(primary.port))
     replica.start()
     wait_until(lambda: _settled(replica) and _online_replicas(primary), what="the replica to sync")
     return replica
@@ -144,15 +144,16 @@ async def test_every_kind_of_write_fails_closed_without_its_replica_and_reads_ne
                 await pipe.incr("transaction").execute()
 
         assert await client.get("never-written") is None  # a read waits for nothing
-        for write in (
-            client.set("single", "1"),
-            script(keys=["scripted"]),
-            client.pipeline(transaction=False).get("single").incr("pipelined").execute(),
-            client.pipeline(transaction=True).incr("transaction").execute(),
-        ):
+        writes_each_way: list[Callable[[], Awaitable[object]]] = [
+            lambda: client.set("single", "1"),
+            lambda: script(keys=["scripted"]),
+            lambda: client.pipeline(transaction=False).get("single").incr("pipelined").execute(),
+            lambda: client.pipeline(transaction=True).incr("transaction").execute(),
+        ]
+        for write in writes_each_way:
             with pytest.raises(NotReplicated, match=r"not confirmed by replicas: 0 of the 1 .* within 50 ms"):
                 async with translated():
-                    await write
+                    await write()
         # The connections stayed in step: each answer read is the one asked for.
         assert await client.get("single") == "1"
         assert await client.mget("scripted", "pipelined", "transaction") == ["1", "1", "1"]
@@ -173,8 +174,9 @@ async def test_every_kind_of_write_fails_closed_without_its_replica_and_reads_ne
 
 
 def test_a_submission_its_replica_did_not_confirm_is_a_503_saying_so_and_its_retry_a_201(
-    make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
+    own_redis: RedisServer, make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
 ) -> None:
+    """`own_redis` first, so the daemon stops before its Redis does."""
     replica = _replica(own_redis, tmp_path / "replica")
     daemon = make_daemon(RULES, redis_url=own_redis.url, redis_wait_replicas="1", redis_wait_timeout="0.1")
     api = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
@@ -207,6 +209,19 @@ def test_a_submission_its_replica_did_not_confirm_is_a_503_saying_so_and_its_ret
 # --- the failover drill --------------------------------------------------------------------------
 
 SERVICE = "sendguard"
+DATA_PASSWORD = "drill-data-secret"  # the primary's and the replicas'
+SENTINEL_PASSWORD = "drill-sentinel-secret"  # the sentinels' own
+
+
+class SecuredRedis(RedisServer):
+    """A RedisServer asking its clients, and its replicas their primary, for DATA_PASSWORD."""
+
+    def __init__(self, directory: Path, *options: str) -> None:
+        super().__init__(directory, "--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD, *options)
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{DATA_PASSWORD}@127.0.0.1:{self.port}/0"
 
 
 class SentinelServer:
@@ -219,7 +234,9 @@ class SentinelServer:
         self.config = directory / "sentinel.conf"
         self.config.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"requirepass {SENTINEL_PASSWORD}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} 2\n"
+            f"sentinel auth-pass {SERVICE} {DATA_PASSWORD}\n"
             f"sentinel down-after-milliseconds {SERVICE} 500\n"
             f"sentinel failover-timeout {SERVICE} 3000\n"
             f"sentinel parallel-syncs {SERVICE} 2\n"
@@ -233,15 +250,18 @@ class SentinelServer:
     def sees(self, replicas: int, sentinels: int) -> bool:
         """Whether it knows the primary with `replicas` replicas and `sentinels` other sentinels."""
         try:
-            with redis.Redis(port=self.port, decode_responses=True) as client:
+            with self._client() as client:
                 state = client.sentinel_master(SERVICE)
         except redis.exceptions.RedisError:
             return False
         return bool(state["num-slaves"] == replicas and state["num-other-sentinels"] == sentinels)
 
     def primary_port(self) -> int:
-        with redis.Redis(port=self.port, decode_responses=True) as client:
+        with self._client() as client:
             return int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, password=SENTINEL_PASSWORD, decode_responses=True)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -286,10 +306,12 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
     make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
 ) -> None:
     """A primary, two replicas (so that WAIT=1 can still be met once one of them is the primary)
-    and three sentinels on loopback; `sendguard run` on the Sentinel URL with every write waiting
-    for a replica; the primary killed with -9 while an agent submits and the daemon delivers."""
+    and three sentinels on loopback, all with passwords; `sendguard run` on the Sentinel URL with
+    every write waiting for a replica; the primary killed with -9 while an agent submits and the
+    daemon delivers. Figures: how long deliveries and admissions paused, from the sink's and the
+    agent's clocks."""
     smtp.delay = 0.05
-    primary = RedisServer(tmp_path / "primary")
+    primary = SecuredRedis(tmp_path / "primary")
     (tmp_path / "primary").mkdir()
     primary.start()
     replicas = [_replica(primary, tmp_path / f"replica{n}") for n in range(2)]
@@ -303,13 +325,18 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
             timeout=20,
             what="the sentinels to find the replicas and each other",
         )
-        url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + f"/{SERVICE}"
+        url = (
+            f"redis+sentinel://:{DATA_PASSWORD}@"
+            + ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+            + f"/{SERVICE}"
+        )
         daemon = make_daemon(
             RULES,
             process=True,
             redis_url=url,
             redis_wait_replicas="1",
             redis_wait_timeout="0.5",
+            redis_sentinel_password=SENTINEL_PASSWORD,
             instance_ttl="10",
         )
         token = daemon.cli("token", "create", "--agent", "sdr-bot")
@@ -320,10 +347,7 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
         wait_until(lambda: len(smtp.snapshot()) >= 20, what="deliveries to be under way")
 
         killed_at = time.time()
-        assert primary.process is not None
-        primary.process.kill()  # kill -9: no shutdown, no last flush, no goodbye to the replicas
-        primary.process.wait(10)
-        primary.process = None
+        _kill(primary)  # kill -9: no shutdown, no last flush, no goodbye to the replicas
         accepted_at_kill = len(submissions.accepted)
         wait_until(
             lambda: all(s.primary_port() != primary.port for s in sentinels), timeout=20, what="a failover"
@@ -351,8 +375,11 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
         for sentinel in sentinels:
             sentinel.stop()
         for server in (*replicas, primary):
-            server.stop()
+            _kill(server)  # a replica still writing its first append-only file refuses SIGTERM
 
+    said = daemon.log_path.read_text(errors="replace")
+    assert DATA_PASSWORD not in said and SENTINEL_PASSWORD not in said, "a password in the daemon's log"
+    assert f"redis+sentinel://:***@127.0.0.1:{sentinels[0].port}" in said, "it says where Redis is"
     arrivals = Counter(r.message_id for r in smtp.snapshot())
     accepted = {f"<{message_id}.sg@acme.example>" for _, message_id in submissions.accepted}
     assert accepted <= set(arrivals), f"{len(accepted - set(arrivals))} messages that got a 201 were lost"
@@ -384,6 +411,13 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
 
 
 READINESS_POLL = 0.05
+
+
+def _kill(server: RedisServer) -> None:
+    if server.process is not None:
+        server.process.kill()
+        server.process.wait(10)
+        server.process = None
 
 
 def _watch_readiness(daemon: Daemon, seen: list[tuple[float, int]], stop: threading.Event) -> None:
