@@ -10,6 +10,7 @@ import argparse
 import asyncio
 
 import aiosmtplib
+import uvloop
 
 from bench.mail import SENDER_ADDRESS, raw_message
 
@@ -36,7 +37,8 @@ def main() -> None:
     parser.add_argument("count", type=int)
     parser.add_argument("connections", type=int)
     args = parser.parse_args()
-    asyncio.run(send(args.host, args.port, args.count, args.connections))
+    # The daemon's own event loop, so the reference is not handicapped by a slower one.
+    uvloop.run(send(args.host, args.port, args.count, args.connections))
 
 
 if __name__ == "__main__":

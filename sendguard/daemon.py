@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 import sendguard
 from sendguard import demo
@@ -152,8 +153,9 @@ def _command() -> str:
 
 
 def run(settings: Settings, *, demo: bool = False) -> int:
+    """Serve until SIGTERM, on uvloop: the daemon's hot paths are socket writes and wake-ups."""
     try:
-        asyncio.run(serve(settings, demo=demo))
+        uvloop.run(serve(settings, demo=demo))
     except (ConfigError, EmbeddedRedisError, StoreError) as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2

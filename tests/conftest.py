@@ -31,6 +31,7 @@ import httpx
 import pytest
 import redis
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -46,6 +47,7 @@ from tests import browser
 from tests.peers import DnsServer, Received, SmtpSink
 
 T = TypeVar("T")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 AGENT_RULES = """
 [[agent]]
@@ -64,6 +66,11 @@ name = "support-bot"
 owner = "support"
 inboxes = ["help@acme.example"]
 """
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, LoopFactory]:
+    """Every async test on uvloop, the event loop `sendguard run` serves on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -231,7 +238,7 @@ class LoopThread:
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as `sendguard run`'s
         self._thread = threading.Thread(target=self.loop.run_forever, name="daemon-loop", daemon=True)
         self._thread.start()
 

@@ -154,10 +154,14 @@ def _causes(api: Api, message_id: str) -> list[str]:
     return [cause for cause, _ in _history(api, message_id)]
 
 
-def _global_bounce_rate(daemon: Daemon, sent: int) -> float | None:
-    """The global bounce-rate gauge, once the maintenance loop has counted `sent` in the window."""
+def _global_bounce_rate(daemon: Daemon, sent: int, bounced: bool = False) -> float | None:
+    """The global bounce-rate gauge, once the maintenance loop has counted `sent` in the window
+    (and, if `bounced`, a bounce too: a refresh from before the bounce shows the sends alone)."""
     wait_until(
-        lambda: daemon.metric("sendguard_window_sent", **GLOBAL) == sent,
+        lambda: (
+            daemon.metric("sendguard_window_sent", **GLOBAL) == sent
+            and (not bounced or bool(daemon.metric("sendguard_bounce_rate", **GLOBAL)))
+        ),
         what="the maintenance loop to refresh the per-scope gauges",
     )
     return daemon.metric("sendguard_bounce_rate", **GLOBAL)
@@ -202,7 +206,7 @@ def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, sm
     assert _event(admin, **report)["tripped"] == []  # the same report again, from an admin
 
     assert admin.client.get("/v1/safe-mode").json() == []
-    assert _global_bounce_rate(daemon, sent=2) == 0.5
+    assert _global_bounce_rate(daemon, sent=2, bounced=True) == 0.5
     # The agent's own report counted on its own scope alone; the admin's added the others once.
     assert daemon.metric("sendguard_bounce_rate", scope_kind="agent", scope="sdr-bot") == 0.5
     assert agent.status(bounced.id)["status"] == "bounced"
