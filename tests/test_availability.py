@@ -3,6 +3,7 @@ without them, and a drill that kills the primary under a running daemon (issue 1
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -10,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,10 +107,13 @@ def _online_replicas(primary: RedisServer) -> int:
 
 def _settled(replica: RedisServer) -> bool:
     """Synced, with the append-only file it writes after a sync done: until then it refuses SIGTERM."""
-    with redis.Redis.from_url(replica.url) as client:
-        info = client.info()
+    try:
+        with redis.Redis.from_url(replica.url) as client:
+            info = client.info()
+    except redis.exceptions.ConnectionError:  # a sentinel demoting it closes every connection
+        return False
     return bool(
-        info["master_link_status"] == "up"
+        info.get("master_link_status") == "up"
         and not info["aof_rewrite_in_progress"]
         and not info["aof_rewrite_scheduled"]
     )
@@ -260,6 +264,11 @@ class SentinelServer:
         with self._client() as client:
             return int(client.sentinel_get_master_addr_by_name(SERVICE)[1])
 
+    def switch_over(self) -> None:
+        """SENTINEL FAILOVER, which an operator runs to move the primary, the old one demoted alive."""
+        with self._client() as client:
+            client.sentinel_failover(SERVICE)
+
     def _client(self) -> redis.Redis:
         return redis.Redis(port=self.port, password=SENTINEL_PASSWORD, decode_responses=True)
 
@@ -301,113 +310,173 @@ class Submissions:
         connection.close()
 
 
-@pytest.mark.drill
-def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
-    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
-) -> None:
+@dataclass
+class Deployment:
     """A primary, two replicas (so that WAIT=1 can still be met once one of them is the primary)
-    and three sentinels on loopback, all with passwords; `sendguard run` on the Sentinel URL with
-    every write waiting for a replica; the primary killed with -9 while an agent submits and the
-    daemon delivers. Figures: how long deliveries and admissions paused, from the sink's and the
-    agent's clocks."""
-    smtp.delay = 0.05
+    and three sentinels on loopback, all with passwords, and `sendguard run` on the Sentinel URL with
+    every write waiting for a replica, an agent's token with it."""
+
+    primary: RedisServer
+    replicas: list[RedisServer]
+    sentinels: list[SentinelServer]
+    daemon: Daemon
+    token: str
+
+    def changed_primary(self, since: RedisServer) -> bool:
+        return all(sentinel.primary_port() != since.port for sentinel in self.sentinels)
+
+
+@contextlib.contextmanager
+def _deployment(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[Deployment]:
     primary = SecuredRedis(tmp_path / "primary")
     (tmp_path / "primary").mkdir()
     primary.start()
-    replicas = [_replica(primary, tmp_path / f"replica{n}") for n in range(2)]
-    sentinels = [SentinelServer(tmp_path / f"sentinel{n}", primary) for n in range(3)]
-    submissions = Submissions()
-    readiness: list[tuple[float, int]] = []
+    servers: list[RedisServer] = [primary]
+    sentinels: list[SentinelServer] = []
     daemon: Daemon | None = None
     try:
+        servers += [_replica(primary, tmp_path / f"replica{n}") for n in range(2)]
+        sentinels += [SentinelServer(tmp_path / f"sentinel{n}", primary) for n in range(3)]
         wait_until(
             lambda: all(s.sees(replicas=2, sentinels=2) for s in sentinels),
             timeout=20,
             what="the sentinels to find the replicas and each other",
         )
-        url = (
-            f"redis+sentinel://:{DATA_PASSWORD}@"
-            + ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
-            + f"/{SERVICE}"
-        )
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in sentinels)
         daemon = make_daemon(
             RULES,
             process=True,
-            redis_url=url,
+            redis_url=f"redis+sentinel://:{DATA_PASSWORD}@{hosts}/{SERVICE}",
             redis_wait_replicas="1",
             redis_wait_timeout="0.5",
             redis_sentinel_password=SENTINEL_PASSWORD,
             instance_ttl="10",
         )
         token = daemon.cli("token", "create", "--agent", "sdr-bot")
-        submitter = threading.Thread(target=submissions.submit, args=(daemon, token))
-        watcher = threading.Thread(target=_watch_readiness, args=(daemon, readiness, submissions.stop))
-        submitter.start()
-        watcher.start()
-        wait_until(lambda: len(smtp.snapshot()) >= 20, what="deliveries to be under way")
-
-        killed_at = time.time()
-        _kill(primary)  # kill -9: no shutdown, no last flush, no goodbye to the replicas
-        accepted_at_kill = len(submissions.accepted)
-        wait_until(
-            lambda: all(s.primary_port() != primary.port for s in sentinels), timeout=20, what="a failover"
-        )
-        wait_until(
-            lambda: len(submissions.accepted) >= accepted_at_kill + 30,
-            timeout=30,
-            what="submissions to be accepted again after the failover",
-        )
-        submissions.stop.set()
-        submitter.join(15)
-        watcher.join(15)
-
-        api = Api(daemon, token)
-        try:
-            records = [
-                api.wait_status(message_id, "sent", timeout=30) for _, message_id in submissions.accepted
-            ]
-        finally:
-            api.close()
+        yield Deployment(primary, servers[1:], sentinels, daemon, token)
     finally:
-        submissions.stop.set()
         if daemon is not None:
             daemon.stop()  # first, while it can still reach Redis to hand its work back
         for sentinel in sentinels:
             sentinel.stop()
-        for server in (*replicas, primary):
+        for server in servers:
             _kill(server)  # a replica still writing its first append-only file refuses SIGTERM
-
     said = daemon.log_path.read_text(errors="replace")
     assert DATA_PASSWORD not in said and SENTINEL_PASSWORD not in said, "a password in the daemon's log"
-    assert f"redis+sentinel://:***@127.0.0.1:{sentinels[0].port}" in said, "it says where Redis is"
+    assert f"redis+sentinel://:***@{hosts.split(',')[0]}" in said, "its log says where Redis is"
+
+
+@dataclass
+class Outage:
+    """What an agent and the sink saw around a change of primary, from when it began."""
+
+    began: float
+    accepted: list[tuple[float, str]]
+    refused: Counter[str]
+    readiness: list[tuple[float, int]]
+    arrivals: list[float]
+    duplicates: int
+    uncertain: int
+
+    def figures(self) -> dict[str, float]:
+        """How long deliveries, admissions and readiness paused (the longest stretch from the
+        change on without one), and the counts."""
+        ready = [at for at, status in self.readiness if status == 200]
+        return {
+            "pause_s": round(_longest_gap(self.arrivals, self.began), 2),
+            "admission_gap_s": round(_longest_gap([at for at, _ in self.accepted], self.began), 2),
+            "not_ready_s": round(_longest_gap(ready, self.began), 2),
+            "accepted": len(self.accepted),
+            "refused": sum(self.refused.values()),
+            "duplicates": self.duplicates,
+            "uncertain": self.uncertain,
+        }
+
+
+def _through(deployment: Deployment, smtp: SmtpSink, change: Callable[[], None]) -> Outage:
+    """Submit and deliver through `change` of the primary; every 201 delivered, duplicates counted."""
+    smtp.delay = 0.05
+    submissions = Submissions()
+    readiness: list[tuple[float, int]] = []
+    daemon, old_primary = deployment.daemon, deployment.primary
+    submitter = threading.Thread(target=submissions.submit, args=(daemon, deployment.token))
+    watcher = threading.Thread(target=_watch_readiness, args=(daemon, readiness, submissions.stop))
+    submitter.start()
+    watcher.start()
+    try:
+        wait_until(lambda: len(smtp.snapshot()) >= 20, what="deliveries to be under way")
+        began = time.time()
+        accepted_before = len(submissions.accepted)
+        change()
+        wait_until(lambda: deployment.changed_primary(old_primary), timeout=20, what="a new primary")
+        wait_until(
+            lambda: len(submissions.accepted) >= accepted_before + 30,
+            timeout=30,
+            what="submissions to be accepted again after the change",
+        )
+    finally:
+        submissions.stop.set()
+        submitter.join(15)
+        watcher.join(15)
+    if old_primary.process is not None:  # demoted alive: what it took meanwhile is thrown away now
+        wait_until(lambda: _settled(old_primary), timeout=30, what="the old primary to follow the new one")
+    api = Api(daemon, deployment.token)
+    try:
+        records = [api.wait_status(message_id, "sent", timeout=30) for _, message_id in submissions.accepted]
+    finally:
+        api.close()
+
     arrivals = Counter(r.message_id for r in smtp.snapshot())
-    accepted = {f"<{message_id}.sg@acme.example>" for _, message_id in submissions.accepted}
-    assert accepted <= set(arrivals), f"{len(accepted - set(arrivals))} messages that got a 201 were lost"
+    accepted = [f"<{message_id}.sg@acme.example>" for _, message_id in submissions.accepted]
+    assert set(accepted) <= set(arrivals), f"{len(set(accepted) - set(arrivals))} messages with a 201 lost"
     duplicates = sum(arrivals[m] - 1 for m in accepted)
     uncertain = sum(int(record["uncertain"]) for record in records)
     assert duplicates <= uncertain, (duplicates, uncertain)
-    assert any(status == 503 for at, status in readiness if at > killed_at), "/readyz never said not ready"
-    assert readiness[-1][1] == 200, "/readyz is ready again after the failover"
-
+    assert readiness[-1][1] == 200, "/readyz is ready again after the change"
     times = sorted(r.at for r in smtp.snapshot())
-    pause = max(b - max(a, killed_at) for a, b in itertools.pairwise(times) if b > killed_at)
-    before = max(at for at, _ in submissions.accepted if at <= killed_at)
-    after = min(at for at, _ in submissions.accepted if at > killed_at)
-    not_ready = sum(1 for at, status in readiness if at > killed_at and status != 200) * READINESS_POLL
-    print(
-        f"\nfailover: sending paused {pause:.2f}s, admission {after - before:.2f}s (/readyz not ready "
-        f"~{not_ready:.1f}s); {len(accepted)} accepted, all delivered; refused: {dict(submissions.refused)}; "
-        f"{duplicates} duplicates, {uncertain} uncertain"
-    )
-    _report(
-        "primary failover",
-        pause_s=round(pause, 2),
-        admission_gap_s=round(after - before, 2),
-        accepted=len(accepted),
-        refused=sum(submissions.refused.values()),
-        duplicates=duplicates,
-        uncertain=uncertain,
-    )
+    return Outage(began, submissions.accepted, submissions.refused, readiness, times, duplicates, uncertain)
+
+
+@pytest.mark.drill
+def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
+    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """The primary killed with -9 while an agent submits and the daemon delivers: every 201
+    delivered, /readyz 503 until a replica is promoted and 200 after, and how long it all paused."""
+    with _deployment(make_daemon, tmp_path) as deployment:
+        outage = _through(deployment, smtp, lambda: _kill(deployment.primary))
+    assert any(status == 503 for at, status in outage.readiness if at > outage.began), "/readyz stayed 200"
+    figures = outage.figures()
+    print(f"\nprimary killed: {figures}; refused: {dict(outage.refused)}")
+    _report("primary killed, sentinels fail over", **figures)
+
+
+@pytest.mark.drill
+def test_a_fenced_switchover_demoting_the_primary_alive_loses_nothing(
+    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """SENTINEL FAILOVER, as an operator moves the primary, fenced first with CLIENT PAUSE WRITE:
+    the old primary is demoted alive, seconds after the sentinels switched, with the daemon's
+    connections to it open. Unfenced, the writes it takes in the second before the switch are
+    acknowledged (a replica still follows it) and then thrown away by its demotion."""
+    with _deployment(make_daemon, tmp_path) as deployment:
+
+        def switch_over() -> None:
+            # Fenced first: paused, the old primary takes no write the sentinels' switch would lose.
+            with redis.Redis.from_url(deployment.primary.url) as old:
+                old.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+            deployment.sentinels[0].switch_over()
+
+        outage = _through(deployment, smtp, switch_over)
+    figures = outage.figures()
+    print(f"\nswitchover: {figures}; refused: {dict(outage.refused)}")
+    _report("switchover by SENTINEL FAILOVER", **figures)
+
+
+def _longest_gap(times: list[float], start: float) -> float:
+    """The longest stretch from `start` to the last of `times` with none of them in it (sorted)."""
+    edges = [start, *(at for at in times if at > start)]
+    return max((b - a for a, b in itertools.pairwise(edges)), default=0.0)
 
 
 READINESS_POLL = 0.05
