@@ -1,5 +1,7 @@
 """Writes that wait for replicas (`SENDGUARD_REDIS_WAIT_REPLICAS`): a 201, a decision or a delivery
-outcome is acknowledged only once that many replicas hold it, so it survives losing the primary.
+outcome is acknowledged only once that many replicas hold it, so a crash of the primary does not
+take it along (what Sentinel can still lose, and how to move a primary safely: README, Redis
+Sentinel and replicas).
 
 Redis' WAIT covers the writes made on the connection it is sent on, so it must follow the write on
 that same connection: the client here sends `WAIT n timeout` in the same packet as every command
