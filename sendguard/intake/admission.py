@@ -126,7 +126,7 @@ class Admissions:
         audit: AuditLog,
         memory: MemoryBudget,
         retry_base: float,
-        wake: Callable[[], None],
+        wake: Callable[[float], None],
         metrics: Metrics,
         reply_stops: ReplyStops,
     ) -> None:
@@ -325,7 +325,10 @@ class Admissions:
                 _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
                 for one in decided[start : start + CHUNK]
             ]
-            admissions += [self._settled(admission) for admission in await self._store.admit(sealed)]
+            admitted = await self._store.admit(sealed)
+            admissions += [
+                self._settled(admission, candidate) for admission, candidate in zip(admitted, sealed, strict=True)
+            ]
         return admissions
 
     async def _count_refusal(self, agent: AgentEntry, admissions: list[Admission]) -> None:
@@ -389,7 +392,7 @@ class Admissions:
             subject="" if values is not None else message.subject,
             text="" if values is not None else message.text or "",
             html="" if values is not None else message.html or "",
-            headers="" if values is not None else json.dumps(message.headers),
+            headers="" if values is not None or not message.headers else json.dumps(message.headers),
             template=batch if values is not None else "",
             values=json.dumps(values) if values is not None else "",
             segment=message.segment,
@@ -422,13 +425,13 @@ class Admissions:
             delay_ms=delay_ms,
         )
 
-    def _settled(self, admission: Admission) -> Admission:
+    def _settled(self, admission: Admission, candidate: Candidate) -> Admission:
         """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
             first = admission.reasons[0].code if admission.reasons else "none"
             self._metrics.submissions.labels(admission.status.value, first).inc()
             if admission.status in (Status.QUEUED, Status.DEFERRED):
-                self._wake()
+                self._wake(_due_in(candidate))
         if admission.held_by:
             held = Reason(
                 "safe_mode",
@@ -436,6 +439,13 @@ class Admissions:
             )
             admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
         return admission
+
+
+def _due_in(candidate: Candidate) -> float:
+    """Seconds from now until an admitted candidate is due (its delay, never before its send_at)."""
+    send_at = candidate.record.send_at
+    asked = send_at.timestamp() - time.time() if send_at else 0.0
+    return max(candidate.delay_ms / 1000, asked)
 
 
 def _sealed(decided: Decided, approval: str) -> Candidate:

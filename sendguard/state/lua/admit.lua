@@ -18,9 +18,10 @@ local approval = ARGV[13]           -- the request it waits for; '' for none
 local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
 local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
 local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
-local content_at = tonumber(ARGV[17])  -- fields from this one on are content: not kept if rejected
-local agent_index_size = tonumber(ARGV[18])  -- how many of its newest messages an agent can list
-local fields = {unpack(ARGV, 19)}   -- name, value, ... of the record
+local agent_index_size = tonumber(ARGV[17])  -- how many of its newest messages an agent can list
+-- The record's fields as one JSON object each (one argument to encode, not two a field), empty
+-- ones left out: what the agent submitted, and its content, which a rejected message does not keep.
+local submitted, content = ARGV[18], ARGV[19]
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
@@ -43,10 +44,17 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local kept = #fields
-if status == 'rejected' then kept = content_at - 1 end
-redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields, 1, kept))
+local record = {'id', id, 'status', status, 'created', now, 'not_before', due, 'scopes', scopes}
+if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
+local function add(fields)
+  for name, value in pairs(cjson.decode(fields)) do
+    record[#record + 1] = name
+    record[#record + 1] = value
+  end
+end
+add(submitted)
+if status ~= 'rejected' then add(content) end
+redis.call('HSET', msg_key, unpack(record))
 local detail = ''
 if #reasons > 0 then detail = reasons[1].code end
 history(hist_key, now, status, 'submitted', detail)
