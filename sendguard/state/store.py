@@ -72,6 +72,11 @@ class Candidate:
     # audit.entry(...) with the field "outcome": "@", which lua/admit.lua replaces with the
     # outcome it decides; empty for no entry
     audit_entry: str = ""
+    # Checked by the admission script instead of before it (a single message of a tier-0 agent,
+    # which costs no round trip of its own that way): the company's reply stop, and the agent's
+    # mass-send count, with approval_route's arguments (see Approvals.mass_count).
+    check_replied: bool = False
+    mass_count: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Admission:
     reasons: tuple[Reason, ...]
     existing: bool
     held_by: str = ""
+    route: str = ""  # the mass-send count's answer when the script made it ("free", "joined", ...)
+    approval: str = ""  # the approval request it waits for, when the script routed it
+    replied_until: int = 0  # a reply stop covers its company until then (ms): nothing was written
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,9 @@ class Store:
                     k.cooldown(c.record.to),
                     k.waiting(c.record.to_canonical),
                     k.agent_messages(c.record.agent),
+                    k.company_replied(c.record.agent),
+                    k.mass_sends(c.record.agent),
+                    k.mass_request(c.record.agent),
                 ],
                 self._admit_args(c),
             )
@@ -193,9 +204,15 @@ class Store:
                 stored = found[str(result[1])]
                 assert stored is not None  # the script saw it exist
                 admissions.append(Admission(stored.id, stored.status, stored.reasons, existing=True))
+            elif result[0] == "replied":
+                record, stopped = candidate.record, int(result[1])
+                admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))
             else:
-                status, reasons, held_by = Status(result[1]), tuple(decode_reasons(result[2])), str(result[3])
-                admissions.append(Admission(candidate.record.id, status, reasons, False, held_by))
+                status, reasons = Status(result[1]), tuple(decode_reasons(result[2]))
+                held_by, route, approval = (str(value) for value in result[3:6])
+                admissions.append(
+                    Admission(candidate.record.id, status, reasons, False, held_by, route, approval)
+                )
         return admissions
 
     def _admit_args(self, candidate: Candidate) -> list[Any]:
@@ -222,6 +239,8 @@ class Store:
             AGENT_INDEX_SIZE,
             _fields_json(record.to_fields()),
             _fields_json(content),
+            "1" if candidate.check_replied else "0",
+            *candidate.mass_count,
         ]
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:

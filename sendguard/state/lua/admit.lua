@@ -1,9 +1,14 @@
 -- Admit one decided submission: suppression, the recipient's cooldown, approval and safe mode
--- are settled here, atomically with the write. Returns {'existing', id} for a known
--- idempotency key, else {'new', status, reasons (JSON), held_by}.
+-- are settled here, atomically with the write; for a single message of a tier-0 agent, also the
+-- company's reply stop and the agent's mass-send count. Returns {'existing', id} for a known
+-- idempotency key; {'replied', until (ms)} when a reply stop covers the recipient's company
+-- (nothing written: the caller decides it again with that reason); else {'new', status, reasons
+-- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
 local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local idempotency_key, cooldown_key, waiting_key = KEYS[5], KEYS[6], KEYS[7]
 local agent_index_key = KEYS[8]     -- the agent's newest messages, for listing them
+local replied_key = KEYS[9]         -- the agent's company reply stops: domain -> until (ms)
+local sends_key, request_key = KEYS[10], KEYS[11]  -- the agent's mass-send count and tier-2 request
 local id = ARGV[1]
 local decided_status = ARGV[2]      -- what the checks in Python decided
 local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
@@ -22,12 +27,24 @@ local agent_index_size = tonumber(ARGV[17])  -- how many of its newest messages 
 -- The record's fields as one JSON object each (one argument to encode, not two a field), empty
 -- ones left out: what the agent submitted, and its content, which a rejected message does not keep.
 local submitted, content = ARGV[18], ARGV[19]
+local check_replied = ARGV[20] == '1'  -- the company's reply stop is checked here
+local mass = {unpack(ARGV, 21)}     -- approval_route's arguments when the mass-send count is made here
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
 local existing = redis.call('GET', idempotency_key)
 if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
   return {'existing', existing}
+end
+if check_replied then
+  local stopped = redis.call('HGET', replied_key, domain)
+  if stopped and tonumber(stopped) > now then return {'replied', stopped} end
+end
+local route = ''
+if #mass > 0 and decided_status ~= 'rejected' then
+  local found
+  route, found = mass_route(sends_key, request_key, mass, now)
+  if route == 'joined' or route == 'new' then approval = found end
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
@@ -108,7 +125,8 @@ if audit_entry ~= '' then
   for i, r in ipairs(reasons) do codes[i] = r.code end
   local outcome = '"status":' .. cjson.encode(status) .. ',"reasons":' ..
     (#codes > 0 and cjson.encode(codes) or '[]') .. ',"held_by":' ..
-    (held_by ~= '' and cjson.encode(held_by) or 'null')
+    (held_by ~= '' and cjson.encode(held_by) or 'null') .. ',"approval_id":' ..
+    (approval ~= '' and cjson.encode(approval) or 'null')
   audit(audit_entry, outcome)
 end
-return {'new', status, encoded, held_by}
+return {'new', status, encoded, held_by, route, approval}
