@@ -54,7 +54,6 @@ from sendguard.submission import (
     MAX_SUBJECT,
     Content,
     MessageIn,
-    message_id_header,
     new_message_id,
 )
 from sendguard.windows import opening_ms
@@ -442,7 +441,6 @@ class Admissions:
             enrichment_source=enrichment.source if enrichment else None,
             enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
             rules_version=rules.version,
-            message_id_header=message_id_header(message_id, message.sender.address),
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
         )

@@ -35,6 +35,7 @@ _SCAN_STEP = 500
 # How many of its newest messages an agent can list (GET /v1/messages): enough for a run to find
 # its own, few enough that the index stays small (about 60 bytes a member).
 AGENT_INDEX_SIZE = 1000
+_SUBMITTED = "submitted"  # the cause of a message's first history entry, its admission
 
 
 class Moved(IntEnum):
@@ -138,9 +139,9 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 
 def _fields_json(fields: Mapping[str, str]) -> str:
-    """Hash fields as one JSON object for a script, the empty ones left out: a missing field reads
-    as its default (record.py), and costs no bytes in Redis."""
-    return json.dumps({name: value for name, value in fields.items() if value}, ensure_ascii=False)
+    """Hash fields as one JSON object: one argument for a script, where two a field cost redis-py
+    an encoding each."""
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
@@ -601,7 +602,12 @@ class Store:
         if not record:
             return None
         [filled] = await self._filled([record])
-        return filled, [json.loads(entry) for entry in history]
+        entries = [json.loads(entry) for entry in history]
+        if not entries or entries[0]["cause"] != _SUBMITTED:
+            # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).
+            implied = {"at": filled.created, "status": Status.QUEUED.value, "cause": _SUBMITTED, "detail": ""}
+            entries.insert(0, implied)
+        return filled, entries
 
     async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
         """Records from their hashes, each filled from its batch's template (one round trip for

@@ -61,8 +61,10 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local record = {'id', id, 'status', status, 'created', now, 'not_before', due, 'scopes', scopes}
+local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
+-- Only what says more than the defaults: no reasons, and never sent before it was created.
 if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
+if due > now then table.insert(record, 'not_before') table.insert(record, due) end
 local function add(fields)
   for name, value in pairs(cjson.decode(fields)) do
     record[#record + 1] = name
@@ -72,9 +74,11 @@ end
 add(submitted)
 if status ~= 'rejected' then add(content) end
 redis.call('HSET', msg_key, unpack(record))
-local detail = ''
-if #reasons > 0 then detail = reasons[1].code end
-history(hist_key, now, status, 'submitted', detail)
+-- A message queued with nothing to say has no history list until it moves on: its first entry,
+-- `submitted` `queued` at `created`, is implied (Store.get), which saves a list a waiting message.
+if status ~= 'queued' or #reasons > 0 then
+  history(hist_key, now, status, 'submitted', #reasons > 0 and reasons[1].code or '')
+end
 -- Bounded by count and by age, so an agent's index costs the same however long it has sent.
 redis.call('ZADD', agent_index_key, now, id)
 redis.call('ZREMRANGEBYRANK', agent_index_key, 0, -agent_index_size - 1)
