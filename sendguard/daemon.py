@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
+from uvicorn.loops.auto import auto_loop_factory
 
 import sendguard
 from sendguard import demo
@@ -153,7 +154,9 @@ def _command() -> str:
 
 def run(settings: Settings, *, demo: bool = False) -> int:
     try:
-        asyncio.run(serve(settings, demo=demo))
+        # The event loop uvicorn would pick when it runs an app itself: uvloop when installed.
+        with asyncio.Runner(loop_factory=auto_loop_factory()) as runner:
+            runner.run(serve(settings, demo=demo))
     except (ConfigError, EmbeddedRedisError, StoreError) as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2
