@@ -322,7 +322,7 @@ class Admissions:
                 duplicate = f"{recipient.address} is already recipient {seen} of this batch"
                 reasons.append(Reason("duplicate_recipient", duplicate))
             # A batch's recipients answer a retry of the batch by their place in it.
-            each = dataclasses.replace(key, key=f"batch:{batch_id}:{index}") if batch_id else key
+            each = Idempotency(f"batch:{batch_id}:{index}", key.ms, key.keeps_rejected) if batch_id else key
             values = entry.vars if batch_id else None
             candidate = self._candidate(agent, message, recipient, reasons, rules, batch_id, values, each)
             if check_replied:
@@ -508,7 +508,7 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
     )
     return dataclasses.replace(
         candidate,
-        record=dataclasses.replace(record, approval=approval),
+        record=dataclasses.replace(record, approval=approval) if approval != record.approval else record,
         audit_entry=trail,
         mass_count=counted.args if counted is not None and record.status is not Status.REJECTED else (),
     )

@@ -175,26 +175,7 @@ class Store:
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
-        k = self.keys
-        calls = [
-            (
-                [
-                    k.msg(c.record.id),
-                    k.hist(c.record.id),
-                    k.due,
-                    k.count,
-                    k.idempotency(c.record.agent, c.idempotency.key),
-                    k.cooldown(c.record.to),
-                    k.waiting(c.record.to_canonical),
-                    k.agent_messages(c.record.agent),
-                    k.company_replied(c.record.agent),
-                    k.mass_sends(c.record.agent),
-                    k.mass_request(c.record.agent),
-                ],
-                self._admit_args(c),
-            )
-            for c in candidates
-        ]
+        calls: list[tuple[list[str], list[Any]]] = [([], self._admit_args(c)) for c in candidates]
         async with translated():
             results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
@@ -226,9 +207,7 @@ class Store:
             encode(record.reasons),
             candidate.delay_ms,
             candidate.cooldown_ms,
-            record.to,
-            record.to_canonical,
-            record.to_domain,
+            candidate.idempotency.key,
             candidate.idempotency.ms,
             "1" if candidate.idempotency.keeps_rejected else "0",
             RETENTION_MS,
@@ -236,7 +215,6 @@ class Store:
             record.approval,
             candidate.audit_entry,
             int(record.send_at.timestamp() * 1000) if record.send_at else 0,
-            record.template,
             AGENT_INDEX_SIZE,
             _fields_json(record.to_fields()),
             _fields_json(content),

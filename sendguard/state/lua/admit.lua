@@ -4,31 +4,37 @@
 -- idempotency key; {'replied', until (ms)} when a reply stop covers the recipient's company
 -- (nothing written: the caller decides it again with that reason); else {'new', status, reasons
 -- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
-local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local idempotency_key, cooldown_key, waiting_key = KEYS[5], KEYS[6], KEYS[7]
-local agent_index_key = KEYS[8]     -- the agent's newest messages, for listing them
-local replied_key = KEYS[9]         -- the agent's company reply stops: domain -> until (ms)
-local sends_key, request_key = KEYS[10], KEYS[11]  -- the agent's mass-send count and tier-2 request
+-- Every key is derived from the decision below (key_*), none passed in, which halves what each of a
+-- batch's thousands of calls sends.
 local id = ARGV[1]
 local decided_status = ARGV[2]      -- what the checks in Python decided
 local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
 local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred check's wait)
 local cooldown_ms = ARGV[5]
-local address, mailbox, domain = ARGV[6], ARGV[7], ARGV[8]  -- the recipient, its canonical form, its domain
-local idempotency_ttl_ms = ARGV[9]
-local keep_rejected = ARGV[10] == '1'  -- the key answers a rejection too, not only an accepted message
-local retention_ms = ARGV[11]
-local scopes = ARGV[12]             -- JSON list, most specific first
-local approval = ARGV[13]           -- the request it waits for; '' for none
-local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
-local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
-local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
-local agent_index_size = tonumber(ARGV[17])  -- how many of its newest messages an agent can list
--- The record's fields as one JSON object each (one argument to encode, not two a field), empty
--- ones left out: what the agent submitted, and its content, which a rejected message does not keep.
-local submitted, content = ARGV[18], ARGV[19]
-local check_replied = ARGV[20] == '1'  -- the company's reply stop is checked here
-local mass = {unpack(ARGV, 21)}     -- approval_route's arguments when the mass-send count is made here
+local idempotency = ARGV[6]         -- the submission's idempotency key (the agent's, or derived)
+local idempotency_ttl_ms = ARGV[7]
+local keep_rejected = ARGV[8] == '1'  -- the key answers a rejection too, not only an accepted message
+local retention_ms = ARGV[9]
+local scopes = ARGV[10]             -- JSON list, most specific first
+local approval = ARGV[11]           -- the request it waits for; '' for none
+local audit_entry = ARGV[12]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
+local send_at = tonumber(ARGV[13])  -- ms: not before the time the agent asked for; 0 for none
+local agent_index_size = tonumber(ARGV[14])  -- how many of its newest messages an agent can list
+-- The record's fields as one JSON object each (one argument, not two a field), those at their
+-- default left out: what the agent submitted, and its content, which a rejected message does not keep.
+local submitted, content = cjson.decode(ARGV[15]), cjson.decode(ARGV[16])
+local check_replied = ARGV[17] == '1'  -- the company's reply stop is checked here
+local mass = {unpack(ARGV, 18)}     -- approval_route's arguments when the mass-send count is made here
+local agent = submitted.agent
+-- The recipient as written, its mailbox (canonical form) and its domain.
+local address, mailbox, domain = submitted.to or '', submitted.to_canonical or '', submitted.to_domain or ''
+local template = content.template or ''  -- the batch whose stored template holds the content
+local msg_key, hist_key, due_key, count_key = key_msg(id), key_hist(id), key_due(), key_count()
+local idempotency_key = key_idempotency(agent, idempotency)
+local cooldown_key, waiting_key = key_cooldown(address), key_waiting(mailbox)
+local agent_index_key = key_agent_messages(agent)  -- the agent's newest messages, for listing them
+local replied_key = key_company_replied(agent)     -- its company reply stops: domain -> until (ms)
+local sends_key, request_key = key_mass_sends(agent), key_mass_request(agent)  -- its mass-send count, tier-2 request
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
@@ -66,7 +72,7 @@ local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
 if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
 if due > now then table.insert(record, 'not_before') table.insert(record, due) end
 local function add(fields)
-  for name, value in pairs(cjson.decode(fields)) do
+  for name, value in pairs(fields) do
     record[#record + 1] = name
     record[#record + 1] = value
   end
@@ -119,7 +125,6 @@ else
 end
 if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
 if status == 'rejected' then
-  local agent = redis.call('HGET', msg_key, 'agent')
   count_activity(agent, 'rejected', now)
   for _, r in ipairs(reasons) do count_activity(agent, 'rejected:' .. r.code, now) end
 end
