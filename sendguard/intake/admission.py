@@ -488,6 +488,13 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
     may name one) and its audit entry, ready to admit."""
     candidate = decided.candidate
     record = candidate.record
+    # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
+    labels = {
+        "run_id": record.run_id,
+        "batch": record.batch,
+        "segment": record.segment,
+        "campaign": record.campaign,
+    }
     trail = audit_entry(
         "submission.decided",
         f"agent:{record.agent}",
@@ -495,12 +502,9 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
             "message_id": record.id,
             "agent": record.agent,
             "agent_version": record.agent_version,
-            "run_id": record.run_id,
-            "batch": record.batch,
+            **{name: value for name, value in labels.items() if value is not None},
             "from": record.from_addr,
             "to": record.to,
-            "segment": record.segment,
-            "campaign": record.campaign,
             "rules_version": record.rules_version,
             "content_hash": decided.content_hash,
             "outcome": "@",  # the admission script writes status, reasons, held_by and approval_id here
