@@ -234,13 +234,18 @@ class Approvals:
         return MassCount(args, opening.label, why)
 
     def routed(self, count: MassCount, state: str, found: str, requester: Principal) -> Routing | None:
-        """The tier-2 request a mass-send count answered (None: under the threshold, or covered
-        by an approved request's headroom); a new one is announced to the approvers."""
-        if state in ("free", "covered"):
+        """The tier-2 request a mass-send count answered (None: under the threshold, covered by an
+        approved request's headroom, or not counted); a new one is announced to the approvers."""
+        if state not in ("joined", "new"):
             return None
         if state == "new":
             self._announce(found, 2, count.label, count.why, requester)
         return Routing(found, 2, count.why)
+
+    async def waited_for(self, approval_id: str) -> Routing | None:
+        """The request a message admitted earlier waits for, as its retry answers (None: gone)."""
+        request = await self.get(approval_id)
+        return Routing(request.id, request.tier, request.why) if request else None
 
     async def _mass(
         self, agent: AgentEntry, content: Content, count: int, rules: Rules, requester: Principal, batch: str

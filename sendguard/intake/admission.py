@@ -185,7 +185,10 @@ class Admissions:
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
                 candidates = [one.candidate for one in decided]
                 [admission] = await self._store.admit([_sealed(decided[0], "")])
-            routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
+            if admission.existing:  # a retry: answered with its first decision, counted once
+                routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
+            else:
+                routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
             admissions = [self._settled(admission, candidates[0])]
         await self._count_refusal(agent, admissions)
         outcomes = [

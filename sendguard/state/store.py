@@ -90,7 +90,7 @@ class Admission:
     existing: bool
     held_by: str = ""
     route: str = ""  # the mass-send count's answer when the script made it ("free", "joined", ...)
-    approval: str = ""  # the approval request it waits for, when the script routed it
+    approval: str = ""  # the approval request it waits for (or waited for), when the script knows it
     replied_until: int = 0  # a reply stop covers its company until then (ms): nothing was written
 
 
@@ -184,13 +184,15 @@ class Store:
         async with translated():
             results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
-            found = dict(zip(existing, await self.records(existing, ("reasons",)), strict=True))
+            found = dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
         admissions = []
         for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
                 stored = found[str(result[1])]
                 assert stored is not None  # the script saw it exist
-                admissions.append(Admission(stored.id, stored.status, stored.reasons, existing=True))
+                admissions.append(
+                    Admission(stored.id, stored.status, stored.reasons, True, approval=stored.approval)
+                )
             elif result[0] == "replied":
                 record, stopped = candidate.record, int(result[1])
                 admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))
