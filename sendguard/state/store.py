@@ -144,11 +144,6 @@ def _fields_json(fields: Mapping[str, str]) -> str:
     return json.dumps(fields, ensure_ascii=False)
 
 
-def _with_id(message_id: str, fields: Mapping[str, str]) -> dict[str, str]:
-    """A record's hash with its id, which the hash does not repeat: it is the key's."""
-    return {**fields, "id": message_id}
-
-
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -256,7 +251,7 @@ class Store:
             return NoWork(next_due, int(result[2]))
         flat, template = result[3], result[4]
         try:
-            record = MessageRecord.from_hash(_with_id(result[0], _pairs(flat)), _pairs(template))
+            record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
         except (KeyError, TypeError, ValueError) as exc:
             return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}", int(result[2]))
         return Claim(result[0], token, record, now_ms=int(result[2]))
@@ -554,17 +549,16 @@ class Store:
         """The message record alone, without its history."""
         async with translated():
             record = await self.redis.hgetall(self.keys.msg(message_id))
-        fields = {str(name): str(value) for name, value in record.items()}
-        return (await self._filled([_with_id(message_id, fields)]))[0] if record else None
+        return (await self._filled([{str(k): str(v) for k, v in record.items()}]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
-        `only` read (besides status); the rest keep their defaults.
+        `only` read (besides id and status); the rest keep their defaults.
 
         For readers of many records that need a few fields, not the bodies (a content field named
         in `only` costs a second round trip for the templates it is filled from).
         """
-        names = ["status", *only]  # status first: a record that is gone has none
+        names = ["id", "status", *only]
         if set(only) & set(CONTENT):
             names += ["template", "values"]
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
@@ -572,14 +566,12 @@ class Store:
                 pipe.hmget(self.keys.msg(message_id), names)
             rows = await pipe.execute() if ids else []
         found = [
-            _with_id(
-                message_id, {name: value for name, value in zip(names, row, strict=True) if value is not None}
-            )
-            for message_id, row in zip(ids, rows, strict=True)
-            if row[0] is not None
+            {name: value for name, value in zip(names, row, strict=True) if value is not None}
+            for row in rows
+            if row[1] is not None
         ]
         filled = iter(await self._filled(found))
-        return [next(filled) if row[0] is not None else None for row in rows]
+        return [next(filled) if row[1] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
@@ -589,7 +581,7 @@ class Store:
             record, history = await pipe.execute()
         if not record:
             return None
-        [filled] = await self._filled([_with_id(message_id, record)])
+        [filled] = await self._filled([record])
         entries = [json.loads(entry) for entry in history]
         if not entries or entries[0]["cause"] != _SUBMITTED:
             # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).

@@ -67,7 +67,7 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local record = {'status', status, 'created', now, 'scopes', scopes}  -- its id is its key's
+local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
 -- Only what says more than the defaults: no reasons, and never sent before it was created.
 if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
 if due > now then table.insert(record, 'not_before') table.insert(record, due) end
