@@ -524,7 +524,7 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
 _DNS_TEMPORARY = Reason("dns_temporary", "DNS failed temporarily; will check again")
 
 # Redis bytes a queued recipient takes besides the content it shares: its record, indexes,
-# idempotency key and audit entry (3,724 in bench/scenarios/footprint.py), rounded up.
+# idempotency key and audit entry (3,816 in bench/scenarios/footprint.py), rounded up.
 RECIPIENT_BYTES = 4_000
 
 
