@@ -66,10 +66,12 @@ class Address:
         return canonical_address(self.address)
 
 
+@functools.lru_cache(maxsize=4096)
 def normal_address(text: str) -> Address:
     """The address as sendguard stores it; ValueError (email_validator's, saying why) if it is not one.
 
-    For addresses sendguard takes in and keeps: senders, recipients, suppression entries.
+    For addresses sendguard takes in and keeps: senders, recipients, suppression entries. Cached:
+    an agent sends from the same few addresses, and validating one costs as much as a Redis call.
     """
     valid = validate_email(text, check_deliverability=False)
     return Address(

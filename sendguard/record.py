@@ -13,6 +13,7 @@ in, so every reader sees the content the recipient gets. A rejected message keep
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,7 +80,6 @@ class MessageRecord:
     enrichment_source: str | None = None
     enrichment_fetched_at: datetime | None = None
     rules_version: str = ""
-    message_id_header: str = ""
     not_before: int = 0  # ms: never sent earlier, even when released or approved sooner
     dns_pending: bool = False  # admitted while DNS failed temporarily; checked again before sending
     dns_checks: int = 1
@@ -148,7 +148,6 @@ class MessageRecord:
             enrichment_source=get("enrichment_source") or None,
             enrichment_fetched_at=_time_or_none(get("enrichment_fetched_at")),
             rules_version=get("rules_version", ""),
-            message_id_header=get("message_id_header", ""),
             not_before=int(get("not_before") or 0),
             dns_pending=get("dns_pending") == "1",
             dns_checks=int(get("dns_checks", "1")),
@@ -162,16 +161,22 @@ class MessageRecord:
     def to_fields(self) -> dict[str, str]:
         """The hash fields a new message is written with, besides its content (`content_fields`)
         and those the admission script sets itself (id, status, reasons, created, not_before,
-        attempts, scopes, approval)."""
-        return {name: encode(getattr(self, name)) for name in _SUBMITTED}
+        scopes, approval). A field at its default is left out: `from_hash` gives it back, and a hash
+        field costs Redis about 80 bytes a message however short its value."""
+        return _written(self, _SUBMITTED)
 
     def content_fields(self) -> dict[str, str]:
         """The hash fields of its content, which a message keeps only if it is not rejected: its
         own subject, body and headers, or the template it fills and its values."""
-        names = ("template", "values") if self.template else CONTENT
-        return {name: encode(getattr(self, name)) for name in names}
+        return _written(self, ("template", "values") if self.template else CONTENT)
 
 
+def _written(record: MessageRecord, names: tuple[str, ...]) -> dict[str, str]:
+    """The fields of `names` that are not at their default, as the hash holds them."""
+    return {name: encode(value) for name in names if (value := getattr(record, name)) != _DEFAULTS[name]}
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(MessageRecord)}
 # A message's own content; a batch's recipient has them in its template instead.
 CONTENT = ("subject", "text", "html", "headers")
 # Written at admission from the record, besides the content; every other field is the scripts' or
@@ -194,7 +199,6 @@ _SUBMITTED = (
     "enrichment_source",
     "enrichment_fetched_at",
     "rules_version",
-    "message_id_header",
     "dns_pending",
     "dns_checks",
     "waiting_for",

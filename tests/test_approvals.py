@@ -75,6 +75,23 @@ def test_a_mass_send_in_singles_waits_for_two_people_from_two_groups(
     assert _pending(dana) == []
 
 
+def test_a_retry_of_a_waiting_message_answers_with_its_request_and_counts_once(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    for i in range(2):
+        assert agent.send(f"lead{i}@customer.example", segment="smb")["status"] == "queued"
+
+    first = agent.send("lead2@customer.example", segment="smb", idempotency_key="k")
+    again = agent.send("lead2@customer.example", segment="smb", idempotency_key="k")
+    assert first["status"] == "pending_approval" and first["approval"]["tier"] == 2
+    assert (again["id"], again["approval"]) == (first["id"], first["approval"])
+    [request] = _pending(dana)
+    assert dana.client.get(f"/v1/approvals/{request['id']}").json()["contents"]["messages"] == 1
+
+
 def test_tier_one_sends_wait_for_one_approval_and_a_denial_cancels_them(
     make_daemon: Callable[..., Daemon], client_for: ClientFor
 ) -> None:

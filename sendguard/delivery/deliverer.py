@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
 import secrets
 import time
@@ -103,13 +104,16 @@ class Deliverer:
         # would spend its send deadline (and its throttle lease) in a queue.
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
+        self._looks_at = math.inf  # monotonic time the idle claim loop looks again; inf while it works
         self._stopping = False
         self._tasks: dict[asyncio.Task[None], Claim] = {}
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
 
-    def wake(self) -> None:
-        """Something became due now (a local submission): look without waiting for the poll."""
-        self._wake.set()
+    def wake(self, due_in: float = 0.0) -> None:
+        """A local submission is due `due_in` seconds from now: look without waiting for the poll,
+        unless the idle loop looks before then anyway (a message due later costs no claim)."""
+        if time.monotonic() + due_in < self._looks_at:
+            self._wake.set()
 
     async def run(self) -> None:
         while not self._stopping:
@@ -171,8 +175,12 @@ class Deliverer:
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+        self._looks_at = time.monotonic() + max(seconds, 0.0)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+        finally:
+            self._looks_at = math.inf
 
     async def _deliver(self, claim: Claim, probe: bool) -> None:
         try:

@@ -33,6 +33,14 @@ COMPANY_REPLIED = "company_replied"
 RETURN_HOUR = time(9, 0, tzinfo=UTC)
 
 
+def company_refusal(domain: str, agent: str, until_ms: int) -> Reason:
+    """Why a recipient at `domain` is refused: someone there replied to `agent`, stopped until then."""
+    ends = datetime.fromtimestamp(until_ms / 1000, UTC).isoformat(timespec="minutes")
+    return Reason(
+        COMPANY_REPLIED, f"someone at {domain} replied to agent {agent}; no automated mail there until {ends}"
+    )
+
+
 class ReplyStops:
     """Company-wide reply stops and out-of-office return dates for one deployment."""
 
@@ -77,23 +85,23 @@ class ReplyStops:
         )
         return cancelled
 
+    def by_domain(self) -> bool:
+        """Whether a reply stops its agent mailing the whole company (`[reply_stops] by`)."""
+        return self._rules.now.file.reply_stops.by == "domain"
+
     async def refusals(self, agent: str, domains: set[str]) -> dict[str, Reason]:
         """domain -> the reason it is refused, for those of `domains` a reply stopped `agent` mailing."""
-        if self._rules.now.file.reply_stops.by != "domain" or not domains:
+        if not self.by_domain() or not domains:
             return {}
         ordered = sorted(domains)
         async with translated():
             found: list[Any] = await self._redis.hmget(self._keys.company_replied(agent), ordered)
         now_ms = _now_ms()
-        refused = {}
-        for domain, until in zip(ordered, found, strict=True):
-            if until is not None and int(until) > now_ms:
-                ends = datetime.fromtimestamp(int(until) / 1000, UTC).isoformat(timespec="minutes")
-                refused[domain] = Reason(
-                    COMPANY_REPLIED,
-                    f"someone at {domain} replied to agent {agent}; no automated mail there until {ends}",
-                )
-        return refused
+        return {
+            domain: company_refusal(domain, agent, int(until))
+            for domain, until in zip(ordered, found, strict=True)
+            if until is not None and int(until) > now_ms
+        }
 
     async def away(self, record: MessageRecord, returning: date, source: str) -> int:
         """The recipient of `record` is away until `returning`: its agent's waiting follow-ups to them

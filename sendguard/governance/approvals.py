@@ -54,6 +54,16 @@ class Routing:
 
 
 @dataclass(frozen=True)
+class MassCount:
+    """A mass-send count to make: approval_route's arguments, and the label and reason of the
+    tier-2 request it opens if the count passes the threshold."""
+
+    args: list[Any]
+    label: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Opening:
     """What a new request is for: its tier and kind, a label and a reason for people, the agent."""
 
@@ -179,10 +189,22 @@ class Approvals:
             return Routing(approval_id, 1, why)
         return None
 
-    async def _mass(
-        self, agent: AgentEntry, content: Content, count: int, rules: Rules, requester: Principal, batch: str
-    ) -> Routing | None:
-        """The tier-2 request the submission waits for, counted in one script; None if it needs none."""
+    def counts_in_admission(self, agent: AgentEntry, content: Content, rules: Rules) -> bool:
+        """Whether a single message's mass-send count is made by its admission script (see
+        `mass_count`): a tier-0 agent from an inbox that is not shared, which no tier-1 request awaits."""
+        return agent.tier == 0 and not rules.file.approvals.is_shared(content.sender.address)
+
+    def mass_count(
+        self,
+        agent: AgentEntry,
+        content: Content,
+        count: int,
+        rules: Rules,
+        requester: Principal,
+        batch: str = "",
+    ) -> MassCount:
+        """approval_route's arguments for counting `count` accepted recipients, and what to say
+        if they open or join a tier-2 request."""
         settings = rules.file.approvals
         threshold, window = settings.mass_send_threshold, settings.mass_send_window
         approval_id = secrets.token_hex(8)
@@ -193,32 +215,49 @@ class Approvals:
         why = _mass_why(agent, count, rules, batch)
         fields = self._fields(approval_id, opening, requester, rules) | {"why": why}
         send_at = int(content.send_at.timestamp() * 1000) if content.send_at else 0
+        args = [
+            approval_id,
+            count,
+            send_at,
+            int(window * 1000),
+            threshold,
+            threshold,  # the headroom: one more threshold's worth, as a tier-0 agent has
+            "0" if batch else "1",
+            int(settings.ttl * 1000),
+            json.dumps(fields),
+            audit_entry(
+                "approval.requested",
+                requester.actor,
+                {"approval_id": approval_id, "tier": 2, "why": why},
+            ),
+        ]
+        return MassCount(args, opening.label, why)
+
+    def routed(self, count: MassCount, state: str, found: str, requester: Principal) -> Routing | None:
+        """The tier-2 request a mass-send count answered (None: under the threshold, covered by an
+        approved request's headroom, or not counted); a new one is announced to the approvers."""
+        if state not in ("joined", "new"):
+            return None
+        if state == "new":
+            self._announce(found, 2, count.label, count.why, requester)
+        return Routing(found, 2, count.why)
+
+    async def waited_for(self, approval_id: str) -> Routing | None:
+        """The request a message admitted earlier waits for, as its retry answers (None: gone)."""
+        request = await self.get(approval_id)
+        return Routing(request.id, request.tier, request.why) if request else None
+
+    async def _mass(
+        self, agent: AgentEntry, content: Content, count: int, rules: Rules, requester: Principal, batch: str
+    ) -> Routing | None:
+        """The tier-2 request the submission waits for, counted in one script; None if it needs none."""
+        counted = self.mass_count(agent, content, count, rules, requester, batch)
         k = self._keys
         async with translated():
             state, found = await self._route(
-                keys=[k.mass_sends(agent.name), k.mass_request(agent.name), k.approvals, k.approvals_pending],
-                args=[
-                    approval_id,
-                    count,
-                    send_at,
-                    int(window * 1000),
-                    threshold,
-                    threshold,  # the headroom: one more threshold's worth, as a tier-0 agent has
-                    "0" if batch else "1",
-                    int(settings.ttl * 1000),
-                    json.dumps(fields),
-                    audit_entry(
-                        "approval.requested",
-                        requester.actor,
-                        {"approval_id": approval_id, "tier": 2, "why": why},
-                    ),
-                ],
+                keys=[k.mass_sends(agent.name), k.mass_request(agent.name)], args=counted.args
             )
-        if state in ("free", "covered"):
-            return None
-        if state == "new":
-            self._announce(approval_id, 2, opening.label, why, requester)
-        return Routing(str(found), 2, why)
+        return self.routed(counted, str(state), str(found), requester)
 
     def _announce(self, approval_id: str, tier: int, label: str, why: str, requester: Principal) -> None:
         """Tell the approvers a request is waiting, with a link to its page in the console."""

@@ -20,7 +20,13 @@ def runtime_of(request: Request) -> Runtime:
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+async def _runtime(request: Request) -> Runtime:
+    """`runtime_of` as a dependency: async, so FastAPI calls it in the request instead of handing
+    it to a worker thread (a thread hop on every request, twice with a role check)."""
+    return runtime_of(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 async def authenticate(runtime: Runtime, token: str | None, *allowed: Role) -> Principal:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sendguard.feedback.counters import Signal
-from sendguard.feedback.reply_stops import ReplyStops
+from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import Approvals, Routing
+from sendguard.governance.approvals import Approvals, MassCount, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import rejection_counted
@@ -54,7 +54,6 @@ from sendguard.submission import (
     MAX_SUBJECT,
     Content,
     MessageIn,
-    message_id_header,
     new_message_id,
 )
 from sendguard.windows import opening_ms
@@ -126,7 +125,7 @@ class Admissions:
         audit: AuditLog,
         memory: MemoryBudget,
         retry_base: float,
-        wake: Callable[[], None],
+        wake: Callable[[float], None],
         metrics: Metrics,
         reply_stops: ReplyStops,
     ) -> None:
@@ -155,9 +154,18 @@ class Admissions:
             if isinstance(submission, BatchIn)
             else BatchClaim("")
         )
-        decided = await self._decide(agent, submission, claim.id, key, rules)
+        # A single message of a tier-0 agent is counted and checked for a company's reply stop by
+        # its admission script: the one round trip that writes it.
+        single = not isinstance(submission, BatchIn)
+        counted = (
+            self._approvals.mass_count(agent, submission, 1, rules, requester)
+            if single and self._approvals.counts_in_admission(agent, submission, rules)
+            else None
+        )
+        decided = await self._decide(agent, submission, claim.id, key, rules, in_script=counted is not None)
         candidates = [one.candidate for one in decided]
-        routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+        if counted is None:
+            routing = await self._routing(agent, submission, claim, candidates, rules, requester)
         if isinstance(submission, BatchIn) and any(
             candidate.record.status is not Status.REJECTED for candidate in candidates
         ):
@@ -168,7 +176,20 @@ class Admissions:
                 submission.html or "",
                 json.dumps(submission.headers),
             )
-        admissions = await self._admit(decided, routing)
+        if counted is None:
+            admissions = await self._admit(decided, routing)
+        else:
+            [admission] = await self._store.admit([_sealed(decided[0], "", counted)])
+            if admission.replied_until:  # nothing written: decided again with the company's refusal
+                stop = company_refusal(candidates[0].record.to_domain, agent.name, admission.replied_until)
+                decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
+                candidates = [one.candidate for one in decided]
+                [admission] = await self._store.admit([_sealed(decided[0], "")])
+            if admission.existing:  # a retry: answered with its first decision, counted once
+                routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
+            else:
+                routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
+            admissions = [self._settled(admission, candidates[0])]
         await self._count_refusal(agent, admissions)
         outcomes = [
             Outcome(index, candidate.record.to, admission)
@@ -256,10 +277,22 @@ class Admissions:
         )
 
     async def _decide(
-        self, agent: AgentEntry, submission: Submission, batch_id: str, key: Idempotency, rules: Rules
+        self,
+        agent: AgentEntry,
+        submission: Submission,
+        batch_id: str,
+        key: Idempotency,
+        rules: Rules,
+        *,
+        in_script: bool = False,
+        stopped: Reason | None = None,
     ) -> list[Decided]:
         """Each recipient's message filled and checked, before suppression, cooldown, approval and
-        safe mode; a batch's recipients keep only their values (its template is stored once)."""
+        safe mode; a batch's recipients keep only their values (its template is stored once).
+
+        A company's reply stop is looked up here, unless the admission script checks it
+        (`in_script`) or it was found there already (`stopped`, for the single recipient).
+        """
         entries = recipients(submission)
         await self._ingress.warm([entry.to for entry in entries], rules)
         decided: list[Decided] = []
@@ -271,7 +304,13 @@ class Admissions:
             checked.append(await self._ingress.check(entry.to, rules))
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
-        stopped = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
+        if stopped is not None:
+            found = {checked[0].domain: stopped}
+        elif in_script:
+            found = {}
+        else:
+            found = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
+        check_replied = in_script and self._reply_stops.by_domain()
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
                 message, reasons, hashed = renderer.unfilled(entry), [too_large], None
@@ -279,16 +318,18 @@ class Admissions:
                 message = renderer.message(entry)
                 reasons = _boundaries(agent, message, rules)
                 hashed = content_hash(message.subject, message.text or "", message.html or "")
-            if company := stopped.get(recipient.domain):
+            if company := found.get(recipient.domain):
                 reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
             if seen != index:
                 duplicate = f"{recipient.address} is already recipient {seen} of this batch"
                 reasons.append(Reason("duplicate_recipient", duplicate))
             # A batch's recipients answer a retry of the batch by their place in it.
-            each = dataclasses.replace(key, key=f"batch:{batch_id}:{index}") if batch_id else key
+            each = Idempotency(f"batch:{batch_id}:{index}", key.ms, key.keeps_rejected) if batch_id else key
             values = entry.vars if batch_id else None
             candidate = self._candidate(agent, message, recipient, reasons, rules, batch_id, values, each)
+            if check_replied:
+                candidate = dataclasses.replace(candidate, check_replied=True)
             decided.append(Decided(candidate, hashed))
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
@@ -325,7 +366,8 @@ class Admissions:
                 _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
                 for one in decided[start : start + CHUNK]
             ]
-            admissions += [self._settled(admission) for admission in await self._store.admit(sealed)]
+            admitted = zip(await self._store.admit(sealed), sealed, strict=True)
+            admissions += [self._settled(admission, candidate) for admission, candidate in admitted]
         return admissions
 
     async def _count_refusal(self, agent: AgentEntry, admissions: list[Admission]) -> None:
@@ -389,7 +431,7 @@ class Admissions:
             subject="" if values is not None else message.subject,
             text="" if values is not None else message.text or "",
             html="" if values is not None else message.html or "",
-            headers="" if values is not None else json.dumps(message.headers),
+            headers="" if values is not None or not message.headers else json.dumps(message.headers),
             template=batch if values is not None else "",
             values=json.dumps(values) if values is not None else "",
             segment=message.segment,
@@ -402,7 +444,6 @@ class Admissions:
             enrichment_source=enrichment.source if enrichment else None,
             enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
             rules_version=rules.version,
-            message_id_header=message_id_header(message_id, message.sender.address),
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
         )
@@ -422,13 +463,13 @@ class Admissions:
             delay_ms=delay_ms,
         )
 
-    def _settled(self, admission: Admission) -> Admission:
+    def _settled(self, admission: Admission, candidate: Candidate) -> Admission:
         """Count a new decision, wake the deliverer for it, and say why a held message waits."""
         if not admission.existing:
             first = admission.reasons[0].code if admission.reasons else "none"
             self._metrics.submissions.labels(admission.status.value, first).inc()
             if admission.status in (Status.QUEUED, Status.DEFERRED):
-                self._wake()
+                self._wake(_due_in(candidate))
         if admission.held_by:
             held = Reason(
                 "safe_mode",
@@ -438,10 +479,25 @@ class Admissions:
         return admission
 
 
-def _sealed(decided: Decided, approval: str) -> Candidate:
-    """The candidate with the request it waits for and its audit entry, ready to admit."""
+def _due_in(candidate: Candidate) -> float:
+    """Seconds from now until an admitted candidate is due (its delay, never before its send_at)."""
+    send_at = candidate.record.send_at
+    asked = send_at.timestamp() - time.time() if send_at else 0.0
+    return max(candidate.delay_ms / 1000, asked)
+
+
+def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -> Candidate:
+    """The candidate with the request it waits for (or the mass-send count its script makes, which
+    may name one) and its audit entry, ready to admit."""
     candidate = decided.candidate
     record = candidate.record
+    # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
+    labels = {
+        "run_id": record.run_id,
+        "batch": record.batch,
+        "segment": record.segment,
+        "campaign": record.campaign,
+    }
     trail = audit_entry(
         "submission.decided",
         f"agent:{record.agent}",
@@ -449,28 +505,27 @@ def _sealed(decided: Decided, approval: str) -> Candidate:
             "message_id": record.id,
             "agent": record.agent,
             "agent_version": record.agent_version,
-            "run_id": record.run_id,
-            "batch": record.batch,
+            **{name: value for name, value in labels.items() if value is not None},
             "from": record.from_addr,
             "to": record.to,
-            "segment": record.segment,
-            "campaign": record.campaign,
-            "approval_id": approval or None,
             "rules_version": record.rules_version,
             "content_hash": decided.content_hash,
-            "outcome": "@",  # the admission script writes status, reasons and held_by here
+            "outcome": "@",  # the admission script writes status, reasons, held_by and approval_id here
         },
     )
     return dataclasses.replace(
-        candidate, record=dataclasses.replace(record, approval=approval), audit_entry=trail
+        candidate,
+        record=dataclasses.replace(record, approval=approval) if approval != record.approval else record,
+        audit_entry=trail,
+        mass_count=counted.args if counted is not None and record.status is not Status.REJECTED else (),
     )
 
 
 _DNS_TEMPORARY = Reason("dns_temporary", "DNS failed temporarily; will check again")
 
-# Redis bytes a queued recipient takes besides the content it shares: its record, history,
-# indexes, idempotency key and audit entry (4,647 in bench/scenarios/footprint.py), rounded up.
-RECIPIENT_BYTES = 5_000
+# Redis bytes a queued recipient takes besides the content it shares: its record, indexes,
+# idempotency key and audit entry (3,816 in bench/scenarios/footprint.py), rounded up.
+RECIPIENT_BYTES = 4_000
 
 
 def _footprint(submission: Submission) -> int:

@@ -209,8 +209,9 @@ def idempotency(submission: Submission, rules: Rules) -> Idempotency:
     if submission.idempotency_key is not None:
         return Idempotency(submission.idempotency_key, IDEMPOTENCY_TTL_MS, keeps_rejected=True)
     cooldown_ms = int(rules.file.ingress.recipient_cooldown * 1000)
+    # 128 bits of the fingerprint name the key: as unique among one agent's requests, half the bytes.
     return Idempotency(
-        f"content:{_fingerprint(submission)}", max(cooldown_ms, DERIVED_MIN_MS), keeps_rejected=False
+        f"content:{_fingerprint(submission)[:32]}", max(cooldown_ms, DERIVED_MIN_MS), keeps_rejected=False
     )
 
 

@@ -13,7 +13,9 @@ from string import Formatter
 # name -> layout after `prefix:`. The comment gives the Redis type and what the key holds.
 SCHEMA: dict[str, str] = {
     "msg": "msg:{id}",  # hash: the message record
-    "hist": "hist:{id}",  # list: transitions, JSON objects {at, status, cause, detail}
+    # list: transitions, JSON objects {at, status, cause, detail}; none yet for a message queued with
+    # nothing to say, whose first entry is implied (Store.get)
+    "hist": "hist:{id}",
     "due": "due",  # zset: messages waiting to be worked on, score = due time (ms)
     "inflight": "inflight",  # zset: messages claimed by a daemon, score = claim time (ms)
     "count": "count",  # hash: number of waiting messages per status, kept by the scripts

@@ -13,6 +13,7 @@ added to the last reading, so a burst of submissions cannot all pass on one stal
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,9 @@ class MemoryBudget:
         self._read: Memory | None = None
         self._read_at = 0.0
         self._let_in = 0  # bytes reserved since the last reading
+        # One INFO at a time: the requests that find the reading stale together wait for one read,
+        # instead of each sending its own (and each zeroing what the others let in meanwhile).
+        self._reading = asyncio.Lock()
 
     async def read(self) -> Memory:
         """Redis's memory now."""
@@ -53,10 +57,13 @@ class MemoryBudget:
 
     async def reserve(self, needed: int) -> None:
         """Count `needed` bytes against the budget, or raise StoreFull when they would pass the line."""
-        now = time.monotonic()
-        if self._read is None or now - self._read_at >= CACHE_SECONDS:
-            self._read, self._read_at, self._let_in = await self.read(), now, 0
+        if self._stale():
+            async with self._reading:
+                if self._stale():  # not read by the request this one waited for
+                    now = time.monotonic()
+                    self._read, self._read_at, self._let_in = await self.read(), now, 0
         memory = self._read
+        assert memory is not None  # just read, if it was not
         if not memory.limit:  # no maxmemory: nothing to measure against (warned at start)
             return
         line = int(memory.limit * ADMISSION_SHARE)
@@ -68,6 +75,9 @@ class MemoryBudget:
                 "give Redis more memory"
             )
         self._let_in += needed
+
+    def _stale(self) -> bool:
+        return self._read is None or time.monotonic() - self._read_at >= CACHE_SECONDS
 
     async def warnings(self) -> list[str]:
         """What an operator should fix in how Redis keeps its memory, for the daemon's start."""

@@ -10,7 +10,7 @@ the loader puts exactly the shared definitions the script uses, each from its on
   activity buckets' length and lifetime, from keys.py;
 - the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
   signal windows, suppression, a recipient's refusals, the waiting index, cancellation, settling
-  by an approval, an agent's activity count).
+  by an approval, an agent's activity count, an agent's mass-send count).
 
 Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
 the layout of Redis. tests/test_scripts.py holds each script to these rules.
@@ -46,6 +46,7 @@ SHARED = (
     "cancellation",
     "approval",
     "activity",
+    "mass_send",
 )
 
 _DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)

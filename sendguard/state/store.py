@@ -35,6 +35,7 @@ _SCAN_STEP = 500
 # How many of its newest messages an agent can list (GET /v1/messages): enough for a run to find
 # its own, few enough that the index stays small (about 60 bytes a member).
 AGENT_INDEX_SIZE = 1000
+_SUBMITTED = "submitted"  # the cause of a message's first history entry, its admission
 
 
 class Moved(IntEnum):
@@ -72,6 +73,11 @@ class Candidate:
     # audit.entry(...) with the field "outcome": "@", which lua/admit.lua replaces with the
     # outcome it decides; empty for no entry
     audit_entry: str = ""
+    # Checked by the admission script instead of before it (a single message of a tier-0 agent,
+    # which costs no round trip of its own that way): the company's reply stop, and the agent's
+    # mass-send count, with approval_route's arguments (see Approvals.mass_count).
+    check_replied: bool = False
+    mass_count: Sequence[Any] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,9 @@ class Admission:
     reasons: tuple[Reason, ...]
     existing: bool
     held_by: str = ""
+    route: str = ""  # the mass-send count's answer when the script made it ("free", "joined", ...)
+    approval: str = ""  # the approval request it waits for (or waited for), when the script knows it
+    replied_until: int = 0  # a reply stop covers its company until then (ms): nothing was written
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,12 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _fields_json(fields: Mapping[str, str]) -> str:
+    """Hash fields as one JSON object: one argument for a script, where two a field cost redis-py
+    an encoding each."""
+    return json.dumps(fields, ensure_ascii=False)
+
+
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -160,49 +175,41 @@ class Store:
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
         """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
-        k = self.keys
-        calls = [
-            (
-                [
-                    k.msg(c.record.id),
-                    k.hist(c.record.id),
-                    k.due,
-                    k.count,
-                    k.idempotency(c.record.agent, c.idempotency.key),
-                    k.cooldown(c.record.to),
-                    k.waiting(c.record.to_canonical),
-                    k.agent_messages(c.record.agent),
-                ],
-                self._admit_args(c),
-            )
-            for c in candidates
-        ]
+        calls: list[tuple[list[str], list[Any]]] = [([], self._admit_args(c)) for c in candidates]
         async with translated():
             results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
-            found = dict(zip(existing, await self.records(existing, ("reasons",)), strict=True))
+            found = dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
         admissions = []
         for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
                 stored = found[str(result[1])]
                 assert stored is not None  # the script saw it exist
-                admissions.append(Admission(stored.id, stored.status, stored.reasons, existing=True))
+                admissions.append(
+                    Admission(stored.id, stored.status, stored.reasons, True, approval=stored.approval)
+                )
+            elif result[0] == "replied":
+                record, stopped = candidate.record, int(result[1])
+                admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))
             else:
-                status, reasons, held_by = Status(result[1]), tuple(decode_reasons(result[2])), str(result[3])
-                admissions.append(Admission(candidate.record.id, status, reasons, False, held_by))
+                status, reasons = Status(result[1]), tuple(decode_reasons(result[2]))
+                held_by, route, approval = (str(value) for value in result[3:6])
+                admissions.append(
+                    Admission(candidate.record.id, status, reasons, False, held_by, route, approval)
+                )
         return admissions
 
     def _admit_args(self, candidate: Candidate) -> list[Any]:
         record = candidate.record
-        args: list[Any] = [
+        # A rejected message keeps no content: the script leaves it out if it rejects one too.
+        content = record.content_fields() if record.status is not Status.REJECTED else {}
+        return [
             record.id,
             record.status.value,
             encode(record.reasons),
             candidate.delay_ms,
             candidate.cooldown_ms,
-            record.to,
-            record.to_canonical,
-            record.to_domain,
+            candidate.idempotency.key,
             candidate.idempotency.ms,
             "1" if candidate.idempotency.keeps_rejected else "0",
             RETENTION_MS,
@@ -210,16 +217,12 @@ class Store:
             record.approval,
             candidate.audit_entry,
             int(record.send_at.timestamp() * 1000) if record.send_at else 0,
-            record.template,
+            AGENT_INDEX_SIZE,
+            _fields_json(record.to_fields()),
+            _fields_json(content),
+            "1" if candidate.check_replied else "0",
+            *candidate.mass_count,
         ]
-        fields = record.to_fields()
-        args.append(2 * len(fields) + 1)  # where the content starts among the fields
-        args.append(AGENT_INDEX_SIZE)
-        if record.status is not Status.REJECTED:  # a rejected message keeps no content
-            fields |= record.content_fields()
-        for name, value in fields.items():
-            args += [name, value]
-        return args
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
         """What admission would add to each recipient's reasons from shared state (suppression, and
@@ -579,7 +582,12 @@ class Store:
         if not record:
             return None
         [filled] = await self._filled([record])
-        return filled, [json.loads(entry) for entry in history]
+        entries = [json.loads(entry) for entry in history]
+        if not entries or entries[0]["cause"] != _SUBMITTED:
+            # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).
+            implied = {"at": filled.created, "status": Status.QUEUED.value, "cause": _SUBMITTED, "detail": ""}
+            entries.insert(0, implied)
+        return filled, entries
 
     async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
         """Records from their hashes, each filled from its batch's template (one round trip for

@@ -1,32 +1,56 @@
 -- Admit one decided submission: suppression, the recipient's cooldown, approval and safe mode
--- are settled here, atomically with the write. Returns {'existing', id} for a known
--- idempotency key, else {'new', status, reasons (JSON), held_by}.
-local msg_key, hist_key, due_key, count_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local idempotency_key, cooldown_key, waiting_key = KEYS[5], KEYS[6], KEYS[7]
-local agent_index_key = KEYS[8]     -- the agent's newest messages, for listing them
+-- are settled here, atomically with the write; for a single message of a tier-0 agent, also the
+-- company's reply stop and the agent's mass-send count. Returns {'existing', id} for a known
+-- idempotency key; {'replied', until (ms)} when a reply stop covers the recipient's company
+-- (nothing written: the caller decides it again with that reason); else {'new', status, reasons
+-- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
+-- Every key is derived from the decision below (key_*), none passed in, which halves what each of a
+-- batch's thousands of calls sends.
 local id = ARGV[1]
 local decided_status = ARGV[2]      -- what the checks in Python decided
 local decided_reasons = ARGV[3]     -- JSON list of {code, detail}
 local delay_ms = tonumber(ARGV[4])  -- how long after now it may go (a deferred check's wait)
 local cooldown_ms = ARGV[5]
-local address, mailbox, domain = ARGV[6], ARGV[7], ARGV[8]  -- the recipient, its canonical form, its domain
-local idempotency_ttl_ms = ARGV[9]
-local keep_rejected = ARGV[10] == '1'  -- the key answers a rejection too, not only an accepted message
-local retention_ms = ARGV[11]
-local scopes = ARGV[12]             -- JSON list, most specific first
-local approval = ARGV[13]           -- the request it waits for; '' for none
-local audit_entry = ARGV[14]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
-local send_at = tonumber(ARGV[15])  -- ms: not before the time the agent asked for; 0 for none
-local template = ARGV[16]           -- the batch whose stored template holds the content; '' for none
-local content_at = tonumber(ARGV[17])  -- fields from this one on are content: not kept if rejected
-local agent_index_size = tonumber(ARGV[18])  -- how many of its newest messages an agent can list
-local fields = {unpack(ARGV, 19)}   -- name, value, ... of the record
+local idempotency = ARGV[6]         -- the submission's idempotency key (the agent's, or derived)
+local idempotency_ttl_ms = ARGV[7]
+local keep_rejected = ARGV[8] == '1'  -- the key answers a rejection too, not only an accepted message
+local retention_ms = ARGV[9]
+local scopes = ARGV[10]             -- JSON list, most specific first
+local approval = ARGV[11]           -- the request it waits for; '' for none
+local audit_entry = ARGV[12]        -- a pending audit entry with "outcome": "@" (see audit()); '' for none
+local send_at = tonumber(ARGV[13])  -- ms: not before the time the agent asked for; 0 for none
+local agent_index_size = tonumber(ARGV[14])  -- how many of its newest messages an agent can list
+-- The record's fields as one JSON object each (one argument, not two a field), those at their
+-- default left out: what the agent submitted, and its content, which a rejected message does not keep.
+local submitted, content = cjson.decode(ARGV[15]), cjson.decode(ARGV[16])
+local check_replied = ARGV[17] == '1'  -- the company's reply stop is checked here
+local mass = {unpack(ARGV, 18)}     -- approval_route's arguments when the mass-send count is made here
+local agent = submitted.agent
+-- The recipient as written, its mailbox (canonical form) and its domain.
+local address, mailbox, domain = submitted.to or '', submitted.to_canonical or '', submitted.to_domain or ''
+local template = content.template or ''  -- the batch whose stored template holds the content
+local msg_key, hist_key, due_key, count_key = key_msg(id), key_hist(id), key_due(), key_count()
+local idempotency_key = key_idempotency(agent, idempotency)
+local cooldown_key, waiting_key = key_cooldown(address), key_waiting(mailbox)
+local agent_index_key = key_agent_messages(agent)  -- the agent's newest messages, for listing them
+local replied_key = key_company_replied(agent)     -- its company reply stops: domain -> until (ms)
+local sends_key, request_key = key_mass_sends(agent), key_mass_request(agent)  -- its mass-send count, tier-2 request
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
 local existing = redis.call('GET', idempotency_key)
 if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
   return {'existing', existing}
+end
+if check_replied then
+  local stopped = redis.call('HGET', replied_key, domain)
+  if stopped and tonumber(stopped) > now then return {'replied', stopped} end
+end
+local route = ''
+if #mass > 0 and decided_status ~= 'rejected' then
+  local found
+  route, found = mass_route(sends_key, request_key, mass, now)
+  if route == 'joined' or route == 'new' then approval = found end
 end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
@@ -43,13 +67,24 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local kept = #fields
-if status == 'rejected' then kept = content_at - 1 end
-redis.call('HSET', msg_key, 'id', id, 'status', status, 'reasons', encoded,
-  'created', now, 'not_before', due, 'attempts', '0', 'scopes', scopes, unpack(fields, 1, kept))
-local detail = ''
-if #reasons > 0 then detail = reasons[1].code end
-history(hist_key, now, status, 'submitted', detail)
+local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
+-- Only what says more than the defaults: no reasons, and never sent before it was created.
+if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
+if due > now then table.insert(record, 'not_before') table.insert(record, due) end
+local function add(fields)
+  for name, value in pairs(fields) do
+    record[#record + 1] = name
+    record[#record + 1] = value
+  end
+end
+add(submitted)
+if status ~= 'rejected' then add(content) end
+redis.call('HSET', msg_key, unpack(record))
+-- A message queued with nothing to say has no history list until it moves on: its first entry,
+-- `submitted` `queued` at `created`, is implied (Store.get), which saves a list a waiting message.
+if status ~= 'queued' or #reasons > 0 then
+  history(hist_key, now, status, 'submitted', #reasons > 0 and reasons[1].code or '')
+end
 -- Bounded by count and by age, so an agent's index costs the same however long it has sent.
 redis.call('ZADD', agent_index_key, now, id)
 redis.call('ZREMRANGEBYRANK', agent_index_key, 0, -agent_index_size - 1)
@@ -90,7 +125,6 @@ else
 end
 if status ~= 'rejected' or keep_rejected then redis.call('SET', idempotency_key, id, 'PX', idempotency_ttl_ms) end
 if status == 'rejected' then
-  local agent = redis.call('HGET', msg_key, 'agent')
   count_activity(agent, 'rejected', now)
   for _, r in ipairs(reasons) do count_activity(agent, 'rejected:' .. r.code, now) end
 end
@@ -100,7 +134,8 @@ if audit_entry ~= '' then
   for i, r in ipairs(reasons) do codes[i] = r.code end
   local outcome = '"status":' .. cjson.encode(status) .. ',"reasons":' ..
     (#codes > 0 and cjson.encode(codes) or '[]') .. ',"held_by":' ..
-    (held_by ~= '' and cjson.encode(held_by) or 'null')
+    (held_by ~= '' and cjson.encode(held_by) or 'null') .. ',"approval_id":' ..
+    (approval ~= '' and cjson.encode(approval) or 'null')
   audit(audit_entry, outcome)
 end
-return {'new', status, encoded, held_by}
+return {'new', status, encoded, held_by, route, approval}

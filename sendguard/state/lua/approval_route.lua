@@ -1,70 +1,7 @@
--- Count a submission's accepted recipients towards its agent's mass sends, and say what they wait
--- for, in one step so that two submissions at once cannot both slip under the threshold.
--- Counted by agent alone (never by a label the agent picks) at the time they are due, so a
--- `send_at` cannot gather several windows' worth into one. Under the threshold: nothing. At or
--- over it: an approved request's headroom if it has room, else a pending run request with room
--- (single messages only: a batch is shown on its own), else a new tier-2 request opened here with
--- its audit entry. Returns {'free' | 'covered' | 'joined' | 'new', the request's id}.
-local sends_key, request_key, approvals_key, pending_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local new_id = ARGV[1]
-local count = tonumber(ARGV[2])     -- accepted recipients of this submission
-local send_at = tonumber(ARGV[3])   -- ms: not before the agent asked; 0 for none
-local window_ms = tonumber(ARGV[4])
-local threshold = tonumber(ARGV[5])
-local headroom = tonumber(ARGV[6])  -- what approving a new request lets through after it
-local joins = ARGV[7] == '1'        -- 1: a single message, which may join a pending run request
-local ttl_ms = tonumber(ARGV[8])    -- a new request's time to be decided
-local fields = cjson.decode(ARGV[9])  -- a new request's record, but its times and counts
-local audit_entry = ARGV[10]        -- a new request's approval.requested entry
-local now = clock_ms()
-local due = math.max(now, send_at)
-
--- Counted in slots of a sixtieth of the window (member `slot:messages`, score = slot), so a call
--- reads at most 121 of them whatever the traffic. Every slot touching the window either side of
--- this submission's due time counts: the window looked at is up to two slots longer, never shorter.
-local slot_ms = math.max(1, math.ceil(window_ms / 60))
-local slot = math.floor(due / slot_ms)
--- A slot before the first one a window from now can touch counts for nothing still to come.
-redis.call('ZREMRANGEBYSCORE', sends_key, '-inf', math.floor((now - window_ms) / slot_ms) - 1)
-local counted, mine = count, 0
-local near = redis.call('ZRANGEBYSCORE', sends_key, math.floor((due - window_ms) / slot_ms),
-  math.floor((due + window_ms) / slot_ms))
-for _, member in ipairs(near) do
-  local at, messages = member:match('^(%d+):(%d+)$')
-  counted = counted + tonumber(messages)
-  if tonumber(at) == slot then
-    redis.call('ZREM', sends_key, member)
-    mine = tonumber(messages)
-  end
-end
-redis.call('ZADD', sends_key, slot, slot .. ':' .. (mine + count))
-redis.call('PEXPIRE', sends_key, math.max(redis.call('PTTL', sends_key), due + window_ms + slot_ms - now))
-if counted < threshold then return {'free', ''} end
-
-local cur = redis.call('GET', request_key)
-if cur then
-  local key = key_approval(cur)
-  local r = redis.call('HMGET', key, 'status', 'kind', 'headroom', 'headroom_until')
-  if tonumber(r[3] or '0') >= count then
-    if r[1] == 'approved' and now < tonumber(r[4] or '0') then
-      redis.call('HINCRBY', key, 'headroom', -count)
-      return {'covered', cur}
-    end
-    if r[1] == 'pending' and r[2] == 'run' and joins then
-      -- What joins a pending request comes out of the headroom its approvers are shown, so the
-      -- request never lets through more than it showed at any moment.
-      redis.call('HINCRBY', key, 'headroom', -count)
-      redis.call('HINCRBY', key, 'messages', count)
-      return {'joined', cur}
-    end
-  end
-end
-local key = key_approval(new_id)
-for name, value in pairs(fields) do redis.call('HSET', key, name, value) end
-redis.call('HSET', key, 'created', now, 'expires', now + ttl_ms, 'messages', count, 'headroom', headroom,
-  'headroom_for', window_ms)
-redis.call('ZADD', approvals_key, now, new_id)
-redis.call('ZADD', pending_key, now + ttl_ms, new_id)
-redis.call('SET', request_key, new_id, 'PX', ttl_ms + window_ms)
-redis.call('RPUSH', key_audit_pending(), audit_entry)
-return {'new', new_id}
+-- Count a submission's accepted recipients towards its agent's mass sends and say what they wait
+-- for (see mass_route). A single message of a tier-0 agent is counted by its admission script
+-- instead, in the same step as its write. Returns {'free' | 'covered' | 'joined' | 'new', the
+-- request's id}.
+local sends_key, request_key = KEYS[1], KEYS[2]
+local state, id = mass_route(sends_key, request_key, ARGV, clock_ms())
+return {state, id}

@@ -15,7 +15,7 @@ for _, id in ipairs(ids) do
   local match = CANCELLABLE[status]
   if match then
     for field, value in pairs(filters) do
-      if redis.call('HGET', key, field) ~= value then match = false break end
+      if (redis.call('HGET', key, field) or '') ~= value then match = false break end
     end
   end
   if match and only_suppressed then
