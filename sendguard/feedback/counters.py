@@ -115,6 +115,7 @@ class Signals:
         self._keys = keys
         self._record = scripts.register(client, keys, "signals_record")
         self._totals = scripts.register(client, keys, "signals_totals")
+        self._judged_by: tuple[SafeModeRules, str] | None = None
 
     async def record(
         self,
@@ -173,7 +174,7 @@ class Signals:
         """The recording `record` makes, as keys and arguments for lua/shared/signals.lua, for a
         script that records signals in a step of its own (the finish of a send)."""
         k = self._keys
-        thresholds = rules.model_dump(exclude={"window", "scopes"})
+        causes = sorted({cause for s in signals for cause in CAUSES.get(s, ())})
         return ScriptArgs(
             [
                 k.trips,
@@ -188,16 +189,23 @@ class Signals:
                 json.dumps([s.value for s in signals]),
                 f"counted_{once}" if once else "",
                 message_id if last_sent_to else "",
-                json.dumps(thresholds),
+                self._thresholds(rules),
                 AUTOMATIC,
                 RETENTION_MS,
-                json.dumps(sorted({cause for s in signals for cause in CAUSES.get(s, ())})),
-                audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}),
+                json.dumps(causes),
+                # written with a trip; a signal that judges no cause trips nothing
+                audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}) if causes else "",
                 agent,
                 json.dumps(list(activity)),
                 *scopes,
             ],
         )
+
+    def _thresholds(self, rules: SafeModeRules) -> str:
+        """The thresholds the script judges by, as JSON, made once per rules version."""
+        if self._judged_by is None or self._judged_by[0] is not rules:
+            self._judged_by = (rules, json.dumps(rules.model_dump(exclude={"window", "scopes"})))
+        return self._judged_by[1]
 
     async def totals(self, rules: SafeModeRules) -> list[Totals]:
         """Window totals of every scope that saw a signal within the window."""
