@@ -189,8 +189,11 @@ class GroupCommit:
 
     A round trip is a write and a read on the socket whatever it carries: deliveries that reach
     their next step together share one instead of paying one each. A call waits for nothing but
-    the end of the loop's current turn.
+    the end of the loop's current turn, and every CHUNK calls go at once, so Redis runs the first
+    ones while the callers make the rest and read the answers.
     """
+
+    CHUNK = 16
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
@@ -204,10 +207,14 @@ class GroupCommit:
         self._pending.append((script, keys, args, answer))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
+        elif len(self._pending) >= self.CHUNK:
+            self._flush()
         return await answer
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if not batch:  # sent as a full chunk already
+            return
         task = asyncio.create_task(self._send(batch))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)

@@ -10,12 +10,16 @@
 
 -- Blocked by a send still in flight: look again this soon, not after its whole lease.
 local IN_FLIGHT_RECHECK_MS = 200
+-- Entries that left a window are trimmed on about one reservation in TRIM_EVERY (those made at a
+-- millisecond of Redis' clock divisible by it) and whenever a window blocks: the count reads only
+-- the live range, so what is left over costs memory a while, never exactness.
+local TRIM_EVERY = 16
 
 -- How long until a window of `per` ms holds fewer than `limit` sends at `now`, 0 if it does now.
--- Counting the live range alone is exact; entries older than it are trimmed as sends are added.
 local function window_wait(key, limit, per, now)
   local count = redis.call('ZCOUNT', key, now - per, '+inf')
   if count < limit then return 0 end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - per))
   local oldest = redis.call('ZRANGE', key, now - per, '+inf', 'BYSCORE', 'LIMIT', count - limit, 1, 'WITHSCORES')
   local w = tonumber(oldest[2]) + per + 1 - now
   -- Its score drops to its answer time within moments.
@@ -23,10 +27,10 @@ local function window_wait(key, limit, per, now)
   return w
 end
 
--- A send added to a window at its latest possible arrival; what left the window is trimmed.
+-- A send added to a window at its latest possible arrival.
 local function window_add(key, member, score, per, lease, now)
   redis.call('ZADD', key, score, member)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - per))
+  if now % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - per)) end
   redis.call('PEXPIRE', key, per + lease)
 end
 

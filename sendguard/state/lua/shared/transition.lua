@@ -23,12 +23,15 @@ end
 local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
                     fields, recipient, now)
   local msg_key = key_msg(id)
-  if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
-  if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
   local new = to
   if new == '' then new = cur[1] end
   if new ~= cur[1] then
-    redis.call('HSET', msg_key, 'status', new)
+    fields[#fields + 1] = 'status'
+    fields[#fields + 1] = new
+  end
+  if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
+  if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
+  if new ~= cur[1] then
     if WAITING[cur[1]] then redis.call('HINCRBY', key_count(), cur[1], -1) end
     if WAITING[new] then redis.call('HINCRBY', key_count(), new, 1) end
   end
