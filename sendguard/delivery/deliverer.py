@@ -1,7 +1,8 @@
 """The delivery loop: claim what is due, re-check DNS if needed, start the send, send, record.
 
 One claim loop per daemon hands messages to at most `workers` concurrent deliveries, claiming as
-many at once as it has free. A message a throttle holds back goes back to the due queue at the
+many at once as it has free; a delivery frees its place once the relay has answered, while the
+answer is recorded. A message a throttle holds back goes back to the due queue at the
 moment its buckets allow, so it never blocks messages whose buckets are free, and nothing polls
 for it in the meantime.
 
@@ -109,6 +110,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: dict[asyncio.Task[None], Claim] = {}
+        self._holding: set[asyncio.Task[None]] = set()  # deliveries that hold a slot still
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
 
     def wake(self) -> None:
@@ -150,7 +152,14 @@ class Deliverer:
             for claim in claimed:
                 task = asyncio.create_task(self._deliver(claim, probe))
                 self._tasks[task] = claim
+                self._holding.add(task)
                 task.add_done_callback(self._done)
+
+    def _let_go(self, task: asyncio.Task[None]) -> None:
+        """The delivery `task` no longer needs the relay: its slot goes to the next claim."""
+        if task in self._holding:
+            self._holding.discard(task)
+            self._slots.release()
 
     def _release(self, slots: int) -> None:
         for _ in range(slots):
@@ -183,7 +192,7 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._slots.release()
+        self._let_go(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
@@ -337,6 +346,11 @@ class Deliverer:
                 {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
             )
         self._metrics.delivery_seconds.observe(time.perf_counter() - started)
+        # The relay is done with it: the next message may start while this answer is recorded.
+        # It stays among the tasks, so shutdown waits for the record and recovery spares its claim.
+        task = asyncio.current_task()
+        if task is not None:
+            self._let_go(task)
         status = outcome.status
         delay = self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
