@@ -37,6 +37,8 @@ from sendguard.state.redis_connection import translated
 from sendguard.state.scripts import ScriptArgs
 from sendguard.state.store import Settlement
 
+CACHED = 10_000  # sets of scope values whose buckets are kept for the rules in force
+
 
 @dataclass(frozen=True)
 class Buckets:
@@ -103,6 +105,8 @@ class Throttles:
         self._redis = client
         self._keys = keys
         self._lease_ms = lease_ms
+        self._cache: dict[tuple[object, ...], Buckets] = {}
+        self._cached_for: tuple[Sequence[ThrottleRule], Sequence[RampRule]] = ((), ())
 
     def buckets(
         self,
@@ -112,7 +116,32 @@ class Throttles:
         ramps: Sequence[RampRule] = (),
     ) -> Buckets:
         """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads;
-        `ramps`: the warm-up ramps, each a window whose limit the reservation works out."""
+        `ramps`: the warm-up ramps, each a window whose limit the reservation works out.
+
+        Worked out once per rules version and set of scope values (up to CACHED of them), unless a
+        rule has a jitter, which takes a fresh sample for every send.
+        """
+        held = tuple(held)
+        if self._cached_for[0] is not rules or self._cached_for[1] is not ramps:
+            self._cached_for = (rules, ramps)
+            self._cache.clear()
+        key = (*values.items(), *held)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._buckets(rules, values, held, ramps)
+            if not any(rule.jitter for rule in rules):
+                if len(self._cache) >= CACHED:
+                    self._cache.clear()
+                self._cache[key] = found
+        return found
+
+    def _buckets(
+        self,
+        rules: Sequence[ThrottleRule],
+        values: dict[ScopeKind, str | None],
+        held: Iterable[ScopeKind],
+        ramps: Sequence[RampRule],
+    ) -> Buckets:
         windows: dict[tuple[str, int], int] = {}
         window_scopes: dict[str, ScopeKind] = {}
         gaps: dict[str, int] = {}
