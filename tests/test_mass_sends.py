@@ -195,3 +195,19 @@ def test_the_probed_dodges_get_threshold_minus_one_of_two_hundred_out(
         arrived[dodge] = sum(1 for r in smtp.snapshot() if r.rcpt_tos[0].startswith(f"dodge{n}-"))
     print(f"messages at the relay without approval, of 200, threshold 25: {arrived}")
     assert arrived == dict.fromkeys(DODGES, 24)
+
+
+def test_a_message_refused_for_its_recipient_spends_no_mass_send_headroom(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """Sends refused by the recipient's cooldown or a suppression are not mass sends: a hijacked
+    agent's repeats neither use up its tier-0 headroom nor open a request for approvers."""
+    daemon = make_daemon(RULES.replace('recipient_cooldown = "0s"', 'recipient_cooldown = "1h"'))
+    rogue, admin = client_for(daemon, "agent", "rogue-0"), client_for(daemon, "admin", "dana")
+    assert rogue.send("same@customer.example")["status"] == "queued"
+    for n in range(2 * THRESHOLD):  # each different, so no idempotency key answers with the first
+        refused = rogue.send("same@customer.example", subject=f"Following up, take {n}")
+        assert [reason["code"] for reason in refused["reasons"]] == ["recipient_cooldown"]
+    others = [rogue.send(f"other{n}@customer.example") for n in range(THRESHOLD - 2)]
+    assert [sent["status"] for sent in others] == ["queued"] * (THRESHOLD - 2)
+    assert admin.client.get("/v1/approvals").json() == []

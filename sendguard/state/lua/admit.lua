@@ -46,12 +46,6 @@ if check_replied then
   local stopped = redis.call('HGET', replied_key, domain)
   if stopped and tonumber(stopped) > now then return {'replied', stopped} end
 end
-local route = ''
-if #mass > 0 and decided_status ~= 'rejected' then
-  local found
-  route, found = mass_route(sends_key, request_key, mass, now)
-  if route == 'joined' or route == 'new' then approval = found end
-end
 local status = decided_status
 local reasons = cjson.decode(decided_reasons)
 local refused = suppression_reason(address, mailbox, domain)
@@ -64,6 +58,14 @@ if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
     table.insert(reasons, cooldown_reason(redis.call('GET', cooldown_key)))
     status = 'rejected'
   end
+end
+-- Counted only once nothing here refuses it: a message to a suppressed recipient or one in its
+-- cooldown spends no mass-send headroom and opens or joins no approval request.
+local route = ''
+if #mass > 0 and status ~= 'rejected' then
+  local found
+  route, found = mass_route(sends_key, request_key, mass, now)
+  if route == 'joined' or route == 'new' then approval = found end
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
