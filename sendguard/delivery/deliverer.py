@@ -2,9 +2,9 @@
 
 One claim loop per daemon hands messages to at most `workers` concurrent deliveries, claiming as
 many at once as it has free; a delivery frees its place once the relay has answered, while the
-answer is recorded. A message a throttle holds back goes back to the due queue at the
-moment its buckets allow, so it never blocks messages whose buckets are free, and nothing polls
-for it in the meantime.
+answer is recorded (no more than twice `workers` in hand, recorded or not). A message a throttle
+holds back goes back to the due queue at the moment its buckets allow, so it never blocks
+messages whose buckets are free, and nothing polls for it in the meantime.
 
 Redis is asked twice per message besides its claim, once to start the send (suppression, safe
 mode, throttles, all in one script) and once to record the relay's answer (throttles settled,
@@ -113,6 +113,11 @@ class Deliverer:
         self._stopping = False
         self._tasks: dict[asyncio.Task[None], Claim] = {}
         self._holding: set[asyncio.Task[None]] = set()  # deliveries that hold a slot still
+        # Deliveries whose relay answered wait for their record without a slot; this many in hand
+        # at most, so a Redis that records slowly slows the claims too instead of piling them up.
+        self._most_in_hand = 2 * concurrency
+        self._room = asyncio.Event()
+        self._room.set()
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
 
     def wake(self, due_in: float = 0.0) -> None:
@@ -123,6 +128,7 @@ class Deliverer:
 
     async def run(self) -> None:
         while not self._stopping:
+            await self._room.wait()
             await self._slots.acquire()
             probe = await self._circuit.ready()
             if self._stopping:
@@ -158,6 +164,8 @@ class Deliverer:
                 self._tasks[task] = claim
                 self._holding.add(task)
                 task.add_done_callback(self._done)
+            if len(self._tasks) >= self._most_in_hand:
+                self._room.clear()
 
     def _let_go(self, task: asyncio.Task[None]) -> None:
         """The delivery `task` no longer needs the relay: its slot goes to the next claim."""
@@ -173,6 +181,7 @@ class Deliverer:
         """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them."""
         self._stopping = True
         self._wake.set()
+        self._room.set()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -197,6 +206,8 @@ class Deliverer:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
         self._let_go(task)
+        if len(self._tasks) < self._most_in_hand:
+            self._room.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
