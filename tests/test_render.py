@@ -96,6 +96,17 @@ def test_the_common_message_is_written_without_the_email_package() -> None:
     assert written(dataclasses.replace(plain, to="zoë@customer.example"), {}, AT) is None
 
 
+def test_no_line_of_a_rendered_message_is_longer_than_smtp_allows() -> None:
+    """A form feed or vertical tab ends no line on the wire: text split only by them is encoded."""
+    for separator in "\f\v\x1c\x1d\x1e\x85":
+        text = "a" * 600 + separator + "b" * 600
+        record = MessageRecord(
+            "m1", Status.QUEUED, from_addr="sdr@acme.example", to="lead@c.example", text=text
+        )
+        lines = render(record, {}, AT).split(b"\r\n")
+        assert max(len(line) for line in lines) <= 998, repr(separator)
+
+
 def test_a_signed_message_verifies_and_signs_the_composed_bytes(tmp_path: Path) -> None:
     public = dkim_key(tmp_path / "acme.key")
     signer = DkimSigner.from_file("acme.example", "s1", tmp_path / "acme.key")

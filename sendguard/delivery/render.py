@@ -105,7 +105,9 @@ def written(record: MessageRecord, headers: dict[str, str], sent_at: datetime) -
 def _seven_bit(content: str) -> bool:
     """A body that can travel as it is, 7-bit: ASCII, no NUL, no line over 998 characters."""
     return (
-        content.isascii() and "\x00" not in content and all(len(line) <= 998 for line in content.splitlines())
+        content.isascii()
+        and "\x00" not in content
+        and all(len(line) <= 998 for line in _LINE_END.split(content))
     )
 
 
