@@ -124,6 +124,8 @@ class WaitForReplicas:
             confirmed = await connection.read_response()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise ReplicasUnconfirmed(f"lost the connection waiting for replicas: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:  # e.g. WAIT sent to a replica: as a pipeline says it
+            confirmed = exc
         self.check(confirmed)
 
 
