@@ -1,7 +1,8 @@
 -- Finish a send once the relay answered, in one step: settle its throttle buckets, move the message
 -- to its outcome with the outcome's audit entry and activity, and, when it moved, count the signal
--- the outcome gives (`sent`) in its scopes. A repeat after a lost reply settles again (idempotent),
--- is refused the move, and so counts nothing twice. Returns {0, status} when refused, {1, old status}.
+-- the outcome gives (`sent`) in its scopes. A repeat after a lost reply settles again (its slots
+-- only move to the later answer time, which is stricter), is refused the move, and so counts
+-- nothing twice. Returns {0, status} when refused, {1, old status}.
 local settled = tonumber(ARGV[1])   -- how many KEYS are the buckets to settle, windows first
 local windows = tonumber(ARGV[2])   -- how many of those are windows
 local member = ARGV[3]              -- the send, as the buckets hold it
