@@ -250,14 +250,14 @@ def test_every_claim_checks_the_windows_in_force(
 ) -> None:
     """A message admitted with no window, waiting for a throttle, meets a window added meanwhile when
     it is claimed, and waits for its opening then."""
-    # The second message waits three seconds for the throttle: longer than the reload takes, so the
-    # window is in force when it is claimed.
-    throttle = '\n[[throttle]]\nscope = "agent"\nlimit = 1\nper = "3s"\n'
+    # The second message waits six seconds for the throttle: longer than the reload takes, even on a
+    # busy machine, so the window is in force when it is claimed.
+    throttle = '\n[[throttle]]\nscope = "agent"\nlimit = 1\nper = "6s"\n'
     daemon = make_daemon(BASE + throttle)
     api, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
     first, second = (api.send(f"lead{n}@customer.example")["id"] for n in range(2))
     assert api.status(second)["waiting_for"] in ("agent", None)  # not a window: there is none yet
-    opening, rules = opening_soon(midday_zone(), 5, throttle)
+    opening, rules = opening_soon(midday_zone(), 8, throttle)
     reload_with(daemon, admin, rules)
     wait_until(lambda: api.status(second)["waiting_for"] == "send_window", what="the window to hold it")
     received = smtp.wait_for(2, timeout=10)
