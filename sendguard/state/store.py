@@ -179,7 +179,12 @@ class Store:
         async with translated():
             results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
-            found = dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
+            # Only a retry finds any: a new submission does not pay for the look-up.
+            found = (
+                dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
+                if existing
+                else {}
+            )
         admissions = []
         for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
