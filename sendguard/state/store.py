@@ -138,12 +138,6 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _fields_json(fields: Mapping[str, str]) -> str:
-    """Hash fields as one JSON object: one argument for a script, where two a field cost redis-py
-    an encoding each."""
-    return json.dumps(fields, ensure_ascii=False)
-
-
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -205,29 +199,33 @@ class Store:
         return admissions
 
     def _admit_args(self, candidate: Candidate) -> list[Any]:
+        """The admission script's arguments as one JSON array, each value as redis-py would have
+        sent it on its own (a string), the record's fields as objects (see lua/admit.lua)."""
         record = candidate.record
         # A rejected message keeps no content: the script leaves it out if it rejects one too.
         content = record.content_fields() if record.status is not Status.REJECTED else {}
-        return [
+        send_at = int(record.send_at.timestamp() * 1000) if record.send_at else 0
+        arguments = [
             record.id,
             record.status.value,
             encode(record.reasons),
-            candidate.delay_ms,
-            candidate.cooldown_ms,
+            str(candidate.delay_ms),
+            str(candidate.cooldown_ms),
             candidate.idempotency.key,
-            candidate.idempotency.ms,
+            str(candidate.idempotency.ms),
             "1" if candidate.idempotency.keeps_rejected else "0",
-            RETENTION_MS,
+            str(RETENTION_MS),
             encode(record.scopes),
             record.approval,
             candidate.audit_entry,
-            int(record.send_at.timestamp() * 1000) if record.send_at else 0,
-            AGENT_INDEX_SIZE,
-            _fields_json(record.to_fields()),
-            _fields_json(content),
+            str(send_at),
+            str(AGENT_INDEX_SIZE),
+            record.to_fields(),
+            content,
             "1" if candidate.check_replied else "0",
-            *candidate.mass_count,
+            [str(value) for value in candidate.mass_count],
         ]
+        return [json.dumps(arguments, ensure_ascii=False)]
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
         """What admission would add to each recipient's reasons from shared state (suppression, and
