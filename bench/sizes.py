@@ -17,7 +17,7 @@ class Size:
     wrk_seconds: int
     http_concurrency: int
     batch_recipients: int
-    throttle_seconds: float
+    throttle_decisions: int  # each side of the throttle and pacing scenarios makes this many
     throttle_concurrency: int
     scaling_messages: int
     scaling_burst: int  # messages to one domain submitted at once, so its throttle has to bind
@@ -36,7 +36,7 @@ QUICK = Size(
     wrk_seconds=2,  # a run of one second on a busy machine could end before the first answer
     http_concurrency=64,
     batch_recipients=1_000,
-    throttle_seconds=0.75,
+    throttle_decisions=3_000,
     throttle_concurrency=64,
     scaling_messages=200,
     scaling_burst=20,
@@ -55,7 +55,7 @@ FULL = Size(
     wrk_seconds=5,
     http_concurrency=64,
     batch_recipients=10_000,
-    throttle_seconds=3.0,
+    throttle_decisions=30_000,
     throttle_concurrency=64,
     scaling_messages=1_000,
     scaling_burst=30,

@@ -199,7 +199,7 @@ class RampRule(ScopedRule):
 
     def limit(self, since_first_ms: int | None) -> int:
         """The limit `since_first_ms` after the first send (None: nothing sent yet); the same
-        arithmetic as lua/throttle_reserve.lua's."""
+        arithmetic as lua/shared/throttle.lua's."""
         periods = 0 if since_first_ms is None else max(0, since_first_ms) // int(self.period * 1000)
         return min(self.ceiling, self.start + self.step * periods)
 

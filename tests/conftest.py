@@ -13,6 +13,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import secrets
 import signal
@@ -23,13 +25,14 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 import uvicorn
 import uvloop
 from fastapi import FastAPI
@@ -38,11 +41,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from sendguard.config import Settings
 from sendguard.governance.tokens import Role
 from sendguard.http.app import create_app
+from sendguard.model import Status
 from sendguard.parts import Runtime, build
+from sendguard.record import MessageRecord
 from sendguard.rules import load_rules
+from sendguard.scopes import message_scopes, scope_values
 from sendguard.service import Service
 from sendguard.state.embedded_redis import DataDir, redis_server_binary
+from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import redis_connection
+from sendguard.state.store import Claim
 from tests import browser
 from tests.peers import DnsServer, Received, SmtpSink
 
@@ -114,6 +122,29 @@ def by_domain(received: list[Received]) -> dict[str, list[float]]:
     for message in received:
         times[message.rcpt_tos[0].rpartition("@")[2]].append(message.at)
     return times
+
+
+async def write_claimed(client: aioredis.Redis, keys: Keys, records: Iterable[MessageRecord]) -> list[Claim]:
+    """Queued `records` written straight to Redis as a claim leaves them (with their scopes), so a
+    test or the bench can start their sends (Store.start) without admitting and claiming them."""
+    claims = []
+    async with client.pipeline(transaction=False) as pipe:
+        for number, record in enumerate(records):
+            scoped = dataclasses.replace(record, scopes=tuple(message_scopes(scope_values(record))))
+            token = f"claim{number}"
+            fields = scoped.to_fields() | {
+                "id": scoped.id,
+                "status": Status.QUEUED.value,
+                "scopes": json.dumps(scoped.scopes),
+                "claim": token,
+                "owner": "test",
+            }
+            pipe.hset(keys.msg(scoped.id), items=[item for pair in fields.items() for item in pair])
+            claims.append(Claim(scoped.id, token, scoped))
+            if len(pipe) >= 1000:
+                await pipe.execute()
+        await pipe.execute()
+    return claims
 
 
 class RedisServer:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import Api, Daemon, message, wait_until
+import redis.asyncio as aioredis
+
+from sendguard.delivery.throttle import Throttles
+from sendguard.feedback.counters import Trip
+from sendguard.model import Status
+from sendguard.record import MessageRecord
+from sendguard.rules import ThrottleRule
+from sendguard.scopes import scope_values
+from sendguard.state.keys import Keys
+from sendguard.state.store import Moved, Store
+from tests.conftest import Api, Daemon, message, wait_until, write_claimed
 from tests.peers import SmtpSink
 
 CONNECTIONS = 4
@@ -273,3 +283,42 @@ def test_a_bounce_is_judged_on_the_bounce_rate_only(
     complain(early[2])  # a complaint is judged on the complaint rate: 3 of 10
     trips = admin.client.get("/v1/safe-mode").json()
     assert [(t["scope"], t["cause"]) for t in trips] == [("segment:smb", "complaint_rate")]
+
+
+async def test_a_trip_recorded_after_the_claim_holds_the_message_at_the_start_of_its_send(
+    redis_url: str, prefix: str
+) -> None:
+    """The claim saw no trip; the trip another daemon records before the send starts still holds the
+    message, in the script that would have reserved its throttles and started it, and reserves nothing."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    store, throttles = Store(client, keys), Throttles(client, keys, lease_ms=31_000)
+    record = MessageRecord(
+        "m1",
+        Status.QUEUED,
+        agent="sdr-bot",
+        from_addr="sdr@acme.example",
+        to="lead@customer.example",
+        to_canonical="lead@customer.example",
+        to_domain="customer.example",
+    )
+    try:
+        [claim] = await write_claimed(client, keys, [record])
+        trip = Trip("agent:sdr-bot", "manual", "a person stopped it", 1, "admin:dana")
+        await client.hset(keys.trips, trip.scope, trip.to_json())
+        rule = ThrottleRule.model_validate({"scope": "recipient_domain", "limit": 5, "per": "1m"})
+        buckets = throttles.buckets([rule], scope_values(record))
+        started = await store.start(
+            claim,
+            "attempt 1",
+            {"attempts": 1},
+            "",
+            throttles.reservation(buckets, "m1:1"),
+            [scope.value for scope in buckets.scopes],
+        )
+        assert started.moved is Moved.HELD
+        stored = await store.record("m1")
+        assert stored is not None and (stored.status, stored.held_by) == (Status.HELD, "agent:sdr-bot")
+        assert await client.exists(*buckets.keys) == 0
+    finally:
+        await client.aclose()

@@ -17,7 +17,8 @@ from sendguard.record import MessageRecord
 from sendguard.rules import Rules, ScopeKind, load_rules
 from sendguard.scopes import scope_values
 from sendguard.state.keys import Keys
-from tests.conftest import Api, Daemon, by_domain, max_in_any_window, wait_until
+from sendguard.state.store import Moved, Store
+from tests.conftest import Api, Daemon, by_domain, max_in_any_window, wait_until, write_claimed
 from tests.peers import SmtpSink
 
 ClientFor = Callable[[Daemon, str, str], Api]
@@ -132,7 +133,9 @@ async def test_the_shipped_rules_cap_an_agent_and_a_sender_domain_however_many_i
     """An agent allowed `*@domain` can make up a new From address per message, each with a fresh
     per-inbox bucket; the shipped agent and sender-domain throttles still stop it."""
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    throttles = Throttles(client, Keys(prefix), lease_ms=31_000)
+    keys = Keys(prefix)
+    throttles = Throttles(client, keys, lease_ms=31_000)
+    store = Store(client, keys)
 
     async def until_refused(agent: str) -> tuple[int, ScopeKind | None]:
         """Messages from a new address each, to a new domain each, until one must wait."""
@@ -142,12 +145,18 @@ async def test_the_shipped_rules_cap_an_agent_and_a_sender_domain_however_many_i
                 status=Status.QUEUED,
                 agent=agent,
                 from_addr=f"invented-{agent}-{n}@acme.example",
+                to=f"lead@r{n}.example",
                 to_domain=f"r{n}.example",
             )
+            [claim] = await write_claimed(client, keys, [record])
             buckets = throttles.buckets(shipped.file.throttle, scope_values(record))
-            reservation = await throttles.reserve(buckets, f"{record.id}:1")
-            if reservation.wait_ms:
-                return n, reservation.blocked_by
+            reservation = throttles.reservation(buckets, f"{record.id}:1")
+            started = await store.start(
+                claim, "attempt 1", {}, "", reservation, [scope.value for scope in buckets.scopes]
+            )
+            if started.moved is Moved.THROTTLED:
+                return n, buckets.scopes[started.bucket]
+            assert started.moved is Moved.MOVED
         raise AssertionError("unreachable")
 
     try:

@@ -1,8 +1,9 @@
 """Pacing cost: a throttle decision with a send window and a warm-up ramp against the same without.
 
 Both run in this process against the bench's Redis, as the throttle scenario's do, at the same
-concurrency and with limits never reached. Without: `Throttles.buckets` plus `Throttles.reserve`
-over five throttles (recipient domain, sender domain, inbox, agent, global). With: the same, plus
+concurrency and with limits never reached. Without: the throttle scenario's decision, the start of a
+send (`Throttles.buckets`, then `Store.start`) over five throttles (recipient domain, sender domain,
+inbox, agent, global). With: the same, plus
 what the deliverer adds at each claim for a window and a ramp: the next opening of a window read in
 the recipient's zone (open all week here, so every decision goes on) and the ramp's rolling bucket,
 whose limit the reservation script works out from the inbox's first send.
@@ -11,23 +12,24 @@ whose limit the reservation script works out from the inbox's first send.
 from __future__ import annotations
 
 from bench.harness import Bench
-from bench.mail import AGENT, SENDER_ADDRESS
 from bench.scenario import Figure, Ratio, Sample, Scenario
-from bench.scenarios.throttle import DOMAINS, LEASE_MS, LIMIT, PER, SCOPES, decision_rate, domain
+from bench.scenarios.throttle import (
+    DOMAINS,
+    LIMIT,
+    PER,
+    RECIPIENT_ZONE,
+    SCOPES,
+    Decider,
+    decision_rate,
+)
 from bench.sizes import Size
-from sendguard.delivery.throttle import Throttles
-from sendguard.model import Status, now_ms
-from sendguard.record import MessageRecord
+from sendguard.model import now_ms
 from sendguard.rules import WEEKDAYS, RampRule, RulesFile, ScopeKind, ThrottleRule, WindowRule
-from sendguard.scopes import scope_values
 from sendguard.windows import opening_ms
-
-RECIPIENT_ZONE = "America/New_York"
 
 
 async def run(bench: Bench, size: Size) -> Sample:
     await bench.fresh()
-    throttles = Throttles(bench.redis, bench.keys, LEASE_MS)
     plain = RulesFile(
         throttle=[ThrottleRule.model_validate({"scope": s, "limit": LIMIT, "per": PER}) for s in SCOPES]
     )
@@ -35,32 +37,31 @@ async def run(bench: Bench, size: Size) -> Sample:
     ramp = RampRule(scope=ScopeKind.INBOX, start=LIMIT, step=1, ceiling=LIMIT)
     paced = plain.model_copy(update={"window": [window], "ramp": [ramp]})
 
-    async def decide(rules: RulesFile, n: int) -> bool:
+    async def decide(rules: RulesFile, decider: Decider, n: int) -> bool:
         """What the deliverer does for a claimed message before it may send."""
-        record = MessageRecord(
-            f"m{n}",
-            Status.QUEUED,
-            from_addr=SENDER_ADDRESS,
-            to_domain=domain(n),
-            agent=AGENT,
-            recipient_timezone=RECIPIENT_ZONE,
-        )
+        claim = decider.claims[n]
+        assert claim.record is not None
         now = now_ms()
-        if opening_ms(rules, record, now) > now:
+        if opening_ms(rules, claim.record, now) > now:
             return False
-        buckets = throttles.buckets(rules.throttle, scope_values(record), ramps=rules.ramp)
-        return (await throttles.reserve(buckets, f"m{n}:1")).wait_ms == 0
+        return await decider(rules.throttle, n, ramps=rules.ramp)
+
+    plain_decider = await Decider.build(bench, size)
 
     async def without(n: int) -> bool:
-        return await decide(plain, n)
+        return await decide(plain, plain_decider, n)
+
+    plain_rate = await decision_rate(without, size)
+    await bench.fresh()  # the same messages, unstarted, for the paced decisions
+    paced_decider = await Decider.build(bench, size)
 
     async def with_pacing(n: int) -> bool:
-        return await decide(paced, n)
+        return await decide(paced, paced_decider, n)
 
     return Sample(
-        values={"plain": await decision_rate(without, size), "paced": await decision_rate(with_pacing, size)},
+        values={"plain": plain_rate, "paced": await decision_rate(with_pacing, size)},
         notes=[
-            f"{size.throttle_concurrency} concurrent deciders for {size.throttle_seconds:g} s each, "
+            f"{size.throttle_decisions:,} decisions by {size.throttle_concurrency} concurrent deciders, "
             f"recipients over {DOMAINS} domains in {RECIPIENT_ZONE}; a window open all week, a ramp "
             "never reached"
         ],

@@ -1,8 +1,15 @@
-"""The delivery loop: claim what is due, re-check DNS if needed, reserve throttles, send, record.
+"""The delivery loop: claim what is due, re-check DNS if needed, start the send, send, record.
 
-One claim loop per daemon hands messages to at most `workers` concurrent deliveries. A message a
-throttle holds back goes back to the due queue at the moment its buckets allow, so it never
-blocks messages whose buckets are free, and nothing polls for it in the meantime.
+One claim loop per daemon hands messages to at most `workers` concurrent deliveries, claiming as
+many at once as it has free; a delivery frees its place once the relay has answered, while the
+answer is recorded. A message a throttle holds back goes back to the due queue at the
+moment its buckets allow, so it never blocks messages whose buckets are free, and nothing polls
+for it in the meantime.
+
+Redis is asked twice per message besides its claim, once to start the send (suppression, safe
+mode, throttles, all in one script) and once to record the relay's answer (throttles settled,
+outcome, audit entry, `sent` count), and deliveries that take a step together share its round
+trip (Store.start and Store.finish).
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ from sendguard.delivery.reply_rules import ReplyRules, held_kinds
 from sendguard.delivery.throttle import Buckets, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
 from sendguard.feedback.apply import Feedback
-from sendguard.feedback.counters import Signal
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses
 from sendguard.feedback.unsubscribe import Unsubscribe
@@ -39,14 +45,13 @@ from sendguard.model import Status, now_ms
 from sendguard.record import Changes, MessageRecord, Wait
 from sendguard.rules import CurrentRules, Rules, ScopeKind
 from sendguard.scopes import scope_values
-from sendguard.state.store import Claim, Moved, NoWork, Store
+from sendguard.state.store import CLAIMABLE, Claim, Moved, NoWork, Store
 from sendguard.windows import opening_ms
 
 log = logging.getLogger("sendguard.delivery.deliverer")
 
 _IDLE_POLL = 0.5  # how soon a message submitted to another daemon is noticed when idle
 _STORE_RETRY = 1.0  # seconds between tries while Redis does not answer
-_CLAIMABLE = (Status.QUEUED, Status.DEFERRED)
 DEFER_CAUSES = ("smtp_4xx", "connection", "uncertain", "dns")  # why a message waits for a retry
 
 
@@ -107,6 +112,7 @@ class Deliverer:
         self._looks_at = math.inf  # monotonic time the idle claim loop looks again; inf while it works
         self._stopping = False
         self._tasks: dict[asyncio.Task[None], Claim] = {}
+        self._holding: set[asyncio.Task[None]] = set()  # deliveries that hold a slot still
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
 
     def wake(self, due_in: float = 0.0) -> None:
@@ -122,25 +128,46 @@ class Deliverer:
             if self._stopping:
                 self._slots.release()
                 break
+            # One claim for every free slot: a round trip shared by as many deliveries. A probe of
+            # the relay goes alone.
+            slots = 1
+            while not probe and not self._slots.locked():
+                await self._slots.acquire()  # free: returns at once
+                slots += 1
             try:
                 if self._orphans:
                     await self._recover_orphans()
-                claimed = await self._store.claim(self._instance, secrets.token_hex(8))
+                claimed = await self._store.claim(
+                    self._instance, [secrets.token_hex(8) for _ in range(slots)]
+                )
             except StoreError as exc:
                 self._orphans = True  # the claim may have been made with its answer lost
                 self._circuit.release(probe)
-                self._slots.release()
+                self._release(slots)
                 log.warning("claim failed, retrying: %s", exc)
                 await self._sleep(_STORE_RETRY)
                 continue
             if isinstance(claimed, NoWork):
                 self._circuit.release(probe)
-                self._slots.release()
+                self._release(slots)
                 await self._sleep(_idle_for(claimed))
                 continue
-            task = asyncio.create_task(self._deliver(claimed, probe))
-            self._tasks[task] = claimed
-            task.add_done_callback(self._done)
+            self._release(slots - len(claimed))
+            for claim in claimed:
+                task = asyncio.create_task(self._deliver(claim, probe))
+                self._tasks[task] = claim
+                self._holding.add(task)
+                task.add_done_callback(self._done)
+
+    def _let_go(self, task: asyncio.Task[None]) -> None:
+        """The delivery `task` no longer needs the relay: its slot goes to the next claim."""
+        if task in self._holding:
+            self._holding.discard(task)
+            self._slots.release()
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them."""
@@ -169,7 +196,7 @@ class Deliverer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
-        self._slots.release()
+        self._let_go(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
@@ -207,7 +234,7 @@ class Deliverer:
                 message_id,
                 to=None,
                 claim=claim.token,
-                allowed_from=_CLAIMABLE,
+                allowed_from=CLAIMABLE,
                 delay_ms=opens - claim.now_ms,
                 changes={"waiting_for": Wait.SEND_WINDOW},
             )
@@ -227,19 +254,6 @@ class Deliverer:
             held_kinds(rules.file.reply_rule),
             ramps=rules.file.ramp,
         )
-        reservation = await self._throttles.reserve(buckets, member)
-        if reservation.wait_ms:
-            assert reservation.blocked_by is not None
-            self._metrics.throttle_waits.labels(reservation.blocked_by.value).inc()
-            await self._store.transition(
-                message_id,
-                to=None,
-                claim=claim.token,
-                allowed_from=_CLAIMABLE,
-                delay_ms=reservation.wait_ms,
-                changes={"waiting_for": reservation.blocked_by},
-            )
-            return
         suppressed = audit_entry(
             "delivery.outcome",
             "sendguard",
@@ -252,17 +266,20 @@ class Deliverer:
                 "outcome": "@",  # the script writes the suppression entry that matched here
             },
         )
-        began = await self._store.begin(
-            message_id,
-            claim.token,
+        started = await self._store.start(
+            claim,
             f"attempt {attempt}",
             {"attempts": attempt, "dns_pending": False, "waiting_for": None},
             suppressed,
+            self._throttles.reservation(buckets, member),
+            [scope.value for scope in buckets.scopes],
         )
-        if began is not Moved.MOVED:  # suppressed, its scope tripped, or it was cancelled, since the claim
-            if began is Moved.SUPPRESSED:
-                log.info("delivery cancelled: recipient suppressed", extra={"message_id": message_id})
-            await self._throttles.settle(buckets, member, delivered=False)
+        if started.moved is Moved.THROTTLED:
+            self._metrics.throttle_waits.labels(buckets.scopes[started.bucket].value).inc()
+            return
+        if started.moved is Moved.SUPPRESSED:
+            log.info("delivery cancelled: recipient suppressed", extra={"message_id": message_id})
+        if started.moved is not Moved.MOVED:  # suppressed, its scope tripped, or cancelled, since the claim
             return
         await self._send(claim, record, data, attempt, buckets, member, rules)
 
@@ -275,7 +292,7 @@ class Deliverer:
             cause="unsendable",
             detail=detail,
             claim=claim.token,
-            allowed_from=_CLAIMABLE,
+            allowed_from=CLAIMABLE,
             activity=outcome_counted(Status.FAILED),
         )
 
@@ -337,6 +354,11 @@ class Deliverer:
                 {"smtp_code": code, "smtp_text": text, "sent_at": now_ms()},
             )
         self._metrics.delivery_seconds.observe(time.perf_counter() - started)
+        # The relay is done with it: the next message may start while this answer is recorded.
+        # It stays among the tasks, so shutdown waits for the record and recovery spares its claim.
+        task = asyncio.current_task()
+        if task is not None:
+            self._let_go(task)
         status = outcome.status
         delay = self._backoff_ms(attempt) if status is Status.DEFERRED else None
         # Once the relay has answered, neither a shutdown nor a Redis outage may lose the record of it.
@@ -369,8 +391,8 @@ class Deliverer:
         """Run `step` (recording the relay's answer) however long Redis takes to come back.
 
         Letting go of the claim instead would have it sent again, though the relay took it.
-        Repeating a record is safe: settling is idempotent, the transition is refused once done
-        and a bounce counts once per message.
+        Repeating a record is safe: settling is idempotent, the move is refused once done (and
+        with it the `sent` count), and a bounce counts once per message.
         """
         while True:
             try:
@@ -406,27 +428,24 @@ class Deliverer:
                 "attempt": record.attempts + 1,
             },
         )
-        await self._throttles.settle(buckets, member, delivered)
-        await self._store.transition(
-            claim.message_id,
+        sent = (
+            self._safe_mode.sent(record.scopes, message_id=claim.message_id, last_sent_to=record.to)
+            if status is Status.SENT
+            else None
+        )
+        await self._store.finish(
+            claim,
             to=status,
             cause=cause,
             detail=detail,
-            claim=claim.token,
-            allowed_from=(Status.SENDING,),
             delay_ms=delay,
             changes=changes,
             audit_entry=trail,
             activity=outcome_counted(status),
+            settle=buckets.settlement(member, delivered),
+            signal=sent,
         )
-        if status is Status.SENT:
-            await self._safe_mode.observe(
-                record.scopes,
-                [Signal.SENT],
-                last_sent_to=record.to,
-                message_id=claim.message_id,
-            )
-        elif status is Status.BOUNCED:
+        if status is Status.BOUNCED:
             await self._feedback.bounced(claim.message_id, record)
 
     def _refused(self, reply: RelayReply, attempt: int) -> Outcome:
@@ -479,7 +498,7 @@ class Deliverer:
                 cause=reason.code,
                 detail=reason.detail,
                 claim=claim.token,
-                allowed_from=_CLAIMABLE,
+                allowed_from=CLAIMABLE,
                 changes={"reasons": (reason,), "dns_pending": False},
                 activity=rejection_counted([reason.code]),
             )
@@ -493,7 +512,7 @@ class Deliverer:
                     cause="dns_temporary",
                     detail=f"DNS failed temporarily {checks} times",
                     claim=claim.token,
-                    allowed_from=_CLAIMABLE,
+                    allowed_from=CLAIMABLE,
                     activity=outcome_counted(Status.FAILED),
                 )
             else:
@@ -501,7 +520,7 @@ class Deliverer:
                     claim.message_id,
                     to=Status.DEFERRED,
                     claim=claim.token,
-                    allowed_from=_CLAIMABLE,
+                    allowed_from=CLAIMABLE,
                     delay_ms=self._backoff_ms(checks),
                     changes={"dns_checks": checks},
                 )
@@ -516,7 +535,7 @@ class Deliverer:
             to=Status.QUEUED,
             cause=cause,
             claim=claim.token,
-            allowed_from=_CLAIMABLE,
+            allowed_from=CLAIMABLE,
             keep_claim=True,
             changes={"dns_pending": False, "reasons": ()},
         )

@@ -32,9 +32,12 @@ import redis.asyncio as aioredis
 
 from sendguard.rules import AgentEntry, RampRule, ScopeKind, ThrottleRule
 from sendguard.scopes import agent_values, concerns, scope_name
-from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
+from sendguard.state.scripts import ScriptArgs
+from sendguard.state.store import Settlement
+
+CACHED = 10_000  # sets of scope values whose buckets are kept for the rules in force
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,11 @@ class Buckets:
             windows_and_gaps + [key for key, *_ in self.ramps] + [key for pair in self.holds for key in pair]
         )
 
-    @property
-    def settled(self) -> tuple[list[str], int]:
-        """The keys settling touches, and how many of them are windows (a slow hold's window is one)."""
+    def settlement(self, member: str, delivered: bool) -> Settlement:
+        """Settling `member` once the relay answered: the windows (a slow hold's window is one),
+        then the gaps."""
         windows = [key for key, _, _ in self.windows] + [window for _, window in self.holds]
-        return windows + [key for key, _ in self.gaps], len(windows)
+        return Settlement(windows + [key for key, _ in self.gaps], len(windows), member, delivered)
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,6 @@ class RampLimit:
     per: float
     first_send_ms: int | None  # None: nothing sent yet, the ramp has not started
     used: int
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """Zero wait: the send may start now. Otherwise how long, and the scope that said no."""
-
-    wait_ms: int
-    blocked_by: ScopeKind | None
 
 
 @dataclass(frozen=True)
@@ -99,14 +94,19 @@ class Headroom:
 
 
 class Throttles:
-    """Reserve and settle throttle buckets for messages."""
+    """The throttle buckets of messages, and what they hold now.
+
+    The start of a send reserves them and its finish settles them, each in the script of that
+    step (Store.start and Store.finish, through lua/shared/throttle.lua), so the reservation is
+    atomic with the other checks made before a send.
+    """
 
     def __init__(self, client: aioredis.Redis, keys: Keys, lease_ms: int) -> None:
         self._redis = client
         self._keys = keys
         self._lease_ms = lease_ms
-        self._reserve = scripts.register(client, keys, "throttle_reserve")
-        self._settle = scripts.register(client, keys, "throttle_settle")
+        self._cache: dict[tuple[object, ...], Buckets] = {}
+        self._cached_for: tuple[Sequence[ThrottleRule], Sequence[RampRule]] = ((), ())
 
     def buckets(
         self,
@@ -116,7 +116,32 @@ class Throttles:
         ramps: Sequence[RampRule] = (),
     ) -> Buckets:
         """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads;
-        `ramps`: the warm-up ramps, each a window whose limit the reservation works out."""
+        `ramps`: the warm-up ramps, each a window whose limit the reservation works out.
+
+        Worked out once per rules version and set of scope values (up to CACHED of them), unless a
+        rule has a jitter, which takes a fresh sample for every send.
+        """
+        held = tuple(held)
+        if self._cached_for[0] is not rules or self._cached_for[1] is not ramps:
+            self._cached_for = (rules, ramps)
+            self._cache.clear()
+        key = (*values.items(), *held)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._buckets(rules, values, held, ramps)
+            if not any(rule.jitter for rule in rules):
+                if len(self._cache) >= CACHED:
+                    self._cache.clear()
+                self._cache[key] = found
+        return found
+
+    def _buckets(
+        self,
+        rules: Sequence[ThrottleRule],
+        values: dict[ScopeKind, str | None],
+        held: Iterable[ScopeKind],
+        ramps: Sequence[RampRule],
+    ) -> Buckets:
         windows: dict[tuple[str, int], int] = {}
         window_scopes: dict[str, ScopeKind] = {}
         gaps: dict[str, int] = {}
@@ -240,9 +265,9 @@ class Throttles:
             )
         return limits
 
-    async def reserve(self, buckets: Buckets, member: str) -> Reservation:
-        if not buckets.keys:
-            return Reservation(0, None)
+    def reservation(self, buckets: Buckets, member: str) -> ScriptArgs:
+        """What the start of a send (Store.start) reserves `member` in every bucket with, laid out
+        as the reservation (lua/shared/throttle.lua `throttle_reserve`) reads it."""
         args: list[str | int] = [
             member,
             self._lease_ms,
@@ -255,19 +280,4 @@ class Throttles:
         args += [gap for _, gap in buckets.gaps]
         for _, *ramp in buckets.ramps:
             args += ramp
-        async with translated():
-            wait, blocker, _ = await self._reserve(keys=buckets.keys, args=args)
-        if int(wait) <= 0:
-            return Reservation(0, None)
-        return Reservation(int(wait), buckets.scopes[int(blocker) - 1])
-
-    async def settle(self, buckets: Buckets, member: str, delivered: bool) -> None:
-        """After the relay answered: pin a delivery to its answer time, or give its window slots back.
-
-        The gaps keep the attempt at its answer time either way.
-        """
-        keys, windows = buckets.settled
-        if not keys:
-            return
-        async with translated():
-            await self._settle(keys=keys, args=[member, "1" if delivered else "0", windows])
+        return ScriptArgs(buckets.keys, args)

@@ -20,6 +20,7 @@ from sendguard.rules import SafeModeRules
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
+from sendguard.state.scripts import ScriptArgs
 from sendguard.state.store import RETENTION_MS
 
 SLOTS = 60  # the window moves in steps of window / SLOTS
@@ -114,6 +115,7 @@ class Signals:
         self._keys = keys
         self._record = scripts.register(client, keys, "signals_record")
         self._totals = scripts.register(client, keys, "signals_totals")
+        self._judged_by: tuple[SafeModeRules, str] | None = None
 
     async def record(
         self,
@@ -141,36 +143,69 @@ class Signals:
         (or refusal) it is: a trip it causes counts in that agent's activity, as do the fields in
         `activity` (see governance/register.py).
         """
-        k = self._keys
         if not scopes and not once and not last_sent_to and not activity:
             return Recorded(counted=True, trips=[])
-        thresholds = rules.model_dump(exclude={"window", "scopes"})
+        call = self.call(
+            scopes,
+            signals,
+            rules,
+            message_id=message_id,
+            once=once,
+            last_sent_to=last_sent_to,
+            agent=agent,
+            activity=activity,
+        )
         async with translated():
-            raw = await self._record(
-                keys=[
-                    k.trips,
-                    k.active_scopes,
-                    k.msg(message_id) if once else k.msg("-"),
-                    k.last_sent(last_sent_to) if last_sent_to else k.last_sent("-"),
-                    *(k.signals(scope) for scope in scopes),
-                ],
-                args=[
-                    int(rules.window * 1000),
-                    SLOTS,
-                    json.dumps([s.value for s in signals]),
-                    f"counted_{once}" if once else "",
-                    message_id if last_sent_to else "",
-                    json.dumps(thresholds),
-                    AUTOMATIC,
-                    RETENTION_MS,
-                    json.dumps(sorted({cause for s in signals for cause in CAUSES.get(s, ())})),
-                    audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}),
-                    agent,
-                    json.dumps(list(activity)),
-                    *scopes,
-                ],
-            )
+            raw = await self._record(keys=call.keys, args=call.args)
         return Recorded(counted=raw[0] == 1, trips=[Trip.from_json(trip) for trip in raw[1:]])
+
+    def call(
+        self,
+        scopes: Sequence[str],
+        signals: Sequence[Signal],
+        rules: SafeModeRules,
+        *,
+        message_id: str = "",
+        once: str = "",
+        last_sent_to: str = "",
+        agent: str = "",
+        activity: Sequence[str] = (),
+    ) -> ScriptArgs:
+        """The recording `record` makes, as keys and arguments for lua/shared/signals.lua, for a
+        script that records signals in a step of its own (the finish of a send)."""
+        k = self._keys
+        causes = sorted({cause for s in signals for cause in CAUSES.get(s, ())})
+        return ScriptArgs(
+            [
+                k.trips,
+                k.active_scopes,
+                k.msg(message_id) if once else k.msg("-"),
+                k.last_sent(last_sent_to) if last_sent_to else k.last_sent("-"),
+                *(k.signals(scope) for scope in scopes),
+            ],
+            [
+                int(rules.window * 1000),
+                SLOTS,
+                json.dumps([s.value for s in signals]),
+                f"counted_{once}" if once else "",
+                message_id if last_sent_to else "",
+                self._thresholds(rules),
+                AUTOMATIC,
+                RETENTION_MS,
+                json.dumps(causes),
+                # written with a trip; a signal that judges no cause trips nothing
+                audit_entry("safe_mode.tripped", AUTOMATIC, {"outcome": "@"}) if causes else "",
+                agent,
+                json.dumps(list(activity)),
+                *scopes,
+            ],
+        )
+
+    def _thresholds(self, rules: SafeModeRules) -> str:
+        """The thresholds the script judges by, as JSON, made once per rules version."""
+        if self._judged_by is None or self._judged_by[0] is not rules:
+            self._judged_by = (rules, json.dumps(rules.model_dump(exclude={"window", "scopes"})))
+        return self._judged_by[1]
 
     async def totals(self, rules: SafeModeRules) -> list[Totals]:
         """Window totals of every scope that saw a signal within the window."""

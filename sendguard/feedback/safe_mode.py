@@ -25,6 +25,7 @@ from sendguard.scopes import GLOBAL, agent_in, split_scope
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
+from sendguard.state.scripts import ScriptArgs
 from sendguard.state.store import Store
 
 log = logging.getLogger("sendguard.feedback.safe_mode")
@@ -139,13 +140,8 @@ class SafeMode:
         A trip they cause counts in the activity of the agent `scopes` name, with `activity`.
         """
         rules = self._rules.now.file.safe_mode
-        watched = {ScopeKind.AGENT} if agent_only else set(rules.scopes)
-        if Signal.DENIAL in signals:
-            watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
-        order = _LIST_FIRST if {Signal.HARD, Signal.COMPLAINT} & set(signals) else _AGENT_FIRST
-        rank = {kind.value: order.index(kind) for kind in watched}
         recorded = await self._signals.record(
-            sorted((s for s in scopes if split_scope(s)[0] in rank), key=lambda s: rank[split_scope(s)[0]]),
+            self._watched(scopes, signals, agent_only),
             signals,
             rules,
             message_id=message_id,
@@ -157,6 +153,29 @@ class SafeMode:
         for trip in recorded.trips:
             self._announce(trip)
         return recorded
+
+    def sent(self, scopes: Sequence[str], *, message_id: str, last_sent_to: str) -> ScriptArgs:
+        """The `sent` count `observe` would make for a message the relay answered, as keys and
+        arguments for the script that records the answer itself (Store.finish). A `sent` signal
+        judges no cause, so it can trip nothing and there is nothing to announce."""
+        signals = [Signal.SENT]
+        return self._signals.call(
+            self._watched(scopes, signals, agent_only=False),
+            signals,
+            self._rules.now.file.safe_mode,
+            message_id=message_id,
+            last_sent_to=last_sent_to,
+            agent=agent_in(scopes),
+        )
+
+    def _watched(self, scopes: Sequence[str], signals: Sequence[Signal], agent_only: bool) -> list[str]:
+        """The ones of `scopes` that count `signals`, most to blame first (see _LIST_FIRST)."""
+        watched = {ScopeKind.AGENT} if agent_only else set(self._rules.now.file.safe_mode.scopes)
+        if Signal.DENIAL in signals:
+            watched.add(ScopeKind.AGENT)  # max_denials is about agents, whatever else is watched
+        order = _LIST_FIRST if {Signal.HARD, Signal.COMPLAINT} & set(signals) else _AGENT_FIRST
+        rank = {kind.value: order.index(kind) for kind in watched}
+        return sorted((s for s in scopes if split_scope(s)[0] in rank), key=lambda s: rank[split_scope(s)[0]])
 
     async def trip(self, scope: str, cause: str, by: str, reason: str) -> tuple[Trip, bool]:
         """Trip a scope by hand, on an alert, a reply rule or a blocklisting; (the active trip, whether

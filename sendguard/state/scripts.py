@@ -10,7 +10,8 @@ the loader puts exactly the shared definitions the script uses, each from its on
   activity buckets' length and lifetime, from keys.py;
 - the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
   signal windows, suppression, a recipient's refusals, the waiting index, cancellation, settling
-  by an approval, an agent's activity count, an agent's mass-send count).
+  by an approval, an agent's activity count, an agent's mass-send count, throttle buckets, signal
+  recording, a message's move).
 
 Every stage's scripts live here, as every stage's keys live in keys.py: the state package owns
 the layout of Redis. tests/test_scripts.py holds each script to these rules.
@@ -18,9 +19,11 @@ the layout of Redis. tests/test_scripts.py holds each script to these rules.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from string import Formatter
 from typing import Any
@@ -47,6 +50,9 @@ SHARED = (
     "approval",
     "activity",
     "mass_send",
+    "throttle",
+    "signals",
+    "transition",
 )
 
 _DEFINED = re.compile(r"^local function (\w+)", re.MULTILINE)
@@ -123,37 +129,112 @@ def compose(body: str, keys: Keys, origin: str = "a script") -> str:
     return "".join(preamble + shared) + body
 
 
+@dataclass(frozen=True)
+class ScriptArgs:
+    """Keys and arguments that another stage's code lays out for a shared Lua helper (a throttle
+    reservation, a signal), for a script that runs the helper in a step of its own."""
+
+    keys: list[str]
+    args: list[Any]
+
+
 def register(client: aioredis.Redis, keys: Keys, name: str) -> AsyncScript:
     """The script `name` for `keys`' deployment, run by its SHA (loaded on first use)."""
     return client.register_script(source(name, keys))
 
 
 async def run_pipelined(script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-    """Run `script` once per (keys, args), all in one round trip, by its SHA alone.
+    """Run `script` once per (keys, args), all in one round trip, by its SHA alone (see `_pipelined`);
+    the first error Redis answers is raised."""
+    results = await _pipelined(script.registered_client, [(script, keys, args) for keys, args in calls])
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def _pipelined(
+    client: aioredis.Redis | aioredis.RedisCluster, calls: Sequence[tuple[AsyncScript, list[str], list[Any]]]
+) -> list[Any]:
+    """Each (script, keys, args) run once, in one round trip; each call's answer or error, in order.
 
     redis-py's pipeline asks SCRIPT EXISTS before every execute that holds a script: a round trip
     more for each single admission. Here the SHA is sent as it is; only the calls Redis answers
-    NOSCRIPT (a restarted or flushed Redis) are sent again once the script is loaded, and those
+    NOSCRIPT (a restarted or flushed Redis) are sent again once their scripts are loaded, and those
     did not run, so sending them again is safe.
     """
     results: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
-        async with script.registered_client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for i in todo:
-                keys, args = calls[i]
+                script, keys, args = calls[i]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             answers = await pipe.execute(raise_on_error=False)
         missing = []
         for i, answer in zip(todo, answers, strict=True):
             if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
                 missing.append(i)
-            elif isinstance(answer, Exception):
-                raise answer
             else:
                 results[i] = answer
         if not missing:
             break
-        await script.registered_client.script_load(script.script)
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            await client.script_load(script.script)
         todo = missing
     return results
+
+
+class GroupCommit:
+    """Script calls made by concurrent tasks in one turn of the event loop go to Redis together, in
+    one pipelined round trip, each answered with its own result or error.
+
+    A round trip is a write and a read on the socket whatever it carries: deliveries that reach
+    their next step together share one instead of paying one each. A call waits for nothing but
+    the end of the loop's current turn, and every CHUNK calls go at once, so Redis runs the first
+    ones while the callers make the rest and read the answers.
+    """
+
+    CHUNK = 16
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._pending: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """`script`'s answer for (keys, args), sent with the calls made in the same turn."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((script, keys, args, answer))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        elif len(self._pending) >= self.CHUNK:
+            self._flush()
+        return await answer
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:  # sent as a full chunk already
+            return
+        task = asyncio.create_task(self._send(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[tuple[AsyncScript, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        calls = [(script, keys, args) for script, keys, args, _ in batch]
+        try:
+            answers: list[Any] = await _pipelined(self._client, calls)
+        except Exception as exc:  # the round trip failed: every call in it has this error
+            answers = [exc] * len(batch)
+        except BaseException:  # cancelled (the loop is closing): so are the calls waiting for it
+            for *_, answer in batch:
+                answer.cancel()
+            raise
+        for (*_, answer), result in zip(batch, answers, strict=True):
+            if answer.done():  # its caller was cancelled meanwhile
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)

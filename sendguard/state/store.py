@@ -25,8 +25,10 @@ from sendguard.record import CONTENT, Changes, MessageRecord, encode, encode_cha
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
+from sendguard.state.scripts import ScriptArgs
 
 RETENTION_MS = 30 * 86400 * 1000
+CLAIMABLE = (Status.QUEUED, Status.DEFERRED)  # a claimed message starts its send from these
 IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 # Where `Store.message_ids` reads ids: a tripped scope's held set, a mailbox's waiting set, the due
 # queue, the claimed messages, or every record (a SCAN).
@@ -45,6 +47,7 @@ class Moved(IntEnum):
     MOVED = 1
     HELD = 2  # a scope of it is in safe mode: held instead (only at the start of a send)
     SUPPRESSED = 3  # its recipient is suppressed: cancelled instead (only at the start of a send)
+    THROTTLED = 4  # a throttle bucket holds it back: queued again for its wait (start of a send only)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,27 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """A send's throttle buckets to settle once the relay answered (Buckets.settled: the windows
+    first, then the gaps), the send as they hold it, and whether it may have reached the relay."""
+
+    keys: list[str]
+    windows: int
+    member: str
+    delivered: bool
+
+
+@dataclass(frozen=True)
+class Started:
+    """How the start of a send went (`moved`); when THROTTLED, for how long (ms) and which bucket
+    (0-based, in the reservation's order) held it back."""
+
+    moved: Moved
+    wait_ms: int = 0
+    bucket: int = 0
+
+
+@dataclass(frozen=True)
 class NoWork:
     """Nothing is due; `next_due_ms` is when the earliest waiting message is (None: queue empty)."""
 
@@ -138,6 +162,11 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _flat(changes: Changes | None) -> list[str]:
+    """Record fields to set, as a script takes them: name, value, name, value, ..."""
+    return [item for pair in encode_changes(changes or {}).items() for item in pair]
+
+
 def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
     for state, count in more.items():
         into[state] = into.get(state, 0) + count
@@ -152,6 +181,9 @@ class Store:
         self._admit = scripts.register(client, keys, "admit")
         self._claim = scripts.register(client, keys, "claim")
         self._transition = scripts.register(client, keys, "transition")
+        self._start = scripts.register(client, keys, "start")
+        self._finish = scripts.register(client, keys, "finish")
+        self._together = scripts.GroupCommit(client)
         self._recover = scripts.register(client, keys, "recover")
         self._release_held = scripts.register(client, keys, "release_held")
         self._annotate = scripts.register(client, keys, "annotate")
@@ -245,19 +277,23 @@ class Store:
             found = await self.redis.zrevrange(self.keys.agent_messages(agent), offset, offset + count - 1)
         return [str(message_id) for message_id in found]
 
-    async def claim(self, owner: str, token: str) -> Claim | NoWork:
+    async def claim(self, owner: str, tokens: Sequence[str]) -> list[Claim] | NoWork:
+        """Claim up to one due message per token, first due first, in one round trip."""
         k = self.keys
         async with translated():
-            result = await self._claim(keys=[k.due, k.inflight], args=[owner, token])
-        if not result[0]:
-            next_due = int(float(result[1])) if result[1] else None
-            return NoWork(next_due, int(result[2]))
-        flat, template = result[3], result[4]
-        try:
-            record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
-        except (KeyError, TypeError, ValueError) as exc:
-            return Claim(result[0], token, None, f"{type(exc).__name__}: {exc}", int(result[2]))
-        return Claim(result[0], token, record, now_ms=int(result[2]))
+            result = await self._claim(keys=[k.due, k.inflight], args=[owner, *tokens])
+        now = int(result[0])
+        if len(result) == 2:
+            return NoWork(int(float(result[1])) if result[1] else None, now)
+        claims = []
+        for message_id, token, flat, template in result[2:]:
+            try:
+                record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
+            except (KeyError, TypeError, ValueError) as exc:
+                claims.append(Claim(message_id, token, None, f"{type(exc).__name__}: {exc}", now))
+            else:
+                claims.append(Claim(message_id, token, record, now_ms=now))
+        return claims
 
     async def transition(
         self,
@@ -272,7 +308,6 @@ class Store:
         keep_claim: bool = False,
         changes: Changes | None = None,
         recipient: str = "-",
-        start_of_send: bool = False,
         audit_entry: str = "",
         activity: Sequence[str] = (),
     ) -> Moved:
@@ -280,12 +315,10 @@ class Store:
         claim was lost.
 
         `recipient` names the cooldown a cancellation gives back, if this message holds it.
-        `start_of_send` makes it the last step before the relay (see `begin`).
         `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
         trail cannot miss a transition that happened. `activity` names the fields counted in the
         agent's hourly activity (`sent`, `rejected:<code>`, ...) if the message moves, in the same script.
         """
-        k = self.keys
         args: list[Any] = [
             message_id,
             claim,
@@ -296,48 +329,98 @@ class Store:
             -1 if delay_ms is None else delay_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
-            "1" if start_of_send else "0",
+            recipient,
             audit_entry,
             json.dumps(list(activity)),
+            *_flat(changes),
         ]
-        for name, value in encode_changes(changes or {}).items():
-            args += [name, value]
         async with translated():
-            result = await self._transition(
-                keys=[
-                    k.msg(message_id),
-                    k.hist(message_id),
-                    k.due,
-                    k.inflight,
-                    k.count,
-                    k.cooldown(recipient),
-                ],
-                args=args,
-            )
+            result = await self._transition(keys=[], args=args)
         return Moved(int(result[0]))
 
-    async def begin(
-        self, message_id: str, claim: str, detail: str, changes: Changes, suppressed_entry: str
-    ) -> Moved:
-        """Mark a claimed message `sending`, unless a suppression entry covers its recipient (then
-        it is cancelled, `Moved.SUPPRESSED`, and `suppressed_entry` is its audit entry, with
-        "outcome": "@" for the entry that matched) or a scope of it is in safe mode (then it is held).
+    async def start(
+        self,
+        claim: Claim,
+        detail: str,
+        changes: Changes,
+        suppressed_entry: str,
+        reservation: ScriptArgs,
+        waits: Sequence[str],
+    ) -> Started:
+        """Start the send of a claimed message, the last step before the relay, in one script.
 
-        Checked in the same script that starts the send, so once a suppression or a trip is
-        recorded no new send to it starts, however the message got this far.
+        Cancelled instead when a suppression entry covers its recipient (`Moved.SUPPRESSED`;
+        `suppressed_entry` is its audit entry, with "outcome": "@" for the entry that matched), held
+        when a scope of it is in safe mode (`Moved.HELD`), queued again when a throttle bucket of
+        `reservation` (Throttles.reservation) holds it back (`Moved.THROTTLED`, its record then
+        waiting for that bucket's entry of `waits`); otherwise its buckets are reserved and it is
+        `sending` with `changes`. Checked where the send starts, so once a suppression or a trip is
+        recorded no new send to it starts, however the message got this far. Calls made together
+        share a round trip.
         """
-        return await self.transition(
-            message_id,
-            to=Status.SENDING,
-            cause="attempt",
-            detail=detail,
-            claim=claim,
-            allowed_from=(Status.QUEUED, Status.DEFERRED),
-            keep_claim=True,
-            changes=changes,
-            start_of_send=True,
-            audit_entry=suppressed_entry,
-        )
+        args: list[Any] = [
+            claim.message_id,
+            claim.token,
+            ",".join(CLAIMABLE),
+            detail,
+            RETENTION_MS,
+            suppressed_entry,
+            json.dumps(list(waits)),
+            len(reservation.args),
+            *reservation.args,
+            *_flat(changes),
+        ]
+        async with translated():
+            result = await self._together.run(self._start, reservation.keys, args)
+        moved = Moved(int(result[0]))
+        if moved is Moved.THROTTLED:
+            return Started(moved, int(result[1]), int(result[2]) - 1)
+        return Started(moved)
+
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        to: Status,
+        cause: str,
+        detail: str,
+        delay_ms: int | None,
+        changes: Changes,
+        audit_entry: str,
+        activity: Sequence[str],
+        settle: Settlement,
+        signal: ScriptArgs | None,
+    ) -> Moved:
+        """Record the relay's answer to a send in one script: settle its throttle buckets, move it
+        from `sending` to `to` (queued again after `delay_ms` if given) with `changes`, its audit
+        entry and the agent's `activity`, and when it moved, count
+        `signal` (Signals.call) in the same step. Safe to repeat after a lost reply: the buckets
+        settle alike, the move is refused, and nothing counts twice. Calls made together share a
+        round trip.
+        """
+        signal = signal or ScriptArgs([], [])
+        args: list[Any] = [
+            len(settle.keys),
+            settle.windows,
+            settle.member,
+            "1" if settle.delivered else "0",
+            claim.message_id,
+            claim.token,
+            Status.SENDING.value,
+            to.value,
+            cause,
+            detail,
+            -1 if delay_ms is None else delay_ms,
+            RETENTION_MS,
+            audit_entry,
+            json.dumps(list(activity)),
+            len(signal.args),
+            *signal.args,
+            *_flat(changes),
+        ]
+        async with translated():
+            result = await self._together.run(self._finish, [*settle.keys, *signal.keys], args)
+        return Moved(int(result[0]))
 
     async def release(self, scope: str, detail: str, batch: int = 500) -> tuple[int, int]:
         """Put the messages a scope's trip held back in the queue; (released, held by another trip).
@@ -461,9 +544,7 @@ class Store:
         self, message_id: str, cause: str, detail: str, changes: Changes | None = None
     ) -> bool:
         """Record something that happened to a message without changing where it is; False if gone."""
-        args: list[Any] = [cause, detail]
-        for name, value in encode_changes(changes or {}).items():
-            args += [name, value]
+        args: list[Any] = [cause, detail, *_flat(changes)]
         async with translated():
             found = await self._annotate(
                 keys=[self.keys.msg(message_id), self.keys.hist(message_id)], args=args

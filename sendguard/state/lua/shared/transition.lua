@@ -1,0 +1,51 @@
+-- A message's move from one status to the next, shared by every script that moves one on
+-- (transition.lua, start.lua, finish.lua), so the record, its history, the due queue and the counts
+-- move alike whichever script moves it.
+--
+-- current(id): the fields a move reads, {status, claim, scopes, to, to_canonical, to_domain, agent}.
+-- permitted(cur, claim, allowed_from): the message exists, the claim (when not '') is still the one
+-- it holds and its status is among `allowed_from` (comma-separated; '' for any).
+-- move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
+-- fields, recipient, now): `to` ('' keeps the status), a history entry when there is a cause,
+-- `fields` (name, value, ...) set, `audit_entry` ('' for none) appended, the agent's `activity`
+-- counted, the claim let go of unless `keep_claim`, queued again `delay_ms` from now when it is not
+-- negative, and a cancelled message gives back `recipient`'s cooldown if it holds it.
+local function current(id)
+  return redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
+end
+
+local function permitted(cur, claim, allowed_from)
+  if not cur[1] then return false end
+  if claim ~= '' and cur[2] ~= claim then return false end
+  return allowed_from == '' or string.find(',' .. allowed_from .. ',', ',' .. cur[1] .. ',', 1, true) ~= nil
+end
+
+local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
+                    fields, recipient, now)
+  local msg_key = key_msg(id)
+  local new = to
+  if new == '' then new = cur[1] end
+  if new ~= cur[1] then
+    fields[#fields + 1] = 'status'
+    fields[#fields + 1] = new
+  end
+  if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
+  if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
+  if new ~= cur[1] then
+    if WAITING[cur[1]] then redis.call('HINCRBY', key_count(), cur[1], -1) end
+    if WAITING[new] then redis.call('HINCRBY', key_count(), new, 1) end
+  end
+  if cause ~= '' then history(key_hist(id), now, new, cause, detail) end
+  for _, field in ipairs(activity) do count_activity(cur[7], field, now) end
+  if not keep_claim then
+    redis.call('ZREM', key_inflight(), id)
+    redis.call('HDEL', msg_key, 'claim', 'owner')
+  end
+  redis.call('ZREM', key_due(), id)
+  if delay_ms >= 0 then redis.call('ZADD', key_due(), now + delay_ms, id) end
+  if TERMINAL[new] then
+    finished(id, retention_ms, WAITING[cur[1]])
+    local cooldown = key_cooldown(recipient)
+    if new == 'cancelled' and redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
+  end
+end
