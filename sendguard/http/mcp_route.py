@@ -9,12 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
-from fastapi.security.utils import get_authorization_scheme_param
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sendguard.governance.tokens import Role
-from sendguard.http.access import authenticate
+from sendguard.http.access import authenticate, bearer_token
 from sendguard.parts import Runtime
 
 PATH = "/mcp"
@@ -28,11 +27,8 @@ class _CheckedThenBuilt:
         self._endpoint: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scheme, token = get_authorization_scheme_param(Request(scope).headers.get("authorization"))
         try:
-            scope[PRINCIPAL] = await authenticate(
-                self._runtime, token if scheme.lower() == "bearer" and token else None, Role.AGENT
-            )
+            scope[PRINCIPAL] = await authenticate(self._runtime, bearer_token(Request(scope)), Role.AGENT)
         except HTTPException as refused:
             # With the HTTP status, a JSON-RPC error an MCP client shows as it is (the SDK's does).
             error = {"code": REFUSED, "message": f"sendguard: {refused.detail} ({refused.status_code})"}

@@ -8,12 +8,12 @@ path (`runtime.admissions.submit`), one set of answers.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sendguard.governance.approvals import Routing
 from sendguard.governance.tokens import Principal, Role
-from sendguard.http.access import Agent, Reader, RuntimeDep
+from sendguard.http.access import Agent, Reader, RuntimeDep, runtime_of
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.intake.admission import Forbidden, approval_reason, unregistered
@@ -399,12 +399,13 @@ async def _visible(
     summary="Submit a message",
     responses=error_responses(*SIGNED_IN, 413, 422),
 )
-async def submit_route(payload: MessageIn, runtime: RuntimeDep, who: Agent) -> Decision:
+async def submit_route(payload: MessageIn, request: Request, who: Agent) -> Decision:
     """One message to one recipient. The decision is data, always 201 with an id: `queued`,
     `deferred`, `held`, `pending_approval` (with the request it waits for in `approval`) or
     `rejected` with reason codes. The same `idempotency_key` (or, without one, the same body)
     returns the first message."""
-    return await submit(runtime, who, payload)
+    # The runtime read off the request, not as a dependency: the busiest route pays for one fewer.
+    return await submit(runtime_of(request), who, payload)
 
 
 @router.post(

@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -358,16 +358,30 @@ class Admissions:
         return routing
 
     async def _admit(self, decided: list[Decided], routing: Routing | None) -> list[Admission]:
-        """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`."""
+        """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`.
+
+        Each chunk is sealed while Redis runs the one before, so Python and Redis work at once; only
+        one chunk is ever on its way, so the chunks are written in order, as one after another.
+        """
         waits_for = routing.approval_id if routing else ""
         admissions: list[Admission] = []
+
+        async def settle(writing: Awaitable[list[Admission]], sealed: list[Candidate]) -> None:
+            admitted = zip(await writing, sealed, strict=True)
+            admissions.extend(self._settled(admission, candidate) for admission, candidate in admitted)
+
+        before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
             sealed = [
                 _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
                 for one in decided[start : start + CHUNK]
             ]
-            admitted = zip(await self._store.admit(sealed), sealed, strict=True)
-            admissions += [self._settled(admission, candidate) for admission, candidate in admitted]
+            if before is not None:
+                await settle(*before)
+            before = asyncio.ensure_future(self._store.admit(sealed)), sealed
+            await asyncio.sleep(0)  # it sends the chunk, then waits for Redis while the next is sealed
+        if before is not None:
+            await settle(*before)
         return admissions
 
     async def _count_refusal(self, agent: AgentEntry, admissions: list[Admission]) -> None:

@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -226,15 +226,32 @@ def recipients(submission: Submission) -> list[BatchRecipient]:
     ]
 
 
-class Renderer:
-    """Makes the message each recipient gets from the submission: its address, its values filled in."""
+_NO_TEMPLATE = BatchTemplate("", "", "")
 
-    def __init__(self, batch: Content) -> None:
-        self._shared = {name: getattr(batch, name) for name in Content.model_fields if name not in _FILLED}
-        self._template = BatchTemplate(batch.subject, batch.text or "", batch.html or "")
+
+class Renderer:
+    """Makes the message each recipient gets from the submission: its address, its values filled in.
+
+    A single message is its own and only recipient's message: it has no values to fill (filling
+    with none changes nothing) and its body was held to the cap by its model, so it is neither
+    split into a template nor built again.
+    """
+
+    def __init__(self, submission: Submission) -> None:
+        self._single: MessageIn | None = None
+        self._shared: dict[str, Any] = {}
+        self._template = _NO_TEMPLATE
+        if isinstance(submission, MessageIn):
+            self._single = submission
+        else:
+            shared = (name for name in Content.model_fields if name not in _FILLED)
+            self._shared = {name: getattr(submission, name) for name in shared}
+            self._template = BatchTemplate(submission.subject, submission.text or "", submission.html or "")
 
     def oversized(self, entry: BatchRecipient) -> Reason | None:
         """Why this recipient's filled text or html would be over the cap, found without filling it."""
+        if self._single is not None:
+            return None
         for part, size in zip(("text", "html"), self._template.body_sizes(entry.vars), strict=True):
             if size > MAX_BODY_BYTES:
                 return Reason(
@@ -247,6 +264,8 @@ class Renderer:
         """Built without validation: the submission was validated, and values cannot break a header
         (they are single lines); what filling can break, the subject's length and the body's size,
         admission checks."""
+        if self._single is not None:
+            return self._single
         filled = self._template.fill(entry.vars)
         return MessageIn.model_construct(
             **self._shared,

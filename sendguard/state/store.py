@@ -162,12 +162,6 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def _fields_json(fields: Mapping[str, str]) -> str:
-    """Hash fields as one JSON object: one argument for a script, where two a field cost redis-py
-    an encoding each."""
-    return json.dumps(fields, ensure_ascii=False)
-
-
 def _flat(changes: Changes | None) -> list[str]:
     """Record fields to set, as a script takes them: name, value, name, value, ..."""
     return [item for pair in encode_changes(changes or {}).items() for item in pair]
@@ -211,7 +205,12 @@ class Store:
         async with translated():
             results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
-            found = dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
+            # Only a retry finds any: a new submission does not pay for the look-up.
+            found = (
+                dict(zip(existing, await self.records(existing, ("reasons", "approval")), strict=True))
+                if existing
+                else {}
+            )
         admissions = []
         for candidate, result in zip(candidates, results, strict=True):
             if result[0] == "existing":
@@ -232,29 +231,33 @@ class Store:
         return admissions
 
     def _admit_args(self, candidate: Candidate) -> list[Any]:
+        """The admission script's arguments as one JSON array, each value as redis-py would have
+        sent it on its own (a string), the record's fields as objects (see lua/admit.lua)."""
         record = candidate.record
         # A rejected message keeps no content: the script leaves it out if it rejects one too.
         content = record.content_fields() if record.status is not Status.REJECTED else {}
-        return [
+        send_at = int(record.send_at.timestamp() * 1000) if record.send_at else 0
+        arguments = [
             record.id,
             record.status.value,
             encode(record.reasons),
-            candidate.delay_ms,
-            candidate.cooldown_ms,
+            str(candidate.delay_ms),
+            str(candidate.cooldown_ms),
             candidate.idempotency.key,
-            candidate.idempotency.ms,
+            str(candidate.idempotency.ms),
             "1" if candidate.idempotency.keeps_rejected else "0",
-            RETENTION_MS,
+            str(RETENTION_MS),
             encode(record.scopes),
             record.approval,
             candidate.audit_entry,
-            int(record.send_at.timestamp() * 1000) if record.send_at else 0,
-            AGENT_INDEX_SIZE,
-            _fields_json(record.to_fields()),
-            _fields_json(content),
+            str(send_at),
+            str(AGENT_INDEX_SIZE),
+            record.to_fields(),
+            content,
             "1" if candidate.check_replied else "0",
-            *candidate.mass_count,
+            [str(value) for value in candidate.mass_count],
         ]
+        return [json.dumps(arguments, ensure_ascii=False)]
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
         """What admission would add to each recipient's reasons from shared state (suppression, and
