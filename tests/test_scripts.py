@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from sendguard.state import scripts
 from sendguard.state.keys import PARTS, SCHEMA, Keys
+from sendguard.state.replication import READS
 
 NAMES = scripts.script_names()
 # Every word a key pattern spells out (`msg`, `audit`, `pending`, ...): in a Lua string next to a
@@ -139,3 +140,20 @@ async def test_pipelined_calls_go_by_sha_alone_and_survive_a_flushed_script_cach
         await client.delete(counter)
     finally:
         await client.aclose()
+
+
+_CALLED = re.compile(r"redis\.call\(\s*'(\w+)'")
+
+
+def _writes(source: str) -> set[str]:
+    """The commands a script's source calls that may write (any not known to only read)."""
+    return {name.upper() for name in _CALLED.findall(source)} - READS
+
+
+def test_the_scripts_said_to_only_read_write_nothing() -> None:
+    for name in scripts.READ_ONLY:
+        assert not _writes(scripts.source(name, Keys("sg"))), name
+
+
+def test_the_read_check_sees_a_write() -> None:
+    assert _writes("redis.call('GET', k)\nredis.call('SET', k, 'v')") == {"SET"}

@@ -6,16 +6,18 @@ Sentinel and replicas).
 Redis' WAIT covers the writes made on the connection it is sent on, so it must follow the write on
 that same connection: the client here sends `WAIT n timeout` in the same packet as every command
 that may write, and a pipeline holding one appends it (after EXEC for a transaction, where a WAIT
-inside would not wait). Everything is a write but the commands in `_READS`, so a write path
-added later is covered without its call site knowing. Fewer replicas than asked for fail closed:
-`ReplicasUnconfirmed`, which `translated()` makes a `NotReplicated` StoreError (a 503 the agent
-retries with its idempotency key; a delivery outcome is retried until stored).
+inside would not wait). Everything is a write but the commands in `READS` and the scripts that
+only read, so a write path added later is covered without its call site knowing. Fewer replicas
+than asked for fail closed: `ReplicasUnconfirmed`, which `translated()` makes a `NotReplicated`
+StoreError (a 503 the agent retries with its idempotency key; a delivery outcome is retried until
+stored).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,7 +26,7 @@ from redis.asyncio.client import CommandStackT, Pipeline
 from redis.asyncio.connection import Connection
 
 # Commands that never write; any other may, and is followed by WAIT. SCRIPT LOAD writes no data.
-_READS = frozenset(
+READS = frozenset(
     [
         "GET",
         "MGET",
@@ -96,11 +98,17 @@ class WaitForReplicas:
 
     replicas: int
     timeout_ms: int
+    # The SHAs of scripts that only read (scripts.READ_ONLY), added as they are registered: a
+    # script's command says nothing of what it does, and a read must not fail for want of replicas.
+    reading_scripts: set[str] = field(default_factory=set)
 
-    def after(self, command: object) -> bool:
-        """Whether `command` (a redis-py command name) may write, and so must be waited on."""
-        name = command.decode() if isinstance(command, bytes) else str(command)
-        return name.split(" ", 1)[0].upper() not in _READS
+    def after(self, command: Sequence[object]) -> bool:
+        """Whether `command` (a redis-py command: its name, then its arguments) may write, and so
+        must be waited on."""
+        name = _text(command[0]).split(" ", 1)[0].upper()
+        if name == "EVALSHA":
+            return _text(command[1]) not in self.reading_scripts
+        return name not in READS
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -129,6 +137,10 @@ class WaitForReplicas:
         self.check(confirmed)
 
 
+def _text(part: object) -> str:
+    return part.decode() if isinstance(part, bytes) else str(part)
+
+
 class ReplicatedRedis(aioredis.Redis):
     """A client whose every write waits for `replication` (set once, right after it is made)."""
 
@@ -137,7 +149,7 @@ class ReplicatedRedis(aioredis.Redis):
     async def _send_command_parse_response(
         self, conn: Connection, command_name: str | bytes, *args: Any, **options: Any
     ) -> Any:
-        if not self.replication.after(command_name):
+        if not self.replication.after(args):
             return await super()._send_command_parse_response(conn, command_name, *args, **options)  # type: ignore[no-untyped-call]
         await conn.send_packed_command(conn.pack_commands([args, self.replication.command]))
         try:
@@ -165,7 +177,7 @@ class ReplicatedPipeline(Pipeline):
     async def _execute_pipeline(
         self, connection: Connection, commands: CommandStackT, raise_on_error: bool
     ) -> list[Any]:
-        if not any(self.replication.after(args[0]) for args, _ in commands):
+        if not any(self.replication.after(args) for args, _ in commands):
             return await super()._execute_pipeline(connection, commands, raise_on_error)  # type: ignore[no-any-return]
         # In the same packet: WAIT's reply is read with the others, before any error is raised.
         answers = await super()._execute_pipeline(
@@ -180,6 +192,6 @@ class ReplicatedPipeline(Pipeline):
         self, connection: Connection, commands: CommandStackT, raise_on_error: bool
     ) -> list[Any]:
         answers = await super()._execute_transaction(connection, commands, raise_on_error)
-        if any(self.replication.after(args[0]) for args, _ in commands):
+        if any(self.replication.after(args) for args, _ in commands):
             await self.replication.on(connection)
         return answers  # type: ignore[no-any-return]

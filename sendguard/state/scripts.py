@@ -34,6 +34,7 @@ from redis.commands.core import AsyncScript
 
 from sendguard.model import CANCELLABLE, WAITING, Status
 from sendguard.state.keys import ACTIVITY_BUCKET_MS, ACTIVITY_BUCKETS_KEPT, PARTS, SCHEMA, Keys
+from sendguard.state.replication import ReplicatedRedis
 
 LUA = files("sendguard.state") / "lua"
 # The shared helper files, in an order where each may use the ones before it.
@@ -138,9 +139,17 @@ class ScriptArgs:
     args: list[Any]
 
 
+# Scripts that write nothing (tests/test_scripts.py holds them to it): with writes waiting for
+# replicas, these are not followed by WAIT (Redis 6.2 has no EVALSHA_RO to say so on the wire).
+READ_ONLY = frozenset({"recipient_check"})
+
+
 def register(client: aioredis.Redis, keys: Keys, name: str) -> AsyncScript:
     """The script `name` for `keys`' deployment, run by its SHA (loaded on first use)."""
-    return client.register_script(source(name, keys))
+    script = client.register_script(source(name, keys))
+    if name in READ_ONLY and isinstance(client, ReplicatedRedis):
+        client.replication.reading_scripts.add(script.sha)
+    return script
 
 
 async def run_pipelined(script: AsyncScript, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
