@@ -17,10 +17,15 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from sendguard.delivery.throttle import Throttles
+from sendguard.model import Status
+from sendguard.record import MessageRecord
 from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
-from tests.conftest import Api, Daemon, wait_until
+from sendguard.state.store import Moved, Store
+from tests.conftest import Api, Daemon, wait_until, write_claimed
 from tests.peers import SmtpSink
 
 RULES = """
@@ -510,3 +515,42 @@ def test_a_daemon_restarts_on_a_hundred_thousand_queued_messages(
     )
     assert "redis: loading its data set" in second.log() and "redis: data set loaded" in second.log()
     assert second.terminate() == 0, second.log()
+
+
+async def test_a_send_its_daemon_knows_never_reached_the_relay_is_requeued_not_uncertain(
+    redis_url: str, prefix: str
+) -> None:
+    """Two sends started, then let go of as Redis failed: the one whose daemon says the relay never
+    had it (a start whose reply was lost) is queued again as not sent; the other may have gone."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    store, throttles = Store(client, keys), Throttles(client, keys, lease_ms=31_000)
+    records = [
+        MessageRecord(
+            f"m{n}", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to=f"lead{n}@c.example"
+        )
+        for n in range(2)
+    ]
+    try:
+        claims = await write_claimed(client, keys, records)
+        for claim in claims:
+            await client.zadd(keys.inflight, {claim.message_id: 0})
+            started = await store.start(
+                claim,
+                "attempt 1",
+                {"attempts": 1},
+                "",
+                throttles.reservation(throttles.buckets([], {}), f"{claim.message_id}:1"),
+                [],
+            )
+            assert started.moved is Moved.MOVED
+        assert await store.recover(own="test", unsent=[claims[0].token]) == (2, 1)
+        found = {r.id: r for r in await store.records(["m0", "m1"], ["uncertain"]) if r is not None}
+        assert {key: (r.status, r.uncertain) for key, r in found.items()} == {
+            "m0": (Status.QUEUED, 0),
+            "m1": (Status.QUEUED, 1),
+        }
+        causes = [json.loads(entry)["cause"] for entry in await client.lrange(keys.hist("m0"), 0, -1)]
+        assert causes[-1] == "not_sent"
+    finally:
+        await client.aclose()

@@ -119,6 +119,7 @@ class Deliverer:
         self._room = asyncio.Event()
         self._room.set()
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
+        self._unsent: set[str] = set()  # claims let go of before the relay had their message
 
     def wake(self, due_in: float = 0.0) -> None:
         """A local submission is due `due_in` seconds from now: look without waiting for the poll,
@@ -198,7 +199,12 @@ class Deliverer:
         self._orphans = False  # first: a delivery failing meanwhile sets it again
         # A finished task sets the flag before it ends, so its claim counts as let go of.
         live = [claim.token for task, claim in self._tasks.items() if not task.done()]
-        recovered, uncertain = await self._store.recover(own=self._instance, live=live)
+        unsent, self._unsent = self._unsent, set()
+        try:
+            recovered, uncertain = await self._store.recover(own=self._instance, live=live, unsent=unsent)
+        except StoreError:
+            self._unsent |= unsent
+            raise
         if recovered:
             log.warning("requeued %d messages let go of as Redis failed (%d uncertain)", recovered, uncertain)
             self._metrics.uncertain.inc(uncertain)
@@ -224,8 +230,11 @@ class Deliverer:
         try:
             await self._attempt(claim)
         except StoreError as exc:
-            # The claim stays in flight; the claim loop requeues it once Redis answers again.
+            # The claim stays in flight; the claim loop requeues it once Redis answers again. Raised
+            # before the relay had the message (once it answers, `_until_stored` waits for Redis), so
+            # even a start whose reply was lost left nothing uncertain.
             self._orphans = True
+            self._unsent.add(claim.token)
             log.warning("store failed mid-delivery: %s", exc, extra={"message_id": claim.message_id})
         finally:
             # A probe that never reached the relay (throttled, held, DNS) hands its turn on.

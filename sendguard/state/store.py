@@ -609,16 +609,23 @@ class Store:
                     return list(ids), True
         return list(ids), False
 
-    async def recover(self, own: str = "", live: Iterable[str] = (), limit: int = 1000) -> tuple[int, int]:
+    async def recover(
+        self, own: str = "", live: Iterable[str] = (), unsent: Iterable[str] = (), limit: int = 1000
+    ) -> tuple[int, int]:
         """Requeue messages whose daemon died; returns (recovered, of which uncertain).
 
         With `own`, also that daemon's claims other than `live`: ones its deliveries let go of when
-        Redis failed under them, which nobody else would recover while it goes on heartbeating.
-        Only the daemon's claim loop may ask, between claims, or it could take a claim being made.
+        Redis failed under them, which nobody else would recover while it goes on heartbeating;
+        of those, the claims in `unsent` never reached the relay, so they are not uncertain even
+        if their send had started. Only the daemon's claim loop may ask, between claims, or it could
+        take a claim being made.
         """
         k = self.keys
+        live, unsent = list(live), list(unsent)
         async with translated():
-            result = await self._recover(keys=[k.inflight, k.due, k.count, k.stats], args=[limit, own, *live])
+            result = await self._recover(
+                keys=[k.inflight, k.due, k.count, k.stats], args=[limit, own, len(live), *live, *unsent]
+            )
         return int(result[0]), int(result[1])
 
     async def heartbeat(self, instance: str, ttl_ms: int) -> None:
