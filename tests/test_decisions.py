@@ -85,8 +85,8 @@ def test_an_automatic_trip_writes_its_entry_in_the_script_that_counts(
         async_client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         try:
             signals = Signals(async_client, keys)
-            await signals.record([SCOPE], [Signal.SENT], rules)
-            recorded = await signals.record([SCOPE], [Signal.SENT, Signal.HARD], rules)
+            await signals.record(signals.call([SCOPE], [Signal.SENT], rules))
+            recorded = await signals.record(signals.call([SCOPE], [Signal.SENT, Signal.HARD], rules))
             return [trip.scope for trip in recorded.trips]
         finally:
             await async_client.aclose()

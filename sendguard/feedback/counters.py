@@ -117,44 +117,8 @@ class Signals:
         self._totals = scripts.register(client, keys, "signals_totals")
         self._judged_by: tuple[SafeModeRules, str] | None = None
 
-    async def record(
-        self,
-        scopes: Sequence[str],
-        signals: Sequence[Signal],
-        rules: SafeModeRules,
-        *,
-        message_id: str = "",
-        once: str = "",
-        last_sent_to: str = "",
-        agent: str = "",
-        activity: Sequence[str] = (),
-    ) -> Recorded:
-        """Count `signals` for each scope; with a bad signal, trip the first scope that crosses.
-
-        `scopes` must come most specific first (see the script for why). A bad signal is judged
-        only on the causes it bears on (CAUSES). A scope already tripped absorbs the signal: the
-        scopes above it do not count it, and a scope that trips takes its window's counts out of
-        the scopes above it, so they trip later only on evidence of their own.
-        `once` names a field on the message: a signal already counted for it in a scope is not
-        counted there again (a DSN posted twice is one bounce), while a scope that has not counted
-        it yet does (an agent's own report counted on its agent scope alone, then the same bounce
-        from a trusted source counts on the rest). `last_sent_to` remembers the message as the
-        latest sent to that address, for events that only name the recipient. `agent` is whose mail
-        (or refusal) it is: a trip it causes counts in that agent's activity, as do the fields in
-        `activity` (see governance/register.py).
-        """
-        if not scopes and not once and not last_sent_to and not activity:
-            return Recorded(counted=True, trips=[])
-        call = self.call(
-            scopes,
-            signals,
-            rules,
-            message_id=message_id,
-            once=once,
-            last_sent_to=last_sent_to,
-            agent=agent,
-            activity=activity,
-        )
+    async def record(self, call: ScriptArgs) -> Recorded:
+        """Make the recording `call` describes, in a step of its own; the trips it caused."""
         async with translated():
             raw = await self._record(keys=call.keys, args=call.args)
         return Recorded(counted=raw[0] == 1, trips=[Trip.from_json(trip) for trip in raw[1:]])
@@ -171,8 +135,22 @@ class Signals:
         agent: str = "",
         activity: Sequence[str] = (),
     ) -> ScriptArgs:
-        """The recording `record` makes, as keys and arguments for lua/shared/signals.lua, for a
-        script that records signals in a step of its own (the finish of a send)."""
+        """Counting `signals` in each scope, as keys and arguments for lua/shared/signals.lua: made
+        alone (`record`) or by a script that records something else in the same step (Store.finish).
+        With a bad signal, the first scope that crosses trips.
+
+        `scopes` must come most specific first (see the script for why). A bad signal is judged
+        only on the causes it bears on (CAUSES). A scope already tripped absorbs the signal: the
+        scopes above it do not count it, and a scope that trips takes its window's counts out of
+        the scopes above it, so they trip later only on evidence of their own.
+        `once` names a field on the message: a signal already counted for it in a scope is not
+        counted there again (a DSN posted twice is one bounce), while a scope that has not counted
+        it yet does (an agent's own report counted on its agent scope alone, then the same bounce
+        from a trusted source counts on the rest). `last_sent_to` remembers the message as the
+        latest sent to that address, for events that only name the recipient. `agent` is whose mail
+        (or refusal) it is: a trip it causes counts in that agent's activity, as do the fields in
+        `activity` (see governance/register.py).
+        """
         k = self._keys
         causes = sorted({cause for s in signals for cause in CAUSES.get(s, ())})
         return ScriptArgs(

@@ -139,16 +139,20 @@ class SafeMode:
         they count on its `agent:` scope alone, watched or not, and can stop nobody else.
         A trip they cause counts in the activity of the agent `scopes` name, with `activity`.
         """
-        rules = self._rules.now.file.safe_mode
+        watched = self._watched(scopes, signals, agent_only)
+        if not watched and not once and not last_sent_to and not activity:
+            return Recorded(counted=True, trips=[])  # nothing to count: no round trip
         recorded = await self._signals.record(
-            self._watched(scopes, signals, agent_only),
-            signals,
-            rules,
-            message_id=message_id,
-            once=once,
-            last_sent_to=last_sent_to,
-            agent=agent_in(scopes),
-            activity=activity,
+            self._signals.call(
+                watched,
+                signals,
+                self._rules.now.file.safe_mode,
+                message_id=message_id,
+                once=once,
+                last_sent_to=last_sent_to,
+                agent=agent_in(scopes),
+                activity=activity,
+            )
         )
         for trip in recorded.trips:
             self._announce(trip)
