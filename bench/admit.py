@@ -30,6 +30,7 @@ from sendguard.parts import Runtime, build
 from sendguard.rules import load_rules
 from sendguard.scopes import GLOBAL
 from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import packing_with_hiredis
 from sendguard.submission import MessageIn
 
 _BY = "bench"
@@ -136,6 +137,7 @@ def admit_leads(redis_url: str, rules_path: Path, count: int, processes: int) ->
 
 async def _admit_share(redis_url: str, rules_path: Path, first: int, count: int) -> Counter[str]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    packing_with_hiredis(client.connection_pool)  # as the daemon's client packs
     try:
         admitter = await Admitter.build(client, Keys(PREFIX), rules_path)
         return await admitter.admit(leads(first, count))

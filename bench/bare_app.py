@@ -15,6 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 from redis.typing import EncodableT, FieldT
 
+from sendguard.state.redis_connection import packing_with_hiredis
+
 
 def stored(body: dict[str, Any]) -> tuple[str, dict[FieldT, EncodableT]]:
     """The key and the hash one submission becomes: the least a queue could keep of it."""
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("port", type=int)
     args = parser.parse_args()
     client = aioredis.Redis.from_url(args.redis_url, decode_responses=True)
+    packing_with_hiredis(client.connection_pool)  # as sendguard's client packs: the same C packer
     config = uvicorn.Config(
         create_app(client),
         host="127.0.0.1",

@@ -25,6 +25,7 @@ from bench.mail import AGENT
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.tokens import Role, Tokens
 from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import packing_with_hiredis
 from tests.conftest import RedisServer, free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -138,6 +139,7 @@ class Bench:
         # redis-py 8 reads with a 5 s timeout by default; emptying the full footprint run's data set
         # (FLUSHALL between runs) takes longer than that.
         self.redis = aioredis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=300)
+        packing_with_hiredis(self.redis.connection_pool)  # as the daemon's client packs
         self.keys = Keys(PREFIX)
         self._names = itertools.count()
 

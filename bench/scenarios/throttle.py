@@ -32,6 +32,7 @@ from sendguard.model import Status
 from sendguard.record import MessageRecord
 from sendguard.rules import RampRule, ScopeKind, ThrottleRule
 from sendguard.scopes import scope_values
+from sendguard.state.redis_connection import packing_with_hiredis
 from sendguard.state.store import Claim, Moved, Store
 from tests.conftest import write_claimed
 
@@ -62,6 +63,7 @@ async def run(bench: Bench, size: Size) -> Sample:
 
     sendguard = await decision_rate(reserve, size)
     pool = aioredis.ConnectionPool.from_url(bench.redis_url)  # ours, so we can close it
+    packing_with_hiredis(pool)  # as sendguard's client packs: the same C packer
     options: dict[str, Any] = {"connection_pool": pool}  # passed on to redis-py, whatever limits' hints say
     try:
         storage = RedisStorage(f"async+{bench.redis_url}", implementation="redispy", **options)

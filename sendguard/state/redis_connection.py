@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.typing import EncodableT
 
 from sendguard.config import SentinelURL, Settings
 from sendguard.errors import ConfigError, EmbeddedRedisError, NotReplicated, StoreError
@@ -119,12 +122,43 @@ async def _client(
         client = redis_class.from_url(url, **options)
     if isinstance(client, ReplicatedRedis) and replication is not None:
         client.replication = replication
+    packing_with_hiredis(client.connection_pool)
     try:
         yield client
     finally:
         await client.aclose()
         if sentinel is not None:
             await sentinel.aclose()
+
+
+class _HiredisPacking(AbstractConnection):
+    """Commands packed by hiredis in C. redis-py's asyncio connection packs them in Python, a call
+    to an encoder for each argument: about 22 µs for a 37-argument script call against 3 µs, a third
+    of the daemon's own CPU for the decision that starts a send."""
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        name, *rest = args
+        if isinstance(name, str):  # "CLIENT SETINFO" is two arguments, as redis-py splits it
+            name = name.encode()
+        try:
+            return [hiredis.pack_command((*name.split(), *rest))]  # type: ignore[union-attr]
+        except TypeError:  # a memoryview, or a type Redis takes none of: redis-py's own says which
+            return super().pack_command(*args)
+
+
+_PACKED_BY_HIREDIS: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def packing_with_hiredis(pool: aioredis.ConnectionPool) -> None:
+    """Make every connection `pool` opens from now on pack with hiredis, whatever its kind (TCP, TLS,
+    a Unix socket, one a sentinel names); what goes on the wire is the same bytes."""
+    base = pool.connection_class
+    if issubclass(base, _HiredisPacking):
+        return
+    if base not in _PACKED_BY_HIREDIS:
+        packed = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+        _PACKED_BY_HIREDIS[base] = cast(type[AbstractConnection], packed)
+    pool.connection_class = _PACKED_BY_HIREDIS[base]
 
 
 async def _check_version(client: aioredis.Redis) -> None:
