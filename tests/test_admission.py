@@ -158,3 +158,58 @@ def test_a_refusal_counts_once_per_submission_single_or_batch(
     code, _ = batch(agent, forged)
     assert code == 403
     assert trips(admin) == [("agent:sdr-bot", "denials", 4)]
+
+
+# Addresses whose domain's cached verdict must give what validating each whole gives: case, IDNA,
+# role names email_validator lower-cases, lengths at each limit, refused domains and local parts.
+_ADDRESSES = [
+    "Ann.Lee@Customer.Example",
+    "ann+q4@customer.example",
+    "Postmaster@customer.example",
+    "a@xn--bcher-kva.example",
+    "a@bücher.example",
+    "ann@-customer.example",
+    "ann@customer..example",
+    "ann@localhost",
+    "ann@customer.invalid",
+    "ann..lee@customer.example",
+    ".ann@customer.example",
+    '"ann lee"@customer.example',
+    "Ann <ann@customer.example>",
+    "ann@@customer.example",
+    "ann@",
+    "@customer.example",
+    "ann",
+    "ännä@customer.example",
+    "x" * 64 + "@customer.example",
+    "x" * 65 + "@customer.example",
+    "x" * 60 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".example",  # 254 characters
+    "x" * 61 + "@" + "d" * 63 + "." + "e" * 63 + "." + "f" * 57 + ".example",  # 255
+    "x" * 36 + "@" + "xn--bcher-kva." * 15 + "example",  # 254 as written, 149 bytes in Unicode
+    "ann@customer.example ",
+]
+
+
+def test_an_address_is_normalised_and_refused_as_validating_it_whole_would() -> None:
+    """The domain's verdict is cached for a batch's many new recipients: no answer may differ."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from sendguard.model import normal_address
+
+    for text in _ADDRESSES:
+        try:
+            valid = validate_email(text, check_deliverability=False)
+        except EmailNotValidError as refused:
+            expected: tuple[str, ...] = ("refused", str(refused))
+        else:
+            address = f"{valid.local_part}@{valid.domain}".lower()
+            expected = (address, valid.domain.lower(), valid.ascii_domain.lower())
+        for _ in range(2):  # the domain's verdict new, then cached
+            try:
+                normal = normal_address(text)
+            except EmailNotValidError as refused:
+                got: tuple[str, ...] = ("refused", str(refused))
+            else:
+                got = (normal.address, normal.domain, normal.ascii_domain)
+            assert got == expected, text
+            normal_address.cache_clear()
