@@ -6,6 +6,7 @@ the form people type, the API returns and Redis stores.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from sendguard.errors import InvalidValue
@@ -24,14 +25,30 @@ def scope_values(record: MessageRecord) -> dict[ScopeKind, str | None]:
     `alice@acme.example`), so an agent cannot invent tags to get a throttle bucket or a safe-mode
     scope of its own.
     """
-    inbox = canonical_address(record.from_addr)
+    return _values(record.to_domain, record.from_addr, record.segment, record.campaign, record.agent)
+
+
+@functools.lru_cache(maxsize=4096)
+def admitted_scopes(
+    to_domain: str, from_addr: str, segment: str | None, campaign: str | None, agent: str
+) -> tuple[str, ...]:
+    """The scopes a new message with these fields is in (`message_scopes` of its `scope_values`).
+
+    Cached: a batch's thousands of recipients share all of them but a few recipient domains."""
+    return tuple(message_scopes(_values(to_domain, from_addr, segment, campaign, agent)))
+
+
+def _values(
+    to_domain: str, from_addr: str, segment: str | None, campaign: str | None, agent: str
+) -> dict[ScopeKind, str | None]:
+    inbox = canonical_address(from_addr)
     return {
-        ScopeKind.RECIPIENT_DOMAIN: record.to_domain,
+        ScopeKind.RECIPIENT_DOMAIN: to_domain,
         ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
         ScopeKind.INBOX: inbox,
-        ScopeKind.SEGMENT: record.segment,
-        ScopeKind.CAMPAIGN: record.campaign,
-        ScopeKind.AGENT: record.agent,
+        ScopeKind.SEGMENT: segment,
+        ScopeKind.CAMPAIGN: campaign,
+        ScopeKind.AGENT: agent,
         ScopeKind.GLOBAL: "*",
     }
 

@@ -47,7 +47,7 @@ from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status, now_ms
 from sendguard.record import MessageRecord, Wait
 from sendguard.rules import AgentEntry, Rules, ScopeKind
-from sendguard.scopes import message_scopes, scope_name, scope_values
+from sendguard.scopes import admitted_scopes, scope_name
 from sendguard.state.memory import MemoryBudget
 from sendguard.state.store import Admission, Candidate, Idempotency, Refusable, Store
 from sendguard.submission import (
@@ -460,6 +460,9 @@ class Admissions:
             rules_version=rules.version,
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
+            scopes=admitted_scopes(
+                recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
+            ),
         )
         delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
         if status is not Status.REJECTED:
@@ -471,7 +474,7 @@ class Admissions:
                 record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
                 delay_ms = max(delay_ms, window_wait)
         return Candidate(
-            record=dataclasses.replace(record, scopes=tuple(message_scopes(scope_values(record)))),
+            record=record,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency=key,
             delay_ms=delay_ms,
