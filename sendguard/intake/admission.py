@@ -38,6 +38,7 @@ from sendguard.intake.batches import (
     BatchRecords,
     Renderer,
     Submission,
+    fingerprint,
     idempotency,
     recipients,
 )
@@ -148,12 +149,12 @@ class Admissions:
         started = time.perf_counter()
         agent = await self._authorized(requester, submission, rules)
         await self._memory.reserve(_footprint(submission))
-        key = idempotency(submission, rules)
-        claim = (
-            await self._batches.claim(agent, submission, key)
-            if isinstance(submission, BatchIn)
-            else BatchClaim("")
-        )
+        if isinstance(submission, BatchIn):
+            fingerprinted = fingerprint(submission)  # once: the batch's key and its claim need it
+            key = idempotency(submission, rules, fingerprinted)
+            claim = await self._batches.claim(agent, submission, key, fingerprinted)
+        else:
+            key, claim = idempotency(submission, rules), BatchClaim("")
         # A single message of a tier-0 agent is counted and checked for a company's reply stop by
         # its admission script: the one round trip that writes it.
         single = not isinstance(submission, BatchIn)

@@ -105,11 +105,13 @@ class BatchRecords:
         self._keys = store.keys
         self._audit = audit
 
-    async def claim(self, agent: AgentEntry, batch: BatchIn, idempotency: Idempotency) -> BatchClaim:
-        """A new batch id, or the one its idempotency key already names (a retry)."""
+    async def claim(
+        self, agent: AgentEntry, batch: BatchIn, idempotency: Idempotency, fingerprint: str
+    ) -> BatchClaim:
+        """A new batch id, or the one its idempotency key already names (a retry); `fingerprint` is
+        the batch's (see `fingerprint`), which a retry must match."""
         fresh = secrets.token_hex(8)
         key = self._keys.batch_idempotency(agent.name, idempotency.key)
-        fingerprint = _fingerprint(batch)
         async with translated():
             claimed = await self._redis.set(key, fresh, nx=True, px=idempotency.ms)
         if claimed:
@@ -193,7 +195,7 @@ Submission = MessageIn | BatchIn
 DERIVED_MIN_MS = 3600 * 1000  # a derived idempotency key answers retries for at least an hour
 
 
-def idempotency(submission: Submission, rules: Rules) -> Idempotency:
+def idempotency(submission: Submission, rules: Rules, fingerprinted: str | None = None) -> Idempotency:
     """The agent's own `idempotency_key` (kept 7 days), else one derived from the whole request.
 
     Every field counts (from, to or recipients, subject, text, html, headers, labels, run id,
@@ -204,14 +206,17 @@ def idempotency(submission: Submission, rules: Rules) -> Idempotency:
     the recipient cooldown, and at least an hour: within it the same content could not go to the
     same recipient again anyway, so it only turns a false `recipient_cooldown` into the first
     answer; after it, the same request is a new message, as the rules allow. An agent that means
-    to send the same content twice gives each its own `idempotency_key`.
+    to send the same content twice gives each its own `idempotency_key`. `fingerprinted`: the
+    submission's `fingerprint` when it was already taken (a batch's costs a tenth of a second).
     """
     if submission.idempotency_key is not None:
         return Idempotency(submission.idempotency_key, IDEMPOTENCY_TTL_MS, keeps_rejected=True)
     cooldown_ms = int(rules.file.ingress.recipient_cooldown * 1000)
     # 128 bits of the fingerprint name the key: as unique among one agent's requests, half the bytes.
     return Idempotency(
-        f"content:{_fingerprint(submission)[:32]}", max(cooldown_ms, DERIVED_MIN_MS), keeps_rejected=False
+        f"content:{(fingerprinted or fingerprint(submission))[:32]}",
+        max(cooldown_ms, DERIVED_MIN_MS),
+        keeps_rejected=False,
     )
 
 
@@ -288,6 +293,6 @@ class Renderer:
         )
 
 
-def _fingerprint(submission: Submission) -> str:
+def fingerprint(submission: Submission) -> str:
     """A hash of the whole request, so a reused idempotency key with other content is caught."""
     return canonical_hash(submission.model_dump(mode="json", by_alias=True))
