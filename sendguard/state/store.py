@@ -200,10 +200,14 @@ class Store:
             await self._template_keep(keys=[self.keys.template(batch_id)], args=[RETENTION_MS, *fields])
 
     async def admit(self, candidates: Sequence[Candidate]) -> list[Admission]:
-        """Write decided submissions, pipelined: a batch of thousands costs a few round trips."""
-        calls: list[tuple[list[str], list[Any]]] = [([], self._admit_args(c)) for c in candidates]
+        """Write decided submissions, pipelined: a batch of thousands costs a few round trips, and a
+        single message shares its round trip with those other requests send in the same turn."""
         async with translated():
-            results = await scripts.run_pipelined(self._admit, calls)
+            if len(candidates) == 1:
+                results = [await self._together.run(self._admit, [], self._admit_args(candidates[0]))]
+            else:
+                calls: list[tuple[list[str], list[Any]]] = [([], self._admit_args(c)) for c in candidates]
+                results = await scripts.run_pipelined(self._admit, calls)
             existing = [str(result[1]) for result in results if result[0] == "existing"]
             # Only a retry finds any: a new submission does not pay for the look-up.
             found = (
