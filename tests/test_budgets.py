@@ -292,7 +292,8 @@ def test_redis_lost_mid_batch_then_the_retry_completes_it_with_no_duplicate_and_
     make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink, key: str | None
 ) -> None:
     count = 1500  # three chunks of admission
-    daemon = make_daemon(TIER_0, redis_url=own_redis.url)
+    # More relay connections than the default: the 1,500 sends at the end are only the check.
+    daemon = make_daemon(TIER_0, redis_url=own_redis.url, smtp_connections="16", workers="16")
     keys = Keys(daemon.env["SENDGUARD_REDIS_PREFIX"])
     agent = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
     admin = Api(daemon, daemon.cli("token", "create", "--admin", "root"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.parser
 import email.policy
@@ -9,6 +10,7 @@ import json
 import os
 import re
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,13 +21,17 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from sendguard.config import Settings
 from sendguard.delivery.throttle import Throttles
 from sendguard.model import Status
+from sendguard.parts import build
 from sendguard.record import MessageRecord
+from sendguard.rules import load_rules
 from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
+from sendguard.state.redis_connection import redis_connection
 from sendguard.state.store import Moved, Store
-from tests.conftest import Api, Daemon, wait_until, write_claimed
+from tests.conftest import AGENT_RULES, Api, Daemon, RedisServer, wait_until, write_claimed
 from tests.peers import SmtpSink
 
 RULES = """
@@ -554,3 +560,26 @@ async def test_a_send_its_daemon_knows_never_reached_the_relay_is_requeued_not_u
         assert causes[-1] == "not_sent"
     finally:
         await client.aclose()
+
+
+async def test_a_stop_while_a_claim_is_in_flight_ends_the_claim_loop_when_the_claim_returns(
+    own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """The claim loop is told to stop while Redis holds its claim; the claim then fails. The loop
+    ends at once, rather than waiting out the pause between retries (a second) first."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(AGENT_RULES)
+    settings = Settings(redis_url=own_redis.url, redis_prefix="stop", smtp_url=smtp.url)
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        deliverer = (await build(settings, load_rules(rules), client)).deliverer
+        with redis.Redis.from_url(own_redis.url) as pauser:
+            pauser.execute_command("CLIENT", "PAUSE", "10000", "ALL")
+        claiming = asyncio.create_task(deliverer.run())
+        await asyncio.sleep(0.3)  # the loop's first claim waits for the paused Redis
+        assert not claiming.done()
+        await deliverer.stop(grace=1)
+        assert own_redis.process is not None
+        own_redis.process.kill()  # the claim fails: the loop would wait a second before its next
+        started = time.monotonic()
+        await asyncio.wait_for(claiming, timeout=10)
+        assert time.monotonic() - started < 0.5

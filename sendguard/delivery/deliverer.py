@@ -218,6 +218,10 @@ class Deliverer:
             log.error("delivery task failed", exc_info=task.exception())
 
     async def _sleep(self, seconds: float) -> None:
+        """Wait `seconds` or until woken; not at all once stopping, as the wake `stop()` gave may
+        have come while a claim was in flight."""
+        if self._stopping:
+            return
         self._wake.clear()
         self._looks_at = time.monotonic() + max(seconds, 0.0)
         try:
