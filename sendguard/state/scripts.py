@@ -103,8 +103,10 @@ _CONSTANTS = {
 }
 
 
+@functools.cache
 def source(name: str, keys: Keys) -> str:
-    """The script `name` as Redis runs it for `keys`' deployment."""
+    """The script `name` as Redis runs it for `keys`' deployment; composed once per process, since
+    every build of the parts registers every script (the composing is hundreds of regex searches)."""
     return compose(_read(f"{name}.lua"), keys, f"{name}.lua")
 
 
