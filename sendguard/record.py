@@ -6,9 +6,12 @@ into a `MessageRecord` as it reads it (`from_hash`) and back into strings as it 
 record by string key. Attribute names are the hash's field names, which the Lua scripts also read
 and write. A field missing from a hash (written by an older version) takes its default.
 
-The content (subject, text, html, headers) is a single message's own; a batch's recipient keeps
-only its `values` and the `template` it fills (its batch's, stored once), and `from_hash` fills it
-in, so every reader sees the content the recipient gets. A rejected message keeps no content.
+The content (subject, text, html, headers) is a single message's own, kept beside the hash as one
+JSON string (keys.py `content`; records written before that hold it as hash fields); a batch's
+recipient keeps only its `values` and the `template` it fills (its batch's, stored once), and
+`from_hash` fills it in, so every reader sees the content the recipient gets. A rejected message
+keeps no content. The scopes are a hash field only when the record's fields do not give them
+(`derived_scopes`), so that in the common case no field is long and Redis keeps the hash compact.
 """
 
 from __future__ import annotations
@@ -96,17 +99,16 @@ class MessageRecord:
         return headers
 
     @classmethod
-    def from_hash(cls, fields: Mapping[str, str], template: Mapping[str, str] | None = None) -> MessageRecord:
+    def from_hash(
+        cls, fields: Mapping[str, str], template: Mapping[str, str] | None = None, content: str = ""
+    ) -> MessageRecord:
         """The record from its Redis hash (all of it, or the fields a reader asked for), its content
-        filled from `template` (its batch's stored template) when it names one; ValueError if a
-        field is damaged or the template it needs is missing."""
+        from `content` (its own, keys.py `content`) or filled from `template` (its batch's stored
+        template) when it names one; ValueError if a field is damaged or the template it needs is
+        missing."""
         get = fields.get
-        subject, text, html, headers = (
-            get("subject", ""),
-            get("text", ""),
-            get("html", ""),
-            get("headers", ""),
-        )
+        own: Mapping[str, str] = json.loads(content) if content else fields
+        subject, text, html, headers = (own.get(name, "") for name in CONTENT)
         if name := get("template"):
             if not template:
                 raise ValueError(f"the template of batch {name} is gone")
@@ -120,7 +122,7 @@ class MessageRecord:
             created=_int_or_none(get("created")),
             attempts=int(get("attempts") or 0),
             uncertain=int(get("uncertain") or 0),
-            scopes=tuple(json.loads(get("scopes") or "[]")),
+            scopes=tuple(json.loads(raw)) if (raw := get("scopes")) is not None else derived_scopes(fields),
             approval=get("approval", ""),
             held_by=get("held_by") or None,
             claim=get("claim", ""),
@@ -171,6 +173,22 @@ class MessageRecord:
         return _written(self, ("template", "values") if self.template else CONTENT)
 
 
+def derived_scopes(fields: Mapping[str, str]) -> tuple[str, ...]:
+    """The scopes a record's fields give (lua/shared/record.lua's rule; admission stores the list
+    only when they do not give it back): its recipient's domain, the From address as the inbox
+    and its domain, its segment and campaign when it has them, its agent, and global."""
+    inbox = fields.get("from_addr", "")
+    optional = [f"{kind}:{fields[kind]}" for kind in ("segment", "campaign") if kind in fields]
+    return (
+        f"recipient_domain:{fields.get('to_domain', '')}",
+        f"sender_domain:{inbox.rpartition('@')[2]}",
+        f"inbox:{inbox}",
+        *optional,
+        f"agent:{fields.get('agent', '')}",
+        "global",
+    )
+
+
 def _written(record: MessageRecord, names: tuple[str, ...]) -> dict[str, str]:
     """The fields of `names` that are not at their default, as the hash holds them."""
     return {name: encode(value) for name in names if (value := getattr(record, name)) != _DEFAULTS[name]}
@@ -179,6 +197,8 @@ def _written(record: MessageRecord, names: tuple[str, ...]) -> dict[str, str]:
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(MessageRecord)}
 # A message's own content; a batch's recipient has them in its template instead.
 CONTENT = ("subject", "text", "html", "headers")
+# The fields `derived_scopes` reads.
+SCOPE_SOURCES = ("to_domain", "from_addr", "segment", "campaign", "agent")
 # Written at admission from the record, besides the content; every other field is the scripts' or
 # a later change's.
 _SUBMITTED = (

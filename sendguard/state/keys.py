@@ -12,7 +12,13 @@ from string import Formatter
 
 # name -> layout after `prefix:`. The comment gives the Redis type and what the key holds.
 SCHEMA: dict[str, str] = {
-    "msg": "msg:{id}",  # hash: the message record
+    # hash: the message record, every field short enough for Redis' compact encoding in the common
+    # case (its content and, where its fields give them, its scopes are kept elsewhere or derived)
+    "msg": "msg:{id}",
+    # string: a single message's own content (subject, text, html, headers) as a JSON object, apart
+    # from its record so that one long body does not turn the whole record into Redis' large hash
+    # encoding; it expires with the record. Records written before it hold these as hash fields.
+    "content": "content:{id}",
     # list: transitions, JSON objects {at, status, cause, detail}; none yet for a message queued with
     # nothing to say, whose first entry is implied (Store.get)
     "hist": "hist:{id}",
@@ -112,6 +118,9 @@ class Keys:
 
     def msg(self, message_id: str) -> str:
         return self._key("msg", message_id)
+
+    def content(self, message_id: str) -> str:
+        return self._key("content", message_id)
 
     def hist(self, message_id: str) -> str:
         return self._key("hist", message_id)

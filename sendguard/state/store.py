@@ -21,7 +21,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
-from sendguard.record import CONTENT, Changes, MessageRecord, encode, encode_changes
+from sendguard.record import CONTENT, SCOPE_SOURCES, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -286,9 +286,9 @@ class Store:
         if len(result) == 2:
             return NoWork(int(float(result[1])) if result[1] else None, now)
         claims = []
-        for message_id, token, flat, template in result[2:]:
+        for message_id, token, flat, template, content in result[2:]:
             try:
-                record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
+                record = MessageRecord.from_hash(_pairs(flat), _pairs(template), content)
             except (KeyError, TypeError, ValueError) as exc:
                 claims.append(Claim(message_id, token, None, f"{type(exc).__name__}: {exc}", now))
             else:
@@ -638,9 +638,11 @@ class Store:
 
     async def record(self, message_id: str) -> MessageRecord | None:
         """The message record alone, without its history."""
-        async with translated():
-            record = await self.redis.hgetall(self.keys.msg(message_id))
-        return (await self._filled([{str(k): str(v) for k, v in record.items()}]))[0] if record else None
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.msg(message_id))
+            pipe.get(self.keys.content(message_id))
+            record, content = await pipe.execute()
+        return (await self._filled([record], [content]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
@@ -650,29 +652,40 @@ class Store:
         in `only` costs a second round trip for the templates it is filled from).
         """
         names = ["id", "status", *only]
-        if set(only) & set(CONTENT):
+        if "scopes" in only:  # a record without the field has them in these (record.derived_scopes)
+            names += [name for name in SCOPE_SOURCES if name not in names]
+        content = bool(set(only) & set(CONTENT))
+        if content:
             names += ["template", "values"]
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
                 pipe.hmget(self.keys.msg(message_id), names)
-            rows = await pipe.execute() if ids else []
-        found = [
-            {name: value for name, value in zip(names, row, strict=True) if value is not None}
-            for row in rows
-            if row[1] is not None
-        ]
-        filled = iter(await self._filled(found))
+                if content:
+                    pipe.get(self.keys.content(message_id))
+            answers = await pipe.execute() if ids else []
+        step = 2 if content else 1
+        rows, contents = answers[::step], answers[1::step] if content else [None] * len(ids)
+        found, own = [], []
+        for row, text in zip(rows, contents, strict=True):
+            if row[1] is not None:
+                fields = {name: value for name, value in zip(names, row, strict=True) if value is not None}
+                if "scopes" not in only:
+                    fields["scopes"] = "[]"  # not read: left at its default, not derived from nothing
+                found.append(fields)
+                own.append(text)
+        filled = iter(await self._filled(found, own))
         return [next(filled) if row[1] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.msg(message_id))
+            pipe.get(k.content(message_id))
             pipe.lrange(k.hist(message_id), 0, -1)
-            record, history = await pipe.execute()
+            record, content, history = await pipe.execute()
         if not record:
             return None
-        [filled] = await self._filled([record])
+        [filled] = await self._filled([record], [content])
         entries = [json.loads(entry) for entry in history]
         if not entries or entries[0]["cause"] != _SUBMITTED:
             # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).
@@ -680,9 +693,12 @@ class Store:
             entries.insert(0, implied)
         return filled, entries
 
-    async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
-        """Records from their hashes, each filled from its batch's template (one round trip for
-        all the templates they name, none when they name none)."""
+    async def _filled(
+        self, hashes: Sequence[Mapping[str, str]], contents: Sequence[str | None]
+    ) -> list[MessageRecord]:
+        """Records from their hashes and their own content (keys.py `content`; None where there is
+        none), each filled from its batch's template (one round trip for all the templates they
+        name, none when they name none)."""
         batches = sorted({name for fields in hashes if (name := fields.get("template"))})
         templates: dict[str, dict[str, str]] = {}
         if batches:
@@ -691,7 +707,8 @@ class Store:
                     pipe.hgetall(self.keys.template(batch))
                 templates = dict(zip(batches, await pipe.execute(), strict=True))
         return [
-            MessageRecord.from_hash(fields, templates.get(fields.get("template", ""))) for fields in hashes
+            MessageRecord.from_hash(fields, templates.get(fields.get("template", "")), content or "")
+            for fields, content in zip(hashes, contents, strict=True)
         ]
 
     async def waiting_counts(self) -> dict[str, int]:

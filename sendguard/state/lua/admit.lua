@@ -71,7 +71,13 @@ if #mass > 0 and status ~= 'rejected' then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
+local record = {'id', id, 'status', status, 'created', now}
+-- The scopes are stored only when the record's fields do not give them back (record.lua).
+local given, derived = cjson.decode(scopes), derived_scopes(submitted.to_domain, submitted.from_addr,
+  submitted.segment, submitted.campaign, agent)
+local same = #given == #derived
+for i = 1, #given do same = same and given[i] == derived[i] end
+if not same then table.insert(record, 'scopes') table.insert(record, scopes) end
 -- Only what says more than the defaults: no reasons, and never sent before it was created.
 if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
 if due > now then table.insert(record, 'not_before') table.insert(record, due) end
@@ -82,7 +88,11 @@ local function add(fields)
   end
 end
 add(submitted)
-if status ~= 'rejected' then add(content) end
+if status ~= 'rejected' and content.template then
+  add(content)
+elseif status ~= 'rejected' and next(content) ~= nil then
+  redis.call('SET', key_content(id), cjson.encode(content))  -- apart, see keys.py `content`
+end
 redis.call('HSET', msg_key, unpack(record))
 -- A message queued with nothing to say has no history list until it moves on: its first entry,
 -- `submitted` `queued` at `created`, is implied (Store.get), which saves a list a waiting message.

@@ -1,5 +1,5 @@
 -- finished(id, retention_ms, was_waiting): a message that will never be sent or tried again leaves
--- the waiting index of its mailbox (keys.py `waiting`), and its record and history expire after the
+-- the waiting index of its mailbox (keys.py `waiting`), and its record, content and history expire after the
 -- retention. When it was waiting until now, its batch's template counts one message fewer, and
 -- expires after the retention too once none waits: a template lives as long as the messages that
 -- fill it.
@@ -8,6 +8,7 @@ local function finished(id, retention_ms, was_waiting)
   local cur = redis.call('HMGET', key, 'to_canonical', 'template')
   if cur[1] then redis.call('SREM', key_waiting(cur[1]), id) end
   redis.call('PEXPIRE', key, retention_ms)
+  redis.call('PEXPIRE', key_content(id), retention_ms)
   redis.call('PEXPIRE', key_hist(id), retention_ms)
   if was_waiting and cur[2] then
     local template = key_template(cur[2])
