@@ -157,6 +157,13 @@ def decode_counts(raw: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+async def _chained(*iterators: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The items of each iterator in turn."""
+    for iterator in iterators:
+        async for item in iterator:
+            yield item
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     """A hash as HGETALL gives it inside a script's reply: name, value, name, value, ..."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -560,8 +567,11 @@ class Store:
     async def recipient_messages(self, address: str) -> list[str]:
         """Ids of the messages still waiting for the mailbox of an address (case and +tag aside)."""
         mailbox = canonical_address(address)
-        async with translated():
-            return sorted(str(member) for member in await self.redis.smembers(self.keys.waiting(mailbox)))
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hkeys(self.keys.waiting(mailbox))
+            pipe.smembers(self.keys.waiting_legacy(mailbox))
+            ids, legacy = await pipe.execute()
+        return sorted({str(member) for member in [*ids, *legacy]})
 
     async def held_counts(self, scopes: Sequence[str]) -> dict[str, int]:
         """How many messages each scope's trip holds now."""
@@ -581,9 +591,13 @@ class Store:
         if source == "all":
             return await self._scan_records(cap)
         items: AsyncIterator[Any]
-        if source in ("held", "waiting"):
-            key = k.held(value) if source == "held" else k.waiting(canonical_address(value))
-            items = self.redis.sscan_iter(key, count=_SCAN_STEP)
+        if source == "held":
+            items = self.redis.sscan_iter(k.held(value), count=_SCAN_STEP)
+        elif source == "waiting":
+            items = _chained(
+                self.redis.hscan_iter(k.waiting(canonical_address(value)), count=_SCAN_STEP),
+                self.redis.sscan_iter(k.waiting_legacy(canonical_address(value)), count=_SCAN_STEP),
+            )
         else:
             items = self.redis.zscan_iter(k.due if source == "due" else k.inflight, count=_SCAN_STEP)
         ids: dict[str, None] = {}  # a SCAN may return an id twice

@@ -106,7 +106,7 @@ redis.call('ZREMRANGEBYSCORE', agent_index_key, '-inf', '(' .. (now - retention_
 redis.call('PEXPIRE', agent_index_key, retention_ms)
 local held_by = ''
 if WAITING[status] then
-  redis.call('SADD', waiting_key, id)
+  redis.call('HSET', waiting_key, id, '')
   if template ~= '' then  -- kept while a message waits for it (see finished)
     redis.call('HINCRBY', key_template(template), 'waiting', 1)
     redis.call('PERSIST', key_template(template))
