@@ -15,8 +15,8 @@ SCHEMA: dict[str, str] = {
     # hash: the message record, every field short enough for Redis' compact encoding in the common
     # case (its content and, where its fields give them, its scopes are kept elsewhere or derived)
     "msg": "msg:{id}",
-    # string: a single message's own content (subject, text, html, headers) as a JSON object, apart
-    # from its record so that one long body does not turn the whole record into Redis' large hash
+    # string: a single message's own text, html and headers as a JSON object, apart from its
+    # record so that one long body does not turn the whole record into Redis' large hash
     # encoding; it expires with the record. Records written before it hold these as hash fields.
     "content": "content:{id}",
     # list: transitions, JSON objects {at, status, cause, detail}; none yet for a message queued with

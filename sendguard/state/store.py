@@ -21,7 +21,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
-from sendguard.record import CONTENT, SCOPE_SOURCES, Changes, MessageRecord, encode, encode_changes
+from sendguard.record import BODY, CONTENT, SCOPE_SOURCES, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -243,6 +243,7 @@ class Store:
         record = candidate.record
         # A rejected message keeps no content: the script leaves it out if it rejects one too.
         content = record.content_fields() if record.status is not Status.REJECTED else {}
+        body = record.body() if record.status is not Status.REJECTED else ""
         send_at = int(record.send_at.timestamp() * 1000) if record.send_at else 0
         arguments = [
             record.id,
@@ -263,6 +264,7 @@ class Store:
             content,
             "1" if candidate.check_replied else "0",
             [str(value) for value in candidate.mass_count],
+            body,
         ]
         return [json.dumps(arguments, ensure_ascii=False)]
 
@@ -668,9 +670,11 @@ class Store:
         names = ["id", "status", *only]
         if "scopes" in only:  # a record without the field has them in these (record.derived_scopes)
             names += [name for name in SCOPE_SOURCES if name not in names]
-        content = bool(set(only) & set(CONTENT))
-        if content:
+        if "to_canonical" in only and "to" not in names:  # a record without it has it in `to`
+            names.append("to")
+        if set(only) & set(CONTENT):
             names += ["template", "values"]
+        content = bool(set(only) & set(BODY))
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
                 pipe.hmget(self.keys.msg(message_id), names)

@@ -17,8 +17,8 @@ end
 -- fill it.
 local function finished(id, retention_ms, was_waiting)
   local key = key_msg(id)
-  local cur = redis.call('HMGET', key, 'to_canonical', 'template')
-  if cur[1] then leave_waiting(cur[1], id) end
+  local cur = redis.call('HMGET', key, 'to_canonical', 'template', 'to')
+  if cur[1] or cur[3] then leave_waiting(cur[1] or cur[3], id) end  -- no to_canonical: it is `to`
   redis.call('PEXPIRE', key, retention_ms)
   redis.call('PEXPIRE', key_content(id), retention_ms)
   redis.call('PEXPIRE', key_hist(id), retention_ms)
