@@ -103,9 +103,14 @@ class MessageRecord:
 
     @classmethod
     def from_hash(
-        cls, fields: Mapping[str, str], template: Mapping[str, str] | None = None, content: str = ""
+        cls,
+        message_id: str,
+        fields: Mapping[str, str],
+        template: Mapping[str, str] | None = None,
+        content: str = "",
     ) -> MessageRecord:
-        """The record from its Redis hash (all of it, or the fields a reader asked for), its content
+        """The record `message_id` from its Redis hash (all of it, or the fields a reader asked
+        for; the id is its key's, not a field), its content
         from `content` (its own, keys.py `content`) or filled from `template` (its batch's stored
         template) when it names one; ValueError if a field is damaged or the template it needs is
         missing."""
@@ -120,7 +125,7 @@ class MessageRecord:
             filled = BatchTemplate(template["subject"], template["text"], template["html"]).fill(values)
             subject, text, html, headers = filled.subject, filled.text, filled.html, template["headers"]
         return cls(
-            id=fields["id"],
+            id=message_id,
             status=Status(fields["status"]),
             reasons=tuple(decode_reasons(get("reasons"))),
             created=_int_or_none(get("created")),

@@ -151,7 +151,12 @@ def test_a_message_written_in_the_older_layout_is_answered_and_delivered_as_it_w
     try:  # as the admission script of earlier versions wrote it
         content = json.loads(client.execute_command("GETDEL", keys.content(message_id)))
         scopes = ["recipient_domain:customer.example", "inbox:alice@acme.example", "global"]
-        old = {**content, "scopes": json.dumps(scopes), "to_canonical": "dana@customer.example"}
+        old = {
+            **content,
+            "id": message_id,
+            "scopes": json.dumps(scopes),
+            "to_canonical": "dana@customer.example",
+        }
         client.hset(keys.msg(message_id), mapping=old)
     finally:
         client.close()

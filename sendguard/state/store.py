@@ -297,7 +297,7 @@ class Store:
         claims = []
         for message_id, token, flat, template, content in result[2:]:
             try:
-                record = MessageRecord.from_hash(_pairs(flat), _pairs(template), content)
+                record = MessageRecord.from_hash(message_id, _pairs(flat), _pairs(template), content)
             except (KeyError, TypeError, ValueError) as exc:
                 claims.append(Claim(message_id, token, None, f"{type(exc).__name__}: {exc}", now))
             else:
@@ -658,16 +658,16 @@ class Store:
             pipe.hgetall(self.keys.msg(message_id))
             pipe.get(self.keys.content(message_id))
             record, content = await pipe.execute()
-        return (await self._filled([record], [content]))[0] if record else None
+        return (await self._filled([message_id], [record], [content]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
-        `only` read (besides id and status); the rest keep their defaults.
+        `only` read (besides status); the rest keep their defaults.
 
         For readers of many records that need a few fields, not the bodies (a content field named
         in `only` costs a second round trip for the templates it is filled from).
         """
-        names = ["id", "status", *only]
+        names = ["status", *only]
         if "scopes" in only:  # a record without the field has them in these (record.derived_scopes)
             names += [name for name in SCOPE_SOURCES if name not in names]
         if "to_canonical" in only and "to" not in names:  # a record without it has it in `to`
@@ -683,16 +683,17 @@ class Store:
             answers = await pipe.execute() if ids else []
         step = 2 if content else 1
         rows, contents = answers[::step], answers[1::step] if content else [None] * len(ids)
-        found, own = [], []
-        for row, text in zip(rows, contents, strict=True):
-            if row[1] is not None:
+        present, found, own = [], [], []
+        for message_id, row, text in zip(ids, rows, contents, strict=True):
+            if row[0] is not None:
                 fields = {name: value for name, value in zip(names, row, strict=True) if value is not None}
                 if "scopes" not in only:
                     fields["scopes"] = "[]"  # not read: left at its default, not derived from nothing
+                present.append(message_id)
                 found.append(fields)
                 own.append(text)
-        filled = iter(await self._filled(found, own))
-        return [next(filled) if row[1] is not None else None for row in rows]
+        filled = iter(await self._filled(present, found, own))
+        return [next(filled) if row[0] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
@@ -703,7 +704,7 @@ class Store:
             record, content, history = await pipe.execute()
         if not record:
             return None
-        [filled] = await self._filled([record], [content])
+        [filled] = await self._filled([message_id], [record], [content])
         entries = [json.loads(entry) for entry in history]
         if not entries or entries[0]["cause"] != _SUBMITTED:
             # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).
@@ -712,9 +713,9 @@ class Store:
         return filled, entries
 
     async def _filled(
-        self, hashes: Sequence[Mapping[str, str]], contents: Sequence[str | None]
+        self, ids: Sequence[str], hashes: Sequence[Mapping[str, str]], contents: Sequence[str | None]
     ) -> list[MessageRecord]:
-        """Records from their hashes and their own content (keys.py `content`; None where there is
+        """Records `ids` from their hashes and their own content (keys.py `content`; None where there is
         none), each filled from its batch's template (one round trip for all the templates they
         name, none when they name none)."""
         batches = sorted({name for fields in hashes if (name := fields.get("template"))})
@@ -725,8 +726,10 @@ class Store:
                     pipe.hgetall(self.keys.template(batch))
                 templates = dict(zip(batches, await pipe.execute(), strict=True))
         return [
-            MessageRecord.from_hash(fields, templates.get(fields.get("template", "")), content or "")
-            for fields, content in zip(hashes, contents, strict=True)
+            MessageRecord.from_hash(
+                message_id, fields, templates.get(fields.get("template", "")), content or ""
+            )
+            for message_id, fields, content in zip(ids, hashes, contents, strict=True)
         ]
 
     async def waiting_counts(self) -> dict[str, int]:

@@ -74,7 +74,7 @@ if #mass > 0 and status ~= 'rejected' then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local record = {'id', id, 'status', status, 'created', now}
+local record = {'status', status, 'created', now}  -- its id is its key's (records before kept it too)
 -- The scopes are stored only when the record's fields do not give them back (record.lua).
 local given, derived = cjson.decode(scopes), derived_scopes(submitted.to_domain, submitted.from_addr,
   submitted.segment, submitted.campaign, agent)
