@@ -146,6 +146,23 @@ def test_a_suppression_cancels_what_the_older_waiting_index_names(
         client.close()
 
 
+def test_a_record_stores_its_scopes_only_when_its_fields_do_not_give_them(
+    api: Api, redis_url: str, prefix: str
+) -> None:
+    """The scopes are derived from the record's fields (lua/shared/record.lua), so a record keeps
+    no long field; a From address not in its canonical form gives another inbox, so those are kept."""
+    plain = api.send("fay@customer.example")["id"]
+    tagged = api.send("gil@customer.example", **{"from": "Alice <Alice+q4@Acme.example>"})["id"]
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert not client.hexists(keys.msg(plain), "scopes")
+        assert client.object("encoding", keys.msg(plain)) in ("ziplist", "listpack")
+        assert "inbox:alice@acme.example" in json.loads(client.hget(keys.msg(tagged), "scopes") or "[]")
+    finally:
+        client.close()
+
+
 def test_recipient_cooldown_spans_agents(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
     first = api.send("carol@customer.example")
     assert first["status"] == "queued"
