@@ -6,9 +6,13 @@ into a `MessageRecord` as it reads it (`from_hash`) and back into strings as it 
 record by string key. Attribute names are the hash's field names, which the Lua scripts also read
 and write. A field missing from a hash (written by an older version) takes its default.
 
-The content (subject, text, html, headers) is a single message's own; a batch's recipient keeps
-only its `values` and the `template` it fills (its batch's, stored once), and `from_hash` fills it
-in, so every reader sees the content the recipient gets. A rejected message keeps no content.
+The content (subject, text, html, headers) is a single message's own, its body (text, html,
+headers) kept beside the hash as one JSON string (keys.py `content`; records written before that
+hold it as hash fields) and its subject, short as a rule, in the hash; a batch's
+recipient keeps only its `values` and the `template` it fills (its batch's, stored once), and
+`from_hash` fills it in, so every reader sees the content the recipient gets. A rejected message
+keeps no content. The scopes are a hash field only when the record's fields do not give them
+(`derived_scopes`), so that in the common case no field is long and Redis keeps the hash compact.
 """
 
 from __future__ import annotations
@@ -60,7 +64,9 @@ class MessageRecord:
     from_name: str = ""
     from_addr: str = ""
     to: str = ""
-    to_canonical: str = ""  # the recipient's mailbox (model.canonical_address), what suppression matches
+    # the recipient's mailbox (model.canonical_address), what suppression matches; not a hash field
+    # when it is `to` as written, the common case
+    to_canonical: str = ""
     to_domain: str = ""
     subject: str = ""
     text: str = ""
@@ -96,17 +102,22 @@ class MessageRecord:
         return headers
 
     @classmethod
-    def from_hash(cls, fields: Mapping[str, str], template: Mapping[str, str] | None = None) -> MessageRecord:
-        """The record from its Redis hash (all of it, or the fields a reader asked for), its content
-        filled from `template` (its batch's stored template) when it names one; ValueError if a
-        field is damaged or the template it needs is missing."""
+    def from_hash(
+        cls,
+        message_id: str,
+        fields: Mapping[str, str],
+        template: Mapping[str, str] | None = None,
+        content: str = "",
+    ) -> MessageRecord:
+        """The record `message_id` from its Redis hash (all of it, or the fields a reader asked
+        for; the id is its key's, not a field), its content
+        from `content` (its own, keys.py `content`) or filled from `template` (its batch's stored
+        template) when it names one; ValueError if a field is damaged or the template it needs is
+        missing."""
         get = fields.get
-        subject, text, html, headers = (
-            get("subject", ""),
-            get("text", ""),
-            get("html", ""),
-            get("headers", ""),
-        )
+        own: Mapping[str, str] = json.loads(content) if content else fields
+        subject = get("subject", "")
+        text, html, headers = (own.get(name, "") for name in BODY)
         if name := get("template"):
             if not template:
                 raise ValueError(f"the template of batch {name} is gone")
@@ -114,13 +125,13 @@ class MessageRecord:
             filled = BatchTemplate(template["subject"], template["text"], template["html"]).fill(values)
             subject, text, html, headers = filled.subject, filled.text, filled.html, template["headers"]
         return cls(
-            id=fields["id"],
+            id=message_id,
             status=Status(fields["status"]),
             reasons=tuple(decode_reasons(get("reasons"))),
             created=_int_or_none(get("created")),
             attempts=int(get("attempts") or 0),
             uncertain=int(get("uncertain") or 0),
-            scopes=tuple(json.loads(get("scopes") or "[]")),
+            scopes=tuple(json.loads(raw)) if (raw := get("scopes")) is not None else derived_scopes(fields),
             approval=get("approval", ""),
             held_by=get("held_by") or None,
             claim=get("claim", ""),
@@ -130,7 +141,7 @@ class MessageRecord:
             from_name=get("from_name", ""),
             from_addr=get("from_addr", ""),
             to=get("to", ""),
-            to_canonical=get("to_canonical", ""),
+            to_canonical=get("to_canonical") or get("to", ""),
             to_domain=get("to_domain", ""),
             subject=subject,
             text=text,
@@ -163,12 +174,36 @@ class MessageRecord:
         and those the admission script sets itself (id, status, reasons, created, not_before,
         scopes, approval). A field at its default is left out: `from_hash` gives it back, and a hash
         field costs Redis about 80 bytes a message however short its value."""
-        return _written(self, _SUBMITTED)
+        fields = _written(self, _SUBMITTED)
+        if fields.get("to_canonical") == self.to:
+            del fields["to_canonical"]
+        return fields
 
     def content_fields(self) -> dict[str, str]:
         """The hash fields of its content, which a message keeps only if it is not rejected: its
-        own subject, body and headers, or the template it fills and its values."""
-        return _written(self, ("template", "values") if self.template else CONTENT)
+        own subject (its body is `body()`), or the template it fills and its values."""
+        return _written(self, ("template", "values") if self.template else ("subject",))
+
+    def body(self) -> str:
+        """Its own text, html and headers as the JSON object keys.py `content` holds; "" for a
+        batch's recipient, whose template holds them."""
+        return "" if self.template else json.dumps(_written(self, BODY), ensure_ascii=False)
+
+
+def derived_scopes(fields: Mapping[str, str]) -> tuple[str, ...]:
+    """The scopes a record's fields give (lua/shared/record.lua's rule; admission stores the list
+    only when they do not give it back): its recipient's domain, the From address as the inbox
+    and its domain, its segment and campaign when it has them, its agent, and global."""
+    inbox = fields.get("from_addr", "")
+    optional = [f"{kind}:{fields[kind]}" for kind in ("segment", "campaign") if kind in fields]
+    return (
+        f"recipient_domain:{fields.get('to_domain', '')}",
+        f"sender_domain:{inbox.rpartition('@')[2]}",
+        f"inbox:{inbox}",
+        *optional,
+        f"agent:{fields.get('agent', '')}",
+        "global",
+    )
 
 
 def _written(record: MessageRecord, names: tuple[str, ...]) -> dict[str, str]:
@@ -179,6 +214,9 @@ def _written(record: MessageRecord, names: tuple[str, ...]) -> dict[str, str]:
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(MessageRecord)}
 # A message's own content; a batch's recipient has them in its template instead.
 CONTENT = ("subject", "text", "html", "headers")
+BODY = CONTENT[1:]  # kept apart from the record (keys.py `content`), the subject in it
+# The fields `derived_scopes` reads.
+SCOPE_SOURCES = ("to_domain", "from_addr", "segment", "campaign", "agent")
 # Written at admission from the record, besides the content; every other field is the scripts' or
 # a later change's.
 _SUBMITTED = (

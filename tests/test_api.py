@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 
 from sendguard.delivery.deliverer import DEFER_CAUSES
 from sendguard.delivery.relay import STAGES
@@ -14,6 +15,7 @@ from sendguard.feedback.counters import TRIP_CAUSES
 from sendguard.feedback.events import BounceType, EventType, Sentiment
 from sendguard.feedback.parse import InboundKind
 from sendguard.rules import ScopeKind
+from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, message
 from tests.peers import DnsServer, SmtpSink
 
@@ -122,6 +124,43 @@ def test_suppressed_address_and_domain_are_rejected(api: Api, daemon: Daemon, cl
     bad_lift = admin.client.delete("/v1/suppressions/not a domain!")
     assert bad_lift.status_code == 422
     assert bad_lift.json()["detail"].startswith("entries: 'not a domain!' is not an address or domain")
+
+
+def test_a_suppression_cancels_what_the_older_waiting_index_names(
+    api: Api, daemon: Daemon, client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    """A mailbox's waiting index as versions before the hash kept it (a set) is still read: a
+    suppression cancels the messages it names, and the set empties as they finish."""
+    waiting = api.send("erin@customer.example", send_at="2099-01-01T00:00:00+00:00")["id"]
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.hdel(keys.waiting("erin@customer.example"), waiting)
+        client.sadd(keys.waiting_legacy("erin@customer.example"), waiting)
+        admin = client_for(daemon, "admin", "dana")
+        added = admin.client.post("/v1/suppressions", json={"entries": ["Erin@customer.example"]})
+        assert added.status_code == 200, added.text
+        assert api.status(waiting)["status"] == "cancelled"
+        assert client.exists(keys.waiting_legacy("erin@customer.example")) == 0
+    finally:
+        client.close()
+
+
+def test_a_record_stores_its_scopes_only_when_its_fields_do_not_give_them(
+    api: Api, redis_url: str, prefix: str
+) -> None:
+    """The scopes are derived from the record's fields (lua/shared/record.lua), so a record keeps
+    no long field; a From address not in its canonical form gives another inbox, so those are kept."""
+    plain = api.send("fay@customer.example")["id"]
+    tagged = api.send("gil@customer.example", **{"from": "Alice <Alice+q4@Acme.example>"})["id"]
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert not client.hexists(keys.msg(plain), "scopes")
+        assert client.object("encoding", keys.msg(plain)) in ("ziplist", "listpack")
+        assert "inbox:alice@acme.example" in json.loads(client.hget(keys.msg(tagged), "scopes") or "[]")
+    finally:
+        client.close()
 
 
 def test_recipient_cooldown_spans_agents(api: Api, daemon: Daemon, client_for: ClientFor) -> None:

@@ -142,6 +142,38 @@ def test_a_relay_without_smtputf8_fails_that_message_and_keeps_sending_the_rest(
     assert [got.rcpt_tos for got in smtp.received] == [("erin@customer.example",)]
 
 
+def test_a_message_written_in_the_older_layout_is_answered_and_delivered_as_it_was(
+    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    """Records written before the content key (keys.py `content`) hold their content as hash
+    fields and always a `scopes` field: read as they are, so an upgrade has nothing to migrate."""
+    send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    message_id = api.send(
+        "dana@customer.example", send_at=send_at, text="Written by the old layout", headers={"X-Note": "old"}
+    )["id"]
+    answer = api.status(message_id)
+    keys = Keys(prefix)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:  # as the admission script of earlier versions wrote it
+        content = json.loads(client.execute_command("GETDEL", keys.content(message_id)))
+        scopes = ["recipient_domain:customer.example", "inbox:alice@acme.example", "global"]
+        old = {
+            **content,
+            "id": message_id,
+            "scopes": json.dumps(scopes),
+            "to_canonical": "dana@customer.example",
+        }
+        client.hset(keys.msg(message_id), mapping=old)
+    finally:
+        client.close()
+    assert api.status(message_id) == answer
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "sent"
+    [received] = smtp.received
+    assert received.message.get_content().strip() == "Written by the old layout"
+    assert received.message["X-Note"] == "old"
+
+
 def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
     api: Api, smtp: SmtpSink, redis_url: str, prefix: str
 ) -> None:
@@ -150,7 +182,8 @@ def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
     # A damaged record (a hand edit, a bug of an older version): its headers are not JSON.
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        client.hset(Keys(prefix).msg(message_id), "headers", '{"X-Note": ')
+        content = Keys(prefix).content(message_id)
+        client.set(content, json.dumps({**json.loads(client.get(content) or "{}"), "headers": '{"X-Note": '}))
     finally:
         client.close()
     record = settle(api, [message_id])[message_id]

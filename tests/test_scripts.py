@@ -4,6 +4,7 @@ builds every key through the helpers generated from the one key schema in keys.p
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from sendguard.record import MessageRecord
 from sendguard.state import scripts
 from sendguard.state.keys import PARTS, SCHEMA, Keys
 from sendguard.state.replication import READS
@@ -123,6 +125,34 @@ def test_python_and_lua_build_every_key_alike(client: redis.Redis) -> None:
     assert expected[0] == 'odd "prefix" é:msg:id-0'
     body = "return {" + ", ".join(calls) + "}"
     assert client.eval(scripts.compose(body, keys), 0) == expected
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"to_domain": "customer.example", "from_addr": "alice@acme.example", "agent": "sdr"},
+        {
+            "to_domain": "c.example",
+            "from_addr": "a@b.example",
+            "agent": "x",
+            "segment": "cfo",
+            "campaign": "q4",
+        },
+        {"from_addr": "no-domain", "segment": ""},
+        {"to_domain": "exämple.de", "from_addr": "é@b.example", "agent": "ü"},
+        {"to_domain": "c.example", "scopes": json.dumps(["inbox:alice@acme.example", "global"])},
+    ],
+)
+def test_lua_and_python_read_a_records_scopes_alike(client: redis.Redis, fields: dict[str, str]) -> None:
+    """A record's scopes are derived from its fields unless it stores them (lua/shared/record.lua):
+    the scripts and the Python reader must find the same list, or a trip would hold what the API
+    shows outside it."""
+    keys = Keys("sg")
+    client.hset(keys.msg("m"), mapping={"status": "queued", **fields})
+    lua = client.eval(scripts.compose("return record_scopes(key_msg('m'))", keys), 0)
+    assert tuple(json.loads(lua)) == MessageRecord.from_hash("m", client.hgetall(keys.msg("m"))).scopes
+    if "scopes" in fields:
+        assert tuple(json.loads(lua)) == ("inbox:alice@acme.example", "global")
 
 
 async def test_pipelined_calls_go_by_sha_alone_and_survive_a_flushed_script_cache(redis_url: str) -> None:

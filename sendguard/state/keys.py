@@ -12,7 +12,13 @@ from string import Formatter
 
 # name -> layout after `prefix:`. The comment gives the Redis type and what the key holds.
 SCHEMA: dict[str, str] = {
-    "msg": "msg:{id}",  # hash: the message record
+    # hash: the message record, every field short enough for Redis' compact encoding in the common
+    # case (its content and, where its fields give them, its scopes are kept elsewhere or derived)
+    "msg": "msg:{id}",
+    # string: a single message's own text, html and headers as a JSON object, apart from its
+    # record so that one long body does not turn the whole record into Redis' large hash
+    # encoding; it expires with the record. Records written before it hold these as hash fields.
+    "content": "content:{id}",
     # list: transitions, JSON objects {at, status, cause, detail}; none yet for a message queued with
     # nothing to say, whose first entry is implied (Store.get)
     "hist": "hist:{id}",
@@ -41,10 +47,14 @@ SCHEMA: dict[str, str] = {
     # warm-up counts from; kept, as the inbox or domain is (one per register entry, not per message)
     "ramp": "ramp:{scope}:{value}",
     "token": "tok:{id}",  # hash: a token: sha256 of its secret, role, name; never the secret
-    # set: ids of the messages still waiting for a mailbox (a canonical address): joined at
-    # admission, left when a message finishes, so it lasts exactly as long as they wait, whatever
-    # their due time, and a suppression finds them all (replaces the 30-day `rcpt:` index)
-    "waiting": "waiting:{mailbox}",
+    # hash: a field (value '') for each id of the messages still waiting for a mailbox (a canonical
+    # address): joined at admission, left when a message finishes, so it lasts exactly as long as
+    # they wait, whatever their due time, and a suppression finds them all (replaces the 30-day
+    # `rcpt:` index). A hash of a few short fields is Redis' compact encoding; a set of ids is not.
+    "waiting": "waits:{mailbox}",
+    # set: the same index as versions before the hash wrote it; read and left, never joined, so it
+    # empties as the messages it names finish (waiting.lua `waiting_ids`)
+    "waiting_legacy": "waiting:{mailbox}",
     # hash: recipient domain -> until when (ms) a reply from someone there stops the agent mailing it
     "company_replied": "replied:{agent}",
     "last_sent": "last:{address}",  # string: id of the last message sent to an address
@@ -112,6 +122,9 @@ class Keys:
 
     def msg(self, message_id: str) -> str:
         return self._key("msg", message_id)
+
+    def content(self, message_id: str) -> str:
+        return self._key("content", message_id)
 
     def hist(self, message_id: str) -> str:
         return self._key("hist", message_id)
@@ -193,6 +206,9 @@ class Keys:
 
     def waiting(self, mailbox: str) -> str:
         return self._key("waiting", mailbox)
+
+    def waiting_legacy(self, mailbox: str) -> str:
+        return self._key("waiting_legacy", mailbox)
 
     def company_replied(self, agent: str) -> str:
         return self._key("company_replied", agent)

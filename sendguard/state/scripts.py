@@ -8,7 +8,8 @@ the loader puts exactly the shared definitions the script uses, each from its on
   so no script builds a key by hand;
 - the status sets `WAITING`, `TERMINAL` and `CANCELLABLE`, from `Status` in model.py, and the
   activity buckets' length and lifetime, from keys.py;
-- the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, safe mode,
+- the helper functions of `lua/shared/*.lua` (Redis' clock, history, audit entries, a record's
+  scopes, safe mode,
   signal windows, suppression, a recipient's refusals, the waiting index, cancellation, settling
   by an approval, an agent's activity count, an agent's mass-send count, throttle buckets, signal
   recording, a message's move).
@@ -42,6 +43,7 @@ SHARED = (
     "clock",
     "history",
     "audit",
+    "record",
     "safe_mode",
     "signal_window",
     "suppression",

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from sendguard.model import WAITING, Reason, Status, canonical_address, decode_reasons
-from sendguard.record import CONTENT, Changes, MessageRecord, encode, encode_changes
+from sendguard.record import BODY, CONTENT, SCOPE_SOURCES, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -157,6 +157,13 @@ def decode_counts(raw: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+async def _chained(*iterators: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The items of each iterator in turn."""
+    for iterator in iterators:
+        async for item in iterator:
+            yield item
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     """A hash as HGETALL gives it inside a script's reply: name, value, name, value, ..."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
@@ -240,6 +247,7 @@ class Store:
         record = candidate.record
         # A rejected message keeps no content: the script leaves it out if it rejects one too.
         content = record.content_fields() if record.status is not Status.REJECTED else {}
+        body = record.body() if record.status is not Status.REJECTED else ""
         send_at = int(record.send_at.timestamp() * 1000) if record.send_at else 0
         arguments = [
             record.id,
@@ -260,6 +268,7 @@ class Store:
             content,
             "1" if candidate.check_replied else "0",
             [str(value) for value in candidate.mass_count],
+            body,
         ]
         return [json.dumps(arguments, ensure_ascii=False)]
 
@@ -290,9 +299,9 @@ class Store:
         if len(result) == 2:
             return NoWork(int(float(result[1])) if result[1] else None, now)
         claims = []
-        for message_id, token, flat, template in result[2:]:
+        for message_id, token, flat, template, content in result[2:]:
             try:
-                record = MessageRecord.from_hash(_pairs(flat), _pairs(template))
+                record = MessageRecord.from_hash(message_id, _pairs(flat), _pairs(template), content)
             except (KeyError, TypeError, ValueError) as exc:
                 claims.append(Claim(message_id, token, None, f"{type(exc).__name__}: {exc}", now))
             else:
@@ -564,8 +573,11 @@ class Store:
     async def recipient_messages(self, address: str) -> list[str]:
         """Ids of the messages still waiting for the mailbox of an address (case and +tag aside)."""
         mailbox = canonical_address(address)
-        async with translated():
-            return sorted(str(member) for member in await self.redis.smembers(self.keys.waiting(mailbox)))
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hkeys(self.keys.waiting(mailbox))
+            pipe.smembers(self.keys.waiting_legacy(mailbox))
+            ids, legacy = await pipe.execute()
+        return sorted({str(member) for member in [*ids, *legacy]})
 
     async def held_counts(self, scopes: Sequence[str]) -> dict[str, int]:
         """How many messages each scope's trip holds now."""
@@ -585,9 +597,13 @@ class Store:
         if source == "all":
             return await self._scan_records(cap)
         items: AsyncIterator[Any]
-        if source in ("held", "waiting"):
-            key = k.held(value) if source == "held" else k.waiting(canonical_address(value))
-            items = self.redis.sscan_iter(key, count=_SCAN_STEP)
+        if source == "held":
+            items = self.redis.sscan_iter(k.held(value), count=_SCAN_STEP)
+        elif source == "waiting":
+            items = _chained(
+                self.redis.hscan_iter(k.waiting(canonical_address(value)), count=_SCAN_STEP),
+                self.redis.sscan_iter(k.waiting_legacy(canonical_address(value)), count=_SCAN_STEP),
+            )
         else:
             items = self.redis.zscan_iter(k.due if source == "due" else k.inflight, count=_SCAN_STEP)
         ids: dict[str, None] = {}  # a SCAN may return an id twice
@@ -642,41 +658,57 @@ class Store:
 
     async def record(self, message_id: str) -> MessageRecord | None:
         """The message record alone, without its history."""
-        async with translated():
-            record = await self.redis.hgetall(self.keys.msg(message_id))
-        return (await self._filled([{str(k): str(v) for k, v in record.items()}]))[0] if record else None
+        async with translated(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.msg(message_id))
+            pipe.get(self.keys.content(message_id))
+            record, content = await pipe.execute()
+        return (await self._filled([message_id], [record], [content]))[0] if record else None
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
-        `only` read (besides id and status); the rest keep their defaults.
+        `only` read (besides status); the rest keep their defaults.
 
         For readers of many records that need a few fields, not the bodies (a content field named
         in `only` costs a second round trip for the templates it is filled from).
         """
-        names = ["id", "status", *only]
+        names = ["status", *only]
+        if "scopes" in only:  # a record without the field has them in these (record.derived_scopes)
+            names += [name for name in SCOPE_SOURCES if name not in names]
+        if "to_canonical" in only and "to" not in names:  # a record without it has it in `to`
+            names.append("to")
         if set(only) & set(CONTENT):
             names += ["template", "values"]
+        content = bool(set(only) & set(BODY))
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
                 pipe.hmget(self.keys.msg(message_id), names)
-            rows = await pipe.execute() if ids else []
-        found = [
-            {name: value for name, value in zip(names, row, strict=True) if value is not None}
-            for row in rows
-            if row[1] is not None
-        ]
-        filled = iter(await self._filled(found))
-        return [next(filled) if row[1] is not None else None for row in rows]
+                if content:
+                    pipe.get(self.keys.content(message_id))
+            answers = await pipe.execute() if ids else []
+        step = 2 if content else 1
+        rows, contents = answers[::step], answers[1::step] if content else [None] * len(ids)
+        present, found, own = [], [], []
+        for message_id, row, text in zip(ids, rows, contents, strict=True):
+            if row[0] is not None:
+                fields = {name: value for name, value in zip(names, row, strict=True) if value is not None}
+                if "scopes" not in only:
+                    fields["scopes"] = "[]"  # not read: left at its default, not derived from nothing
+                present.append(message_id)
+                found.append(fields)
+                own.append(text)
+        filled = iter(await self._filled(present, found, own))
+        return [next(filled) if row[0] is not None else None for row in rows]
 
     async def get(self, message_id: str) -> tuple[MessageRecord, list[dict[str, Any]]] | None:
         k = self.keys
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.msg(message_id))
+            pipe.get(k.content(message_id))
             pipe.lrange(k.hist(message_id), 0, -1)
-            record, history = await pipe.execute()
+            record, content, history = await pipe.execute()
         if not record:
             return None
-        [filled] = await self._filled([record])
+        [filled] = await self._filled([message_id], [record], [content])
         entries = [json.loads(entry) for entry in history]
         if not entries or entries[0]["cause"] != _SUBMITTED:
             # Queued with nothing to say: admission wrote no entry for it (lua/admit.lua).
@@ -684,9 +716,12 @@ class Store:
             entries.insert(0, implied)
         return filled, entries
 
-    async def _filled(self, hashes: Sequence[Mapping[str, str]]) -> list[MessageRecord]:
-        """Records from their hashes, each filled from its batch's template (one round trip for
-        all the templates they name, none when they name none)."""
+    async def _filled(
+        self, ids: Sequence[str], hashes: Sequence[Mapping[str, str]], contents: Sequence[str | None]
+    ) -> list[MessageRecord]:
+        """Records `ids` from their hashes and their own content (keys.py `content`; None where there is
+        none), each filled from its batch's template (one round trip for all the templates they
+        name, none when they name none)."""
         batches = sorted({name for fields in hashes if (name := fields.get("template"))})
         templates: dict[str, dict[str, str]] = {}
         if batches:
@@ -695,7 +730,10 @@ class Store:
                     pipe.hgetall(self.keys.template(batch))
                 templates = dict(zip(batches, await pipe.execute(), strict=True))
         return [
-            MessageRecord.from_hash(fields, templates.get(fields.get("template", ""))) for fields in hashes
+            MessageRecord.from_hash(
+                message_id, fields, templates.get(fields.get("template", "")), content or ""
+            )
+            for message_id, fields, content in zip(ids, hashes, contents, strict=True)
         ]
 
     async def waiting_counts(self) -> dict[str, int]:

@@ -6,7 +6,7 @@
 -- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
 -- Every key is derived from the decision below (key_*), none passed in, which halves what each of a
 -- batch's thousands of calls sends. The arguments come as one JSON array: redis-py encodes
--- each argument of a command in Python, and one encoding costs less than eighteen.
+-- each argument of a command in Python, and one encoding costs less than nineteen.
 local args = cjson.decode(ARGV[1])
 local id = args[1]
 local decided_status = args[2]      -- what the checks in Python decided
@@ -23,13 +23,16 @@ local audit_entry = args[12]        -- a pending audit entry with "outcome": "@"
 local send_at = tonumber(args[13])  -- ms: not before the time the agent asked for; 0 for none
 local agent_index_size = tonumber(args[14])  -- how many of its newest messages an agent can list
 -- The record's fields as one object each, those at their default left out: what the agent
--- submitted, and its content, which a rejected message does not keep.
+-- submitted, and its content's hash fields (its subject, or its template and values), which a
+-- rejected message does not keep. `to_canonical` is left out when it is `to` as written.
 local submitted, content = args[15], args[16]
 local check_replied = args[17] == '1'  -- the company's reply stop is checked here
 local mass = args[18]               -- approval_route's arguments when the mass-send count is made here
+local body = args[19]               -- its own text, html and headers as JSON (keys.py `content`); '' for none
 local agent = submitted.agent
 -- The recipient as written, its mailbox (canonical form) and its domain.
-local address, mailbox, domain = submitted.to or '', submitted.to_canonical or '', submitted.to_domain or ''
+local address, domain = submitted.to or '', submitted.to_domain or ''
+local mailbox = submitted.to_canonical or address
 local template = content.template or ''  -- the batch whose stored template holds the content
 local msg_key, hist_key, due_key, count_key = key_msg(id), key_hist(id), key_due(), key_count()
 local idempotency_key = key_idempotency(agent, idempotency)
@@ -71,7 +74,13 @@ if #mass > 0 and status ~= 'rejected' then
 end
 local encoded = '[]'
 if #reasons > 0 then encoded = cjson.encode(reasons) end
-local record = {'id', id, 'status', status, 'created', now, 'scopes', scopes}
+local record = {'status', status, 'created', now}  -- its id is its key's (records before kept it too)
+-- The scopes are stored only when the record's fields do not give them back (record.lua).
+local given, derived = cjson.decode(scopes), derived_scopes(submitted.to_domain, submitted.from_addr,
+  submitted.segment, submitted.campaign, agent)
+local same = #given == #derived
+for i = 1, #given do same = same and given[i] == derived[i] end
+if not same then table.insert(record, 'scopes') table.insert(record, scopes) end
 -- Only what says more than the defaults: no reasons, and never sent before it was created.
 if #reasons > 0 then table.insert(record, 'reasons') table.insert(record, encoded) end
 if due > now then table.insert(record, 'not_before') table.insert(record, due) end
@@ -82,7 +91,10 @@ local function add(fields)
   end
 end
 add(submitted)
-if status ~= 'rejected' then add(content) end
+if status ~= 'rejected' then
+  add(content)
+  if body ~= '' then redis.call('SET', key_content(id), body) end  -- apart: see keys.py `content`
+end
 redis.call('HSET', msg_key, unpack(record))
 -- A message queued with nothing to say has no history list until it moves on: its first entry,
 -- `submitted` `queued` at `created`, is implied (Store.get), which saves a list a waiting message.
@@ -96,7 +108,7 @@ redis.call('ZREMRANGEBYSCORE', agent_index_key, '-inf', '(' .. (now - retention_
 redis.call('PEXPIRE', agent_index_key, retention_ms)
 local held_by = ''
 if WAITING[status] then
-  redis.call('SADD', waiting_key, id)
+  redis.call('HSET', waiting_key, id, '')
   if template ~= '' then  -- kept while a message waits for it (see finished)
     redis.call('HINCRBY', key_template(template), 'waiting', 1)
     redis.call('PERSIST', key_template(template))

@@ -1,6 +1,7 @@
 -- Claim up to one due message per token given, first due first, for a daemon: one round trip for
 -- as many deliveries as it has free. Returns {now, '', claims...}, each claim
--- {id, its token, record, its batch's template (empty for a message without one)}; when nothing
+-- {id, its token, record, its batch's template (empty for a message without one), its own content
+-- (keys.py `content`; '' when it has none there)}; when nothing
 -- was claimed, {now, next due (ms, '' when the queue is empty, '0' when the claim gave up)}.
 local due_key, inflight_key = KEYS[1], KEYS[2]
 local owner = ARGV[1]               -- the daemon instance
@@ -23,9 +24,9 @@ while claimed < #tokens and held < 32 do
   for _, id in ipairs(ids) do
     local key = key_msg(id)
     redis.call('ZREM', due_key, id)
-    local cur = redis.call('HMGET', key, 'status', 'scopes')
-    if cur[1] then
-      local scope = tripped(cur[2])
+    local status = redis.call('HGET', key, 'status')
+    if status then
+      local scope = tripped(record_scopes(key))
       if not scope then
         claimed = claimed + 1
         local claim = tokens[claimed]
@@ -34,9 +35,10 @@ while claimed < #tokens and held < 32 do
         local batch = redis.call('HGET', key, 'template')
         local template = {}
         if batch then template = redis.call('HGETALL', key_template(batch)) end
-        found[#found + 1] = {id, claim, redis.call('HGETALL', key), template}
+        local content = redis.call('GET', key_content(id)) or ''
+        found[#found + 1] = {id, claim, redis.call('HGETALL', key), template, content}
       else
-        hold(id, scope, now, cur[1])
+        hold(id, scope, now, status)
         held = held + 1
       end
     end

@@ -10,11 +10,11 @@ local scan = redis.call('ZSCAN', due_key, cursor, 'COUNT', 500)
 local held = 0
 for i = 1, #scan[2], 2 do
   local id = scan[2][i]
-  local cur = redis.call('HMGET', key_msg(id), 'status', 'scopes')
-  if cur[1] and cur[2] then
-    for _, other in ipairs(cjson.decode(cur[2])) do
+  local status = redis.call('HGET', key_msg(id), 'status')
+  if status then
+    for _, other in ipairs(cjson.decode(record_scopes(key_msg(id)))) do
       if other == scope then
-        hold(id, other, now, cur[1])
+        hold(id, other, now, status)
         held = held + 1
         break
       end

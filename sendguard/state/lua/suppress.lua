@@ -13,13 +13,13 @@ local new, cancelled = 0, 0
 for i, entry in ipairs(entries) do
   if i <= address_count then
     new = new + redis.call('SADD', key_suppressed_addresses(), entry)
-    for _, id in ipairs(redis.call('SMEMBERS', key_waiting(entry))) do
+    for _, id in ipairs(waiting_ids(entry)) do
       local status = redis.call('HGET', key_msg(id), 'status')
       if CANCELLABLE[status] then
         cancel_waiting(id, status, cause, detail, retention_ms, now)
         cancelled = cancelled + 1
       elseif not WAITING[status] then
-        redis.call('SREM', key_waiting(entry), id)  -- one that finished out of sight, or expired
+        leave_waiting(entry, id)  -- one that finished out of sight, or expired
       end
     end
   else

@@ -35,9 +35,9 @@ local function release_held(scope, limit, detail, now)
   local released, still = 0, 0
   for _, id in ipairs(redis.call('SPOP', held_key, limit)) do
     local key = key_msg(id)
-    local cur = redis.call('HMGET', key, 'status', 'held_by', 'scopes', 'not_before')
+    local cur = redis.call('HMGET', key, 'status', 'held_by', 'not_before')
     if cur[1] == 'held' and cur[2] == scope then
-      local other = tripped(cur[3])
+      local other = tripped(record_scopes(key))
       if other then
         redis.call('HSET', key, 'held_by', other)
         redis.call('SADD', key_held(other), id)
@@ -49,7 +49,7 @@ local function release_held(scope, limit, detail, now)
         redis.call('HDEL', key, 'held_by')
         redis.call('HINCRBY', key_count(), 'held', -1)
         redis.call('HINCRBY', key_count(), 'queued', 1)
-        redis.call('ZADD', key_due(), math.max(now, tonumber(cur[4] or '0')), id)
+        redis.call('ZADD', key_due(), math.max(now, tonumber(cur[3] or '0')), id)
         history(key_hist(id), now, 'queued', 'resumed', detail)
         released = released + 1
       end

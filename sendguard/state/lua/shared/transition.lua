@@ -11,7 +11,9 @@
 -- counted, the claim let go of unless `keep_claim`, queued again `delay_ms` from now when it is not
 -- negative, and a cancelled message gives back `recipient`'s cooldown if it holds it.
 local function current(id)
-  return redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
+  local cur = redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
+  if cur[1] and not cur[3] then cur[3] = record_scopes(key_msg(id)) end
+  return cur
 end
 
 local function permitted(cur, claim, allowed_from)
