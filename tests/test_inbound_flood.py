@@ -166,14 +166,17 @@ def _flood(port: int, on: Event, stopping: Event, *counters: Synchronized[int]) 
 
 
 def _healthz_latencies(
-    port: int, until: threading.Event, sampling: threading.Event, found: list[float]
+    port: int, until: threading.Event, phase: list[str], found: dict[str, list[float]]
 ) -> None:
-    """Latency of GET /healthz every 20 ms while `sampling` is set, on one keep-alive connection;
-    a request that fails counts as taking forever."""
+    """Latency of GET /healthz every 20 ms, on one keep-alive connection, kept under the name of the
+    phase under way (`phase[0]`: "quiet", "flooded", or "" between phases); a request that fails
+    counts as taking forever."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         while not until.is_set():
-            if not sampling.wait(0.05):
+            now = phase[0]
+            if not now:
+                until.wait(0.02)
                 continue
             started = time.perf_counter()
             try:
@@ -184,7 +187,7 @@ def _healthz_latencies(
             except (OSError, http.client.HTTPException):
                 connection.close()
                 ok = False
-            found.append(time.perf_counter() - started if ok else float("inf"))
+            found[now].append(time.perf_counter() - started if ok else float("inf"))
             until.wait(0.02)
     finally:
         connection.close()
@@ -222,9 +225,9 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
 
     quiet: list[float] = []
     flooded: list[float] = []
-    done, sampling = threading.Event(), threading.Event()
-    latencies: list[float] = []
-    sampler = threading.Thread(target=_healthz_latencies, args=(daemon.port, done, sampling, latencies))
+    done, phase = threading.Event(), [""]
+    latencies: dict[str, list[float]] = {"quiet": [], "flooded": []}
+    sampler = threading.Thread(target=_healthz_latencies, args=(daemon.port, done, phase, latencies))
     sampler.start()
     try:
         with Flood(port) as flood:
@@ -233,33 +236,38 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
             for flooding in [False, True] * ROUNDS + [False]:
                 if flooding:
                     flood.on.set()
-                    sampling.set()
                     # The flood is on once junk is being parsed: its first replies are back.
                     sent = flood.sent
                     wait_until(lambda sent=sent: flood.sent > sent, timeout=60, what="the flood to get going")
                 else:  # quiet means quiet: the last flood's messages are all answered
                     wait_until(lambda: flood.sessions == 0, what="the flood to stop")
                 start = time.time()
+                phase[0] = "flooded" if flooding else "quiet"
                 time.sleep(PHASE)  # the phase itself: its length is what the rate is measured over
+                phase[0] = ""
                 (flooded if flooding else quiet).append(
                     _rate([r.at for r in smtp.snapshot()], start, time.time())
                 )
                 flood.on.clear()
-                sampling.clear()
     finally:
         done.set()
         sampler.join(30)
 
     delivered = len(smtp.snapshot())
     assert delivered < BACKLOG, "the backlog ran out: the rates were not measured at full speed"
-    p99 = statistics.quantiles(latencies, n=100)[98] * 1000
+    # /healthz's p99 under flood against its p99 in the quiet phases around it, on the same machine
+    # in the same minute: parsing on the daemon's loop stalls it for a parse, ~a second a message.
+    p99, quiet_p99 = (
+        statistics.quantiles(latencies[name], n=100)[98] * 1000 for name in ("flooded", "quiet")
+    )
     baseline, under_flood = statistics.median(quiet), statistics.median(flooded)
     kept = statistics.median(rate / statistics.mean(quiet[n : n + 2]) for n, rate in enumerate(flooded))
     print(
         f"\noutbound per second quiet {[round(r) for r in quiet]} median {baseline:.0f}; "
         f"flooded {[round(r) for r in flooded]} median {under_flood:.0f}; each flooded phase against "
         f"its quiet neighbours, median {kept:.0%}; /healthz p99 under flood {p99:.1f} ms over "
-        f"{len(latencies)} samples; junk messages sent {flood.sent}, {flood.refused} of them refused"
+        f"{len(latencies['flooded'])} samples, quiet {quiet_p99:.1f} ms; junk messages sent {flood.sent}, "
+        f"{flood.refused} of them refused"
     )
     _report(
         "inbound_flood",
@@ -274,7 +282,7 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
     # protection at work.
     assert flood.sent - flood.refused >= ROUNDS, "the flood did not get junk to the parser in every phase"
     assert kept >= 0.8
-    assert p99 < 100
+    assert p99 < quiet_p99 + 100, f"/healthz p99 {p99:.0f} ms under flood, {quiet_p99:.0f} ms quiet"
 
     admin = client_for(daemon, "admin", "oncall")
     acted = _forge(port, admin, daemon, smtp)
