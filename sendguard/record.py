@@ -108,13 +108,20 @@ class MessageRecord:
         fields: Mapping[str, str],
         template: Mapping[str, str] | None = None,
         content: str = "",
+        *,
+        to_send: bool = False,
     ) -> MessageRecord:
         """The record `message_id` from its Redis hash (all of it, or the fields a reader asked
         for; the id is its key's, not a field), its content
         from `content` (its own, keys.py `content`) or filled from `template` (its batch's stored
         template) when it names one; ValueError if a field is damaged or the template it needs is
-        missing."""
+        missing. `to_send`: the whole hash and its content key were read for a send, so a record of
+        this layout (no `id` field, which earlier versions wrote beside the body in the hash) whose
+        content is gone (evicted by a Redis not set to `noeviction`, a partial restore) is refused
+        rather than sent as an empty message."""
         get = fields.get
+        if to_send and not content and "id" not in fields and not get("template"):
+            raise ValueError("its content is gone from Redis")
         own: Mapping[str, str] = json.loads(content) if content else fields
         subject = get("subject", "")
         text, html, headers = (own.get(name, "") for name in BODY)

@@ -192,6 +192,23 @@ def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
     assert smtp.received == []
 
 
+def test_a_message_whose_body_is_gone_from_redis_fails_and_is_never_sent_empty(
+    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    message_id = api.send("dana@customer.example", send_at=send_at)["id"]
+    # Its body evicted (a Redis not set to noeviction) or lost in a partial restore.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert client.delete(Keys(prefix).content(message_id)) == 1
+    finally:
+        client.close()
+    record = settle(api, [message_id])[message_id]
+    assert record["status"] == "failed" and statuses(record) == ["queued", "failed"]
+    assert "its content is gone from Redis" in record["history"][-1]["detail"]
+    assert smtp.received == []
+
+
 def test_a_record_that_cannot_be_read_fails_and_delivery_goes_on(
     api: Api, smtp: SmtpSink, redis_url: str, prefix: str
 ) -> None:

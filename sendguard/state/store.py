@@ -301,7 +301,9 @@ class Store:
         claims = []
         for message_id, token, flat, template, content in result[2:]:
             try:
-                record = MessageRecord.from_hash(message_id, _pairs(flat), _pairs(template), content)
+                record = MessageRecord.from_hash(
+                    message_id, _pairs(flat), _pairs(template), content, to_send=True
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 claims.append(Claim(message_id, token, None, f"{type(exc).__name__}: {exc}", now))
             else:
