@@ -174,38 +174,39 @@ def test_a_message_written_in_the_older_layout_is_answered_and_delivered_as_it_w
     assert received.message["X-Note"] == "old"
 
 
-def test_a_record_that_cannot_be_rendered_fails_instead_of_sticking_in_sending(
-    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
+def _headers_not_json(client: redis.Redis, key: str) -> None:
+    """A hand edit, a bug of an older version: its headers are not JSON."""
+    client.set(key, json.dumps({**json.loads(client.get(key) or "{}"), "headers": '{"X-Note": '}))
+
+
+def _body_gone(client: redis.Redis, key: str) -> None:
+    """Evicted by a Redis not set to noeviction, or lost in a partial restore."""
+    assert client.delete(key) == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(_headers_not_json, "cannot be rendered"), (_body_gone, "its content is gone from Redis")],
+    ids=["headers-not-json", "body-gone"],
+)
+def test_a_message_whose_content_is_damaged_or_gone_fails_and_nothing_is_sent(
+    api: Api,
+    smtp: SmtpSink,
+    redis_url: str,
+    prefix: str,
+    damage: Callable[[redis.Redis, str], None],
+    said: str,
 ) -> None:
     send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
     message_id = api.send("dana@customer.example", send_at=send_at)["id"]
-    # A damaged record (a hand edit, a bug of an older version): its headers are not JSON.
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        content = Keys(prefix).content(message_id)
-        client.set(content, json.dumps({**json.loads(client.get(content) or "{}"), "headers": '{"X-Note": '}))
+        damage(client, Keys(prefix).content(message_id))
     finally:
         client.close()
     record = settle(api, [message_id])[message_id]
     assert record["status"] == "failed" and statuses(record) == ["queued", "failed"]
-    assert "cannot be rendered" in record["history"][-1]["detail"]
-    assert smtp.received == []
-
-
-def test_a_message_whose_body_is_gone_from_redis_fails_and_is_never_sent_empty(
-    api: Api, smtp: SmtpSink, redis_url: str, prefix: str
-) -> None:
-    send_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
-    message_id = api.send("dana@customer.example", send_at=send_at)["id"]
-    # Its body evicted (a Redis not set to noeviction) or lost in a partial restore.
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        assert client.delete(Keys(prefix).content(message_id)) == 1
-    finally:
-        client.close()
-    record = settle(api, [message_id])[message_id]
-    assert record["status"] == "failed" and statuses(record) == ["queued", "failed"]
-    assert "its content is gone from Redis" in record["history"][-1]["detail"]
+    assert said in record["history"][-1]["detail"]
     assert smtp.received == []
 
 
