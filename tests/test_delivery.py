@@ -30,7 +30,7 @@ from sendguard.rules import load_rules
 from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import redis_connection
-from sendguard.state.store import Moved, Store
+from sendguard.state.store import Moved, NoWork, Store
 from tests.conftest import AGENT_RULES, Api, Daemon, RedisServer, wait_until, write_claimed
 from tests.peers import SmtpSink
 
@@ -572,6 +572,21 @@ def test_a_daemon_restarts_on_a_hundred_thousand_queued_messages(
     )
     assert "redis: loading its data set" in second.log() and "redis: data set loaded" in second.log()
     assert second.terminate() == 0, second.log()
+
+
+async def test_a_claim_passes_over_at_most_32_due_entries_whose_record_is_gone(
+    redis_url: str, prefix: str
+) -> None:
+    """Due entries left behind by records that are gone are dropped a bounded number at a time, so
+    one claim never holds Redis for the length of the queue."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    try:
+        await client.zadd(keys.due, {f"gone{n}": n for n in range(100)})
+        assert isinstance(await Store(client, keys).claim("daemon-a", ["t1", "t2"]), NoWork)
+        assert await client.zcard(keys.due) == 100 - 32
+    finally:
+        await client.aclose()
 
 
 async def test_a_send_its_daemon_knows_never_reached_the_relay_is_requeued_not_uncertain(
