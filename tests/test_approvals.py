@@ -92,6 +92,21 @@ def test_a_retry_of_a_waiting_message_answers_with_its_request_and_counts_once(
     assert dana.client.get(f"/v1/approvals/{request['id']}").json()["contents"]["messages"] == 1
 
 
+def test_a_retry_of_a_tier_one_message_opens_no_second_request(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """A retry is answered with the first decision: a hijacked agent repeating one idempotency key
+    must not page the approvers with a new request each time."""
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    shared = {"from": "Team <team@acme.example>", "idempotency_key": "once"}
+    answers = [agent.send("a@customer.example", **shared) for _ in range(3)]
+    assert {a["status"] for a in answers} == {"pending_approval"}
+    assert len({(a["id"], a["approval"]["id"]) for a in answers}) == 1
+    assert [r["id"] for r in _pending(dana)] == [answers[0]["approval"]["id"]]
+
+
 def test_tier_one_sends_wait_for_one_approval_and_a_denial_cancels_them(
     make_daemon: Callable[..., Daemon], client_for: ClientFor
 ) -> None:

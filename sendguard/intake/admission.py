@@ -166,7 +166,13 @@ class Admissions:
         decided = await self._decide(agent, submission, claim.id, key, rules, in_script=counted is not None)
         candidates = [one.candidate for one in decided]
         if counted is None:
-            routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+            # A retry of a single message is answered with its first decision by the admission
+            # script: the request it waits for is looked up, not opened (and announced) again.
+            first = await self._store.answered_approval(agent.name, key.key) if single else None
+            if first is None:
+                routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+            else:
+                routing = await self._approvals.waited_for(first) if first else None
         if isinstance(submission, BatchIn) and any(
             candidate.record.status is not Status.REJECTED for candidate in candidates
         ):

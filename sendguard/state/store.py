@@ -241,6 +241,17 @@ class Store:
                 )
         return admissions
 
+    async def answered_approval(self, agent: str, idempotency_key: str) -> str | None:
+        """The approval request the message `idempotency_key` already names waits or waited for
+        ('' for none); None when it names no message (none yet, or gone). A retry's request is
+        looked up before another is opened for it."""
+        async with translated():
+            message_id = await self.redis.get(self.keys.idempotency(agent, idempotency_key))
+        if message_id is None:
+            return None
+        [record] = await self.records([str(message_id)], ("approval",))
+        return None if record is None else record.approval
+
     def _admit_args(self, candidate: Candidate) -> list[Any]:
         """The admission script's arguments as one JSON array, each value as redis-py would have
         sent it on its own (a string), the record's fields as objects (see lua/admit.lua)."""
