@@ -12,7 +12,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from sendguard.rules import load_rules
 from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import redis_connection
-from sendguard.state.store import Moved, NoWork, Store
+from sendguard.state.store import Claim, Moved, NoWork, Store
 from tests.conftest import AGENT_RULES, Api, Daemon, RedisServer, wait_until, write_claimed
 from tests.peers import SmtpSink
 
@@ -640,8 +640,16 @@ async def test_a_stop_while_a_claim_is_in_flight_ends_the_claim_loop_when_the_cl
         deliverer = (await build(settings, load_rules(rules), client)).deliverer
         with redis.Redis.from_url(own_redis.url) as pauser:
             pauser.execute_command("CLIENT", "PAUSE", "10000", "ALL")
+        # The store's own claim, called through; the event says the loop is inside it.
+        in_claim, claim = asyncio.Event(), deliverer._store.claim
+
+        async def claim_seen(owner: str, tokens: Sequence[str]) -> list[Claim] | NoWork:
+            in_claim.set()
+            return await claim(owner, tokens)
+
+        deliverer._store.claim = claim_seen  # type: ignore[method-assign]
         claiming = asyncio.create_task(deliverer.run())
-        await asyncio.sleep(0.3)  # the loop's first claim waits for the paused Redis
+        await asyncio.wait_for(in_claim.wait(), timeout=10)  # and waits for the paused Redis
         assert not claiming.done()
         await deliverer.stop(grace=1)
         assert own_redis.process is not None

@@ -125,7 +125,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Settlement:
-    """A send's throttle buckets to settle once the relay answered (Buckets.settled: the windows
+    """A send's throttle buckets to settle once the relay answered (Buckets.settlement: the windows
     first, then the gaps), the send as they hold it, and whether it may have reached the relay."""
 
     keys: list[str]
@@ -136,11 +136,10 @@ class Settlement:
 
 @dataclass(frozen=True)
 class Started:
-    """How the start of a send went (`moved`); when THROTTLED, for how long (ms) and which bucket
-    (0-based, in the reservation's order) held it back."""
+    """How the start of a send went (`moved`); when THROTTLED, which bucket (0-based, in the
+    reservation's order) held it back (the script queued it again for as long as it said)."""
 
     moved: Moved
-    wait_ms: int = 0
     bucket: int = 0
 
 
@@ -400,7 +399,7 @@ class Store:
             result = await self._together.run(self._start, reservation.keys, args)
         moved = Moved(int(result[0]))
         if moved is Moved.THROTTLED:
-            return Started(moved, int(result[1]), int(result[2]) - 1)
+            return Started(moved, bucket=int(result[2]) - 1)
         return Started(moved)
 
     async def finish(
