@@ -127,24 +127,28 @@ class _SinkHandler:
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        at = time.time()
-        sink = self._sink
-        reply = sink.data_reply
-        if sink.delay > 0:
-            await asyncio.sleep(sink.delay)
-        if reply is not None:
-            self._close_after_reply(server, reply)
-            return reply
-        mail_from = envelope.mail_from or ""
-        sink._record(
-            Received(
-                at=at,
-                mail_from="" if mail_from == "<>" else mail_from,
-                rcpt_tos=tuple(envelope.rcpt_tos),
-                data=envelope.original_content or b"",
+        self._sink.answering += 1
+        try:
+            at = time.time()
+            sink = self._sink
+            reply = sink.data_reply
+            if sink.delay > 0:
+                await asyncio.sleep(sink.delay)
+            if reply is not None:
+                self._close_after_reply(server, reply)
+                return reply
+            mail_from = envelope.mail_from or ""
+            sink._record(
+                Received(
+                    at=at,
+                    mail_from="" if mail_from == "<>" else mail_from,
+                    rcpt_tos=tuple(envelope.rcpt_tos),
+                    data=envelope.original_content or b"",
+                )
             )
-        )
-        return "250 2.0.0 OK queued"
+            return "250 2.0.0 OK queued"
+        finally:
+            self._sink.answering -= 1
 
 
 class SmtpSink:
@@ -168,6 +172,7 @@ class SmtpSink:
         self.mail_reply: str | None = None
         self.data_reply: str | None = None
         self.delay: float = 0.0
+        self.answering = 0  # messages whose data arrived and whose reply is not yet sent (the delay)
         self.smtputf8 = True  # False: a relay that cannot carry internationalised addresses
         self._cond = threading.Condition()
         self._received: list[Received] = []
