@@ -79,11 +79,22 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decided:
-    """One recipient decided, and the hash of the content it gets, for its audit entry (None when
-    its content was refused unbuilt)."""
+    """One recipient decided by every check made before the write: the message it gets, the
+    recipient as checked, its status and reasons.
 
-    candidate: Candidate
-    content_hash: str | None
+    Its record is built only as it is written (`Admissions._candidate`): the request the accepted
+    recipients wait for is known by then, so each record is built once, and a batch builds a
+    chunk's records while Redis writes the chunk before.
+    """
+
+    message: MessageIn
+    recipient: Recipient
+    status: Status
+    reasons: tuple[Reason, ...]
+    content_hash: str | None  # of the content it gets, for its audit entry; None when refused unbuilt
+    idempotency: Idempotency
+    values: Mapping[str, str] | None  # a batch's recipient's, filled into its batch's stored template
+    check_replied: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,18 +175,15 @@ class Admissions:
             else None
         )
         decided = await self._decide(agent, submission, claim.id, key, rules, in_script=counted is not None)
-        candidates = [one.candidate for one in decided]
         if counted is None:
             # A retry of a single message is answered with its first decision by the admission
             # script: the request it waits for is looked up, not opened (and announced) again.
             first = await self._store.answered_approval(agent.name, key.key) if single else None
             if first is None:
-                routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+                routing = await self._routing(agent, submission, claim, decided, rules, requester)
             else:
                 routing = await self._approvals.waited_for(first) if first else None
-        if isinstance(submission, BatchIn) and any(
-            candidate.record.status is not Status.REJECTED for candidate in candidates
-        ):
+        if isinstance(submission, BatchIn) and any(one.status is not Status.REJECTED for one in decided):
             await self._store.keep_template(
                 claim.id,
                 submission.subject,
@@ -184,23 +192,24 @@ class Admissions:
                 json.dumps(submission.headers),
             )
         if counted is None:
-            admissions = await self._admit(decided, routing)
+            admissions = await self._admit(agent, decided, claim.id, routing, rules)
         else:
-            [admission] = await self._store.admit([_sealed(decided[0], "", counted)])
+            candidate = self._candidate(agent, decided[0], rules, claim.id, "", counted)
+            [admission] = await self._store.admit([candidate])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
-                stop = company_refusal(candidates[0].record.to_domain, agent.name, admission.replied_until)
+                stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
-                candidates = [one.candidate for one in decided]
-                [admission] = await self._store.admit([_sealed(decided[0], "")])
+                candidate = self._candidate(agent, decided[0], rules, claim.id, "")
+                [admission] = await self._store.admit([candidate])
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
                 routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
-            admissions = [self._settled(admission, candidates[0])]
+            admissions = [self._settled(admission, candidate)]
         await self._count_refusal(agent, admissions)
         outcomes = [
-            Outcome(index, candidate.record.to, admission)
-            for index, (candidate, admission) in enumerate(zip(candidates, admissions, strict=True))
+            Outcome(index, one.recipient.address, admission)
+            for index, (one, admission) in enumerate(zip(decided, admissions, strict=True))
         ]
         if isinstance(submission, BatchIn):
             statuses = [admission.status for admission in admissions]
@@ -295,7 +304,8 @@ class Admissions:
         stopped: Reason | None = None,
     ) -> list[Decided]:
         """Each recipient's message filled and checked, before suppression, cooldown, approval and
-        safe mode; a batch's recipients keep only their values (its template is stored once).
+        safe mode (the admission script's); a batch's recipients keep only their values (its
+        template is stored once).
 
         A company's reply stop is looked up here, unless the admission script checks it
         (`in_script`) or it was found there already (`stopped`, for the single recipient).
@@ -334,10 +344,14 @@ class Admissions:
             # A batch's recipients answer a retry of the batch by their place in it.
             each = Idempotency(f"batch:{batch_id}:{index}", key.ms, key.keeps_rejected) if batch_id else key
             values = entry.vars if batch_id else None
-            candidate = self._candidate(agent, message, recipient, reasons, rules, batch_id, values, each)
-            if check_replied:
-                candidate = dataclasses.replace(candidate, check_replied=True)
-            decided.append(Decided(candidate, hashed))
+            refused = (*reasons, *recipient.reasons)
+            if refused:
+                status = Status.REJECTED
+            elif recipient.dns_temporary:
+                status, refused = Status.DEFERRED, (_DNS_TEMPORARY,)
+            else:
+                status = Status.QUEUED
+            decided.append(Decided(message, recipient, status, refused, hashed, each, values, check_replied))
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
         return decided
@@ -347,28 +361,31 @@ class Admissions:
         agent: AgentEntry,
         submission: Content,
         claim: BatchClaim,
-        candidates: list[Candidate],
+        decided: list[Decided],
         rules: Rules,
         requester: Principal,
     ) -> Routing | None:
         """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
         if claim.settled:
             return claim.routing
-        accepted = sum(1 for candidate in candidates if candidate.record.status is not Status.REJECTED)
+        accepted = sum(1 for one in decided if one.status is not Status.REJECTED)
         routing = None
         if accepted:
             routing = await self._approvals.route(
                 agent, submission, accepted, rules, requester, batch=claim.id
             )
         if claim.id:
-            await self._batches.settle(claim.id, agent, len(candidates), routing)
+            await self._batches.settle(claim.id, agent, len(decided), routing)
         return routing
 
-    async def _admit(self, decided: list[Decided], routing: Routing | None) -> list[Admission]:
+    async def _admit(
+        self, agent: AgentEntry, decided: list[Decided], batch: str, routing: Routing | None, rules: Rules
+    ) -> list[Admission]:
         """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`.
 
-        Each chunk is sealed while Redis runs the one before, so Python and Redis work at once; only
-        one chunk is ever on its way, so the chunks are written in order, as one after another.
+        Each chunk's records are built while Redis writes the one before, so Python and Redis work
+        at once; only one chunk is ever on its way, so the chunks are written in order, as one
+        after another.
         """
         waits_for = routing.approval_id if routing else ""
         admissions: list[Admission] = []
@@ -380,8 +397,7 @@ class Admissions:
         before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
             sealed = [
-                _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
-                for one in decided[start : start + CHUNK]
+                self._candidate(agent, one, rules, batch, waits_for) for one in decided[start : start + CHUNK]
             ]
             if before is not None:
                 await settle(*before)
@@ -415,33 +431,42 @@ class Admissions:
     def _candidate(
         self,
         agent: AgentEntry,
-        message: MessageIn,
-        recipient: Recipient,
-        boundaries: list[Reason],
+        decided: Decided,
         rules: Rules,
         batch: str,
-        values: Mapping[str, str] | None,
-        key: Idempotency,
+        approval: str,
+        counted: MassCount | None = None,
     ) -> Candidate:
-        """The decision on one recipient: the agent's boundaries, then what the recipient checks found.
+        """The record of one decided recipient, ready to admit with its audit entry: waiting for
+        `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
+        which may name one).
 
-        With `values`, the content is the batch's template filled with them: the record keeps the
-        values and names the template instead of holding a copy.
+        With the recipient's `values`, the content is the batch's template filled with them: the
+        record keeps the values and names the template instead of holding a copy.
         """
-        reasons = (*boundaries, *recipient.reasons)
-        if reasons:
-            status = Status.REJECTED
-        elif recipient.dns_temporary:
-            status = Status.DEFERRED
-            reasons = (_DNS_TEMPORARY,)
-        else:
-            status = Status.QUEUED
-        message_id = new_message_id()
+        message, recipient, status, values = (
+            decided.message,
+            decided.recipient,
+            decided.status,
+            decided.values,
+        )
+        accepted = status is not Status.REJECTED
+        delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
+        waiting_for: Wait | None = None
+        if accepted:
+            # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
+            now = now_ms()
+            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+            window_wait = opening_ms(rules.file, _windowed(message, recipient, agent), max(now, asked)) - now
+            if window_wait > 0:
+                waiting_for = Wait.SEND_WINDOW
+                delay_ms = max(delay_ms, window_wait)
         enrichment = message.enrichment
         record = MessageRecord(
-            id=message_id,
+            id=new_message_id(),
             status=status,
-            reasons=reasons,
+            reasons=decided.reasons,
+            approval=approval if accepted else "",
             agent=agent.name,
             agent_version=message.agent_version,
             from_name=message.sender.display_name,
@@ -467,24 +492,19 @@ class Admissions:
             rules_version=rules.version,
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
+            waiting_for=waiting_for,
             scopes=admitted_scopes(
                 recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
             ),
         )
-        delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
-        if status is not Status.REJECTED:
-            # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            now = now_ms()
-            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
-            window_wait = opening_ms(rules.file, record, max(now, asked)) - now
-            if window_wait > 0:
-                record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
-                delay_ms = max(delay_ms, window_wait)
         return Candidate(
             record=record,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
-            idempotency=key,
+            idempotency=decided.idempotency,
             delay_ms=delay_ms,
+            audit_entry=_audit_entry(record, decided.content_hash),
+            check_replied=decided.check_replied,
+            mass_count=counted.args if counted is not None and accepted else (),
         )
 
     def _settled(self, admission: Admission, candidate: Candidate) -> Admission:
@@ -510,11 +530,23 @@ def _due_in(candidate: Candidate) -> float:
     return max(candidate.delay_ms / 1000, asked)
 
 
-def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -> Candidate:
-    """The candidate with the request it waits for (or the mass-send count its script makes, which
-    may name one) and its audit entry, ready to admit."""
-    candidate = decided.candidate
-    record = candidate.record
+def _windowed(message: MessageIn, recipient: Recipient, agent: AgentEntry) -> MessageRecord:
+    """The fields of a recipient's record that its send windows read (their scopes, its time
+    zone), for the windows' opening before the record is built."""
+    return MessageRecord(
+        id="",
+        status=Status.QUEUED,
+        agent=agent.name,
+        from_addr=message.sender.address,
+        to_domain=recipient.domain,
+        segment=message.segment,
+        campaign=message.campaign,
+        recipient_timezone=message.recipient_timezone,
+    )
+
+
+def _audit_entry(record: MessageRecord, hashed: str | None) -> str:
+    """The record's `submission.decided` entry; the admission script writes its outcome."""
     # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
     labels = {
         "run_id": record.run_id,
@@ -522,7 +554,7 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
         "segment": record.segment,
         "campaign": record.campaign,
     }
-    trail = audit_entry(
+    return audit_entry(
         "submission.decided",
         f"agent:{record.agent}",
         {
@@ -533,15 +565,9 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
             "from": record.from_addr,
             "to": record.to,
             "rules_version": record.rules_version,
-            "content_hash": decided.content_hash,
+            "content_hash": hashed,
             "outcome": "@",  # the admission script writes status, reasons, held_by and approval_id here
         },
-    )
-    return dataclasses.replace(
-        candidate,
-        record=dataclasses.replace(record, approval=approval) if approval != record.approval else record,
-        audit_entry=trail,
-        mass_count=counted.args if counted is not None and record.status is not Status.REJECTED else (),
     )
 
 
