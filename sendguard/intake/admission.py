@@ -54,9 +54,9 @@ from sendguard.state.store import Admission, Candidate, Idempotency, Refusable, 
 from sendguard.submission import (
     MAX_SUBJECT,
     Content,
-    MessageIn,
     new_message_id,
 )
+from sendguard.templates import Filled
 from sendguard.windows import opening_ms
 
 
@@ -79,16 +79,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decided:
-    """One recipient decided by every check made before the write: the message it gets, the
-    recipient as checked, its status and reasons.
+    """One recipient decided by every check made before the write: the recipient as checked, its
+    status and reasons; what it shares with the submission's other recipients is the submission's.
 
     Its record is built only as it is written (`Admissions._candidate`): the request the accepted
     recipients wait for is known by then, so each record is built once, and a batch builds a
     chunk's records while Redis writes the chunk before.
     """
 
-    message: MessageIn
     recipient: Recipient
+    recipient_timezone: str | None
     status: Status
     reasons: tuple[Reason, ...]
     content_hash: str | None  # of the content it gets, for its audit entry; None when refused unbuilt
@@ -192,14 +192,14 @@ class Admissions:
                 json.dumps(submission.headers),
             )
         if counted is None:
-            admissions = await self._admit(agent, decided, claim.id, routing, rules)
+            admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
         else:
-            candidate = self._candidate(agent, decided[0], rules, claim.id, "", counted)
+            candidate = self._candidate(agent, submission, decided[0], rules, claim.id, "", counted)
             [admission] = await self._store.admit([candidate])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
                 stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
-                candidate = self._candidate(agent, decided[0], rules, claim.id, "")
+                candidate = self._candidate(agent, submission, decided[0], rules, claim.id, "")
                 [admission] = await self._store.admit([candidate])
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
@@ -303,7 +303,7 @@ class Admissions:
         in_script: bool = False,
         stopped: Reason | None = None,
     ) -> list[Decided]:
-        """Each recipient's message filled and checked, before suppression, cooldown, approval and
+        """Each recipient's content filled and checked, before suppression, cooldown, approval and
         safe mode (the admission script's); a batch's recipients keep only their values (its
         template is stored once).
 
@@ -330,11 +330,11 @@ class Admissions:
         check_replied = in_script and self._reply_stops.by_domain()
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
-                message, reasons, hashed = renderer.unfilled(entry), [too_large], None
+                reasons, hashed = [too_large], None
             else:
-                message = renderer.message(entry)
-                reasons = _boundaries(agent, message, rules)
-                hashed = content_hash(message.subject, message.text or "", message.html or "")
+                content = renderer.content(entry)
+                reasons = _boundaries(agent, submission, content, rules)
+                hashed = content_hash(content.subject, content.text, content.html)
             if company := found.get(recipient.domain):
                 reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
@@ -351,7 +351,8 @@ class Admissions:
                 status, refused = Status.DEFERRED, (_DNS_TEMPORARY,)
             else:
                 status = Status.QUEUED
-            decided.append(Decided(message, recipient, status, refused, hashed, each, values, check_replied))
+            timezone = entry.recipient_timezone
+            decided.append(Decided(recipient, timezone, status, refused, hashed, each, values, check_replied))
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
         return decided
@@ -379,7 +380,13 @@ class Admissions:
         return routing
 
     async def _admit(
-        self, agent: AgentEntry, decided: list[Decided], batch: str, routing: Routing | None, rules: Rules
+        self,
+        agent: AgentEntry,
+        submission: Content,
+        decided: list[Decided],
+        batch: str,
+        routing: Routing | None,
+        rules: Rules,
     ) -> list[Admission]:
         """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`.
 
@@ -397,7 +404,8 @@ class Admissions:
         before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
             sealed = [
-                self._candidate(agent, one, rules, batch, waits_for) for one in decided[start : start + CHUNK]
+                self._candidate(agent, submission, one, rules, batch, waits_for)
+                for one in decided[start : start + CHUNK]
             ]
             if before is not None:
                 await settle(*before)
@@ -431,6 +439,7 @@ class Admissions:
     def _candidate(
         self,
         agent: AgentEntry,
+        message: Content,
         decided: Decided,
         rules: Rules,
         batch: str,
@@ -441,15 +450,11 @@ class Admissions:
         `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
         which may name one).
 
-        With the recipient's `values`, the content is the batch's template filled with them: the
-        record keeps the values and names the template instead of holding a copy.
+        `message` is what every recipient of the submission shares. With the recipient's `values`,
+        the content is the batch's template filled with them: the record keeps the values and names
+        the template instead of holding a copy; without, it is the message's own.
         """
-        message, recipient, status, values = (
-            decided.message,
-            decided.recipient,
-            decided.status,
-            decided.values,
-        )
+        recipient, status, values = decided.recipient, decided.status, decided.values
         accepted = status is not Status.REJECTED
         delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
         waiting_for: Wait | None = None
@@ -457,7 +462,8 @@ class Admissions:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
             now = now_ms()
             asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
-            window_wait = opening_ms(rules.file, _windowed(message, recipient, agent), max(now, asked)) - now
+            windowed = _windowed(agent, message, recipient, decided.recipient_timezone)
+            window_wait = opening_ms(rules.file, windowed, max(now, asked)) - now
             if window_wait > 0:
                 waiting_for = Wait.SEND_WINDOW
                 delay_ms = max(delay_ms, window_wait)
@@ -486,7 +492,7 @@ class Admissions:
             batch=batch or None,
             idempotency_key=message.idempotency_key,
             send_at=message.send_at,
-            recipient_timezone=message.recipient_timezone,
+            recipient_timezone=decided.recipient_timezone,
             enrichment_source=enrichment.source if enrichment else None,
             enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
             rules_version=rules.version,
@@ -530,7 +536,9 @@ def _due_in(candidate: Candidate) -> float:
     return max(candidate.delay_ms / 1000, asked)
 
 
-def _windowed(message: MessageIn, recipient: Recipient, agent: AgentEntry) -> MessageRecord:
+def _windowed(
+    agent: AgentEntry, message: Content, recipient: Recipient, timezone: str | None
+) -> MessageRecord:
     """The fields of a recipient's record that its send windows read (their scopes, its time
     zone), for the windows' opening before the record is built."""
     return MessageRecord(
@@ -541,7 +549,7 @@ def _windowed(message: MessageIn, recipient: Recipient, agent: AgentEntry) -> Me
         to_domain=recipient.domain,
         segment=message.segment,
         campaign=message.campaign,
-        recipient_timezone=message.recipient_timezone,
+        recipient_timezone=timezone,
     )
 
 
@@ -584,8 +592,9 @@ def _footprint(submission: Submission) -> int:
     return content + len(recipients(submission)) * RECIPIENT_BYTES
 
 
-def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Reason]:
-    """What this agent may not send whoever the recipient is: its version, the content, stale data."""
+def _boundaries(agent: AgentEntry, message: Content, content: Filled, rules: Rules) -> list[Reason]:
+    """What this agent may not send whoever the recipient is: its version, the `content` the
+    recipient gets, stale data."""
     reasons = []
     if not agent.may_run_version(message.agent_version):
         reasons.append(
@@ -594,7 +603,7 @@ def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Rea
                 f"agent {agent.name!r} may not send as version {message.agent_version!r}",
             )
         )
-    reasons += check_content(message.subject, message.text, message.html)
+    reasons += check_content(content.subject, content.text, content.html)
     if message.enrichment is not None:
         age = datetime.now(UTC) - message.enrichment.fetched_at
         limit = rules.file.ingress.max_enrichment_age
@@ -606,11 +615,11 @@ def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Rea
                     f"the limit is {limit / 86400:g} days",
                 )
             )
-    if len(message.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
+    if len(content.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
         reasons.append(
             Reason(
                 "subject_too_long",
-                f"the subject is {len(message.subject)} characters once filled; the limit is {MAX_SUBJECT}",
+                f"the subject is {len(content.subject)} characters once filled; the limit is {MAX_SUBJECT}",
             )
         )
     return reasons
