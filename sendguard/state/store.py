@@ -38,6 +38,9 @@ _SCAN_STEP = 500
 # its own, few enough that the index stays small (about 60 bytes a member).
 AGENT_INDEX_SIZE = 1000
 _SUBMITTED = "submitted"  # the cause of a message's first history entry, its admission
+# The admission script's arguments as JSON: one encoder for all, where json.dumps with options would
+# build one per call (a third of the cost of encoding a batch recipient's).
+_ARGUMENTS = json.JSONEncoder(ensure_ascii=False)
 
 
 class Moved(IntEnum):
@@ -280,7 +283,7 @@ class Store:
             [str(value) for value in candidate.mass_count],
             body,
         ]
-        return [json.dumps(arguments, ensure_ascii=False)]
+        return [_ARGUMENTS.encode(arguments)]
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
         """What admission would add to each recipient's reasons from shared state (suppression, and
