@@ -272,6 +272,8 @@ def encode_changes(changes: Changes) -> dict[str, str]:
 
 def encode(value: object) -> str:
     """One field as the hash holds it: JSON for lists, "1"/"0" for flags, "" for nothing."""
+    if type(value) is str:  # most fields: answered first, as admission encodes ~20 a recipient
+        return value
     if value is None:
         return ""
     if isinstance(value, bool):
