@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
@@ -462,7 +463,14 @@ class Admissions:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
             now = now_ms()
             asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
-            windowed = _windowed(agent, message, recipient, decided.recipient_timezone)
+            windowed = _Windowed(
+                recipient.domain,
+                message.sender.address,
+                message.segment,
+                message.campaign,
+                agent.name,
+                decided.recipient_timezone,
+            )
             window_wait = opening_ms(rules.file, windowed, max(now, asked)) - now
             if window_wait > 0:
                 waiting_for = Wait.SEND_WINDOW
@@ -536,21 +544,16 @@ def _due_in(candidate: Candidate) -> float:
     return max(candidate.delay_ms / 1000, asked)
 
 
-def _windowed(
-    agent: AgentEntry, message: Content, recipient: Recipient, timezone: str | None
-) -> MessageRecord:
-    """The fields of a recipient's record that its send windows read (their scopes, its time
-    zone), for the windows' opening before the record is built."""
-    return MessageRecord(
-        id="",
-        status=Status.QUEUED,
-        agent=agent.name,
-        from_addr=message.sender.address,
-        to_domain=recipient.domain,
-        segment=message.segment,
-        campaign=message.campaign,
-        recipient_timezone=timezone,
-    )
+class _Windowed(NamedTuple):
+    """The fields of a recipient's record that its send windows read (`windows.Windowed`), for
+    their opening before the record is built: a tuple costs a tenth of a record."""
+
+    to_domain: str
+    from_addr: str
+    segment: str | None
+    campaign: str | None
+    agent: str
+    recipient_timezone: str | None
 
 
 def _audit_entry(record: MessageRecord, hashed: str | None) -> str:
