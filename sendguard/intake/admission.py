@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -206,7 +207,7 @@ class Admissions:
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
                 routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
-            admissions = [self._settled(admission, candidate)]
+            admissions = self._settled([admission], [candidate])
         await self._count_refusal(agent, admissions)
         outcomes = [
             Outcome(index, one.recipient.address, admission)
@@ -399,8 +400,7 @@ class Admissions:
         admissions: list[Admission] = []
 
         async def settle(writing: Awaitable[list[Admission]], sealed: list[Candidate]) -> None:
-            admitted = zip(await writing, sealed, strict=True)
-            admissions.extend(self._settled(admission, candidate) for admission, candidate in admitted)
+            admissions.extend(self._settled(await writing, sealed))
 
         before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
@@ -521,20 +521,32 @@ class Admissions:
             mass_count=counted.args if counted is not None and accepted else (),
         )
 
-    def _settled(self, admission: Admission, candidate: Candidate) -> Admission:
-        """Count a new decision, wake the deliverer for it, and say why a held message waits."""
-        if not admission.existing:
-            first = admission.reasons[0].code if admission.reasons else "none"
-            self._metrics.submissions.labels(admission.status.value, first).inc()
-            if admission.status in (Status.QUEUED, Status.DEFERRED):
-                self._wake(_due_in(candidate))
-        if admission.held_by:
-            held = Reason(
-                "safe_mode",
-                f"scope {admission.held_by} is in safe mode: accepted and held until a person resumes it",
-            )
-            admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
-        return admission
+    def _settled(self, admissions: Sequence[Admission], candidates: Sequence[Candidate]) -> list[Admission]:
+        """Count the new decisions, wake the deliverer for the soonest due, and say why a held
+        message waits; a chunk at a time, so a batch counts each status once a chunk, not once a
+        recipient."""
+        counts: Counter[tuple[str, str]] = Counter()
+        soonest: float | None = None
+        settled = []
+        for admission, candidate in zip(admissions, candidates, strict=True):
+            if not admission.existing:
+                first = admission.reasons[0].code if admission.reasons else "none"
+                counts[admission.status.value, first] += 1
+                if admission.status in (Status.QUEUED, Status.DEFERRED):
+                    due_in = _due_in(candidate)
+                    soonest = due_in if soonest is None else min(soonest, due_in)
+            if admission.held_by:
+                held = Reason(
+                    "safe_mode",
+                    f"scope {admission.held_by} is in safe mode: accepted and held until a person resumes it",
+                )
+                admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
+            settled.append(admission)
+        for (status, first), count in counts.items():
+            self._metrics.submissions.labels(status, first).inc(count)
+        if soonest is not None:
+            self._wake(soonest)
+        return settled
 
 
 def _due_in(candidate: Candidate) -> float:
