@@ -281,6 +281,8 @@ def encode(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, tuple):
+        if not value:  # no reasons, as most new messages: json.dumps costs a microsecond even for this
+            return "[]"
         return json.dumps([item.as_dict() if isinstance(item, Reason) else item for item in value])
     return str(value)
 
