@@ -93,7 +93,7 @@ class Decided:
     recipient_timezone: str | None
     status: Status
     reasons: tuple[Reason, ...]
-    content_hash: str | None  # of the content it gets, for its audit entry; None when refused unbuilt
+    content: Filled | None  # what it gets, hashed for its audit entry; None when refused unbuilt
     idempotency: Idempotency
     values: Mapping[str, str] | None  # a batch's recipient's, filled into its batch's stored template
     check_replied: bool = False
@@ -332,11 +332,10 @@ class Admissions:
         check_replied = in_script and self._reply_stops.by_domain()
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
-                reasons, hashed = [too_large], None
+                reasons, content = [too_large], None
             else:
                 content = renderer.content(entry)
                 reasons = _boundaries(agent, submission, content, rules)
-                hashed = content_hash(content.subject, content.text, content.html)
             if company := found.get(recipient.domain):
                 reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
@@ -354,7 +353,9 @@ class Admissions:
             else:
                 status = Status.QUEUED
             timezone = entry.recipient_timezone
-            decided.append(Decided(recipient, timezone, status, refused, hashed, each, values, check_replied))
+            decided.append(
+                Decided(recipient, timezone, status, refused, content, each, values, check_replied)
+            )
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
         return decided
@@ -516,7 +517,7 @@ class Admissions:
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
             idempotency=decided.idempotency,
             delay_ms=delay_ms,
-            audit_entry=_audit_entry(record, decided.content_hash),
+            audit_entry=_audit_entry(record, decided.content),
             check_replied=decided.check_replied,
             mass_count=counted.args if counted is not None and accepted else (),
         )
@@ -568,8 +569,10 @@ class _Windowed(NamedTuple):
     recipient_timezone: str | None
 
 
-def _audit_entry(record: MessageRecord, hashed: str | None) -> str:
-    """The record's `submission.decided` entry; the admission script writes its outcome."""
+def _audit_entry(record: MessageRecord, content: Filled | None) -> str:
+    """The record's `submission.decided` entry, with the hash of the `content` it gets (hashed here,
+    as the chunk before is written, rather than while every recipient is decided); the admission
+    script writes its outcome."""
     # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
     labels = {
         "run_id": record.run_id,
@@ -588,7 +591,7 @@ def _audit_entry(record: MessageRecord, hashed: str | None) -> str:
             "from": record.from_addr,
             "to": record.to,
             "rules_version": record.rules_version,
-            "content_hash": hashed,
+            "content_hash": content_hash(content.subject, content.text, content.html) if content else None,
             "outcome": "@",  # the admission script writes status, reasons, held_by and approval_id here
         },
     )
