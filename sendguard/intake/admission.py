@@ -48,7 +48,7 @@ from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status, now_ms
-from sendguard.record import MessageRecord, Wait
+from sendguard.record import MessageRecord, Wait, new_record
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import admitted_scopes, scope_name
 from sendguard.state.memory import MemoryBudget
@@ -477,7 +477,7 @@ class Admissions:
                 waiting_for = Wait.SEND_WINDOW
                 delay_ms = max(delay_ms, window_wait)
         enrichment = message.enrichment
-        record = MessageRecord(
+        record = new_record(
             id=new_message_id(),
             status=status,
             reasons=decided.reasons,
