@@ -63,6 +63,37 @@ def test_revoked_token_is_refused(daemon: Daemon, client_for: ClientFor) -> None
     assert client.client.get("/v1/messages/0000").status_code == 401
 
 
+@pytest.mark.parametrize("tier", [0, 1])
+def test_a_token_revoked_elsewhere_submits_nothing_more(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str, tier: int
+) -> None:
+    """`POST /v1/messages` knows a token it verified before without asking Redis; the admission
+    script (tier 0), or a look-up before any other write (tier 1), checks it is still there. So a
+    token revoked by another process is refused at once, whatever its submission, writing nothing."""
+    agent = '[[agent]]\nname = "new-bot"\nowner = "sales"\ninboxes = ["*@acme.example"]\n'
+    daemon = make_daemon(RULES + "\n" + agent + f"tier = {tier}\n")
+    client = client_for(daemon, "agent", "new-bot")
+    first = message("bob@customer.example", idempotency_key="first")
+    assert client.client.post("/v1/messages", json=first).status_code == 201
+    daemon.cli("token", "revoke", client.client.headers["Authorization"].removeprefix("Bearer "))
+    for body in (
+        message("carol@customer.example"),
+        first,  # a retry, which would have been answered with the first decision
+        message("dave@customer.example", **{"from": "Eve <eve@evil.example>"}),  # 403, counted
+    ):
+        refused = client.client.post("/v1/messages", json=body)
+        assert refused.status_code == 401, refused.text
+        assert refused.json() == {"detail": "invalid or revoked token"}
+        assert refused.headers["www-authenticate"] == "Bearer"
+    listed = client_for(daemon, "agent", "new-bot").client.get("/v1/messages").json()["messages"]
+    assert [line["to"] for line in listed] == ["bob@customer.example"]
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        trail = client.lrange(keys.audit_chain, 0, -1) + client.lrange(keys.audit_pending, 0, -1)
+    kinds = [json.loads(entry)["kind"] for entry in trail]
+    assert kinds.count("submission.decided") == 1 and "submission.refused" not in kinds
+
+
 def test_agent_may_only_use_its_inboxes_and_segments(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
     wrong_inbox = api.client.post(
         "/v1/messages", json=message("bob@customer.example", **{"from": "Eve <eve@evil.example>"})
