@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from sendguard.delivery.deliverer import DEFER_CAUSES
 from sendguard.delivery.relay import STAGES
@@ -16,6 +17,7 @@ from sendguard.feedback.events import BounceType, EventType, Sentiment
 from sendguard.feedback.parse import InboundKind
 from sendguard.rules import ScopeKind
 from sendguard.state.keys import Keys
+from sendguard.submission import parse_sender
 from tests.conftest import Api, Daemon, message
 from tests.peers import DnsServer, SmtpSink
 
@@ -291,6 +293,19 @@ def test_malformed_submissions_get_422_naming_the_field(
     assert response.status_code == 422, response.text
     errors = response.json()["errors"]
     assert any(e["field"] == field and words in e["message"] for e in errors), errors
+
+
+def test_a_from_header_is_parsed_once_and_a_refused_one_each_time() -> None:
+    """Parses are remembered (the email package's parser is slow), so what they give is frozen;
+    a refusal is not remembered, and says the same each time."""
+    first = parse_sender("Alice <Alice@Acme.example>")
+    assert parse_sender("Alice <Alice@Acme.example>") is first
+    assert (first.display_name, first.address) == ("Alice", "alice@acme.example")
+    with pytest.raises(ValidationError, match="frozen"):
+        first.address = "eve@evil.example"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="exactly one address"):
+            parse_sender("a@acme.example, b@acme.example")
 
 
 @pytest.mark.parametrize(

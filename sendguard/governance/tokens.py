@@ -102,7 +102,8 @@ def _token_id(token: str) -> str | None:
 
 @dataclass(frozen=True)
 class _Verified:
-    """A token this process has verified: its record's hash, whom it names, when it expires (ms)."""
+    """A token this process has verified: its record's hash, whom it names (with that hash to
+    check), when it expires (ms; 0 never)."""
 
     hash: str
     principal: Principal
@@ -178,7 +179,8 @@ class Tokens:
             if len(self._verified) >= _RECALLED:
                 self._verified.clear()
             expires = int(record.get("expires") or 0)
-            self._verified[token_id] = _Verified(str(record["hash"]), found, expires)
+            recalled = replace(found, unchecked_hash=str(record["hash"]))
+            self._verified[token_id] = _Verified(str(record["hash"]), recalled, expires)
         return found
 
     def recall(self, token: str) -> Principal | None:
@@ -193,12 +195,11 @@ class Tokens:
         known = self._verified.get(token_id) if token_id is not None else None
         if known is None:
             return None
-        digest = _digest(token)
-        if not hmac.compare_digest(known.hash, digest):
+        if not hmac.compare_digest(known.hash, _digest(token)):
             return None
         if known.expires_ms and known.expires_ms <= time.time() * 1000:
             return None
-        return replace(known.principal, unchecked_hash=digest)
+        return known.principal
 
     async def in_force(self, principal: Principal) -> bool:
         """Whether the token a recalled principal holds is still there (not revoked), asked of Redis."""
