@@ -454,6 +454,11 @@ class Admissions:
             status = Status.QUEUED
         message_id = new_message_id()
         enrichment = message.enrichment
+        now = now_ms()
+        asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+        # Due later than now, it waits for a send window whatever its windows say (they open at or
+        # after any time they are asked about): known before the record is built, not rebuilt for.
+        waits_for_window = status is not Status.REJECTED and asked > now
         record = MessageRecord(
             id=message_id,
             status=status,
@@ -486,15 +491,15 @@ class Admissions:
             scopes=admitted_scopes(
                 recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
             ),
+            waiting_for=Wait.SEND_WINDOW if waits_for_window else None,
         )
         delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
         if status is not Status.REJECTED:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            now = now_ms()
-            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
             window_wait = opening_ms(rules.file, record, max(now, asked)) - now
             if window_wait > 0:
-                record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
+                if not waits_for_window:  # due now, its windows closed
+                    record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
                 delay_ms = max(delay_ms, window_wait)
         return Candidate(
             record=record,
