@@ -193,13 +193,13 @@ class Admissions:
             admissions = await self._admit(decided, routing)
         else:
             [admission] = await self._store.admit([_sealed(decided[0], "", counted, requester)])
-            if admission.revoked:
-                raise Unauthenticated(REVOKED)
             if admission.replied_until:  # nothing written: decided again with the company's refusal
                 stop = company_refusal(candidates[0].record.to_domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
                 candidates = [one.candidate for one in decided]
                 [admission] = await self._store.admit([_sealed(decided[0], "", requester=requester)])
+            if admission.revoked:  # nothing written, by either call
+                raise Unauthenticated(REVOKED)
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
