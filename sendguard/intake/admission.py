@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sendguard.errors import StoreFull, Unauthenticated
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
@@ -30,7 +31,7 @@ from sendguard.governance.approvals import Approvals, MassCount, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import rejection_counted
-from sendguard.governance.tokens import Principal
+from sendguard.governance.tokens import REVOKED, Principal, Tokens
 from sendguard.intake.batches import (
     CHUNK,
     BatchClaim,
@@ -129,8 +130,10 @@ class Admissions:
         wake: Callable[[float], None],
         metrics: Metrics,
         reply_stops: ReplyStops,
+        tokens: Tokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._reply_stops = reply_stops
         self._memory = memory
         self._metrics = metrics
@@ -148,22 +151,25 @@ class Admissions:
         another batch."""
         started = time.perf_counter()
         agent = await self._authorized(requester, submission, rules)
-        await self._memory.reserve(_footprint(submission))
+        # A single message of a tier-0 agent is counted and checked for a company's reply stop by
+        # its admission script: the one round trip that writes it, which checks a recalled token too.
+        single = not isinstance(submission, BatchIn)
+        in_script = single and self._approvals.counts_in_admission(agent, submission, rules)
+        if not in_script:
+            await self._checked(requester)  # other writes come before that script's
+        try:
+            await self._memory.reserve(_footprint(submission))
+        except StoreFull:
+            await self._checked(requester)  # a revoked token hears that, not that Redis is full
+            raise
         if isinstance(submission, BatchIn):
             fingerprinted = fingerprint(submission)  # once: the batch's key and its claim need it
             key = idempotency(submission, rules, fingerprinted)
             claim = await self._batches.claim(agent, submission, key, fingerprinted)
         else:
             key, claim = idempotency(submission, rules), BatchClaim("")
-        # A single message of a tier-0 agent is counted and checked for a company's reply stop by
-        # its admission script: the one round trip that writes it.
-        single = not isinstance(submission, BatchIn)
-        counted = (
-            self._approvals.mass_count(agent, submission, 1, rules, requester)
-            if single and self._approvals.counts_in_admission(agent, submission, rules)
-            else None
-        )
-        decided = await self._decide(agent, submission, claim.id, key, rules, in_script=counted is not None)
+        counted = self._approvals.mass_count(agent, submission, 1, rules, requester) if in_script else None
+        decided = await self._decide(agent, submission, claim.id, key, rules, in_script=in_script)
         candidates = [one.candidate for one in decided]
         if counted is None:
             # A retry of a single message is answered with its first decision by the admission
@@ -186,12 +192,14 @@ class Admissions:
         if counted is None:
             admissions = await self._admit(decided, routing)
         else:
-            [admission] = await self._store.admit([_sealed(decided[0], "", counted)])
+            [admission] = await self._store.admit([_sealed(decided[0], "", counted, requester)])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
                 stop = company_refusal(candidates[0].record.to_domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
                 candidates = [one.candidate for one in decided]
-                [admission] = await self._store.admit([_sealed(decided[0], "")])
+                [admission] = await self._store.admit([_sealed(decided[0], "", requester=requester)])
+            if admission.revoked:  # nothing written, by either call
+                raise Unauthenticated(REVOKED)
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
@@ -266,11 +274,19 @@ class Admissions:
             await self._refused(requester, [refused.reason], rules, about)
             raise
 
+    async def _checked(self, requester: Principal) -> None:
+        """Raise Unauthenticated if `requester` was recalled from memory (tokens.py `recall`) and
+        its token is gone: for every path where something else than the admission script, which
+        checks it itself, would act on the token's word first."""
+        if requester.unchecked_hash and not await self._tokens.in_force(requester):
+            raise Unauthenticated(REVOKED)
+
     async def _refused(
         self, requester: Principal, reasons: list[Reason], rules: Rules, about: dict[str, str | None]
     ) -> None:
         """A submission refused before it was admitted: counted as a denial and in the agent's
         activity (a rejection, by its reason codes), and recorded."""
+        await self._checked(requester)
         await self._denied(requester.name, rejection_counted([reason.code for reason in reasons]))
         await self._audit.append(
             "submission.refused",
@@ -438,6 +454,11 @@ class Admissions:
             status = Status.QUEUED
         message_id = new_message_id()
         enrichment = message.enrichment
+        now = now_ms()
+        asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+        # Due later than now, it waits for a send window whatever its windows say (they open at or
+        # after any time they are asked about): known before the record is built, not rebuilt for.
+        waits_for_window = status is not Status.REJECTED and asked > now
         record = MessageRecord(
             id=message_id,
             status=status,
@@ -470,15 +491,15 @@ class Admissions:
             scopes=admitted_scopes(
                 recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
             ),
+            waiting_for=Wait.SEND_WINDOW if waits_for_window else None,
         )
         delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
         if status is not Status.REJECTED:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            now = now_ms()
-            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
             window_wait = opening_ms(rules.file, record, max(now, asked)) - now
             if window_wait > 0:
-                record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
+                if not waits_for_window:  # due now, its windows closed
+                    record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
                 delay_ms = max(delay_ms, window_wait)
         return Candidate(
             record=record,
@@ -510,9 +531,11 @@ def _due_in(candidate: Candidate) -> float:
     return max(candidate.delay_ms / 1000, asked)
 
 
-def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -> Candidate:
+def _sealed(
+    decided: Decided, approval: str, counted: MassCount | None = None, requester: Principal | None = None
+) -> Candidate:
     """The candidate with the request it waits for (or the mass-send count its script makes, which
-    may name one) and its audit entry, ready to admit."""
+    may name one), its audit entry, and the recalled token its script checks, ready to admit."""
     candidate = decided.candidate
     record = candidate.record
     # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
@@ -542,6 +565,9 @@ def _sealed(decided: Decided, approval: str, counted: MassCount | None = None) -
         record=dataclasses.replace(record, approval=approval) if approval != record.approval else record,
         audit_entry=trail,
         mass_count=counted.args if counted is not None and record.status is not Status.REJECTED else (),
+        token=(requester.token_id, requester.unchecked_hash)
+        if requester is not None and requester.unchecked_hash
+        else ("", ""),
     )
 
 

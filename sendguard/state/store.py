@@ -81,6 +81,9 @@ class Candidate:
     # mass-send count, with approval_route's arguments (see Approvals.mass_count).
     check_replied: bool = False
     mass_count: Sequence[Any] = ()
+    # (id, hash) of a token recalled from memory (tokens.py `recall`), which the script checks is
+    # still there before it writes anything: ("", "") when the token was read from Redis already.
+    token: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Admission:
     route: str = ""  # the mass-send count's answer when the script made it ("free", "joined", ...)
     approval: str = ""  # the approval request it waits for (or waited for), when the script knows it
     replied_until: int = 0  # a reply stop covers its company until then (ms): nothing was written
+    revoked: bool = False  # the recalled token it was checked against is gone: nothing was written
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,9 @@ class Store:
                 admissions.append(
                     Admission(stored.id, stored.status, stored.reasons, True, approval=stored.approval)
                 )
+            elif result[0] == "revoked":
+                record = candidate.record
+                admissions.append(Admission(record.id, record.status, (), False, revoked=True))
             elif result[0] == "replied":
                 record, stopped = candidate.record, int(result[1])
                 admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))
@@ -279,6 +286,7 @@ class Store:
             "1" if candidate.check_replied else "0",
             [str(value) for value in candidate.mass_count],
             body,
+            *candidate.token,
         ]
         return [json.dumps(arguments, ensure_ascii=False)]
 
