@@ -214,3 +214,34 @@ async def test_a_send_held_back_by_a_later_bucket_waits_for_that_bucket(redis_ur
         assert [await client.zcard(key) for key in buckets.keys] == [1, 1, 1, 1, 1]
     finally:
         await client.aclose()
+
+
+async def test_a_window_outlives_its_newest_send_by_its_length(redis_url: str, prefix: str) -> None:
+    """A window key must last until its newest send (in flight until `lease` from now) has left the
+    window, however its expiry stood before: a reservation reads the expiry and lengthens it when it
+    is short, so an entry still counting is never lost to an expiry."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    lease_ms, per_ms = 31_000, 60_000
+    throttles = Throttles(client, keys, lease_ms=lease_ms)
+    store = Store(client, keys)
+    rule = ThrottleRule.model_validate({"scope": "recipient_domain", "limit": 100, "per": "1m"})
+    records = [
+        MessageRecord(
+            f"m{n}", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to_domain="c.example"
+        )
+        for n in range(2)
+    ]
+    try:
+        claims = await write_claimed(client, keys, records)
+        buckets = throttles.buckets([rule], scope_values(records[0]))
+        [window] = buckets.keys
+        for claim in claims:
+            await client.pexpire(window, 10)  # as if the window were about to go (no-op for the first)
+            reservation = throttles.reservation(buckets, f"{claim.message_id}:1")
+            started = await store.start(claim, "attempt 1", {}, "", reservation, buckets.waits)
+            assert started.moved is Moved.MOVED
+            assert await client.pttl(window) >= per_ms + lease_ms - 1_000
+        assert await client.zcard(window) == 2
+    finally:
+        await client.aclose()

@@ -34,11 +34,14 @@ local function window_wait(key, limit, per, now)
   return w
 end
 
--- A send added to a window at its latest possible arrival (`score`, as ms() gives it).
+-- A send added to a window at its latest possible arrival (`score`, as ms() gives it). The window
+-- must outlive it by `per`: it is kept at least per + lease from now, and when it has less left it
+-- gets twice that, so most additions read its expiry (PTTL) instead of writing it (a write costs
+-- Redis several times a read: it goes to the append-only file and the replicas too).
 local function window_add(key, member, score, per, lease, now)
   redis.call('ZADD', key, score, member)
   if now % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ms(now - per)) end
-  redis.call('PEXPIRE', key, ms(per + lease))
+  if redis.call('PTTL', key) < per + lease then redis.call('PEXPIRE', key, ms(2 * (per + lease))) end
 end
 
 local function throttle_reserve(keys, args, now)
