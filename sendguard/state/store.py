@@ -29,6 +29,7 @@ from sendguard.state.scripts import ScriptArgs
 
 RETENTION_MS = 30 * 86400 * 1000
 CLAIMABLE = (Status.QUEUED, Status.DEFERRED)  # a claimed message starts its send from these
+_CLAIMABLE_LIST = ",".join(CLAIMABLE)  # as the start script takes them
 IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 # Where `Store.message_ids` reads ids: a tripped scope's held set, a mailbox's waiting set, the due
 # queue, the claimed messages, or every record (a SCAN).
@@ -394,11 +395,11 @@ class Store:
         args: list[Any] = [
             claim.message_id,
             claim.token,
-            ",".join(CLAIMABLE),
+            _CLAIMABLE_LIST,
             detail,
             RETENTION_MS,
             suppressed_entry,
-            json.dumps(list(waits)),
+            ",".join(waits),
             len(reservation.args),
             *reservation.args,
             *_flat(changes),
