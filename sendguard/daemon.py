@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shlex
@@ -65,12 +66,28 @@ async def serve(settings: Settings, *, demo: bool = False) -> None:
                 loop.add_signal_handler(signum, server.request_exit)
             reloads: set[asyncio.Task[None]] = set()
             loop.add_signal_handler(signal.SIGHUP, _on_sighup, runtime, reloads)
+            _freeze_start_up()
             await server.serve()  # returns once a signal asked it to stop
             if demo:
                 showing.cancel()
         finally:
             await service.stop()
     log.info("stopped")
+
+
+def _freeze_start_up() -> None:
+    """Garbage collection for a server whose requests are short and many at once.
+
+    Start-up's objects (modules, models, rules: nine tenths of the heap) are left out of every
+    collection from now on; and the youngest generation is collected every 10,000 objects, not
+    700: the objects of the requests in flight outlived each small collection, went on to the
+    oldest generation and brought a full collection every couple of seconds under load, each a
+    pause of 100 ms or more walking the whole heap. Nearly everything a request makes is freed as
+    it ends, so the larger threshold holds little more memory.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 async def _demo_once_listening(server: _Server, runtime: Runtime, settings: Settings) -> None:

@@ -1,6 +1,7 @@
 """sendguard's own errors; library errors are translated into these at the boundary.
 
 SendguardError
+├── Unauthenticated      a bearer token is unknown, expired or revoked
 ├── InvalidValue         a value a person gave is not one (names the field; also a ValueError)
 ├── ConfigError          settings or rules file cannot be used (names file, table, key)
 ├── StoreError           Redis unreachable or answered with an error
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 class SendguardError(Exception):
     """Base of every error sendguard raises on purpose."""
+
+
+class Unauthenticated(SendguardError):
+    """The caller's bearer token is unknown, expired or revoked (found by the write it asked for)."""
 
 
 class InvalidValue(SendguardError, ValueError):

@@ -200,6 +200,7 @@ async def build(
         deliverer.wake,
         metrics,
         reply_stops,
+        tokens,
     )
     inbound = InboundProcess(
         _listener_config(settings),

@@ -7,6 +7,7 @@ from a stored record is `delivery/render.py`'s.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -118,7 +119,10 @@ TimeZoneName = Annotated[
 
 
 class Sender(BaseModel):
-    """The From header split into display name and normalised address."""
+    """The From header split into display name and normalised address; frozen, since the parse of
+    one header is shared by every submission that gives it (`parse_sender`)."""
+
+    model_config = ConfigDict(frozen=True)
 
     display_name: str
     address: str
@@ -131,6 +135,14 @@ def parse_sender(value: object) -> Sender:
         return value
     if not isinstance(value, str) or len(value) > 998:
         raise ValueError("'from' must be a header value of at most 998 characters")
+    return _parsed_sender(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_sender(value: str) -> Sender:
+    """`parse_sender` of a header string, remembered: an agent sends from the same few headers, and
+    the email package's address parser was most of the time a message took to validate. Only a
+    parse that succeeded is remembered; a refused one raises again each time."""
     _single_line(value)
     pairs = getaddresses([value])
     if len(pairs) != 1 or not pairs[0][1]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import ValidationError
 
 from sendguard.delivery.deliverer import DEFER_CAUSES
 from sendguard.delivery.relay import STAGES
@@ -16,6 +17,7 @@ from sendguard.feedback.events import BounceType, EventType, Sentiment
 from sendguard.feedback.parse import InboundKind
 from sendguard.rules import ScopeKind
 from sendguard.state.keys import Keys
+from sendguard.submission import parse_sender
 from tests.conftest import Api, Daemon, message
 from tests.peers import DnsServer, SmtpSink
 
@@ -61,6 +63,37 @@ def test_revoked_token_is_refused(daemon: Daemon, client_for: ClientFor) -> None
     assert client.client.get("/v1/messages/0000").status_code == 404
     daemon.cli("token", "revoke", token)
     assert client.client.get("/v1/messages/0000").status_code == 401
+
+
+@pytest.mark.parametrize("tier", [0, 1])
+def test_a_token_revoked_elsewhere_submits_nothing_more(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str, tier: int
+) -> None:
+    """`POST /v1/messages` knows a token it verified before without asking Redis; the admission
+    script (tier 0), or a look-up before any other write (tier 1), checks it is still there. So a
+    token revoked by another process is refused at once, whatever its submission, writing nothing."""
+    agent = '[[agent]]\nname = "new-bot"\nowner = "sales"\ninboxes = ["*@acme.example"]\n'
+    daemon = make_daemon(RULES + "\n" + agent + f"tier = {tier}\n")
+    client = client_for(daemon, "agent", "new-bot")
+    first = message("bob@customer.example", idempotency_key="first")
+    assert client.client.post("/v1/messages", json=first).status_code == 201
+    daemon.cli("token", "revoke", client.client.headers["Authorization"].removeprefix("Bearer "))
+    for body in (
+        message("carol@customer.example"),
+        first,  # a retry, which would have been answered with the first decision
+        message("dave@customer.example", **{"from": "Eve <eve@evil.example>"}),  # 403, counted
+    ):
+        refused = client.client.post("/v1/messages", json=body)
+        assert refused.status_code == 401, refused.text
+        assert refused.json() == {"detail": "invalid or revoked token"}
+        assert refused.headers["www-authenticate"] == "Bearer"
+    listed = client_for(daemon, "agent", "new-bot").client.get("/v1/messages").json()["messages"]
+    assert [line["to"] for line in listed] == ["bob@customer.example"]
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        trail = client.lrange(keys.audit_chain, 0, -1) + client.lrange(keys.audit_pending, 0, -1)
+    kinds = [json.loads(entry)["kind"] for entry in trail]
+    assert kinds.count("submission.decided") == 1 and "submission.refused" not in kinds
 
 
 def test_agent_may_only_use_its_inboxes_and_segments(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
@@ -260,6 +293,19 @@ def test_malformed_submissions_get_422_naming_the_field(
     assert response.status_code == 422, response.text
     errors = response.json()["errors"]
     assert any(e["field"] == field and words in e["message"] for e in errors), errors
+
+
+def test_a_from_header_is_parsed_once_and_a_refused_one_each_time() -> None:
+    """Parses are remembered (the email package's parser is slow), so what they give is frozen;
+    a refusal is not remembered, and says the same each time."""
+    first = parse_sender("Alice <Alice@Acme.example>")
+    assert parse_sender("Alice <Alice@Acme.example>") is first
+    assert (first.display_name, first.address) == ("Alice", "alice@acme.example")
+    with pytest.raises(ValidationError, match="frozen"):
+        first.address = "eve@evil.example"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="exactly one address"):
+            parse_sender("a@acme.example, b@acme.example")
 
 
 @pytest.mark.parametrize(

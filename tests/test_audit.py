@@ -742,3 +742,23 @@ async def test_suppressions_tokens_and_recall_record_their_own_changes(
         ("token.revoked", "cli:sam", {"token_id": token_id}),
         ("recall", "operator:omar", {"filters": {"campaign": "q4"}, "reason": "wrong copy", "cancelled": {}}),
     ]
+
+
+async def test_a_token_is_recalled_only_as_verified_and_until_it_expires(
+    audit: AuditLog, client: aioredis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recall` knows only tokens this process verified, by their whole secret, and not past their
+    expiry; what it gives carries the hash a write checks, and `in_force` says when it is gone."""
+    tokens = Tokens(client, keys, audit)
+    token_id, token = await tokens.create(Role.AGENT, "sdr-bot", actor="cli:sam", expires="1h")
+    assert tokens.recall(token) is None  # not verified here yet
+    assert await tokens.verify(token) == Principal(token_id, Role.AGENT, "sdr-bot")
+    recalled = tokens.recall(token)
+    assert recalled == Principal(token_id, Role.AGENT, "sdr-bot") and recalled.unchecked_hash
+    assert recalled.unchecked_hash not in repr(recalled)
+    assert tokens.recall(token[:-1] + ("A" if token[-1] != "A" else "B")) is None  # another secret
+    assert await tokens.in_force(recalled)
+    await client.delete(keys.token(token_id))  # revoked by another process: this one still recalls it
+    assert tokens.recall(token) is not None and not await tokens.in_force(recalled)
+    monkeypatch.setattr(time, "time", lambda: 4_000_000_000.0)
+    assert tokens.recall(token) is None  # expired

@@ -322,3 +322,35 @@ async def test_a_trip_recorded_after_the_claim_holds_the_message_at_the_start_of
         assert await client.exists(*buckets.keys) == 0
     finally:
         await client.aclose()
+
+
+async def test_a_trip_on_another_scope_lets_the_send_start(redis_url: str, prefix: str) -> None:
+    """With a scope tripped, a message none of whose scopes is tripped still starts (the start
+    looks its own scopes up rather than stopping at any trip), and reserves its throttles."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    store, throttles = Store(client, keys), Throttles(client, keys, lease_ms=31_000)
+    record = MessageRecord(
+        "m1",
+        Status.QUEUED,
+        agent="sdr-bot",
+        from_addr="sdr@acme.example",
+        to="lead@customer.example",
+        to_canonical="lead@customer.example",
+        to_domain="customer.example",
+    )
+    try:
+        [claim] = await write_claimed(client, keys, [record])
+        trip = Trip("agent:other-bot", "manual", "a person stopped it", 1, "admin:dana")
+        await client.hset(keys.trips, trip.scope, trip.to_json())
+        rule = ThrottleRule.model_validate({"scope": "recipient_domain", "limit": 5, "per": "1m"})
+        buckets = throttles.buckets([rule], scope_values(record))
+        started = await store.start(
+            claim, "attempt 1", {"attempts": 1}, "", throttles.reservation(buckets, "m1:1"), buckets.waits
+        )
+        assert started.moved is Moved.MOVED
+        stored = await store.record("m1")
+        assert stored is not None and stored.status is Status.SENDING
+        assert await client.zcard(buckets.keys[0]) == 1
+    finally:
+        await client.aclose()

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from sendguard.delivery.throttle import Throttles
 from sendguard.model import Status
 from sendguard.record import MessageRecord
-from sendguard.rules import Rules, ScopeKind, load_rules
+from sendguard.rules import Rules, ScopeKind, ThrottleRule, load_rules
 from sendguard.scopes import scope_values
 from sendguard.state.keys import Keys
 from sendguard.state.store import Moved, Store
@@ -165,5 +165,83 @@ async def test_the_shipped_rules_cap_an_agent_and_a_sender_domain_however_many_i
     try:
         assert await until_refused("sdr-bot") == (120, ScopeKind.AGENT)
         assert await until_refused("support-bot") == (80, ScopeKind.SENDER_DOMAIN)  # 200 from acme.example
+    finally:
+        await client.aclose()
+
+
+async def test_a_send_held_back_by_a_later_bucket_waits_for_that_bucket(redis_url: str, prefix: str) -> None:
+    """The start of a send names the bucket that held it back, whichever of the message's buckets it
+    is, on its record (`waiting_for`) as in its answer, and reserves none of them."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    throttles = Throttles(client, keys, lease_ms=31_000)
+    store = Store(client, keys)
+    limits = {"recipient_domain": 100, "sender_domain": 100, "inbox": 1, "agent": 100, "global": 100}
+    rules = [
+        ThrottleRule.model_validate({"scope": kind, "limit": n, "per": "1m"}) for kind, n in limits.items()
+    ]
+    records = [
+        MessageRecord(
+            f"m{n}",
+            Status.QUEUED,
+            agent="sdr-bot",
+            from_addr="sdr@acme.example",
+            to=f"lead{n}@customer.example",
+            to_canonical=f"lead{n}@customer.example",
+            to_domain="customer.example",
+        )
+        for n in range(2)
+    ]
+    try:
+        claims = await write_claimed(client, keys, records)
+        buckets = throttles.buckets(rules, scope_values(records[0]))
+        started = [
+            await store.start(
+                claim,
+                "attempt 1",
+                {},
+                "",
+                throttles.reservation(buckets, f"{claim.message_id}:1"),
+                buckets.waits,
+            )
+            for claim in claims
+        ]
+        assert [s.moved for s in started] == [Moved.MOVED, Moved.THROTTLED]
+        assert buckets.scopes[started[1].bucket] is ScopeKind.INBOX
+        waiting = await store.record("m1")
+        assert waiting is not None
+        assert (waiting.status, waiting.waiting_for) == (Status.QUEUED, ScopeKind.INBOX)
+        assert [await client.zcard(key) for key in buckets.keys] == [1, 1, 1, 1, 1]
+    finally:
+        await client.aclose()
+
+
+async def test_a_window_outlives_its_newest_send_by_its_length(redis_url: str, prefix: str) -> None:
+    """A window key must last until its newest send (in flight until `lease` from now) has left the
+    window, however its expiry stood before: a reservation reads the expiry and lengthens it when it
+    is short, so an entry still counting is never lost to an expiry."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    lease_ms, per_ms = 31_000, 60_000
+    throttles = Throttles(client, keys, lease_ms=lease_ms)
+    store = Store(client, keys)
+    rule = ThrottleRule.model_validate({"scope": "recipient_domain", "limit": 100, "per": "1m"})
+    records = [
+        MessageRecord(
+            f"m{n}", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to_domain="c.example"
+        )
+        for n in range(2)
+    ]
+    try:
+        claims = await write_claimed(client, keys, records)
+        buckets = throttles.buckets([rule], scope_values(records[0]))
+        [window] = buckets.keys
+        for claim in claims:
+            await client.pexpire(window, 10)  # as if the window were about to go (no-op for the first)
+            reservation = throttles.reservation(buckets, f"{claim.message_id}:1")
+            started = await store.start(claim, "attempt 1", {}, "", reservation, buckets.waits)
+            assert started.moved is Moved.MOVED
+            assert await client.pttl(window) >= per_ms + lease_ms - 1_000
+        assert await client.zcard(window) == 2
     finally:
         await client.aclose()

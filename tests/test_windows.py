@@ -263,3 +263,18 @@ def test_every_claim_checks_the_windows_in_force(
     received = smtp.wait_for(2, timeout=10)
     assert [r.at >= opening for r in received] == [False, True]
     assert api.status(first)["status"] == "sent"
+
+
+def test_a_message_due_later_waits_as_for_a_window_and_one_due_now_for_nothing(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """Admission knows a message due later waits before it asks its windows (none here): its
+    record is built once, waiting as a window would make it."""
+    api = client_for(make_daemon(""), "agent", "sdr-bot")
+    later = api.send("dana@customer.example", send_at="2099-01-01T00:00:00+00:00")
+    assert (api.status(later["id"])["status"], api.status(later["id"])["waiting_for"]) == (
+        "queued",
+        "send_window",
+    )
+    now = api.send("erin@customer.example")
+    assert api.status(now["id"])["waiting_for"] is None

@@ -112,7 +112,7 @@ class Decider:
             {"attempts": 1, "dns_pending": False, "waiting_for": None},
             "",
             self._throttles.reservation(buckets, f"{claim.message_id}:1"),
-            [scope.value for scope in buckets.scopes],
+            buckets.waits,
         )
         return started.moved is Moved.MOVED
 

@@ -296,7 +296,7 @@ class Deliverer:
             {"attempts": attempt, "dns_pending": False, "waiting_for": None},
             suppressed,
             self._throttles.reservation(buckets, member),
-            [scope.value for scope in buckets.scopes],
+            buckets.waits,
         )
         if started.moved is Moved.THROTTLED:
             self._metrics.throttle_waits.labels(buckets.scopes[started.bucket].value).inc()

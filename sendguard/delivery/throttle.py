@@ -24,6 +24,7 @@ to the ramp's limit of the day, so the ramp is exact across daemons as a throttl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,14 +52,32 @@ class Buckets:
     # key of the first send, window (1-based), start, step, period_ms: a ramp holding that window
     ramps: list[tuple[str, int, int, int, int]] = dataclasses.field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def keys(self) -> list[str]:
         """Window keys, gap keys, each ramp's first send, then each hold's two keys: the order the
-        reservation takes them in."""
+        reservation takes them in. Worked out once, as Buckets are kept for the rules in force."""
         windows_and_gaps = [key for key, _, _ in self.windows] + [key for key, _ in self.gaps]
         return (
             windows_and_gaps + [key for key, *_ in self.ramps] + [key for pair in self.holds for key in pair]
         )
+
+    @functools.cached_property
+    def layout(self) -> list[int]:
+        """The reservation's arguments after the send and its lease (lua/shared/throttle.lua
+        `throttle_reserve`): how many windows, gaps and ramps, each window's limit and length,
+        each gap, each ramp. Worked out once, as `keys`."""
+        args = [len(self.windows), len(self.gaps), len(self.ramps)]
+        for _, limit, per_ms in self.windows:
+            args += [limit, per_ms]
+        args += [gap for _, gap in self.gaps]
+        for _, *ramp in self.ramps:
+            args += ramp
+        return args
+
+    @functools.cached_property
+    def waits(self) -> list[str]:
+        """What a message waits for when each bucket holds it back: the scope kind, in `scopes`' order."""
+        return [scope.value for scope in self.scopes]
 
     def settlement(self, member: str, delivered: bool) -> Settlement:
         """Settling `member` once the relay answered: the windows (a slow hold's window is one),
@@ -268,16 +287,4 @@ class Throttles:
     def reservation(self, buckets: Buckets, member: str) -> ScriptArgs:
         """What the start of a send (Store.start) reserves `member` in every bucket with, laid out
         as the reservation (lua/shared/throttle.lua `throttle_reserve`) reads it."""
-        args: list[str | int] = [
-            member,
-            self._lease_ms,
-            len(buckets.windows),
-            len(buckets.gaps),
-            len(buckets.ramps),
-        ]
-        for _, limit, per_ms in buckets.windows:
-            args += [limit, per_ms]
-        args += [gap for _, gap in buckets.gaps]
-        for _, *ramp in buckets.ramps:
-            args += ramp
-        return ScriptArgs(buckets.keys, args)
+        return ScriptArgs(buckets.keys, [member, self._lease_ms, *buckets.layout])

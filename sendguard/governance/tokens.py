@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -46,6 +46,9 @@ class Principal:
     role: Role
     name: str
     group: str = ""
+    # The token's hash when it was recognised from this process's memory (`Tokens.recall`) instead
+    # of read from Redis: whatever writes on the caller's behalf first checks it is still there.
+    unchecked_hash: str = field(default="", repr=False, compare=False)
 
     def __str__(self) -> str:
         group = f" ({self.group})" if self.group else ""
@@ -56,6 +59,8 @@ class Principal:
         """How the audit trail names this caller."""
         return f"{self.role.value}:{self.name}"
 
+
+REVOKED = "invalid or revoked token"  # what a refused token is told, wherever it is found out
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 
@@ -89,6 +94,26 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _token_id(token: str) -> str | None:
+    """The id of a token as it is written, `sg_<id>_<secret>`; None for anything else."""
+    parts = token.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "sg" and parts[1].isalnum() else None
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A token this process has verified: its record's hash, whom it names (with that hash to
+    check), when it expires (ms; 0 never)."""
+
+    hash: str
+    principal: Principal
+    expires_ms: int
+
+
+# Tokens `recall` knows at most: a deployment has few; past this the memory starts again.
+_RECALLED = 10_000
+
+
 class Tokens:
     """Mint, verify, list and revoke tokens."""
 
@@ -96,6 +121,7 @@ class Tokens:
         self._redis = client
         self._keys = keys
         self._audit = audit
+        self._verified: dict[str, _Verified] = {}
 
     async def create(
         self, role: Role, name: str, *, actor: str, group: str = "", expires: str | None = None
@@ -141,14 +167,45 @@ class Tokens:
         return token_id, token
 
     async def verify(self, token: str) -> Principal | None:
-        parts = token.split("_", 2)
-        if len(parts) != 3 or parts[0] != "sg" or not parts[1].isalnum():
+        token_id = _token_id(token)
+        if token_id is None:
             return None
         async with translated():
-            record = await self._redis.hgetall(self._keys.token(parts[1]))
+            record = await self._redis.hgetall(self._keys.token(token_id))
         if not record or not hmac.compare_digest(str(record["hash"]), _digest(token)):
             return None
-        return _in_force(parts[1], record)
+        found = _in_force(token_id, record)
+        if found is not None:
+            if len(self._verified) >= _RECALLED:
+                self._verified.clear()
+            expires = int(record.get("expires") or 0)
+            recalled = replace(found, unchecked_hash=str(record["hash"]))
+            self._verified[token_id] = _Verified(str(record["hash"]), recalled, expires)
+        return found
+
+    def recall(self, token: str) -> Principal | None:
+        """Whom a token verified before names, from this process's memory, without asking Redis;
+        None for a token not verified here, or expired since.
+
+        Only for a caller whose one write checks, in the same step, that the token is still there
+        (`unchecked_hash`, see lua/admit.lua): a token revoked meanwhile is refused by that write,
+        and nothing else was done on its word.
+        """
+        token_id = _token_id(token)
+        known = self._verified.get(token_id) if token_id is not None else None
+        if known is None:
+            return None
+        if not hmac.compare_digest(known.hash, _digest(token)):
+            return None
+        if known.expires_ms and known.expires_ms <= time.time() * 1000:
+            return None
+        return known.principal
+
+    async def in_force(self, principal: Principal) -> bool:
+        """Whether the token a recalled principal holds is still there (not revoked), asked of Redis."""
+        async with translated():
+            stored = await self._redis.hget(self._keys.token(principal.token_id), "hash")
+        return stored is not None and hmac.compare_digest(str(stored), principal.unchecked_hash)
 
     async def holder(self, token_id: str) -> Principal | None:
         """Who a token verified earlier belongs to, if it is still in force (not revoked, not
@@ -164,6 +221,7 @@ class Tokens:
         async with translated():
             if not await self._redis.delete(self._keys.token(token_id)):
                 return None
+        self._verified.pop(token_id, None)
         await self._audit.append("token.revoked", actor, {"token_id": token_id})
         return token_id
 

@@ -10,7 +10,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.tokens import REVOKED, Principal, Role
 from sendguard.parts import Runtime
 
 
@@ -35,7 +35,7 @@ async def authenticate(runtime: Runtime, token: str | None, *allowed: Role) -> P
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     found = await runtime.tokens.verify(token)
     if found is None:
-        raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, REVOKED, headers={"WWW-Authenticate": "Bearer"})
     if allowed and found.role not in allowed:
         article = "an" if found.role.value[0] in "aeiou" else "a"
         raise HTTPException(403, f"{article} {found.role.value} token may not do this")
@@ -57,16 +57,25 @@ class Caller(SecurityBase):
     document still names the bearer scheme on every route that takes one.
     """
 
-    def __init__(self, *allowed: Role) -> None:
+    def __init__(self, *allowed: Role, recalled: bool = False) -> None:
         self.model = HTTPBearerModel()
         self.scheme_name = "HTTPBearer"
         self._allowed = allowed
+        self._recalled = recalled
 
     async def __call__(self, request: Request) -> Principal:
-        return await authenticate(runtime_of(request), bearer_token(request), *self._allowed)
+        runtime, token = runtime_of(request), bearer_token(request)
+        if self._recalled and token is not None:
+            found = runtime.tokens.recall(token)
+            if found is not None and found.role in self._allowed:
+                return found
+        return await authenticate(runtime, token, *self._allowed)
 
 
 Agent = Annotated[Principal, Depends(Caller(Role.AGENT))]
+# An agent whose token may be recalled from memory (`Tokens.recall`): for a route that passes the
+# principal on to admission, whose write checks the token is still there, atomically with itself.
+Submitter = Annotated[Principal, Depends(Caller(Role.AGENT, recalled=True))]
 # Agents read their own messages; operators and admins read everything.
 Reader = Annotated[Principal, Depends(Caller(Role.AGENT, Role.OPERATOR, Role.ADMIN))]
 # Events and inbound mail: an agent about its own sent messages, by id, its word weighing only

@@ -3,6 +3,7 @@
 Handed to FastAPI as its `exception_handlers`; starlette finds the handler by the error's class
 (its nearest registered base), so a route never catches a domain error to translate it.
 
+Unauthenticated          401  the token a write checked is revoked (as a route's own token check says)
 RequestValidationError   422  the request's form: every field that is wrong, named
 InvalidValue             422  a value the form allows that is still not one (a scope, an entry)
 ConfigError              422  the rules file does not validate (a reload is refused)
@@ -29,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from sendguard.errors import ConfigError, InvalidValue, NotReplicated, StoreError, StoreFull
+from sendguard.errors import ConfigError, InvalidValue, NotReplicated, StoreError, StoreFull, Unauthenticated
 from sendguard.feedback.apply import NotSent, UnknownMessage
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
@@ -104,6 +105,11 @@ async def _not_replicated(request: Request, exc: NotReplicated) -> JSONResponse:
     )
 
 
+async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+    """As `access.authenticate` answers a token it finds revoked."""
+    return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
     return JSONResponse(
         {"error": "store_full", "detail": str(exc)}, status_code=503, headers={"Retry-After": "60"}
@@ -111,6 +117,7 @@ async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
 
 
 HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
+    Unauthenticated: _unauthenticated,
     RequestValidationError: _invalid_request,
     InvalidValue: _invalid_value,
     ConfigError: _rules_refused,

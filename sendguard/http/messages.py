@@ -13,7 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sendguard.governance.approvals import Routing
 from sendguard.governance.tokens import Principal, Role
-from sendguard.http.access import Agent, Reader, RuntimeDep, runtime_of
+from sendguard.http.access import Agent, Reader, RuntimeDep, Submitter, runtime_of
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.intake.admission import Forbidden, approval_reason, unregistered
@@ -399,7 +399,7 @@ async def _visible(
     summary="Submit a message",
     responses=error_responses(*SIGNED_IN, 413, 422),
 )
-async def submit_route(payload: MessageIn, request: Request, who: Agent) -> Decision:
+async def submit_route(payload: MessageIn, request: Request, who: Submitter) -> Decision:
     """One message to one recipient. The decision is data, always 201 with an id: `queued`,
     `deferred`, `held`, `pending_approval` (with the request it waits for in `approval`) or
     `rejected` with reason codes. The same `idempotency_key` (or, without one, the same body)

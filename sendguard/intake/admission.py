@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from sendguard.errors import StoreFull, Unauthenticated
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
@@ -32,7 +33,7 @@ from sendguard.governance.approvals import Approvals, MassCount, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import rejection_counted
-from sendguard.governance.tokens import Principal
+from sendguard.governance.tokens import REVOKED, Principal, Tokens
 from sendguard.intake.batches import (
     CHUNK,
     BatchClaim,
@@ -142,8 +143,10 @@ class Admissions:
         wake: Callable[[float], None],
         metrics: Metrics,
         reply_stops: ReplyStops,
+        tokens: Tokens,
     ) -> None:
         self._store = store
+        self._tokens = tokens
         self._reply_stops = reply_stops
         self._memory = memory
         self._metrics = metrics
@@ -161,22 +164,25 @@ class Admissions:
         another batch."""
         started = time.perf_counter()
         agent = await self._authorized(requester, submission, rules)
-        await self._memory.reserve(_footprint(submission))
+        # A single message of a tier-0 agent is counted and checked for a company's reply stop by
+        # its admission script: the one round trip that writes it, which checks a recalled token too.
+        single = not isinstance(submission, BatchIn)
+        in_script = single and self._approvals.counts_in_admission(agent, submission, rules)
+        if not in_script:
+            await self._checked(requester)  # other writes come before that script's
+        try:
+            await self._memory.reserve(_footprint(submission))
+        except StoreFull:
+            await self._checked(requester)  # a revoked token hears that, not that Redis is full
+            raise
         if isinstance(submission, BatchIn):
             fingerprinted = fingerprint(submission)  # once: the batch's key and its claim need it
             key = idempotency(submission, rules, fingerprinted)
             claim = await self._batches.claim(agent, submission, key, fingerprinted)
         else:
             key, claim = idempotency(submission, rules), BatchClaim("")
-        # A single message of a tier-0 agent is counted and checked for a company's reply stop by
-        # its admission script: the one round trip that writes it.
-        single = not isinstance(submission, BatchIn)
-        counted = (
-            self._approvals.mass_count(agent, submission, 1, rules, requester)
-            if single and self._approvals.counts_in_admission(agent, submission, rules)
-            else None
-        )
-        decided = await self._decide(agent, submission, claim.id, key, rules, in_script=counted is not None)
+        counted = self._approvals.mass_count(agent, submission, 1, rules, requester) if in_script else None
+        decided = await self._decide(agent, submission, claim.id, key, rules, in_script=in_script)
         if counted is None:
             # A retry of a single message is answered with its first decision by the admission
             # script: the request it waits for is looked up, not opened (and announced) again.
@@ -196,13 +202,19 @@ class Admissions:
         if counted is None:
             admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
         else:
-            candidate = self._candidate(agent, submission, decided[0], rules, claim.id, "", counted)
+            candidate = self._candidate(
+                agent, submission, decided[0], rules, claim.id, "", counted, requester
+            )
             [admission] = await self._store.admit([candidate])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
                 stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
-                candidate = self._candidate(agent, submission, decided[0], rules, claim.id, "")
+                candidate = self._candidate(
+                    agent, submission, decided[0], rules, claim.id, "", None, requester
+                )
                 [admission] = await self._store.admit([candidate])
+            if admission.revoked:  # nothing written, by either call
+                raise Unauthenticated(REVOKED)
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
@@ -277,11 +289,19 @@ class Admissions:
             await self._refused(requester, [refused.reason], rules, about)
             raise
 
+    async def _checked(self, requester: Principal) -> None:
+        """Raise Unauthenticated if `requester` was recalled from memory (tokens.py `recall`) and
+        its token is gone: for every path where something else than the admission script, which
+        checks it itself, would act on the token's word first."""
+        if requester.unchecked_hash and not await self._tokens.in_force(requester):
+            raise Unauthenticated(REVOKED)
+
     async def _refused(
         self, requester: Principal, reasons: list[Reason], rules: Rules, about: dict[str, str | None]
     ) -> None:
         """A submission refused before it was admitted: counted as a denial and in the agent's
         activity (a rejection, by its reason codes), and recorded."""
+        await self._checked(requester)
         await self._denied(requester.name, rejection_counted([reason.code for reason in reasons]))
         await self._audit.append(
             "submission.refused",
@@ -447,10 +467,12 @@ class Admissions:
         batch: str,
         approval: str,
         counted: MassCount | None = None,
+        requester: Principal | None = None,
     ) -> Candidate:
         """The record of one decided recipient, ready to admit with its audit entry: waiting for
         `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
-        which may name one).
+        which may name one); with the `requester`'s token, when recalled from memory, for its
+        script to check.
 
         `message` is what every recipient of the submission shares. With the recipient's `values`,
         the content is the batch's template filled with them: the record keeps the values and names
@@ -520,6 +542,9 @@ class Admissions:
             audit_entry=_audit_entry(record, decided.content),
             check_replied=decided.check_replied,
             mass_count=counted.args if counted is not None and accepted else (),
+            token=(requester.token_id, requester.unchecked_hash)
+            if requester is not None and requester.unchecked_hash
+            else ("", ""),
         )
 
     def _settled(self, admissions: Sequence[Admission], candidates: Sequence[Candidate]) -> list[Admission]:

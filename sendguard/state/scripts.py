@@ -82,13 +82,21 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
-def _key_helper(name: str) -> str:
-    """`local function key_msg(id) return PREFIX .. ":msg:" .. id end`, from the schema."""
-    pieces = ["PREFIX"]
-    for literal, part, _, _ in Formatter().parse(":" + SCHEMA[name]):
-        pieces.append(_lua_string(literal))
+def _key_helper(name: str, prefix: str) -> str:
+    """`local function key_msg(id) return "sg:msg:" .. id end`, from the schema. The prefix is
+    written into the helper's literal rather than read from a shared local: a helper that captures
+    nothing is cheaper to create, and every call of a script creates every helper it holds."""
+    pieces = []
+    literal = prefix
+    for text, part, _, _ in Formatter().parse(":" + SCHEMA[name]):
+        literal += text
         if part:
+            if literal:
+                pieces.append(_lua_string(literal))
             pieces.append(part)
+            literal = ""
+    if literal:
+        pieces.append(_lua_string(literal))
     return f"local function key_{name}({', '.join(PARTS[name])}) return {' .. '.join(pieces)} end\n"
 
 
@@ -128,9 +136,7 @@ def compose(body: str, keys: Keys, origin: str = "a script") -> str:
     preamble = [
         f"local {name} = {value}\n" for name, value in _CONSTANTS.items() if re.search(rf"\b{name}\b", text)
     ]
-    if used_keys:
-        preamble.append(f"local PREFIX = {_lua_string(keys.prefix)}\n")
-        preamble += [_key_helper(key) for key in used_keys]
+    preamble += [_key_helper(key, keys.prefix) for key in used_keys]
     return "".join(preamble + shared) + body
 
 

@@ -30,6 +30,7 @@ from sendguard.state.scripts import ScriptArgs
 
 RETENTION_MS = 30 * 86400 * 1000
 CLAIMABLE = (Status.QUEUED, Status.DEFERRED)  # a claimed message starts its send from these
+_CLAIMABLE_LIST = ",".join(CLAIMABLE)  # as the start script takes them
 IDEMPOTENCY_TTL_MS = 7 * 86400 * 1000  # an idempotency key the agent gave
 # Where `Store.message_ids` reads ids: a tripped scope's held set, a mailbox's waiting set, the due
 # queue, the claimed messages, or every record (a SCAN).
@@ -85,6 +86,9 @@ class Candidate:
     # mass-send count, with approval_route's arguments (see Approvals.mass_count).
     check_replied: bool = False
     mass_count: Sequence[Any] = ()
+    # (id, hash) of a token recalled from memory (tokens.py `recall`), which the script checks is
+    # still there before it writes anything: ("", "") when the token was read from Redis already.
+    token: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class Admission:
     route: str = ""  # the mass-send count's answer when the script made it ("free", "joined", ...)
     approval: str = ""  # the approval request it waits for (or waited for), when the script knows it
     replied_until: int = 0  # a reply stop covers its company until then (ms): nothing was written
+    revoked: bool = False  # the recalled token it was checked against is gone: nothing was written
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,9 @@ class Store:
                 admissions.append(
                     Admission(stored.id, stored.status, stored.reasons, True, approval=stored.approval)
                 )
+            elif result[0] == "revoked":
+                record = candidate.record
+                admissions.append(Admission(record.id, record.status, (), False, revoked=True))
             elif result[0] == "replied":
                 record, stopped = candidate.record, int(result[1])
                 admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))
@@ -290,6 +298,7 @@ class Store:
             "1" if candidate.check_replied else "0",
             [str(value) for value in candidate.mass_count],
             body,
+            *candidate.token,
         ]
         return [_ARGUMENTS.encode(arguments)]
 
@@ -397,11 +406,11 @@ class Store:
         args: list[Any] = [
             claim.message_id,
             claim.token,
-            ",".join(CLAIMABLE),
+            _CLAIMABLE_LIST,
             detail,
             RETENTION_MS,
             suppressed_entry,
-            json.dumps(list(waits)),
+            ",".join(waits),
             len(reservation.args),
             *reservation.args,
             *_flat(changes),

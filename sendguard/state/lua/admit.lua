@@ -1,6 +1,7 @@
 -- Admit one decided submission: suppression, the recipient's cooldown, approval and safe mode
 -- are settled here, atomically with the write; for a single message of a tier-0 agent, also the
--- company's reply stop and the agent's mass-send count. Returns {'existing', id} for a known
+-- company's reply stop and the agent's mass-send count. Returns {'revoked'} when the token it was
+-- given to check is gone (nothing written); {'existing', id} for a known
 -- idempotency key; {'replied', until (ms)} when a reply stop covers the recipient's company
 -- (nothing written: the caller decides it again with that reason); else {'new', status, reasons
 -- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
@@ -29,6 +30,9 @@ local submitted, content = args[15], args[16]
 local check_replied = args[17] == '1'  -- the company's reply stop is checked here
 local mass = args[18]               -- approval_route's arguments when the mass-send count is made here
 local body = args[19]               -- its own text, html and headers as JSON (keys.py `content`); '' for none
+-- A token the daemon recalled from memory instead of reading it: its id and hash, checked here
+-- first, so a token revoked meanwhile writes nothing. '' for a token read from Redis already.
+local token_id, token_hash = args[20], args[21]
 local agent = submitted.agent
 -- The recipient as written, its mailbox (canonical form) and its domain.
 local address, domain = submitted.to or '', submitted.to_domain or ''
@@ -43,6 +47,9 @@ local sends_key, request_key = key_mass_sends(agent), key_mass_request(agent)  -
 local now = clock_ms()
 local due = math.max(now + delay_ms, send_at)
 
+if token_id ~= '' and redis.call('HGET', key_token(token_id), 'hash') ~= token_hash then
+  return {'revoked'}
+end
 local existing = redis.call('GET', idempotency_key)
 if existing and redis.call('EXISTS', key_msg(existing)) == 1 then
   return {'existing', existing}

@@ -11,7 +11,7 @@ local allowed_from = ARGV[3]        -- the statuses a send starts from, comma-se
 local detail = ARGV[4]              -- for the history: which attempt this is
 local retention_ms = ARGV[5]
 local suppressed_entry = ARGV[6]    -- the audit entry of a cancellation here ("outcome": "@")
-local waits = ARGV[7]                -- JSON: for each bucket, what the message waits for when it blocks
+local waits = ARGV[7]               -- for each bucket, what the message waits for when it blocks, comma-separated
 local reserved = tonumber(ARGV[8])  -- how many arguments after this one are the reservation's
 local reservation = {unpack(ARGV, 9, 8 + reserved)}
 local fields = {unpack(ARGV, 9 + reserved)}  -- name, value, ... to set on the record as it starts
@@ -35,7 +35,8 @@ end
 if #buckets > 0 then
   local wait, blocker = throttle_reserve(buckets, reservation, now)
   if wait > 0 then
-    move(id, cur, '', '', '', wait, false, retention_ms, '', {}, {'waiting_for', cjson.decode(waits)[blocker]}, '-', now)
+    local waiting_for = string.match(waits, string.rep('[^,]*,', blocker - 1) .. '([^,]*)')
+    move(id, cur, '', '', '', wait, false, retention_ms, '', {}, {'waiting_for', waiting_for}, '-', now)
     return {4, wait, blocker}
   end
 end

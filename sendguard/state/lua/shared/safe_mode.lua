@@ -2,6 +2,8 @@
 -- include a tripped one is held in that scope's set instead of going on.
 local function tripped(scopes)
   if not scopes or scopes == '' then return nil end
+  -- Nearly always nothing is tripped: then the scopes need no decoding and no look-up.
+  if redis.call('HLEN', key_trips()) == 0 then return nil end
   local list = cjson.decode(scopes)
   if #list == 0 then return nil end
   local found = redis.call('HMGET', key_trips(), unpack(list))

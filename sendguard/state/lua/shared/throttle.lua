@@ -15,90 +15,99 @@ local IN_FLIGHT_RECHECK_MS = 200
 -- the live range, so what is left over costs memory a while, never exactness.
 local TRIM_EVERY = 16
 
+-- A whole number of ms as Redis is given it: Redis formats a Lua number with "%.17g", which costs
+-- several times what an integer format does, and a reservation passes a dozen of them.
+local function ms(n)
+  return string.format('%d', n)
+end
+
 -- How long until a window of `per` ms holds fewer than `limit` sends at `now`, 0 if it does now.
 local function window_wait(key, limit, per, now)
-  local count = redis.call('ZCOUNT', key, now - per, '+inf')
+  local since = now - per
+  local count = redis.call('ZCOUNT', key, ms(since), '+inf')
   if count < limit then return 0 end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - per))
-  local oldest = redis.call('ZRANGE', key, now - per, '+inf', 'BYSCORE', 'LIMIT', count - limit, 1, 'WITHSCORES')
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ms(since))
+  local oldest = redis.call('ZRANGE', key, ms(since), '+inf', 'BYSCORE', 'LIMIT', count - limit, 1, 'WITHSCORES')
   local w = tonumber(oldest[2]) + per + 1 - now
   -- Its score drops to its answer time within moments.
   if tonumber(oldest[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
   return w
 end
 
--- A send added to a window at its latest possible arrival.
+-- A send added to a window at its latest possible arrival (`score`, as ms() gives it). The window
+-- must outlive it by `per`: it is kept at least per + lease from now, and when it has less left it
+-- gets twice that, so most additions read its expiry (PTTL) instead of writing it (a write costs
+-- Redis several times a read: it goes to the append-only file and the replicas too).
 local function window_add(key, member, score, per, lease, now)
   redis.call('ZADD', key, score, member)
-  if now % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - per)) end
-  redis.call('PEXPIRE', key, per + lease)
+  if now % TRIM_EVERY == 0 then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ms(now - per)) end
+  if redis.call('PTTL', key) < per + lease then redis.call('PEXPIRE', key, ms(2 * (per + lease))) end
 end
 
 local function throttle_reserve(keys, args, now)
   local member = args[1]              -- this send, as it is stored in the windows
   local lease = tonumber(args[2])     -- how long a send may be in flight (ms)
   local n, m, r = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])  -- windows, gaps, ramps
-  local window_limits = {unpack(args, 6, 5 + 2 * n)}  -- limit, per_ms for each window
-  local gap_ms = {unpack(args, 6 + 2 * n, 5 + 2 * n + m)}  -- for each gap bucket
-  local ramps = {unpack(args, 6 + 2 * n + m)}  -- window (1-based), start, step, period_ms for each ramp
-  local window_keys = {unpack(keys, 1, n)}
-  local gap_keys = {unpack(keys, n + 1, n + m)}
-  local ramp_keys = {unpack(keys, n + m + 1, n + m + r)}  -- each ramp's first send (ms), set by its first reservation
-  -- For each scope a reply rule may defer or slow: its hold (keys.py `reply_hold`), then the window
-  -- of its sends while slowed (`reply_window`).
-  local hold_keys = {unpack(keys, n + m + r + 1)}
+  -- Then limit, per_ms for each window (args[4 + 2i], args[5 + 2i]); gap_ms for each gap bucket
+  -- (args[5 + 2n + j]); window (1-based), start, step, period_ms for each ramp (from args[2 + 2n + m + 4k]).
+  -- Keys: the windows (keys[i]), the gaps (keys[n + j]), each ramp's first send (ms), set by its
+  -- first reservation (keys[n + m + k]), then for each scope a reply rule may defer or slow: its
+  -- hold (keys.py `reply_hold`), then the window of its sends while slowed (`reply_window`).
+  local holds = n + m + r             -- keys before the first hold's
   local wait, blocker = 0, 0
 
-  local limits = {}
-  for i = 1, n do limits[i] = tonumber(window_limits[2 * i - 1]) end
+  local limits, pers = {}, {}
+  for i = 1, n do limits[i], pers[i] = tonumber(args[4 + 2 * i]), tonumber(args[5 + 2 * i]) end
   -- A ramp's limit today binds its window like a tighter throttle (rules.RampRule.limit's arithmetic).
   local unstarted = {}  -- ramps whose first send this reservation would be: written only then
   for k = 1, r do
-    local window, start = tonumber(ramps[4 * k - 3]), tonumber(ramps[4 * k - 2])
-    local step, period = tonumber(ramps[4 * k - 1]), tonumber(ramps[4 * k])
-    local recorded = redis.call('GET', ramp_keys[k])
-    if not recorded then unstarted[#unstarted + 1] = ramp_keys[k] end
+    local at = 2 + 2 * n + m + 4 * k
+    local window, start = tonumber(args[at]), tonumber(args[at + 1])
+    local step, period = tonumber(args[at + 2]), tonumber(args[at + 3])
+    local recorded = redis.call('GET', keys[n + m + k])
+    if not recorded then unstarted[#unstarted + 1] = keys[n + m + k] end
     local first = tonumber(recorded or now)
     local ramped = start + step * math.floor(math.max(0, now - first) / period)
     if ramped < limits[window] then limits[window] = ramped end
   end
   for i = 1, n do
-    local w = window_wait(window_keys[i], limits[i], tonumber(window_limits[2 * i]), now)
+    local w = window_wait(keys[i], limits[i], pers[i], now)
     if w > wait then wait, blocker = w, i end
   end
   for j = 1, m do
     -- The last send at its latest possible arrival: the next may arrive min_gap after it.
-    local last = redis.call('ZRANGE', gap_keys[j], -1, -1, 'WITHSCORES')
+    local last = redis.call('ZRANGE', keys[n + j], -1, -1, 'WITHSCORES')
     if last[2] then
-      local w = tonumber(last[2]) + tonumber(gap_ms[j]) - now
+      local w = tonumber(last[2]) + tonumber(args[5 + 2 * n + j]) - now
       if tonumber(last[2]) > now then w = math.min(w, IN_FLIGHT_RECHECK_MS) end
       if w > wait then wait, blocker = w, n + j end
     end
   end
   -- A deferred scope sends nothing until its end; a slowed one keeps to its limit until its end.
   local slowed = {}
-  for h = 1, #hold_keys / 2 do
-    local hold = redis.call('HMGET', hold_keys[2 * h - 1], 'defer_until', 'slow_until', 'slow_limit', 'slow_per')
+  for h = 1, (#keys - holds) / 2 do
+    local hold_key, slow_key = keys[holds + 2 * h - 1], keys[holds + 2 * h]
+    local hold = redis.call('HMGET', hold_key, 'defer_until', 'slow_until', 'slow_limit', 'slow_per')
     local w = math.max(0, tonumber(hold[1] or '0') - now)
     local slow_until = tonumber(hold[2] or '0')
     if slow_until > now then
       local per = tonumber(hold[4])
       slowed[h] = per
-      w = math.max(w, math.min(window_wait(hold_keys[2 * h], tonumber(hold[3]), per, now), slow_until - now))
+      w = math.max(w, math.min(window_wait(slow_key, tonumber(hold[3]), per, now), slow_until - now))
     end
     if w > wait then wait, blocker = w, n + m + h end
   end
   if wait > 0 then return wait, blocker end
-  for i = 1, n do
-    window_add(window_keys[i], member, now + lease, tonumber(window_limits[2 * i]), lease, now)
-  end
+  local score = ms(now + lease)
+  for i = 1, n do window_add(keys[i], member, score, pers[i], lease, now) end
   for j = 1, m do
-    redis.call('DEL', gap_keys[j])
-    redis.call('ZADD', gap_keys[j], now + lease, member)
-    redis.call('PEXPIRE', gap_keys[j], lease + tonumber(gap_ms[j]))  -- >= lease + min_gap
+    local key = keys[n + j]
+    redis.call('DEL', key)
+    redis.call('ZADD', key, score, member)
+    redis.call('PEXPIRE', key, ms(lease + tonumber(args[5 + 2 * n + j])))  -- >= lease + min_gap
   end
-  for h, per in pairs(slowed) do window_add(hold_keys[2 * h], member, now + lease, per, lease, now) end
-  for _, key in ipairs(unstarted) do redis.call('SET', key, now) end  -- the warm-up starts at the first send
+  for h, per in pairs(slowed) do window_add(keys[holds + 2 * h], member, score, per, lease, now) end
+  for _, key in ipairs(unstarted) do redis.call('SET', key, ms(now)) end  -- the warm-up starts at the first send
   return 0, 0
 end
 

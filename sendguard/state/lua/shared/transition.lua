@@ -34,8 +34,8 @@ local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_
   if #fields > 0 then redis.call('HSET', msg_key, unpack(fields)) end
   if audit_entry ~= '' then redis.call('RPUSH', key_audit_pending(), audit_entry) end
   if new ~= cur[1] then
-    if WAITING[cur[1]] then redis.call('HINCRBY', key_count(), cur[1], -1) end
-    if WAITING[new] then redis.call('HINCRBY', key_count(), new, 1) end
+    if WAITING[cur[1]] then redis.call('HINCRBY', key_count(), cur[1], '-1') end
+    if WAITING[new] then redis.call('HINCRBY', key_count(), new, '1') end
   end
   if cause ~= '' then history(key_hist(id), now, new, cause, detail) end
   for _, field in ipairs(activity) do count_activity(cur[7], field, now) end
