@@ -8,17 +8,33 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from sendguard.errors import InvalidValue
 from sendguard.model import canonical_address
-from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, ScopeKind
 
 GLOBAL = "global"
 _CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}
 
 
-def scope_values(record: MessageRecord) -> dict[ScopeKind, str | None]:
+class Scoped(Protocol):
+    """The fields a message's scopes are read from: its record's (`MessageRecord`), or a recipient's
+    before its record is built."""
+
+    @property
+    def to_domain(self) -> str: ...
+    @property
+    def from_addr(self) -> str: ...
+    @property
+    def segment(self) -> str | None: ...
+    @property
+    def campaign(self) -> str | None: ...
+    @property
+    def agent(self) -> str: ...
+
+
+def scope_values(record: Scoped) -> dict[ScopeKind, str | None]:
     """The value a message has for each scope kind (None: the scope does not apply).
 
     The inbox is the mailbox the From address reaches (`Alice+x@Acme.example` is

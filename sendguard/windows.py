@@ -19,12 +19,12 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sendguard.model import time_zone
-from sendguard.record import MessageRecord
 from sendguard.rules import RECIPIENT, WEEKDAYS, RulesFile, WindowRule
-from sendguard.scopes import scope_values
+from sendguard.scopes import Scoped, scope_values
 
 # Windows that do not all open within this long are looked at again after it, not searched further.
 HORIZON = timedelta(days=400)
@@ -124,7 +124,14 @@ def next_opening(windows: Sequence[Window], at: datetime) -> datetime | None:
     return None
 
 
-def applicable(rules: RulesFile, record: MessageRecord) -> list[Window]:
+class Windowed(Scoped, Protocol):
+    """What the windows that apply to a message are read from: its scopes and its recipient's zone."""
+
+    @property
+    def recipient_timezone(self) -> str | None: ...
+
+
+def applicable(rules: RulesFile, record: Windowed) -> list[Window]:
     """The windows of every `[[window]]` rule whose scope the message is in."""
     if not rules.window:
         return []
@@ -137,7 +144,7 @@ def applicable(rules: RulesFile, record: MessageRecord) -> list[Window]:
     return [Window.of(rule, recipient) for rule in rules.window if rule.applies_to(values.get(rule.scope))]
 
 
-def opening_ms(rules: RulesFile, record: MessageRecord, now_ms: int) -> int:
+def opening_ms(rules: RulesFile, record: Windowed, now_ms: int) -> int:
     """When the message may next go by its send windows, in ms: `now_ms` when they are open now, the
     horizon's end when they do not open before it (it is looked at again then)."""
     windows = applicable(rules, record)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sendguard.governance.audit import content_hash
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import DnsServer, SmtpSink
 
@@ -103,6 +104,16 @@ def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
     assert (outcomes[0]["status"], outcomes[0]["reasons"], outcomes[0]["held_by"]) == ("queued", [], None)
     assert (outcomes[2]["status"], outcomes[2]["reasons"]) == ("rejected", ["role_account"])
     assert "Initech" not in str(decided()), "the trail holds a hash of the content, not the content"
+    # The hash is of what the recipient gets, filled in, though the record keeps only its values.
+    filled = (
+        "Hi Ann,\n\nare you the right person at Initech?\n",
+        "<p>Hi Ann, are you the right person at Initech?</p>",
+    )
+    assert outcomes[0]["content_hash"] == content_hash("A question for Initech", *filled)
+    assert outcomes[5]["content_hash"] != outcomes[0]["content_hash"]
+    # Counted a chunk at a time, each decision once, by its status and first reason.
+    assert daemon.metric("sendguard_submissions_total", outcome="queued", reason="none") == 2
+    assert daemon.metric("sendguard_submissions_total", outcome="rejected", reason="role_account") == 1
     wait_until(
         lambda: [e["kind"] for e in auditor.audit(batch=answer["id"])][-1] == "batch.submitted",
         what="the batch's own entry",

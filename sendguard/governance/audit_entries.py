@@ -36,6 +36,9 @@ _PENDING_KEYS = frozenset({"at", "kind", "actor", "fields"})
 _FIELD_ORDER = ("seq", "at", "kind", "actor", "fields", "prev", "hash")
 _ENTRY_KEYS = frozenset(_FIELD_ORDER)
 HEX64 = re.compile(r"[0-9a-f]{64}")
+# canonical()'s encoder, built once: json.dumps with options builds one per call, and a batch's
+# admission encodes an audit entry and a content hash for each recipient.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class AuditError(SendguardError):
@@ -44,7 +47,7 @@ class AuditError(SendguardError):
 
 def canonical(value: Any) -> str:
     """The one encoding that is hashed and stored: JSON, sorted keys, no spaces, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def anchor_line(previous: str, seq: int, digest: str, at_ms: int) -> str:

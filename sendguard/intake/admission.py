@@ -19,9 +19,11 @@ import asyncio
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from sendguard.errors import StoreFull, Unauthenticated
 from sendguard.feedback.counters import Signal
@@ -47,7 +49,7 @@ from sendguard.intake.boundaries import check_content
 from sendguard.intake.recipients import Ingress, Recipient
 from sendguard.metrics import Metrics
 from sendguard.model import Reason, Status, now_ms
-from sendguard.record import MessageRecord, Wait
+from sendguard.record import MessageRecord, Wait, new_record
 from sendguard.rules import AgentEntry, Rules, ScopeKind
 from sendguard.scopes import admitted_scopes, scope_name
 from sendguard.state.memory import MemoryBudget
@@ -55,9 +57,9 @@ from sendguard.state.store import Admission, Candidate, Idempotency, Refusable, 
 from sendguard.submission import (
     MAX_SUBJECT,
     Content,
-    MessageIn,
     new_message_id,
 )
+from sendguard.templates import Filled
 from sendguard.windows import opening_ms
 
 
@@ -80,11 +82,22 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Decided:
-    """One recipient decided, and the hash of the content it gets, for its audit entry (None when
-    its content was refused unbuilt)."""
+    """One recipient decided by every check made before the write: the recipient as checked, its
+    status and reasons; what it shares with the submission's other recipients is the submission's.
 
-    candidate: Candidate
-    content_hash: str | None
+    Its record is built only as it is written (`Admissions._candidate`): the request the accepted
+    recipients wait for is known by then, so each record is built once, and a batch builds a
+    chunk's records while Redis writes the chunk before.
+    """
+
+    recipient: Recipient
+    recipient_timezone: str | None
+    status: Status
+    reasons: tuple[Reason, ...]
+    content: Filled | None  # what it gets, hashed for its audit entry; None when refused unbuilt
+    idempotency: Idempotency
+    values: Mapping[str, str] | None  # a batch's recipient's, filled into its batch's stored template
+    check_replied: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,18 +183,15 @@ class Admissions:
             key, claim = idempotency(submission, rules), BatchClaim("")
         counted = self._approvals.mass_count(agent, submission, 1, rules, requester) if in_script else None
         decided = await self._decide(agent, submission, claim.id, key, rules, in_script=in_script)
-        candidates = [one.candidate for one in decided]
         if counted is None:
             # A retry of a single message is answered with its first decision by the admission
             # script: the request it waits for is looked up, not opened (and announced) again.
             first = await self._store.answered_approval(agent.name, key.key) if single else None
             if first is None:
-                routing = await self._routing(agent, submission, claim, candidates, rules, requester)
+                routing = await self._routing(agent, submission, claim, decided, rules, requester)
             else:
                 routing = await self._approvals.waited_for(first) if first else None
-        if isinstance(submission, BatchIn) and any(
-            candidate.record.status is not Status.REJECTED for candidate in candidates
-        ):
+        if isinstance(submission, BatchIn) and any(one.status is not Status.REJECTED for one in decided):
             await self._store.keep_template(
                 claim.id,
                 submission.subject,
@@ -190,25 +200,30 @@ class Admissions:
                 json.dumps(submission.headers),
             )
         if counted is None:
-            admissions = await self._admit(decided, routing)
+            admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
         else:
-            [admission] = await self._store.admit([_sealed(decided[0], "", counted, requester)])
+            candidate = self._candidate(
+                agent, submission, decided[0], rules, claim.id, "", counted, requester
+            )
+            [admission] = await self._store.admit([candidate])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
-                stop = company_refusal(candidates[0].record.to_domain, agent.name, admission.replied_until)
+                stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
-                candidates = [one.candidate for one in decided]
-                [admission] = await self._store.admit([_sealed(decided[0], "", requester=requester)])
+                candidate = self._candidate(
+                    agent, submission, decided[0], rules, claim.id, "", None, requester
+                )
+                [admission] = await self._store.admit([candidate])
             if admission.revoked:  # nothing written, by either call
                 raise Unauthenticated(REVOKED)
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
                 routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
-            admissions = [self._settled(admission, candidates[0])]
+            admissions = self._settled([admission], [candidate])
         await self._count_refusal(agent, admissions)
         outcomes = [
-            Outcome(index, candidate.record.to, admission)
-            for index, (candidate, admission) in enumerate(zip(candidates, admissions, strict=True))
+            Outcome(index, one.recipient.address, admission)
+            for index, (one, admission) in enumerate(zip(decided, admissions, strict=True))
         ]
         if isinstance(submission, BatchIn):
             statuses = [admission.status for admission in admissions]
@@ -310,8 +325,9 @@ class Admissions:
         in_script: bool = False,
         stopped: Reason | None = None,
     ) -> list[Decided]:
-        """Each recipient's message filled and checked, before suppression, cooldown, approval and
-        safe mode; a batch's recipients keep only their values (its template is stored once).
+        """Each recipient's content filled and checked, before suppression, cooldown, approval and
+        safe mode (the admission script's); a batch's recipients keep only their values (its
+        template is stored once).
 
         A company's reply stop is looked up here, unless the admission script checks it
         (`in_script`) or it was found there already (`stopped`, for the single recipient).
@@ -336,11 +352,10 @@ class Admissions:
         check_replied = in_script and self._reply_stops.by_domain()
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
-                message, reasons, hashed = renderer.unfilled(entry), [too_large], None
+                reasons, content = [too_large], None
             else:
-                message = renderer.message(entry)
-                reasons = _boundaries(agent, message, rules)
-                hashed = content_hash(message.subject, message.text or "", message.html or "")
+                content = renderer.content(entry)
+                reasons = _boundaries(agent, submission, content, rules)
             if company := found.get(recipient.domain):
                 reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
@@ -350,10 +365,17 @@ class Admissions:
             # A batch's recipients answer a retry of the batch by their place in it.
             each = Idempotency(f"batch:{batch_id}:{index}", key.ms, key.keeps_rejected) if batch_id else key
             values = entry.vars if batch_id else None
-            candidate = self._candidate(agent, message, recipient, reasons, rules, batch_id, values, each)
-            if check_replied:
-                candidate = dataclasses.replace(candidate, check_replied=True)
-            decided.append(Decided(candidate, hashed))
+            refused = (*reasons, *recipient.reasons)
+            if refused:
+                status = Status.REJECTED
+            elif recipient.dns_temporary:
+                status, refused = Status.DEFERRED, (_DNS_TEMPORARY,)
+            else:
+                status = Status.QUEUED
+            timezone = entry.recipient_timezone
+            decided.append(
+                Decided(recipient, timezone, status, refused, content, each, values, check_replied)
+            )
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
         return decided
@@ -363,40 +385,48 @@ class Admissions:
         agent: AgentEntry,
         submission: Content,
         claim: BatchClaim,
-        candidates: list[Candidate],
+        decided: list[Decided],
         rules: Rules,
         requester: Principal,
     ) -> Routing | None:
         """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
         if claim.settled:
             return claim.routing
-        accepted = sum(1 for candidate in candidates if candidate.record.status is not Status.REJECTED)
+        accepted = sum(1 for one in decided if one.status is not Status.REJECTED)
         routing = None
         if accepted:
             routing = await self._approvals.route(
                 agent, submission, accepted, rules, requester, batch=claim.id
             )
         if claim.id:
-            await self._batches.settle(claim.id, agent, len(candidates), routing)
+            await self._batches.settle(claim.id, agent, len(decided), routing)
         return routing
 
-    async def _admit(self, decided: list[Decided], routing: Routing | None) -> list[Admission]:
+    async def _admit(
+        self,
+        agent: AgentEntry,
+        submission: Content,
+        decided: list[Decided],
+        batch: str,
+        routing: Routing | None,
+        rules: Rules,
+    ) -> list[Admission]:
         """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`.
 
-        Each chunk is sealed while Redis runs the one before, so Python and Redis work at once; only
-        one chunk is ever on its way, so the chunks are written in order, as one after another.
+        Each chunk's records are built while Redis writes the one before, so Python and Redis work
+        at once; only one chunk is ever on its way, so the chunks are written in order, as one
+        after another.
         """
         waits_for = routing.approval_id if routing else ""
         admissions: list[Admission] = []
 
         async def settle(writing: Awaitable[list[Admission]], sealed: list[Candidate]) -> None:
-            admitted = zip(await writing, sealed, strict=True)
-            admissions.extend(self._settled(admission, candidate) for admission, candidate in admitted)
+            admissions.extend(self._settled(await writing, sealed))
 
         before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
             sealed = [
-                _sealed(one, waits_for if one.candidate.record.status is not Status.REJECTED else "")
+                self._candidate(agent, submission, one, rules, batch, waits_for)
                 for one in decided[start : start + CHUNK]
             ]
             if before is not None:
@@ -431,38 +461,49 @@ class Admissions:
     def _candidate(
         self,
         agent: AgentEntry,
-        message: MessageIn,
-        recipient: Recipient,
-        boundaries: list[Reason],
+        message: Content,
+        decided: Decided,
         rules: Rules,
         batch: str,
-        values: Mapping[str, str] | None,
-        key: Idempotency,
+        approval: str,
+        counted: MassCount | None = None,
+        requester: Principal | None = None,
     ) -> Candidate:
-        """The decision on one recipient: the agent's boundaries, then what the recipient checks found.
+        """The record of one decided recipient, ready to admit with its audit entry: waiting for
+        `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
+        which may name one); with the `requester`'s token, when recalled from memory, for its
+        script to check.
 
-        With `values`, the content is the batch's template filled with them: the record keeps the
-        values and names the template instead of holding a copy.
+        `message` is what every recipient of the submission shares. With the recipient's `values`,
+        the content is the batch's template filled with them: the record keeps the values and names
+        the template instead of holding a copy; without, it is the message's own.
         """
-        reasons = (*boundaries, *recipient.reasons)
-        if reasons:
-            status = Status.REJECTED
-        elif recipient.dns_temporary:
-            status = Status.DEFERRED
-            reasons = (_DNS_TEMPORARY,)
-        else:
-            status = Status.QUEUED
-        message_id = new_message_id()
+        recipient, status, values = decided.recipient, decided.status, decided.values
+        accepted = status is not Status.REJECTED
+        delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
+        waiting_for: Wait | None = None
+        if accepted:
+            # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
+            now = now_ms()
+            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+            windowed = _Windowed(
+                recipient.domain,
+                message.sender.address,
+                message.segment,
+                message.campaign,
+                agent.name,
+                decided.recipient_timezone,
+            )
+            window_wait = opening_ms(rules.file, windowed, max(now, asked)) - now
+            if window_wait > 0:
+                waiting_for = Wait.SEND_WINDOW
+                delay_ms = max(delay_ms, window_wait)
         enrichment = message.enrichment
-        now = now_ms()
-        asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
-        # Due later than now, it waits for a send window whatever its windows say (they open at or
-        # after any time they are asked about): known before the record is built, not rebuilt for.
-        waits_for_window = status is not Status.REJECTED and asked > now
-        record = MessageRecord(
-            id=message_id,
+        record = new_record(
+            id=new_message_id(),
             status=status,
-            reasons=reasons,
+            reasons=decided.reasons,
+            approval=approval if accepted else "",
             agent=agent.name,
             agent_version=message.agent_version,
             from_name=message.sender.display_name,
@@ -482,46 +523,56 @@ class Admissions:
             batch=batch or None,
             idempotency_key=message.idempotency_key,
             send_at=message.send_at,
-            recipient_timezone=message.recipient_timezone,
+            recipient_timezone=decided.recipient_timezone,
             enrichment_source=enrichment.source if enrichment else None,
             enrichment_fetched_at=enrichment.fetched_at if enrichment else None,
             rules_version=rules.version,
             dns_pending=status is Status.DEFERRED,
             dns_checks=1 if status is Status.DEFERRED else 0,
+            waiting_for=waiting_for,
             scopes=admitted_scopes(
                 recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
             ),
-            waiting_for=Wait.SEND_WINDOW if waits_for_window else None,
         )
-        delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
-        if status is not Status.REJECTED:
-            # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            window_wait = opening_ms(rules.file, record, max(now, asked)) - now
-            if window_wait > 0:
-                if not waits_for_window:  # due now, its windows closed
-                    record = dataclasses.replace(record, waiting_for=Wait.SEND_WINDOW)
-                delay_ms = max(delay_ms, window_wait)
         return Candidate(
             record=record,
             cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
-            idempotency=key,
+            idempotency=decided.idempotency,
             delay_ms=delay_ms,
+            audit_entry=_audit_entry(record, decided.content),
+            check_replied=decided.check_replied,
+            mass_count=counted.args if counted is not None and accepted else (),
+            token=(requester.token_id, requester.unchecked_hash)
+            if requester is not None and requester.unchecked_hash
+            else ("", ""),
         )
 
-    def _settled(self, admission: Admission, candidate: Candidate) -> Admission:
-        """Count a new decision, wake the deliverer for it, and say why a held message waits."""
-        if not admission.existing:
-            first = admission.reasons[0].code if admission.reasons else "none"
-            self._metrics.submissions.labels(admission.status.value, first).inc()
-            if admission.status in (Status.QUEUED, Status.DEFERRED):
-                self._wake(_due_in(candidate))
-        if admission.held_by:
-            held = Reason(
-                "safe_mode",
-                f"scope {admission.held_by} is in safe mode: accepted and held until a person resumes it",
-            )
-            admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
-        return admission
+    def _settled(self, admissions: Sequence[Admission], candidates: Sequence[Candidate]) -> list[Admission]:
+        """Count the new decisions, wake the deliverer for the soonest due, and say why a held
+        message waits; a chunk at a time, so a batch counts each status once a chunk, not once a
+        recipient."""
+        counts: Counter[tuple[str, str]] = Counter()
+        soonest: float | None = None
+        settled = []
+        for admission, candidate in zip(admissions, candidates, strict=True):
+            if not admission.existing:
+                first = admission.reasons[0].code if admission.reasons else "none"
+                counts[admission.status.value, first] += 1
+                if admission.status in (Status.QUEUED, Status.DEFERRED):
+                    due_in = _due_in(candidate)
+                    soonest = due_in if soonest is None else min(soonest, due_in)
+            if admission.held_by:
+                held = Reason(
+                    "safe_mode",
+                    f"scope {admission.held_by} is in safe mode: accepted and held until a person resumes it",
+                )
+                admission = dataclasses.replace(admission, reasons=(*admission.reasons, held))
+            settled.append(admission)
+        for (status, first), count in counts.items():
+            self._metrics.submissions.labels(status, first).inc(count)
+        if soonest is not None:
+            self._wake(soonest)
+        return settled
 
 
 def _due_in(candidate: Candidate) -> float:
@@ -531,13 +582,22 @@ def _due_in(candidate: Candidate) -> float:
     return max(candidate.delay_ms / 1000, asked)
 
 
-def _sealed(
-    decided: Decided, approval: str, counted: MassCount | None = None, requester: Principal | None = None
-) -> Candidate:
-    """The candidate with the request it waits for (or the mass-send count its script makes, which
-    may name one), its audit entry, and the recalled token its script checks, ready to admit."""
-    candidate = decided.candidate
-    record = candidate.record
+class _Windowed(NamedTuple):
+    """The fields of a recipient's record that its send windows read (`windows.Windowed`), for
+    their opening before the record is built: a tuple costs a tenth of a record."""
+
+    to_domain: str
+    from_addr: str
+    segment: str | None
+    campaign: str | None
+    agent: str
+    recipient_timezone: str | None
+
+
+def _audit_entry(record: MessageRecord, content: Filled | None) -> str:
+    """The record's `submission.decided` entry, with the hash of the `content` it gets (hashed here,
+    as the chunk before is written, rather than while every recipient is decided); the admission
+    script writes its outcome."""
     # The labels a message may have are in its entry when it has them: a null costs every entry bytes.
     labels = {
         "run_id": record.run_id,
@@ -545,7 +605,7 @@ def _sealed(
         "segment": record.segment,
         "campaign": record.campaign,
     }
-    trail = audit_entry(
+    return audit_entry(
         "submission.decided",
         f"agent:{record.agent}",
         {
@@ -556,18 +616,9 @@ def _sealed(
             "from": record.from_addr,
             "to": record.to,
             "rules_version": record.rules_version,
-            "content_hash": decided.content_hash,
+            "content_hash": content_hash(content.subject, content.text, content.html) if content else None,
             "outcome": "@",  # the admission script writes status, reasons, held_by and approval_id here
         },
-    )
-    return dataclasses.replace(
-        candidate,
-        record=dataclasses.replace(record, approval=approval) if approval != record.approval else record,
-        audit_entry=trail,
-        mass_count=counted.args if counted is not None and record.status is not Status.REJECTED else (),
-        token=(requester.token_id, requester.unchecked_hash)
-        if requester is not None and requester.unchecked_hash
-        else ("", ""),
     )
 
 
@@ -584,8 +635,9 @@ def _footprint(submission: Submission) -> int:
     return content + len(recipients(submission)) * RECIPIENT_BYTES
 
 
-def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Reason]:
-    """What this agent may not send whoever the recipient is: its version, the content, stale data."""
+def _boundaries(agent: AgentEntry, message: Content, content: Filled, rules: Rules) -> list[Reason]:
+    """What this agent may not send whoever the recipient is: its version, the `content` the
+    recipient gets, stale data."""
     reasons = []
     if not agent.may_run_version(message.agent_version):
         reasons.append(
@@ -594,7 +646,7 @@ def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Rea
                 f"agent {agent.name!r} may not send as version {message.agent_version!r}",
             )
         )
-    reasons += check_content(message.subject, message.text, message.html)
+    reasons += check_content(content.subject, content.text, content.html)
     if message.enrichment is not None:
         age = datetime.now(UTC) - message.enrichment.fetched_at
         limit = rules.file.ingress.max_enrichment_age
@@ -606,11 +658,11 @@ def _boundaries(agent: AgentEntry, message: MessageIn, rules: Rules) -> list[Rea
                     f"the limit is {limit / 86400:g} days",
                 )
             )
-    if len(message.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
+    if len(content.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
         reasons.append(
             Reason(
                 "subject_too_long",
-                f"the subject is {len(message.subject)} characters once filled; the limit is {MAX_SUBJECT}",
+                f"the subject is {len(content.subject)} characters once filled; the limit is {MAX_SUBJECT}",
             )
         )
     return reasons

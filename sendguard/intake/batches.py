@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -28,20 +28,22 @@ from sendguard.rules import AgentEntry, Rules
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import IDEMPOTENCY_TTL_MS, RETENTION_MS, Idempotency, Store
 from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine, TimeZoneName
-from sendguard.templates import NAME, BatchTemplate
+from sendguard.templates import NAME, BatchTemplate, Filled
 
 MAX_RECIPIENTS = 50_000
 CHUNK = 500  # recipients per pipelined round trip, and between yields to the event loop
 
 
+_VAR_NAME = re.compile(NAME)  # compiled once: a batch's recipients name thousands of values
+
+
 def _var_name(name: str) -> str:
-    if not re.fullmatch(NAME, name):
+    if not _VAR_NAME.fullmatch(name):
         raise ValueError("a placeholder name is a letter or _, then up to 63 letters, digits, _ . or -")
     return name
 
 
 VarName = Annotated[str, AfterValidator(_var_name)]
-_FILLED = ("subject", "text", "html")
 
 
 class BatchRecipient(BaseModel):
@@ -235,22 +237,19 @@ _NO_TEMPLATE = BatchTemplate("", "", "")
 
 
 class Renderer:
-    """Makes the message each recipient gets from the submission: its address, its values filled in.
+    """Makes the content each recipient gets from the submission: its values filled in.
 
     A single message is its own and only recipient's message: it has no values to fill (filling
-    with none changes nothing) and its body was held to the cap by its model, so it is neither
-    split into a template nor built again.
+    with none changes nothing) and its body was held to the cap by its model, so it is not split
+    into a template.
     """
 
     def __init__(self, submission: Submission) -> None:
         self._single: MessageIn | None = None
-        self._shared: dict[str, Any] = {}
         self._template = _NO_TEMPLATE
         if isinstance(submission, MessageIn):
             self._single = submission
         else:
-            shared = (name for name in Content.model_fields if name not in _FILLED)
-            self._shared = {name: getattr(submission, name) for name in shared}
             self._template = BatchTemplate(submission.subject, submission.text or "", submission.html or "")
 
     def oversized(self, entry: BatchRecipient) -> Reason | None:
@@ -265,32 +264,13 @@ class Renderer:
                 )
         return None
 
-    def message(self, entry: BatchRecipient) -> MessageIn:
-        """Built without validation: the submission was validated, and values cannot break a header
-        (they are single lines); what filling can break, the subject's length and the body's size,
-        admission checks."""
+    def content(self, entry: BatchRecipient) -> Filled:
+        """The subject, text and html this recipient gets ("" for a part the message lacks). What
+        filling can break, the subject's length and the body's size, admission checks; what the
+        recipients share (sender, labels, headers) stays the submission's."""
         if self._single is not None:
-            return self._single
-        filled = self._template.fill(entry.vars)
-        return MessageIn.model_construct(
-            **self._shared,
-            to=entry.to,
-            recipient_timezone=entry.recipient_timezone,
-            subject=filled.subject,
-            text=filled.text or None,
-            html=filled.html or None,
-        )
-
-    def unfilled(self, entry: BatchRecipient) -> MessageIn:
-        """The recipient's message without its content, for one whose content is refused unbuilt."""
-        return MessageIn.model_construct(
-            **self._shared,
-            to=entry.to,
-            recipient_timezone=entry.recipient_timezone,
-            subject="",
-            text=None,
-            html=None,
-        )
+            return Filled(self._single.subject, self._single.text or "", self._single.html or "")
+        return self._template.fill(entry.vars)
 
 
 def fingerprint(submission: Submission) -> str:

@@ -12,6 +12,7 @@ it; every read of a record that names one fills its content in (see record.py).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ _SCAN_STEP = 500
 # its own, few enough that the index stays small (about 60 bytes a member).
 AGENT_INDEX_SIZE = 1000
 _SUBMITTED = "submitted"  # the cause of a message's first history entry, its admission
+# The admission script's arguments as JSON: one encoder for all, where json.dumps with options would
+# build one per call (a third of the cost of encoding a batch recipient's).
+_ARGUMENTS = json.JSONEncoder(ensure_ascii=False)
 
 
 class Moved(IntEnum):
@@ -183,6 +187,13 @@ def _merge(into: dict[str, int], more: Mapping[str, int]) -> None:
         into[state] = into.get(state, 0) + count
 
 
+@functools.lru_cache(maxsize=1024)
+def _scopes_json(scopes: tuple[str, ...]) -> str:
+    """A record's scopes as the admission script takes them; cached, as a batch's thousands of
+    recipients share a few lists (one a recipient domain)."""
+    return encode(scopes)
+
+
 class Store:
     """Message records and their lifecycle in Redis."""
 
@@ -277,7 +288,7 @@ class Store:
             str(candidate.idempotency.ms),
             "1" if candidate.idempotency.keeps_rejected else "0",
             str(RETENTION_MS),
-            encode(record.scopes),
+            _scopes_json(record.scopes),
             record.approval,
             candidate.audit_entry,
             str(send_at),
@@ -289,7 +300,7 @@ class Store:
             body,
             *candidate.token,
         ]
-        return [json.dumps(arguments, ensure_ascii=False)]
+        return [_ARGUMENTS.encode(arguments)]
 
     async def refusals(self, recipients: Sequence[Refusable], cooldown: bool) -> list[list[Reason]]:
         """What admission would add to each recipient's reasons from shared state (suppression, and
