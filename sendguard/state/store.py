@@ -40,9 +40,9 @@ _SCAN_STEP = 500
 # its own, few enough that the index stays small (about 60 bytes a member).
 AGENT_INDEX_SIZE = 1000
 # Submissions admitted by one call of the admission script, which does what they share once (Redis'
-# time, the agent's index trim, ...): enough to share it, few enough that the call holds Redis up
-# for a few milliseconds at most, as other clients' commands wait while a script runs.
-ADMIT_GROUP = 100
+# time, the agent's index trim, ...): enough to share it, few enough that a call holds Redis up for
+# a few milliseconds (about 0.13 ms of its CPU a recipient), as other clients wait while a script runs.
+ADMIT_GROUP = 50
 _SUBMITTED = "submitted"  # the cause of a message's first history entry, its admission
 # The admission script's arguments as JSON: one encoder for all, where json.dumps with options would
 # build one per call (a third of the cost of encoding a batch recipient's).
