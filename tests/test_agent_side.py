@@ -169,6 +169,41 @@ def test_a_batch_admitted_in_calls_of_several_keeps_the_agent_index_to_its_cap(
         assert client.zcard(Keys(prefix).due) == 7 and client.hget(Keys(prefix).count, "queued") == "7"
 
 
+def test_a_recipient_whose_admission_fails_leaves_those_before_it_in_its_call_queued(
+    make_daemon: Callable[..., Daemon],
+    client_for: ClientFor,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    prefix: str,
+) -> None:
+    """The admission script finishes the recipients before one that fails in the same call (their
+    queue entries and counts are written once a call, after them), and a retry completes the batch:
+    none is found by its idempotency key, admitted, with nothing queued."""
+    monkeypatch.setattr(store, "ADMIT_GROUP", 5)
+    daemon = make_daemon('[ingress]\nmx_check = "off"\nrecipient_cooldown = "0s"\n')
+    mine = client_for(daemon, "agent", "sdr-bot")
+    body = {
+        "from": "alice@acme.example",
+        "subject": "Hello",
+        "text": "Hi",
+        "agent_version": "test-1",
+        "idempotency_key": "the-one-batch",
+        "send_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat(),
+        "recipients": [{"to": f"p{i}@customer.example"} for i in range(5)],
+    }
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        client.set(keys.waiting("p2@customer.example"), "not a hash")  # the third recipient's write fails
+        failed = mine.client.post("/v1/batches", json=body)
+        assert failed.status_code == 503, failed.text
+        assert client.zcard(keys.due) == 2 and client.hget(keys.count, "queued") == "2"
+        client.delete(keys.waiting("p2@customer.example"))
+        retried = mine.client.post("/v1/batches", json=body)
+        assert retried.status_code == 201, retried.text
+        assert len(retried.json()["accepted"]) == 5
+        assert client.zcard(keys.due) == 5 and client.hget(keys.count, "queued") == "5"
+
+
 def test_sending_status_says_what_the_agent_may_send_now(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, dns_server: DnsServer
 ) -> None:

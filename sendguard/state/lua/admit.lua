@@ -201,8 +201,15 @@ local function admit(args)
   return {'new', status, encoded, held_by, route, approval}
 end
 
-local answers = {}
-for i, args in ipairs(calls) do answers[i] = admit(args) end
+-- A submission whose script errs stops the call, but those before it are finished first: their
+-- records are written, so their queue entries, counts and audit entries must be too, or a retry
+-- would find them by their idempotency keys, admitted, with nothing queued and nothing recorded.
+local answers, failed = {}, nil
+for i, args in ipairs(calls) do
+  local ok, answer = pcall(admit, args)
+  if not ok then failed = answer break end
+  answers[i] = answer
+end
 templates_counted()
 entries_appended()
 for status, n in pairs(counted) do redis.call('HINCRBY', count_key, status, n) end
@@ -214,4 +221,5 @@ for key, index in pairs(indexed) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (now - index.retention))
   redis.call('PEXPIRE', key, index.retention)
 end
+if failed then return redis.error_reply(type(failed) == 'table' and failed.err or tostring(failed)) end
 return answers
