@@ -5,6 +5,7 @@ and takes nothing, an agent's own list of messages, what it may send now, and `s
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -129,6 +130,78 @@ def test_an_agent_lists_its_own_messages_newest_first(
         assert client.zcard(index) == 4 and client.pttl(index) > 0, "bounded in count and in time"
     operator = client_for(daemon, "operator", "oncall")
     assert operator.client.get("/v1/messages").status_code == 403, "an agent's own list, for agents"
+
+
+def test_a_batch_admitted_in_calls_of_several_keeps_the_agent_index_to_its_cap(
+    make_daemon: Callable[..., Daemon],
+    client_for: ClientFor,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    prefix: str,
+) -> None:
+    """The admission script trims an agent's index once a call, after all its recipients: the
+    newest that fit are kept, as they were when each recipient trimmed it."""
+    monkeypatch.setattr(store, "AGENT_INDEX_SIZE", 4)
+    monkeypatch.setattr(store, "ADMIT_GROUP", 3)  # 7 recipients: calls of 3, 3 and 1
+    daemon = make_daemon('[ingress]\nmx_check = "off"\n')
+    mine = client_for(daemon, "agent", "sdr-bot")
+    answer = mine.client.post(
+        "/v1/batches",
+        json={
+            "from": "alice@acme.example",
+            "subject": "Hello",
+            "text": "Hi",
+            "agent_version": "test-1",
+            "send_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat(),  # all still queued below
+            "recipients": [{"to": f"p{i}@customer.example"} for i in range(7)],
+        },
+    ).json()
+    ids = [row["id"] for row in answer["accepted"]]
+    assert len(ids) == 7
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        index = Keys(prefix).agent_messages("sdr-bot")
+        kept = client.zrange(index, 0, -1)
+        assert len(kept) == 4 and client.pttl(index) > 0, "bounded in count and in time"
+        # Those kept are the newest by the index's own order (its time, then its id).
+        assert set(kept) == set(
+            sorted(ids, key=lambda i: (client.hget(Keys(prefix).msg(i), "created"), i))[3:]
+        )
+        assert client.zcard(Keys(prefix).due) == 7 and client.hget(Keys(prefix).count, "queued") == "7"
+
+
+def test_a_recipient_whose_admission_fails_leaves_those_before_it_in_its_call_queued(
+    make_daemon: Callable[..., Daemon],
+    client_for: ClientFor,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    prefix: str,
+) -> None:
+    """The admission script finishes the recipients before one that fails in the same call (their
+    queue entries and counts are written once a call, after them), and a retry completes the batch:
+    none is found by its idempotency key, admitted, with nothing queued."""
+    monkeypatch.setattr(store, "ADMIT_GROUP", 5)
+    daemon = make_daemon('[ingress]\nmx_check = "off"\nrecipient_cooldown = "0s"\n')
+    mine = client_for(daemon, "agent", "sdr-bot")
+    body = {
+        "from": "alice@acme.example",
+        "subject": "Hello",
+        "text": "Hi",
+        "agent_version": "test-1",
+        "idempotency_key": "the-one-batch",
+        "send_at": (datetime.now(UTC) + timedelta(hours=2)).isoformat(),
+        "recipients": [{"to": f"p{i}@customer.example"} for i in range(5)],
+    }
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        client.set(keys.waiting("p2@customer.example"), "not a hash")  # the third recipient's write fails
+        failed = mine.client.post("/v1/batches", json=body)
+        assert failed.status_code == 503, failed.text
+        assert client.zcard(keys.due) == 2 and client.hget(keys.count, "queued") == "2"
+        client.delete(keys.waiting("p2@customer.example"))
+        retried = mine.client.post("/v1/batches", json=body)
+        assert retried.status_code == 201, retried.text
+        assert len(retried.json()["accepted"]) == 5
+        assert client.zcard(keys.due) == 5 and client.hget(keys.count, "queued") == "5"
 
 
 def test_sending_status_says_what_the_agent_may_send_now(

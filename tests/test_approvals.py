@@ -6,6 +6,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
+
+from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, message, wait_until
 from tests.peers import SmtpSink
 
@@ -263,6 +266,33 @@ def test_a_batch_decided_while_it_is_still_admitted_strands_nothing(
     assert admitted_when_decided < size, "the decision did not race the admission; make the batch larger"
     contents = dana.client.get(f"/v1/approvals/{request['id']}").json()["contents"]
     assert (contents["messages"], contents["waiting"]) == (size, 0)
+
+
+def test_a_batch_denied_while_it_is_still_admitted_lets_its_template_expire(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    """Recipients admitted after the denial are cancelled by their own admission, in calls of many:
+    the template's waiting count is raised before each leaves it, so it ends at 0 with an expiry,
+    neither kept for ever nor dropped while a message still waits for it."""
+    daemon = make_daemon(RULES.replace("mass_send_threshold = 3", "mass_send_threshold = 25"))
+    agent = client_for(daemon, "agent", "sdr-bot")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    size = 5000
+    body = {k: v for k, v in message("", send_at="2099-01-01T00:00:00Z").items() if k != "to"}
+    body["recipients"] = [{"to": f"r{i}@customer.example", "vars": {"n": str(i)}} for i in range(size)]
+    with ThreadPoolExecutor(1) as pool:
+        submitted = pool.submit(agent.client.post, "/v1/batches", json=body, timeout=120)
+        [request] = wait_until(lambda: _pending(dana), what="the batch's request to open")
+        assert _decide(dana, request["id"], "deny").status_code == 200
+        admitted_when_decided = dana.client.get(f"/v1/approvals/{request['id']}").json()["contents"][
+            "messages"
+        ]
+        answer = submitted.result()
+        assert answer.status_code == 201, answer.text
+    assert admitted_when_decided < size, "the decision did not race the admission; make the batch larger"
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        template = Keys(prefix).template(answer.json()["id"])
+        assert client.hget(template, "waiting") == "0" and client.pttl(template) > 0
 
 
 def test_separation_of_duties_compares_people_not_spellings(
