@@ -188,7 +188,7 @@ def test_sign_in_keeps_no_token_in_the_browser_refuses_agents_and_ends_with_the_
     stored = ana.page.evaluate(
         "JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie"
     )
-    assert auditor_token not in stored and auditor_token.split("_")[2] not in str(ana.context.cookies())
+    assert auditor_token not in stored and auditor_token.split("_", 2)[2] not in str(ana.context.cookies())
     daemon.cli("token", "revoke", auditor_token.split("_")[1])  # revoking ends the session at once
     ana.page.goto("/ui/")
     assert ana.page.url.startswith(f"{base}/ui/sign-in")
