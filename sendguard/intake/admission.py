@@ -173,7 +173,8 @@ class Admissions:
         try:
             await self._memory.reserve(_footprint(submission))
         except StoreFull:
-            await self._checked(requester)  # a revoked token hears that, not that Redis is full
+            if in_script:  # not asked yet: a revoked token hears that, not that Redis is full
+                await self._checked(requester)
             raise
         if isinstance(submission, BatchIn):
             fingerprinted = fingerprint(submission)  # once: the batch's key and its claim need it
@@ -350,12 +351,13 @@ class Admissions:
         else:
             found = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
         check_replied = in_script and self._reply_stops.by_domain()
+        standing = _standing(agent, submission, rules)
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
                 reasons, content = [too_large], None
             else:
                 content = renderer.content(entry)
-                reasons = _boundaries(agent, submission, content, rules)
+                reasons = _boundaries(standing, content)
             if company := found.get(recipient.domain):
                 reasons.append(company)
             seen = first_index.setdefault(recipient.address, index)
@@ -635,29 +637,43 @@ def _footprint(submission: Submission) -> int:
     return content + len(recipients(submission)) * RECIPIENT_BYTES
 
 
-def _boundaries(agent: AgentEntry, message: Content, content: Filled, rules: Rules) -> list[Reason]:
-    """What this agent may not send whoever the recipient is: its version, the `content` the
-    recipient gets, stale data."""
-    reasons = []
+@dataclass(frozen=True)
+class _Standing:
+    """What the agent may not send whatever the content, the same for every recipient of its
+    submission: found once a submission, not once a recipient."""
+
+    version: Reason | None
+    stale: Reason | None
+
+
+def _standing(agent: AgentEntry, message: Content, rules: Rules) -> _Standing:
+    """The submission's agent version and enrichment age, judged once for all its recipients."""
+    version = None
     if not agent.may_run_version(message.agent_version):
-        reasons.append(
-            Reason(
-                "agent_version_not_allowed",
-                f"agent {agent.name!r} may not send as version {message.agent_version!r}",
-            )
+        version = Reason(
+            "agent_version_not_allowed",
+            f"agent {agent.name!r} may not send as version {message.agent_version!r}",
         )
-    reasons += check_content(content.subject, content.text, content.html)
+    stale = None
     if message.enrichment is not None:
         age = datetime.now(UTC) - message.enrichment.fetched_at
         limit = rules.file.ingress.max_enrichment_age
         if age.total_seconds() > limit:
-            reasons.append(
-                Reason(
-                    "stale_enrichment",
-                    f"data from {message.enrichment.source} is {age.days} days old; "
-                    f"the limit is {limit / 86400:g} days",
-                )
+            stale = Reason(
+                "stale_enrichment",
+                f"data from {message.enrichment.source} is {age.days} days old; "
+                f"the limit is {limit / 86400:g} days",
             )
+    return _Standing(version, stale)
+
+
+def _boundaries(standing: _Standing, content: Filled) -> list[Reason]:
+    """What this agent may not send whoever the recipient is: its version, the `content` the
+    recipient gets, stale data."""
+    reasons = [standing.version] if standing.version else []
+    reasons += check_content(content.subject, content.text, content.html)
+    if standing.stale:
+        reasons.append(standing.stale)
     if len(content.subject) > MAX_SUBJECT:  # a batch's values can lengthen its subject
         reasons.append(
             Reason(
