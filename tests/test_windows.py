@@ -250,14 +250,18 @@ def test_every_claim_checks_the_windows_in_force(
 ) -> None:
     """A message admitted with no window, waiting for a throttle, meets a window added meanwhile when
     it is claimed, and waits for its opening then."""
-    # The second message waits six seconds for the throttle: longer than the reload takes, even on a
-    # busy machine, so the window is in force when it is claimed.
+    # The second message waits six seconds for the throttle, counted from the first's start: longer
+    # than the reload takes, even on a busy machine, so the window is in force when it is claimed.
     throttle = '\n[[throttle]]\nscope = "agent"\nlimit = 1\nper = "6s"\n'
     daemon = make_daemon(BASE + throttle)
     api, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
     first, second = (api.send(f"lead{n}@customer.example")["id"] for n in range(2))
     assert api.status(second)["waiting_for"] in ("agent", None)  # not a window: there is none yet
-    opening, rules = opening_soon(midday_zone(), 8, throttle)
+    # The window opens three seconds after the throttle lets the second go at the latest, timed from
+    # the first's arrival (its start came before): timed from the submissions instead, a first send
+    # late on a busy machine let the throttle outlast the window's opening, and nothing waited for it.
+    smtp.wait_for(1, timeout=10)
+    opening, rules = opening_soon(midday_zone(), 9, throttle)
     reload_with(daemon, admin, rules)
     wait_until(lambda: api.status(second)["waiting_for"] == "send_window", what="the window to hold it")
     received = smtp.wait_for(2, timeout=10)
