@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
 
 from bench.harness import Bench, Service
 from tests.peers import Received, SmtpSink
@@ -35,11 +39,28 @@ async def arrivals(sink: SmtpSink, count: int) -> list[float]:
     return [message.at for message in await delivered(sink, count)]
 
 
-async def raw_rate(bench: Bench, count: int, connections: int) -> float:
+class RawLimit(NamedTuple):
+    """aiosmtplib alone: its rate, and the CPU it and the sink spent a message (ms)."""
+
+    rate: float
+    sender_cpu: float
+    sink_cpu: float
+
+
+async def raw_rate(bench: Bench, count: int, connections: int) -> RawLimit:
     """The raw limit: aiosmtplib alone sends `count` x RAW_SHARE messages to the emptied sink."""
     bench.sink.clear()
-    bench.raw_send(count * RAW_SHARE, connections)
-    return arrival_rate(await arrivals(bench.sink, count * RAW_SHARE))
+    sent = count * RAW_SHARE
+    sink_before = time.process_time()  # the sink is a thread of this process, alone at work meanwhile
+    sender_cpu = bench.raw_send(sent, connections)
+    rate = arrival_rate(await arrivals(bench.sink, sent))
+    return RawLimit(rate, 1000 * sender_cpu / sent, 1000 * (time.process_time() - sink_before) / sent)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process `pid` has used so far, as the kernel counts it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def peak_rss(services: Sequence[Service], seconds: float) -> int:

@@ -72,7 +72,7 @@ async def _measure(bench: Bench, admitter: Admitter, size: Size, services: list[
     raw = await raw_rate(bench, count, daemons * size.connections)
     return {
         f"sendguard_{daemons}": sendguard,
-        f"raw_{daemons}": raw,
+        f"raw_{daemons}": raw.rate,
         f"window_{daemons}": worst,
         f"waits_{daemons}": waits,
     }
