@@ -27,6 +27,7 @@ from typing import ParamSpec, TypedDict
 
 from sendguard.model import Reason, Status, decode_reasons
 from sendguard.rules import ScopeKind
+from sendguard.scopes import scopes_of
 from sendguard.templates import BatchTemplate
 
 
@@ -198,18 +199,14 @@ class MessageRecord:
 
 
 def derived_scopes(fields: Mapping[str, str]) -> tuple[str, ...]:
-    """The scopes a record's fields give (lua/shared/record.lua's rule; admission stores the list
-    only when they do not give it back): its recipient's domain, the From address as the inbox
-    and its domain, its segment and campaign when it has them, its agent, and global."""
-    inbox = fields.get("from_addr", "")
-    optional = [f"{kind}:{fields[kind]}" for kind in ("segment", "campaign") if kind in fields]
-    return (
-        f"recipient_domain:{fields.get('to_domain', '')}",
-        f"sender_domain:{inbox.rpartition('@')[2]}",
-        f"inbox:{inbox}",
-        *optional,
-        f"agent:{fields.get('agent', '')}",
-        "global",
+    """The scopes a record's fields give (admission stores the list only when they do not give it
+    back): its From address as it is stored stands for the inbox."""
+    return scopes_of(
+        fields.get("to_domain", ""),
+        fields.get("from_addr", ""),
+        fields.get("segment"),
+        fields.get("campaign"),
+        fields.get("agent", ""),
     )
 
 

@@ -41,7 +41,8 @@ def scope_values(record: Scoped) -> dict[ScopeKind, str | None]:
     `alice@acme.example`), so an agent cannot invent tags to get a throttle bucket or a safe-mode
     scope of its own.
     """
-    return _values(record.to_domain, record.from_addr, record.segment, record.campaign, record.agent)
+    inbox = canonical_address(record.from_addr)
+    return _values(record.to_domain, inbox, record.segment, record.campaign, record.agent)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -51,13 +52,22 @@ def admitted_scopes(
     """The scopes a new message with these fields is in (`message_scopes` of its `scope_values`).
 
     Cached: a batch's thousands of recipients share all of them but a few recipient domains."""
-    return tuple(message_scopes(_values(to_domain, from_addr, segment, campaign, agent)))
+    return scopes_of(to_domain, canonical_address(from_addr), segment, campaign, agent)
+
+
+@functools.lru_cache(maxsize=4096)
+def scopes_of(
+    to_domain: str, inbox: str, segment: str | None, campaign: str | None, agent: str
+) -> tuple[str, ...]:
+    """The scopes of a message whose From mailbox is `inbox`, most specific first: the one rule in
+    Python (lua/shared/record.lua's `derived_scopes` is its twin in Redis). Cached: a claim reads
+    them back from a stored record's fields, which thousands of messages share."""
+    return tuple(message_scopes(_values(to_domain, inbox, segment, campaign, agent)))
 
 
 def _values(
-    to_domain: str, from_addr: str, segment: str | None, campaign: str | None, agent: str
+    to_domain: str, inbox: str, segment: str | None, campaign: str | None, agent: str
 ) -> dict[ScopeKind, str | None]:
-    inbox = canonical_address(from_addr)
     return {
         ScopeKind.RECIPIENT_DOMAIN: to_domain,
         ScopeKind.SENDER_DOMAIN: inbox.rpartition("@")[2],
