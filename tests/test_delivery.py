@@ -657,3 +657,47 @@ async def test_a_stop_while_a_claim_is_in_flight_ends_the_claim_loop_when_the_cl
         started = time.monotonic()
         await asyncio.wait_for(claiming, timeout=10)
         assert time.monotonic() - started < 0.5
+
+
+async def test_a_claim_answered_after_a_stop_starts_no_delivery_and_goes_back_to_the_queue(
+    own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """The claim loop is told to stop while Redis holds its claim; then Redis answers it with a
+    message. No delivery starts: one started now would run on past the closing of the relay pool
+    and of Redis, unwaited, and open connections nobody closes (the loop's close then found them).
+    The claim goes back to the queue when the stopping daemon's claims are recovered."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(AGENT_RULES)
+    settings = Settings(redis_url=own_redis.url, redis_prefix="stop", smtp_url=smtp.url)
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        runtime = await build(settings, load_rules(rules), client)
+        deliverer, store, keys = runtime.deliverer, runtime.store, Keys("stop")
+        record = MessageRecord(
+            "m0", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to="lead@c.example"
+        )
+        (claim,) = await write_claimed(client, keys, [record])
+        await client.zadd(keys.inflight, {claim.message_id: 0})
+        assert await store.recover(own="test", unsent=[claim.token]) == (1, 0)  # queued and due
+        # The store's own claim, called through; the event says the loop is inside it.
+        in_claim, claim_due = asyncio.Event(), store.claim
+
+        async def claim_seen(owner: str, tokens: Sequence[str]) -> list[Claim] | NoWork:
+            in_claim.set()
+            return await claim_due(owner, tokens)
+
+        with redis.Redis.from_url(own_redis.url) as pauser:
+            pauser.execute_command("CLIENT", "PAUSE", "10000", "WRITE")  # the claim's script waits
+            store.claim = claim_seen  # type: ignore[method-assign]
+            claiming = asyncio.create_task(deliverer.run())
+            await asyncio.wait_for(in_claim.wait(), timeout=10)  # and waits for the paused Redis
+            await deliverer.stop(grace=1)
+            pauser.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(claiming, timeout=10)
+        deliveries = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Deliverer._deliver"]
+        for task in deliveries:
+            task.cancel()
+        assert not deliveries, "a delivery started after the stop"
+        await store.forget_instance(runtime.instance)
+        assert await store.recover() == (1, 0)
+        assert (await client.hget(keys.msg("m0"), "status")) == Status.QUEUED.value
+        assert smtp.connections == 0

@@ -160,6 +160,14 @@ class Deliverer:
                 await self._sleep(_idle_for(claimed))
                 continue
             self._release(slots - len(claimed))
+            if self._stopping:
+                # stop() came while this claim was on its way: no delivery starts now, or it would
+                # run on unwaited, past the closing of the relay pool and of Redis, and open
+                # connections that nobody closes. Its claims go back to the queue with this daemon's
+                # others (Service.stop recovers them).
+                self._circuit.release(probe)
+                self._release(len(claimed))
+                break
             for claim in claimed:
                 task = asyncio.create_task(self._deliver(claim, probe))
                 self._tasks[task] = claim
