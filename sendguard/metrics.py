@@ -194,7 +194,9 @@ class Metrics:
             "Times the inbound mail process (SMTP listener and parser) died and was started again.",
         )
         self.notify_failures = counter(
-            "sendguard_notifications_failed_total", "Trip or resume notifications the webhook never accepted."
+            "sendguard_notifications_failed_total",
+            "Notifications (trips, resumes, approval requests) the webhook did not accept in any attempt; "
+            "an approval request's is posted again from Redis.",
         )
         self.circuit_open = gauge(
             "sendguard_relay_circuit_open",

@@ -130,7 +130,8 @@ class Service:
 
     async def _maintain(self) -> None:
         """Heartbeat, recover the work of daemons that died (and releases that resumes left unfinished),
-        follow rules reloads, refresh the gauges."""
+        expire approval requests and announce those the approvers may not know of, follow rules
+        reloads, refresh the gauges."""
         runtime = self._runtime
         store, audit, metrics = runtime.store, runtime.audit, runtime.metrics
         while not self._stopping.is_set():
@@ -151,6 +152,7 @@ class Service:
                 await _refresh_ramp_metrics(runtime)
                 await runtime.safe_mode.finish_releases()
                 await runtime.approvals.expire_due()
+                await runtime.approvals.announce_due(runtime.instance)
                 await runtime.blocklists.refresh_metrics()
                 seq, head = await audit.head()
                 metrics.audit_entries.set(seq)

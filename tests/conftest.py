@@ -400,6 +400,7 @@ class InProcessDaemon(Daemon):
         self._stack = contextlib.AsyncExitStack()
         self._app: FastAPI | None = None
         self._listening = False
+        self.parts: Runtime | None = None  # its parts, for a test that does what a part does by hand
 
     def start(self) -> InProcessDaemon:
         self._loop.run(self._start())
@@ -422,6 +423,7 @@ class InProcessDaemon(Daemon):
             await service.start()
             self._stack.push_async_callback(service.stop)
             self._app = create_app(parts)
+            self.parts = parts
         except BaseException:
             await self._stack.aclose()
             raise

@@ -12,11 +12,14 @@ what joins a pending request comes out of that headroom, and beyond it a new req
 Nobody approves what their own token submitted, nor gives both approvals. Every decision runs in
 one Redis script with its effects and audit entry, so two approvers deciding at once cannot both
 be "the second", and a message admitted after its request was decided is settled by the decision.
+A new request is announced to the approvers' webhook at once, and again from Redis by the
+maintenance sweep until the webhook has taken it (a reply Redis lost, a daemon that died first).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from sendguard.errors import SendguardError
+from sendguard.errors import SendguardError, StoreError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
@@ -38,6 +41,11 @@ from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import RETENTION_MS, Store
 from sendguard.submission import Content
+
+log = logging.getLogger("sendguard.approvals")
+# How long past the notifier's whole retry budget a request's announcement may still be marked
+# delivered (the mark is one more Redis write) before the sweep posts it again.
+_ANNOUNCE_MARGIN = 5.0
 
 
 class ApprovalRefused(SendguardError):
@@ -157,6 +165,7 @@ class Approvals:
         self._route = scripts.register(client, keys, "approval_route")
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
+        self._claim_announcements = scripts.register(client, keys, "approval_announce")
 
     async def route(
         self,
@@ -185,7 +194,7 @@ class Approvals:
             )
             kind = "batch" if batch else "message"
             approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
-            self._announce(approval_id, 1, label, why, requester)
+            self._announce(approval_id, 1, label, why, requester.name)
             return Routing(approval_id, 1, why)
         return None
 
@@ -239,7 +248,7 @@ class Approvals:
         if state not in ("joined", "new"):
             return None
         if state == "new":
-            self._announce(found, 2, count.label, count.why, requester)
+            self._announce(found, 2, count.label, count.why, requester.name)
         return Routing(found, 2, count.why)
 
     async def waited_for(self, approval_id: str) -> Routing | None:
@@ -259,21 +268,51 @@ class Approvals:
             )
         return self.routed(counted, str(state), str(found), requester)
 
-    def _announce(self, approval_id: str, tier: int, label: str, why: str, requester: Principal) -> None:
-        """Tell the approvers a request is waiting, with a link to its page in the console."""
+    def _announce(self, approval_id: str, tier: int, label: str, why: str, requested_by: str) -> None:
+        """Tell the approvers a request is waiting, with a link to its page in the console; its
+        record says so once the webhook took it (until then `announce_due` posts it again)."""
         link = f"{self._console}/ui/approvals/{approval_id}"
+
+        async def delivered() -> None:
+            try:
+                async with translated():
+                    await self._redis.hset(self._keys.approval(approval_id), "announced", str(now_ms()))
+            except StoreError as exc:
+                log.warning(
+                    "approval request %s announced but not marked so, to be posted again: %s",
+                    approval_id,
+                    exc,
+                )
+
         self._notifier.post(
-            f"Approval needed (tier {tier}): {label}, asked by {requester.name}. {why}. Review it: {link}",
+            f"Approval needed (tier {tier}): {label}, asked by {requested_by}. {why}. Review it: {link}",
             {
                 "event": "approval_requested",
                 "approval_id": approval_id,
                 "tier": tier,
                 "label": label,
                 "why": why,
-                "requested_by": requester.name,
+                "requested_by": requested_by,
                 "url": link,
             },
+            delivered,
         )
+
+    async def announce_due(self, instance: str) -> int:
+        """Announce again the pending requests the webhook has not taken, claimed for `instance`
+        once the post that should have told the approvers has surely ended (see
+        approval_announce.lua); how many. Nothing without a webhook."""
+        if not self._notifier.enabled:
+            return 0
+        lease_ms = int((self._notifier.budget + _ANNOUNCE_MARGIN) * 1000)
+        async with translated():
+            claimed = await self._claim_announcements(
+                keys=[self._keys.approvals_pending], args=[instance, lease_ms]
+            )
+        for approval_id, tier, label, why, requested_by in claimed:
+            log.warning("approval request %s not known to be announced: announcing it again", approval_id)
+            self._announce(str(approval_id), int(tier), str(label), str(why), str(requested_by))
+        return len(claimed)
 
     async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
         """Open a tier-1 request; messages join it through admission."""
