@@ -2,7 +2,8 @@
 -- (transition.lua, start.lua, finish.lua), so the record, its history, the due queue and the counts
 -- move alike whichever script moves it.
 --
--- current(id): the fields a move reads, {status, claim, scopes, to, to_canonical, to_domain, agent}.
+-- current(id): the fields a move reads, {status, claim, scopes, to, to_canonical, to_domain, agent,
+-- from_addr, segment, campaign, template}; scopes derived as record_scopes does when not stored.
 -- permitted(cur, claim, allowed_from): the message exists, the claim (when not '') is still the one
 -- it holds and its status is among `allowed_from` (comma-separated; '' for any).
 -- move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
@@ -11,8 +12,11 @@
 -- counted, the claim let go of unless `keep_claim`, queued again `delay_ms` from now when it is not
 -- negative, and a cancelled message gives back `recipient`'s cooldown if it holds it.
 local function current(id)
-  local cur = redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
-  if cur[1] and not cur[3] then cur[3] = record_scopes(key_msg(id)) end
+  -- The fields record_scopes derives the scopes from, and the template finished() reads, come in
+  -- the same read: one HMGET a move instead of three.
+  local cur = redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent',
+    'from_addr', 'segment', 'campaign', 'template')
+  if cur[1] and not cur[3] then cur[3] = cjson.encode(derived_scopes(cur[6], cur[8], cur[9], cur[10], cur[7])) end
   return cur
 end
 
@@ -46,7 +50,12 @@ local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_
   redis.call('ZREM', key_due(), id)
   if delay_ms >= 0 then redis.call('ZADD', key_due(), now + delay_ms, id) end
   if TERMINAL[new] then
-    finished(id, retention_ms, WAITING[cur[1]])
+    -- What finished() reads of the record is what current() read, unless `fields` just set it.
+    local known = {cur[5], cur[11], cur[4]}
+    for i = 1, #fields, 2 do
+      if fields[i] == 'to_canonical' or fields[i] == 'template' or fields[i] == 'to' then known = nil end
+    end
+    finished(id, retention_ms, WAITING[cur[1]], known)
     local cooldown = key_cooldown(recipient)
     if new == 'cancelled' and redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
   end
