@@ -13,6 +13,8 @@ local claimed = 0
 -- Messages of tripped scopes met on the way are held, so a trip costs no claim per message; those
 -- and due entries whose record is gone are passed over, at most 32 a call, so one call stays short.
 local skipped = 0
+-- Whether any scope is in safe mode, asked at the first record met: nothing here trips one.
+local any_trip = nil
 while claimed < #tokens and skipped < 32 do
   local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, #tokens - claimed)
   if #ids == 0 then
@@ -25,19 +27,37 @@ while claimed < #tokens and skipped < 32 do
   for _, id in ipairs(ids) do
     local key = key_msg(id)
     redis.call('ZREM', due_key, id)
-    local status = redis.call('HGET', key, 'status')
+    -- The record read whole once: its status, scopes and template come from the same read.
+    local flat = redis.call('HGETALL', key)
+    local at = {}  -- field -> index of its value in `flat`
+    for i = 1, #flat, 2 do at[flat[i]] = i + 1 end
+    local status = flat[at.status]
     if status then
-      local scope = tripped(record_scopes(key))
+      if any_trip == nil then any_trip = redis.call('HLEN', key_trips()) > 0 end
+      local scope = nil
+      if any_trip then
+        scope = tripped(flat[at.scopes] or cjson.encode(derived_scopes(flat[at.to_domain], flat[at.from_addr],
+          flat[at.segment], flat[at.campaign], flat[at.agent])))
+      end
       if not scope then
         claimed = claimed + 1
         local claim = tokens[claimed]
         redis.call('ZADD', inflight_key, now, id)
         redis.call('HSET', key, 'owner', owner, 'claim', claim)
-        local batch = redis.call('HGET', key, 'template')
+        -- The record as it is now: what HGETALL would answer after that HSET.
+        for _, pair in ipairs({{'owner', owner}, {'claim', claim}}) do
+          if at[pair[1]] then
+            flat[at[pair[1]]] = pair[2]
+          else
+            flat[#flat + 1] = pair[1]
+            flat[#flat + 1] = pair[2]
+          end
+        end
+        local batch = flat[at.template]
         local template = {}
         if batch then template = redis.call('HGETALL', key_template(batch)) end
         local content = redis.call('GET', key_content(id)) or ''
-        found[#found + 1] = {id, claim, redis.call('HGETALL', key), template, content}
+        found[#found + 1] = {id, claim, flat, template, content}
       else
         hold(id, scope, now, status)
         skipped = skipped + 1
