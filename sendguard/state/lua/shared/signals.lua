@@ -46,21 +46,19 @@ local function record_signals(keys, args, now)
     end
   end
   local counted = false
+  local active = {}  -- score, scope, ... of the scopes that counted it: one ZADD for them all
   for i = 1, absorbed_at do
     local key = signal_keys[i]
     -- `once` also marks each scope it was counted in
     if once == '' or redis.call('HSETNX', msg_key, once .. ' in ' .. scopes[i], now) == 1 then
       counted = true
-      refresh(key, slot, slots)
-      for _, c in ipairs(counters) do
-        redis.call('HINCRBY', key, slot .. ':' .. c, 1)
-        redis.call('HINCRBY', key, 't:' .. c, 1)
-      end
-      redis.call('PEXPIRE', key, window + slot_ms)
-      redis.call('ZADD', active_key, now, scopes[i])
+      count_signals(key, slot, slots, window, slot_ms, counters)
+      active[#active + 1] = now
+      active[#active + 1] = scopes[i]
     end
   end
   if not counted then return trips end
+  redis.call('ZADD', active_key, unpack(active))
   -- Take a tripped scope's window out of the scopes above it that counted this signal (those
   -- above an absorbing scope had its evidence taken out when it tripped), slot by slot, never
   -- below zero.
