@@ -27,7 +27,7 @@ if entry then
   audit(suppressed_entry, '"suppressed_by":' .. cjson.encode(entry))
   return {3, entry}
 end
-local scope = tripped(cur[3])
+local scope = tripped(current_scopes(cur))
 if scope then
   hold(id, scope, now, cur[1])
   return {2, scope}

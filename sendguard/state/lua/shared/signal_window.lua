@@ -29,28 +29,31 @@ end
 -- its expiry is read (PTTL) and written only when shorter, then to window + 2 * slot_ms, so most
 -- signals read it instead of writing it (a write goes to the append-only file and the replicas).
 local function count_signals(key, slot, slots, window, slot_ms, counters)
-  local names, adds = {'_slot'}, {}
-  for _, c in ipairs(counters) do
-    for _, field in ipairs({slot .. ':' .. c, 't:' .. c}) do
-      if not adds[field] then
-        names[#names + 1] = field
-        adds[field] = 0
-      end
-      adds[field] = adds[field] + 1
-    end
+  local at = tostring(slot)
+  local names = {'_slot'}  -- then each counter's slot and total fields
+  for i, c in ipairs(counters) do
+    names[2 * i] = at .. ':' .. c
+    names[2 * i + 1] = 't:' .. c
   end
   local stored = redis.call('HMGET', key, unpack(names))
-  if stored[1] ~= tostring(slot) then
+  if stored[1] ~= at then
     recount(key, slot, slots)
     for _, c in ipairs(counters) do
       redis.call('HINCRBY', key, slot .. ':' .. c, 1)
       redis.call('HINCRBY', key, 't:' .. c, 1)
     end
   else
+    -- A counter named twice counts twice: each field gets one per time it is named.
+    local adds = {}
+    for i = 2, #names do adds[names[i]] = (adds[names[i]] or 0) + 1 end
     local counts = {}
     for i = 2, #names do
-      counts[#counts + 1] = names[i]
-      counts[#counts + 1] = string.format('%d', tonumber(stored[i] or '0') + adds[names[i]])
+      local add = adds[names[i]]
+      if add then
+        counts[#counts + 1] = names[i]
+        counts[#counts + 1] = string.format('%d', tonumber(stored[i] or '0') + add)
+        adds[names[i]] = nil
+      end
     end
     redis.call('HSET', key, unpack(counts))
   end

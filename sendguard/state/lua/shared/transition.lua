@@ -3,7 +3,8 @@
 -- move alike whichever script moves it.
 --
 -- current(id): the fields a move reads, {status, claim, scopes, to, to_canonical, to_domain, agent,
--- from_addr, segment, campaign, template}; scopes derived as record_scopes does when not stored.
+-- from_addr, segment, campaign, template}, in one HMGET. current_scopes(cur): the record's scopes as
+-- record_scopes gives them (its `scopes` field, else derived), made only where a script needs them.
 -- permitted(cur, claim, allowed_from): the message exists, the claim (when not '') is still the one
 -- it holds and its status is among `allowed_from` (comma-separated; '' for any).
 -- move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
@@ -14,10 +15,12 @@
 local function current(id)
   -- The fields record_scopes derives the scopes from, and the template finished() reads, come in
   -- the same read: one HMGET a move instead of three.
-  local cur = redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent',
+  return redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent',
     'from_addr', 'segment', 'campaign', 'template')
-  if cur[1] and not cur[3] then cur[3] = cjson.encode(derived_scopes(cur[6], cur[8], cur[9], cur[10], cur[7])) end
-  return cur
+end
+
+local function current_scopes(cur)
+  return cur[3] or cjson.encode(derived_scopes(cur[6], cur[8], cur[9], cur[10], cur[7]))
 end
 
 local function permitted(cur, claim, allowed_from)
