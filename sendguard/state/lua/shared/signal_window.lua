@@ -30,10 +30,15 @@ end
 -- signals read it instead of writing it (a write goes to the append-only file and the replicas).
 local function count_signals(key, slot, slots, window, slot_ms, counters)
   local at = tostring(slot)
-  local names = {'_slot'}  -- then each counter's slot and total fields
-  for i, c in ipairs(counters) do
-    names[2 * i] = at .. ':' .. c
-    names[2 * i + 1] = 't:' .. c
+  local names  -- '_slot', then each counter's slot and total fields
+  if #counters == 1 then  -- nearly always (a send, a bounce): the table made at its size at once
+    names = {'_slot', at .. ':' .. counters[1], 't:' .. counters[1]}
+  else
+    names = {'_slot'}
+    for i, c in ipairs(counters) do
+      names[2 * i] = at .. ':' .. c
+      names[2 * i + 1] = 't:' .. c
+    end
   end
   local stored = redis.call('HMGET', key, unpack(names))
   if stored[1] ~= at then
@@ -42,6 +47,9 @@ local function count_signals(key, slot, slots, window, slot_ms, counters)
       redis.call('HINCRBY', key, slot .. ':' .. c, 1)
       redis.call('HINCRBY', key, 't:' .. c, 1)
     end
+  elseif #counters == 1 then
+    redis.call('HSET', key, names[2], string.format('%d', tonumber(stored[2] or '0') + 1),
+      names[3], string.format('%d', tonumber(stored[3] or '0') + 1))
   else
     -- A counter named twice counts twice: each field gets one per time it is named.
     local adds = {}
