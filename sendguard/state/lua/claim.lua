@@ -9,6 +9,7 @@ local tokens = {unpack(ARGV, 2)}    -- one per claim: only its holder can move t
 
 local now = clock_ms()
 local found = {tostring(now), ''}
+local now_ms = string.format('%d', now)  -- given to Redis as an integer, formatted once a call
 local claimed = 0
 -- Messages of tripped scopes met on the way are held, so a trip costs no claim per message; those
 -- and due entries whose record is gone are passed over, at most 32 a call, so one call stays short.
@@ -16,7 +17,7 @@ local skipped = 0
 -- Whether any scope is in safe mode, asked at the first record met: nothing here trips one.
 local any_trip = nil
 while claimed < #tokens and skipped < 32 do
-  local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, #tokens - claimed)
+  local ids = redis.call('ZRANGEBYSCORE', due_key, '-inf', now_ms, 'LIMIT', 0, #tokens - claimed)
   if #ids == 0 then
     if claimed == 0 then
       local nxt = redis.call('ZRANGE', due_key, 0, 0, 'WITHSCORES')
@@ -50,7 +51,7 @@ while claimed < #tokens and skipped < 32 do
       if not scope then
         claimed = claimed + 1
         local claim = tokens[claimed]
-        redis.call('ZADD', inflight_key, now, id)
+        redis.call('ZADD', inflight_key, now_ms, id)
         redis.call('HSET', key, 'owner', owner, 'claim', claim)
         -- The record as it is now: what HGETALL would answer after that HSET (a field it had
         -- keeps its place, a new one comes last).

@@ -1,5 +1,6 @@
 -- refresh(): drop slots that left the window and recount the totals, once per slot per scope.
--- recount() does it whatever `_slot` says. count_signals(key, slot, slots, window, slot_ms, counters):
+-- recount() does it whatever `_slot` says. count_signals(key, slot, at (the slot as a string), slots,
+-- window, slot_ms, counters):
 -- one more of each of `counters` in the window at `key`, in its slot and its totals, refreshed first.
 local function recount(key, slot, slots)
   local all = redis.call('HGETALL', key)
@@ -28,8 +29,7 @@ end
 -- (instead of a read and a HINCRBY a field). The window must outlive the signal by window + slot_ms:
 -- its expiry is read (PTTL) and written only when shorter, then to window + 2 * slot_ms, so most
 -- signals read it instead of writing it (a write goes to the append-only file and the replicas).
-local function count_signals(key, slot, slots, window, slot_ms, counters)
-  local at = tostring(slot)
+local function count_signals(key, slot, at, slots, window, slot_ms, counters)
   local names  -- '_slot', then each counter's slot and total fields
   if #counters == 1 then  -- nearly always (a send, a bounce): the table made at its size at once
     names = {'_slot', at .. ':' .. counters[1], 't:' .. counters[1]}
