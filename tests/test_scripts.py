@@ -153,7 +153,7 @@ def test_lua_and_python_read_a_records_scopes_alike(client: redis.Redis, fields:
     lua = client.eval(scripts.compose("return record_scopes(key_msg('m'))", keys), 0)
     assert tuple(json.loads(lua)) == MessageRecord.from_hash("m", client.hgetall(keys.msg("m"))).scopes
     # A move reads them with its other fields in one HMGET (lua/shared/transition.lua `current`).
-    assert client.eval(scripts.compose("return current_scopes(current('m'))", keys), 0) == lua
+    assert client.eval(scripts.compose("return current_scopes(current('m', true))", keys), 0) == lua
     if "scopes" in fields:
         assert tuple(json.loads(lua)) == ("inbox:alice@acme.example", "global")
 

@@ -17,7 +17,7 @@ local reservation = {unpack(ARGV, 9, 8 + reserved)}
 local fields = {unpack(ARGV, 9 + reserved)}  -- name, value, ... to set on the record as it starts
 local now = clock_ms()
 
-local cur = current(id)
+local cur = current(id, true)
 if not permitted(cur, claim, allowed_from) then return {0, cur[1] or ''} end
 -- A record from before `to_canonical` was written is matched by its address as written.
 local entry = suppressed(cur[4] or '', cur[5] or cur[4] or '', cur[6] or '')
