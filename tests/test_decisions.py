@@ -136,3 +136,44 @@ def test_the_maintenance_loop_finishes_a_release_a_resume_left_half_done(
     for message_id in ids:
         agent.wait_status(message_id, "sent")
     assert client.scard(keys.releasing) == 0 and len(entries(client, keys, "safe_mode.resumed")) == 1
+
+
+def test_a_resume_queues_what_it_held_and_moves_what_another_trip_holds(
+    client: redis.Redis, prefix: str
+) -> None:
+    """release_held (lua/shared/safe_mode.lua) reads each record once, asks whether anything is
+    tripped once, and counts the released in one HINCRBY a status: each message still ends where
+    it did, at its time, with its history, and the counts move by one a message."""
+    keys = Keys(prefix)
+    held = keys.held(SCOPE)
+    future = 2**52  # ms: a send_at far ahead, kept when released
+    records = {
+        "plain": {"to_domain": "c.example", "from_addr": "a@b.example", "agent": "x", "segment": "cfo-na-q4"},
+        "later": {
+            "to_domain": "c.example",
+            "from_addr": "a@b.example",
+            "agent": "x",
+            "segment": "cfo-na-q4",
+            "not_before": str(future),
+        },
+        "elsewhere": {"scopes": json.dumps([SCOPE, "campaign:other"])},
+        "moved_on": {"to_domain": "c.example", "from_addr": "a@b.example", "agent": "x"},
+    }
+    for message_id, fields in records.items():
+        status = "queued" if message_id == "moved_on" else "held"
+        client.hset(keys.msg(message_id), mapping={"status": status, "held_by": SCOPE, **fields})
+        client.sadd(held, message_id)
+    client.hset(keys.count, mapping={"held": 3, "queued": 1})
+    client.hset(keys.trips, mapping={SCOPE: "{}", "campaign:other": "{}"})
+    resumed = entry("safe_mode.resumed", "admin:sam", {"outcome": "@"})
+    assert run(client, keys, "safe_mode_resume", SCOPE, 500, "resumed by admin:sam", resumed, 60_000)[
+        1:4
+    ] == [2, 1, 0]
+    assert client.hgetall(keys.count) == {"held": "1", "queued": "3"}
+    assert [client.hget(keys.msg(m), "status") for m in records] == ["queued", "queued", "held", "queued"]
+    assert client.hget(keys.msg("elsewhere"), "held_by") == "campaign:other"
+    assert client.smembers(keys.held("campaign:other")) == {"elsewhere"}
+    assert client.zscore(keys.due, "later") == future and client.zscore(keys.due, "moved_on") is None
+    assert client.zscore(keys.due, "plain") is not None and not client.hexists(keys.msg("plain"), "held_by")
+    assert [json.loads(h)["status"] for h in client.lrange(keys.hist("plain"), 0, -1)] == ["queued"]
+    assert [json.loads(h)["status"] for h in client.lrange(keys.hist("elsewhere"), 0, -1)] == ["held"]

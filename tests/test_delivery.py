@@ -589,6 +589,31 @@ async def test_a_claim_passes_over_at_most_32_due_entries_whose_record_is_gone(
         await client.aclose()
 
 
+async def test_a_claim_answers_each_record_as_it_stands_after_the_claim(redis_url: str, prefix: str) -> None:
+    """claim.lua reads a record once and answers it with its owner and claim patched in: the answer
+    must be the hash as Redis holds it after the claim, whether the fields were there or not, and
+    a due entry whose record has no status is passed over as one that is gone."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    store = Store(client, keys)
+    try:
+        base = {"status": "queued", "to": "a@b.example", "from_addr": "s@acme.example", "agent": "x"}
+        await client.hset(keys.msg("fresh"), mapping=base)
+        await client.hset(keys.msg("stale"), mapping={**base, "claim": "old-token", "owner": "old-daemon"})
+        await client.hset(keys.msg("statusless"), mapping={"to": "a@b.example"})
+        await client.zadd(keys.due, {"fresh": 1, "stale": 2, "statusless": 3})
+        answer = await store._claim(keys=[keys.due, keys.inflight], args=["daemon-a", "t1", "t2", "t3"])
+        claimed = {entry[0]: (entry[1], entry[2]) for entry in answer[2:]}
+        assert set(claimed) == {"fresh", "stale"}
+        for message_id, (token, flat) in claimed.items():
+            stored = await client.hgetall(keys.msg(message_id))
+            assert dict(zip(flat[::2], flat[1::2], strict=True)) == stored and len(flat) == 2 * len(stored)
+            assert stored["claim"] == token and stored["owner"] == "daemon-a"
+        assert await client.zcard(keys.due) == 0 and await client.zcard(keys.inflight) == 2
+    finally:
+        await client.aclose()
+
+
 async def test_a_send_its_daemon_knows_never_reached_the_relay_is_requeued_not_uncertain(
     redis_url: str, prefix: str
 ) -> None:

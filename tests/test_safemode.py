@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from sendguard.delivery.throttle import Throttles
-from sendguard.feedback.counters import Trip
+from sendguard.feedback.counters import SLOTS, Signal, Signals, Trip
 from sendguard.model import Status
 from sendguard.record import MessageRecord
-from sendguard.rules import ThrottleRule
+from sendguard.rules import SafeModeRules, ThrottleRule
 from sendguard.scopes import scope_values
 from sendguard.state.keys import Keys
 from sendguard.state.store import Moved, Store
@@ -324,5 +324,42 @@ async def test_a_trip_recorded_after_the_claim_holds_the_message_at_the_start_of
         else:
             assert started.moved is Moved.MOVED and stored.status is Status.SENDING
             assert await client.zcard(buckets.keys[0]) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_signal_window_counts_each_signal_and_outlives_the_last_one_by_its_window(
+    redis_url: str, prefix: str
+) -> None:
+    """Each signal counts once in its slot and in the totals, and the window is kept at least
+    window + slot past every signal (lua/shared/signal_window.lua reads its expiry and writes it
+    only when shorter), never longer than one slot more, and never without an expiry, even for a
+    window written without one (a trip takes counts out of the scopes above it without touching
+    their expiry)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    signals = Signals(client, keys)
+    rules = SafeModeRules(window="10m")
+    window_ms, slot_ms = 600_000, 600_000 // SLOTS
+    kept = range(window_ms + slot_ms - 1_000, window_ms + 2 * slot_ms + 1)  # ms, PTTL just after a signal
+    scopes = ["segment:s", "global"]
+    try:
+        for signal in ([Signal.SENT], [Signal.SENT, Signal.HARD], [Signal.SENT, Signal.SENT]):
+            await signals.record(signals.call(scopes, signal, rules))
+            for scope in scopes:
+                assert await client.pttl(keys.signals(scope)) in kept
+        await client.persist(keys.signals("global"))
+        await signals.record(signals.call(scopes, [Signal.SENT], rules))
+        for scope in scopes:
+            counts = await client.hgetall(keys.signals(scope))
+            assert await client.pttl(keys.signals(scope)) in kept
+            by_slot: dict[str, int] = {}  # summed over the slots: a slot may end while this runs
+            for field, value in counts.items():
+                if field[0].isdigit():
+                    signal_name = field.split(":")[1]
+                    by_slot[signal_name] = by_slot.get(signal_name, 0) + int(value)
+            assert by_slot == {"sent": 5, "hard": 1}
+            assert (counts["t:sent"], counts["t:hard"]) == ("5", "1")
+        assert set(await client.zrange(keys.active_scopes, 0, -1)) == set(scopes)
     finally:
         await client.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from sendguard.record import MessageRecord
 from sendguard.state import scripts
-from sendguard.state.keys import PARTS, SCHEMA, Keys
+from sendguard.state.keys import ACTIVITY_BUCKET_MS, ACTIVITY_BUCKETS_KEPT, PARTS, SCHEMA, Keys
 from sendguard.state.replication import READS
 
 NAMES = scripts.script_names()
@@ -151,6 +152,8 @@ def test_lua_and_python_read_a_records_scopes_alike(client: redis.Redis, fields:
     client.hset(keys.msg("m"), mapping={"status": "queued", **fields})
     lua = client.eval(scripts.compose("return record_scopes(key_msg('m'))", keys), 0)
     assert tuple(json.loads(lua)) == MessageRecord.from_hash("m", client.hgetall(keys.msg("m"))).scopes
+    # A move reads them with its other fields in one HMGET (lua/shared/transition.lua `current`).
+    assert client.eval(scripts.compose("return current_scopes(current('m', true))", keys), 0) == lua
     if "scopes" in fields:
         assert tuple(json.loads(lua)) == ("inbox:alice@acme.example", "global")
 
@@ -187,3 +190,26 @@ def test_the_scripts_said_to_only_read_write_nothing() -> None:
 
 def test_the_read_check_sees_a_write() -> None:
     assert _writes("redis.call('GET', k)\nredis.call('SET', k, 'v')") == {"SET"}
+
+
+def test_an_agents_hourly_activity_expires_a_fixed_time_after_its_hour(
+    client: redis.Redis, prefix: str
+) -> None:
+    """count_activity writes the bucket's expiry with a field's first count only: every count
+    must still leave the bucket expiring ACTIVITY_BUCKETS_KEPT hours after its hour began."""
+    keys = Keys(prefix)
+    count = scripts.compose(
+        "local now = clock_ms() count_activity('bot', ARGV[1], now)"
+        " return {now, math.floor(now / ACTIVITY_BUCKET_MS)}",
+        keys,
+    )
+    buckets = set()
+    for field in ("sent", "sent", "denied", "sent"):
+        now, hour = client.eval(count, 0, field)
+        buckets.add(keys.activity("bot", hour))
+        left = (hour + ACTIVITY_BUCKETS_KEPT) * ACTIVITY_BUCKET_MS - now
+        assert left - 1_000 <= client.pttl(keys.activity("bot", hour)) <= left
+    counted = Counter[str]()  # summed over the buckets: an hour may end while this runs
+    for bucket in buckets:
+        counted.update({field: int(n) for field, n in client.hgetall(bucket).items()})
+    assert counted == {"sent": 3, "denied": 1}

@@ -17,7 +17,7 @@ local reservation = {unpack(ARGV, 9, 8 + reserved)}
 local fields = {unpack(ARGV, 9 + reserved)}  -- name, value, ... to set on the record as it starts
 local now = clock_ms()
 
-local cur = current(id)
+local cur = current(id, true)
 if not permitted(cur, claim, allowed_from) then return {0, cur[1] or ''} end
 -- A record from before `to_canonical` was written is matched by its address as written.
 local entry = suppressed(cur[4] or '', cur[5] or cur[4] or '', cur[6] or '')
@@ -27,7 +27,7 @@ if entry then
   audit(suppressed_entry, '"suppressed_by":' .. cjson.encode(entry))
   return {3, entry}
 end
-local scope = tripped(cur[3])
+local scope = tripped(current_scopes(cur))
 if scope then
   hold(id, scope, now, cur[1])
   return {2, scope}

@@ -35,11 +35,19 @@ local function release_held(scope, limit, detail, now)
     return 0, 0, 0
   end
   local released, still = 0, 0
+  -- Whether any scope is still tripped, asked once: nothing in this loop trips or resumes one.
+  local any_trip = nil
   for _, id in ipairs(redis.call('SPOP', held_key, limit)) do
     local key = key_msg(id)
-    local cur = redis.call('HMGET', key, 'status', 'held_by', 'not_before')
+    -- The record read once: the fields record_scopes derives the scopes from come with the rest.
+    local cur = redis.call('HMGET', key, 'status', 'held_by', 'not_before',
+      'scopes', 'to_domain', 'from_addr', 'segment', 'campaign', 'agent')
     if cur[1] == 'held' and cur[2] == scope then
-      local other = tripped(record_scopes(key))
+      if any_trip == nil then any_trip = redis.call('HLEN', key_trips()) > 0 end
+      local other = nil
+      if any_trip then
+        other = tripped(cur[4] or cjson.encode(derived_scopes(cur[5], cur[6], cur[7], cur[8], cur[9])))
+      end
       if other then
         redis.call('HSET', key, 'held_by', other)
         redis.call('SADD', key_held(other), id)
@@ -49,13 +57,15 @@ local function release_held(scope, limit, detail, now)
       else
         redis.call('HSET', key, 'status', 'queued')
         redis.call('HDEL', key, 'held_by')
-        redis.call('HINCRBY', key_count(), 'held', -1)
-        redis.call('HINCRBY', key_count(), 'queued', 1)
         redis.call('ZADD', key_due(), math.max(now, tonumber(cur[3] or '0')), id)
         history(key_hist(id), now, 'queued', 'resumed', detail)
         released = released + 1
       end
     end
+  end
+  if released > 0 then  -- counted once for the batch, as one HINCRBY a message would leave them
+    redis.call('HINCRBY', key_count(), 'held', -released)
+    redis.call('HINCRBY', key_count(), 'queued', released)
   end
   local left = redis.call('SCARD', held_key)
   if left > 0 then redis.call('SADD', key_releasing(), scope) else redis.call('SREM', key_releasing(), scope) end

@@ -32,6 +32,9 @@ local function record_signals(keys, args, now)
   for _, field in ipairs(activity) do count_activity(agent, field, now) end
   local slot_ms = math.floor(window / slots)
   local slot = math.floor(now / slot_ms)
+  -- Formatted once: Redis formats a Lua number given to a command with "%.17g", several times
+  -- what an integer format costs, and a signal passes `now` and the slot once a scope.
+  local now_ms, slot_id = string.format('%d', now), string.format('%d', slot)
   local first = once == '' or redis.call('HSETNX', msg_key, once, now) == 1
   if last_id ~= '' then redis.call('SET', last_sent_key, last_id, 'PX', retention) end
   local trips = {first and 1 or 0}  -- first counted, then the trips
@@ -46,21 +49,19 @@ local function record_signals(keys, args, now)
     end
   end
   local counted = false
+  local active = {}  -- score, scope, ... of the scopes that counted it: one ZADD for them all
   for i = 1, absorbed_at do
     local key = signal_keys[i]
     -- `once` also marks each scope it was counted in
-    if once == '' or redis.call('HSETNX', msg_key, once .. ' in ' .. scopes[i], now) == 1 then
+    if once == '' or redis.call('HSETNX', msg_key, once .. ' in ' .. scopes[i], now_ms) == 1 then
       counted = true
-      refresh(key, slot, slots)
-      for _, c in ipairs(counters) do
-        redis.call('HINCRBY', key, slot .. ':' .. c, 1)
-        redis.call('HINCRBY', key, 't:' .. c, 1)
-      end
-      redis.call('PEXPIRE', key, window + slot_ms)
-      redis.call('ZADD', active_key, now, scopes[i])
+      count_signals(key, slot, slot_id, slots, window, slot_ms, counters)
+      active[#active + 1] = now_ms
+      active[#active + 1] = scopes[i]
     end
   end
   if not counted then return trips end
+  redis.call('ZADD', active_key, unpack(active))
   -- Take a tripped scope's window out of the scopes above it that counted this signal (those
   -- above an absorbing scope had its evidence taken out when it tripped), slot by slot, never
   -- below zero.

@@ -2,7 +2,11 @@
 -- (transition.lua, start.lua, finish.lua), so the record, its history, the due queue and the counts
 -- move alike whichever script moves it.
 --
--- current(id): the fields a move reads, {status, claim, scopes, to, to_canonical, to_domain, agent}.
+-- current(id, scoped): the fields a move reads, {status, claim, template, to, to_canonical, to_domain,
+-- agent}, in one HMGET; `scoped` adds {scopes, from_addr, segment, campaign}, for current_scopes(cur):
+-- the record's scopes as record_scopes gives them (its `scopes` field, else derived). Only a script
+-- that needs the scopes asks for their fields: the record is a compact hash, where a field it lacks
+-- (most have no `scopes`, `segment` or `campaign`) costs a look at every field it has.
 -- permitted(cur, claim, allowed_from): the message exists, the claim (when not '') is still the one
 -- it holds and its status is among `allowed_from` (comma-separated; '' for any).
 -- move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
@@ -10,10 +14,16 @@
 -- `fields` (name, value, ...) set, `audit_entry` ('' for none) appended, the agent's `activity`
 -- counted, the claim let go of unless `keep_claim`, queued again `delay_ms` from now when it is not
 -- negative, and a cancelled message gives back `recipient`'s cooldown if it holds it.
-local function current(id)
-  local cur = redis.call('HMGET', key_msg(id), 'status', 'claim', 'scopes', 'to', 'to_canonical', 'to_domain', 'agent')
-  if cur[1] and not cur[3] then cur[3] = record_scopes(key_msg(id)) end
-  return cur
+local function current(id, scoped)
+  if scoped then
+    return redis.call('HMGET', key_msg(id), 'status', 'claim', 'template', 'to', 'to_canonical', 'to_domain', 'agent',
+      'scopes', 'from_addr', 'segment', 'campaign')
+  end
+  return redis.call('HMGET', key_msg(id), 'status', 'claim', 'template', 'to', 'to_canonical', 'to_domain', 'agent')
+end
+
+local function current_scopes(cur)
+  return cur[8] or cjson.encode(derived_scopes(cur[6], cur[9], cur[10], cur[11], cur[7]))
 end
 
 local function permitted(cur, claim, allowed_from)
@@ -46,7 +56,12 @@ local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_
   redis.call('ZREM', key_due(), id)
   if delay_ms >= 0 then redis.call('ZADD', key_due(), now + delay_ms, id) end
   if TERMINAL[new] then
-    finished(id, retention_ms, WAITING[cur[1]])
+    -- What finished() reads of the record is what current() read, unless `fields` just set it.
+    local known = {cur[5], cur[3], cur[4]}
+    for i = 1, #fields, 2 do
+      if fields[i] == 'to_canonical' or fields[i] == 'template' or fields[i] == 'to' then known = nil end
+    end
+    finished(id, retention_ms, WAITING[cur[1]], known)
     local cooldown = key_cooldown(recipient)
     if new == 'cancelled' and redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
   end

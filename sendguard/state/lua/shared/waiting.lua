@@ -14,10 +14,10 @@ end
 -- the waiting index of its mailbox (keys.py `waiting`), and its record, content and history expire after the
 -- retention. When it was waiting until now, its batch's template counts one message fewer, and
 -- expires after the retention too once none waits: a template lives as long as the messages that
--- fill it.
-local function finished(id, retention_ms, was_waiting)
+-- fill it. `known`, optional: the record's {to_canonical, template, to}, when the caller read them.
+local function finished(id, retention_ms, was_waiting, known)
   local key = key_msg(id)
-  local cur = redis.call('HMGET', key, 'to_canonical', 'template', 'to')
+  local cur = known or redis.call('HMGET', key, 'to_canonical', 'template', 'to')
   if cur[1] or cur[3] then leave_waiting(cur[1] or cur[3], id) end  -- no to_canonical: it is `to`
   redis.call('PEXPIRE', key, retention_ms)
   redis.call('PEXPIRE', key_content(id), retention_ms)
