@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.mail import AGENT
 from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role, Tokens
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Tokens
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import packing_with_hiredis
 from tests.conftest import RedisServer, free_port, wait_until

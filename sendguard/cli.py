@@ -30,7 +30,8 @@ from sendguard.config import Settings
 from sendguard.delivery.sender_auth import Verdict, check_sender_auth
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role, normal_name
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import normal_name
 from sendguard.parts import Runtime, build
 from sendguard.rules import Rules, default_rules_path, load_rules, packaged_rules_dir, parse_duration
 from sendguard.scopes import parse_scope

@@ -39,7 +39,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendguard.config import Settings
-from sendguard.governance.tokens import Role
+from sendguard.governance.roles import Role
 from sendguard.http.app import create_app
 from sendguard.model import Status
 from sendguard.parts import Runtime, build
