@@ -24,7 +24,8 @@ import redis.asyncio as aioredis
 from bench.harness import PREFIX, ROOT
 from bench.mail import AGENT, submission
 from sendguard.config import Settings
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal
 from sendguard.intake.batches import BatchIn
 from sendguard.parts import Runtime, build
 from sendguard.rules import load_rules

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.mail import AGENT
 from sendguard.governance.audit import AuditLog
-from sendguard.governance.tokens import Role, Tokens
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Tokens
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import packing_with_hiredis
 from tests.conftest import RedisServer, free_port, wait_until
@@ -85,15 +86,20 @@ class Service:
             )
 
     def wait_ready(self) -> None:
-        wait_until(self._ready, timeout=_READY_TIMEOUT, what=f"{self.argv[2]} on port {self.port}")
+        # One client for the whole wait: httpx.get() builds a client (and its TLS context) each poll,
+        # CPU taken from the process starting meanwhile.
+        with httpx.Client(base_url=self.base, timeout=1) as probe:
+            wait_until(
+                lambda: self._ready(probe), timeout=_READY_TIMEOUT, what=f"{self.argv[2]} on port {self.port}"
+            )
 
-    def _ready(self) -> bool:
+    def _ready(self, probe: httpx.Client) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.argv[2]} exited with {self.process.returncode}: {tail}")
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.base}{self._ready_path}", timeout=1).status_code == 200
+            return probe.get(self._ready_path).status_code == 200
         return False
 
     def rss_bytes(self) -> int:

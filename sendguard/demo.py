@@ -16,7 +16,7 @@ import sys
 import httpx
 
 from sendguard.config import Settings
-from sendguard.governance.tokens import Role
+from sendguard.governance.roles import Role
 from sendguard.parts import Runtime
 from sendguard.rules import packaged_rules_dir
 from sendguard.state.embedded_redis import DataDir

@@ -15,6 +15,7 @@ import base64
 import email.message
 import email.parser
 import email.policy
+import functools
 import json
 import logging
 import socket
@@ -60,9 +61,10 @@ class Received:
     data: bytes
     """Message content exactly as transmitted (CRLF, dot-unstuffed)."""
 
-    @property
+    @functools.cached_property
     def message_id(self) -> str | None:
-        """The Message-ID header (with angle brackets), for correlating sends."""
+        """The Message-ID header (with angle brackets), for correlating sends; parsed once, as tests
+        look for their messages among every one the relay accepted at each poll."""
         parser = email.parser.BytesParser(policy=email.policy.default)
         value = parser.parsebytes(self.data, headersonly=True).get("Message-ID")
         return None if value is None else str(value).strip()

@@ -30,8 +30,9 @@ from sendguard.governance.audit import (
     entry,
 )
 from sendguard.governance.recall import Recall
+from sendguard.governance.roles import Role
 from sendguard.governance.suppressions import Suppressions
-from sendguard.governance.tokens import Principal, Role, Tokens
+from sendguard.governance.tokens import Principal, Tokens
 from sendguard.state.keys import Keys
 from sendguard.state.store import Store
 

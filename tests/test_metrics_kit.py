@@ -303,13 +303,14 @@ class Alertmanager:
                 stdout=log,
                 stderr=log,
             )
-        wait_until(self._ready, timeout=15, what="Alertmanager to be ready")
+        with httpx.Client(base_url=self.url, timeout=1) as probe:  # not httpx.get(): a client each poll
+            wait_until(lambda: self._ready(probe), timeout=15, what="Alertmanager to be ready")
 
-    def _ready(self) -> bool:
+    def _ready(self, probe: httpx.Client) -> bool:
         if self._process.poll() is not None:
             raise AssertionError(f"Alertmanager exited {self._process.returncode}: {self._log.read_text()}")
         try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+            return probe.get("/-/ready").status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -27,7 +27,8 @@ from redis.exceptions import WatchError
 from sendguard.errors import SendguardError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.audit_entries import decoded_record
-from sendguard.governance.tokens import Principal, Role, normal_name
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal, normal_name
 from sendguard.model import iso_ms
 from sendguard.rules import parse_duration
 from sendguard.state.keys import Keys

@@ -16,26 +16,16 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from sendguard.governance.audit import AuditLog
+from sendguard.governance.roles import Role
 from sendguard.model import iso_ms
 from sendguard.rules import parse_duration
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
-
-
-class Role(StrEnum):
-    """Least privilege: each role may do one kind of thing (see the README's route table)."""
-
-    AGENT = "agent"  # submit, read its own messages
-    OPERATOR = "operator"  # read everything, trip safe mode, recall
-    APPROVER = "approver"  # decide approvals, as a member of a group
-    AUDITOR = "auditor"  # read the audit trail, nothing else
-    ADMIN = "admin"  # tokens, suppressions, resume, rules reload
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
-from sendguard.governance.tokens import REVOKED, Principal, Role
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import REVOKED, Principal
 from sendguard.parts import Runtime
 
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from sendguard.feedback.apply import Applied, Reporter
 from sendguard.feedback.events import EventIn, EventType, ReportedEvent
 from sendguard.feedback.receive import Unparsed
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal
 from sendguard.http.access import EventReporter, Operator, RuntimeDep
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses

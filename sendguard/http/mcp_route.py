@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sendguard.governance.tokens import Role
+from sendguard.governance.roles import Role
 from sendguard.http.access import authenticate, bearer_token
 from sendguard.parts import Runtime
 

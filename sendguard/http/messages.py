@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from sendguard.governance.approvals import Routing
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal
 from sendguard.http.access import Agent, Reader, RuntimeDep, Submitter, runtime_of
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses

@@ -38,7 +38,8 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
 
 from sendguard.errors import StoreError, StoreFull
-from sendguard.governance.tokens import Principal, Role, Tokens, normal_name
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal, Tokens, normal_name
 from sendguard.intake.admission import Admissions, Forbidden, approval_reason
 from sendguard.intake.mime import LABEL_HEADERS, Unacceptable, read_message, refusal_reply
 from sendguard.intake.recipients import Ingress

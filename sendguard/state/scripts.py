@@ -82,6 +82,7 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(chr(b) if b in plain else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
+@functools.cache
 def _key_helper(name: str, prefix: str) -> str:
     """`local function key_msg(id) return "sg:msg:" .. id end`, from the schema. The prefix is
     written into the helper's literal rather than read from a shared local: a helper that captures
@@ -115,29 +116,41 @@ _CONSTANTS = {
 
 @functools.cache
 def source(name: str, keys: Keys) -> str:
-    """The script `name` as Redis runs it for `keys`' deployment; composed once per process, since
-    every build of the parts registers every script (the composing is hundreds of regex searches)."""
+    """The script `name` as Redis runs it for `keys`' deployment, composed once per process."""
     return compose(_read(f"{name}.lua"), keys, f"{name}.lua")
 
 
 def compose(body: str, keys: Keys, origin: str = "a script") -> str:
     """Lua `body` with the shared definitions it uses above it."""
+    constants, used_keys, shared = _needs(body, origin)
+    return constants + "".join(_key_helper(key, keys.prefix) for key in used_keys) + shared + body
+
+
+_CALLED = re.compile(r"\b(\w+)\(")
+
+
+@functools.cache
+def _needs(body: str, origin: str) -> tuple[str, tuple[str, ...], str]:
+    """What `body` needs above it, whatever the prefix: the constants it names, the key helpers it
+    calls, and the shared helpers it uses. Worked out once per script: it is most of composing, and
+    each Redis prefix (every test has its own) composes every script again."""
     shared: list[str] = []
     text = body
+    called = set(_CALLED.findall(body))
     for helper in reversed(SHARED):  # a helper pulls in the ones it uses in turn
         helper_text = _read("shared", f"{helper}.lua")
-        if any(re.search(rf"\b{function}\(", text) for function in _DEFINED.findall(helper_text)):
+        if not called.isdisjoint(_DEFINED.findall(helper_text)):
             shared.insert(0, helper_text)
             text = helper_text + text
-    used_keys = sorted(set(_KEY_HELPER.findall(text)))
+            called.update(_CALLED.findall(helper_text))
+    used_keys = tuple(sorted(set(_KEY_HELPER.findall(text))))
     unknown = ", ".join(f"key_{key}" for key in used_keys if key not in SCHEMA)
     if unknown:
         raise LookupError(f"{origin} uses key helpers that keys.SCHEMA lacks: {unknown}")
-    preamble = [
+    constants = "".join(
         f"local {name} = {value}\n" for name, value in _CONSTANTS.items() if re.search(rf"\b{name}\b", text)
-    ]
-    preamble += [_key_helper(key, keys.prefix) for key in used_keys]
-    return "".join(preamble + shared) + body
+    )
+    return constants, used_keys, "".join(shared)
 
 
 @dataclass(frozen=True)

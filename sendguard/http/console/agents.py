@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from sendguard.governance.register import agents_report
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import allowed, page
 

@@ -15,8 +15,9 @@ from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.approvals import Request as ApprovalRequest
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role, normal_name
+from sendguard.governance.tokens import normal_name
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.diff import word_diff
 from sendguard.http.console.pages import SAMPLE_POLICY, Form, PageError, acting, allowed, page

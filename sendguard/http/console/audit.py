@@ -18,8 +18,8 @@ from fastapi.responses import Response
 
 from sendguard.governance.audit import AuditEntry
 from sendguard.governance.audit_entries import canonical
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import PageError, allowed, page
 from sendguard.parts import Runtime

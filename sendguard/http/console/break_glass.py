@@ -12,8 +12,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.break_glass import MAX_MINUTES, BreakGlassRefused
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role, normal_name
+from sendguard.governance.tokens import normal_name
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import Form, acting, allowed, page
 from sendguard.parts import Runtime

@@ -30,8 +30,8 @@ from fastapi.responses import Response
 
 from sendguard.feedback.events import EventType
 from sendguard.governance.audit import AuditEntry
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import PageError, allowed, page, recent_audit
 from sendguard.model import Status, canonical_address

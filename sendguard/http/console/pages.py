@@ -22,8 +22,8 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sendguard.governance.audit import AuditEntry, AuditError
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import runtime_of
 from sendguard.parts import Runtime
 

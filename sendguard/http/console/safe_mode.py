@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.messages import Query, search
 from sendguard.http.console.pages import Form, PageError, acting, allowed, page, recent_audit

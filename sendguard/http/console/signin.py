@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import LIFETIME
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import COOKIE, PEOPLE, Form, SignedIn, acting, form_of, page, same_origin
 

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from sendguard.errors import InvalidValue
+from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
-from sendguard.governance.tokens import Role
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import Form, PageError, acting, allowed, page
 from sendguard.parts import Runtime
