@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from sendguard.governance.tokens import Principal, Role
+from sendguard.governance.roles import Role
+from sendguard.governance.tokens import Principal
 from sendguard.parts import Runtime
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
