@@ -726,3 +726,47 @@ async def test_a_claim_answered_after_a_stop_starts_no_delivery_and_goes_back_to
         assert await store.recover() == (1, 0)
         assert (await client.hget(keys.msg("m0"), "status")) == Status.QUEUED.value
         assert smtp.connections == 0
+
+
+async def test_a_relay_answer_unrecorded_at_the_end_of_the_grace_gets_another_and_then_is_let_go_of(
+    own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
+) -> None:
+    """The relay answers a send while Redis cannot take the record of it, and the daemon stops.
+    The delivery is cancelled at the end of the grace, but its record goes on (shielded) for up to
+    another grace, then is cancelled too: nothing runs on past the stop, where it would open a
+    connection to Redis after Redis is closed. Its message is never lost nor sent twice."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(AGENT_RULES)
+    settings = Settings(redis_url=own_redis.url, redis_prefix="rec", smtp_url=smtp.url)
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        runtime = await build(settings, load_rules(rules), client)
+        deliverer, store, keys = runtime.deliverer, runtime.store, Keys("rec")
+        record = MessageRecord(
+            "m0", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to="lead@c.example"
+        )
+        (claim,) = await write_claimed(client, keys, [record])
+        await client.zadd(keys.inflight, {claim.message_id: 0})
+        assert await store.recover(own="test", unsent=[claim.token]) == (1, 0)  # queued and due
+        smtp.delay = 1.0  # the relay holds its answer while Redis is paused
+        delivering = asyncio.create_task(deliverer.run())
+        await asyncio.to_thread(wait_until, lambda: smtp.answering == 1, what="the data at the relay")
+        with redis.Redis.from_url(own_redis.url) as pauser:
+            pauser.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # the answer's record waits
+            try:
+                await deliverer.stop(grace=1.5)
+                recording = [
+                    t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Deliverer._until_stored"
+                ]
+                for task in recording:
+                    task.cancel()
+                assert not recording, "the record of a relay's answer runs on past the stop"
+            finally:
+                pauser.execute_command("CLIENT", "UNPAUSE")
+        await asyncio.wait_for(delivering, timeout=10)
+        await runtime.transport.close()
+        assert len(smtp.received) == 1
+        await store.forget_instance(runtime.instance)
+        # Redis may still run the record it had been sent before the cancel (this one does, once
+        # unpaused): then the message is sent; otherwise it was sending, and is recovered uncertain.
+        outcome = (await client.hget(keys.msg("m0"), "status"), await store.recover())
+        assert outcome in {("sent", (0, 0)), ("sending", (1, 1))}

@@ -120,6 +120,7 @@ class Deliverer:
         self._room.set()
         self._orphans = False  # a claim may be left in Redis with no delivery working on it
         self._unsent: set[str] = set()  # claims let go of before the relay had their message
+        self._recording: set[asyncio.Task[None]] = set()  # relay answers being recorded (shielded)
 
     def wake(self, due_in: float = 0.0) -> None:
         """A local submission is due `due_in` seconds from now: look without waiting for the poll,
@@ -187,16 +188,19 @@ class Deliverer:
             self._slots.release()
 
     async def stop(self, grace: float) -> None:
-        """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them."""
+        """Stop claiming; give in-flight deliveries `grace` seconds, then cancel them.
+
+        A cancelled delivery whose relay has answered goes on recording the answer (it is
+        shielded): those records get up to another `grace`, then are cancelled too, so nothing
+        runs on past the closing of Redis (recovery counts such a message uncertain).
+        """
         self._stopping = True
         self._wake.set()
         self._room.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        await _within(set(self._tasks), grace)
+        unrecorded = await _within(set(self._recording), grace)
+        if unrecorded:
+            log.error("%d relay answers not recorded at shutdown: recovery counts them uncertain", unrecorded)
 
     async def _recover_orphans(self) -> None:
         """Requeue the claims this daemon holds that no delivery works on any more.
@@ -397,7 +401,10 @@ class Deliverer:
         store_outcome = functools.partial(
             self._record, claim, record, buckets, member, delivered, outcome, delay
         )
-        await asyncio.shield(self._until_stored(store_outcome, claim.message_id))
+        recording = asyncio.create_task(self._until_stored(store_outcome, claim.message_id))
+        self._recording.add(recording)
+        recording.add_done_callback(self._recording.discard)
+        await asyncio.shield(recording)
         if refusal is not None:
             await self._reply_rules.observe(record, refusal)
         log.info(
@@ -571,6 +578,18 @@ class Deliverer:
             keep_claim=True,
             changes={"dns_pending": False, "reasons": ()},
         )
+
+
+async def _within(tasks: set[asyncio.Task[None]], seconds: float) -> int:
+    """Wait up to `seconds` for `tasks`, then cancel (and await) those not done; how many."""
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    return len(pending)
 
 
 def _idle_for(no_work: NoWork) -> float:
