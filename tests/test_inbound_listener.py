@@ -234,9 +234,15 @@ def test_a_parse_over_its_time_is_kept_and_the_parsing_process_restarted(
     operator = client_for(daemon, "operator", "omar")
     slow = _multipart(MAX_PARTS - 1, lines=1500)  # 150,000 lines: far more than 10 ms to parse
 
+    # The child keeps to its time, unless the machine leaves it (SCHED_IDLE) no CPU for a second:
+    # then the daemon's own limit, twice its time and a second, kills it. Over its time either way.
+    over_time = {
+        "parsing took longer than 0.01s",
+        "the parsing process did not answer within 1.02s; restarted",
+    }
     over_http = operator.client.post("/v1/inbound", content=slow, headers={"Content-Type": "message/rfc822"})
     assert over_http.status_code == 422, over_http.text
-    assert over_http.json()["detail"] == "parsing took longer than 0.01s"
+    assert over_http.json()["detail"] in over_time
     wait_until(lambda: daemon.metric("sendguard_inbound_process_restarts_total") == 1, what="a restart")
 
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
@@ -249,7 +255,7 @@ def test_a_parse_over_its_time_is_kept_and_the_parsing_process_restarted(
         lambda: daemon.metric("sendguard_inbound_process_restarts_total") == 2, what="a second restart"
     )
     kept = operator.client.get("/v1/inbound/unparsed").json()
-    assert [entry["reason"] for entry in kept] == ["parsing took longer than 0.01s"] * 2
+    assert len(kept) == 2 and {entry["reason"] for entry in kept} <= over_time
     assert all(entry["size"] == len(slow) and entry["truncated"] for entry in kept)
 
 
