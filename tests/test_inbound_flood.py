@@ -281,7 +281,10 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
     # protection at work.
     assert flood.sent - flood.refused >= ROUNDS, "the flood did not get junk to the parser in every phase"
     assert kept >= 0.8
-    assert p99 < quiet_p99 + 100, f"/healthz p99 {p99:.0f} ms under flood, {quiet_p99:.0f} ms quiet"
+    # The stall it guards against is a parse on the daemon's loop, about a second a message; 300 ms
+    # is under a third of that, and over what the test workers beside this one add on two cores
+    # (+103 ms once in CI with a 100 ms bound).
+    assert p99 < quiet_p99 + 300, f"/healthz p99 {p99:.0f} ms under flood, {quiet_p99:.0f} ms quiet"
 
     admin = client_for(daemon, "admin", "oncall")
     acted = _forge(port, admin, daemon, smtp)
