@@ -12,7 +12,7 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from sendguard.config import Settings
 from sendguard.delivery.throttle import Throttles
 from sendguard.model import Status
-from sendguard.parts import build
+from sendguard.parts import Runtime, build
 from sendguard.record import MessageRecord
 from sendguard.rules import load_rules
 from sendguard.state.embedded_redis import DataDir, process_alive
@@ -684,6 +684,33 @@ async def test_a_stop_while_a_claim_is_in_flight_ends_the_claim_loop_when_the_cl
         assert time.monotonic() - started < 0.5
 
 
+@contextlib.asynccontextmanager
+async def _one_due_message(
+    own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
+) -> AsyncIterator[tuple[Runtime, aioredis.Redis, Keys]]:
+    """A daemon's parts built on `own_redis`, not running, and one message `m0` queued and due."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(AGENT_RULES)
+    settings = Settings(redis_url=own_redis.url, redis_prefix="due", smtp_url=smtp.url)
+    async with redis_connection(settings, for_daemon=False) as (client, _):
+        runtime, keys = await build(settings, load_rules(rules), client), Keys("due")
+        record = MessageRecord(
+            "m0", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to="lead@c.example"
+        )
+        (claim,) = await write_claimed(client, keys, [record])
+        await client.zadd(keys.inflight, {claim.message_id: 0})
+        assert await runtime.store.recover(own="test", unsent=[claim.token]) == (1, 0)  # queued, due
+        yield runtime, client, keys
+
+
+def _cancel_running(qualname: str) -> list[asyncio.Task[Any]]:
+    """The tasks running the coroutine `qualname`, cancelled so they cannot outlive the test."""
+    found = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == qualname]
+    for task in found:
+        task.cancel()
+    return found
+
+
 async def test_a_claim_answered_after_a_stop_starts_no_delivery_and_goes_back_to_the_queue(
     own_redis: RedisServer, smtp: SmtpSink, tmp_path: Path
 ) -> None:
@@ -691,18 +718,8 @@ async def test_a_claim_answered_after_a_stop_starts_no_delivery_and_goes_back_to
     message. No delivery starts: one started now would run on past the closing of the relay pool
     and of Redis, unwaited, and open connections nobody closes (the loop's close then found them).
     The claim goes back to the queue when the stopping daemon's claims are recovered."""
-    rules = tmp_path / "rules.toml"
-    rules.write_text(AGENT_RULES)
-    settings = Settings(redis_url=own_redis.url, redis_prefix="stop", smtp_url=smtp.url)
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        runtime = await build(settings, load_rules(rules), client)
-        deliverer, store, keys = runtime.deliverer, runtime.store, Keys("stop")
-        record = MessageRecord(
-            "m0", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to="lead@c.example"
-        )
-        (claim,) = await write_claimed(client, keys, [record])
-        await client.zadd(keys.inflight, {claim.message_id: 0})
-        assert await store.recover(own="test", unsent=[claim.token]) == (1, 0)  # queued and due
+    async with _one_due_message(own_redis, smtp, tmp_path) as (runtime, client, keys):
+        deliverer, store = runtime.deliverer, runtime.store
         # The store's own claim, called through; the event says the loop is inside it.
         in_claim, claim_due = asyncio.Event(), store.claim
 
@@ -718,10 +735,7 @@ async def test_a_claim_answered_after_a_stop_starts_no_delivery_and_goes_back_to
             await deliverer.stop(grace=1)
             pauser.execute_command("CLIENT", "UNPAUSE")
         await asyncio.wait_for(claiming, timeout=10)
-        deliveries = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Deliverer._deliver"]
-        for task in deliveries:
-            task.cancel()
-        assert not deliveries, "a delivery started after the stop"
+        assert not _cancel_running("Deliverer._deliver"), "a delivery started after the stop"
         await store.forget_instance(runtime.instance)
         assert await store.recover() == (1, 0)
         assert (await client.hget(keys.msg("m0"), "status")) == Status.QUEUED.value
@@ -735,18 +749,8 @@ async def test_a_relay_answer_unrecorded_at_the_end_of_the_grace_gets_another_an
     The delivery is cancelled at the end of the grace, but its record goes on (shielded) for up to
     another grace, then is cancelled too: nothing runs on past the stop, where it would open a
     connection to Redis after Redis is closed. Its message is never lost nor sent twice."""
-    rules = tmp_path / "rules.toml"
-    rules.write_text(AGENT_RULES)
-    settings = Settings(redis_url=own_redis.url, redis_prefix="rec", smtp_url=smtp.url)
-    async with redis_connection(settings, for_daemon=False) as (client, _):
-        runtime = await build(settings, load_rules(rules), client)
-        deliverer, store, keys = runtime.deliverer, runtime.store, Keys("rec")
-        record = MessageRecord(
-            "m0", Status.QUEUED, agent="sdr-bot", from_addr="sdr@acme.example", to="lead@c.example"
-        )
-        (claim,) = await write_claimed(client, keys, [record])
-        await client.zadd(keys.inflight, {claim.message_id: 0})
-        assert await store.recover(own="test", unsent=[claim.token]) == (1, 0)  # queued and due
+    async with _one_due_message(own_redis, smtp, tmp_path) as (runtime, client, keys):
+        deliverer, store = runtime.deliverer, runtime.store
         smtp.delay = 1.0  # the relay holds its answer while Redis is paused
         delivering = asyncio.create_task(deliverer.run())
         await asyncio.to_thread(wait_until, lambda: smtp.answering == 1, what="the data at the relay")
@@ -754,11 +758,7 @@ async def test_a_relay_answer_unrecorded_at_the_end_of_the_grace_gets_another_an
             pauser.execute_command("CLIENT", "PAUSE", "20000", "WRITE")  # the answer's record waits
             try:
                 await deliverer.stop(grace=1.5)
-                recording = [
-                    t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Deliverer._until_stored"
-                ]
-                for task in recording:
-                    task.cancel()
+                recording = _cancel_running("Deliverer._until_stored")
                 assert not recording, "the record of a relay's answer runs on past the stop"
             finally:
                 pauser.execute_command("CLIENT", "UNPAUSE")
