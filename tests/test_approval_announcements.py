@@ -155,3 +155,23 @@ def test_a_request_is_announced_until_the_webhook_takes_it_and_then_never_again(
             wait_until(lambda: _marked(watcher, keys, approval_id), what="the sweep's post taken")
         assert _sweep(daemon, loop_thread) == 0
         assert _announced(webhook) == Counter([approval_id])
+
+
+def test_a_sweep_announces_a_batch_of_requests_at_most_and_the_rest_at_the_next(
+    watcher: redis.Redis, prefix: str
+) -> None:
+    """However many requests wait unannounced (a webhook down for an hour, an agent that opened
+    thousands), one sweep claims a batch of them, so the approvers' webhook gets them a sweep apart."""
+    keys = Keys(prefix)
+    for n in range(25):
+        watcher.hset(
+            keys.approval(f"r{n}"),
+            mapping={"status": "pending", "created": "0", "tier": "1", "label": "l", "requested_by": "a"},
+        )
+        watcher.zadd(keys.approvals_pending, {f"r{n}": n})
+    sweep = scripts.source("approval_announce", keys)
+    lease_ms = 60_000
+    first = watcher.eval(sweep, 1, keys.approvals_pending, "daemon-a", lease_ms, 20)
+    second = watcher.eval(sweep, 1, keys.approvals_pending, "daemon-b", lease_ms, 20)
+    assert (len(first), len(second)) == (20, 5)
+    assert {row[0] for row in first + second} == {f"r{n}" for n in range(25)}  # each claimed once

@@ -46,6 +46,8 @@ log = logging.getLogger("sendguard.approvals")
 # How long past the notifier's whole retry budget a request's announcement may still be marked
 # delivered (the mark is one more Redis write) before the sweep posts it again.
 _ANNOUNCE_MARGIN = 5.0
+# Requests announced again by one sweep at most (approval_announce.lua): the rest wait a sweep.
+_ANNOUNCE_BATCH = 20
 
 
 class ApprovalRefused(SendguardError):
@@ -307,7 +309,7 @@ class Approvals:
         lease_ms = int((self._notifier.budget + _ANNOUNCE_MARGIN) * 1000)
         async with translated():
             claimed = await self._claim_announcements(
-                keys=[self._keys.approvals_pending], args=[instance, lease_ms]
+                keys=[self._keys.approvals_pending], args=[instance, lease_ms, _ANNOUNCE_BATCH]
             )
         for approval_id, tier, label, why, requested_by in claimed:
             log.warning("approval request %s not known to be announced: announcing it again", approval_id)

@@ -3,14 +3,18 @@
 -- took an announcement. One with no `announced` is claimed here once `lease_ms` (the notifier's
 -- whole retry budget, and a margin) has passed since it was opened or last claimed: by then that
 -- post has succeeded or given up, so nobody posts it twice at once and one daemon a lease claims
--- it, however many sweep. Returns {id, tier, label, why, requested_by} for each request claimed.
+-- it, however many sweep. At most `most` a call, so a webhook that was down for a while (or an agent
+-- that opened thousands of requests) gets the posts in batches, a sweep apart, not all at once.
+-- Returns {id, tier, label, why, requested_by} for each request claimed.
 local pending_key = KEYS[1]
 local instance = ARGV[1]            -- the daemon claiming
 local lease_ms = tonumber(ARGV[2])
+local most = tonumber(ARGV[3])
 local now = clock_ms()
 
 local claimed = {}
 for _, id in ipairs(redis.call('ZRANGE', pending_key, 0, -1)) do
+  if #claimed >= most then break end
   local key = key_approval(id)
   local r = redis.call('HMGET', key, 'status', 'announced', 'created', 'announce_claimed', 'tier', 'label', 'why',
     'requested_by')
