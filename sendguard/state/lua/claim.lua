@@ -46,7 +46,7 @@ while claimed < #tokens and skipped < 32 do
       if any_trip then
         local f = {}
         for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-        scope = tripped(f.scopes or cjson.encode(derived_scopes(f.to_domain, f.from_addr, f.segment, f.campaign, f.agent)))
+        scope = tripped(scopes_json(f.scopes, f.to_domain, f.from_addr, f.segment, f.campaign, f.agent))
       end
       if not scope then
         claimed = claimed + 1

@@ -4,7 +4,9 @@
 --
 -- derived_scopes(to_domain, from_addr, segment, campaign, agent): the scopes those fields give,
 -- most specific first (false for a field the record lacks), the From address taken as the inbox.
--- record_scopes(key): the scopes of the record at `key` as JSON: its `scopes` field, else derived.
+-- scopes_json(scopes, to_domain, from_addr, segment, campaign, agent): a record's scopes as JSON
+-- from those fields, read by the caller: its `scopes` field, else derived.
+-- record_scopes(key): the scopes of the record at `key`, read here.
 local function derived_scopes(to_domain, from_addr, segment, campaign, agent)
   local inbox = from_addr or ''
   local list = {'recipient_domain:' .. (to_domain or ''), 'sender_domain:' .. inbox:match('[^@]*$'), 'inbox:' .. inbox}
@@ -14,8 +16,10 @@ local function derived_scopes(to_domain, from_addr, segment, campaign, agent)
   list[#list + 1] = 'global'
   return list
 end
+local function scopes_json(scopes, to_domain, from_addr, segment, campaign, agent)
+  return scopes or cjson.encode(derived_scopes(to_domain, from_addr, segment, campaign, agent))
+end
 local function record_scopes(key)
   local f = redis.call('HMGET', key, 'scopes', 'to_domain', 'from_addr', 'segment', 'campaign', 'agent')
-  if f[1] then return f[1] end
-  return cjson.encode(derived_scopes(f[2], f[3], f[4], f[5], f[6]))
+  return scopes_json(f[1], f[2], f[3], f[4], f[5], f[6])
 end

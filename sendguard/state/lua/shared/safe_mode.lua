@@ -46,7 +46,7 @@ local function release_held(scope, limit, detail, now)
       if any_trip == nil then any_trip = redis.call('HLEN', key_trips()) > 0 end
       local other = nil
       if any_trip then
-        other = tripped(cur[4] or cjson.encode(derived_scopes(cur[5], cur[6], cur[7], cur[8], cur[9])))
+        other = tripped(scopes_json(cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]))
       end
       if other then
         redis.call('HSET', key, 'held_by', other)

@@ -23,7 +23,7 @@ local function current(id, scoped)
 end
 
 local function current_scopes(cur)
-  return cur[8] or cjson.encode(derived_scopes(cur[6], cur[9], cur[10], cur[11], cur[7]))
+  return scopes_json(cur[8], cur[6], cur[9], cur[10], cur[11], cur[7])
 end
 
 local function permitted(cur, claim, allowed_from)
