@@ -14,6 +14,7 @@ import abc
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import secrets
@@ -85,6 +86,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The drills and the slow tests first: started last, one of them would keep one xdist worker
     busy long after the other ran out of tests."""
     items.sort(key=lambda item: not any(item.iter_markers("drill")) and not any(item.iter_markers("slow")))
+
+
+@pytest.fixture
+def measuring_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For a test that times rates on the shared two cores: no two such tests run at once, across
+    the xdist workers (a lock file in the run's shared temporary directory), so each one's figures
+    are weighed against the light tests beside it, not against the other's processes."""
+    lock = tmp_path_factory.getbasetemp().parent / "measuring.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ _MAY_BE_ZERO = "messages"
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # the bench's own limit below, not the suite's 120 s, which ends the worker
+@pytest.mark.usefixtures("measuring_alone")
 def test_the_quick_bench_reports_every_scenario_with_figures(tmp_path: Path) -> None:
     path = tmp_path / "bench.json"
     result = subprocess.run(
