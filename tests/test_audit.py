@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sendguard.errors import StoreError
 from sendguard.governance.audit import (
@@ -29,6 +31,7 @@ from sendguard.governance.audit import (
     content_hash,
     entry,
 )
+from sendguard.governance.audit_entries import canonical, canonical_hash, sealed
 from sendguard.governance.recall import Recall
 from sendguard.governance.roles import Role
 from sendguard.governance.suppressions import Suppressions
@@ -79,6 +82,30 @@ async def fill(audit: AuditLog, n: int, batch: int = 10) -> None:
 
 async def raw_chain(client: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in await client.lrange(keys.audit_chain, 0, -1)]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    seq=st.integers(min_value=1),
+    at=st.integers(min_value=0),
+    kind=st.text(),
+    actor=st.text(),
+    fields=st.dictionaries(st.text(), _JSON, max_size=4),
+    prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_sealing_an_entry_gives_the_hash_and_line_of_its_definition(
+    seq: int, at: int, kind: str, actor: str, fields: dict[str, Any], prev: str
+) -> None:
+    # Keys, kinds and text that hold quotes, `"hash":` or lone surrogates included.
+    body = {"seq": seq, "at": at, "kind": kind, "actor": actor, "fields": fields, "prev": prev}
+    digest = canonical_hash(body)
+    assert sealed(seq, at, kind, actor, fields, prev) == (digest, canonical({**body, "hash": digest}))
 
 
 async def test_append_and_chain_give_seq_1_to_n_with_valid_links(

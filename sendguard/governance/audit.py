@@ -33,7 +33,6 @@ from sendguard.governance.audit_entries import (
     AuditEntry,
     AuditError,
     anchor_line,
-    canonical,
     canonical_hash,
     content_hash,
     decoded,
@@ -41,6 +40,7 @@ from sendguard.governance.audit_entries import (
     entry,
     parse_chained,
     parse_pending,
+    sealed,
 )
 from sendguard.governance.audit_verify import CHUNK, Verification
 from sendguard.model import now_ms
@@ -167,16 +167,8 @@ class AuditLog:
             encoded = raw.encode("utf-8")
             read.update(f"{len(encoded)}:".encode() + encoded)
             at, kind, actor, fields = parse_pending(raw, at_ms)
-            body = {
-                "seq": seq + offset,
-                "at": at,
-                "kind": kind,
-                "actor": actor,
-                "fields": fields,
-                "prev": prev,
-            }
-            prev = canonical_hash(body)
-            chained.append(canonical({**body, "hash": prev}))
+            prev, line = sealed(seq + offset, at, kind, actor, fields, prev)
+            chained.append(line)
         new_seq = seq + len(chained)
         expected = [head.get("seq", "0"), head.get("hash", GENESIS)]  # as stored, for the script to compare
         args = [*expected, len(chained), read.hexdigest(), new_seq, prev, *chained]

@@ -67,6 +67,18 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical(value).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def sealed(seq: int, at: int, kind: str, actor: str, fields: Mapping[str, Any], prev: str) -> tuple[str, str]:
+    """An entry's hash and its stored line, its fields encoded once (the chain seals every entry).
+
+    Sorted, the keys before `hash` are actor, at and fields and those after it kind, prev and seq,
+    so both the hashed body and the stored line are the two halves joined, with or without `hash`.
+    """
+    head = canonical({"actor": actor, "at": at, "fields": fields})[:-1]
+    tail = canonical({"kind": kind, "prev": prev, "seq": seq})[1:]
+    digest = hashlib.sha256(f"{head},{tail}".encode("utf-8", "surrogatepass")).hexdigest()
+    return digest, f'{head},"hash":"{digest}",{tail}'
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
