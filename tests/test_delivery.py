@@ -21,7 +21,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from sendguard.config import Settings
+from sendguard.config import RedactedURL, Settings
+from sendguard.delivery.relay import RelayPool
 from sendguard.delivery.throttle import Throttles
 from sendguard.model import Status
 from sendguard.parts import Runtime, build
@@ -770,3 +771,48 @@ async def test_a_relay_answer_unrecorded_at_the_end_of_the_grace_gets_another_an
         # unpaused): then the message is sent; otherwise it was sending, and is recovered uncertain.
         outcome = (await client.hget(keys.msg("m0"), "status"), await store.recover())
         assert outcome in {("sent", (0, 0)), ("sending", (1, 1))}
+
+
+@pytest.mark.parametrize(
+    ("replies", "stalled"),
+    [({}, "RSET"), ({"RSET": "500 5.5.1 not now"}, "QUIT")],
+    ids=["reset-after-a-refusal", "quit-after-a-failed-reset"],
+)
+async def test_a_delivery_cancelled_while_the_pool_tidies_its_connection_closes_it(
+    replies: dict[str, str], stalled: str
+) -> None:
+    # A shutdown's cancel can land while the pool resets a connection after a refusal, or says
+    # QUIT to one it could not reset. Left open, that connection outlives the pool and the loop.
+    asked, closed = asyncio.Event(), asyncio.Event()
+    replies = {"RCPT": "550 5.1.1 user unknown", **replies}
+    ends: list[asyncio.StreamWriter] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ends.append(writer)
+        writer.write(b"220 stalling relay\r\n")
+        while line := await reader.readline():
+            verb = line[:4].decode().upper()
+            if verb == stalled:
+                asked.set()  # and no reply, ever
+            else:
+                writer.write(f"{replies.get(verb, '250 OK')}\r\n".encode())
+        closed.set()  # the client hung up
+        writer.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = RelayPool(RedactedURL(f"smtp://127.0.0.1:{port}?starttls=off"), size=1, timeout=60)
+    sending = asyncio.create_task(pool.send("m1", "sdr@sender.example", "zoe@customer.example", b"Hi\r\n"))
+    try:
+        await asyncio.wait_for(asked.wait(), 10)
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        # `sending` still holds the connection in its frames: only closing it ends it now.
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        for end in ends:  # a failure must not leave the test's loop with an open connection
+            end.close()
+        await pool.close()
+        server.close()
+        await server.wait_closed()

@@ -113,7 +113,7 @@ class RelayPool:
                 await self._reset_or_drop(client)
                 raise
             except BaseException:
-                await _quietly_close(client)
+                client.close()  # the transaction's state is unknown, a cancel's too: no QUIT to wait for
                 raise
             self._idle.put_nowait(client)
             return reply
@@ -176,14 +176,20 @@ class RelayPool:
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             await _quietly_close(client)
             return
+        except BaseException:  # cancelled mid-reset: neither pooled nor left open
+            client.close()
+            raise
         self._idle.put_nowait(client)
 
 
 async def _quietly_close(client: aiosmtplib.SMTP) -> None:
-    with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
-        if client.is_connected:
-            await client.quit()
-    client.close()
+    """QUIT if the relay still listens; the connection is closed whatever happens, a cancel too."""
+    try:
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            if client.is_connected:
+                await client.quit()
+    finally:
+        client.close()
 
 
 def make_transport(url: RedactedURL | None, outbox: SandboxOutbox, size: int, timeout: float) -> Transport:
