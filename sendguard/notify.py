@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from sendguard.background import end_within
 from sendguard.config import RedactedURL
 from sendguard.metrics import Metrics
 
@@ -60,8 +61,11 @@ class Notifier:
         task.add_done_callback(self._pending.discard)
 
     async def drain(self, within: float) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=within)
+        """Give the posts still going `within` seconds; the rest are dropped, counted and logged."""
+        dropped = await end_within(set(self._pending), within)
+        if dropped:
+            self._metrics.notify_failures.inc(dropped)
+            log.error("%d notifications to %s dropped at shutdown, still being posted", dropped, self._url)
 
     async def _deliver(self, body: dict[str, Any], delivered: Callable[[], Awaitable[None]] | None) -> None:
         if await self._attempt_all(body):

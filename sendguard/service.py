@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 
+from sendguard.background import end_within
 from sendguard.errors import StoreError
 from sendguard.governance.audit import AnchorMissing, AuditError
 from sendguard.parts import Runtime
@@ -67,7 +68,7 @@ class Service:
         await runtime.inbound.stop()
         await runtime.deliverer.stop(grace)
         self._stopping.set()
-        await _finish(*self._tasks)
+        await end_within(self._tasks, 2)  # the loops end by themselves once told to
         # Whatever is still claimed goes back to the queue now, not when our lease ends.
         with contextlib.suppress(StoreError):
             await runtime.store.forget_instance(runtime.instance)
@@ -177,17 +178,3 @@ async def _refresh_ramp_metrics(runtime: Runtime) -> None:
         if shown.setdefault(kind, 0) < runtime.settings.metrics_top_scopes:
             shown[kind] += 1
             gauge.labels(kind, value).set(ramp.limit)
-
-
-async def _finish(*tasks: asyncio.Task[None]) -> None:
-    """Let the loops end by themselves, cancelling what does not.
-
-    Cancelling more than once: redis-py can swallow a cancellation that lands mid-command.
-    """
-    pending = {task for task in tasks if not task.done()}
-    if pending:
-        _, pending = await asyncio.wait(pending, timeout=2)
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1)

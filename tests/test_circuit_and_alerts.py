@@ -6,6 +6,7 @@ loopback plays the Slack-style webhook, and the CLI runs as a subprocess against
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -16,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sendguard.config import WebhookURL
+from sendguard.metrics import Metrics
+from sendguard.notify import Notifier
 from tests.conftest import Api, Daemon, free_port, run_cli, sendguard_command, wait_until
 from tests.peers import SmtpSink, Webhook
 
@@ -371,3 +375,34 @@ def test_resuming_a_scope_that_is_not_tripped_keeps_its_signal_window(
     assert refused.status_code == 404, refused.text
     assert agent.send("someone2@gmail.com")["status"] == "rejected"
     assert [(t["scope"], t["cause"]) for t in _trips(admin)] == [("agent:sdr-bot", "denials")]
+
+
+async def test_a_post_still_going_at_shutdown_is_dropped_counted_and_its_connection_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A webhook that takes the request and never answers: at shutdown the post must not outlive
+    # the loop (its connection left open), nor vanish without a count.
+    requested, hung_up = asyncio.Event(), asyncio.Event()
+
+    async def webhook(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        requested.set()
+        await reader.read()  # until the client hangs up
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(webhook, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    metrics = Metrics()
+    notifier = Notifier(WebhookURL(f"http://127.0.0.1:{port}/hook"), metrics, timeout=60)
+    try:
+        notifier.post("sendguard: safe mode for global", {"event": "tripped"})
+        await asyncio.wait_for(requested.wait(), 10)
+        with caplog.at_level(logging.ERROR, logger="sendguard.notify"):
+            await notifier.drain(0.2)
+        await asyncio.wait_for(hung_up.wait(), 5)
+        assert metrics.notify_failures._value.get() == 1
+        assert "1 notifications to http://127.0.0.1" in caplog.text and "dropped at shutdown" in caplog.text
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from sendguard.background import end_within
 from sendguard.config import Settings
 from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.relay import STAGES, Transport, UncertainDelivery
@@ -197,8 +198,8 @@ class Deliverer:
         self._stopping = True
         self._wake.set()
         self._room.set()
-        await _within(set(self._tasks), grace)
-        unrecorded = await _within(set(self._recording), grace)
+        await end_within(set(self._tasks), grace)
+        unrecorded = await end_within(set(self._recording), grace)
         if unrecorded:
             log.error("%d relay answers not recorded at shutdown: recovery counts them uncertain", unrecorded)
 
@@ -578,18 +579,6 @@ class Deliverer:
             keep_claim=True,
             changes={"dns_pending": False, "reasons": ()},
         )
-
-
-async def _within(tasks: set[asyncio.Task[None]], seconds: float) -> int:
-    """Wait up to `seconds` for `tasks`, then cancel (and await) those not done; how many."""
-    if not tasks:
-        return 0
-    _, pending = await asyncio.wait(tasks, timeout=seconds)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
-    return len(pending)
 
 
 def _idle_for(no_work: NoWork) -> float:
