@@ -13,156 +13,26 @@ token it fails and creates nothing; with them it stops the delivery of the backl
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import multiprocessing
 import smtplib
-import socket
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.sharedctypes import Synchronized
-from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import pytest
 
-from sendguard.feedback.listener import lowest_priority
 from tests.conftest import Api, Daemon, free_port, token_file, wait_until
+from tests.flood import BOUNCE_DOMAIN, Flood
 from tests.peers import SmtpSink
 from tests.test_control import api_url, bare_env, sendguard, shell
 from tests.test_drills import UNAPPROVED, _report
 from tests.test_forged_mail import arf, dsn, reply
 
-BOUNCE_DOMAIN = "bounce.acme.example"
 BACKLOG = 12_000  # about twice what is delivered before the kill, on this 2-core machine left idle
-FLOODERS = 8
 PHASE = 1.0  # seconds of each quiet or flooded phase
 ROUNDS = 4
-
-
-def _junk() -> bytes:
-    """~1 MiB of multipart junk, dot-stuffed and terminated, ready to follow DATA."""
-    part = "--b\r\nContent-Type: text/plain\r\n\r\n" + "junk " * 90 + "\r\n"
-    body = "Subject: junk\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-    body += part * ((1 << 20) // len(part)) + "--b--\r\n"
-    return body.encode() + b".\r\n"
-
-
-class Flood:
-    """Flooders in a process of their own that, while `on` is set, send junk over SMTP as fast as
-    the listener takes it.
-
-    Not in the test process: there they would share a GIL with the relay sink, the instrument.
-    At the lowest priority, as the listener's own process: on a deployment the flood comes from
-    other machines, and here it would otherwise take the two shared cores from the daemon and its
-    relay by its own CPU, not through the listener.
-    """
-
-    def __init__(self, port: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.on = context.Event()
-        self._stopping = context.Event()
-        self._sent = context.Value("i", 0)
-        self._refused = context.Value("i", 0)
-        self._sessions = context.Value("i", 0)
-        counters = (self._sent, self._refused, self._sessions)
-        self._process = context.Process(target=_flood, args=(port, self.on, self._stopping, *counters))
-
-    @property
-    def sent(self) -> int:
-        return int(self._sent.value)
-
-    @property
-    def refused(self) -> int:
-        return int(self._refused.value)
-
-    @property
-    def sessions(self) -> int:
-        """SMTP sessions open now: after `on` is cleared, each ends once its message is answered."""
-        return int(self._sessions.value)
-
-    def __enter__(self) -> Flood:
-        self._process.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self.on.set()
-        self._process.join(30)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-def _flood(port: int, on: Event, stopping: Event, *counters: Synchronized[int]) -> None:
-    sent, refused, sessions = counters
-    lowest_priority()
-    junk = _junk()
-
-    def session(sock: socket.socket) -> None:
-        lines = sock.makefile("rb")
-
-        def command(text: bytes) -> bytes:
-            sock.sendall(text)
-            while True:
-                line = lines.readline()
-                if not line or line[3:4] != b"-":
-                    return line
-
-        command(b"")  # the greeting
-        command(b"EHLO flood.example\r\n")
-        while on.is_set() and not stopping.is_set():
-            command(b"MAIL FROM:<>\r\n")
-            command(f"RCPT TO:<fbl@{BOUNCE_DOMAIN}>\r\n".encode())
-            if not command(b"DATA\r\n").startswith(b"354"):
-                return
-            reply = command(junk)
-            if not reply:  # cut off at the end of the phase
-                return
-            with sent.get_lock():
-                sent.value += 1
-            if not reply.startswith(b"250"):
-                with refused.get_lock():
-                    refused.value += 1
-        command(b"QUIT\r\n")
-
-    def flooder() -> None:
-        while not stopping.is_set():
-            on.wait()
-            try:
-                with sessions.get_lock():
-                    sessions.value += 1
-                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-                    with lock:
-                        open_sockets.add(sock)
-                    session(sock)
-            except OSError:
-                continue
-            finally:
-                with lock:
-                    open_sockets.discard(sock)
-                with sessions.get_lock():
-                    sessions.value -= 1
-
-    def cutter() -> None:
-        """At the end of a flooded phase, cut every session at once, as a flooder that gives up
-        does: the quiet phase is then quiet, not the listener working through the last backlog."""
-        while not stopping.is_set():
-            if not on.is_set():
-                with lock:
-                    for sock in open_sockets:
-                        with contextlib.suppress(OSError):
-                            sock.shutdown(socket.SHUT_RDWR)
-            time.sleep(0.02)
-
-    lock = threading.Lock()
-    open_sockets: set[socket.socket] = set()
-    threads = [threading.Thread(target=cutter)] + [threading.Thread(target=flooder) for _ in range(FLOODERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def _healthz_latencies(
@@ -218,19 +88,22 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
         "agent_version": "test-1",
         "recipients": [{"to": f"lead{n}@c{n % 97}.example"} for n in range(BACKLOG)],
     }
-    submitted = agent.client.post("/v1/batches", json=batch, timeout=120)
-    assert submitted.status_code == 201, submitted.text[:500]
-    wait_until(lambda: len(smtp.snapshot()) >= 200, what="deliveries to be under way")
-    print(f"\nbacklog of {BACKLOG} admitted in {submitted.elapsed.total_seconds():.1f}s")
-
     quiet: list[float] = []
     flooded: list[float] = []
     done, phase = threading.Event(), [""]
     latencies: dict[str, list[float]] = {"quiet": [], "flooded": []}
-    sampler = threading.Thread(target=_healthz_latencies, args=(daemon.port, done, phase, latencies))
-    sampler.start()
-    try:
-        with Flood(port) as flood:
+    # The flooders' interpreter starts while the backlog is admitted: started in the first quiet
+    # phase, it took a core from the daemon there, at normal priority until its imports were done,
+    # and the first flooded phase waited seconds for it, all at the daemon's full delivery speed.
+    with Flood(port) as flood:
+        submitted = agent.client.post("/v1/batches", json=batch, timeout=120)
+        assert submitted.status_code == 201, submitted.text[:500]
+        wait_until(lambda: len(smtp.snapshot()) >= 200, what="deliveries to be under way")
+        print(f"\nbacklog of {BACKLOG} admitted in {submitted.elapsed.total_seconds():.1f}s")
+        assert flood.ready.wait(60), "the flooders did not start"
+        sampler = threading.Thread(target=_healthz_latencies, args=(daemon.port, done, phase, latencies))
+        sampler.start()
+        try:
             # Quiet and flooded phases alternate, quiet first and last: each flooded phase is set
             # against the quiet ones on either side, so a drift in the machine's other load cancels.
             for flooding in [False, True] * ROUNDS + [False]:
@@ -249,9 +122,9 @@ def test_an_outsider_neither_starves_nor_moves_sending_and_on_call_stops_it_from
                     _rate([r.at for r in smtp.snapshot()], start, time.time())
                 )
                 flood.on.clear()
-    finally:
-        done.set()
-        sampler.join(30)
+        finally:
+            done.set()
+            sampler.join(30)
 
     delivered = len(smtp.snapshot())
     assert delivered < BACKLOG, "the backlog ran out: the rates were not measured at full speed"
