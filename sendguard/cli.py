@@ -25,17 +25,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from pydantic import ValidationError
 
 from sendguard import logs
-from sendguard.client import ApiError, Client
 from sendguard.config import Settings
 from sendguard.errors import ConfigError, SendguardError
 from sendguard.governance.roles import Role
 
-# Each command imports the rest of what it uses when it runs: a control command (and `--help`)
-# needs only the API client, and starts in half the time that importing every part would take.
+# Each command imports the rest of what it uses when it runs: a control command needs only the API
+# client, `token` and `audit` only their records on Redis, and `--help` neither, so none of them
+# pays for importing every part.
 if TYPE_CHECKING:
-    from sendguard.client import Agent, Approval, RulesReloaded
-    from sendguard.parts import Runtime
-    from sendguard.rules import Rules
+    from sendguard.client import Agent, Approval, Client, RulesReloaded
+    from sendguard.governance.records import Records
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,15 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_rules(args.path, settings)
         if args.command == "doctor":
             return asyncio.run(_doctor(settings))
-        if args.command == "mcp":
-            from sendguard import mcp_stdio  # the MCP SDK loads only for this command
-
-            asyncio.run(mcp_stdio.serve(settings.api_base, _api_token(settings, args.token_file)))
-            return 0
-        return _control(settings, args)
-    except ApiError as exc:
-        print(f"sendguard: {exc}", file=sys.stderr)
-        return 1 if exc.status < 500 else 2
+        return _through_api(settings, args)
     except SendguardError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2
@@ -228,28 +219,27 @@ def _setting_errors(exc: ValidationError) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _parts(settings: Settings, rules: Rules | None = None) -> AsyncIterator[Runtime]:
-    """The running deployment's parts, on its Redis, as the daemon builds them.
+async def _records(settings: Settings) -> AsyncIterator[Records]:
+    """The running deployment's token store and audit trail, on its Redis, as the daemon builds them.
 
-    A command that reads no rules gets the packaged defaults, so a broken rules file never
-    stops an auditor or a token listing.
+    Only these: no rules are read, so a broken rules file never stops an auditor or a token
+    listing, and the rest of the runtime is not even imported.
     """
-    from sendguard.parts import build
-    from sendguard.rules import load_rules, packaged_rules_dir
+    from sendguard.governance.records import build_records
     from sendguard.state.redis_connection import redis_connection
 
     async with redis_connection(settings, for_daemon=False) as (client, _):
-        parts = await build(settings, rules or load_rules(packaged_rules_dir() / "sendguard.toml"), client)
-        yield parts
+        records = build_records(settings, client)
+        yield records
         # What the command wrote is chained now, not when a daemon next leads: until then it
         # could be taken out of `audit:pending` without a trace.
-        while await parts.audit.chain():
+        while await records.audit.chain():
             pass
 
 
-def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str, Rules | None]:
-    """The role and name a `token create` asks for, and the rules that name an agent; SendguardError
-    says what is wrong."""
+def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, str]:
+    """The role and name a `token create` asks for (an agent must be in the rules file);
+    SendguardError says what is wrong."""
     from sendguard.governance.tokens import normal_name
     from sendguard.rules import default_rules_path, load_rules, parse_duration
 
@@ -267,7 +257,6 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
             normal_name(args.group, "--group")
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    rules = None
     if role is Role.AGENT:
         rules = load_rules(default_rules_path(settings.rules))
         if rules.agent(name) is None:
@@ -277,16 +266,16 @@ def _token_request(settings: Settings, args: argparse.Namespace) -> tuple[Role, 
             parse_duration(args.expires)
         except ValueError as exc:
             raise ConfigError(f"--expires: {exc}") from exc
-    return role, name, rules
+    return role, name
 
 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     request = _token_request(settings, args) if args.token_command == "create" else None
-    async with _parts(settings, request[2] if request else None) as parts:
-        tokens = parts.tokens
+    async with _records(settings) as records:
+        tokens = records.tokens
         actor = f"cli:{_login()}"
         if request is not None:
-            role, name, _ = request
+            role, name = request
             token_id, token = await tokens.create(
                 role, name, actor=actor, group=args.group, expires=args.expires
             )
@@ -312,8 +301,26 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
 
+def _through_api(settings: Settings, args: argparse.Namespace) -> int:
+    """`mcp` or a control action; the API refusing exits 1, failing (5xx) exits 2."""
+    from sendguard.client import ApiError
+
+    try:
+        if args.command == "mcp":
+            from sendguard import mcp_stdio  # the MCP SDK loads only for this command
+
+            asyncio.run(mcp_stdio.serve(settings.api_base, _api_token(settings, args.token_file)))
+            return 0
+        return _control(settings, args)
+    except ApiError as exc:
+        print(f"sendguard: {exc}", file=sys.stderr)
+        return 1 if exc.status < 500 else 2
+
+
 def _control(settings: Settings, args: argparse.Namespace) -> int:
     """A control action, through the running daemon's API; ClientError when it cannot be done."""
+    from sendguard.client import Client
+
     with Client(settings.api_base, _api_token(settings, args.token_file)) as api:
         if args.command in ("kill", "safe-mode"):
             _safe_mode(api, args)
@@ -476,8 +483,8 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
     anchor = (args.anchor if args.audit_command != "export" else None) or DataDir(
         settings.data_dir
     ).audit_anchor
-    async with _parts(settings) as parts:
-        audit = parts.audit
+    async with _records(settings) as records:
+        audit = records.audit
         if args.audit_command == "export":
             async for entry in audit.iter_entries(after_seq=args.after):
                 print(entry.to_json())
@@ -485,7 +492,7 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
         if args.audit_command == "restart-anchor":
             if anchor.is_file() and anchor.stat().st_size:
                 raise ConfigError(f"{anchor} exists: verify against it (`sendguard audit verify`) instead")
-            seq, digest = await AuditLog(parts.redis, parts.keys, anchor).restart_anchor(
+            seq, digest = await AuditLog(records.redis, records.keys, anchor).restart_anchor(
                 f"cli:{_login()}", args.reason
             )
             print(f"anchor {anchor} started at entry {seq} ({digest[:12]}...)")

@@ -1,7 +1,8 @@
 """The composition root: `build()` makes every part a daemon shares between its API and its loops.
 
-The daemon, the command line, the bench and the tests all build the parts here, so each is wired
-once. The parts are made in dependency order; the rules they read at each use sit in one
+The daemon, the bench and the tests build the parts here, so each is wired once; the token store
+and audit trail come from `governance.records`, which `sendguard token` and `sendguard audit` use
+alone. The parts are made in dependency order; the rules they read at each use sit in one
 `CurrentRules` made first, which a reload swaps.
 """
 
@@ -36,6 +37,7 @@ from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.break_glass import BreakGlass
 from sendguard.governance.recall import Recall
+from sendguard.governance.records import build_records
 from sendguard.governance.sessions import Sessions
 from sendguard.governance.suppressions import Suppressions
 from sendguard.governance.tokens import Tokens
@@ -147,7 +149,8 @@ async def build(
     Nothing here connects to the relay or starts a task: the command line builds the same parts
     and uses a few, and `Service` runs the loops of a daemon.
     """
-    keys = Keys(settings.redis_prefix)
+    records = build_records(settings, client, anchor)  # as `sendguard token` and `audit` build them
+    keys, audit, tokens = records.keys, records.audit, records.tokens
     metrics = Metrics()
     current = CurrentRules(rules)
     store = Store(client, keys)
@@ -156,7 +159,6 @@ async def build(
     outbox = SandboxOutbox(DataDir(settings.data_dir).outbox)
     transport = make_transport(settings.smtp_url, outbox, settings.smtp_connections, settings.smtp_timeout)
     throttles = Throttles(client, keys, lease_ms=int(settings.smtp_timeout * 1000) + 1000)
-    audit = AuditLog(client, keys, anchor)
     notifier = Notifier(settings.notify_url, metrics)
     safe_mode = SafeMode(
         client, keys, store, notifier, current, metrics, top_scopes=settings.metrics_top_scopes
@@ -169,7 +171,6 @@ async def build(
     reply_stops = ReplyStops(client, keys, store, audit, current)
     feedback = Feedback(store, suppressions, safe_mode, audit, metrics, bounces, reply_stops)
     approvals = Approvals(client, keys, store, audit, notifier, settings.api_base)
-    tokens = Tokens(client, keys, audit)
     instance = secrets.token_hex(6)
     deliverer = Deliverer(
         store=store,

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from sendguard.config import Settings
+from sendguard.governance.records import build_records
 from sendguard.governance.roles import Role
 from sendguard.http.app import create_app
 from sendguard.model import Status
@@ -365,6 +366,16 @@ class Daemon(abc.ABC):
     @abc.abstractmethod
     def client(self, token: str | None = None) -> httpx.Client: ...
 
+    def settings(self) -> Settings:
+        """The settings `sendguard run` or `sendguard token` reads from this daemon's environment."""
+        return Settings(
+            **{
+                name.removeprefix("SENDGUARD_").lower(): value
+                for name, value in self.env.items()
+                if name.startswith("SENDGUARD_")
+            }
+        )
+
     def cli(self, *args: str, token: str | None = None) -> str:
         """`sendguard ARGS` with this daemon's settings: its Redis, embedded or not, its rules, and
         its API (at `SENDGUARD_API_PORT`) with `token` in a token file, as an operator would."""
@@ -420,13 +431,7 @@ class InProcessDaemon(Daemon):
         return self
 
     async def _start(self) -> None:
-        settings = Settings(
-            **{
-                name.removeprefix("SENDGUARD_").lower(): value
-                for name, value in self.env.items()
-                if name.startswith("SENDGUARD_")
-            }
-        )
+        settings = self.settings()
         rules = load_rules(Path(self.env["SENDGUARD_RULES"]))
         try:
             client, _ = await self._stack.enter_async_context(redis_connection(settings, for_daemon=True))
@@ -640,36 +645,31 @@ def run_cli(env: dict[str, str], *args: str, cwd: str | None = None) -> str:
 
 
 @pytest.fixture
-def mint(
-    redis_url: str, prefix: str, loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[..., str]]:
+def mint(redis_url: str, prefix: str, loop_thread: LoopThread) -> Callable[..., str]:
     """Mint a token as `sendguard token create --role ROLE --name NAME [EXTRA...]` does, in-process.
 
     EXTRA takes `--group G` and `--expires D`; the token is recorded in the audit trail as by the CLI.
+    With `daemon=`, on that daemon's Redis and prefix, found from its settings as the CLI finds
+    them (its own Redis, a sentinel, an embedded one); else on this test's. Tests whose point is
+    not the CLI mint here: a `sendguard token create` process costs most of a second of CPU.
     """
-    stack = contextlib.AsyncExitStack()
-    parts: list[Runtime] = []
 
-    async def create(role: str, name: str, extra: dict[str, str]) -> str:
-        if not parts:
-            settings = Settings(redis_url=redis_url, redis_prefix=prefix)
-            client, _ = await stack.enter_async_context(redis_connection(settings, for_daemon=False))
-            rules_path = tmp_path_factory.mktemp("token-rules") / "rules.toml"
-            rules_path.write_text(AGENT_RULES)
-            parts.append(await build(settings, load_rules(rules_path), client))
-        _, token = await parts[0].tokens.create(
-            Role(role),
-            name,
-            actor="cli:tests",
-            group=extra.get("--group", ""),
-            expires=extra.get("--expires"),
-        )
+    async def create(settings: Settings, role: str, name: str, extra: dict[str, str]) -> str:
+        async with redis_connection(settings, for_daemon=False) as (client, _):
+            _, token = await build_records(settings, client).tokens.create(
+                Role(role),
+                name,
+                actor="cli:tests",
+                group=extra.get("--group", ""),
+                expires=extra.get("--expires"),
+            )
         return token
 
-    yield lambda role, name, *extra: loop_thread.run(
-        create(role, name, dict(zip(extra[::2], extra[1::2], strict=True)))
-    )
-    loop_thread.run(stack.aclose())
+    def make(role: str, name: str, *extra: str, daemon: Daemon | None = None) -> str:
+        settings = daemon.settings() if daemon else Settings(redis_url=redis_url, redis_prefix=prefix)
+        return loop_thread.run(create(settings, role, name, dict(zip(extra[::2], extra[1::2], strict=True))))
+
+    return make
 
 
 @pytest.fixture
@@ -678,7 +678,7 @@ def client_for(mint: Callable[..., str]) -> Iterator[Callable[..., Api]]:
     opened: list[Api] = []
 
     def make(daemon: Daemon, role: str, name: str, *extra: str) -> Api:
-        opened.append(Api(daemon, mint(role, name, *extra)))
+        opened.append(Api(daemon, mint(role, name, *extra, daemon=daemon)))
         return opened[-1]
 
     yield make

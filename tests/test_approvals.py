@@ -122,12 +122,9 @@ def test_tier_one_sends_wait_for_one_approval_and_a_denial_cancels_them(
     shared = agent.send("a@customer.example", **{"from": "Team <team@acme.example>"})
     assert shared["status"] == "pending_approval"
     assert "shared inbox" in shared["reasons"][0]["detail"]
-    new_bot = Api(daemon, daemon.cli("token", "create", "--role", "agent", "--name", "new-bot"))
-    try:
-        first = new_bot.send("b@customer.example")
-        second = new_bot.send("c@customer.example")
-    finally:
-        new_bot.close()
+    new_bot = client_for(daemon, "agent", "new-bot")
+    first = new_bot.send("b@customer.example")
+    second = new_bot.send("c@customer.example")
     requests = {r["id"]: r for r in _pending(dana)}
     assert len(requests) == 3 and {r["tier"] for r in requests.values()} == {1}
 
@@ -229,18 +226,15 @@ def test_an_approval_releases_what_it_showed_and_no_run_approval_lifts_tier_one(
     assert agent.send("b9@customer.example")["status"] == "pending_approval"
     wait_until(lambda: len(smtp.received) == 1 + 1 + 2, what="the approved messages to arrive")
 
-    new_bot = Api(daemon, daemon.cli("token", "create", "--role", "agent", "--name", "new-bot"))
-    try:
-        tier_one = [new_bot.send(f"n{i}@customer.example") for i in range(4)]
-        assert [m["status"] for m in tier_one] == ["pending_approval"] * 4
-        mass = [r for r in _pending(dana) if r["tier"] == 2 and r["agent"] == "new-bot"]
-        assert [r["messages"] for r in mass] == [2]  # the third and fourth, past the threshold
-        approve(mass[0]["id"])
-        # Its headroom does not lift tier 1: the next message waits for one approval of its own.
-        later = new_bot.send("n9@customer.example")
-        assert later["status"] == "pending_approval" and "tier 1" in later["reasons"][0]["detail"]
-    finally:
-        new_bot.close()
+    new_bot = client_for(daemon, "agent", "new-bot")
+    tier_one = [new_bot.send(f"n{i}@customer.example") for i in range(4)]
+    assert [m["status"] for m in tier_one] == ["pending_approval"] * 4
+    mass = [r for r in _pending(dana) if r["tier"] == 2 and r["agent"] == "new-bot"]
+    assert [r["messages"] for r in mass] == [2]  # the third and fourth, past the threshold
+    approve(mass[0]["id"])
+    # Its headroom does not lift tier 1: the next message waits for one approval of its own.
+    later = new_bot.send("n9@customer.example")
+    assert later["status"] == "pending_approval" and "tier 1" in later["reasons"][0]["detail"]
 
 
 def test_a_batch_decided_while_it_is_still_admitted_strands_nothing(

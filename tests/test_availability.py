@@ -28,6 +28,8 @@ from tests.conftest import Api, Daemon, RedisServer, free_port, message, wait_un
 from tests.peers import SmtpSink
 from tests.test_drills import _report
 
+Mint = Callable[..., str]
+
 RULES = """
 [ingress]
 mx_check = "off"
@@ -178,12 +180,12 @@ async def test_every_kind_of_write_fails_closed_without_its_replica_and_reads_ne
 
 
 def test_a_submission_its_replica_did_not_confirm_is_a_503_saying_so_and_its_retry_a_201(
-    own_redis: RedisServer, make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+    own_redis: RedisServer, make_daemon: Callable[..., Daemon], mint: Mint, smtp: SmtpSink, tmp_path: Path
 ) -> None:
     """`own_redis` first, so the daemon stops before its Redis does."""
     replica = _replica(own_redis, tmp_path / "replica")
     daemon = make_daemon(RULES, redis_url=own_redis.url, redis_wait_replicas="1", redis_wait_timeout="0.1")
-    api = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
+    api = Api(daemon, mint("agent", "sdr-bot", daemon=daemon))
     try:
         assert api.send("first@customer.example")["status"] == "queued"
         replica.stop()
@@ -330,7 +332,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def _deployment(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[Deployment]:
+def _deployment(make_daemon: Callable[..., Daemon], mint: Mint, tmp_path: Path) -> Iterator[Deployment]:
     primary = SecuredRedis(tmp_path / "primary")
     (tmp_path / "primary").mkdir()
     primary.start()
@@ -355,7 +357,7 @@ def _deployment(make_daemon: Callable[..., Daemon], tmp_path: Path) -> Iterator[
             redis_sentinel_password=SENTINEL_PASSWORD,
             instance_ttl="10",
         )
-        token = daemon.cli("token", "create", "--agent", "sdr-bot")
+        token = mint("agent", "sdr-bot", daemon=daemon)  # through the sentinels, as the CLI finds Redis
         yield Deployment(primary, servers[1:], sentinels, daemon, token)
     finally:
         if daemon is not None:
@@ -442,11 +444,11 @@ def _through(deployment: Deployment, smtp: SmtpSink, change: Callable[[], None])
 
 @pytest.mark.drill
 def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
-    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+    make_daemon: Callable[..., Daemon], mint: Mint, smtp: SmtpSink, tmp_path: Path
 ) -> None:
     """The primary killed with -9 while an agent submits and the daemon delivers: every 201
     delivered, /readyz 503 until a replica is promoted and 200 after, and how long it all paused."""
-    with _deployment(make_daemon, tmp_path) as deployment:
+    with _deployment(make_daemon, mint, tmp_path) as deployment:
         outage = _through(deployment, smtp, lambda: _kill(deployment.primary))
     assert any(status == 503 for at, status in outage.readiness if at > outage.began), "/readyz stayed 200"
     figures = outage.figures()
@@ -456,13 +458,13 @@ def test_kill_9_of_the_primary_fails_over_and_every_201_is_delivered(
 
 @pytest.mark.drill
 def test_a_fenced_switchover_demoting_the_primary_alive_loses_nothing(
-    make_daemon: Callable[..., Daemon], smtp: SmtpSink, tmp_path: Path
+    make_daemon: Callable[..., Daemon], mint: Mint, smtp: SmtpSink, tmp_path: Path
 ) -> None:
     """SENTINEL FAILOVER, as an operator moves the primary, fenced first with CLIENT PAUSE WRITE:
     the old primary is demoted alive, seconds after the sentinels switched, with the daemon's
     connections to it open. Unfenced, the writes it takes in the second before the switch are
     acknowledged (a replica still follows it) and then thrown away by its demotion."""
-    with _deployment(make_daemon, tmp_path) as deployment:
+    with _deployment(make_daemon, mint, tmp_path) as deployment:
 
         def switch_over() -> None:
             # Fenced first: paused, the old primary takes no write the sentinels' switch would lose.

@@ -30,6 +30,7 @@ from tests.conftest import Api, Daemon, RedisServer, message, wait_until
 from tests.peers import SmtpSink
 
 ClientFor = Callable[..., Api]
+Mint = Callable[..., str]
 TIER_0 = '[ingress]\nmx_check = "off"\n\n[approvals]\nmass_send_threshold = 100000\n'
 BODY = "Hi {{first_name}},\n\n" + "a line of an ordinary cold email, long enough to matter.\n" * 350
 LATER = "2099-01-01T00:00:00+00:00"
@@ -172,10 +173,10 @@ def small_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def test_admission_answers_store_full_before_redis_reaches_its_maxmemory(
-    make_daemon: Callable[..., Daemon], small_redis: RedisServer
+    make_daemon: Callable[..., Daemon], mint: Mint, small_redis: RedisServer
 ) -> None:
     daemon = make_daemon(TIER_0, redis_url=small_redis.url)
-    agent = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
+    agent = Api(daemon, mint("agent", "sdr-bot", daemon=daemon))
     watcher = redis.Redis.from_url(small_redis.url, decode_responses=True)
     answers = []
     for wave in range(60):  # each wave ~1 MB in Redis: the 12 MB fill up long before the last
@@ -290,7 +291,7 @@ def _shutdown_once_admitting(server: RedisServer, baseline: int, done: threading
 
 @pytest.mark.parametrize("key", ["q4-wave-1", None], ids=["own-key", "derived-key"])
 def test_redis_lost_mid_batch_then_the_retry_completes_it_with_no_duplicate_and_no_false_cooldown(
-    make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink, key: str | None
+    make_daemon: Callable[..., Daemon], mint: Mint, own_redis: RedisServer, smtp: SmtpSink, key: str | None
 ) -> None:
     # Two chunks of admission: Redis goes away while the first is written (50 to 100 recipients in),
     # so the retry completes one chunk and writes the other whole.
@@ -298,8 +299,8 @@ def test_redis_lost_mid_batch_then_the_retry_completes_it_with_no_duplicate_and_
     # More relay connections than the default: the 1,000 sends at the end are only the check.
     daemon = make_daemon(TIER_0, redis_url=own_redis.url, smtp_connections="16", workers="16")
     keys = Keys(daemon.env["SENDGUARD_REDIS_PREFIX"])
-    agent = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
-    admin = Api(daemon, daemon.cli("token", "create", "--admin", "root"))
+    agent = Api(daemon, mint("agent", "sdr-bot", daemon=daemon))
+    admin = Api(daemon, mint("admin", "root", daemon=daemon))
     # Held while the batch is admitted twice, so what reaches the relay is decided by the retry alone.
     assert admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "drill"}).status_code == 201
     # A short text: what is proved is who gets a message, and the long body only made each of the

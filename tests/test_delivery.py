@@ -44,7 +44,7 @@ recipient_cooldown = "0s"
 TERMINAL = frozenset({"sent", "bounced", "failed", "rejected", "cancelled"})
 MESSAGE_ID = re.compile(r"^<[0-9a-f]{23}\.sg@acme\.example>$")
 
-Mint = Callable[[str, str], str]
+Mint = Callable[..., str]
 MakeDaemon = Callable[..., Daemon]
 ClientFor = Callable[[Daemon, str, str], Api]
 
@@ -458,7 +458,7 @@ def embedded_redis_reaper() -> Iterator[list[Path]]:
 
 @pytest.mark.drill
 def test_embedded_redis_survives_a_daemon_crash(
-    make_daemon: MakeDaemon, tmp_path: Path, embedded_redis_reaper: list[Path]
+    make_daemon: MakeDaemon, mint: Mint, tmp_path: Path, embedded_redis_reaper: list[Path]
 ) -> None:
     first = make_daemon(RULES, embedded=True)
     assert "SENDGUARD_REDIS_URL" not in first.env
@@ -467,7 +467,7 @@ def test_embedded_redis_survives_a_daemon_crash(
     embedded_redis_reaper.append(data)
     pid_file = data / "redis" / "redis.pid"
 
-    token = first.cli("token", "create", "--agent", "sdr-bot")
+    token = mint("agent", "sdr-bot", daemon=first)  # on its embedded Redis, found as the CLI finds it
     api = Api(first, token)
     try:
         send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -527,14 +527,14 @@ redis.call('HINCRBY', KEYS[3], 'queued', count)
 
 @pytest.mark.drill
 def test_a_daemon_restarts_on_a_hundred_thousand_queued_messages(
-    make_daemon: MakeDaemon, embedded_redis_reaper: list[Path]
+    make_daemon: MakeDaemon, mint: Mint, embedded_redis_reaper: list[Path]
 ) -> None:
     """A restarted embedded Redis answers LOADING while it reads a large append-only file; the
     daemon waits for it, saying how far it got, instead of exiting on its first command."""
     first = make_daemon(RULES, embedded=True)
     data = Path(first.env["SENDGUARD_DATA_DIR"])
     embedded_redis_reaper.append(data)
-    token = first.cli("token", "create", "--agent", "sdr-bot")
+    token = mint("agent", "sdr-bot", daemon=first)  # on its embedded Redis, found as the CLI finds it
     api = Api(first, token)
     try:
         send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()

@@ -71,11 +71,11 @@ def _readiness(daemon: Daemon) -> int:
 
 @pytest.mark.drill
 def test_redis_restarted_mid_run_loses_nothing_and_readiness_follows_it(
-    make_daemon: Callable[..., Daemon], own_redis: RedisServer, smtp: SmtpSink
+    make_daemon: Callable[..., Daemon], mint: Callable[..., str], own_redis: RedisServer, smtp: SmtpSink
 ) -> None:
     smtp.delay = 0.05
     daemon = make_daemon(UNAPPROVED, process=True, redis_url=own_redis.url)
-    api = Api(daemon, daemon.cli("token", "create", "--agent", "sdr-bot"))
+    api = Api(daemon, mint("agent", "sdr-bot", daemon=daemon))
     try:
         accepted = [api.send(f"before{n}@customer.example")["id"] for n in range(60)]
         wait_until(lambda: len(smtp.snapshot()) >= 10, what="deliveries to be under way")

@@ -183,14 +183,10 @@ def test_content_boundaries_reject_with_their_reason_and_let_near_misses_through
     for i, fields in enumerate(near_misses):
         assert agent.send(f"ok{i}@customer.example", **fields)["status"] == "queued"
 
-    token = daemon.cli("token", "create", "--role", "agent", "--name", "new-bot")
-    new_bot = Api(daemon, token)
-    try:
-        old = new_bot.send("a@customer.example", agent_version="new-bot 1.9")
-        assert [r["code"] for r in old["reasons"]] == ["agent_version_not_allowed"]
-        assert new_bot.send("b@customer.example", agent_version="new-bot 2.1.0")["status"] == "queued"
-    finally:
-        new_bot.close()
+    new_bot = client_for(daemon, "agent", "new-bot")
+    old = new_bot.send("a@customer.example", agent_version="new-bot 1.9")
+    assert [r["code"] for r in old["reasons"]] == ["agent_version_not_allowed"]
+    assert new_bot.send("b@customer.example", agent_version="new-bot 2.1.0")["status"] == "queued"
 
 
 def test_the_audit_trail_records_decisions_and_outcomes_and_verify_catches_an_edit(
