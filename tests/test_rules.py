@@ -265,6 +265,16 @@ def test_list_paths_are_relative_to_the_rules_file(tmp_path: Path) -> None:
     assert "info" in rules.role_accounts  # the others still default to the shipped lists
 
 
+def test_a_list_edited_between_loads_is_read_again(tmp_path: Path) -> None:
+    """Lists are kept by their text, not their path (rules._entries): a reload sees an edit."""
+    listed = tmp_path / "free.txt"
+    listed.write_text("example.org\n")
+    path = write(tmp_path, '[ingress]\nfree_domains_list = "free.txt"\n')
+    assert load_rules(path).free_domains == frozenset({"example.org"})
+    listed.write_text("example.net\n")
+    assert load_rules(path).free_domains == frozenset({"example.net"})
+
+
 def test_missing_rules_file(tmp_path: Path) -> None:
     message = refused(tmp_path / "absent.toml")
     assert "cannot be read" in message

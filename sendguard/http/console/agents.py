@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from sendguard.governance.register import agents_report
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import allowed, page
+from sendguard.http.console.pages import allowed, page, section_router
 
-router = APIRouter()
+router = section_router()
 Reviewer = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN, Role.AUDITOR))]
 
 

@@ -1,9 +1,10 @@
-"""Mounting the console on the API's app."""
+"""The console's routes, and mounting what else it needs on the API's app."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from sendguard.http.console import (
     agents,
@@ -17,19 +18,20 @@ from sendguard.http.console import (
 )
 from sendguard.http.console.pages import STATIC, PageError, SignInNeeded, page_error, sign_in_needed
 
+ROUTES: tuple[BaseRoute, ...] = (
+    *signin.router.routes,
+    *approvals.router.routes,
+    *agents.router.routes,
+    *safe_mode.router.routes,
+    *messages.router.routes,
+    *audit.router.routes,
+    *suppressions.router.routes,
+    *break_glass.router.routes,
+)
+
 
 def mount(app: FastAPI) -> None:
-    """Add the console's routes, its stylesheet and its error pages to the API's app."""
-    console = APIRouter(prefix="/ui", include_in_schema=False)
-    console.include_router(signin.router)
-    console.include_router(approvals.router)
-    console.include_router(agents.router)
-    console.include_router(safe_mode.router)
-    console.include_router(messages.router)
-    console.include_router(audit.router)
-    console.include_router(suppressions.router)
-    console.include_router(break_glass.router)
-    app.include_router(console)
+    """Add the console's stylesheet and error pages to an app that serves its `ROUTES`."""
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.add_exception_handler(PageError, page_error)
     app.add_exception_handler(SignInNeeded, sign_in_needed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.approvals import ApprovalRefused
@@ -20,10 +20,10 @@ from sendguard.governance.sessions import Session
 from sendguard.governance.tokens import normal_name
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.diff import word_diff
-from sendguard.http.console.pages import SAMPLE_POLICY, Form, PageError, acting, allowed, page
+from sendguard.http.console.pages import SAMPLE_POLICY, Form, PageError, acting, allowed, page, section_router
 from sendguard.parts import Runtime
 
-router = APIRouter()
+router = section_router()
 Reviewer = Annotated[Session, Depends(allowed(Role.APPROVER, Role.OPERATOR, Role.ADMIN))]
 Deciding = Annotated[Form, Depends(acting(Role.APPROVER))]
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from sendguard.governance.audit import AuditEntry
@@ -21,10 +21,10 @@ from sendguard.governance.audit_entries import canonical
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import PageError, allowed, page
+from sendguard.http.console.pages import PageError, allowed, page, section_router
 from sendguard.parts import Runtime
 
-router = APIRouter()
+router = section_router()
 Auditing = Annotated[Session, Depends(allowed(Role.AUDITOR, Role.ADMIN))]
 PAGE_SIZE = 50
 FILTERS = ("message_id", "agent", "batch", "kind", "since", "until")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.break_glass import MAX_MINUTES, BreakGlassRefused
@@ -16,10 +16,10 @@ from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.governance.tokens import normal_name
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import Form, acting, allowed, page
+from sendguard.http.console.pages import Form, acting, allowed, page, section_router
 from sendguard.parts import Runtime
 
-router = APIRouter()
+router = section_router()
 AdminPage = Annotated[Session, Depends(allowed(Role.ADMIN))]
 Asking = Annotated[Form, Depends(acting(Role.ADMIN, break_glass=False))]
 

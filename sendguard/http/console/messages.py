@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from sendguard.feedback.events import EventType
@@ -33,14 +33,14 @@ from sendguard.governance.audit import AuditEntry
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import PageError, allowed, page, recent_audit
+from sendguard.http.console.pages import PageError, allowed, page, recent_audit, section_router
 from sendguard.model import Status, canonical_address
 from sendguard.record import MessageRecord
 from sendguard.rules import ScopeKind
 from sendguard.scopes import parse_scope
 from sendguard.state.store import IdSource, Store
 
-router = APIRouter()
+router = section_router()
 Looking = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN))]
 
 EXAMINED = 20_000  # candidates (or, for a SCAN, keys) a search reads at most

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import jinja2
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from sendguard.governance.audit import AuditEntry, AuditError
@@ -47,6 +47,11 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+def section_router() -> APIRouter:
+    """A console section's routes: under /ui/, and not in the OpenAPI document, which is for programs."""
+    return APIRouter(prefix="/ui", include_in_schema=False)
 
 
 PEOPLE = frozenset(role for role in Role if role is not Role.AGENT)

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.messages import Query, search
-from sendguard.http.console.pages import Form, PageError, acting, allowed, page, recent_audit
+from sendguard.http.console.pages import Form, PageError, acting, allowed, page, recent_audit, section_router
 from sendguard.model import Status
 from sendguard.parts import Runtime
 from sendguard.scopes import GLOBAL, parse_scope
 
-router = APIRouter()
+router = section_router()
 Watching = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN))]
 Tripping = Annotated[Form, Depends(acting(Role.OPERATOR, Role.ADMIN))]
 Resuming = Annotated[Form, Depends(acting(Role.ADMIN))]

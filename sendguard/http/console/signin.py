@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import LIFETIME
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import COOKIE, PEOPLE, Form, SignedIn, acting, form_of, page, same_origin
+from sendguard.http.console.pages import (
+    COOKIE,
+    PEOPLE,
+    Form,
+    SignedIn,
+    acting,
+    form_of,
+    page,
+    same_origin,
+    section_router,
+)
 
-router = APIRouter()
+router = section_router()
 
 
 def _next(target: str) -> str:

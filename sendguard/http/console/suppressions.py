@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from sendguard.errors import InvalidValue
 from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.pages import Form, PageError, acting, allowed, page
+from sendguard.http.console.pages import Form, PageError, acting, allowed, page, section_router
 from sendguard.parts import Runtime
 
-router = APIRouter()
+router = section_router()
 AdminPage = Annotated[Session, Depends(allowed(Role.ADMIN))]
 Changing = Annotated[Form, Depends(acting(Role.ADMIN))]
 SHOWN = 500  # entries listed per kind; the search narrows a longer list
