@@ -407,8 +407,19 @@ class Daemon(abc.ABC):
         }
 
     def metric(self, sample: str, **labels: str) -> float | None:
-        """One sample of /metrics; None if absent."""
-        return self.samples().get((sample, frozenset(labels.items())))
+        """One sample of /metrics; None if absent.
+
+        Only the sample's own lines are parsed: tests poll this, and parsing every family of a
+        scrape each time cost the suite seconds of CPU.
+        """
+        text = self.http.get("/metrics", timeout=5).text
+        own = "\n".join(line for line in text.splitlines() if line.startswith((f"{sample}{{", f"{sample} ")))
+        wanted = frozenset(labels.items())
+        for family in text_string_to_metric_families(own):
+            for found in family.samples:
+                if found.name == sample and frozenset(found.labels.items()) == wanted:
+                    return float(found.value)
+        return None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
