@@ -39,6 +39,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 # canonical()'s encoder, built once: json.dumps with options builds one per call, and a batch's
 # admission encodes an audit entry and a content hash for each recipient.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_text = json.encoder.encode_basestring  # canonical()'s encoding of a string (ensure_ascii=False)
 
 
 class AuditError(SendguardError):
@@ -74,7 +75,7 @@ def sealed(seq: int, at: int, kind: str, actor: str, fields: Mapping[str, Any], 
     so both the hashed body and the stored line are the two halves joined, with or without `hash`.
     """
     head = canonical({"actor": actor, "at": at, "fields": fields})[:-1]
-    tail = canonical({"kind": kind, "prev": prev, "seq": seq})[1:]
+    tail = f'"kind":{_text(kind)},"prev":{_text(prev)},"seq":{seq:d}}}'  # what canonical() makes of them
     digest = hashlib.sha256(f"{head},{tail}".encode("utf-8", "surrogatepass")).hexdigest()
     return digest, f'{head},"hash":"{digest}",{tail}'
 
