@@ -232,9 +232,15 @@ class MessageIn(Content):
     recipient_timezone: TimeZoneName | None = None
 
 
-def new_message_id() -> str:
-    """Time-ordered, unguessable id: 11 hex digits of milliseconds plus 48 random bits."""
-    return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+def new_message_ids(count: int) -> list[str]:
+    """Time-ordered, unguessable ids: 11 hex digits of milliseconds plus 48 random bits each.
+
+    The random bits of all `count` come from one read of the system's randomness: a batch takes
+    thousands, and a read an id was 4 % of the CPU of admitting one.
+    """
+    stamp = f"{int(time.time() * 1000):011x}"
+    random = secrets.token_hex(6 * count)
+    return [stamp + random[start : start + 12] for start in range(0, 12 * count, 12)]
 
 
 def message_id_header(message_id: str, from_addr: str) -> str:

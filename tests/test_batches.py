@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -177,6 +178,8 @@ def test_ten_thousand_recipients_are_decided_in_one_request_and_recalled_by_batc
     assert len(answer["accepted"]) == 10_000 and answer["rejected"] == []
     assert answer["approval"]["tier"] == 2
     assert {r["status"] for r in answer["accepted"]} == {"pending_approval"}
+    ids = [r["id"] for r in answer["accepted"]]
+    assert len(set(ids)) == 10_000 and all(re.fullmatch(r"[0-9a-f]{23}", one) for one in ids)
 
     # A retry with the same idempotency key gets the same messages back, not 10,000 more.
     again = post(agent, batch(people, idempotency_key="q4-launch"))

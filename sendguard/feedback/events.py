@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sendguard.model import folded_address
 
-# new_message_id(): 11 hex digits of milliseconds and 12 random ones.
+# new_message_ids(): 11 hex digits of milliseconds and 12 random ones.
 _ID = r"[0-9a-f]{23}"
 _BARE_ID = re.compile(rf"^{_ID}$")
 _HEADER_ID = re.compile(rf"(?<![0-9a-f])({_ID})\.sg@[^>\s]+", re.IGNORECASE)

@@ -57,7 +57,7 @@ from sendguard.state.store import Admission, Candidate, Idempotency, Refusable, 
 from sendguard.submission import (
     MAX_SUBJECT,
     Content,
-    new_message_id,
+    new_message_ids,
 )
 from sendguard.templates import Filled
 from sendguard.windows import opening_ms
@@ -204,14 +204,30 @@ class Admissions:
             admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
         else:
             candidate = self._candidate(
-                agent, submission, decided[0], rules, claim.id, "", counted, requester
+                agent,
+                submission,
+                decided[0],
+                rules,
+                claim.id,
+                "",
+                counted,
+                requester,
+                message_id=new_message_ids(1)[0],
             )
             [admission] = await self._store.admit([candidate])
             if admission.replied_until:  # nothing written: decided again with the company's refusal
                 stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
                 decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
                 candidate = self._candidate(
-                    agent, submission, decided[0], rules, claim.id, "", None, requester
+                    agent,
+                    submission,
+                    decided[0],
+                    rules,
+                    claim.id,
+                    "",
+                    None,
+                    requester,
+                    message_id=new_message_ids(1)[0],
                 )
                 [admission] = await self._store.admit([candidate])
             if admission.revoked:  # nothing written, by either call
@@ -427,9 +443,10 @@ class Admissions:
 
         before: tuple[asyncio.Future[list[Admission]], list[Candidate]] | None = None
         for start in range(0, len(decided), CHUNK):
+            chunk = decided[start : start + CHUNK]
             sealed = [
-                self._candidate(agent, submission, one, rules, batch, waits_for)
-                for one in decided[start : start + CHUNK]
+                self._candidate(agent, submission, one, rules, batch, waits_for, message_id=message_id)
+                for one, message_id in zip(chunk, new_message_ids(len(chunk)), strict=True)
             ]
             if before is not None:
                 await settle(*before)
@@ -470,11 +487,13 @@ class Admissions:
         approval: str,
         counted: MassCount | None = None,
         requester: Principal | None = None,
+        *,
+        message_id: str,
     ) -> Candidate:
         """The record of one decided recipient, ready to admit with its audit entry: waiting for
         `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
         which may name one); with the `requester`'s token, when recalled from memory, for its
-        script to check.
+        script to check. `message_id` is its id, one of `new_message_ids`.
 
         `message` is what every recipient of the submission shares. With the recipient's `values`,
         the content is the batch's template filled with them: the record keeps the values and names
@@ -502,7 +521,7 @@ class Admissions:
                 delay_ms = max(delay_ms, window_wait)
         enrichment = message.enrichment
         record = new_record(
-            id=new_message_id(),
+            id=message_id,
             status=status,
             reasons=decided.reasons,
             approval=approval if accepted else "",
