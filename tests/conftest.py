@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import hypothesis
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -58,6 +59,11 @@ from tests.peers import DnsServer, Received, SmtpSink
 
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+# A property's examples are judged by what they find, not by how long each takes: on two shared
+# cores one took 296 ms, and Hypothesis' default 200 ms deadline failed a correct run.
+hypothesis.settings.register_profile("sendguard", deadline=None)
+hypothesis.settings.load_profile("sendguard")
 
 AGENT_RULES = """
 [[agent]]

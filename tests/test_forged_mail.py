@@ -277,7 +277,7 @@ def test_no_forged_mail_without_a_valid_reference_moves_anything(world: World) -
     assert kept(world) == (0, 0)  # exported at 0 from the start
     handed: list[int] = []
 
-    @settings(max_examples=30, deadline=None, derandomize=True)
+    @settings(max_examples=30, derandomize=True)
     @given(forgery=forgeries(world), route=st.sampled_from(["smtp", "agent", "operator", "admin"]))
     def forge(forgery: Forgery, route: str) -> None:
         count, counted = kept(world)

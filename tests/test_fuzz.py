@@ -224,7 +224,7 @@ def _fuzz(
 ) -> None:
     """Send `examples` cases, failing at the first 5xx; note each 201 in `accepted`, if given."""
 
-    @settings(max_examples=examples, deadline=None, derandomize=True)
+    @settings(max_examples=examples, derandomize=True)
     @given(case=strategy)
     def call(case: Case[Any]) -> None:
         response = case.call_and_validate(
@@ -358,7 +358,7 @@ def mutated_samples(draw: st.DrawFn) -> bytes:
 
 
 @pytest.mark.drill
-@settings(max_examples=1000, deadline=None, derandomize=True)
+@settings(max_examples=1000, derandomize=True)
 @given(
     raw=st.binary(max_size=2048) | mutated_samples(),
     envelope=st.lists(

@@ -112,7 +112,7 @@ def test_no_labels_sizes_or_timing_get_a_mass_send_past_approval(
     operator = client_for(daemon, "operator", "omar")
     examples = iter(range(10**6))
 
-    @settings(max_examples=12, deadline=None, derandomize=True)
+    @settings(max_examples=12, derandomize=True)
     @given(operations=st.lists(OPERATION, min_size=1, max_size=10))
     def hijacked(operations: list[tuple[Any, ...]]) -> None:
         n = next(examples) % ROGUES

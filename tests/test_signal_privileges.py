@@ -298,7 +298,7 @@ def test_nothing_an_agent_reports_reaches_another_agent_or_a_shared_scope(scene:
     }
     answered: set[int] = set()
 
-    @settings(max_examples=150, deadline=None, derandomize=True)
+    @settings(max_examples=150, derandomize=True)
     @given(
         steps=st.lists(
             st.tuples(EVENTS, REFERENCES, RECIPIENTS) | MAIL,

@@ -263,7 +263,7 @@ def test_no_message_to_a_suppressed_recipient_reaches_the_relay_after_the_suppre
     agent, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
     domains = (f"d{n}.example" for n in itertools.count())  # each example its own recipients
 
-    @settings(max_examples=25, deadline=None, derandomize=True)
+    @settings(max_examples=25, derandomize=True)
     @given(data=st.data())
     def holds(data: st.DataObject) -> None:
         domain = next(domains)

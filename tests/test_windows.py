@@ -104,7 +104,7 @@ def windows_of(rules: list[WindowRule]) -> list[Window]:
     return [Window.of(rule, ZoneInfo("UTC")) for rule in rules]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_the_next_opening_is_open_and_nothing_earlier_is(case: tuple[list[WindowRule], datetime]) -> None:
     rules, at = case
@@ -120,7 +120,7 @@ def test_the_next_opening_is_open_and_nothing_earlier_is(case: tuple[list[Window
         assert opening.second == 0 and opening.microsecond == 0  # spans and offset changes fall on minutes
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(cases(), st.integers(0, 59 * 60))
 def test_a_time_inside_the_windows_maps_to_itself(
     case: tuple[list[WindowRule], datetime], later: int
