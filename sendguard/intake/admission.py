@@ -203,32 +203,28 @@ class Admissions:
         if counted is None:
             admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
         else:
-            candidate = self._candidate(
-                agent,
-                submission,
-                decided[0],
-                rules,
-                claim.id,
-                "",
-                counted,
-                requester,
-                message_id=new_message_ids(1)[0],
-            )
-            [admission] = await self._store.admit([candidate])
-            if admission.replied_until:  # nothing written: decided again with the company's refusal
-                stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
-                decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
-                candidate = self._candidate(
+
+            def recipient(counting: MassCount | None) -> Candidate:
+                """The message's one recipient as decided now, counted by its script or not."""
+                [message_id] = new_message_ids(1)
+                return self._candidate(
                     agent,
                     submission,
                     decided[0],
                     rules,
                     claim.id,
                     "",
-                    None,
+                    counting,
                     requester,
-                    message_id=new_message_ids(1)[0],
+                    message_id=message_id,
                 )
+
+            candidate = recipient(counted)
+            [admission] = await self._store.admit([candidate])
+            if admission.replied_until:  # nothing written: decided again with the company's refusal
+                stop = company_refusal(decided[0].recipient.domain, agent.name, admission.replied_until)
+                decided = await self._decide(agent, submission, claim.id, key, rules, stopped=stop)
+                candidate = recipient(None)
                 [admission] = await self._store.admit([candidate])
             if admission.revoked:  # nothing written, by either call
                 raise Unauthenticated(REVOKED)
