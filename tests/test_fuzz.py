@@ -178,8 +178,11 @@ def test_api_fuzz_gives_no_5xx_no_crash_and_loses_no_message(
 
     assert daemon.process is not None and daemon.process.poll() is None, daemon.log()
     assert daemon.http.get("/readyz", timeout=5).status_code == 200
+    # Counted by answers: how many of them made a new message moves with the machine's load, as an
+    # MX look-up that times out defers a recipient that an answered one rejects, and a repeat of a
+    # deferred body gets its first id back where a rejected one is decided again (22 quiet, 14 in CI).
+    assert len(accepted) >= SUBMIT_EXAMPLES // 4, "too few accepted submissions to say anything about loss"
     new_ids = _new_ids(accepted)
-    assert len(new_ids) >= SUBMIT_EXAMPLES // 4, "too few accepted submissions to say anything about loss"
     assert len(set(new_ids)) == len(new_ids), "two new submissions were given the same id"
     with httpx.Client(base_url=daemon.base, headers={"Authorization": f"Bearer {tokens['agent']}"}) as agent:
         for message_id in new_ids:
