@@ -504,11 +504,14 @@ async def _audit(settings: Settings, args: argparse.Namespace) -> int:
         hint = " (lost for good? `sendguard audit restart-anchor --reason ...`)" if lost else ""
         print(f"sendguard: audit trail BROKEN: {result.problem}{hint}", file=sys.stderr)
         return 1
-    against = (
-        f"checked against {checked_against}"
-        if checked_against
-        else "without an anchor (--no-anchor): a cut-off tail would not show"
-    )
+    if checked_against is None:
+        against = "without an anchor (--no-anchor): a cut-off tail would not show"
+    elif result.anchored:
+        against = f"checked against {checked_against}"
+    else:
+        against = (
+            "not anchored yet: no daemon has chained an entry of its own, so a cut-off tail would not show"
+        )
     print(f"audit trail ok: {result.checked} entries, {against}")
     return 0
 

@@ -790,3 +790,29 @@ async def test_a_token_is_recalled_only_as_verified_and_until_it_expires(
     assert tokens.recall(token) is not None and not await tokens.in_force(recalled)
     monkeypatch.setattr(time, "time", lambda: 4_000_000_000.0)
     assert tokens.recall(token) is None  # expired
+
+
+async def test_a_trail_the_command_line_began_is_anchored_by_the_first_daemon_and_only_by_it(
+    client: aioredis.Redis, keys: Keys, anchor: Path
+) -> None:
+    # A new deployment: `sendguard token create` writes and chains the first entries, with no anchor
+    # file of its own, before any daemon chained. The daemon must take the trail up, not refuse it
+    # for ever as if its anchor had been deleted; once it has anchored, a missing anchor is that.
+    command_line = AuditLog(client, keys)
+    await command_line.append("token.created", "cli:dana", {"token_id": "t1", "role": "admin"})
+    assert await command_line.chain() == 1
+    before = await command_line.verify(anchor)  # no file, and none was ever written: nothing is missing
+    assert (before.ok, before.checked, before.anchored) == (True, 1, 0), before
+    daemon = AuditLog(client, keys, anchor)
+    assert await daemon.may_chain()
+    await daemon.append("rules.reloaded", "admin:dana", {"version": "v1"})
+    assert await daemon.chain() == 1
+    assert (await asyncio.to_thread(anchor.read_text)).split()[0] == "2"
+    assert (await daemon.verify(anchor)).ok
+    await asyncio.to_thread(anchor.unlink)  # deleted: the tail it held could now be cut off unseen
+    assert "does not exist" in (await daemon.verify(anchor)).problem
+    restarted = AuditLog(client, keys, anchor)
+    assert not await restarted.may_chain()
+    await restarted.append("safe_mode.resumed", "admin:dana", {"scope": "global"})
+    with pytest.raises(AnchorMissing):
+        await restarted.chain()

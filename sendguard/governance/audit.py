@@ -117,6 +117,7 @@ class AuditLog:
         self.redis = client
         self.keys = keys
         self.anchor = anchor
+        self._marked = False  # whether this log has said in Redis that the trail is anchored
         self._chain = scripts.register(client, keys, "audit_chain")
         self._lead = scripts.register(client, keys, "audit_lead")
         self._resign = scripts.register(client, keys, "audit_resign")
@@ -191,7 +192,16 @@ class AuditLog:
                 raise AuditError(
                     f"chained {done} audit entries but could not write {self.anchor}: {exc}"
                 ) from exc
+            await self._mark_anchored()
         return done
+
+    async def _mark_anchored(self) -> None:
+        """Say in Redis, once a process, that an anchor file holds this trail: from then on a daemon
+        whose anchor file is missing over a non-empty trail refuses to chain (see `_may_anchor`)."""
+        if not self._marked:
+            async with translated():
+                await self.redis.set(self.keys.audit_anchored, "1")
+            self._marked = True
 
     @staticmethod
     def _parse_head(head: Mapping[str, str]) -> tuple[int, str]:
@@ -225,6 +235,7 @@ class AuditLog:
             pass
         seq, digest = await self.head()
         await asyncio.to_thread(_write_anchor, self.anchor, seq, digest, now_ms())
+        await self._mark_anchored()
         return seq, digest
 
     async def may_chain(self) -> bool:
@@ -233,7 +244,16 @@ class AuditLog:
         return await self._may_anchor(seq)
 
     async def _may_anchor(self, seq: int) -> bool:
-        return not seq or self.anchor is None or await asyncio.to_thread(_has_lines, self.anchor)
+        """Whether this log may chain (and so anchor) over a trail of `seq` entries.
+
+        Its anchor file must hold lines once any anchor does: a missing one may have been deleted,
+        and starting it afresh would hide a cut-off tail. Before any daemon anchored (the entries a
+        `sendguard token create` chained on a new deployment) there is nothing it could hide.
+        """
+        if not seq or self.anchor is None or await asyncio.to_thread(_has_lines, self.anchor):
+            return True
+        async with translated():
+            return not await self.redis.exists(self.keys.audit_anchored)
 
     async def try_lead(self, owner: str, ttl_ms: int) -> bool:
         """Take or renew the chaining lock for `owner`; True while we hold it."""

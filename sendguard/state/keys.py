@@ -76,6 +76,7 @@ SCHEMA: dict[str, str] = {
     "audit_chain": "audit:chain",  # list: the hash-chained audit trail, JSON entries in sequence order
     "audit_head": "audit:head",  # hash: seq and hash of the last chained entry
     "audit_lock": "audit:lock",  # string: the daemon currently chaining the audit trail
+    "audit_anchored": "audit:anchored",  # string: some daemon has written an anchor line for this trail
     # string: the HMAC secret sendguard signs with (one-click links; bounce addresses under a key
     # derived from it); named `unsub:` since it began with unsubscribe links alone
     "signing_secret": "unsub:secret",
@@ -276,6 +277,10 @@ class Keys:
     @property
     def audit_lock(self) -> str:
         return self._key("audit_lock")
+
+    @property
+    def audit_anchored(self) -> str:
+        return self._key("audit_anchored")
 
     @property
     def signing_secret(self) -> str:
