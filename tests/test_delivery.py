@@ -768,9 +768,12 @@ async def test_a_relay_answer_unrecorded_at_the_end_of_the_grace_gets_another_an
         assert len(smtp.received) == 1
         await store.forget_instance(runtime.instance)
         # Redis may still run the record it had been sent before the cancel (this one does, once
-        # unpaused): then the message is sent; otherwise it was sending, and is recovered uncertain.
-        outcome = (await client.hget(keys.msg("m0"), "status"), await store.recover())
-        assert outcome in {("sent", (0, 0)), ("sending", (1, 1))}
+        # unpaused, and on a loaded machine as late as between two of our commands): then the
+        # message is sent and nothing is left to recover; otherwise it is recovered uncertain and
+        # queued again, and a record arriving after that finds its claim gone and changes nothing.
+        recovered = await store.recover()
+        outcome = (await client.hget(keys.msg("m0"), "status"), recovered)
+        assert outcome in {("sent", (0, 0)), ("queued", (1, 1))}
 
 
 @pytest.mark.parametrize(
