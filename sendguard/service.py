@@ -153,7 +153,7 @@ class Service:
                 await _refresh_ramp_metrics(runtime)
                 await runtime.safe_mode.finish_releases()
                 await runtime.approvals.expire_due()
-                await runtime.approvals.announce_due(runtime.instance)
+                await runtime.approvals.announce_due()
                 await runtime.blocklists.refresh_metrics()
                 seq, head = await audit.head()
                 metrics.audit_entries.set(seq)

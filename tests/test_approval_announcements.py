@@ -88,7 +88,7 @@ def _marked(watcher: redis.Redis, keys: Keys, approval_id: str) -> bool:
 def _sweep(daemon: Daemon, loop_thread: LoopThread) -> int:
     """One more maintenance sweep of `daemon`'s, run by hand on its loop: how many it announced."""
     parts = _parts(daemon)
-    return loop_thread.run(parts.approvals.announce_due(parts.instance))
+    return loop_thread.run(parts.approvals.announce_due())
 
 
 def test_requests_whose_opening_replies_were_lost_are_announced_once_by_one_of_two_daemons(
@@ -171,7 +171,7 @@ def test_a_sweep_announces_a_batch_of_requests_at_most_and_the_rest_at_the_next(
         watcher.zadd(keys.approvals_pending, {f"r{n}": n})
     sweep = scripts.source("approval_announce", keys)
     lease_ms = 60_000
-    first = watcher.eval(sweep, 1, keys.approvals_pending, "daemon-a", lease_ms, 20)
-    second = watcher.eval(sweep, 1, keys.approvals_pending, "daemon-b", lease_ms, 20)
+    first = watcher.eval(sweep, 1, keys.approvals_pending, lease_ms, 20)
+    second = watcher.eval(sweep, 1, keys.approvals_pending, lease_ms, 20)
     assert (len(first), len(second)) == (20, 5)
     assert {row[0] for row in first + second} == {f"r{n}" for n in range(25)}  # each claimed once

@@ -300,16 +300,16 @@ class Approvals:
             delivered,
         )
 
-    async def announce_due(self, instance: str) -> int:
-        """Announce again the pending requests the webhook has not taken, claimed for `instance`
-        once the post that should have told the approvers has surely ended (see
-        approval_announce.lua); how many. Nothing without a webhook."""
+    async def announce_due(self) -> int:
+        """Announce again the pending requests the webhook has not taken, claimed once the post
+        that should have told the approvers has surely ended (see approval_announce.lua); how many.
+        Nothing without a webhook."""
         if not self._notifier.enabled:
             return 0
         lease_ms = int((self._notifier.budget + _ANNOUNCE_MARGIN) * 1000)
         async with translated():
             claimed = await self._claim_announcements(
-                keys=[self._keys.approvals_pending], args=[instance, lease_ms, _ANNOUNCE_BATCH]
+                keys=[self._keys.approvals_pending], args=[lease_ms, _ANNOUNCE_BATCH]
             )
         for approval_id, tier, label, why, requested_by in claimed:
             log.warning("approval request %s not known to be announced: announcing it again", approval_id)

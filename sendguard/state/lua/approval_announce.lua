@@ -7,9 +7,8 @@
 -- that opened thousands of requests) gets the posts in batches, a sweep apart, not all at once.
 -- Returns {id, tier, label, why, requested_by} for each request claimed.
 local pending_key = KEYS[1]
-local instance = ARGV[1]            -- the daemon claiming
-local lease_ms = tonumber(ARGV[2])
-local most = tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[1])
+local most = tonumber(ARGV[2])
 local now = clock_ms()
 
 local claimed = {}
@@ -20,7 +19,7 @@ for _, id in ipairs(redis.call('ZRANGE', pending_key, 0, -1)) do
     'requested_by')
   local since = math.max(tonumber(r[3] or '0'), tonumber(r[4] or '0'))
   if r[1] == 'pending' and not r[2] and since + lease_ms <= now then
-    redis.call('HSET', key, 'announce_claimed', now, 'announce_by', instance)
+    redis.call('HSET', key, 'announce_claimed', now)
     table.insert(claimed, {id, r[5], r[6], r[7] or '', r[8]})
   end
 end
