@@ -401,7 +401,7 @@ async def test_a_post_still_going_at_shutdown_is_dropped_counted_and_its_connect
         with caplog.at_level(logging.ERROR, logger="sendguard.notify"):
             await notifier.drain(0.2)
         await asyncio.wait_for(hung_up.wait(), 5)
-        assert metrics.notify_failures._value.get() == 1
+        assert metrics.registry.get_sample_value("sendguard_notifications_failed_total") == 1
         assert "1 notifications to http://127.0.0.1" in caplog.text and "dropped at shutdown" in caplog.text
     finally:
         server.close()
