@@ -5,6 +5,7 @@ within the window without a tier-2 approval, and an approval releases no more th
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -12,10 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sendguard.rules import WEEKDAYS
 from tests.conftest import Api, Daemon, message, wait_until
 from tests.peers import SmtpSink
 
@@ -159,6 +163,77 @@ def test_send_at_cannot_gather_several_windows_into_one(
     for message_id in first:
         rogue.api.wait_status(message_id, "sent")
     assert len(smtp.snapshot()) == THRESHOLD - 1
+
+
+@pytest.mark.parametrize("kind", ["single", "batch"])
+def test_a_closed_send_window_cannot_gather_several_windows_into_one(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, kind: str
+) -> None:
+    """Messages submitted while the agent's send window is closed all go at its opening, so they
+    count then, not when submitted: a group a window after another, both under the threshold, is
+    counted with it (the probe found 30 of 30 at the relay within 65 ms, each group counted alone)."""
+    window = 2.0
+    today = datetime.now(UTC)
+    closed = {WEEKDAYS[(today + timedelta(days=d)).weekday()] for d in (0, 1)}  # opens the day after
+    days = ", ".join(f'"{day}"' for day in WEEKDAYS if day not in closed)
+    rules = RULES.replace("[approvals]\n", f'[approvals]\nmass_send_window = "{window:g}s"\n')
+    daemon = make_daemon(rules + f'\n[[window]]\nscope = "agent"\nmatch = "rogue-0"\ndays = [{days}]\n')
+    rogue = Rogue(client_for(daemon, "agent", "rogue-0"), "closed")
+    started = time.time()
+    for _ in range(THRESHOLD - 1):
+        if kind == "single":
+            rogue.single({})
+        else:
+            rogue.batch({}, 1)
+    first = list(rogue.due_later)
+    assert {rogue.api.status(message_id)["status"] for message_id in first} == {"queued"}
+    wait_until(lambda: time.time() > started + window + 0.2, what="a window to pass")
+    if kind == "single":
+        rogue.single({})
+    else:
+        rogue.batch({}, 1)
+    [last] = [message_id for message_id in rogue.due_later if message_id not in first]
+    assert rogue.api.status(last)["status"] == "pending_approval"
+
+
+def test_a_batch_due_at_several_openings_counts_at_each(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """A batch whose recipients' windows open at different times (their zones) counts against the
+    sends due near each opening: one recipient early and the rest later does not let another
+    batch of the later zone count alone."""
+    # Two fixed-offset zones where 09:00-10:00 is not now, so their openings are an hour or more apart.
+    closed = (zone for zone in (f"Etc/GMT{k:+d}" for k in range(-12, 12)) if _local(zone).hour != 9)
+    early, late = sorted(itertools.islice(closed, 2), key=_next_opening)
+    daemon = make_daemon(
+        RULES.replace("[approvals]\n", '[approvals]\nmass_send_window = "10m"\n')
+        + '\n[[window]]\nscope = "agent"\nmatch = "rogue-0"\n'
+        + 'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\nhours = "09:00-10:00"\n'
+    )
+    rogue = Rogue(client_for(daemon, "agent", "rogue-0"), "zones")
+
+    def batch(zones: list[str]) -> list[dict[str, Any]]:
+        body = {name: value for name, value in message("").items() if name != "to"}
+        body["recipients"] = [{"to": rogue.address(), "recipient_timezone": zone} for zone in zones]
+        response = rogue.api.client.post("/v1/batches", json=body, timeout=60)
+        assert response.status_code == 201, response.text
+        rows: list[dict[str, Any]] = response.json()["accepted"]
+        return rows
+
+    first = batch([early] + [late] * (THRESHOLD - 2))
+    assert {row["status"] for row in first} == {"queued"}
+    second = batch([late] * (THRESHOLD - 2))
+    assert {row["status"] for row in second} == {"pending_approval"}
+
+
+def _local(zone: str) -> datetime:
+    return datetime.now(ZoneInfo(zone))
+
+
+def _next_opening(zone: str) -> datetime:
+    """The next 09:00 in `zone`."""
+    nine = _local(zone).replace(hour=9, minute=0, second=0, microsecond=0)
+    return nine if nine > _local(zone) else nine + timedelta(days=1)
 
 
 DODGES = ("no segment or campaign", "a new segment per message", "a new campaign every 24", "batches of 24")

@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,21 +173,23 @@ class Approvals:
         self,
         agent: AgentEntry,
         content: Content,
-        count: int,
+        dues: Mapping[int, int],
         rules: Rules,
         requester: Principal,
         batch: str = "",
     ) -> Routing | None:
-        """The request `count` messages (a submission, or a batch's accepted recipients) wait for.
+        """The request some messages (a submission, or a batch's accepted recipients) wait for;
+        `dues`: how many of them are due at each time (ms), as `mass_count` takes them.
 
         None is tier 0. The mass-send count comes first: a tier-2 request settles everything it
         holds. Past it (under the threshold, or in an approved request's headroom) tier 1 is
         judged on its own, so no tier-2 approval lets a tier-1 agent or a shared inbox through.
         """
         settings = rules.file.approvals
-        mass = await self._mass(agent, content, count, rules, requester, batch)
+        mass = await self._mass(agent, dues, rules, requester, batch)
         if mass is not None:
             return mass
+        count = sum(dues.values())
         inbox = content.sender.address
         if agent.tier >= 1 or settings.is_shared(inbox):
             why = f"agent {agent.name} is tier 1" if agent.tier >= 1 else f"{inbox} is a shared inbox"
@@ -208,14 +210,15 @@ class Approvals:
     def mass_count(
         self,
         agent: AgentEntry,
-        content: Content,
-        count: int,
+        dues: Mapping[int, int],
         rules: Rules,
         requester: Principal,
         batch: str = "",
     ) -> MassCount:
-        """approval_route's arguments for counting `count` accepted recipients, and what to say
-        if they open or join a tier-2 request."""
+        """approval_route's arguments for counting accepted recipients, and what to say if they
+        open or join a tier-2 request. `dues`: how many are due at each time (ms, 0 for now), the
+        time they may first go (send_at, send windows), which is when they count."""
+        count = sum(dues.values())
         settings = rules.file.approvals
         threshold, window = settings.mass_send_threshold, settings.mass_send_window
         approval_id = secrets.token_hex(8)
@@ -225,11 +228,10 @@ class Approvals:
             opening = Opening(2, "run", f"the sends of {agent.name} past the threshold", "", agent.name)
         why = _mass_why(agent, count, rules, batch)
         fields = self._fields(approval_id, opening, requester, rules) | {"why": why}
-        send_at = int(content.send_at.timestamp() * 1000) if content.send_at else 0
         args = [
             approval_id,
             count,
-            send_at,
+            ",".join(f"{due}:{n}" for due, n in dues.items()),
             int(window * 1000),
             threshold,
             threshold,  # the headroom: one more threshold's worth, as a tier-0 agent has
@@ -259,10 +261,10 @@ class Approvals:
         return Routing(request.id, request.tier, request.why) if request else None
 
     async def _mass(
-        self, agent: AgentEntry, content: Content, count: int, rules: Rules, requester: Principal, batch: str
+        self, agent: AgentEntry, dues: Mapping[int, int], rules: Rules, requester: Principal, batch: str
     ) -> Routing | None:
         """The tier-2 request the submission waits for, counted in one script; None if it needs none."""
-        counted = self.mass_count(agent, content, count, rules, requester, batch)
+        counted = self.mass_count(agent, dues, rules, requester, batch)
         k = self._keys
         async with translated():
             state, found = await self._route(

@@ -98,6 +98,9 @@ class Decided:
     idempotency: Idempotency
     values: Mapping[str, str] | None  # a batch's recipient's, filled into its batch's stored template
     check_replied: bool = False
+    # When it may first go, in ms (0 if rejected): its send_at or now, moved to its send windows'
+    # next opening. Its mass-send count is made at this time, since that is when it goes.
+    due_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,11 @@ class Admissions:
             claim = await self._batches.claim(agent, submission, key, fingerprinted)
         else:
             key, claim = idempotency(submission, rules), BatchClaim("")
-        counted = self._approvals.mass_count(agent, submission, 1, rules, requester) if in_script else None
         decided = await self._decide(agent, submission, claim.id, key, rules, in_script=in_script)
+        counted = None
+        if in_script:
+            dues = Counter({decided[0].due_ms: 1})
+            counted = self._approvals.mass_count(agent, dues, rules, requester)
         if counted is None:
             # A retry of a single message is answered with its first decision by the admission
             # script: the request it waits for is looked up, not opened (and announced) again.
@@ -364,6 +370,7 @@ class Admissions:
             found = await self._reply_stops.refusals(agent.name, {recipient.domain for recipient in checked})
         check_replied = in_script and self._reply_stops.by_domain()
         standing = _standing(agent, submission, rules)
+        now = now_ms()
         for index, (entry, recipient) in enumerate(zip(entries, checked, strict=True)):
             if too_large := renderer.oversized(entry):
                 reasons, content = [too_large], None
@@ -387,8 +394,13 @@ class Admissions:
             else:
                 status = Status.QUEUED
             timezone = entry.recipient_timezone
+            due = (
+                0
+                if status is Status.REJECTED
+                else _due_ms(agent, submission, recipient, timezone, rules, now)
+            )
             decided.append(
-                Decided(recipient, timezone, status, refused, content, each, values, check_replied)
+                Decided(recipient, timezone, status, refused, content, each, values, check_replied, due)
             )
             if index % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
@@ -406,12 +418,10 @@ class Admissions:
         """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
         if claim.settled:
             return claim.routing
-        accepted = sum(1 for one in decided if one.status is not Status.REJECTED)
+        dues = Counter(one.due_ms for one in decided if one.status is not Status.REJECTED)
         routing = None
-        if accepted:
-            routing = await self._approvals.route(
-                agent, submission, accepted, rules, requester, batch=claim.id
-            )
+        if dues:
+            routing = await self._approvals.route(agent, submission, dues, rules, requester, batch=claim.id)
         if claim.id:
             await self._batches.settle(claim.id, agent, len(decided), routing)
         return routing
@@ -501,17 +511,7 @@ class Admissions:
         waiting_for: Wait | None = None
         if accepted:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            now = now_ms()
-            asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
-            windowed = _Windowed(
-                recipient.domain,
-                message.sender.address,
-                message.segment,
-                message.campaign,
-                agent.name,
-                decided.recipient_timezone,
-            )
-            window_wait = opening_ms(rules.file, windowed, max(now, asked)) - now
+            window_wait = decided.due_ms - now_ms()
             if window_wait > 0:
                 waiting_for = Wait.SEND_WINDOW
                 delay_ms = max(delay_ms, window_wait)
@@ -597,6 +597,18 @@ def _due_in(candidate: Candidate) -> float:
     send_at = candidate.record.send_at
     asked = send_at.timestamp() - time.time() if send_at else 0.0
     return max(candidate.delay_ms / 1000, asked)
+
+
+def _due_ms(
+    agent: AgentEntry, message: Content, recipient: Recipient, timezone: str | None, rules: Rules, now: int
+) -> int:
+    """When an accepted recipient may first go: its send_at or `now`, at its send windows' next
+    opening from then."""
+    asked = int(message.send_at.timestamp() * 1000) if message.send_at else 0
+    windowed = _Windowed(
+        recipient.domain, message.sender.address, message.segment, message.campaign, agent.name, timezone
+    )
+    return opening_ms(rules.file, windowed, max(now, asked))
 
 
 class _Windowed(NamedTuple):
