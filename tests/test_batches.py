@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sendguard.governance.audit import content_hash
+from sendguard.intake.batches import MAX_BATCH_CONTENT
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import DnsServer, SmtpSink
 
@@ -229,3 +231,56 @@ def test_bad_batches_get_an_error_that_names_the_field(
         assert field in [e["field"] for e in response.json()["errors"]], (field, response.text)
     refused = agent.client.post("/v1/batches", json=batch(one, **{"from": "Mallory <ceo@elsewhere.example>"}))
     assert refused.status_code == 403 and refused.json()["reasons"][0]["code"] == "inbox_not_allowed"
+
+
+def test_a_batch_whose_filled_content_is_over_the_budget_is_refused_before_any_check(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """Every recipient's filled content is checked, so a 1 MiB template to a few hundred recipients
+    (a 1 MB request) would cost the daemon minutes of checking: refused, naming the budget."""
+    agent = client_for(make_daemon(RULES), "agent", "sdr-bot")
+    text = "{{first_name}}, " + "a line of an ordinary cold email.\n" * (MAX_BATCH_CONTENT // 2**20 * 120)
+    count = MAX_BATCH_CONTENT // len(text) + 10
+    people = [{"to": f"p{i}@customer.example", "vars": {"first_name": "P"}} for i in range(count)]
+    started = time.process_time()
+    response = agent.client.post("/v1/batches", json=batch(people, text=text, html=None), timeout=60)
+    assert response.status_code == 422, response.text[:300]
+    [error] = response.json()["errors"]
+    assert error["field"] == "recipients" and f"{MAX_BATCH_CONTENT:,} (256 MiB)" in error["message"], error
+    assert time.process_time() - started < 5  # refused before checking hundreds of MB
+
+
+def test_a_large_batch_lets_other_requests_through_while_its_content_is_checked(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """The event loop is yielded every few milliseconds of content checking, not only every 500
+    recipients: a batch of 150 recipients with a 200 KB HTML body (a second or more of checking)
+    does not hold /healthz for its whole length."""
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    html = (
+        "<p>Hi {{first_name}}</p>"
+        + '<p>Our <b>offer</b>, see <a href="https://x.example/a">it</a>.</p>' * 3000
+    )
+    people = [{"to": f"h{i}@customer.example", "vars": {"first_name": f"H{i}"}} for i in range(150)]
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:
+        with daemon.client() as probe:
+            while not done.is_set():
+                asked = time.perf_counter()
+                assert probe.get("/healthz").status_code == 200
+                gaps.append(time.perf_counter() - asked)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    started = time.perf_counter()
+    try:
+        post(agent, batch(people, html=html))
+    finally:
+        took = time.perf_counter() - started
+        done.set()
+        pinger.join()
+    print(f"batch {took:.2f} s; /healthz answered {len(gaps)} times, the slowest in {max(gaps):.3f} s")
+    assert max(gaps) < took / 4, (took, sorted(gaps)[-5:])

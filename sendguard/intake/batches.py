@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sendguard.errors import SendguardError
 from sendguard.governance.approvals import Routing
@@ -31,6 +31,10 @@ from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine,
 from sendguard.templates import NAME, BatchTemplate, Filled
 
 MAX_RECIPIENTS = 50_000
+# The text and html of all of a batch's recipients once filled: every recipient's content is checked
+# (intake/boundaries.py), so this bounds what one request costs, a few seconds at the checks' slowest
+# (HTML, ~25 MB/s of one core); a 1 MiB template to a few hundred recipients would take minutes.
+MAX_BATCH_CONTENT = 256 * 1024 * 1024
 CHUNK = 500  # recipients per pipelined round trip, and between yields to the event loop
 
 
@@ -82,6 +86,22 @@ class BatchIn(Content):
     )
 
     recipients: list[BatchRecipient] = Field(min_length=1, max_length=MAX_RECIPIENTS)
+
+    @field_validator("recipients")
+    @classmethod
+    def _within_content_budget(
+        cls, recipients: list[BatchRecipient], info: ValidationInfo
+    ) -> list[BatchRecipient]:
+        text, html = info.data.get("text") or "", info.data.get("html") or ""
+        template = BatchTemplate(info.data.get("subject") or "", text, html)
+        total = sum(sum(template.body_sizes(recipient.vars)) for recipient in recipients)
+        if total > MAX_BATCH_CONTENT:
+            raise ValueError(
+                f"the text and html filled for every recipient come to {total:,} bytes; a batch may "
+                f"have {MAX_BATCH_CONTENT:,} (256 MiB), since each recipient's content is checked: "
+                "send it as several smaller batches"
+            )
+        return recipients
 
 
 class BatchConflict(SendguardError):
