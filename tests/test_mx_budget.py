@@ -93,7 +93,7 @@ def test_a_batch_of_many_unanswered_domains_waits_no_longer_than_its_budget(
     wall, rows = post_batch(api, [*ANSWERED, *slow, "bob@other.example"])
     spent = [address for address in slow if "DNS time" in rows[address]["reasons"][0]["detail"]]
     print("wall", round(wall, 2), "s for", len(slow), "unanswered domains;", len(spent), "past the budget")
-    assert wall < budget + MARGIN
+    assert wall < budget + 2 * MARGIN  # admitting 389 recipients takes some; 6 timeouts without a budget
     for address in slow:
         assert (rows[address]["status"], codes(rows[address])) == ("deferred", ["dns_temporary"])
     assert len(spent) >= len(slow) - 2 * CONCURRENCY
