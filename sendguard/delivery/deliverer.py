@@ -543,7 +543,7 @@ class Deliverer:
                 activity=rejection_counted([reason.code]),
             )
             return False
-        if recipient.dns_temporary:
+        if recipient.dns_deferral:
             self._metrics.deferred.labels("dns").inc()
             if checks > self._settings.max_attempts:
                 await self._store.transition(

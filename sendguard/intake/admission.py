@@ -273,8 +273,7 @@ class Admissions:
         content) and safe mode depend on a message, not on a recipient."""
         if rules.agent(requester.name) is None:
             raise Forbidden(unregistered(requester.name))
-        await self._ingress.warm(addresses, rules)
-        checked = [await self._ingress.check(address, rules) for address in addresses]
+        checked = await self._ingress.check_all(addresses, rules)
         shared = await self._store.refusals(
             [Refusable(r.address, r.canonical, r.domain, bool(r.reasons)) for r in checked],
             cooldown=rules.file.ingress.recipient_cooldown > 0,
@@ -287,8 +286,8 @@ class Admissions:
                 reasons = (*reasons, company)
             if reasons:
                 verdict = Status.REJECTED.value
-            elif recipient.dns_temporary:
-                verdict, reasons = Status.DEFERRED.value, (_DNS_TEMPORARY,)
+            elif recipient.dns_deferral:
+                verdict, reasons = Status.DEFERRED.value, (recipient.dns_deferral,)
             else:
                 verdict = "would_queue"
             verdicts.append(Verdict(to, recipient.address, verdict, reasons))
@@ -352,16 +351,11 @@ class Admissions:
         (`in_script`) or it was found there already (`stopped`, for the single recipient).
         """
         entries = recipients(submission)
-        await self._ingress.warm([entry.to for entry in entries], rules)
         decided: list[Decided] = []
         first_index: dict[str, int] = {}
         renderer = Renderer(submission)
         # Every recipient checked first, so one look-up finds the companies whose reply stopped this agent.
-        checked: list[Recipient] = []
-        for index, entry in enumerate(entries):
-            checked.append(await self._ingress.check(entry.to, rules))
-            if index % CHUNK == CHUNK - 1:
-                await asyncio.sleep(0)  # a batch must not stall deliveries and other requests
+        checked = await self._ingress.check_all([entry.to for entry in entries], rules)
         if stopped is not None:
             found = {checked[0].domain: stopped}
         elif in_script:
@@ -391,8 +385,8 @@ class Admissions:
             refused = (*reasons, *recipient.reasons)
             if refused:
                 status = Status.REJECTED
-            elif recipient.dns_temporary:
-                status, refused = Status.DEFERRED, (_DNS_TEMPORARY,)
+            elif recipient.dns_deferral:
+                status, refused = Status.DEFERRED, (recipient.dns_deferral,)
             else:
                 status = Status.QUEUED
             timezone = entry.recipient_timezone
@@ -658,7 +652,6 @@ def _audit_entry(record: MessageRecord, content: Filled | None) -> str:
 
 # Characters of content checked between two yields to the event loop: ~10 ms at the slowest (HTML).
 _CHECKED_BETWEEN_YIELDS = 256 * 1024
-_DNS_TEMPORARY = Reason("dns_temporary", "DNS failed temporarily; will check again")
 
 # Redis bytes a queued recipient takes besides the content it shares: its record, indexes,
 # idempotency key and audit entry (3,816 in bench/scenarios/footprint.py), rounded up.

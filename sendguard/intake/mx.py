@@ -1,8 +1,14 @@
 """Can this domain receive mail? MX look-ups through dnspython, cached with the answer's TTL.
 
-A timeout or SERVFAIL is not a verdict: it comes back as `TEMPORARY`, uncached, so the message
-is deferred and checked again later instead of being rejected for a resolver's bad minute.
-Negative answers (NXDOMAIN, no records) are cached for the zone's SOA minimum.
+A timeout or SERVFAIL is not a verdict: it comes back as `TEMPORARY`, so the message is deferred
+and checked again later instead of being rejected for a resolver's bad minute. It is remembered
+for `TEMPORARY_TIMEOUTS` resolver timeouts (15 s by default), so requests that name the domain
+again meanwhile do not each wait the timeout: a caller that keeps asking waits at most a quarter
+of its time. Negative answers (NXDOMAIN, no records) are cached for the zone's SOA minimum.
+
+The recipient domains of a request are chosen by the agent, so a request's look-ups are bounded
+(`check_many`): each distinct domain once, `CONCURRENCY` at a time, and all of them within
+`BUDGET_TIMEOUTS` resolver timeouts; a domain not decided by then has no verdict from this request.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from enum import StrEnum
 
 import dns.asyncresolver
@@ -25,6 +32,9 @@ from sendguard.config import parse_host_port
 _DEFAULT_NEGATIVE_TTL = 300
 _MAX_TTL = 86400
 _CACHE_SIZE = 100_000
+CONCURRENCY = 64  # distinct domains one request looks up at once
+BUDGET_TIMEOUTS = 2  # a request's DNS time: one timeout for a domain, one more for the rest
+TEMPORARY_TIMEOUTS = 3  # how long a timeout or SERVFAIL is remembered
 
 
 class MailHost(StrEnum):
@@ -72,16 +82,15 @@ class MxChecker:
         self._resolver = make_resolver(nameservers, timeout)
         self._cache: OrderedDict[str, tuple[MailHost, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[MailHost]] = {}
+        self.budget = BUDGET_TIMEOUTS * timeout
+        self._temporary_ttl = TEMPORARY_TIMEOUTS * timeout
 
     async def check(self, domain: str) -> MailHost:
         """The verdict for an ASCII (IDNA) domain."""
         domain = domain.lower().rstrip(".")
-        cached = self._cache.get(domain)
+        cached = self._cached(domain)
         if cached is not None:
-            if cached[1] > time.monotonic():
-                self._cache.move_to_end(domain)
-                return cached[0]
-            del self._cache[domain]
+            return cached
         task = self._pending.get(domain)
         if task is None:
             task = asyncio.ensure_future(self._resolve_and_cache(domain))
@@ -89,11 +98,56 @@ class MxChecker:
             task.add_done_callback(lambda _: self._pending.pop(domain, None))
         return await asyncio.shield(task)
 
+    async def check_many(self, domains: Iterable[str]) -> dict[str, MailHost]:
+        """The verdicts for a request's domains, each looked up once, within the request's budget.
+
+        Cached verdicts come first and cost no look-up; the others are looked up `CONCURRENCY` at a
+        time, in the order given. A domain still waiting when `budget` seconds are spent is left
+        out: the caller defers its recipients. A look-up under way then goes on by itself (the
+        resolver's timeout ends it) and caches what it finds for the next request.
+        """
+        found: dict[str, MailHost] = {}
+        unknown: list[str] = []
+        for domain in dict.fromkeys(domain.lower().rstrip(".") for domain in domains):
+            cached = self._cached(domain)
+            if cached is None:
+                unknown.append(domain)
+            else:
+                found[domain] = cached
+        if not unknown:
+            return found
+        queue = iter(unknown)
+
+        async def look_up() -> None:
+            for domain in queue:  # shared: each worker takes the next domain nobody has taken
+                found[domain] = await self.check(domain)
+
+        workers = [asyncio.ensure_future(look_up()) for _ in range(min(CONCURRENCY, len(unknown)))]
+        try:
+            done, _ = await asyncio.wait(workers, timeout=self.budget)
+        finally:
+            for worker in workers:
+                worker.cancel()  # its look-up is shielded: only this request stops waiting for it
+        for worker in done:
+            worker.result()  # a failure of sendguard's own is raised, not taken for a verdict
+        return found
+
+    def _cached(self, domain: str) -> MailHost | None:
+        cached = self._cache.get(domain)
+        if cached is None:
+            return None
+        if cached[1] > time.monotonic():
+            self._cache.move_to_end(domain)
+            return cached[0]
+        del self._cache[domain]
+        return None
+
     async def _resolve_and_cache(self, domain: str) -> MailHost:
+        ttl: float
         try:
             verdict, ttl = await self._resolve(dns.name.from_text(domain))
         except _Temporary:
-            return MailHost.TEMPORARY
+            verdict, ttl = MailHost.TEMPORARY, self._temporary_ttl
         except (dns.exception.DNSException, ValueError):
             # A name dnspython cannot even form (too long, empty label) cannot receive mail.
             verdict, ttl = MailHost.DOMAIN_NOT_FOUND, _DEFAULT_NEGATIVE_TTL

@@ -259,7 +259,7 @@ class _Handler:
         if recipient.reasons:
             await listener.admissions.refuse_recipient(principal, address, recipient.reasons, rules)
             return refusal_reply(recipient.reasons)
-        if recipient.dns_temporary:
+        if recipient.dns_deferral:
             return f"451 4.4.3 dns_temporary: DNS failed temporarily for {recipient.domain}; try again later"
         if recipient.address not in (taken.lower() for taken in envelope.rcpt_tos):
             envelope.rcpt_tos.append(recipient.address)
