@@ -19,7 +19,7 @@ RULES = '[ingress]\nrecipient_cooldown = "0s"\n'
 
 
 def test_every_message_carries_a_one_click_link_that_suppresses_the_recipient_at_once(
-    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, redis_url: str, prefix: str
 ) -> None:
     public = f"http://127.0.0.1:{free_port()}"
     daemon = make_daemon(RULES, public_url=public)
@@ -68,6 +68,21 @@ def test_every_message_carries_a_one_click_link_that_suppresses_the_recipient_at
     assert daemon.metric("sendguard_unsubscribes_total") == 1
     history = agent.status(sent["id"])["history"]
     assert history[-1]["cause"] == "unsubscribe" and "one-click" in history[-1]["detail"]
+
+    # The link is public: posting it again (50 times) answers the same and writes nothing more.
+    with redis.Redis.from_url(redis_url) as store:
+
+        def entries() -> int:
+            return int(store.llen(f"{prefix}:audit:chain")) + int(store.llen(f"{prefix}:audit:pending"))
+
+        before = entries()
+        with daemon.client() as browser:
+            for _ in range(50):
+                again = browser.post(link, content="List-Unsubscribe=One-Click")
+                assert again.status_code == 200 and "unsubscribed" in again.text
+        assert entries() == before
+    assert agent.status(sent["id"])["history"] == history
+    assert daemon.metric("sendguard_unsubscribes_total") == 1
 
 
 def test_a_one_click_link_still_suppresses_after_its_message_record_expired(

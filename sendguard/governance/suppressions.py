@@ -109,6 +109,13 @@ class Suppressions:
         _, cancelled = await self._store.suppress([canonical_address(address)], [], CAUSE, detail, "")
         return cancelled
 
+    async def holds(self, address: str) -> bool:
+        """Whether the mailbox of `address` is suppressed (by its own entry, not by its domain's)."""
+        async with translated():
+            return bool(
+                await self._redis.sismember(self._keys.suppressed_addresses, canonical_address(address))
+            )
+
     async def lift(self, entry: str, actor: str) -> bool:
         """Lift one suppression a person names, and record it; False if it was not there.
 

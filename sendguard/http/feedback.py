@@ -153,8 +153,12 @@ async def unsubscribe(token: str, runtime: RuntimeDep) -> HTMLResponse:
     link = await _unsubscribe_link(runtime, token)
     if link is None:
         return _page("Link not valid", _NOT_VALID, 404)
-    event = EventIn(type=EventType.UNSUBSCRIBE, message_id=link.message_id, recipient=link.recipient)
-    await runtime.feedback.apply([event], Reporter("one-click unsubscribe", signed=True))
+    # Anyone with the link may post it again and again: once the address is suppressed, a repeat
+    # is answered the same and writes nothing (no event, no audit entry), so replays cannot grow
+    # the trail, which is never trimmed.
+    if not await runtime.suppressions.holds(link.recipient):
+        event = EventIn(type=EventType.UNSUBSCRIBE, message_id=link.message_id, recipient=link.recipient)
+        await runtime.feedback.apply([event], Reporter("one-click unsubscribe", signed=True))
     sender, recipient = link.html()
     return _page(
         "Unsubscribed",
