@@ -140,6 +140,13 @@ def _to_url(
             raise ValueError(f"scheme must be one of {', '.join(schemes)}, got {url.parts.scheme!r}")
         if url.parts.scheme != "unix" and not url.parts.hostname:
             raise ValueError("URL has no host")
+        if not isinstance(url, SentinelURL):  # several hosts: checked as it was parsed
+            try:
+                port = url.parts.port  # urlsplit checks it only when asked
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise ValueError("the port in the URL must be a number from 1 to 65535")
         return url
 
     return BeforeValidator(parse)

@@ -7,7 +7,9 @@ import contextlib
 import http.client
 import itertools
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -82,6 +84,40 @@ def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong_and_not_the_pa
     said = _setting_error(redis_url=url)
     assert problem in said
     assert "hunter2" not in said
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [
+        ("redis_url", "redis://:hunter2@127.0.0.1:99999999/0"),
+        ("redis_url", "redis://:hunter2@127.0.0.1:0/0"),
+        ("smtp_url", "smtp://u:hunter2@relay:notaport"),
+        ("notify_url", "https://hooks.example:port/hunter2"),
+        ("api_url", "http://127.0.0.1:65536"),
+    ],
+)
+def test_a_url_with_a_bad_port_is_a_bad_setting_naming_the_port_not_the_password(
+    setting: str, url: str
+) -> None:
+    said = _setting_error(**{setting: url})
+    assert setting in said and "the port in the URL must be a number from 1 to 65535" in said
+    assert "hunter2" not in said
+
+
+def test_the_command_line_says_a_bad_port_is_a_bad_setting_and_exits_2(tmp_path: Path) -> None:
+    """It was a Python traceback and exit 1 (urlsplit checks a port only when it is read)."""
+    env = {"PATH": os.environ["PATH"], "SENDGUARD_REDIS_URL": "redis://:hunter2@127.0.0.1:99999999/0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sendguard.cli", "token", "list"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "bad setting: SENDGUARD_REDIS_URL" in done.stderr and "from 1 to 65535" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr + done.stdout
 
 
 def test_waiting_for_replicas_refuses_settings_it_could_never_meet() -> None:
