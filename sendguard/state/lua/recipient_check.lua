@@ -15,7 +15,7 @@ for i = 1, #recipients, 4 do
     rejected = true
   end
   if not rejected and cooldown_on then
-    local holder = redis.call('GET', key_cooldown(address))
+    local holder = redis.call('GET', key_cooldown(mailbox))
     if holder then table.insert(reasons, cooldown_reason(holder)) end
   end
   table.insert(found, #reasons > 0 and cjson.encode(reasons) or '[]')
