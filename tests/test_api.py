@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -196,11 +197,13 @@ def test_a_record_stores_its_scopes_only_when_its_fields_do_not_give_them(
         client.close()
 
 
-def test_recipient_cooldown_spans_agents_and_spellings(
+def test_recipient_cooldown_spans_agents_and_spellings_and_names_no_message(
     api: Api, daemon: Daemon, client_for: ClientFor
 ) -> None:
     """One mailbox gets one message per cooldown, across agents and however its address is
-    spelled (case, a made-up `+tag`), as suppressions go by the mailbox."""
+    spelled (case, a made-up `+tag`), as suppressions go by the mailbox. The refusal says when
+    the cooldown ends, never which message holds it: it may be another agent's, and an id is what
+    a reply quotes to cancel a message and stop its agent."""
     first = api.send("carol@customer.example")
     assert first["status"] == "queued"
     support = client_for(daemon, "agent", "support-bot")
@@ -209,9 +212,14 @@ def test_recipient_cooldown_spans_agents_and_spellings(
     assert [(r["status"], [reason["code"] for reason in r["reasons"]]) for r in refused] == [
         ("rejected", ["recipient_cooldown"])
     ] * 3
+    # Nowhere the other agent can read: the answer, its own record of the refusal, the check.
     checked = support.client.post("/v1/recipients/check", json={"to": ["CAROL+check@customer.example"]})
     assert [reason["code"] for reason in checked.json()["recipients"][0]["reasons"]] == ["recipient_cooldown"]
-    assert all(first["id"] in r["reasons"][0]["detail"] for r in refused)
+    seen = [json.dumps(r) for r in refused] + [json.dumps(support.status(r["id"])) for r in refused]
+    assert all(first["id"] not in text for text in [*seen, checked.text])
+    detail = refused[0]["reasons"][0]["detail"]
+    ends = datetime.fromisoformat(detail.rpartition(" ")[2])
+    assert abs(ends - (datetime.now(UTC) + timedelta(hours=72))) < timedelta(minutes=1), detail
 
 
 def test_domain_with_only_an_a_record_is_deliverable(api: Api, smtp: SmtpSink) -> None:

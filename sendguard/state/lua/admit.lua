@@ -98,7 +98,7 @@ local function admit(args)
   end
   if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
     if not redis.call('SET', cooldown_key, id, 'NX', 'PX', cooldown_ms) then
-      table.insert(reasons, cooldown_reason(redis.call('GET', cooldown_key)))
+      table.insert(reasons, cooldown_reason(cooldown_key, now))
       status = 'rejected'
     end
   end
