@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -196,14 +197,29 @@ def test_a_record_stores_its_scopes_only_when_its_fields_do_not_give_them(
         client.close()
 
 
-def test_recipient_cooldown_spans_agents(api: Api, daemon: Daemon, client_for: ClientFor) -> None:
+def test_recipient_cooldown_spans_agents_and_spellings_and_names_no_message(
+    api: Api, daemon: Daemon, client_for: ClientFor
+) -> None:
+    """One mailbox gets one message per cooldown, across agents and however its address is
+    spelled (case, a made-up `+tag`), as suppressions go by the mailbox. The refusal says when
+    the cooldown ends, never which message holds it: it may be another agent's, and an id is what
+    a reply quotes to cancel a message and stop its agent."""
     first = api.send("carol@customer.example")
     assert first["status"] == "queued"
     support = client_for(daemon, "agent", "support-bot")
-    second = support.send("Carol@customer.example", **{"from": "help@acme.example"})
-    assert second["status"] == "rejected"
-    assert second["reasons"][0]["code"] == "recipient_cooldown"
-    assert first["id"] in second["reasons"][0]["detail"]
+    spellings = ["Carol@customer.example", "carol+q4@customer.example", "Carol+x.y@Customer.Example"]
+    refused = [support.send(to, **{"from": "help@acme.example"}) for to in spellings]
+    assert [(r["status"], [reason["code"] for reason in r["reasons"]]) for r in refused] == [
+        ("rejected", ["recipient_cooldown"])
+    ] * 3
+    # Nowhere the other agent can read: the answer, its own record of the refusal, the check.
+    checked = support.client.post("/v1/recipients/check", json={"to": ["CAROL+check@customer.example"]})
+    assert [reason["code"] for reason in checked.json()["recipients"][0]["reasons"]] == ["recipient_cooldown"]
+    seen = [json.dumps(r) for r in refused] + [json.dumps(support.status(r["id"])) for r in refused]
+    assert all(first["id"] not in text for text in [*seen, checked.text])
+    detail = refused[0]["reasons"][0]["detail"]
+    ends = datetime.fromisoformat(detail.rpartition(" ")[2])
+    assert abs(ends - (datetime.now(UTC) + timedelta(hours=72))) < timedelta(minutes=1), detail
 
 
 def test_domain_with_only_an_a_record_is_deliverable(api: Api, smtp: SmtpSink) -> None:
@@ -358,7 +374,7 @@ def test_non_json_and_oversized_bodies_are_refused(api: Api) -> None:
 def test_agent_sees_only_its_own_messages_and_can_cancel(
     api: Api, daemon: Daemon, client_for: ClientFor
 ) -> None:
-    later = api.send("frank@customer.example", send_at="2099-01-01T00:00:00Z")
+    later = api.send("Frank+later@customer.example", send_at="2099-01-01T00:00:00Z")
     support = client_for(daemon, "agent", "support-bot")
     assert support.client.get(f"/v1/messages/{later['id']}").status_code == 404
     assert support.client.post(f"/v1/messages/{later['id']}/cancel").status_code == 404
@@ -367,8 +383,24 @@ def test_agent_sees_only_its_own_messages_and_can_cancel(
     record = api.status(later["id"])
     assert [h["status"] for h in record["history"]] == ["queued", "cancelled"]
     assert api.client.post(f"/v1/messages/{later['id']}/cancel").status_code == 409
-    # Cancelling gave the recipient's cooldown back.
+    # Cancelling gave the recipient's cooldown back, to every spelling of its mailbox.
     assert api.send("frank@customer.example")["status"] == "queued"
+
+
+def test_a_recall_gives_back_the_cooldown_of_the_mailbox(
+    api: Api, daemon: Daemon, client_for: ClientFor
+) -> None:
+    """A recalled message (the scripts' cancellation, as a reply or a suppression cancels) gives the
+    mailbox's cooldown back to every agent, whatever spelling it was sent to."""
+    api.send("Gina+later@customer.example", send_at="2099-01-01T00:00:00Z")
+    support = client_for(daemon, "agent", "support-bot")
+    held = support.send("gina@customer.example", **{"from": "help@acme.example"})
+    assert [reason["code"] for reason in held["reasons"]] == ["recipient_cooldown"]
+    operator = client_for(daemon, "operator", "olga")
+    recalled = operator.client.post("/v1/recall", json={"agent": "sdr-bot", "reason": "wrong list"})
+    assert recalled.json()["cancelled"] == 1, recalled.text
+    again = support.send("gina@customer.example", **{"from": "help@acme.example", "subject": "again"})
+    assert (again["status"], again["reasons"]) == ("queued", [])
 
 
 def test_labelled_counters_start_at_zero(daemon: Daemon) -> None:

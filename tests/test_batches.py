@@ -125,6 +125,35 @@ def test_a_batch_fills_each_recipient_checks_each_and_says_why_per_recipient(
     assert summary["recipients"] == 7 and summary["by_status"] == {"queued": 2, "rejected": 5}
 
 
+def test_spellings_of_one_mailbox_are_one_recipient_of_a_batch(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+) -> None:
+    """Case and a `+tag` aside, two recipients of one batch that reach one mailbox are the same
+    recipient twice, refused as an exact repeat is (`duplicate_recipient`), whatever the cooldown
+    (here none): a made-up tag gets no second message into one batch."""
+    daemon = make_daemon(RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    spellings = [
+        "bob@customer.example",
+        "Bob+1@customer.example",
+        "bob+x.y@Customer.Example",
+        "bob@customer.example",
+        "cy@customer.example",
+    ]
+    values = {"first_name": "Bob", "company": "Initech"}
+    answer = post(agent, batch([{"to": to, "vars": values} for to in spellings]))
+    assert [(r["index"], r["status"]) for r in answer["accepted"]] == [(0, "queued"), (4, "queued")]
+    rejected = {r["index"]: r["reasons"] for r in answer["rejected"]}
+    assert {index: [reason["code"] for reason in reasons] for index, reasons in rejected.items()} == {
+        1: ["duplicate_recipient"],
+        2: ["duplicate_recipient"],
+        3: ["duplicate_recipient"],
+    }
+    assert "bob+1@customer.example reaches the mailbox of recipient 0" in rejected[1][0]["detail"]
+    assert "is already recipient 0" in rejected[3][0]["detail"]
+    assert sorted(r.rcpt_tos[0] for r in smtp.wait_for(2)) == ["bob@customer.example", "cy@customer.example"]
+
+
 def test_a_mass_batch_is_one_tier_two_request_and_small_batches_add_up_to_a_run(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:

@@ -274,7 +274,7 @@ async def cancel(runtime: Runtime, who: Principal, message_id: str) -> Decision:
         cause="cancelled",
         detail=f"by {who.role.value} {who.name}",
         allowed_from=CANCELLABLE,
-        recipient=record.to or "-",
+        mailbox=record.to_canonical or "-",
     )
     if not done:
         current = (await _visible(runtime, message_id, who))[0].status.value

@@ -375,9 +375,12 @@ class Admissions:
                 checked_chars += len(content.text) + len(content.html)
             if company := found.get(recipient.domain):
                 reasons.append(company)
-            seen = first_index.setdefault(recipient.address, index)
+            # By mailbox, as the cooldown goes: `Bob+1@` after `bob@` is the same person again.
+            seen = first_index.setdefault(recipient.canonical, index)
             if seen != index:
                 duplicate = f"{recipient.address} is already recipient {seen} of this batch"
+                if checked[seen].address != recipient.address:
+                    duplicate = f"{recipient.address} reaches the mailbox of recipient {seen} of this batch"
                 reasons.append(Reason("duplicate_recipient", duplicate))
             # A batch's recipients answer a retry of the batch by their place in it.
             each = Idempotency(f"batch:{batch_id}:{index}", key.ms, key.keeps_rejected) if batch_id else key

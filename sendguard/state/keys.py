@@ -33,7 +33,10 @@ SCHEMA: dict[str, str] = {
     # hash: a batch's subject, text, html and headers, stored once, and `waiting`: how many of its
     # messages have not finished (it expires only once none has)
     "template": "tmpl:{batch}",
-    "cooldown": "cool:{address}",  # string: message id holding a recipient's cooldown
+    # string: message id holding a recipient's cooldown, by mailbox (canonical address) as
+    # suppressions and the waiting index are, so no spelling of one mailbox gets its own cooldown;
+    # versions before keyed it on the address as written (a `+tag` one lapses, unread, in a cooldown)
+    "cooldown": "cool:{mailbox}",
     # zset: an agent's newest messages, score = admission time (ms), member = id; written by the
     # admission script, trimmed there to the newest AGENT_INDEX_SIZE and to the record retention
     "agent_messages": "agent-msgs:{agent}",
@@ -161,8 +164,8 @@ class Keys:
     def template(self, batch_id: str) -> str:
         return self._key("template", batch_id)
 
-    def cooldown(self, address: str) -> str:
-        return self._key("cooldown", address)
+    def cooldown(self, mailbox: str) -> str:
+        return self._key("cooldown", mailbox)
 
     def agent_messages(self, agent: str) -> str:
         return self._key("agent_messages", agent)

@@ -364,14 +364,15 @@ class Store:
         delay_ms: int | None = None,
         keep_claim: bool = False,
         changes: Changes | None = None,
-        recipient: str = "-",
+        mailbox: str = "-",
         audit_entry: str = "",
         activity: Sequence[str] = (),
     ) -> Moved:
         """Move a message on; `Moved.REFUSED` (falsy) when it was not in an allowed status or the
         claim was lost.
 
-        `recipient` names the cooldown a cancellation gives back, if this message holds it.
+        `mailbox` (the recipient's canonical address) names the cooldown a cancellation gives back,
+        if this message holds it.
         `audit_entry` (see audit.entry) is appended to the audit trail in the same script, so the
         trail cannot miss a transition that happened. `activity` names the fields counted in the
         agent's hourly activity (`sent`, `rejected:<code>`, ...) if the message moves, in the same script.
@@ -386,7 +387,7 @@ class Store:
             -1 if delay_ms is None else delay_ms,
             "1" if keep_claim else "0",
             RETENTION_MS,
-            recipient,
+            mailbox,
             audit_entry,
             json.dumps(list(activity)),
             *_flat(changes),

@@ -72,7 +72,7 @@ local function admit(args)
   local template = content.template or ''  -- the batch whose stored template holds the content
   local msg_key, hist_key = key_msg(id), key_hist(id)
   local idempotency_key = key_idempotency(agent, idempotency)
-  local cooldown_key, waiting_key = key_cooldown(address), key_waiting(mailbox)
+  local cooldown_key, waiting_key = key_cooldown(mailbox), key_waiting(mailbox)
   local agent_index_key = key_agent_messages(agent)  -- the agent's newest messages, for listing them
   local replied_key = key_company_replied(agent)     -- its company reply stops: domain -> until (ms)
   local sends_key, request_key = key_mass_sends(agent), key_mass_request(agent)  -- its mass-send count, tier-2 request
@@ -98,7 +98,7 @@ local function admit(args)
   end
   if status ~= 'rejected' and tonumber(cooldown_ms) > 0 then
     if not redis.call('SET', cooldown_key, id, 'NX', 'PX', cooldown_ms) then
-      table.insert(reasons, cooldown_reason(redis.call('GET', cooldown_key)))
+      table.insert(reasons, cooldown_reason(cooldown_key, now))
       status = 'rejected'
     end
   end

@@ -4,6 +4,7 @@
 local cooldown_on = ARGV[1] == '1'  -- the rules have a recipient cooldown
 local recipients = {unpack(ARGV, 2)}  -- address, mailbox, domain, '1' if already rejected; repeated
 
+local now = clock_ms()
 local found = {}
 for i = 1, #recipients, 4 do
   local address, mailbox, domain = recipients[i], recipients[i + 1], recipients[i + 2]
@@ -15,8 +16,8 @@ for i = 1, #recipients, 4 do
     rejected = true
   end
   if not rejected and cooldown_on then
-    local holder = redis.call('GET', key_cooldown(address))
-    if holder then table.insert(reasons, cooldown_reason(holder)) end
+    local held = cooldown_reason(key_cooldown(mailbox), now)
+    if held then table.insert(reasons, held) end
   end
   table.insert(found, #reasons > 0 and cjson.encode(reasons) or '[]')
 end

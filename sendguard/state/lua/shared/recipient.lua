@@ -8,7 +8,13 @@ local function suppression_reason(to, mailbox, domain, seen)
   return nil
 end
 
-local function cooldown_reason(holder)
-  return {code='recipient_cooldown',
-    detail='the recipient already has message ' .. holder .. ' within the cooldown'}
+-- The cooldown held at `key` (key_cooldown of the mailbox) at `now`, nil when none is. It says when
+-- the cooldown ends, never which message holds it: that may be another agent's, and an id is what a
+-- reply quotes to prove it concerns a message, so naming it would let anyone forge one that stops it.
+local function cooldown_reason(key, now)
+  local left = redis.call('PTTL', key)
+  if left == -2 then return nil end
+  local detail = 'the recipient already has a message within the cooldown'
+  if left > 0 then detail = detail .. ', which ends at ' .. utc_iso(now + left) end
+  return {code='recipient_cooldown', detail=detail}
 end

@@ -10,10 +10,10 @@
 -- permitted(cur, claim, allowed_from): the message exists, the claim (when not '') is still the one
 -- it holds and its status is among `allowed_from` (comma-separated; '' for any).
 -- move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
--- fields, recipient, now): `to` ('' keeps the status), a history entry when there is a cause,
+-- fields, mailbox, now): `to` ('' keeps the status), a history entry when there is a cause,
 -- `fields` (name, value, ...) set, `audit_entry` ('' for none) appended, the agent's `activity`
 -- counted, the claim let go of unless `keep_claim`, queued again `delay_ms` from now when it is not
--- negative, and a cancelled message gives back `recipient`'s cooldown if it holds it.
+-- negative, and a cancelled message gives back `mailbox`'s cooldown if it holds it.
 local function current(id, scoped)
   if scoped then
     return redis.call('HMGET', key_msg(id), 'status', 'claim', 'template', 'to', 'to_canonical', 'to_domain', 'agent',
@@ -33,7 +33,7 @@ local function permitted(cur, claim, allowed_from)
 end
 
 local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_ms, audit_entry, activity,
-                    fields, recipient, now)
+                    fields, mailbox, now)
   local msg_key = key_msg(id)
   local new = to
   if new == '' then new = cur[1] end
@@ -62,7 +62,7 @@ local function move(id, cur, to, cause, detail, delay_ms, keep_claim, retention_
       if fields[i] == 'to_canonical' or fields[i] == 'template' or fields[i] == 'to' then known = nil end
     end
     finished(id, retention_ms, WAITING[cur[1]], known)
-    local cooldown = key_cooldown(recipient)
+    local cooldown = key_cooldown(mailbox)
     if new == 'cancelled' and redis.call('GET', cooldown) == id then redis.call('DEL', cooldown) end
   end
 end
