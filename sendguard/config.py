@@ -225,6 +225,8 @@ class Settings(BaseSettings):
     inbound_timeout: float = Field(default=10.0, gt=0, le=300)
     # The inbound SMTP listener's budgets (feedback/listener.py) and its TLS and name.
     inbound_sessions: int = Field(default=20, ge=1, le=1000)
+    inbound_client_sessions: int = Field(default=5, ge=1, le=1000)  # of them, from one client IP
+    inbound_session_lifetime: float = Field(default=600.0, gt=0, le=86_400)  # seconds, whatever it sends
     inbound_rate: int = Field(default=60, ge=1, le=100_000)  # messages a minute from one client IP
     inbound_recipients: int = Field(default=5, ge=1, le=100)
     inbound_queue: int = Field(default=16, ge=1, le=1000)

@@ -24,7 +24,15 @@ ALERT_IGNORED = ("not_firing", "no_scope", "bad_scope")  # why a posted alert tr
 # What an SMTP listener refused, by the budget that refused it: those every listener has
 # (smtp_server.py), and the inbound one's (feedback/listener.py) and the submission one's (intake/smtp.py).
 SMTP_SESSION_LIMITS = ("sessions", "size", "idle", "line", "commands", "bad_commands")
-INBOUND_LIMITS = (*SMTP_SESSION_LIMITS, "rate", "recipient", "recipients", "queue")
+INBOUND_LIMITS = (
+    *SMTP_SESSION_LIMITS,
+    "client_sessions",
+    "lifetime",
+    "rate",
+    "recipient",
+    "recipients",
+    "queue",
+)
 SUBMISSION_LIMITS = (*SMTP_SESSION_LIMITS, "auth", "recipients")
 
 

@@ -259,6 +259,8 @@ def _listener_config(settings: Settings) -> ListenerConfig:
         hostname=settings.inbound_hostname or socket.getfqdn(),
         max_bytes=settings.inbound_max_bytes,
         max_sessions=settings.inbound_sessions,
+        max_client_sessions=settings.inbound_client_sessions,
+        session_lifetime=settings.inbound_session_lifetime,
         rate_per_minute=settings.inbound_rate,
         max_recipients=settings.inbound_recipients,
         queue=settings.inbound_queue,

@@ -18,9 +18,10 @@ import shutil
 import socket
 import ssl
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Session
 
@@ -87,43 +88,54 @@ def close_after_reply(server: SMTP) -> None:
         server.loop.call_soon(server.transport.close)
 
 
-class _Refusal(asyncio.Protocol):
-    """A connection over the session limit: told so, and closed."""
-
-    def __init__(self, reply: str) -> None:
-        self._reply = reply
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(self._reply.encode() + b"\r\n")
-        transport.close()
-
-
 class Sessions:
-    """The sessions open at once, held to `limit`; `none_open` is set while there are none."""
+    """The sessions open at once, held to `limit`, and to `per_client` from one client address when
+    set; `none_open` is set while there are none. `lifetime`, when set, is how long a session may
+    last whatever it sends: the idle timeout restarts at each command, so without it a client that
+    sends a NOOP a minute keeps its sessions for as long as it likes."""
 
-    def __init__(self, limit: int, hostname: str, count: Count) -> None:
+    def __init__(
+        self, limit: int, hostname: str, count: Count, *, per_client: int = 0, lifetime: float = 0.0
+    ) -> None:
         self.limit = limit
         self.hostname = hostname
         self.count = count
-        self.open: set[SMTP] = set()
+        self.per_client = per_client
+        self.lifetime = lifetime
+        self.open: dict[SMTP, str] = {}  # each session, and the address of its client
+        self._of_client: Counter[str] = Counter()
         self.none_open = asyncio.Event()
         self.none_open.set()
 
     def admit(self, session: Callable[[], SMTP]) -> asyncio.Protocol:
-        """A new session from `session()`, or, over the limit, a 421 at the greeting (counted)."""
+        """A connection that becomes a session from `session()` once its client is known, or, over
+        a limit, gets a 421 instead of the greeting (counted)."""
+        return _Gate(self, session)
+
+    def refusal(self, client: str) -> str | None:
+        """The 421 for a new connection from `client` over a limit (counted), or None."""
         if len(self.open) >= self.limit:
             self.count("sessions")
-            return _Refusal(
-                f"421 4.7.0 {self.hostname} too many connections (limit {self.limit}); try again later"
+            return f"421 4.7.0 {self.hostname} too many connections (limit {self.limit}); try again later"
+        if self.per_client and self._of_client[client] >= self.per_client:
+            self.count("client_sessions")
+            return (
+                f"421 4.7.0 {self.hostname} too many connections from {client} "
+                f"(limit {self.per_client}); try again later"
             )
-        opened = session()
-        self.open.add(opened)
+        return None
+
+    def opened(self, session: SMTP, client: str) -> None:
+        self.open[session] = client
+        self._of_client[client] += 1
         self.none_open.clear()
-        return opened
 
     def closed(self, session: SMTP) -> None:
-        self.open.discard(session)
+        client = self.open.pop(session, None)
+        if client is not None:
+            self._of_client[client] -= 1
+            if not self._of_client[client]:
+                del self._of_client[client]
         if not self.open:
             self.none_open.set()
 
@@ -135,6 +147,30 @@ class Sessions:
         for session in list(self.open):
             if session.transport is not None:
                 session.transport.close()
+
+
+class _Gate(asyncio.Protocol):
+    """A new connection: refused over a limit, else handed to its session. The client's address is
+    known only once the connection is made, after the server chose this protocol."""
+
+    def __init__(self, sessions: Sessions, session: Callable[[], SMTP]) -> None:
+        self._sessions = sessions
+        self._session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A transport: uvloop's TLS one is not registered as asyncio's class, so it is not asked.
+        transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refusal = self._sessions.refusal(client)
+        if refusal is not None:
+            transport.write(refusal.encode() + b"\r\n")
+            transport.close()
+            return
+        opened = self._session()
+        self._sessions.opened(opened, client)
+        transport.set_protocol(opened)
+        opened.connection_made(transport)
 
 
 class BudgetedSession(SMTP):
@@ -154,12 +190,25 @@ class BudgetedSession(SMTP):
             **options,
         )
         self._sessions = sessions
-        self._counted = True
+        self._ends: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._sessions.lifetime:
+            self._ends = self.loop.call_later(self._sessions.lifetime, self._lifetime_over)
+
+    def _lifetime_over(self) -> None:
+        self._sessions.count("lifetime")
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).write(
+                f"421 4.4.2 {self._sessions.hostname} session too long; closing\r\n".encode()
+            )
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self._sessions.closed(self)
+        if self._ends is not None:
+            self._ends.cancel()
+        self._sessions.closed(self)
         super().connection_lost(error)
 
     def _timeout_cb(self) -> None:

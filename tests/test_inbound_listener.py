@@ -7,6 +7,7 @@ Clients are the standard library's smtplib and plain sockets, as an MTA or an ab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,6 +127,39 @@ def test_sessions_over_the_limit_are_turned_away_at_the_greeting(make_daemon: Ma
     # A session that ends makes room for the next.
     wait_until(lambda: _greets(port), what="a session to be free again")
     second.quit()
+
+
+def test_one_client_gets_a_share_of_the_sessions_and_none_lasts_for_ever(make_daemon: MakeDaemon) -> None:
+    """One address holding every slot (a NOOP now and then resets the idle timeout) kept every real
+    MTA's reports out for as long as it liked: it gets its share, and each session a lifetime."""
+    daemon, port = _listener(
+        make_daemon, inbound_sessions="4", inbound_client_sessions="2", inbound_session_lifetime="1.5"
+    )
+    held = [smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(2)]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as third:
+            smtplib.SMTP("127.0.0.1", port, timeout=10)
+        assert (third.value.smtp_code, third.value.smtp_error) == (
+            421,
+            f"4.7.0 {HOST} too many connections from 127.0.0.1 (limit 2); try again later".encode(),
+        )
+        _refused(daemon, "client_sessions", 1)
+        with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)) as other:
+            assert other.noop()[0] == 250  # another client still gets in
+        # Busy all along, each held session still ends at its lifetime.
+        answers: list[tuple[int, bytes]] = []
+        for client in held:
+            with contextlib.suppress(smtplib.SMTPServerDisconnected):
+                for _ in range(40):
+                    answers.append(client.noop())
+                    time.sleep(0.1)
+        assert (421, f"4.4.2 {HOST} session too long; closing".encode()) in answers
+        assert all(code in (250, 421) for code, _ in answers)
+    finally:
+        for client in held:
+            client.close()
+    _refused(daemon, "lifetime", 2)
+    wait_until(lambda: _greets(port), what="the held client to get a session again")
 
 
 def _greets(port: int) -> bool:

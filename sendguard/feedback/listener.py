@@ -15,6 +15,10 @@ outlives the daemon, however the daemon ended.
 Budgets, each refusal counted in `sendguard_inbound_refused_total{limit}`, with those every
 sendguard SMTP listener has (`smtp_server.py`: `idle`, `line`, `commands`, `bad_commands`):
 - `sessions`: more than `inbound_sessions` SMTP sessions at once: 421 instead of the greeting;
+- `client_sessions`: more than `inbound_client_sessions` of them from one client IP: 421 instead of
+  the greeting, so one client cannot hold every slot and keep the real MTAs' reports out;
+- `lifetime`: a session open `inbound_session_lifetime` seconds: 421 and closed, whatever it sends
+  (the idle timeout restarts at every command, a NOOP included);
 - `rate`: more than `inbound_rate` messages a minute from one client IP: 421 at MAIL, and closed;
 - `recipient`: an address that is neither the bounce domain's nor a configured feedback address: 550;
 - `recipients`: more than `inbound_recipients` recipients in one message: 452;
@@ -75,6 +79,8 @@ class ListenerConfig:
     hostname: str
     max_bytes: int
     max_sessions: int
+    max_client_sessions: int
+    session_lifetime: float
     rate_per_minute: int
     max_recipients: int
     queue: int
@@ -398,7 +404,13 @@ class _Child:
         self._tls = config.tls_context()
         self._handler = _Handler(self)
         self.rate = _RateLimit(config.rate_per_minute)
-        self.sessions = Sessions(config.max_sessions, config.hostname, self.count)
+        self.sessions = Sessions(
+            config.max_sessions,
+            config.hostname,
+            self.count,
+            per_client=config.max_client_sessions,
+            lifetime=config.session_lifetime,
+        )
         self.server: asyncio.Server | None = None
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._taken = 0  # messages past DATA and not yet answered
