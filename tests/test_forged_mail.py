@@ -9,6 +9,12 @@ message that never left. Each must change no suppression, no message, no safe-mo
 trip and cancel nothing, and must be kept for a person and counted as `unreferenced`. The same
 kinds of mail with a genuine reference (the signed bounce address of a real delivery through
 the SMTP sink, a Message-ID with its recipient, a reply from the recipient) still act.
+
+What genuine mail counts on depends on who could have written its proof. A Message-ID with its
+recipient, or a reply's In-Reply-To and From, is known to the agent that sent the message and to
+its recipient: handed to the listener, such a DSN, ARF report or reply stops at most that
+agent, never another agent's message in a shared segment. A bounce address sendguard signed is
+known to neither, and counts on the shared scopes as before.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from hypothesis import strategies as st
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 from tests.test_inbound_listener import _listener_child
-from tests.test_signal_privileges import TOUCHY  # a counted forgery shows as a trip at once
+from tests.test_signal_privileges import SHARED, TOUCHY, _later, _sent  # TOUCHY: a count shows as a trip
 from tests.test_signals_in import BOUNCE_DOMAIN, UNKNOWN_ID, Sent, _deliver, _waiting
 
 DANA, LEE, PAT = "dana@customer.example", "lee@customer.example", "pat@customer.example"
@@ -322,3 +328,104 @@ def test_genuine_mail_still_acts(world: World) -> None:
     assert world.daemon.metric("sendguard_bounces_total", type="hard") == 1
     assert world.daemon.metric("sendguard_complaints_total") == 1
     assert world.daemon.metric("sendguard_inbound_messages_total", kind="unreferenced") == 0
+
+
+# --- what the proof counts on ----------------------------------------------------------------------
+
+# The agent scope unwatched: a signal that still reaches a shared scope shows as its trip.
+AGENT_UNWATCHED = TOUCHY.replace(
+    "[safe_mode]\n", '[safe_mode]\nscopes = ["global", "inbox", "sender_domain", "segment", "campaign"]\n'
+)
+
+
+class Neighbours(NamedTuple):
+    """Two agents in one segment, campaign and inbox; the listener at the bounce domain."""
+
+    port: int
+    admin: Api
+    victim: Api  # support-bot
+    mine: Sent  # sdr-bot's message to a1, sent
+    waiting: str  # support-bot's message in the same segment, due in an hour
+
+
+def _neighbours(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink, rules: str
+) -> Neighbours:
+    port = free_port()
+    daemon = make_daemon(rules, bounce_domain=BOUNCE_DOMAIN, inbound_smtp=f"127.0.0.1:{port}")
+    _listener_at_normal_priority()
+    agent, victim = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "agent", "support-bot")
+    mine = _sent(agent, smtp, "a1@customer.example")
+    waiting = victim.send("v3@customer.example", send_at=_later(), **SHARED)["id"]
+    return Neighbours(port, client_for(daemon, "admin", "dana"), victim, mine, waiting)
+
+
+def _by_mx(port: int, envelope: str, raw: bytes) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        client.mail("")
+        client.rcpt(envelope)
+        code, text = client.data(raw)
+    return code, text.decode()
+
+
+def _trips(admin: Api) -> list[str]:
+    return sorted(trip["scope"] for trip in admin.client.get("/v1/safe-mode").json())
+
+
+# A reply blames the agent first, so with its scope watched the agent's trip absorbs it anyway.
+@pytest.mark.parametrize(
+    ("kind", "rules"),
+    [
+        pytest.param("dsn", TOUCHY, id="dsn"),
+        pytest.param("arf", TOUCHY, id="arf"),
+        pytest.param("dsn", AGENT_UNWATCHED, id="dsn, agent unwatched"),
+        pytest.param("arf", AGENT_UNWATCHED, id="arf, agent unwatched"),
+        pytest.param("reply", AGENT_UNWATCHED, id="reply, agent unwatched"),
+    ],
+)
+def test_mail_proved_by_what_the_agent_knows_stops_only_that_agent(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink, kind: str, rules: str
+) -> None:
+    # The probe: the agent (or its recipient) writes to the MX what it was told when it sent,
+    # the Message-ID <id.sg@acme.example> and the recipient it chose.
+    scene = _neighbours(make_daemon, client_for, smtp, rules)
+    known = f"<{scene.mine.id}.sg@acme.example>"
+    assert known == scene.mine.header
+    raw = {
+        "dsn": dsn([scene.mine.to], message_id=known),
+        "arf": arf(scene.mine.to, message_id=known),
+        "reply": reply(scene.mine.to, in_reply_to=known),
+    }[kind]
+
+    code, text = _by_mx(scene.port, FEEDBACK, raw)
+
+    assert code == 250 and not text.startswith("2.0.0 kept"), text  # applied, not kept
+    # It counts on the agent's own scope, watched or not, and nowhere else. (Unwatched, that scope
+    # counts no sends, so a bounce or complaint there has no rate to cross; a reply still does.)
+    counted_where_it_trips = rules == TOUCHY or kind == "reply"
+    assert _trips(scene.admin) == (["agent:sdr-bot"] if counted_where_it_trips else [])
+    assert scene.victim.status(scene.waiting)["status"] == "queued"
+    assert scene.admin.status(scene.mine.id)["status"] == ("bounced" if kind == "dsn" else "sent")
+
+
+@pytest.mark.parametrize("kind", ["dsn", "arf", "dsn after the same by Message-ID"])
+def test_a_signed_bounce_address_still_counts_on_the_shared_scopes(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink, kind: str
+) -> None:
+    scene = _neighbours(make_daemon, client_for, smtp, TOUCHY)
+    signed = scene.mine.envelope_sender
+    assert _mac(signed) and signed.endswith(f"@{BOUNCE_DOMAIN}")
+    before: list[str] = []
+    if kind.endswith("Message-ID"):  # counted on the agent alone, then proved: the rest count it
+        _by_mx(scene.port, FEEDBACK, dsn([scene.mine.to], message_id=scene.mine.header))
+        before = ["agent:sdr-bot"]
+        assert _trips(scene.admin) == before
+    if kind.startswith("dsn"):  # the receiving MTA returns it to the envelope sender
+        code, text = _by_mx(scene.port, signed, dsn([scene.mine.to]))
+    else:  # a feedback loop returns the original, its envelope sender with it
+        code, text = _by_mx(scene.port, FEEDBACK, arf(scene.mine.to, mail_from=signed))
+
+    assert code == 250 and not text.startswith("2.0.0 kept"), text
+    assert _trips(scene.admin) == [*before, "segment:smb"]  # the list is blamed first, as before
+    wait_until(lambda: scene.victim.status(scene.waiting)["status"] == "held", what="the neighbour held")

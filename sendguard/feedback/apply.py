@@ -10,9 +10,10 @@ own `agent:` scope alone, and only when it is bad news (good news could only dil
 rates); it suppresses only the address its message went to (which, like any suppression, cancels
 every message still waiting for that mailbox) and its reply cancels only its own waiting messages.
 Trusted sources count on every scope: operators and admins (whose JSON events may also be tied
-by the recipient alone), the relay, a signed one-click link, and raw mail that proves what it is
-about. An event that matches no message suppresses and cancels nothing, whoever sends it, except
-a one-click link: its signature proves the address was mailed.
+by the recipient alone), the relay, a signed one-click link, and raw mail that reaches a bounce
+address sendguard signed (see the last paragraph). An event that matches no message suppresses
+and cancels nothing, whoever sends it, except a one-click link: its signature proves the address
+was mailed.
 
 Raw mail (DSNs, ARF reports, replies; by SMTP or `POST /v1/inbound`, whoever hands it in) is
 written by strangers: anyone can name any address, and a recipient address alone once let one
@@ -26,6 +27,18 @@ cancels and counts nothing. A reply counts once per message, whatever its sentim
 replier cannot stop an agent by answering the same message over and over; a later reply to the
 same message is still recorded on it and still cancels and unsubscribes (it is genuine mail from
 the recipient), but counts in no window.
+
+What the proof counts on depends on who could have forged it. Mail from the SMTP listener comes
+from anyone, and a sendguard Message-ID with its recipient (or a reply's In-Reply-To and From) is
+no secret: the agent chose the recipient and was told the id, and the recipient holds the
+message. Such mail counts on its message's `agent:` scope alone (watched or not), so no one who
+merely saw a message can stop another agent or a shared scope with it; unlike the agent's own
+word its good news counts there too (a genuine reply's sentiment keeps the rate honest). Only a
+bounce address sendguard signed with its secret, which the agent never sees (the receiving MTA
+delivers a DSN to it; a feedback loop returns it as the original's Return-Path or
+Original-Mail-From), counts on every watched scope: DSNs and ARF complaints alike. A reply can
+carry no such proof, so from the listener it always counts on `agent:` alone. Raw mail an
+operator or admin hands in is their word, trusted as their JSON events are.
 """
 
 from __future__ import annotations
@@ -76,11 +89,24 @@ class Reporter:
 
     `agent` is set for an agent's token: its word moves only its own messages and scope.
     `signed` marks a one-click link, whose message id and address sendguard signed itself.
+    `stranger` marks raw mail anyone may have handed in (the SMTP listener): unless it reaches a
+    bounce address sendguard signed, it counts on its message's `agent:` scope alone.
     """
 
     source: str
     agent: str | None = None
     signed: bool = False
+    stranger: bool = False
+
+
+@dataclass(frozen=True)
+class _Proved:
+    """The message a mail's reference proves, and whether the proof was a signed bounce address
+    (a secret of ours) rather than a Message-ID with its recipient (known to agent and recipient)."""
+
+    message_id: str
+    record: MessageRecord
+    signed: bool
 
 
 @dataclass
@@ -142,7 +168,9 @@ class Feedback:
         """
         tied = [await self._tie(event, reporter) for event in events]
         return [
-            await self._apply(event, message_id, record, reporter, named=True)
+            await self._apply(
+                event, message_id, record, reporter, named=True, narrow=reporter.agent is not None
+            )
             for event, (message_id, record) in zip(events, tied, strict=True)
         ]
 
@@ -154,7 +182,7 @@ class Feedback:
         events tied to one message, only the first of each kind is applied: a report naming
         3,000 addresses under one signed address is one bounce of one message.
         """
-        tied: dict[tuple[str, EventType, bool], tuple[EventIn, MessageRecord]] = {}
+        tied: dict[tuple[str, EventType, bool], tuple[EventIn, _Proved]] = {}
         records: dict[str, MessageRecord | None] = {}  # each referenced message read once
         if inbound.away is not None:
             return await self._away(inbound, inbound.away, reporter, records)
@@ -162,13 +190,20 @@ class Feedback:
             found = await self._referenced(inbound, event, records)
             if isinstance(found, str):
                 raise Unreferenced(f"no valid reference: {found}")
-            message_id, record = found
             if reporter.agent is not None:
-                _own(message_id, record, reporter.agent)
-            tied.setdefault((message_id, event.type, event.hard), (event, record))
+                _own(found.message_id, found.record, reporter.agent)
+            tied.setdefault((found.message_id, event.type, event.hard), (event, found))
         return [
-            await self._apply(event, message_id, record, reporter, named=False)
-            for (message_id, _, _), (event, record) in tied.items()
+            await self._apply(
+                event,
+                proved.message_id,
+                proved.record,
+                reporter,
+                named=False,
+                # Proof the agent or the recipient could write weighs on the agent alone.
+                narrow=reporter.agent is not None or (reporter.stranger and not proved.signed),
+            )
+            for event, proved in tied.values()
         ]
 
     async def _away(
@@ -179,15 +214,14 @@ class Feedback:
         found = await self._referenced(inbound, EventIn(type=EventType.REPLY, recipient=away.sender), records)
         if isinstance(found, str):
             raise Unreferenced(f"no valid reference: {found}")
-        message_id, record = found
         if reporter.agent is not None:
-            _own(message_id, record, reporter.agent)
-        await self._reply_stops.away(record, away.until, reporter.source)
-        return [Applied(EventType.REPLY, message_id)]
+            _own(found.message_id, found.record, reporter.agent)
+        await self._reply_stops.away(found.record, away.until, reporter.source)
+        return [Applied(EventType.REPLY, found.message_id)]
 
     async def _referenced(
         self, inbound: Inbound, event: EventIn, records: dict[str, MessageRecord | None]
-    ) -> tuple[str, MessageRecord] | str:
+    ) -> _Proved | str:
         """The message a reference of the mail proves `event` is about, or why there is none.
 
         A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
@@ -208,13 +242,13 @@ class Feedback:
             if record is None:
                 problems.append(f"{ref.where} names no message known here")
             elif ref.mac:
-                return ref.message_id, record
+                return _Proved(ref.message_id, record, signed=True)
             elif event.recipient is None:
                 problems.append(f"{ref.where} names a message, but the report names no recipient")
             elif event.recipient != folded_address(record.to):
                 problems.append(f"{ref.where} names a message that was not sent to {event.recipient}")
             elif report or record.status in _LEFT:
-                return ref.message_id, record
+                return _Proved(ref.message_id, record, signed=False)
             else:
                 problems.append(f"{ref.where} names a message that was not sent ({record.status.value})")
         return "; ".join(dict.fromkeys(problems)) or "no sendguard Message-ID or signed bounce address"
@@ -227,8 +261,10 @@ class Feedback:
         reporter: Reporter,
         *,
         named: bool,
+        narrow: bool,
     ) -> Applied:
-        """Apply one tied event; `named`: a trusted reporter's named recipient is meant too."""
+        """Apply one tied event; `named`: a trusted reporter's named recipient is meant too;
+        `narrow`: its proof is no more than the agent knows, so it counts on `agent:` alone."""
         applied = Applied(event.type, message_id)
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
@@ -245,7 +281,7 @@ class Feedback:
                     signals,
                     message_id=message_id,
                     once=judged.once,
-                    agent_only=mine,
+                    agent_only=narrow,
                 )
                 applied.trips, counted = recorded.trips, recorded.counted
             if event.hard:

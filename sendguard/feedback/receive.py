@@ -113,7 +113,7 @@ class Inbox:
         """
         try:
             result = await self.take(
-                mail.outcome, mail.kept, mail.recipients, Reporter("smtp"), size=mail.size
+                mail.outcome, mail.kept, mail.recipients, Reporter("smtp", stranger=True), size=mail.size
             )
         except StoreError as exc:
             log.warning("inbound mail from %s could not be recorded: %s", mail.peer, exc)
