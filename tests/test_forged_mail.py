@@ -11,8 +11,9 @@ kinds of mail with a genuine reference (the signed bounce address of a real deli
 the SMTP sink, a Message-ID with its recipient, a reply from the recipient) still act.
 
 Nor may it cost the daemon much: a DSN with thousands of badly signed bounce addresses and many
-per-recipient groups is checked within a bounded budget of the daemon's CPU, and the genuine
-reference in the same mail still acts.
+per-recipient groups, or a reply naming thousands of Message-IDs, is checked within a bounded
+budget of the daemon's CPU (the parse is the inbound mail process's), and the genuine reference in
+the same mail still acts.
 """
 
 from __future__ import annotations
@@ -346,6 +347,65 @@ HOSTILE_CPU = 0.5
 def _junk_id() -> str:
     """A well-formed sendguard id that names no message."""
     return f"{int(time.time() * 1000):011x}{secrets.token_hex(6)}"
+
+
+def _over_smtp(world: World, envelope: str, raw: bytes) -> tuple[int, str, float]:
+    """Hand `raw` to the inbound listener: its reply, and the CPU the test process spent meanwhile."""
+    raw = raw.replace(b"\n", b"\r\n")  # smtplib sends bytes as they are, and the listener caps a line
+    with smtplib.SMTP("127.0.0.1", world.port, timeout=60) as client:
+        client.ehlo()
+        client.mail("")
+        client.rcpt(envelope)
+        started = time.process_time()
+        code, text = client.data(raw)
+        return code, text.decode(), time.process_time() - started
+
+
+def test_a_dsn_with_thousands_of_bad_bounce_addresses_costs_little_and_its_genuine_reference_acts(
+    world: World,
+) -> None:
+    dana = world.sent[0]
+    bad = ",\n ".join(f"bounces+{_junk_id()}.{secrets.token_hex(12)}@{BOUNCE_DOMAIN}" for _ in range(10_000))
+    raw = dsn([DANA] * 90, to=bad, message_id=dana.header)  # the genuine proof comes last
+
+    code, text, cpu = _over_smtp(world, FEEDBACK, raw)
+
+    print(f"hostile DSN ({len(raw)} bytes): {code} {text[:60]!r}, {cpu:.2f}s of the daemon's process CPU")
+    assert (code, text.startswith("2.0.0 DSN from")) == (250, True), text
+    assert cpu < HOSTILE_CPU
+    admin = world.clients["admin"]
+    assert admin.status(dana.id)["status"] == "bounced"
+    assert world.daemon.metric("sendguard_bounces_total", type="hard") == 1
+    assert admin.client.get("/v1/suppressions").json()["addresses"] == [DANA]
+    trimmed = [
+        world.daemon.metric("sendguard_inbound_trimmed_total", what=what)
+        for what in ("bounce_addresses", "recipients", "message_ids")
+    ]
+    assert trimmed == [1, 1, 0]
+
+
+def test_a_reply_naming_thousands_of_message_ids_costs_little_and_a_genuine_reply_acts(world: World) -> None:
+    lee = world.sent[1]
+    junk = [f"<{_junk_id()}.sg@acme.example>" for _ in range(30_000)]
+    references = "\n ".join(junk)
+    forged = f"From: {LEE}\nTo: sam@acme.example\nSubject: Re: hi\nIn-Reply-To: {junk[0]}\n"
+    forged += f"References: {references}\n\nThanks!\n"
+    genuine = f"From: {LEE}\nTo: sam@acme.example\nSubject: Re: Quick question\n"
+    genuine += f"In-Reply-To: {lee.header}\nReferences: {references}\n {lee.header}\n\n{ABUSIVE}\n"
+
+    code, text, cpu = _over_smtp(world, FEEDBACK, forged.encode())
+    answered, said, _ = _over_smtp(world, FEEDBACK, genuine.encode())
+
+    print(
+        f"reply naming {len(junk)} Message-IDs: {code} {text[:60]!r}, {cpu:.2f}s of the daemon's process CPU"
+    )
+    assert (code, text.startswith("2.0.0 kept for inspection")) == (250, True), text
+    assert cpu < HOSTILE_CPU
+    assert (answered, said) == (250, f"2.0.0 reply from {LEE} to {lee.id}")
+    scraped = world.daemon.samples()
+    assert sum(n for (name, _), n in scraped.items() if name == "sendguard_replies_total") == 1
+    assert world.clients["admin"].status(world.waiting[LEE])["status"] == "cancelled"
+    assert world.daemon.metric("sendguard_inbound_trimmed_total", what="message_ids") == 2
 
 
 def test_each_reference_is_checked_once_however_many_events_name_it(
