@@ -185,6 +185,12 @@ class Metrics:
             "unreferenced (kept: it proves no message of ours).",
             ["kind"],
         )
+        self.inbound_trimmed = counter(
+            "sendguard_inbound_trimmed_total",
+            "Inbound mail of which more was cut than the daemon checks (feedback/parse.py budgets), by "
+            "what: message_ids, bounce_addresses, recipients (DSN per-recipient groups).",
+            ["what"],
+        )
         self.inbound_refused = counter(
             "sendguard_inbound_refused_total",
             "Inbound SMTP refused by a budget: sessions, rate (per client IP), recipient (not ours), "

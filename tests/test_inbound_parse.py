@@ -19,7 +19,10 @@ import pytest
 
 from sendguard.feedback.events import BounceType, EventType, Sentiment
 from sendguard.feedback.parse import (
+    MAX_EVENTS,
+    MAX_MESSAGE_IDS,
     MAX_PARSED_BYTES,
+    MAX_SIGNED_PER_PLACE,
     Inbound,
     InboundKind,
     Reference,
@@ -373,6 +376,47 @@ References: <{ID_1D}.sg@acme.example> <CAF=x7Ym2k@mail.example>
     )
 
     assert parse(raw).references == (Reference(ID_2E, "References"), Reference(ID_1D, "References"))
+
+
+def _ids(count: int) -> list[str]:
+    return [f"0192a3b4c5d6e7f8a9{n:05x}" for n in range(count)]
+
+
+def test_a_reply_names_in_reply_to_and_the_newest_references_only() -> None:
+    older = " ".join(f"<{i}.sg@acme.example>" for i in _ids(1_000))
+    raw = reply(f"From: priya@partner.example\nIn-Reply-To: <{ID_1D}.sg@acme.example>\nReferences: {older}")
+
+    inbound = parse(raw)
+
+    kept = _ids(1_000)[-(MAX_MESSAGE_IDS - 1) :]
+    assert inbound.references == (
+        Reference(ID_1D, "In-Reply-To"),
+        *(Reference(i, "References") for i in reversed(kept)),
+    )
+    assert inbound.trimmed == ("message_ids",)
+    assert parse(reply(f"From: p@partner.example\nIn-Reply-To: <{ID_1D}.sg@acme.example>")).trimmed == ()
+
+
+def test_junk_bounce_addresses_in_one_place_do_not_crowd_out_the_genuine_one_in_another() -> None:
+    raw = sample("dsn_postfix_hard.eml")
+    junk = ", ".join(f"bounces+{i}.{MAC}@{BOUNCE_DOMAIN}" for i in _ids(3_000))
+    raw = swap(raw, b"\nTo: ", f"\nTo: {junk},\n ".encode())
+    raw = swap(
+        raw,
+        b"Final-Recipient:",
+        b"Final-Recipient: rfc822; dana@customer.example\nAction: failed\n\n" * 80 + b"Final-Recipient:",
+    )
+
+    inbound = parse(raw, envelope_recipients=[f"bounces+{ID_2E}.{MAC}@{BOUNCE_DOMAIN}"])
+
+    assert inbound.references == (
+        signed(ID_2E, "envelope recipient"),
+        *(signed(i, "To") for i in _ids(MAX_SIGNED_PER_PLACE)),
+        signed(ID_1D, "Delivered-To"),
+        Reference(ID_1D, "returned Message-ID"),
+    )
+    assert len(inbound.events) == MAX_EVENTS
+    assert inbound.trimmed == ("bounce_addresses", "recipients")
 
 
 def test_a_bare_id_is_not_a_message_id() -> None:

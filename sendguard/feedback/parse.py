@@ -15,6 +15,16 @@ names (a report's recipient, a reply's From), and the daemon checks them (feedba
   holds, so it can run in a process of its own;
 - the returned original's Message-ID (reports) or In-Reply-To / References (replies).
 An `Inbound` is plain frozen data, so it crosses a process boundary by pickle.
+
+Each of those the daemon checks costs it an HMAC or a Redis read on its own loop, and a stranger
+decides how many there are: one DSN with 12,000 badly signed addresses in To: and 90 per-recipient
+groups once stalled the daemon for 3 s, a reply with 30,000 References cost it 3.5 s of CPU. So
+what one mail may make the daemon look at is capped here, in the inbound mail process
+(`_within_budgets`): `MAX_MESSAGE_IDS` Message-IDs (In-Reply-To first, then the newest of
+References), `MAX_SIGNED_PER_PLACE` signed bounce addresses from each place they are read from
+(the envelope, each header), so junk in one cannot crowd out the genuine one in another, and
+`MAX_EVENTS` per-recipient groups of a DSN. No genuine report or reply comes near them. What is cut
+is named in `Inbound.trimmed`, for the daemon to count and log; the mail is not refused for it.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import html
 import itertools
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.errors import HeaderParseError
 from email.header import Header, decode_header, make_header
@@ -49,6 +59,11 @@ from sendguard.model import folded_address
 
 MAX_PARSED_BYTES = 1 << 20
 MAX_PARTS = 100
+MAX_MESSAGE_IDS = 20
+MAX_SIGNED_PER_PLACE = 5
+MAX_EVENTS = 50
+# `Inbound.trimmed` names, and the label values of sendguard_inbound_trimmed_total.
+TRIMMED = ("message_ids", "bounce_addresses", "recipients")
 _MAX_DEPTH = 16
 
 _VERP_HEADERS = ("To", "Delivered-To", "X-Original-To", "Envelope-To")
@@ -113,6 +128,7 @@ class Inbound:
     summary: str
     references: tuple[Reference, ...] = ()
     away: Away | None = None  # an out-of-office reply that names when its sender is back
+    trimmed: tuple[str, ...] = ()  # what the budgets cut (TRIMMED names), for the daemon to count
 
 
 class UnparsableMail(ValueError):
@@ -133,20 +149,59 @@ def parse_inbound(
             *((address, "envelope recipient") for address in envelope_recipients),
             *((address, name) for name in _VERP_HEADERS for address in _addresses(msg, name)),
         ]
-        report = _report_type(msg)
-        if report == "delivery-status":
-            return _dsn(msg, _report_references(_returned(msg), delivered_to, bounce_domain))
-        if report == "feedback-report":
-            return _arf(msg, delivered_to, bounce_domain)
-        if report is not None:
-            raise UnparsableMail(
-                f"a report of type {report or 'unknown'!r}: only delivery-status and feedback-report are read"
-            )
-        return _reply(msg, (*_reply_references(msg), *_signed(delivered_to, bounce_domain)))
+        return _within_budgets(_read(msg, delivered_to, bounce_domain))
     except UnparsableMail:
         raise
     except Exception as exc:  # the email package has many ways to fail on hostile input
         raise UnparsableMail(f"malformed mail ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(msg: Message, delivered_to: list[tuple[str, str]], bounce_domain: str | None) -> Inbound:
+    report = _report_type(msg)
+    if report == "delivery-status":
+        return _dsn(msg, _report_references(_returned(msg), delivered_to, bounce_domain))
+    if report == "feedback-report":
+        return _arf(msg, delivered_to, bounce_domain)
+    if report is not None:
+        raise UnparsableMail(
+            f"a report of type {report or 'unknown'!r}: only delivery-status and feedback-report are read"
+        )
+    return _reply(msg, (*_reply_references(msg), *_signed(delivered_to, bounce_domain)))
+
+
+def _within_budgets(inbound: Inbound) -> Inbound:
+    """`inbound` with no more references and events than the daemon is to check (module docstring).
+
+    References keep their order, so the first Message-IDs kept are In-Reply-To's and the newest of
+    References (`_reply_references`), and a report's first signed addresses from each place. An
+    address is counted in each place before it is kept once: junk that pushes the genuine address
+    out of To: cannot hide it in Delivered-To, where it is also.
+    """
+    kept: list[Reference] = []
+    message_ids = 0
+    signed: dict[str, int] = {}
+    seen: set[tuple[str, str]] = set()
+    trimmed: dict[str, None] = {}
+    for ref in inbound.references:
+        if ref.mac:
+            if (ref.message_id, ref.mac) in seen:
+                continue  # listed once, where first seen among those kept
+            signed[ref.where] = signed.get(ref.where, 0) + 1
+            if signed[ref.where] > MAX_SIGNED_PER_PLACE:
+                trimmed["bounce_addresses"] = None
+                continue
+            seen.add((ref.message_id, ref.mac))
+        else:
+            message_ids += 1
+            if message_ids > MAX_MESSAGE_IDS:
+                trimmed["message_ids"] = None
+                continue
+        kept.append(ref)
+    if len(inbound.events) > MAX_EVENTS:
+        trimmed["recipients"] = None
+    return replace(
+        inbound, events=inbound.events[:MAX_EVENTS], references=tuple(kept), trimmed=tuple(trimmed)
+    )
 
 
 def _dsn(msg: Message, references: tuple[Reference, ...]) -> Inbound:
@@ -385,14 +440,15 @@ def _message_ids(values: Iterable[tuple[str, str]]) -> tuple[Reference, ...]:
 
 
 def _signed(addresses: Iterable[tuple[str, str]], bounce_domain: str | None) -> tuple[Reference, ...]:
-    """Each distinct address shaped `bounces+{id}.{mac}@{bounce_domain}` in (address, where)."""
+    """Each address shaped `bounces+{id}.{mac}@{bounce_domain}` in (address, where), once in each
+    place: `_within_budgets` caps each place, then keeps each address once, where first seen."""
     if not bounce_domain:
         return ()
-    found: dict[tuple[str, str], Reference] = {}
+    found: dict[tuple[str, str, str], Reference] = {}
     for address, where in addresses:
         parts = signed_bounce(address)
-        if parts is not None and parts[2] == bounce_domain.lower() and parts[:2] not in found:
-            found[parts[:2]] = Reference(parts[0], where, parts[1])
+        if parts is not None and parts[2] == bounce_domain.lower() and (*parts[:2], where) not in found:
+            found[(*parts[:2], where)] = Reference(parts[0], where, parts[1])
     return tuple(found.values())
 
 

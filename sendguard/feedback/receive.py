@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from sendguard.errors import StoreError
 from sendguard.feedback.apply import Applied, Feedback, Reporter, Unreferenced
 from sendguard.feedback.listener import Mail
-from sendguard.feedback.parse import Inbound, InboundKind, UnparsableMail
+from sendguard.feedback.parse import TRIMMED, Inbound, InboundKind, UnparsableMail
 from sendguard.metrics import Metrics
 from sendguard.model import now_ms
 from sendguard.state.keys import Keys
@@ -68,6 +68,7 @@ class Inbox:
         self._redis = client
         self._metrics = metrics
         metrics.start_at_zero(metrics.inbound, [*InboundKind, "unparsed", "unreferenced"])
+        metrics.start_at_zero(metrics.inbound_trimmed, TRIMMED)
         self._keys = keys
         self._feedback = feedback
         self._parser = parser
@@ -98,6 +99,14 @@ class Inbox:
         kept = (raw_for_keeping, size, reporter.source, envelope_recipients)
         if isinstance(parsed, UnparsableMail):
             return await self._keep(*kept, str(parsed))
+        if parsed.trimmed:  # budgets the parser applied: counted, never an error to the sender
+            for what in parsed.trimmed:
+                self._metrics.inbound_trimmed.labels(what).inc()
+            log.warning(
+                "inbound mail (%s) named more than is checked; cut: %s",
+                parsed.summary,
+                ", ".join(parsed.trimmed),
+            )
         try:
             applied = await self._feedback.apply_mail(parsed, reporter)
         except Unreferenced as exc:

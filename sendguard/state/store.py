@@ -703,11 +703,25 @@ class Store:
 
     async def record(self, message_id: str) -> MessageRecord | None:
         """The message record alone, without its history."""
+        return (await self.whole_records([message_id]))[0]
+
+    async def whole_records(self, ids: Sequence[str]) -> list[MessageRecord | None]:
+        """The whole records of `ids` (None: gone), without their histories, in one round trip."""
+        if not ids:
+            return []
         async with translated(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.msg(message_id))
-            pipe.get(self.keys.content(message_id))
-            record, content = await pipe.execute()
-        return (await self._filled([message_id], [record], [content]))[0] if record else None
+            for message_id in ids:
+                pipe.hgetall(self.keys.msg(message_id))
+                pipe.get(self.keys.content(message_id))
+            answers = await pipe.execute()
+        hashes, contents = answers[::2], answers[1::2]
+        found = [n for n, record in enumerate(hashes) if record]
+        filled = iter(
+            await self._filled(
+                [ids[n] for n in found], [hashes[n] for n in found], [contents[n] for n in found]
+            )
+        )
+        return [next(filled) if record else None for record in hashes]
 
     async def records(self, ids: Sequence[str], only: Sequence[str]) -> list[MessageRecord | None]:
         """The records of `ids` (None: gone), in one round trip, with only the fields named in
