@@ -105,16 +105,20 @@ def test_a_wiped_store_stops_every_claim_and_says_so_and_the_anchor_never_goes_b
     agent2 = client_for(daemon, "agent", "sdr-bot")
     again = agent2.client.post("/v1/messages", json=message("gone@customer.example"))
     print("send after wipe:", again.status_code, again.text)
-    assert again.status_code == 201, again.text
-    time.sleep(4)  # the idle claim loop looks at least once a second; the first message was due in 3
-    print(
-        "sink after wipe:",
-        len(smtp.snapshot()) - delivered,
-        "new; status",
-        agent2.status(again.json()["id"])["status"],
-    )
+    assert again.status_code == 503 and again.json()["error"] == "store_wiped", again.text
+    # A message that reached the store before the daemon looked (as from a daemon that has not
+    # looked yet), due now: the claim loop must leave it where it is.
+    keys = Keys(prefix)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as store:
+        fields = {"status": "queued", "to": "gone@customer.example", "from_addr": "alice@acme.example"}
+        store.hset(keys.msg("slipped"), mapping=fields | {"agent": "sdr-bot", "scopes": "[]"})
+        store.zadd(keys.due, {"slipped": 0})
+    time.sleep(3)  # the idle claim loop looks at least once a second
+    with redis.Redis.from_url(redis_url, decode_responses=True) as store:
+        left = store.zscore(keys.due, "slipped"), store.hgetall(keys.msg("slipped"))
+    print("sink after wipe:", len(smtp.snapshot()) - delivered, "new; the slipped message:", left)
     assert len(smtp.snapshot()) == delivered, "a message was sent from a wiped store"
-    assert agent2.status(again.json()["id"])["status"] == "queued"
+    assert left[0] == 0 and left[1]["status"] == "queued" and "owner" not in left[1], left
 
     after = _anchor_seqs(anchor)
     print("anchor lines before:", before[-3:], "after:", after[-3:])
