@@ -97,9 +97,11 @@ class StoreMarker:
                 await asyncio.to_thread(os.replace, evidence.anchor, aside)
                 accepted += f"; the old anchor file is kept as {aside}"
             log.warning("store accepted as it is, on %s's word: %s", actor or "a person", accepted)
-        async with translated():
-            await self.client.set(self.keys.store_marker, secrets.token_hex(16), nx=True)
-        made = await self.stored()
+        made = found
+        if made is None:  # written only when missing: every later start only reads it
+            async with translated():
+                await self.client.set(self.keys.store_marker, secrets.token_hex(16), nx=True)
+            made = await self.stored()
         if made is None:
             raise StoreWiped("the store marker could not be read back after it was written")
         self.value = made
