@@ -65,7 +65,13 @@ def _scope(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sendguard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the daemon (embedded Redis and sandbox outbox by default)")
+    run = commands.add_parser("run", help="run the daemon (embedded Redis and sandbox outbox by default)")
+    run.add_argument(
+        "--accept-empty-store",
+        action="store_true",
+        help="start on a store that lost what this data directory says it held (wiped or replaced), "
+        "once you have checked; recorded in the audit trail",
+    )
     commands.add_parser(
         "demo", help="run the daemon with the demo rules, into the outbox, and send a first message"
     )
@@ -191,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from sendguard import daemon  # the HTTP stack loads only for the daemon
 
-            return daemon.run(settings)
+            return daemon.run(
+                settings, accept_empty_store=f"cli:{_login()}" if args.accept_empty_store else ""
+            )
         if args.command == "demo":
             from sendguard import daemon, demo
 

@@ -37,13 +37,18 @@ from sendguard.state.redis_connection import redis_connection
 log = logging.getLogger("sendguard.daemon")
 
 
-async def serve(settings: Settings, *, demo: bool = False) -> None:
-    """Run the daemon until SIGTERM or SIGINT; with `demo`, send a first message once it listens."""
+async def serve(settings: Settings, *, demo: bool = False, accept_empty_store: str = "") -> None:
+    """Run the daemon until SIGTERM or SIGINT; with `demo`, send a first message once it listens.
+
+    `accept_empty_store` names the person who accepts a store that lost this deployment's data
+    (state/marker.py); without it the daemon refuses to start on one."""
     rules = load_rules(default_rules_path(settings.rules))
     async with redis_connection(settings, for_daemon=True) as (client, redis_description):
         data_dir = DataDir(settings.data_dir)
         data_dir.root.mkdir(parents=True, exist_ok=True)
-        runtime = await build(settings, rules, client, anchor=data_dir.audit_anchor)
+        runtime = await build(
+            settings, rules, client, anchor=data_dir.audit_anchor, accept_empty_store=accept_empty_store
+        )
         service = Service(runtime)
         await service.start()
         try:
@@ -169,10 +174,10 @@ def _command() -> str:
     return shlex.quote(str(started) if relative.startswith("..") else relative)
 
 
-def run(settings: Settings, *, demo: bool = False) -> int:
+def run(settings: Settings, *, demo: bool = False, accept_empty_store: str = "") -> int:
     """Serve until SIGTERM, on uvloop: the daemon's hot paths are socket writes and wake-ups."""
     try:
-        uvloop.run(serve(settings, demo=demo))
+        uvloop.run(serve(settings, demo=demo, accept_empty_store=accept_empty_store))
     except (ConfigError, EmbeddedRedisError, StoreError) as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ SendguardError
 ├── ConfigError          settings or rules file cannot be used (names file, table, key)
 ├── StoreError           Redis unreachable or answered with an error
 │   ├── StoreFull        Redis is near its maxmemory: admission refused until it has room
-│   └── NotReplicated    too few replicas confirmed a write (SENDGUARD_REDIS_WAIT_REPLICAS) in time
+│   ├── NotReplicated    too few replicas confirmed a write (SENDGUARD_REDIS_WAIT_REPLICAS) in time
+│   └── StoreWiped       the store is not the one this deployment used (wiped or replaced): no start
 ├── EmbeddedRedisError   the embedded Redis server could not be started
 └── RelayError           the SMTP relay could not be reached or spoke nonsense
     └── RelayReply       the relay answered a command with a non-2xx reply (code, text, stage)
@@ -53,6 +54,11 @@ class NotReplicated(StoreError):
     Not acknowledged, since losing the primary could lose it; retrying is safe (idempotency keys,
     idempotent outcome records) and succeeds once the replicas answer.
     """
+
+
+class StoreWiped(StoreError):
+    """The store lacks what this deployment's data directory says it had (its marker, its audit
+    trail): wiped or replaced. A daemon does not start on it until a person accepts it."""
 
 
 class EmbeddedRedisError(SendguardError):

@@ -237,7 +237,13 @@ class Metrics:
         self.audit_anchor_missing = gauge(
             "sendguard_audit_anchor_missing",
             "1 while this daemon does not chain the audit trail because its anchor file is gone and the "
-            "trail has entries (a fresh anchor would hide a cut-off tail).",
+            "trail has entries (a fresh anchor would hide a cut-off tail), or the file names entries "
+            "the trail no longer has (cut off or wiped).",
+        )
+        self.store_wiped = gauge(
+            "sendguard_store_wiped",
+            "1 while this daemon claims nothing because the store lost the marker it started on "
+            "(wiped or replaced): trips, suppressions and queue are gone; a person restarts it.",
         )
         self.reply_rule_actions = counter(
             "sendguard_reply_rule_actions_total",

@@ -50,6 +50,7 @@ from sendguard.notify import Notifier
 from sendguard.rules import CurrentRules, Rules, load_rules, rules_changes
 from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
+from sendguard.state.marker import Evidence, StoreMarker
 from sendguard.state.memory import MemoryBudget
 from sendguard.state.redis_connection import translated
 from sendguard.state.store import Store
@@ -142,18 +143,35 @@ class Runtime:
 
 
 async def build(
-    settings: Settings, rules: Rules, client: aioredis.Redis, *, anchor: Path | None = None
+    settings: Settings,
+    rules: Rules,
+    client: aioredis.Redis,
+    *,
+    anchor: Path | None = None,
+    accept_empty_store: str = "",
 ) -> Runtime:
     """Every part, wired once, on `client`; `anchor` is the audit anchor file of a daemon that chains.
 
     Nothing here connects to the relay or starts a task: the command line builds the same parts
-    and uses a few, and `Service` runs the loops of a daemon.
+    and uses a few, and `Service` runs the loops of a daemon. The store's marker is found or made
+    first (state/marker.py): a daemon with an anchor keeps its data directory's evidence of the
+    store it used, and raises StoreWiped over a store that lacks it, unless `accept_empty_store`
+    names the person who accepts it (`sendguard run --accept-empty-store`).
     """
     records = build_records(settings, client, anchor)  # as `sendguard token` and `audit` build them
     keys, audit, tokens = records.keys, records.audit, records.tokens
     metrics = Metrics()
     current = CurrentRules(rules)
-    store = Store(client, keys)
+    # Before anything is written, the signing secret above all: on a wiped store a new one would
+    # make every bounce address and unsubscribe link already sent unrecognisable.
+    marker = StoreMarker(client, keys, metrics.store_wiped)
+    evidence = Evidence(DataDir(settings.data_dir).store_marker, anchor) if anchor else Evidence(None, None)
+    accepted = await marker.establish(
+        evidence, accept_empty=bool(accept_empty_store), actor=accept_empty_store
+    )
+    if accepted:
+        await audit.append("store.accepted", accept_empty_store, {"evidence": accepted})
+    store = Store(client, keys, marker)
     memory = MemoryBudget(client)
     ingress = Ingress(MxChecker(settings.dns_nameservers, settings.dns_timeout))
     outbox = SandboxOutbox(DataDir(settings.data_dir).outbox)

@@ -84,15 +84,15 @@ class Service:
     async def _chain(self) -> None:
         """Chain the audit trail while this daemon leads, and once more on the way out.
 
-        Without its anchor file over a non-empty trail it does not lead, so that a daemon that
-        has its anchor chains, and says so once (log and gauge) until the anchor is back.
+        Without its anchor file over a non-empty trail, or with one that names entries the trail
+        does not reach (cut off, or its store wiped), it does not lead, so that a daemon that has
+        its anchor chains, and says so once (log and gauge) until a person acts.
         """
         audit, instance, stopping = self._runtime.audit, self._runtime.instance, self._stopping
         anchor_missing, refusing = self._runtime.metrics.audit_anchor_missing, False
         while True:
             try:
-                if not await audit.may_chain():
-                    raise AnchorMissing(f"the anchor file {audit.anchor} is missing over a non-empty trail")
+                await audit.check_anchor()
                 refusing = False
                 anchor_missing.set(0)
                 if await audit.try_lead(instance, self._ttl_ms):
@@ -130,13 +130,15 @@ class Service:
                 await asyncio.wait_for(self._stopping.wait(), self._runtime.settings.instance_ttl)
 
     async def _maintain(self) -> None:
-        """Heartbeat, recover the work of daemons that died (and releases that resumes left unfinished),
-        expire approval requests and announce those the approvers may not know of, follow rules
-        reloads, refresh the gauges."""
+        """See that the store is still the one this daemon started on, heartbeat, recover the work
+        of daemons that died (and releases that resumes left unfinished), expire approval requests
+        and announce those the approvers may not know of, follow rules reloads, refresh the gauges."""
         runtime = self._runtime
         store, audit, metrics = runtime.store, runtime.audit, runtime.metrics
         while not self._stopping.is_set():
             try:
+                # First: a store that lost its marker stops every claim (logged once, in `gone`).
+                await store.marker.check()
                 await store.heartbeat(runtime.instance, self._ttl_ms)
                 recovered, uncertain = await store.recover()
                 if recovered:

@@ -30,6 +30,7 @@ from sendguard.record import MessageRecord
 from sendguard.rules import load_rules
 from sendguard.state.embedded_redis import DataDir, process_alive
 from sendguard.state.keys import Keys
+from sendguard.state.marker import StoreMarker
 from sendguard.state.redis_connection import redis_connection
 from sendguard.state.store import Claim, Moved, NoWork, Store
 from tests.conftest import AGENT_RULES, Api, Daemon, RedisServer, wait_until, write_claimed
@@ -584,7 +585,9 @@ async def test_a_claim_passes_over_at_most_32_due_entries_whose_record_is_gone(
     keys = Keys(prefix)
     try:
         await client.zadd(keys.due, {f"gone{n}": n for n in range(100)})
-        assert isinstance(await Store(client, keys).claim("daemon-a", ["t1", "t2"]), NoWork)
+        await client.set(keys.store_marker, "m")
+        store = Store(client, keys, StoreMarker(client, keys, value="m"))
+        assert isinstance(await store.claim("daemon-a", ["t1", "t2"]), NoWork)
         assert await client.zcard(keys.due) == 100 - 32
     finally:
         await client.aclose()
@@ -603,7 +606,8 @@ async def test_a_claim_answers_each_record_as_it_stands_after_the_claim(redis_ur
         await client.hset(keys.msg("stale"), mapping={**base, "claim": "old-token", "owner": "old-daemon"})
         await client.hset(keys.msg("statusless"), mapping={"to": "a@b.example"})
         await client.zadd(keys.due, {"fresh": 1, "stale": 2, "statusless": 3})
-        answer = await store._claim(keys=[keys.due, keys.inflight], args=["daemon-a", "t1", "t2", "t3"])
+        await client.set(keys.store_marker, "m")
+        answer = await store._claim(keys=[keys.due, keys.inflight], args=["daemon-a", "m", "t1", "t2", "t3"])
         claimed = {entry[0]: (entry[1], entry[2]) for entry in answer[2:]}
         assert set(claimed) == {"fresh", "stale"}
         for message_id, (token, flat) in claimed.items():

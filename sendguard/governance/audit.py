@@ -46,11 +46,13 @@ from sendguard.governance.audit_verify import CHUNK, Verification
 from sendguard.model import now_ms
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
+from sendguard.state.marker import last_anchored_seq
 from sendguard.state.redis_connection import translated
 
 MAX_BATCH = 1000
 
 __all__ = [
+    "AnchorAhead",
     "AnchorMissing",
     "AuditEntry",
     "AuditError",
@@ -106,6 +108,10 @@ class AnchorMissing(AuditError):
     """This daemon's anchor file is gone while the trail has entries: it must not start a new one."""
 
 
+class AnchorAhead(AnchorMissing):
+    """This daemon's anchor file names entries the trail does not reach: it was cut off or wiped."""
+
+
 class AuditLog:
     """Append, chain, read and verify the audit trail of one deployment (one key prefix).
 
@@ -154,13 +160,7 @@ class AuditLog:
         if not pending:
             return 0
         seq, prev = self._parse_head(head)
-        if not await self._may_anchor(seq):
-            raise AnchorMissing(
-                f"the audit trail holds {seq} entries but the anchor file {self.anchor} is missing or "
-                "empty: this daemon does not chain, since a fresh anchor would hide a cut-off tail. "
-                "Restore the anchor, or verify the trail and start a new one with "
-                "`sendguard audit restart-anchor --reason ...`"
-            )
+        await self._check_anchor(seq)
         at_ms = now_ms()
         chained: list[str] = []
         read = hashlib.sha1(usedforsecurity=False)  # only compares what we read with what is there
@@ -239,9 +239,41 @@ class AuditLog:
         return seq, digest
 
     async def may_chain(self) -> bool:
-        """False while this log's anchor file is gone and the trail has entries (see `chain`)."""
+        """False while this log's anchor file is gone and the trail has entries, or the file is
+        ahead of the trail (see `chain`)."""
+        try:
+            await self.check_anchor()
+        except AnchorMissing:
+            return False
+        return True
+
+    async def check_anchor(self) -> None:
+        """Raise AnchorMissing (or AnchorAhead) when this log must not chain, saying why (see `chain`)."""
         seq, _ = await self.head()
-        return await self._may_anchor(seq)
+        await self._check_anchor(seq)
+
+    async def _check_anchor(self, seq: int) -> None:
+        if not await self._may_anchor(seq):
+            raise AnchorMissing(
+                f"the audit trail holds {seq} entries but the anchor file {self.anchor} is missing or "
+                "empty: this daemon does not chain, since a fresh anchor would hide a cut-off tail. "
+                "Restore the anchor, or verify the trail and start a new one with "
+                "`sendguard audit restart-anchor --reason ...`"
+            )
+        anchored = await asyncio.to_thread(last_anchored_seq, self.anchor) if self.anchor else 0
+        if anchored <= seq:
+            return
+        # Behind the head record: the entries themselves say how far the trail goes (a chain whose
+        # head record alone is gone is refused by the commit, naming that).
+        async with translated():
+            length = int(await self.redis.llen(self.keys.audit_chain))
+        if anchored > length:
+            raise AnchorAhead(
+                f"the anchor file {self.anchor} names entry {anchored} but the audit trail ends at {length}: "
+                "the trail was cut off or its store wiped. This daemon does not chain, since an anchor "
+                "line below the file's last would hide that. Run `sendguard audit verify`; if the store "
+                "was wiped, see the README (`sendguard run --accept-empty-store`)"
+            )
 
     async def _may_anchor(self, seq: int) -> bool:
         """Whether this log may chain (and so anchor) over a trail of `seq` entries.

@@ -102,17 +102,22 @@ async def healthz() -> dict[str, str]:
     summary="Readiness",
     responses={
         503: {
-            "description": "Redis does not answer",
+            "description": "Redis does not answer, or it lost the marker this daemon started on (wiped)",
             "content": {"application/json": {"example": {"status": "not_ready", "redis": "ConnectionError"}}},
         }
     },
 )
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """Redis answers and the rules are loaded: the answer names the rules' version."""
+    """Redis answers, it is still the store this daemon started on, and the rules are loaded: the
+    answer names the rules' version. A wiped or replaced store is not ready until a person acts."""
+    marker = runtime.store.marker
     try:
         await runtime.redis.ping()
+        await marker.check()
     except Exception as exc:  # any failure to reach Redis means not ready
         return JSONResponse({"status": "not_ready", "redis": type(exc).__name__}, status_code=503)
+    if marker.lost:
+        return JSONResponse({"status": "not_ready", "store": "wiped", "detail": marker.lost}, status_code=503)
     return JSONResponse({"status": "ready", "rules_version": runtime.rules.version})
 
 

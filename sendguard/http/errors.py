@@ -15,6 +15,7 @@ ApprovalRefused          409  the approval rules do not allow this decision
 AuditError               409  the trail cannot be read as it stands
 StoreFull                503  Redis is near its maxmemory: no submission is admitted; retry later
 NotReplicated            503  too few replicas confirmed a write in time (SENDGUARD_REDIS_WAIT_REPLICAS)
+StoreWiped               503  Redis lost the marker this daemon started on (wiped): nothing is admitted
 StoreError               503  Redis is unreachable; retry
 
 The bodies are documented here too (`error_responses`), beside the handlers that make them, so the
@@ -30,7 +31,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from sendguard.errors import ConfigError, InvalidValue, NotReplicated, StoreError, StoreFull, Unauthenticated
+from sendguard.errors import (
+    ConfigError,
+    InvalidValue,
+    NotReplicated,
+    StoreError,
+    StoreFull,
+    StoreWiped,
+    Unauthenticated,
+)
 from sendguard.feedback.apply import NotSent, UnknownMessage
 from sendguard.governance.approvals import ApprovalRefused
 from sendguard.governance.audit import AuditError
@@ -116,6 +125,12 @@ async def _store_full(request: Request, exc: StoreFull) -> JSONResponse:
     )
 
 
+async def _store_wiped(request: Request, exc: StoreWiped) -> JSONResponse:
+    return JSONResponse(
+        {"error": "store_wiped", "detail": str(exc)}, status_code=503, headers={"Retry-After": "60"}
+    )
+
+
 HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
     Unauthenticated: _unauthenticated,
     RequestValidationError: _invalid_request,
@@ -130,6 +145,7 @@ HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, An
     StoreError: _store_down,
     StoreFull: _store_full,
     NotReplicated: _not_replicated,
+    StoreWiped: _store_wiped,
 }
 
 
@@ -156,7 +172,9 @@ class ErrorOut(BaseModel):
 
 
 class CodedErrorOut(ErrorOut):
-    error: str = Field(description="body_too_large, store_unavailable, store_full or not_replicated")
+    error: str = Field(
+        description="body_too_large, store_unavailable, store_full, not_replicated or store_wiped"
+    )
 
 
 class ForbiddenOut(ErrorOut):
@@ -194,8 +212,9 @@ _ERRORS: dict[int, tuple[type[ErrorOut], str, dict[str, Any]]] = {
     422: (InvalidOut, "the request is not valid: every wrong field is named", {}),
     503: (
         CodedErrorOut,
-        "the state store is unreachable (`store_unavailable`), full (`store_full`) or could not "
-        "get the write to enough replicas (`not_replicated`); retry",
+        "the state store is unreachable (`store_unavailable`), full (`store_full`), could not "
+        "get the write to enough replicas (`not_replicated`) or was wiped under the daemon "
+        "(`store_wiped`: until a person acts); retry",
         _RETRY_AFTER,
     ),
 }

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from sendguard.errors import StoreFull, Unauthenticated
+from sendguard.errors import StoreFull, StoreWiped, Unauthenticated
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
@@ -163,10 +163,13 @@ class Admissions:
 
     async def submit(self, requester: Principal, submission: Submission, rules: Rules) -> Submitted:
         """Decide and admit every recipient; raises Forbidden when the agent may not send it at all,
-        StoreFull when Redis has no room for it, BatchConflict when a batch's idempotency key names
-        another batch."""
+        StoreFull when Redis has no room for it, StoreWiped when Redis is no longer the store this
+        daemon started on (its trips and suppressions gone: state/marker.py), BatchConflict when a
+        batch's idempotency key names another batch."""
         started = time.perf_counter()
         agent = await self._authorized(requester, submission, rules)
+        if self._store.marker.lost:
+            raise StoreWiped(f"{self._store.marker.lost}; nothing is admitted until a person acts")
         # A single message of a tier-0 agent is counted and checked for a company's reply stop by
         # its admission script: the one round trip that writes it, which checks a recalled token too.
         single = not isinstance(submission, BatchIn)

@@ -61,6 +61,8 @@ class DataDir:
         self.log_path = self.redis_dir / "redis.log"
         # The audit trail's head, outside Redis, so a truncated trail can be told (audit.py).
         self.audit_anchor = self.root / "audit.anchor"
+        # The store marker this daemon last ran on, so a wiped or replaced store can be told (marker.py).
+        self.store_marker = self.root / "store.marker"
         # The SMTP submission listener's self-signed certificate, when none is configured.
         self.submission_tls = self.root / "submission-tls"
 

@@ -83,6 +83,9 @@ SCHEMA: dict[str, str] = {
     # string: the HMAC secret sendguard signs with (one-click links; bounce addresses under a key
     # derived from it); named `unsub:` since it began with unsubscribe links alone
     "signing_secret": "unsub:secret",
+    # string: a random marker the first daemon writes (SET NX) and no daemon rewrites; a daemon that
+    # finds it gone or changed knows the store was wiped or replaced (state/marker.py)
+    "store_marker": "store:marker",
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
     # hash: a console session, by sha256 of its cookie: token id, csrf, expiry; never the token
     "console_session": "ui:session:{digest}",
@@ -288,6 +291,10 @@ class Keys:
     @property
     def signing_secret(self) -> str:
         return self._key("signing_secret")
+
+    @property
+    def store_marker(self) -> str:
+        return self._key("store_marker")
 
     @property
     def rules_reloads(self) -> str:

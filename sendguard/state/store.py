@@ -25,6 +25,7 @@ from sendguard.model import WAITING, Reason, Status, canonical_address, decode_r
 from sendguard.record import BODY, CONTENT, SCOPE_SOURCES, Changes, MessageRecord, encode, encode_changes
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
+from sendguard.state.marker import StoreMarker
 from sendguard.state.redis_connection import translated
 from sendguard.state.scripts import ScriptArgs
 
@@ -201,9 +202,11 @@ def _scopes_json(scopes: tuple[str, ...]) -> str:
 class Store:
     """Message records and their lifecycle in Redis."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, marker: StoreMarker | None = None) -> None:
         self.redis = client
         self.keys = keys
+        # The store this daemon started on; claims are made only while Redis still holds its marker.
+        self.marker = marker or StoreMarker(client, keys)
         self._admit = scripts.register(client, keys, "admit")
         self._claim = scripts.register(client, keys, "claim")
         self._transition = scripts.register(client, keys, "transition")
@@ -333,11 +336,20 @@ class Store:
         return [str(message_id) for message_id in found]
 
     async def claim(self, owner: str, tokens: Sequence[str]) -> list[Claim] | NoWork:
-        """Claim up to one due message per token, first due first, in one round trip."""
+        """Claim up to one due message per token, first due first, in one round trip.
+
+        Nothing, once the store is not the one this daemon started on (its marker is gone or
+        changed, state/marker.py): a wiped store has lost the trips and suppressions.
+        """
         k = self.keys
+        if self.marker.lost:
+            return NoWork(None, 0)
         async with translated():
-            result = await self._claim(keys=[k.due, k.inflight], args=[owner, *tokens])
+            result = await self._claim(keys=[k.due, k.inflight], args=[owner, self.marker.value, *tokens])
         now = int(result[0])
+        if result[1] == "wiped":
+            self.marker.gone("is gone or changed (found by a claim)")
+            return NoWork(None, now)
         if len(result) == 2:
             return NoWork(int(float(result[1])) if result[1] else None, now)
         claims = []

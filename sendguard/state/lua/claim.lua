@@ -2,12 +2,18 @@
 -- as many deliveries as it has free. Returns {now, '', claims...}, each claim
 -- {id, its token, record, its batch's template (empty for a message without one), its own content
 -- (keys.py `content`; '' when it has none there)}; when nothing
--- was claimed, {now, next due (ms, '' when the queue is empty, '0' when the claim gave up)}.
+-- was claimed, {now, next due (ms, '' when the queue is empty, '0' when the claim gave up)}, or
+-- {now, 'wiped'} when the store's marker is not the one the daemon started on (state/marker.py):
+-- a wiped store has lost its trips and suppressions, so nothing of it is claimed.
 local due_key, inflight_key = KEYS[1], KEYS[2]
 local owner = ARGV[1]               -- the daemon instance
-local tokens = {unpack(ARGV, 2)}    -- one per claim: only its holder can move the message on
+local marker = ARGV[2]              -- the store marker the daemon started on
+local tokens = {unpack(ARGV, 3)}    -- one per claim: only its holder can move the message on
 
 local now = clock_ms()
+if redis.call('GET', key_store_marker()) ~= marker then
+  return {tostring(now), 'wiped'}
+end
 local found = {tostring(now), ''}
 local now_ms = string.format('%d', now)  -- given to Redis as an integer, formatted once a call
 local claimed = 0
