@@ -1,4 +1,5 @@
-"""An outsider's flood of the inbound listener: junk mail over several SMTP connections, on and off.
+"""An outsider's flood of the inbound listener: junk mail over several SMTP connections from several
+addresses, on and off.
 
 A module of its own, light to import: the flooders run in a spawned process (`Flood`), whose
 interpreter imports what its target's module needs, and this one needs no daemon, app or suite.
@@ -108,13 +109,16 @@ def _flood(port: int, ready: Event, on: Event, stopping: Event, *counters: Synch
                     refused.value += 1
         command(b"QUIT\r\n")
 
-    def flooder() -> None:
+    def flooder(number: int) -> None:
+        # Each from a loopback address of its own, as a flood from several hosts: the listener
+        # gives one client address only a share of its sessions.
+        source = (f"127.0.0.{10 + number}", 0)
         while not stopping.is_set():
             on.wait()
             try:
                 with sessions.get_lock():
                     sessions.value += 1
-                with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                with socket.create_connection(("127.0.0.1", port), timeout=60, source_address=source) as sock:
                     with lock:
                         open_sockets.add(sock)
                     session(sock)
@@ -139,7 +143,9 @@ def _flood(port: int, ready: Event, on: Event, stopping: Event, *counters: Synch
 
     lock = threading.Lock()
     open_sockets: set[socket.socket] = set()
-    threads = [threading.Thread(target=cutter)] + [threading.Thread(target=flooder) for _ in range(FLOODERS)]
+    threads = [threading.Thread(target=cutter)] + [
+        threading.Thread(target=flooder, args=(number,)) for number in range(FLOODERS)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
