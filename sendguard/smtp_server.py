@@ -194,7 +194,9 @@ class BudgetedSession(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if self._sessions.lifetime:
+        # Once a session: aiosmtpd makes the connection again over TLS after STARTTLS, and a second
+        # timer would hold the session (and its buffers) until it fired, long after it closed.
+        if self._sessions.lifetime and self._ends is None:
             self._ends = self.loop.call_later(self._sessions.lifetime, self._lifetime_over)
 
     def _lifetime_over(self) -> None:
