@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import shutil
 import socket
@@ -79,6 +80,20 @@ def client_of(session: Session) -> str:
     """The client's IP address, as replies and logs name it."""
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def budget_client(address: str) -> str:
+    """What a per-client budget counts as one client: an IPv4 address, or an IPv6 address's /64,
+    which is what one host or one customer is handed (counted per address, a /64 is endless)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a Unix socket): one client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def close_after_reply(server: SMTP) -> None:
@@ -161,7 +176,7 @@ class _Gate(asyncio.Protocol):
         # A transport: uvloop's TLS one is not registered as asyncio's class, so it is not asked.
         transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        client = budget_client(str(peer[0]) if isinstance(peer, tuple) else str(peer))
         refusal = self._sessions.refusal(client)
         if refusal is not None:
             transport.write(refusal.encode() + b"\r\n")

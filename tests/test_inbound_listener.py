@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from sendguard.config import Settings
 from sendguard.feedback.listener import _RateLimit
 from sendguard.feedback.parse import MAX_PARTS, UnparsableMail, parse_inbound
+from sendguard.smtp_server import budget_client
 from tests.conftest import Api, Daemon, RedisServer, free_port, wait_until
 
 MakeDaemon = Callable[..., Daemon]
@@ -109,6 +110,14 @@ def test_the_rate_buckets_stay_bounded_whatever_number_of_addresses_a_sender_has
         assert limit.take(f"2001:db8::{n:x}")
     assert len(limit) <= _RateLimit._MAX_CLIENTS
     assert not limit.take("2001:db8::4e1f"), "a client seen lately keeps its empty bucket"
+
+
+def test_an_ipv6_client_is_its_slash_64_for_the_per_client_budgets() -> None:
+    """Counted per address, one /64 (what one host is handed) took every session; it is one client."""
+    one_host = {budget_client(f"2001:db8:1:2::{n:x}") for n in range(1, 5000, 7)}
+    assert one_host == {"2001:db8:1:2::/64"}
+    assert budget_client("2001:db8:1:3::1") != budget_client("2001:db8:1:2::1")
+    assert budget_client("192.0.2.7") == budget_client("::ffff:192.0.2.7") == "192.0.2.7"
 
 
 def test_sessions_over_the_limit_are_turned_away_at_the_greeting(make_daemon: MakeDaemon) -> None:

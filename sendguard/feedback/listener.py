@@ -55,6 +55,7 @@ from sendguard.metrics import INBOUND_LIMITS, Metrics
 from sendguard.smtp_server import (
     BudgetedSession,
     Sessions,
+    budget_client,
     client_of,
     close_after_reply,
     listening_socket,
@@ -541,7 +542,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         client = client_of(session)
-        if not self._child.rate.take(client):
+        if not self._child.rate.take(budget_client(client)):
             per_minute = self._child.config.rate_per_minute
             return self._refuse(
                 server,
