@@ -137,30 +137,34 @@ class Service:
         store, audit, metrics = runtime.store, runtime.audit, runtime.metrics
         while not self._stopping.is_set():
             try:
-                # First: a store that lost its marker stops every claim (logged once, in `gone`).
-                await store.marker.check()
-                await store.heartbeat(runtime.instance, self._ttl_ms)
-                recovered, uncertain = await store.recover()
-                if recovered:
-                    log.warning(
-                        "recovered %d messages from stopped daemons (%d uncertain)",
-                        recovered,
-                        uncertain,
-                    )
-                    metrics.uncertain.inc(uncertain)
-                for state, count in (await store.waiting_counts()).items():
-                    metrics.waiting.labels(state).set(count)
-                await runtime.follow_reloads()
-                await runtime.safe_mode.refresh_metrics()
-                await _refresh_ramp_metrics(runtime)
-                await runtime.safe_mode.finish_releases()
-                await runtime.approvals.expire_due()
-                await runtime.approvals.announce_due()
-                await runtime.blocklists.refresh_metrics()
-                seq, head = await audit.head()
-                metrics.audit_entries.set(seq)
-                metrics.audit_head.set(int(head[:13], 16))
-                metrics.audit_pending.set(await audit.pending())
+                # First: a store that lost its marker stops every claim (logged once, in `gone`),
+                # and this daemon's own writes: a wiped store must not look alive to a daemon that
+                # starts on it, which the one thing written here, the tombstone, tells it instead.
+                if not await store.marker.check():
+                    await store.marker.leave_tombstone(runtime.instance)
+                else:
+                    await store.heartbeat(runtime.instance, self._ttl_ms)
+                    recovered, uncertain = await store.recover()
+                    if recovered:
+                        log.warning(
+                            "recovered %d messages from stopped daemons (%d uncertain)",
+                            recovered,
+                            uncertain,
+                        )
+                        metrics.uncertain.inc(uncertain)
+                    for state, count in (await store.waiting_counts()).items():
+                        metrics.waiting.labels(state).set(count)
+                    await runtime.follow_reloads()
+                    await runtime.safe_mode.refresh_metrics()
+                    await _refresh_ramp_metrics(runtime)
+                    await runtime.safe_mode.finish_releases()
+                    await runtime.approvals.expire_due()
+                    await runtime.approvals.announce_due()
+                    await runtime.blocklists.refresh_metrics()
+                    seq, head = await audit.head()
+                    metrics.audit_entries.set(seq)
+                    metrics.audit_head.set(int(head[:13], 16))
+                    metrics.audit_pending.set(await audit.pending())
             except (StoreError, AuditError) as exc:
                 log.warning("maintenance failed, retrying: %s", exc)
             with contextlib.suppress(TimeoutError):

@@ -77,6 +77,7 @@ def test_a_wiped_store_stops_every_claim_and_says_so_and_the_anchor_never_goes_b
     redis_url: str,
     prefix: str,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     daemon = make_daemon(RULES)
     agent = client_for(daemon, "agent", "sdr-bot")
@@ -126,6 +127,14 @@ def test_a_wiped_store_stops_every_claim_and_says_so_and_the_anchor_never_goes_b
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert sum("marker" in text and "accept-empty-store" in text for text in errors) == 1, errors
     assert any("names entry" in text for text in errors), errors
+
+    # The wiped daemon writes no heartbeat that would make the store look alive, but a tombstone:
+    # a daemon started on it with a data directory of its own (a rescheduled pod's) refuses it too.
+    with redis.Redis.from_url(redis_url, decode_responses=True) as store:
+        wait_until(lambda: store.exists(keys.store_wiped), what="the tombstone")
+        assert not list(store.scan_iter(keys.instance("*"))), "the wiped daemon still heartbeats"
+    with pytest.raises(StoreWiped, match="saw this store's marker gone"):
+        make_daemon(RULES, data_dir=tmp_path / "new")
 
 
 def test_a_daemon_refuses_to_start_on_a_wiped_store_until_a_person_accepts_it(

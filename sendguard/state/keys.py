@@ -86,6 +86,7 @@ SCHEMA: dict[str, str] = {
     # string: a random marker the first daemon writes (SET NX) and no daemon rewrites; a daemon that
     # finds it gone or changed knows the store was wiped or replaced (state/marker.py)
     "store_marker": "store:marker",
+    "store_wiped": "store:wiped",  # string: which daemon saw the marker gone, and when
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
     # hash: a console session, by sha256 of its cookie: token id, csrf, expiry; never the token
     "console_session": "ui:session:{digest}",
@@ -295,6 +296,10 @@ class Keys:
     @property
     def store_marker(self) -> str:
         return self._key("store_marker")
+
+    @property
+    def store_wiped(self) -> str:
+        return self._key("store_wiped")
 
     @property
     def rules_reloads(self) -> str:

@@ -35,6 +35,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from sendguard.errors import StoreWiped
+from sendguard.model import now_ms
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
@@ -97,6 +98,8 @@ class StoreMarker:
                 await asyncio.to_thread(os.replace, evidence.anchor, aside)
                 accepted += f"; the old anchor file is kept as {aside}"
             log.warning("store accepted as it is, on %s's word: %s", actor or "a person", accepted)
+            async with translated():
+                await self.client.delete(self.keys.store_wiped)
         made = found
         if made is None:  # written only when missing: every later start only reads it
             async with translated():
@@ -110,7 +113,14 @@ class StoreMarker:
         return accepted
 
     async def _problem(self, found: str | None, evidence: Evidence) -> str:
-        """Why the store is not the one the data directory knew; "" when nothing says so."""
+        """Why the store is not the one the data directory knew, or one a running daemon saw wiped;
+        "" when nothing says so."""
+        if found is None:
+            async with translated():
+                tombstone = await self.client.get(self.keys.store_wiped)
+            if tombstone is not None:
+                seen = tombstone.decode() if isinstance(tombstone, bytes) else str(tombstone)
+                return f"a daemon saw this store's marker gone ({seen}): the store was wiped"
         known = await asyncio.to_thread(_read, evidence.marker_file) if evidence.marker_file else ""
         if known and found is None:
             return (
@@ -141,6 +151,16 @@ class StoreMarker:
             if found != self.value:
                 self.gone("is gone" if found is None else "was replaced by another")
         return not self.lost
+
+    async def leave_tombstone(self, instance: str) -> None:
+        """Say in the wiped store that it was wiped, so that a daemon starting on it, whose data
+        directory is new and knows no marker, refuses it as this one's would (see `establish`)."""
+        if not self.lost:
+            return
+        async with translated():
+            found = await self.stored()
+            if found is None:  # a store given another marker is another deployment's: not ours to mark
+                await self.client.set(self.keys.store_wiped, f"seen by {instance} at {now_ms()} ms")
 
     def gone(self, what: str) -> None:
         """Record that the store's marker `what` (seen here or by a claim); logged once."""
