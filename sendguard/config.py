@@ -122,6 +122,17 @@ def _sentinel_address(number: int, entry: str) -> tuple[str, int]:
         raise ValueError(f"sentinel address {number} needs a host and a port from 1 to 65535") from None
 
 
+def _check_port(parts: SplitResult) -> None:
+    """A URL's port, if it names one, is a number from 1 to 65535; urlsplit checks it only when it
+    is read, which would be long after the settings were taken."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("the port in the URL must be a number from 1 to 65535")
+
+
 def _to_url(
     schemes: tuple[str, ...],
     kind: type[RedactedURL] = RedactedURL,
@@ -141,12 +152,7 @@ def _to_url(
         if url.parts.scheme != "unix" and not url.parts.hostname:
             raise ValueError("URL has no host")
         if not isinstance(url, SentinelURL):  # several hosts: checked as it was parsed
-            try:
-                port = url.parts.port  # urlsplit checks it only when asked
-            except ValueError:
-                port = 0
-            if port == 0:
-                raise ValueError("the port in the URL must be a number from 1 to 65535")
+            _check_port(url.parts)
         return url
 
     return BeforeValidator(parse)
@@ -286,6 +292,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL (http:// only for localhost)")
         if not parts.hostname or parts.query or parts.fragment:
             raise ValueError("must be a base URL with a host and no query or fragment")
+        _check_port(parts)
         return value.strip().rstrip("/")
 
     @field_validator("inbound_smtp", "submission_smtp")

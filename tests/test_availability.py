@@ -94,6 +94,8 @@ def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong_and_not_the_pa
         ("smtp_url", "smtp://u:hunter2@relay:notaport"),
         ("notify_url", "https://hooks.example:port/hunter2"),
         ("api_url", "http://127.0.0.1:65536"),
+        ("public_url", "https://mail.acme.example:abc"),
+        ("public_url", "https://mail.acme.example:0"),
     ],
 )
 def test_a_url_with_a_bad_port_is_a_bad_setting_naming_the_port_not_the_password(

@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from sendguard.errors import StoreWiped
+from sendguard.errors import ConfigError, StoreWiped
 from sendguard.governance.audit import AnchorAhead, AuditLog
 from sendguard.parts import build
 from sendguard.rules import load_rules
@@ -250,3 +250,13 @@ async def test_the_chainer_writes_no_anchor_line_below_the_anchor_files_last(
         assert await client.llen(keys.audit_pending) == 1  # kept, durable, for a person to look at
     finally:
         await asyncio.shield(client.aclose())
+
+
+def test_a_store_marker_file_that_cannot_be_read_is_named(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """It was a bare IsADirectoryError and exit 1: the data directory is the operator's to mend."""
+    data = tmp_path / "odd"
+    (data / "store.marker").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"store\.marker: cannot read this daemon's store marker file"):
+        make_daemon(RULES, data_dir=data)

@@ -34,7 +34,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from sendguard.errors import StoreWiped
+from sendguard.errors import ConfigError, StoreWiped
 from sendguard.model import now_ms
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -182,6 +182,8 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return ""
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, not what we write
+        raise ConfigError(f"{path}: cannot read this daemon's store marker file: {exc}") from exc
 
 
 def _write(path: Path, value: str) -> None:
