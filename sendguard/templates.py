@@ -30,6 +30,15 @@ class Template:
         self._names = pieces[2::3]
         self._escape = escape
         self._literal_bytes = sum(len(literal.encode("utf-8", "surrogatepass")) for literal in self._literals)
+        # Per name: how many placeholders, and their bytes as written (what stays without a value).
+        self._uses: dict[str, tuple[int, int]] = {}
+        for placeholder, name in zip(self._placeholders, self._names, strict=True):
+            count, written = self._uses.get(name, (0, 0))
+            self._uses[name] = (count + 1, written + len(placeholder.encode("utf-8", "surrogatepass")))
+
+    @property
+    def placeholders(self) -> int:
+        return len(self._names)
 
     def fill(self, values: Mapping[str, str]) -> str:
         """Each known name's value in place of its placeholder; unknown ones stay as they are."""
@@ -43,10 +52,16 @@ class Template:
 
     def size(self, values: Mapping[str, str]) -> int:
         """The UTF-8 bytes `fill(values)` would make, found without making it: a template of many
-        placeholders filled with long values must be refused before it is built."""
+        placeholders filled with long values must be refused before it is built. Once a name, not
+        once a placeholder, so that sizing a batch's recipients costs their values, not the template."""
         size = self._literal_bytes
-        for placeholder, name in zip(self._placeholders, self._names, strict=True):
-            size += len(self._value(values, name, placeholder).encode("utf-8", "surrogatepass"))
+        for name, (count, written) in self._uses.items():
+            value = values.get(name)
+            if value is None:
+                size += written
+            else:
+                filled = htmllib.escape(value) if self._escape else value
+                size += count * len(filled.encode("utf-8", "surrogatepass"))
         return size
 
     def _value(self, values: Mapping[str, str], name: str, placeholder: str) -> str:
@@ -79,3 +94,8 @@ class BatchTemplate:
     def body_sizes(self, values: Mapping[str, str]) -> tuple[int, int]:
         """The UTF-8 bytes of the text and the html once filled, without filling them."""
         return self._text.size(values), self._html.size(values)
+
+    @property
+    def placeholders(self) -> int:
+        """Placeholders in the subject, text and html: each is a step of filling every recipient."""
+        return self._subject.placeholders + self._text.placeholders + self._html.placeholders

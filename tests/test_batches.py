@@ -9,8 +9,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from sendguard.governance.audit import content_hash
 from sendguard.intake.batches import MAX_BATCH_CONTENT
+from sendguard.templates import Template
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import DnsServer, SmtpSink
 
@@ -277,6 +281,37 @@ def test_a_batch_whose_filled_content_is_over_the_budget_is_refused_before_any_c
     [error] = response.json()["errors"]
     assert error["field"] == "recipients" and f"{MAX_BATCH_CONTENT:,} (256 MiB)" in error["message"], error
     assert time.process_time() - started < 5  # refused before checking hundreds of MB
+
+
+def test_a_batch_of_many_placeholders_is_refused_by_the_same_budget(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """Tens of thousands of empty placeholders to a few hundred recipients fill to nothing, but
+    filling them is the work: the probe's 0.5 MB request held the loop 24 s. Sizing it costs each
+    recipient its values, not the template."""
+    agent = client_for(make_daemon(RULES), "agent", "sdr-bot")
+    people = [{"to": f"e{i}@customer.example", "vars": {"first_name": ""}} for i in range(300)]
+    started = time.process_time()
+    response = agent.client.post(
+        "/v1/batches", json=batch(people, text="{{first_name}}" * 70_000, html=None), timeout=60
+    )
+    assert response.status_code == 422, response.text[:300]
+    [error] = response.json()["errors"]
+    assert error["field"] == "recipients" and "21,000,300 placeholders to fill" in error["message"], error
+    assert time.process_time() - started < 5
+
+
+@settings(max_examples=200)
+@given(
+    pieces=st.lists(st.one_of(st.text(max_size=8), st.sampled_from(["{{a}}", "{{ b }}", "{{c}}", "{{a }}"]))),
+    values=st.dictionaries(st.sampled_from(["a", "b", "d"]), st.text(max_size=6)),
+    escape=st.booleans(),
+)
+def test_a_template_knows_its_filled_size_without_filling(
+    pieces: list[str], values: dict[str, str], escape: bool
+) -> None:
+    template = Template("".join(pieces), escape=escape)
+    assert template.size(values) == len(template.fill(values).encode("utf-8", "surrogatepass"))
 
 
 def test_a_large_batch_lets_other_requests_through_while_its_content_is_checked(

@@ -375,7 +375,7 @@ class Admissions:
             else:
                 content = renderer.content(entry)
                 reasons = _boundaries(standing, content)
-                checked_chars += len(content.text) + len(content.html)
+                checked_chars += len(content.text) + len(content.html) + renderer.placeholder_work
             if company := found.get(recipient.domain):
                 reasons.append(company)
             # By mailbox, as the cooldown goes: `Bob+1@` after `bob@` is the same person again.

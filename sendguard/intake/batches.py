@@ -31,10 +31,14 @@ from sendguard.submission import MAX_BODY_BYTES, Content, MessageIn, SingleLine,
 from sendguard.templates import NAME, BatchTemplate, Filled
 
 MAX_RECIPIENTS = 50_000
-# The text and html of all of a batch's recipients once filled: every recipient's content is checked
-# (intake/boundaries.py), so this bounds what one request costs, a few seconds at the checks' slowest
-# (HTML, ~25 MB/s of one core); a 1 MiB template to a few hundred recipients would take minutes.
+# The work of filling and checking all of a batch's recipients, in bytes: each recipient's text and
+# html once filled (every recipient's content is checked, intake/boundaries.py, at 25 MB/s of one
+# core for HTML to 80 for text) and PLACEHOLDER_WORK for each placeholder filled, which costs about
+# that much whatever it is filled with (an empty value too). This bounds what one request costs to
+# seconds: a 1 MiB template to a few hundred recipients, or 100,000 placeholders to a thousand,
+# took half a minute and more.
 MAX_BATCH_CONTENT = 256 * 1024 * 1024
+PLACEHOLDER_WORK = 16
 CHUNK = 500  # recipients per pipelined round trip, and between yields to the event loop
 
 
@@ -94,12 +98,14 @@ class BatchIn(Content):
     ) -> list[BatchRecipient]:
         text, html = info.data.get("text") or "", info.data.get("html") or ""
         template = BatchTemplate(info.data.get("subject") or "", text, html)
-        total = sum(sum(template.body_sizes(recipient.vars)) for recipient in recipients)
-        if total > MAX_BATCH_CONTENT:
+        filled = sum(sum(template.body_sizes(recipient.vars)) for recipient in recipients)
+        placeholders = template.placeholders * len(recipients)
+        if filled + PLACEHOLDER_WORK * placeholders > MAX_BATCH_CONTENT:
             raise ValueError(
-                f"the text and html filled for every recipient come to {total:,} bytes; a batch may "
-                f"have {MAX_BATCH_CONTENT:,} (256 MiB), since each recipient's content is checked: "
-                "send it as several smaller batches"
+                f"the text and html filled for every recipient come to {filled:,} bytes, with "
+                f"{placeholders:,} placeholders to fill ({PLACEHOLDER_WORK} bytes' work each); a batch "
+                f"may have {MAX_BATCH_CONTENT:,} (256 MiB) in all, since each recipient's content is "
+                "made and checked: send it as several smaller batches"
             )
         return recipients
 
@@ -271,6 +277,11 @@ class Renderer:
             self._single = submission
         else:
             self._template = BatchTemplate(submission.subject, submission.text or "", submission.html or "")
+
+    @property
+    def placeholder_work(self) -> int:
+        """What filling one recipient costs besides its content's bytes (see PLACEHOLDER_WORK)."""
+        return PLACEHOLDER_WORK * self._template.placeholders
 
     def oversized(self, entry: BatchRecipient) -> Reason | None:
         """Why this recipient's filled text or html would be over the cap, found without filling it."""
