@@ -105,7 +105,7 @@ class Service:
                 anchor_missing.set(1)
                 with contextlib.suppress(StoreError):
                     await audit.resign(instance)
-            except (StoreError, AuditError) as exc:
+            except (StoreError, AuditError, OSError) as exc:  # OSError: the anchor file, e.g. no file handles
                 log.error("audit trail not chained: %s", exc)
             if stopping.is_set():
                 with contextlib.suppress(StoreError, AuditError):

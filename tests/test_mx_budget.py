@@ -5,12 +5,21 @@ whose `slow.example` zone drops every query, through a real resolver with a 1 s 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sendguard.intake.mx import BUDGET_TIMEOUTS, CONCURRENCY, TEMPORARY_TIMEOUTS
+from sendguard.intake.mx import (
+    BUDGET_TIMEOUTS,
+    CONCURRENCY,
+    LOOKUPS_AT_ONCE,
+    TEMPORARY_TIMEOUTS,
+    MailHost,
+    MxChecker,
+)
 from tests.conftest import Api, Daemon, message, wait_until
 from tests.peers import DnsServer
 
@@ -144,3 +153,30 @@ def test_a_temporary_failure_is_remembered_briefly_across_requests(
         what=f"{flaky} to be asked again",
     )
     print("SERVFAIL remembered for", round(time.monotonic() - healed, 2), "s")
+
+
+async def test_the_daemon_looks_up_no_more_than_its_limit_at_once_whatever_the_requests(
+    dns_server: DnsServer,
+) -> None:
+    """Each request is held to its own 64, but thirty at once held 1,944 sockets open (past a common
+    limit of open files, where the audit chainer's anchor file then failed): the daemon's look-ups,
+    all requests together, are LOOKUPS_AT_ONCE at a time. Here requests are `check_many` calls on
+    the daemon's one checker, all at once."""
+    timeout = 1.0
+    checker = MxChecker([dns_server.nameserver], timeout)
+    run = secrets.token_hex(3)
+    requests = 2 * LOOKUPS_AT_ONCE // CONCURRENCY
+    domains = [[f"c{n}x{k}-{run}.slow.example" for k in range(CONCURRENCY)] for n in range(requests)]
+    before = _open_files()
+    calls = asyncio.gather(*(checker.check_many(names) for names in domains))
+    # Within the first timeout every look-up started is still waiting, each with its socket open.
+    await asyncio.sleep(0.7 * timeout)
+    sockets = _open_files() - before
+    verdicts = await calls
+    print(f"{requests} requests of {CONCURRENCY} unanswered domains: {sockets} sockets open at once")
+    assert LOOKUPS_AT_ONCE - 8 <= sockets <= LOOKUPS_AT_ONCE + 8  # a few come and go besides
+    assert all(set(found.values()) <= {MailHost.TEMPORARY} for found in verdicts)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))

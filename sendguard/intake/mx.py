@@ -9,6 +9,7 @@ of its time. Negative answers (NXDOMAIN, no records) are cached for the zone's S
 The recipient domains of a request are chosen by the agent, so a request's look-ups are bounded
 (`check_many`): each distinct domain once, `CONCURRENCY` at a time, and all of them within
 `BUDGET_TIMEOUTS` resolver timeouts; a domain not decided by then has no verdict from this request.
+The daemon's look-ups, all requests together, are `LOOKUPS_AT_ONCE` at a time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _DEFAULT_NEGATIVE_TTL = 300
 _MAX_TTL = 86400
 _CACHE_SIZE = 100_000
 CONCURRENCY = 64  # distinct domains one request looks up at once
+# Look-ups under way at once in the daemon, whatever the requests: each holds a socket, and thirty
+# requests of 64 silent domains each held 1,944, past a common limit of open files.
+LOOKUPS_AT_ONCE = 256
 BUDGET_TIMEOUTS = 2  # a request's DNS time: one timeout for a domain, one more for the rest
 TEMPORARY_TIMEOUTS = 3  # how long a timeout or SERVFAIL is remembered
 
@@ -82,6 +86,7 @@ class MxChecker:
         self._resolver = make_resolver(nameservers, timeout)
         self._cache: OrderedDict[str, tuple[MailHost, float]] = OrderedDict()
         self._pending: dict[str, asyncio.Task[MailHost]] = {}
+        self._slots = asyncio.Semaphore(LOOKUPS_AT_ONCE)
         self.budget = BUDGET_TIMEOUTS * timeout
         self._temporary_ttl = TEMPORARY_TIMEOUTS * timeout
 
@@ -145,7 +150,8 @@ class MxChecker:
     async def _resolve_and_cache(self, domain: str) -> MailHost:
         ttl: float
         try:
-            verdict, ttl = await self._resolve(dns.name.from_text(domain))
+            async with self._slots:
+                verdict, ttl = await self._resolve(dns.name.from_text(domain))
         except _Temporary:
             verdict, ttl = MailHost.TEMPORARY, self._temporary_ttl
         except (dns.exception.DNSException, ValueError):
