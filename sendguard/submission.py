@@ -11,6 +11,7 @@ import functools
 import re
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from typing import Annotated, Self
 
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -76,6 +78,7 @@ MAX_SUBJECT = 998
 # template can be no larger than a single message's body; both parts quoted-printable stay under
 # the 10 MB many relays take.
 MAX_BODY_BYTES = 1 << 20
+MAX_SEND_AHEAD = timedelta(days=400)  # how far ahead `send_at` may be, as far as windows are searched
 # Every character str.splitlines() breaks at: the email package refuses a header holding any of them.
 _LINE_BREAK = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
@@ -190,6 +193,14 @@ class Content(BaseModel):
     idempotency_key: SingleLine | None = Field(default=None, min_length=1, max_length=200)
     send_at: AwareDatetime | None = None
     enrichment: Enrichment | None = None
+
+    @field_validator("send_at")
+    @classmethod
+    def _within_reach(cls, send_at: datetime | None) -> datetime | None:
+        # The send windows are searched up to 400 days past it: a year 9999 overflowed into a 500.
+        if send_at is not None and send_at > datetime.now(UTC) + MAX_SEND_AHEAD:
+            raise ValueError(f"is more than {MAX_SEND_AHEAD.days} days ahead; send it closer to the time")
+        return send_at
 
     @model_validator(mode="after")
     def _check(self) -> Self:
