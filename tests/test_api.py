@@ -222,6 +222,21 @@ def test_recipient_cooldown_spans_agents_and_spellings_and_names_no_message(
     assert abs(ends - (datetime.now(UTC) + timedelta(hours=72))) < timedelta(minutes=1), detail
 
 
+def test_the_cooldown_runs_from_when_the_message_goes(
+    api: Api, daemon: Daemon, client_for: ClientFor
+) -> None:
+    """A message due in 71 h held the cooldown from its admission: in the 72nd hour another agent's
+    message to the same mailbox went, a second before it (the probe, at 4 s, saw 0.31 s between
+    them). The cooldown now ends a cooldown after the message goes."""
+    due = datetime.now(UTC) + timedelta(hours=71)
+    assert api.send("dora@customer.example", send_at=due.isoformat())["status"] == "queued"
+    support = client_for(daemon, "agent", "support-bot")
+    [reason] = support.send("dora@customer.example", **{"from": "help@acme.example"})["reasons"]
+    ends = datetime.fromisoformat(reason["detail"].rpartition(" ")[2])
+    assert reason["code"] == "recipient_cooldown"
+    assert abs(ends - (due + timedelta(hours=72))) < timedelta(minutes=1), reason
+
+
 def test_domain_with_only_an_a_record_is_deliverable(api: Api, smtp: SmtpSink) -> None:
     """RFC 5321 implicit MX: no MX but an A (or AAAA) record accepts mail."""
     a_only = api.send("bob@aonly.example")
@@ -296,7 +311,7 @@ def test_same_idempotency_key_returns_the_first_message_and_sends_once(api: Api,
         ({"text": None, "html": None}, "body", "one of 'text' or 'html'"),
         ({"agent_version": None}, "agent_version", ""),
         ({"send_at": "tomorrow"}, "send_at", ""),
-        ({"send_at": "9999-12-31T23:00:00Z"}, "send_at", "more than 400 days ahead"),
+        ({"send_at": "9999-12-31T23:00:00Z"}, "send_at", "more than 100 years ahead"),
         ({"surprise": 1}, "surprise", "Extra inputs"),
         ({"from": "Alice <alice@acme..example>"}, "from", "not valid"),
         ({"from": "a@acme.example, b@acme.example"}, "from", "exactly one address"),

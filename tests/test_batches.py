@@ -257,7 +257,7 @@ def test_bad_batches_get_an_error_that_names_the_field(
         "recipients.0.vars.first_name": batch([{"to": "a@x.example", "vars": {"first_name": "A\nB"}}]),
         "recipients.0.cc": batch([{"to": "a@customer.example", "cc": "b@customer.example"}]),
         "from": batch(one, **{"from": "two@acme.example, three@acme.example"}),
-        # The windows are searched 400 days past it: the year 9999 overflowed into a 500.
+        # The send windows are searched 400 days past it: the year 9999 overflowed into a 500.
         "send_at": batch(one, send_at="9999-12-31T23:00:00Z"),
     }
     for field, body in cases.items():

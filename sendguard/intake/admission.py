@@ -556,9 +556,14 @@ class Admissions:
                 recipient.domain, message.sender.address, message.segment, message.campaign, agent.name
             ),
         )
+        # The cooldown runs from when the message goes, not from now: held until its due time and a
+        # cooldown after, so a message due in 71 h does not let another go in the 72nd.
+        cooldown_ms = int(rules.file.ingress.recipient_cooldown * 1000)
+        if cooldown_ms and accepted:
+            cooldown_ms += max(0, decided.due_ms - now_ms())
         return Candidate(
             record=record,
-            cooldown_ms=int(rules.file.ingress.recipient_cooldown * 1000),
+            cooldown_ms=cooldown_ms,
             idempotency=decided.idempotency,
             delay_ms=delay_ms,
             audit_entry=_audit_entry(record, decided.content),
