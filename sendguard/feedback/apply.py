@@ -99,16 +99,6 @@ class Reporter:
     stranger: bool = False
 
 
-@dataclass(frozen=True)
-class _Proved:
-    """The message a mail's reference proves, and whether the proof was a signed bounce address
-    (a secret of ours) rather than a Message-ID with its recipient (known to agent and recipient)."""
-
-    message_id: str
-    record: MessageRecord
-    signed: bool
-
-
 @dataclass
 class Applied:
     """What an event did, for the caller's answer."""
@@ -184,7 +174,7 @@ class Feedback:
         """
         if not inbound.events and inbound.away is None:
             return []  # understood, and says nothing: its references need no checking
-        tied: dict[tuple[str, EventType, bool], tuple[EventIn, _Proved]] = {}
+        tied: dict[tuple[str, EventType, bool], tuple[EventIn, _Proof]] = {}
         checked = await self._checked(inbound)
         if inbound.away is not None:
             return await self._away(inbound.away, reporter, checked)
@@ -382,8 +372,18 @@ class _Proof:
     ref: Reference
     record: MessageRecord
 
+    @property
+    def message_id(self) -> str:
+        return self.ref.message_id
 
-def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) -> _Proved | str:
+    @property
+    def signed(self) -> bool:
+        """Proved by a bounce address we signed (a secret of ours), not by a Message-ID with its
+        recipient (known to the agent and the recipient)."""
+        return bool(self.ref.mac)
+
+
+def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) -> _Proof | str:
     """The message a checked reference of the mail proves `event` is about, or why there is none.
 
     A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
@@ -398,13 +398,13 @@ def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) 
             continue
         ref, record = proof.ref, proof.record
         if ref.mac:
-            return _Proved(ref.message_id, record, signed=True)
+            return proof
         if event.recipient is None:
             problems.append(f"{ref.where} names a message, but the report names no recipient")
         elif event.recipient != folded_address(record.to):
             problems.append(f"{ref.where} names a message that was not sent to {event.recipient}")
         elif report or record.status in _LEFT:
-            return _Proved(ref.message_id, record, signed=False)
+            return proof
         else:
             problems.append(f"{ref.where} names a message that was not sent ({record.status.value})")
     return "; ".join(dict.fromkeys(problems)) or "no sendguard Message-ID or signed bounce address"
