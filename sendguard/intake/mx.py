@@ -55,7 +55,7 @@ DETAILS = {
     MailHost.DOMAIN_NOT_FOUND: "the recipient domain does not exist (NXDOMAIN)",
     MailHost.NULL_MX: "the recipient domain publishes a null MX and accepts no mail (RFC 7505)",
     MailHost.NO_MAIL_HOST: "the recipient domain has no MX, A or AAAA record",
-    MailHost.TEMPORARY: "DNS did not answer in time or failed temporarily; will check again",
+    MailHost.TEMPORARY: "DNS failed temporarily; will check again",
 }
 
 
@@ -75,6 +75,11 @@ def make_resolver(nameservers: list[str], timeout: float) -> dns.asyncresolver.R
     return resolver
 
 
+def cache_key(domain: str) -> str:
+    """One spelling of a domain for its verdict: case and a final dot make no other domain."""
+    return domain.lower().rstrip(".")
+
+
 class _Temporary(Exception):
     pass
 
@@ -92,7 +97,7 @@ class MxChecker:
 
     async def check(self, domain: str) -> MailHost:
         """The verdict for an ASCII (IDNA) domain."""
-        domain = domain.lower().rstrip(".")
+        domain = cache_key(domain)
         cached = self._cached(domain)
         if cached is not None:
             return cached
@@ -104,7 +109,8 @@ class MxChecker:
         return await asyncio.shield(task)
 
     async def check_many(self, domains: Iterable[str]) -> dict[str, MailHost]:
-        """The verdicts for a request's domains, each looked up once, within the request's budget.
+        """The verdicts for a request's domains (keyed by `cache_key`), each looked up once,
+        within the request's budget.
 
         Cached verdicts come first and cost no look-up; the others are looked up `CONCURRENCY` at a
         time, in the order given. A domain still waiting when `budget` seconds are spent is left
@@ -113,7 +119,7 @@ class MxChecker:
         """
         found: dict[str, MailHost] = {}
         unknown: list[str] = []
-        for domain in dict.fromkeys(domain.lower().rstrip(".") for domain in domains):
+        for domain in dict.fromkeys(cache_key(domain) for domain in domains):
             cached = self._cached(domain)
             if cached is None:
                 unknown.append(domain)

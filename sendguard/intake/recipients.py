@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sendguard.intake.mx import DETAILS, MailHost, MxChecker
+from sendguard.intake.mx import DETAILS, MailHost, MxChecker, cache_key
 from sendguard.model import Reason, canonical_address, folded_address, normal_address
 from sendguard.rules import Rules
 
@@ -31,8 +31,6 @@ class Recipient:
 
 
 _YIELD_EVERY = 500  # recipients checked between yields to the event loop
-
-DNS_TEMPORARY = Reason("dns_temporary", "DNS failed temporarily; will check again")
 
 
 def budget_spent(budget: float) -> Reason:
@@ -68,7 +66,7 @@ class Ingress:
         verdicts = await self._mx.check_many(recipient.domain for recipient in unsure)
         spent = budget_spent(self._mx.budget)
         for recipient in unsure:
-            verdict = verdicts.get(recipient.domain.lower().rstrip("."))
+            verdict = verdicts.get(cache_key(recipient.domain))
             if verdict is None:
                 recipient.dns_deferral = spent
             else:
@@ -105,10 +103,13 @@ def _listed(raw_address: str, rules: Rules) -> Recipient:
 
 
 def _decided(recipient: Recipient, verdict: MailHost) -> None:
+    if verdict is MailHost.OK:
+        return
+    reason = Reason(verdict.value, DETAILS[verdict])
     if verdict is MailHost.TEMPORARY:
-        recipient.dns_deferral = DNS_TEMPORARY
-    elif verdict is not MailHost.OK:
-        recipient.reasons.append(Reason(verdict.value, DETAILS[verdict]))
+        recipient.dns_deferral = reason
+    else:
+        recipient.reasons.append(reason)
 
 
 def _in_domain_list(domain: str, listed: frozenset[str]) -> bool:
