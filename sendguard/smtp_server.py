@@ -78,7 +78,11 @@ def listening_socket(host: str, port: int, setting: str) -> socket.socket:
 
 def client_of(session: Session) -> str:
     """The client's IP address, as replies and logs name it."""
-    peer = session.peer
+    return _address(session.peer)
+
+
+def _address(peer: object) -> str:
+    """The IP address of a socket's peer name (host, port[, ...]); a Unix socket's path as it is."""
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
@@ -175,8 +179,7 @@ class _Gate(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A transport: uvloop's TLS one is not registered as asyncio's class, so it is not asked.
         transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        client = budget_client(str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        client = budget_client(_address(transport.get_extra_info("peername")))
         refusal = self._sessions.refusal(client)
         if refusal is not None:
             transport.write(refusal.encode() + b"\r\n")
