@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
+from sendguard.errors import StoreError
 from sendguard.governance import audit_verify
 from sendguard.governance.audit_entries import (
     GENESIS,
@@ -50,6 +52,8 @@ from sendguard.state.marker import last_anchored_seq
 from sendguard.state.redis_connection import translated
 
 MAX_BATCH = 1000
+
+log = logging.getLogger("sendguard.audit")
 
 __all__ = [
     "AnchorAhead",
@@ -192,7 +196,13 @@ class AuditLog:
                 raise AuditError(
                     f"chained {done} audit entries but could not write {self.anchor}: {exc}"
                 ) from exc
-            await self._mark_anchored()
+            try:
+                await self._mark_anchored()
+            except StoreError as exc:  # the entries are chained and anchored: only the mark waits
+                log.warning(
+                    "audit trail anchored, not yet marked so in Redis (tried at the next anchor line): %s",
+                    exc,
+                )
         return done
 
     async def _mark_anchored(self) -> None:
