@@ -542,29 +542,3 @@ def test_each_reference_is_checked_once_however_many_events_name_it(
     assert cpu < HOSTILE_CPU
     assert isinstance(received, Received) and [a.message_id for a in received.applied] == [dana.id]
     assert world.clients["admin"].status(dana.id)["status"] == "bounced"
-
-
-def test_a_report_sent_again_writes_nothing_new(world: World) -> None:
-    """A proved complaint replayed to the listener (or an MTA sending its report again) counted once
-    already: 30 replays wrote 30 entries to a trail that is never trimmed; now they write nothing."""
-    _, _, pat = world.sent
-    admin = world.clients["admin"]
-    for _ in range(5):
-        with smtplib.SMTP("127.0.0.1", world.port, timeout=10) as client:
-            client.ehlo()
-            client.mail("")
-            client.rcpt(FEEDBACK)
-            assert client.data(arf(PAT, message_id=pat.header))[0] == 250
-    wait_until(
-        lambda: world.daemon.metric("sendguard_inbound_messages_total", kind="arf") == 5,
-        what="the five reports",
-    )
-    entries = [
-        raw
-        for key in (f"{world.prefix}:audit:chain", f"{world.prefix}:audit:pending")
-        for raw in world.store.lrange(key, 0, -1)
-        if '"kind":"event.complaint"' in raw and pat.id in raw
-    ]
-    history = [step for step in admin.status(pat.id)["history"] if step["cause"] == "complaint"]
-    assert (len(entries), len(history)) == (1, 1), (entries, history)
-    assert world.daemon.metric("sendguard_complaints_total") == 1

@@ -260,11 +260,6 @@ class Feedback:
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
         counted = True
-        # A report (bounce, complaint) its message has counted already and that counts nowhere new
-        # (a replay, or an MTA sending its report again) still cancels what waits, but is written
-        # down only if it does: replays must not grow the history and the trail without bound. A
-        # reply is a person's new words each time, so each is recorded on its message.
-        repeat = False
         addresses: list[str] = []
         if message_id and record:
             if judged.signals:
@@ -280,7 +275,6 @@ class Feedback:
                     agent_only=narrow,
                 )
                 applied.trips, counted = recorded.trips, recorded.counted
-                repeat = recorded.repeat and event.type is not EventType.REPLY
             if event.hard:
                 await self._store.transition(
                     message_id,
@@ -289,10 +283,7 @@ class Feedback:
                     detail=judged.note,
                     allowed_from=[Status.SENT],
                 )
-            if not repeat:
-                await self._store.annotate(
-                    message_id, event.type.value, f"{judged.note} (via {reporter.source})"
-                )
+            await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {reporter.source})")
             # The address we mailed and the one the event names differ when an operator reports a
             # forwarding target: a trusted person means both. An agent's word and raw mail reach
             # only the address the message went to.
@@ -314,8 +305,6 @@ class Feedback:
             if judged.suppress:
                 applied.suppressed = applied.suppressed or address
                 applied.cancelled += await self._suppress(address, f"suppressed after a {event.type.value}")
-        if repeat and not applied.cancelled:
-            return applied
         await self._audit.append(
             f"event.{event.type.value}",
             reporter.source,

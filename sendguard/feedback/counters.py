@@ -78,12 +78,10 @@ class Trip:
 
 @dataclass(frozen=True)
 class Recorded:
-    """Whether a signal counted for its message for the first time, and the trips it caused;
-    `repeat`: it had counted before and counted nowhere now (a report sent again)."""
+    """Whether a signal counted for its message for the first time, and the trips it caused."""
 
     counted: bool
     trips: list[Trip]
-    repeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,7 @@ class Signals:
         """Make the recording `call` describes, in a step of its own; the trips it caused."""
         async with translated():
             raw = await self._record(keys=call.keys, args=call.args)
-        flags = int(raw[0])
-        trips = [Trip.from_json(trip) for trip in raw[1:]]
-        return Recorded(counted=bool(flags & 1), trips=trips, repeat=flags == 0 and not trips)
+        return Recorded(counted=raw[0] == 1, trips=[Trip.from_json(trip) for trip in raw[1:]])
 
     def call(
         self,

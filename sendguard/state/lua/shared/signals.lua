@@ -1,7 +1,6 @@
 -- Count signals for each scope of a message and, for a bad signal, trip the first scope whose
--- rates cross the rules on the causes the signal bears on. Returns {flags, the trips as JSON...}:
--- flags 1 when first counted for the message, plus 2 when counted in some scope (a later report
--- may add the scopes an earlier one did not count in); a trip writes its audit entry here too.
+-- rates cross the rules on the causes the signal bears on. Returns {1 (first counted for the
+-- message) or 0, the trips as JSON...}; a trip writes its audit entry here too.
 --
 -- With `once`, a signal counts once per message in each scope: an agent's own report counts on
 -- its agent scope alone, and a trusted report of the same outcome later adds only the others.
@@ -62,7 +61,6 @@ local function record_signals(keys, args, now)
     end
   end
   if not counted then return trips end
-  trips[1] = trips[1] + 2
   redis.call('ZADD', active_key, unpack(active))
   -- Take a tripped scope's window out of the scopes above it that counted this signal (those
   -- above an absorbing scope had its evidence taken out when it tripped), slot by slot, never
