@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -48,7 +48,7 @@ from sendguard.governance.audit_verify import CHUNK, Verification
 from sendguard.model import now_ms
 from sendguard.state import scripts
 from sendguard.state.keys import Keys
-from sendguard.state.marker import last_anchored_seq
+from sendguard.state.marker import has_lines, last_anchored_seq, last_line
 from sendguard.state.redis_connection import translated
 
 MAX_BATCH = 1000
@@ -68,23 +68,10 @@ __all__ = [
 ]
 
 
-def _last_line(anchor: BinaryIO) -> str:
-    """The last complete line of an anchor file open for reading at its end; "" if none.
-
-    A line cut short by a crash (no newline after it) is not complete: it claims nothing.
-    """
-    size = anchor.seek(0, os.SEEK_END)
-    anchor.seek(max(0, size - 4096))
-    tail = anchor.read().decode("ascii", "replace")
-    complete = tail[: tail.rfind("\n") + 1] if not tail.endswith("\n") else tail
-    lines = complete.splitlines()
-    return lines[-1] if lines else ""
-
-
 def _write_anchor(path: Path, seq: int, digest: str, at_ms: int) -> None:
     created = not path.exists()
     with path.open("a+b") as anchor:
-        previous = _last_line(anchor)
+        previous = last_line(anchor)
         line = anchor_line(previous, seq, digest, at_ms) + "\n"
         if anchor.tell() > 0:
             anchor.seek(-1, os.SEEK_END)
@@ -99,13 +86,6 @@ def _write_anchor(path: Path, seq: int, digest: str, at_ms: int) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
-
-
-def _has_lines(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except FileNotFoundError:
-        return False
 
 
 class AnchorMissing(AuditError):
@@ -292,7 +272,7 @@ class AuditLog:
         and starting it afresh would hide a cut-off tail. Before any daemon anchored (the entries a
         `sendguard token create` chained on a new deployment) there is nothing it could hide.
         """
-        if not seq or self.anchor is None or await asyncio.to_thread(_has_lines, self.anchor):
+        if not seq or self.anchor is None or await asyncio.to_thread(has_lines, self.anchor):
             return True
         async with translated():
             return not await self.redis.exists(self.keys.audit_anchored)

@@ -30,7 +30,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import redis.asyncio as aioredis
 
@@ -93,7 +93,7 @@ class StoreMarker:
                     "and suppressions you need"
                 )
             accepted = problem
-            if evidence.anchor is not None and await asyncio.to_thread(_has_lines, evidence.anchor):
+            if evidence.anchor is not None and await asyncio.to_thread(has_lines, evidence.anchor):
                 aside = evidence.anchor.with_name(f"{evidence.anchor.name}.before-{secrets.token_hex(4)}")
                 await asyncio.to_thread(os.replace, evidence.anchor, aside)
                 accepted += f"; the old anchor file is kept as {aside}"
@@ -195,23 +195,33 @@ def _write(path: Path, value: str) -> None:
     os.replace(temporary, path)
 
 
-def _has_lines(path: Path) -> bool:
+# The audit anchor file (governance/audit_entries.py says what a line is), read here for the
+# evidence a data directory holds, and by the audit log itself.
+def last_line(anchor: BinaryIO) -> str:
+    """The last complete line of an anchor file open for reading; "" if none.
+
+    A line cut short by a crash (no newline after it) is not complete: it claims nothing.
+    """
+    size = anchor.seek(0, os.SEEK_END)
+    anchor.seek(max(0, size - 4096))
+    tail = anchor.read().decode("ascii", "replace")
+    lines = tail[: tail.rfind("\n") + 1].splitlines()
+    return lines[-1] if lines else ""
+
+
+def last_anchored_seq(path: Path) -> int:
+    """The seq of the last complete line of an anchor file; 0 if none (or no file)."""
+    try:
+        with path.open("rb") as anchor:
+            first = last_line(anchor).split(" ", 1)[0]
+    except FileNotFoundError:
+        return 0
+    return int(first) if first.isdigit() else 0
+
+
+def has_lines(path: Path) -> bool:
+    """Whether an anchor file exists with anything in it."""
     try:
         return path.stat().st_size > 0
     except FileNotFoundError:
         return False
-
-
-def last_anchored_seq(path: Path) -> int:
-    """The seq of the last complete line of an audit anchor file (`seq hash at link`); 0 if none."""
-    try:
-        with path.open("rb") as anchor:
-            size = anchor.seek(0, os.SEEK_END)
-            anchor.seek(max(0, size - 4096))
-            tail = anchor.read().decode("ascii", "replace")
-    except FileNotFoundError:
-        return 0
-    complete = tail[: tail.rfind("\n") + 1]  # a line cut short by a crash claims nothing
-    lines = complete.splitlines()
-    first = lines[-1].split(" ", 1)[0] if lines else ""
-    return int(first) if first.isdigit() else 0
