@@ -246,27 +246,27 @@ def test_a_message_outside_its_window_is_due_at_the_opening_and_goes_then(
 
 
 def test_every_claim_checks_the_windows_in_force(
-    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
 ) -> None:
-    """A message admitted with no window, waiting for a throttle, meets a window added meanwhile when
-    it is claimed, and waits for its opening then."""
-    # The second message waits six seconds for the throttle, counted from the first's start: longer
-    # than the reload takes, even on a busy machine, so the window is in force when it is claimed.
-    throttle = '\n[[throttle]]\nscope = "agent"\nlimit = 1\nper = "6s"\n'
-    daemon = make_daemon(BASE + throttle)
+    """A message admitted with no window, held meanwhile, meets a window added since when it is
+    claimed, and waits for its opening then."""
+    # Held by a trip of its agent, the message waits for a person, not for a clock, so the window is
+    # in force when it is claimed however busy the machine: held by a throttle instead, a busy
+    # machine let the throttle run out before the reload, and the message went.
+    daemon = make_daemon(BASE)
     api, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
-    first, second = (api.send(f"lead{n}@customer.example")["id"] for n in range(2))
-    assert api.status(second)["waiting_for"] in ("agent", None)  # not a window: there is none yet
-    # The window opens three seconds after the throttle lets the second go at the latest, timed from
-    # the first's arrival (its start came before): timed from the submissions instead, a first send
-    # late on a busy machine let the throttle outlast the window's opening, and nothing waited for it.
-    smtp.wait_for(1, timeout=10)
-    opening, rules = opening_soon(midday_zone(), 9, throttle)
+    tripped = admin.client.post("/v1/safe-mode", json={"scope": "agent:sdr-bot", "reason": "test"})
+    assert tripped.status_code == 201, tripped.text
+    held = api.send("lead@customer.example")["id"]
+    assert (api.status(held)["status"], api.status(held)["waiting_for"]) == ("held", None)
+    opening, rules = opening_soon(midday_zone(), 3600)
     reload_with(daemon, admin, rules)
-    wait_until(lambda: api.status(second)["waiting_for"] == "send_window", what="the window to hold it")
-    received = smtp.wait_for(2, timeout=10)
-    assert [r.at >= opening for r in received] == [False, True]
-    assert api.status(first)["status"] == "sent"
+    resumed = admin.client.delete("/v1/safe-mode/agent:sdr-bot", params={"reason": "test over"})
+    assert resumed.status_code == 200 and resumed.json()["released"] == 1, resumed.text
+    wait_until(lambda: api.status(held)["waiting_for"] == "send_window", what="the window to hold it")
+    assert api.status(held)["status"] == "queued"
+    due = redis.Redis.from_url(redis_url).zscore(Keys(prefix).due, held)
+    assert due is not None and opening * 1000 <= due < opening * 1000 + 250, (due, opening)
 
 
 def test_a_message_due_later_waits_as_for_a_window_and_one_due_now_for_nothing(
