@@ -77,7 +77,8 @@ class Metrics:
         )
         self.throttle_waits = counter(
             "sendguard_throttle_waits_total",
-            "Times a message had to wait for a throttle, by the scope kind that said no.",
+            "Times a message had to wait for a throttle, by the scope kind that said no (mass_send: its "
+            "agent's mass-send line).",
             ["scope"],
         )
         self.ramp_limit = gauge(

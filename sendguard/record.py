@@ -35,13 +35,17 @@ class Wait(StrEnum):
     """What a queued message waits for besides a throttle's scope."""
 
     SEND_WINDOW = "send_window"  # the next opening of the send windows that apply to it
+    # Room under its agent's mass-send line: messages not released by a tier-2 approval reach the
+    # relay fewer than `mass_send_threshold` a `mass_send_window`, however they were gathered.
+    MASS_SEND = "mass_send"
 
 
 Waiting = ScopeKind | Wait
+WAITS = frozenset(wait.value for wait in Wait)
 
 
 def waiting_from(raw: str) -> Waiting:
-    return Wait(raw) if raw == Wait.SEND_WINDOW else ScopeKind(raw)
+    return Wait(raw) if raw in WAITS else ScopeKind(raw)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class MessageRecord:
     uncertain: int = 0  # attempts whose outcome the relay never told us
     scopes: tuple[str, ...] = ()
     approval: str = ""  # the approval request it waits for, or waited for
+    # The approved tier-2 request that let it through (its approvers, or its headroom at admission):
+    # it passes delivery's mass-send line. Set by the scripts that settle approvals and count mass sends.
+    released_by: str = ""
     held_by: str | None = None  # the tripped scope holding it, while it is held
     claim: str = ""  # the token of the daemon's claim, while one holds it
     owner: str = ""  # the daemon instance holding the claim
@@ -141,6 +148,7 @@ class MessageRecord:
             uncertain=int(get("uncertain") or 0),
             scopes=tuple(json.loads(raw)) if (raw := get("scopes")) is not None else derived_scopes(fields),
             approval=get("approval", ""),
+            released_by=get("released_by", ""),
             held_by=get("held_by") or None,
             claim=get("claim", ""),
             owner=get("owner", ""),
@@ -251,6 +259,7 @@ SCOPE_SOURCES = ("to_domain", "from_addr", "segment", "campaign", "agent")
 # Written at admission from the record, besides the content; every other field is the scripts' or
 # a later change's.
 _SUBMITTED = (
+    "released_by",
     "agent",
     "agent_version",
     "from_name",

@@ -16,11 +16,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sendguard.rules import WEEKDAYS
-from tests.conftest import Api, Daemon, message, wait_until
+from sendguard.state.keys import Keys
+from tests.conftest import Api, Daemon, max_in_any_window, message, wait_until
 from tests.peers import SmtpSink
 
 ClientFor = Callable[..., Api]
@@ -163,6 +165,72 @@ def test_send_at_cannot_gather_several_windows_into_one(
     for message_id in first:
         rogue.api.wait_status(message_id, "sent")
     assert len(smtp.snapshot()) == THRESHOLD - 1
+
+
+def test_messages_released_together_reach_the_relay_under_the_line_unless_a_tier_two_approval_let_them(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink, redis_url: str, prefix: str
+) -> None:
+    """Messages held in safe mode are counted when admitted, each window's worth under the
+    threshold, and all released at once when a person resumes the scope (an agent can trip its own
+    scope with reports about its own messages): at the relay the agent's messages keep under the
+    threshold in every window all the same, the rest waiting their turn. Messages a tier-2
+    approval released are not held to that line, as its approvers decided."""
+    window, groups = 1.5, 2
+    daemon = make_daemon(RULES.replace("[approvals]\n", f'[approvals]\nmass_send_window = "{window:g}s"\n'))
+    rogue = Rogue(client_for(daemon, "agent", "rogue-0"), "held")
+    admin = client_for(daemon, "admin", "dana")
+    tripped = admin.client.post("/v1/safe-mode", json={"scope": "agent:rogue-0", "reason": "test"})
+    assert tripped.status_code == 201, tripped.text
+    for _ in range(groups):
+        for _ in range(THRESHOLD - 1):
+            rogue.single({})
+        # The next group a window (and the two slots a count may look further) after this one's last.
+        admitted = time.time()
+        wait_until(lambda: time.time() > admitted + window * 1.1, what="a window to pass")  # noqa: B023
+    held = list(rogue.due_later)
+    assert {rogue.api.status(message_id)["status"] for message_id in held} == {"held"}
+    resumed = admin.client.delete("/v1/safe-mode/agent:rogue-0", params={"reason": "looked at it"})
+    assert resumed.status_code == 200 and resumed.json()["released"] == len(held), resumed.text
+    arrived = smtp.wait_for(len(held), timeout=30)
+    assert max_in_any_window([r.at for r in arrived], window) <= THRESHOLD - 1
+    assert daemon.metric("sendguard_throttle_waits_total", scope="mass_send")
+
+    # A tier-2 approval releases its batch whole, and so does its headroom after it, for a batch
+    # (counted on its own) and for singles (counted by their admission): none of them waits.
+    waits = daemon.metric("sendguard_throttle_waits_total", scope="mass_send")
+
+    def batch(size: int) -> dict[str, Any]:
+        body = {name: value for name, value in message("").items() if name != "to"}
+        body["recipients"] = [{"to": rogue.address()} for _ in range(size)]
+        sent = rogue.api.client.post("/v1/batches", json=body)
+        assert sent.status_code == 201, sent.text
+        return dict(sent.json())
+
+    mass = batch(2 * THRESHOLD)
+    approval = mass["approval"]["id"]
+    for name, group in (("erin", "ops"), ("finn", "legal")):
+        approver = client_for(daemon, "approver", name, "--group", group)
+        decided = approver.client.post(f"/v1/approvals/{approval}/approve", json={"comment": "ok"})
+        assert decided.status_code == 200, decided.text
+    covered = batch(THRESHOLD // 2)
+    assert covered["approval"] is None
+    released = [row["id"] for answer in (mass, covered) for row in answer["accepted"]]
+    for _ in range(THRESHOLD - THRESHOLD // 2):
+        rogue.single({})
+        released.append(list(rogue.due_later)[-1])
+    assert {rogue.api.status(message_id)["status"] for message_id in released[2 * THRESHOLD :]} <= {
+        "queued",
+        "sending",
+        "sent",
+    }
+    smtp.wait_for(len(held) + len(released), timeout=30)
+    assert daemon.metric("sendguard_throttle_waits_total", scope="mass_send") == waits
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    assert [store.hget(keys.msg(message_id), "released_by") for message_id in released] == [approval] * len(
+        released
+    )
+    assert not any(store.hget(keys.msg(message_id), "released_by") for message_id in held)
 
 
 @pytest.mark.parametrize("kind", ["single", "batch"])

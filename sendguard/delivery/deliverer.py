@@ -32,7 +32,7 @@ from sendguard.delivery.circuit import Circuit
 from sendguard.delivery.relay import STAGES, Transport, UncertainDelivery
 from sendguard.delivery.render import render
 from sendguard.delivery.reply_rules import ReplyRules, held_kinds
-from sendguard.delivery.throttle import Buckets, Throttles
+from sendguard.delivery.throttle import Buckets, MassSendLine, Throttles
 from sendguard.errors import RelayError, RelayReply, StoreError
 from sendguard.feedback.apply import Feedback
 from sendguard.feedback.safe_mode import SafeMode
@@ -92,7 +92,7 @@ class Deliverer:
         self._metrics = metrics
         metrics.start_at_zero(metrics.deferred, DEFER_CAUSES)
         metrics.start_at_zero(metrics.smtp_replies, ("2xx", "4xx", "5xx"), STAGES)
-        metrics.start_at_zero(metrics.throttle_waits, ScopeKind)
+        metrics.start_at_zero(metrics.throttle_waits, [*ScopeKind, Wait.MASS_SEND])
         self._unsubscribe = unsubscribe
         self._bounces = bounces
         self._throttles = throttles
@@ -285,11 +285,15 @@ class Deliverer:
             return
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
+        approvals = rules.file.approvals
         buckets = self._throttles.buckets(
             rules.file.throttle,
             scope_values(record),
             held_kinds(rules.file.reply_rule),
             ramps=rules.file.ramp,
+            mass_send=None
+            if record.released_by
+            else MassSendLine(record.agent, approvals.mass_send_threshold - 1, approvals.mass_send_window),
         )
         suppressed = audit_entry(
             "delivery.outcome",

@@ -19,6 +19,11 @@ waits until the deferral ends, a slowed one keeps to its lower limit in a window
 A warm-up ramp (`[[ramp]]`) is a window whose limit grows: the script reads the first send of
 the inbox or domain (recorded by the first reservation, in the same script) and holds the window
 to the ramp's limit of the day, so the ramp is exact across daemons as a throttle is.
+
+The mass-send line is one more window, an agent's, for its messages no tier-2 approval released:
+admission counts a message when it is due, but messages can still be gathered after it (held in
+safe mode and released together, deferred through a relay outage and retried together), and
+this window keeps any such gathering at the relay under the threshold; the rest wait their turn.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from sendguard.record import Wait, Waiting
 from sendguard.rules import AgentEntry, RampRule, ScopeKind, ThrottleRule
 from sendguard.scopes import agent_values, concerns, scope_name
 from sendguard.state.keys import Keys
@@ -48,7 +54,7 @@ class Buckets:
     windows: list[tuple[str, int, int]]  # key, limit, per_ms
     gaps: list[tuple[str, int]]  # key, gap_ms (min_gap plus a fresh jitter sample) before this send
     holds: list[tuple[str, str]]  # hold key, slow window key: each scope a reply rule may hold back
-    scopes: list[ScopeKind]  # scope of windows, gaps, then holds, in the same order
+    scopes: list[Waiting]  # what waits on windows, gaps, then holds, in the same order
     # key of the first send, window (1-based), start, step, period_ms: a ramp holding that window
     ramps: list[tuple[str, int, int, int, int]] = dataclasses.field(default_factory=list)
 
@@ -76,7 +82,7 @@ class Buckets:
 
     @functools.cached_property
     def waits(self) -> list[str]:
-        """What a message waits for when each bucket holds it back: the scope kind, in `scopes`' order."""
+        """What a message waits for when each bucket holds it back, in `scopes`' order."""
         return [scope.value for scope in self.scopes]
 
     def settlement(self, member: str, delivered: bool) -> Settlement:
@@ -84,6 +90,16 @@ class Buckets:
         then the gaps."""
         windows = [key for key, _, _ in self.windows] + [window for _, window in self.holds]
         return Settlement(windows + [key for key, _ in self.gaps], len(windows), member, delivered)
+
+
+@dataclass(frozen=True)
+class MassSendLine:
+    """The most of `agent`'s messages not released by a tier-2 approval that may reach the relay in
+    any `per` seconds: one under `mass_send_threshold`, over `mass_send_window`."""
+
+    agent: str
+    limit: int
+    per: float
 
 
 @dataclass(frozen=True)
@@ -133,9 +149,11 @@ class Throttles:
         values: dict[ScopeKind, str | None],
         held: Iterable[ScopeKind] = (),
         ramps: Sequence[RampRule] = (),
+        mass_send: MassSendLine | None = None,
     ) -> Buckets:
         """`held`: the scope kinds a reply rule may defer or slow, whose holds the reservation reads;
-        `ramps`: the warm-up ramps, each a window whose limit the reservation works out.
+        `ramps`: the warm-up ramps, each a window whose limit the reservation works out;
+        `mass_send`: the agent's mass-send line, for a message no tier-2 approval released.
 
         Worked out once per rules version and set of scope values (up to CACHED of them), unless a
         rule has a jitter, which takes a fresh sample for every send.
@@ -144,10 +162,10 @@ class Throttles:
         if self._cached_for[0] is not rules or self._cached_for[1] is not ramps:
             self._cached_for = (rules, ramps)
             self._cache.clear()
-        key = (*values.items(), *held)
+        key = (*values.items(), *held, mass_send)
         found = self._cache.get(key)
         if found is None:
-            found = self._buckets(rules, values, held, ramps)
+            found = self._buckets(rules, values, held, ramps, mass_send)
             if not any(rule.jitter for rule in rules):
                 if len(self._cache) >= CACHED:
                     self._cache.clear()
@@ -160,9 +178,10 @@ class Throttles:
         values: dict[ScopeKind, str | None],
         held: Iterable[ScopeKind],
         ramps: Sequence[RampRule],
+        mass_send: MassSendLine | None,
     ) -> Buckets:
         windows: dict[tuple[str, int], int] = {}
-        window_scopes: dict[str, ScopeKind] = {}
+        window_scopes: dict[str, Waiting] = {}
         gaps: dict[str, int] = {}
         gap_scopes: dict[str, ScopeKind] = {}
         for rule in rules:
@@ -192,6 +211,11 @@ class Throttles:
             windows[window] = min(ramp.ceiling, windows.get(window, ramp.ceiling))
             window_scopes[window[0]] = ramp.scope
             ramped.append((ramp, value, window))
+        if mass_send is not None:
+            per_ms = int(mass_send.per * 1000)
+            line = self._keys.throttle(Wait.MASS_SEND.value, per_ms, mass_send.agent)
+            windows[(line, per_ms)] = mass_send.limit
+            window_scopes[line] = Wait.MASS_SEND
         order = {window: number for number, window in enumerate(windows, start=1)}
         holds = {kind: scope_name(kind, value) for kind in held if (value := values.get(kind)) is not None}
         return Buckets(

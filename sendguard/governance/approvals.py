@@ -64,6 +64,16 @@ class Routing:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where approval puts a submission's accepted messages: the request they wait for (None: none),
+    and the approved tier-2 request whose headroom let them through ('': none), which lets them
+    past delivery's mass-send line as its approvers' decision would."""
+
+    waits: Routing | None
+    released_by: str = ""
+
+
+@dataclass(frozen=True)
 class MassCount:
     """A mass-send count to make: approval_route's arguments, and the label and reason of the
     tier-2 request it opens if the count passes the threshold."""
@@ -177,18 +187,19 @@ class Approvals:
         rules: Rules,
         requester: Principal,
         batch: str = "",
-    ) -> Routing | None:
+    ) -> Route:
         """The request some messages (a submission, or a batch's accepted recipients) wait for;
         `dues`: how many of them are due at each time (ms), as `mass_count` takes them.
 
-        None is tier 0. The mass-send count comes first: a tier-2 request settles everything it
-        holds. Past it (under the threshold, or in an approved request's headroom) tier 1 is
-        judged on its own, so no tier-2 approval lets a tier-1 agent or a shared inbox through.
+        Waiting for none is tier 0. The mass-send count comes first: a tier-2 request settles
+        everything it holds. Past it (under the threshold, or in an approved request's headroom)
+        tier 1 is judged on its own, so no tier-2 approval lets a tier-1 agent or a shared inbox
+        through.
         """
         settings = rules.file.approvals
-        mass = await self._mass(agent, dues, rules, requester, batch)
+        mass, released_by = await self._mass(agent, dues, rules, requester, batch)
         if mass is not None:
-            return mass
+            return Route(mass)
         count = sum(dues.values())
         inbox = content.sender.address
         if agent.tier >= 1 or settings.is_shared(inbox):
@@ -199,8 +210,8 @@ class Approvals:
             kind = "batch" if batch else "message"
             approval_id = await self.open(Opening(1, kind, label, why, agent.name), requester, rules)
             self._announce(approval_id, 1, label, why, requester.name)
-            return Routing(approval_id, 1, why)
-        return None
+            return Route(Routing(approval_id, 1, why), released_by)
+        return Route(None, released_by)
 
     def counts_in_admission(self, agent: AgentEntry, content: Content, rules: Rules) -> bool:
         """Whether a single message's mass-send count is made by its admission script (see
@@ -262,15 +273,17 @@ class Approvals:
 
     async def _mass(
         self, agent: AgentEntry, dues: Mapping[int, int], rules: Rules, requester: Principal, batch: str
-    ) -> Routing | None:
-        """The tier-2 request the submission waits for, counted in one script; None if it needs none."""
+    ) -> tuple[Routing | None, str]:
+        """The tier-2 request the submission waits for, counted in one script (None if it needs
+        none), and the approved one whose headroom let it through ('' if none)."""
         counted = self.mass_count(agent, dues, rules, requester, batch)
         k = self._keys
         async with translated():
             state, found = await self._route(
                 keys=[k.mass_sends(agent.name), k.mass_request(agent.name)], args=counted.args
             )
-        return self.routed(counted, str(state), str(found), requester)
+        released_by = str(found) if state == "covered" else ""
+        return self.routed(counted, str(state), str(found), requester), released_by
 
     def _announce(self, approval_id: str, tier: int, label: str, why: str, requested_by: str) -> None:
         """Tell the approvers a request is waiting, with a link to its page in the console; its

@@ -29,7 +29,7 @@ from sendguard.errors import StoreFull, StoreWiped, Unauthenticated
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import Approvals, MassCount, Routing
+from sendguard.governance.approvals import Approvals, MassCount, Route, Routing
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import rejection_counted
@@ -198,9 +198,10 @@ class Admissions:
             # script: the request it waits for is looked up, not opened (and announced) again.
             first = await self._store.answered_approval(agent.name, key.key) if single else None
             if first is None:
-                routing = await self._routing(agent, submission, claim, decided, rules, requester)
+                route = await self._route(agent, submission, claim, decided, rules, requester)
             else:
-                routing = await self._approvals.waited_for(first) if first else None
+                route = Route(await self._approvals.waited_for(first) if first else None)
+            routing = route.waits
         if isinstance(submission, BatchIn) and any(one.status is not Status.REJECTED for one in decided):
             await self._store.keep_template(
                 claim.id,
@@ -210,7 +211,7 @@ class Admissions:
                 json.dumps(submission.headers),
             )
         if counted is None:
-            admissions = await self._admit(agent, submission, decided, claim.id, routing, rules)
+            admissions = await self._admit(agent, submission, decided, claim.id, route, rules)
         else:
 
             def recipient(counting: MassCount | None) -> Candidate:
@@ -411,7 +412,7 @@ class Admissions:
                 await asyncio.sleep(0)
         return decided
 
-    async def _routing(
+    async def _route(
         self,
         agent: AgentEntry,
         submission: Content,
@@ -419,17 +420,17 @@ class Admissions:
         decided: list[Decided],
         rules: Rules,
         requester: Principal,
-    ) -> Routing | None:
+    ) -> Route:
         """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
-        if claim.settled:
-            return claim.routing
+        if claim.route is not None:
+            return claim.route
         dues = Counter(one.due_ms for one in decided if one.status is not Status.REJECTED)
-        routing = None
+        route = Route(None)
         if dues:
-            routing = await self._approvals.route(agent, submission, dues, rules, requester, batch=claim.id)
+            route = await self._approvals.route(agent, submission, dues, rules, requester, batch=claim.id)
         if claim.id:
-            await self._batches.settle(claim.id, agent, len(decided), routing)
-        return routing
+            await self._batches.settle(claim.id, agent, len(decided), route)
+        return route
 
     async def _admit(
         self,
@@ -437,16 +438,16 @@ class Admissions:
         submission: Content,
         decided: list[Decided],
         batch: str,
-        routing: Routing | None,
+        route: Route,
         rules: Rules,
     ) -> list[Admission]:
-        """Write the decisions, a pipelined round trip per chunk; the accepted ones wait for `routing`.
+        """Write the decisions, a pipelined round trip per chunk; the accepted ones go as `route` says.
 
         Each chunk's records are built while Redis writes the one before, so Python and Redis work
         at once; only one chunk is ever on its way, so the chunks are written in order, as one
         after another.
         """
-        waits_for = routing.approval_id if routing else ""
+        waits_for = route.waits.approval_id if route.waits else ""
         admissions: list[Admission] = []
 
         async def settle(writing: Awaitable[list[Admission]], sealed: list[Candidate]) -> None:
@@ -456,7 +457,16 @@ class Admissions:
         for start in range(0, len(decided), CHUNK):
             chunk = decided[start : start + CHUNK]
             sealed = [
-                self._candidate(agent, submission, one, rules, batch, waits_for, message_id=message_id)
+                self._candidate(
+                    agent,
+                    submission,
+                    one,
+                    rules,
+                    batch,
+                    waits_for,
+                    message_id=message_id,
+                    released_by=route.released_by,
+                )
                 for one, message_id in zip(chunk, new_message_ids(len(chunk)), strict=True)
             ]
             if before is not None:
@@ -500,11 +510,13 @@ class Admissions:
         requester: Principal | None = None,
         *,
         message_id: str,
+        released_by: str = "",
     ) -> Candidate:
         """The record of one decided recipient, ready to admit with its audit entry: waiting for
         `approval` if accepted, or counted towards the mass-send threshold by its script (`counted`,
         which may name one); with the `requester`'s token, when recalled from memory, for its
-        script to check. `message_id` is its id, one of `new_message_ids`.
+        script to check. `message_id` is its id, one of `new_message_ids`; `released_by`, the approved
+        tier-2 request whose headroom let it through, if one did.
 
         `message` is what every recipient of the submission shares. With the recipient's `values`,
         the content is the batch's template filled with them: the record keeps the values and names
@@ -526,6 +538,7 @@ class Admissions:
             status=status,
             reasons=decided.reasons,
             approval=approval if accepted else "",
+            released_by=released_by if accepted else "",
             agent=agent.name,
             agent_version=message.agent_version,
             from_name=message.sender.display_name,

@@ -19,7 +19,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sendguard.errors import SendguardError
-from sendguard.governance.approvals import Routing
+from sendguard.governance.approvals import Route, Routing
 from sendguard.governance.audit import AuditLog, canonical_hash, content_hash
 from sendguard.governance.tokens import Principal
 from sendguard.metrics import Metrics
@@ -116,11 +116,11 @@ class BatchConflict(SendguardError):
 
 @dataclass(frozen=True)
 class BatchClaim:
-    """A batch's id; on a retry, also the approval request its first attempt settled on."""
+    """A batch's id; on a retry of an attempt that got as far as choosing its approval request,
+    also where approval put its messages then."""
 
     id: str
-    settled: bool = False  # a retry of an attempt that got as far as choosing its request
-    routing: Routing | None = None
+    route: Route | None = None
 
 
 class BatchRecords:
@@ -147,8 +147,8 @@ class BatchRecords:
             return BatchClaim(fresh)
         async with translated():
             batch_id = str(await self._redis.get(key))
-            stored, approval, tier, why = await self._redis.hmget(
-                self._keys.batch(batch_id), ["fingerprint", "approval", "tier", "why"]
+            stored, approval, tier, why, released_by = await self._redis.hmget(
+                self._keys.batch(batch_id), ["fingerprint", "approval", "tier", "why", "released_by"]
             )
         if stored is not None and stored != fingerprint:
             raise BatchConflict(
@@ -156,22 +156,21 @@ class BatchRecords:
             )
         if approval is None:  # the first attempt stopped before choosing its request
             return BatchClaim(batch_id)
-        return BatchClaim(
-            batch_id, True, Routing(str(approval), int(str(tier)), str(why)) if approval else None
-        )
+        waits = Routing(str(approval), int(str(tier)), str(why)) if approval else None
+        return BatchClaim(batch_id, Route(waits, str(released_by or "")))
 
-    async def settle(
-        self, batch_id: str, agent: AgentEntry, recipients: int, routing: Routing | None
-    ) -> None:
-        """Keep the request the batch's accepted recipients wait for, for its retries."""
+    async def settle(self, batch_id: str, agent: AgentEntry, recipients: int, route: Route) -> None:
+        """Keep where approval put the batch's accepted recipients, for its retries."""
+        waits = route.waits
         await self._keep(
             batch_id,
             {
                 "agent": agent.name,
                 "recipients": str(recipients),
-                "approval": routing.approval_id if routing else "",
-                "tier": str(routing.tier if routing else 0),
-                "why": routing.why if routing else "",
+                "approval": waits.approval_id if waits else "",
+                "tier": str(waits.tier if waits else 0),
+                "why": waits.why if waits else "",
+                "released_by": route.released_by,
             },
         )
 

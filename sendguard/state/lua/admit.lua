@@ -104,12 +104,11 @@ local function admit(args)
   end
   -- Counted only once nothing here refuses it: a message to a suppressed recipient or one in its
   -- cooldown spends no mass-send headroom and opens or joins no approval request.
-  local route = ''
+  local route, found_request = '', ''
   if #mass > 0 and status ~= 'rejected' then
-    local found
     entries_appended()  -- a new request's entry comes after those of the submissions before
-    route, found = mass_route(sends_key, request_key, mass, now)
-    if route == 'joined' or route == 'new' then approval = found end
+    route, found_request = mass_route(sends_key, request_key, mass, now)
+    if route == 'joined' or route == 'new' then approval = found_request end
   end
   local encoded = '[]'
   if #reasons > 0 then encoded = cjson.encode(reasons) end
@@ -130,6 +129,10 @@ local function admit(args)
     end
   end
   add(submitted)
+  if route == 'covered' then  -- an approved tier-2 request's headroom let it through
+    record[#record + 1] = 'released_by'
+    record[#record + 1] = found_request
+  end
   if status ~= 'rejected' then
     add(content)
     if body ~= '' then redis.call('SET', key_content(id), body) end  -- apart: see keys.py `content`
@@ -163,12 +166,13 @@ local function admit(args)
       redis.call('SADD', key_approval_messages(approval), id)
       counted[status] = (counted[status] or 0) + 1
       history(hist_key, now, status, 'approval_required', 'approval request ' .. approval)
-      local decided = redis.call('HMGET', key_approval(approval), 'status', 'settled')
+      local decided = redis.call('HMGET', key_approval(approval), 'status', 'settled', 'tier')
       if decided[1] ~= 'pending' then
         -- Decided while this was on its way in (a batch still being admitted, a run's late
         -- joiner): the decision already taken settles it, so nothing waits for a closed request.
         templates_counted()  -- the template it may leave is counted with it first (finished)
-        settle_waiting(id, decided[1], decided[2] or 'the approval request is gone', now, retention_ms)
+        settle_waiting(id, decided[1], decided[2] or 'the approval request is gone', now, retention_ms,
+          decided[3] == '2' and approval or '')
         status = redis.call('HGET', msg_key, 'status')
       end
     elseif scope then
