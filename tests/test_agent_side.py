@@ -233,6 +233,7 @@ def test_sending_status_says_what_the_agent_may_send_now(
         "agent:support-bot": (100, 1, 99),
         "inbox:help@acme.example": (40, 1, 39),
         "sender_domain:acme.example": (200, 1, 199),
+        "mass_send:support-bot": (2, 1, 1),  # one under mass_send_threshold; the batch is not out yet
     }
     [request] = status["approvals"]
     assert request["id"] == batch["approval"]["id"] and request["messages"] == 3

@@ -161,8 +161,9 @@ async def test_a_mass_send_waits_and_says_who_must_approve(
         assert "two different groups" in approval["who_approves"] and approval["expires"]
         status = decided(await session.call_tool("sending_status", {}))
         assert [request["id"] for request in status["approvals"]] == [approval["id"]]
-        # Only the windows every message of the agent falls into; a recipient domain's is per message.
-        [window] = status["throttles"]
+        # Only the windows every message of the agent falls into, its mass-send line last; a
+        # recipient domain's is per message.
+        window, line = status["throttles"]
         assert window == {
             "scope": "agent:sdr-bot",
             "limit": 100,
@@ -170,6 +171,7 @@ async def test_a_mass_send_waits_and_says_who_must_approve(
             "used": 0,
             "remaining": 100,
         }
+        assert (line["scope"], line["limit"], line["remaining"]) == ("mass_send:sdr-bot", 2, 2)
         assert status["safe_mode"] == []
 
 

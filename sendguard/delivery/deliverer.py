@@ -285,15 +285,12 @@ class Deliverer:
             return
         attempt = record.attempts + 1
         member = f"{message_id}:{attempt}"
-        approvals = rules.file.approvals
         buckets = self._throttles.buckets(
             rules.file.throttle,
             scope_values(record),
             held_kinds(rules.file.reply_rule),
             ramps=rules.file.ramp,
-            mass_send=None
-            if record.released_by
-            else MassSendLine(record.agent, approvals.mass_send_threshold - 1, approvals.mass_send_window),
+            mass_send=None if record.released_by else MassSendLine.of(record.agent, rules.file.approvals),
         )
         suppressed = audit_entry(
             "delivery.outcome",

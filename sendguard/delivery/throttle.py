@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from sendguard.record import Wait, Waiting
-from sendguard.rules import AgentEntry, RampRule, ScopeKind, ThrottleRule
+from sendguard.rules import AgentEntry, ApprovalRules, RampRule, ScopeKind, ThrottleRule
 from sendguard.scopes import agent_values, concerns, scope_name
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
@@ -100,6 +100,10 @@ class MassSendLine:
     agent: str
     limit: int
     per: float
+
+    @classmethod
+    def of(cls, agent: str, rules: ApprovalRules) -> MassSendLine:
+        return cls(agent, rules.mass_send_threshold - 1, rules.mass_send_window)
 
 
 @dataclass(frozen=True)
@@ -239,30 +243,37 @@ class Throttles:
             ],
         )
 
-    async def headroom(self, rules: Sequence[ThrottleRule], agent: AgentEntry) -> list[Headroom]:
-        """Every window an agent's messages fall into whatever their recipient, and what it holds
-        now by Redis' clock, counted as the reservation script counts it; read, never reserved."""
+    async def headroom(
+        self, rules: Sequence[ThrottleRule], agent: AgentEntry, mass_send: MassSendLine
+    ) -> list[Headroom]:
+        """Every window an agent's messages fall into whatever their recipient, its mass-send line
+        last (`mass_send:<agent>`), and what each holds now by Redis' clock, counted as the
+        reservation script counts it; read, never reserved."""
         values = agent_values(agent)
-        windows: list[tuple[ThrottleRule, str]] = []
+        windows: list[tuple[ScopeKind | Wait, str, int, float]] = []  # kind, value, limit, per
         for rule in rules:
             if rule.match != "*":
                 if concerns(agent, scope_name(rule.scope, rule.match)):
-                    windows.append((rule, rule.match))
+                    windows.append((rule.scope, rule.match, rule.limit, rule.per))
             else:
-                windows += [(rule, value) for value in values[rule.scope]]
-        if not windows:
-            return []
+                windows += [(rule.scope, value, rule.limit, rule.per) for value in values[rule.scope]]
+        windows.append((Wait.MASS_SEND, mass_send.agent, mass_send.limit, mass_send.per))
         async with translated():
             seconds, micros = await self._redis.time()
             now_ms = int(seconds) * 1000 + int(micros) // 1000
             async with self._redis.pipeline(transaction=False) as pipe:
-                for rule, value in windows:
-                    per_ms = int(rule.per * 1000)
-                    pipe.zcount(self._keys.throttle(rule.scope.value, per_ms, value), now_ms - per_ms, "+inf")
+                for kind, value, _, per in windows:
+                    per_ms = int(per * 1000)
+                    pipe.zcount(self._keys.throttle(kind.value, per_ms, value), now_ms - per_ms, "+inf")
                 counts = await pipe.execute()
         return [
-            Headroom(scope_name(rule.scope, value), rule.limit, rule.per, int(used))
-            for (rule, value), used in zip(windows, counts, strict=True)
+            Headroom(
+                scope_name(kind, value) if isinstance(kind, ScopeKind) else f"{kind}:{value}",
+                limit,
+                per,
+                int(used),
+            )
+            for (kind, value, limit, per), used in zip(windows, counts, strict=True)
         ]
 
     async def ramp_limits(self, ramps: Sequence[RampRule], agents: Iterable[AgentEntry]) -> list[RampLimit]:

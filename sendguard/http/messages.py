@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from sendguard.delivery.throttle import MassSendLine
 from sendguard.governance.approvals import Routing
 from sendguard.governance.roles import Role
 from sendguard.governance.tokens import Principal
@@ -184,7 +185,8 @@ class SendingStatus(BaseModel):
     agent: str
     throttles: list[WindowOut] = Field(
         description="each rolling window every message of the agent falls into, whatever its recipient "
-        "(a recipient domain's, or a campaign's, apply per message and are not listed)"
+        "(a recipient domain's, or a campaign's, apply per message and are not listed), and last its "
+        "mass-send line, `mass_send:<agent>`, which holds its messages no tier-2 approval released"
     )
     ramps: list[RampOut] = Field(
         description="the warm-up ramps of its inboxes and sender domains (of a `*@domain` inbox, the "
@@ -325,7 +327,8 @@ async def sending_status(runtime: Runtime, who: Principal) -> SendingStatus:
     agent = rules.agent(who.name)
     if agent is None:
         raise Forbidden(unregistered(who.name))
-    windows = await runtime.throttles.headroom(rules.file.throttle, agent)
+    line = MassSendLine.of(agent.name, rules.file.approvals)
+    windows = await runtime.throttles.headroom(rules.file.throttle, agent, line)
     ramps = await runtime.throttles.ramp_limits(rules.file.ramp, [agent])
     pending = [r for r in await runtime.approvals.list("pending") if r.agent == agent.name]
     trips = await runtime.safe_mode.active()
