@@ -197,6 +197,7 @@ async def build(
         transport=transport,
         outbox=outbox,
         safe_mode=safe_mode,
+        approvals=approvals,
         feedback=feedback,
         circuit=Circuit(settings.circuit_failures, settings.circuit_max_delay, metrics),
         reply_rules=ReplyRules(client, keys, safe_mode, audit, notifier, current, metrics),

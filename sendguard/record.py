@@ -60,8 +60,8 @@ class MessageRecord:
     uncertain: int = 0  # attempts whose outcome the relay never told us
     scopes: tuple[str, ...] = ()
     approval: str = ""  # the approval request it waits for, or waited for
-    # The approved tier-2 request that let it through (its approvers, or its headroom at admission):
-    # it passes delivery's mass-send line. Set by the scripts that settle approvals and count mass sends.
+    # The approved tier-2 request whose headroom let it through at admission: it passes delivery's
+    # mass-send line, as a message that waited for (`approval`) an approved tier-2 request does.
     released_by: str = ""
     held_by: str | None = None  # the tripped scope holding it, while it is held
     claim: str = ""  # the token of the daemon's claim, while one holds it

@@ -38,6 +38,7 @@ from sendguard.feedback.apply import Feedback
 from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.signing import BounceAddresses
 from sendguard.feedback.unsubscribe import Unsubscribe
+from sendguard.governance.approvals import Approvals
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import outcome_counted, rejection_counted
 from sendguard.intake.recipients import Ingress, Recipient
@@ -77,6 +78,7 @@ class Deliverer:
         transport: Transport,
         outbox: Transport,
         safe_mode: SafeMode,
+        approvals: Approvals,
         feedback: Feedback,
         circuit: Circuit,
         reply_rules: ReplyRules,
@@ -96,6 +98,7 @@ class Deliverer:
         self._unsubscribe = unsubscribe
         self._bounces = bounces
         self._throttles = throttles
+        self._approvals = approvals
         self._ingress = ingress
         self._transport = transport
         self._outbox = outbox
@@ -290,7 +293,9 @@ class Deliverer:
             scope_values(record),
             held_kinds(rules.file.reply_rule),
             ramps=rules.file.ramp,
-            mass_send=None if record.released_by else MassSendLine.of(record.agent, rules.file.approvals),
+            mass_send=None
+            if await self._approvals.released_at_tier_two(record)
+            else MassSendLine.of(record.agent, rules.file.approvals),
         )
         suppressed = audit_entry(
             "delivery.outcome",

@@ -48,6 +48,7 @@ log = logging.getLogger("sendguard.approvals")
 _ANNOUNCE_MARGIN = 5.0
 # Requests announced again by one sweep at most (approval_announce.lua): the rest wait a sweep.
 _ANNOUNCE_BATCH = 20
+_TIERS_KEPT = 10_000  # settled requests whose tier is remembered
 
 
 class ApprovalRefused(SendguardError):
@@ -178,6 +179,30 @@ class Approvals:
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
         self._claim_announcements = scripts.register(client, keys, "approval_announce")
+        # Whether a request is an approved tier-2 one, for those read: a tier never changes, and a
+        # request a message was released by stays approved.
+        self._tier_two: dict[str, bool] = {}
+
+    async def released_at_tier_two(self, message: MessageRecord) -> bool:
+        """Whether a tier-2 approval released `message`: it waited for an approved tier-2 request,
+        or one's headroom let it through at admission (`released_by`). Its mass-send line at the
+        relay does not hold it, as the approvers decided."""
+        if message.released_by:
+            return True
+        if not message.approval:
+            return False
+        known = self._tier_two.get(message.approval)
+        if known is None:
+            async with translated():
+                tier, status = await self._redis.hmget(
+                    self._keys.approval(message.approval), ["tier", "status"]
+                )
+            known = tier == "2" and status == "approved"
+            if status in ("approved", "denied", "expired"):  # settled: it stays so
+                if len(self._tier_two) >= _TIERS_KEPT:
+                    self._tier_two.clear()
+                self._tier_two[message.approval] = known
+        return known
 
     async def route(
         self,

@@ -166,13 +166,12 @@ local function admit(args)
       redis.call('SADD', key_approval_messages(approval), id)
       counted[status] = (counted[status] or 0) + 1
       history(hist_key, now, status, 'approval_required', 'approval request ' .. approval)
-      local decided = redis.call('HMGET', key_approval(approval), 'status', 'settled', 'tier')
+      local decided = redis.call('HMGET', key_approval(approval), 'status', 'settled')
       if decided[1] ~= 'pending' then
         -- Decided while this was on its way in (a batch still being admitted, a run's late
         -- joiner): the decision already taken settles it, so nothing waits for a closed request.
         templates_counted()  -- the template it may leave is counted with it first (finished)
-        settle_waiting(id, decided[1], decided[2] or 'the approval request is gone', now, retention_ms,
-          decided[3] == '2' and approval or '')
+        settle_waiting(id, decided[1], decided[2] or 'the approval request is gone', now, retention_ms)
         status = redis.call('HGET', msg_key, 'status')
       end
     elseif scope then

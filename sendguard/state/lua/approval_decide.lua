@@ -45,10 +45,8 @@ if status ~= 'pending' then
   local settled = status .. ' by ' .. name .. ' (' .. group .. '): ' .. comment
   redis.call('HSET', request_key, 'status', status, 'decided', now, 'settled', settled)
   redis.call('ZREM', pending_key, id)
-  local released_by = ''
-  if r[2] == '2' then released_by = id end
   for _, message in ipairs(redis.call('SMEMBERS', messages_key)) do
-    settle_waiting(message, status, settled, now, retention_ms, released_by)
+    settle_waiting(message, status, settled, now, retention_ms)
   end
 end
 audit(audit_entry, '"status":' .. cjson.encode(status))

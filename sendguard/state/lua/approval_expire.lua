@@ -11,7 +11,7 @@ if redis.call('HGET', request_key, 'status') ~= 'pending' then return 0 end
 local settled = 'no decision within the approval ttl'
 redis.call('HSET', request_key, 'status', 'expired', 'decided', now, 'settled', settled)
 for _, message in ipairs(redis.call('SMEMBERS', messages_key)) do
-  settle_waiting(message, 'expired', settled, now, retention_ms, '')
+  settle_waiting(message, 'expired', settled, now, retention_ms)
 end
 redis.call('RPUSH', key_audit_pending(), audit_entry)
 return 1

@@ -1,8 +1,7 @@
--- settle_waiting(id, outcome, detail, now, retention_ms, released_by): a message waiting for an
--- approval request takes the request's outcome: approved queues it (not before its send_at), denied
+-- settle_waiting(id, outcome, detail, now, retention_ms): a message waiting for an approval
+-- request takes the request's outcome: approved queues it (not before its send_at), denied
 -- cancels it, anything else (expired, or a request gone) expires it. 1 if it moved, else 0.
--- `released_by`: the request, when it is a tier-2 one (its messages pass the mass-send line); ''.
-local function settle_waiting(id, outcome, detail, now, retention_ms, released_by)
+local function settle_waiting(id, outcome, detail, now, retention_ms)
   local key = key_msg(id)
   local cur = redis.call('HMGET', key, 'status', 'not_before')
   if cur[1] ~= 'pending_approval' then return 0 end
@@ -13,7 +12,6 @@ local function settle_waiting(id, outcome, detail, now, retention_ms, released_b
   redis.call('HINCRBY', key_count(), 'pending_approval', -1)
   history(key_hist(id), now, new, cause, detail)
   if new == 'queued' then
-    if released_by ~= '' then redis.call('HSET', key, 'released_by', released_by) end
     redis.call('HINCRBY', key_count(), 'queued', 1)
     redis.call('ZADD', key_due(), math.max(now, tonumber(cur[2] or '0')), id)
   else
