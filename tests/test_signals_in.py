@@ -201,9 +201,11 @@ def test_a_hard_bounce_event_bounces_suppresses_and_counts_once(start: Start, sm
         "suppressed": "dana@customer.example",
         "cancelled": 0,
         "tripped": [],
+        "repeated": False,
     }
     assert daemon.metric("sendguard_bounces_total", type="hard") == 1
-    assert _event(admin, **report)["tripped"] == []  # the same report again, from an admin
+    assert _event(agent, **report)["repeated"]  # the agent's report again: nothing done, nothing written
+    assert not _event(admin, **report)["repeated"]  # the same report from an admin proves more
 
     assert admin.client.get("/v1/safe-mode").json() == []
     assert _global_bounce_rate(daemon, sent=2, bounced=True) == 0.5
@@ -484,24 +486,30 @@ def test_an_abusive_burst_trips_the_agent(start: Start, smtp: SmtpSink) -> None:
 
 
 def test_a_reply_counts_once_per_message_whatever_its_sentiment(start: Start, smtp: SmtpSink) -> None:
-    # Two abusive replies trip the agent, but not two replies to one message: the second, and a
-    # third in another tone, are recorded on the message and count in no window.
+    # Two abusive replies trip the agent, but not two replies to one message: a third in another
+    # tone is recorded on the message and counts in no window; the same reply again (a replay) is
+    # neither counted nor recorded, so replaying it cannot grow the history or the audit trail.
     daemon, agent, admin = start(NO_COOLDOWN + "[safe_mode]\nabusive_replies = 2\n")
     sent = _deliver(agent, smtp, "riley@other.example")
     abusive, positive = (_about(sample, sent) for sample in ("reply_abusive.eml", "reply_positive.eml"))
 
-    answers = [_applied(admin, raw)["events"][0] for raw in (abusive, abusive, positive)]
+    answers = [_applied(admin, raw)["events"][0] for raw in (abusive, abusive, positive, abusive)]
 
-    assert [(a["message_id"], a["sentiment"], a["tripped"]) for a in answers] == [
-        (sent.id, "abusive", []),
-        (sent.id, "abusive", []),
-        (sent.id, "positive", []),
+    assert [(a["message_id"], a["sentiment"], a["tripped"], a["repeated"]) for a in answers] == [
+        (sent.id, "abusive", [], False),
+        (sent.id, "abusive", [], True),
+        (sent.id, "positive", [], False),
+        (sent.id, "abusive", [], True),
     ]
     assert admin.client.get("/v1/safe-mode").json() == []
-    assert _causes(agent, sent.id)[-3:] == ["reply", "reply", "reply"]
+    assert _causes(agent, sent.id)[-3:] == ["relay_accepted", "reply", "reply"]
+    # An entry written after them all, once chained, has every one of theirs chained before it.
+    assert admin.client.post("/v1/safe-mode", json={"scope": "segment:after", "reason": "mark"}).is_success
+    wait_until(lambda: admin.audit(kind="safe_mode.tripped"), what="the marking entry to be chained")
+    assert len(admin.audit(kind="event.reply", message_id=sent.id)) == 2
     assert daemon.metric("sendguard_replies_total", sentiment="abusive") == 1
     assert daemon.metric("sendguard_replies_total", sentiment="positive") == 0
-    assert daemon.metric("sendguard_inbound_messages_total", kind="reply") == 3
+    assert daemon.metric("sendguard_inbound_messages_total", kind="reply") == 4
 
 
 # --- what cannot be parsed, or is too big -----------------------------------------------------------

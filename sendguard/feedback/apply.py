@@ -2,7 +2,9 @@
 
 Every path (the relay's synchronous 5xx, `POST /v1/events`, parsed DSNs, ARF reports and
 replies) ends here, so a bounce means the same thing however it arrived. A signal is counted
-once per message in each scope, so a report delivered twice does not count twice.
+once per message in each scope, so a report delivered twice does not count twice; and an event
+alike one recorded on its message before (what it means, how it is proved: `_effect`) does
+nothing again and writes nothing, so replaying a proved report cannot grow the audit trail.
 
 Who reports decides what an event may move. An agent may be hijacked, so its word is taken only
 about its own messages that left, named by id, and weighs only against itself: it counts on its
@@ -25,8 +27,9 @@ only on that message and its recipient, never on other addresses it names. Mail 
 less is refused whole (`Unreferenced`): the caller keeps it for a person, and it suppresses,
 cancels and counts nothing. A reply counts once per message, whatever its sentiment, so a
 replier cannot stop an agent by answering the same message over and over; a later reply to the
-same message is still recorded on it and still cancels and unsubscribes (it is genuine mail from
-the recipient), but counts in no window.
+same message that means something else (another sentiment, a request to unsubscribe) is still
+recorded on it and still cancels and unsubscribes (it is genuine mail from the recipient), but
+counts in no window.
 
 What the proof counts on depends on who could have forged it. Mail from the SMTP listener comes
 from anyone, and a sendguard Message-ID with its recipient (or a reply's In-Reply-To and From) is
@@ -56,6 +59,7 @@ from sendguard.feedback.safe_mode import SafeMode
 from sendguard.feedback.sentiment import classify
 from sendguard.feedback.signing import BounceAddresses
 from sendguard.governance.audit import AuditLog
+from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.suppressions import Suppressions
 from sendguard.metrics import Metrics
 from sendguard.model import Status, folded_address
@@ -110,6 +114,7 @@ class Applied:
     suppressed: str | None = None
     cancelled: int = 0
     trips: list[Trip] = field(default_factory=list)
+    repeated: bool = False  # the same event was recorded on the message before: nothing done again
 
 
 class Feedback:
@@ -259,6 +264,10 @@ class Feedback:
         applied = Applied(event.type, message_id)
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
+        effect = _effect(event, judged, reporter, narrow) if message_id and record else ""
+        if effect and message_id and await self._store.event_recorded(message_id, effect):
+            applied.repeated = True
+            return applied
         counted = True
         addresses: list[str] = []
         if message_id and record:
@@ -283,7 +292,6 @@ class Feedback:
                     detail=judged.note,
                     allowed_from=[Status.SENT],
                 )
-            await self._store.annotate(message_id, event.type.value, f"{judged.note} (via {reporter.source})")
             # The address we mailed and the one the event names differ when an operator reports a
             # forwarding target: a trusted person means both. An agent's word and raw mail reach
             # only the address the message went to.
@@ -305,9 +313,8 @@ class Feedback:
             if judged.suppress:
                 applied.suppressed = applied.suppressed or address
                 applied.cancelled += await self._suppress(address, f"suppressed after a {event.type.value}")
-        await self._audit.append(
+        kind, fields = (
             f"event.{event.type.value}",
-            reporter.source,
             {
                 "message_id": message_id,
                 "agent": record.agent if record else None,
@@ -317,6 +324,12 @@ class Feedback:
                 "tripped": [trip.scope for trip in applied.trips],
             },
         )
+        if effect and message_id:
+            note = f"{judged.note} (via {reporter.source})"
+            entry = audit_entry(kind, reporter.source, fields)
+            await self._store.record_event(message_id, effect, event.type.value, note, entry)
+        else:
+            await self._audit.append(kind, reporter.source, fields)
         log.info(
             "event %s applied",
             event.type.value,
@@ -452,6 +465,17 @@ def _judge(event: EventIn) -> _Judged:
     if event.type is EventType.UNSUBSCRIBE:
         return _Judged([], "", "unsubscribe request", suppress=True, unsubscribe=True)
     return _Judged([], "", f"delivered {detail}".strip(), suppress=False)
+
+
+def _effect(event: EventIn, judged: _Judged, reporter: Reporter, narrow: bool) -> str:
+    """What an event tied to a message means, and how well it is proved: two events alike in this
+    are one, so a replay (of a report, a reply, a DSN) does nothing again and writes nothing, while
+    a later event that means more (a reply that asks to unsubscribe) or is better proved (a signed
+    DSN after the agent's own report) still acts."""
+    proof = "agent" if reporter.agent is not None else "narrow" if narrow else "wide"
+    sentiment = judged.sentiment.value if judged.sentiment else ""
+    unsubscribe = "unsubscribe" if judged.unsubscribe else ""
+    return ":".join((event.type.value, judged.once, sentiment, unsubscribe, proof, event.recipient or ""))
 
 
 def _count(metrics: Metrics, event: EventIn, judged: _Judged) -> None:

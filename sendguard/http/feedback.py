@@ -30,6 +30,10 @@ class EventOut(BaseModel):
         description="waiting messages to the recipient cancelled because of it (an agent's: its own only)"
     )
     tripped: list[str] = Field(description="scopes this event put into safe mode")
+    repeated: bool = Field(
+        description="an event alike (what it means, how it is proved) was recorded on the message "
+        "before: this one did nothing again and wrote nothing"
+    )
 
 
 class InboundOut(BaseModel):
@@ -47,6 +51,7 @@ def _event_out(applied: Applied) -> EventOut:
         suppressed=applied.suppressed,
         cancelled=applied.cancelled,
         tripped=[trip.scope for trip in applied.trips],
+        repeated=applied.repeated,
     )
 
 

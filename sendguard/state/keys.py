@@ -22,6 +22,9 @@ SCHEMA: dict[str, str] = {
     # list: transitions, JSON objects {at, status, cause, detail}; none yet for a message queued with
     # nothing to say, whose first entry is implied (Store.get)
     "hist": "hist:{id}",
+    # set: the events recorded on a message, one member per effect and proof (Store.record_event),
+    # so a replayed report writes nothing; it expires with the record
+    "events": "events:{id}",
     "due": "due",  # zset: messages waiting to be worked on, score = due time (ms)
     "inflight": "inflight",  # zset: messages claimed by a daemon, score = claim time (ms)
     "count": "count",  # hash: number of waiting messages per status, kept by the scripts
@@ -136,6 +139,9 @@ class Keys:
 
     def hist(self, message_id: str) -> str:
         return self._key("hist", message_id)
+
+    def events(self, message_id: str) -> str:
+        return self._key("events", message_id)
 
     @property
     def due(self) -> str:

@@ -215,7 +215,7 @@ class Store:
         self._together = scripts.GroupCommit(client)
         self._recover = scripts.register(client, keys, "recover")
         self._release_held = scripts.register(client, keys, "release_held")
-        self._annotate = scripts.register(client, keys, "annotate")
+        self._event_record = scripts.register(client, keys, "event_record")
         self._hold_waiting = scripts.register(client, keys, "hold_waiting")
         self._cancel = scripts.register(client, keys, "cancel")
         self._suppress = scripts.register(client, keys, "suppress")
@@ -610,16 +610,22 @@ class Store:
             )
         return int(new), int(cancelled)
 
-    async def annotate(
-        self, message_id: str, cause: str, detail: str, changes: Changes | None = None
-    ) -> bool:
-        """Record something that happened to a message without changing where it is; False if gone."""
-        args: list[Any] = [cause, detail, *_flat(changes)]
+    async def event_recorded(self, message_id: str, effect: str) -> bool:
+        """Whether an event of `effect` (its kind, what it means and its proof) is recorded on the
+        message already: a replay, which does nothing again."""
         async with translated():
-            found = await self._annotate(
-                keys=[self.keys.msg(message_id), self.keys.hist(message_id)], args=args
+            return bool(await self.redis.sismember(self.keys.events(message_id), effect))
+
+    async def record_event(self, message_id: str, effect: str, cause: str, detail: str, entry: str) -> bool:
+        """Record an event on its message, its history line and its audit `entry` (governance/audit.py
+        `entry`) in one step, unless one of `effect` is recorded already; whether it was written now."""
+        k = self.keys
+        async with translated():
+            written = await self._event_record(
+                keys=[k.events(message_id), k.msg(message_id), k.hist(message_id)],
+                args=[effect, RETENTION_MS, cause, detail, entry],
             )
-        return bool(found)
+        return bool(written)
 
     async def last_sent(self, address: str) -> str | None:
         """The id of the last message sent to an address (recorded with its `sent` signal)."""
