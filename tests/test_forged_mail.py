@@ -420,6 +420,33 @@ def test_mail_proved_by_what_the_agent_knows_stops_only_that_agent(
     assert scene.admin.status(scene.mine.id)["status"] == ("bounced" if kind == "dsn" else "sent")
 
 
+@pytest.mark.parametrize("kind", ["dsn", "arf"])
+@pytest.mark.parametrize("left", ["waiting", "rejected"])
+def test_a_report_about_a_message_that_never_left_is_kept_and_moves_nothing(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], kind: str, left: str
+) -> None:
+    """The probe: an agent submits a message that will not leave (due in an hour, or refused), then
+    hands the MX a report returning its Message-ID and recipient: it suppressed the recipient for
+    every agent and cancelled another agent's mail. Only a message that left can bounce."""
+    port = free_port()
+    daemon = make_daemon(TOUCHY, bounce_domain=BOUNCE_DOMAIN, inbound_smtp=f"127.0.0.1:{port}")
+    _listener_at_normal_priority()
+    liar, other = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "agent", "support-bot")
+    admin = client_for(daemon, "admin", "dana")
+    victim = "ceo@customer.example" if left == "waiting" else "info@customer.example"  # a role account
+    mine = liar.send(victim, send_at=_later())
+    assert mine["status"] == ("queued" if left == "waiting" else "rejected"), mine
+    theirs = other.send("ceo@customer.example", send_at=_later(), **SHARED)["id"]
+    known = f"<{mine['id']}.sg@acme.example>"
+    raw = dsn([victim], message_id=known) if kind == "dsn" else arf(victim, message_id=known)
+
+    code, text = _by_mx(port, FEEDBACK, raw)
+
+    assert (code, text[:11]) == (250, "2.0.0 kept "), text
+    assert admin.client.get("/v1/suppressions").json() == {"addresses": [], "domains": []}
+    assert (admin.status(theirs)["status"], _trips(admin)) == ("queued", [])
+
+
 @pytest.mark.parametrize("kind", ["dsn", "arf", "dsn after the same by Message-ID"])
 def test_a_signed_bounce_address_still_counts_on_the_shared_scopes(
     make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink, kind: str

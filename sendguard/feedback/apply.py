@@ -389,8 +389,9 @@ def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) 
     """The message a checked reference of the mail proves `event` is about, or why there is none.
 
     A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
-    went to the recipient the report names. A reply: In-Reply-To or References naming a
-    message that left for the reply's From (`event.recipient`).
+    left for the recipient the report names. A reply: In-Reply-To or References naming a
+    message that left for the reply's From (`event.recipient`). A message left when it was sent
+    (or bounced), or may have (an attempt whose outcome the relay never told us).
     """
     report = kind is not InboundKind.REPLY
     problems: list[str] = []
@@ -405,9 +406,9 @@ def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) 
             problems.append(f"{ref.where} names a message, but the report names no recipient")
         elif event.recipient != folded_address(record.to):
             problems.append(f"{ref.where} names a message that was not sent to {event.recipient}")
-        elif report or record.status in _LEFT:
+        elif record.status in _LEFT or record.uncertain:
             return proof
-        else:
+        else:  # a report too: anyone can name a message still waiting, or one refused, and its recipient
             problems.append(f"{ref.where} names a message that was not sent ({record.status.value})")
     return "; ".join(dict.fromkeys(problems)) or "no sendguard Message-ID or signed bounce address"
 
