@@ -54,6 +54,9 @@ def test_every_message_carries_a_one_click_link_that_suppresses_the_recipient_at
         forged = f"{public}/v1/unsubscribe/{message_id}.{encoded[:-2]}AA.{mac}"
         assert browser.post(forged, content="List-Unsubscribe=One-Click").status_code == 404
         assert browser.post(f"{public}/v1/unsubscribe/not-a-token").status_code == 404
+        for odd in (f"{message_id}.{encoded}.%C3%A9", f"%C3%A9.{encoded}.{mac}"):  # not ASCII: 500 once
+            assert browser.get(f"{public}/v1/unsubscribe/{odd}").status_code == 404
+            assert browser.post(f"{public}/v1/unsubscribe/{odd}").status_code == 404
 
         done = browser.post(
             link,

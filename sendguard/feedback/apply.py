@@ -184,7 +184,7 @@ class Feedback:
         if inbound.away is not None:
             return await self._away(inbound.away, reporter, checked)
         for event in inbound.events:
-            found = _referenced(inbound.kind, event, checked)
+            found = _referenced(event, checked)
             if isinstance(found, str):
                 raise Unreferenced(f"no valid reference: {found}")
             if reporter.agent is not None:
@@ -206,7 +206,7 @@ class Feedback:
     async def _away(self, away: Away, reporter: Reporter, checked: list[_Proof | str]) -> list[Applied]:
         """An out-of-office reply with a return date, tied as a reply is: its agent's follow-ups
         to the sender wait until then. It counts and cancels nothing."""
-        found = _referenced(InboundKind.REPLY, EventIn(type=EventType.REPLY, recipient=away.sender), checked)
+        found = _referenced(EventIn(type=EventType.REPLY, recipient=away.sender), checked)
         if isinstance(found, str):
             raise Unreferenced(f"no valid reference: {found}")
         if reporter.agent is not None:
@@ -385,7 +385,7 @@ class _Proof:
         return bool(self.ref.mac)
 
 
-def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) -> _Proof | str:
+def _referenced(event: EventIn, checked: list[_Proof | str]) -> _Proof | str:
     """The message a checked reference of the mail proves `event` is about, or why there is none.
 
     A report: a signed bounce address with a valid mac, or a returned Message-ID whose message
@@ -393,7 +393,6 @@ def _referenced(kind: InboundKind, event: EventIn, checked: list[_Proof | str]) 
     message that left for the reply's From (`event.recipient`). A message left when it was sent
     (or bounced), or may have (an attempt whose outcome the relay never told us).
     """
-    report = kind is not InboundKind.REPLY
     problems: list[str] = []
     for proof in checked:
         if isinstance(proof, str):

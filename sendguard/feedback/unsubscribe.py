@@ -44,7 +44,10 @@ class Unsubscribe:
             address = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
         except (binascii.Error, UnicodeDecodeError):
             return None
-        if "@" not in address or not hmac.compare_digest(mac, self._mac(message_id, address)):
+        # As bytes: compare_digest refuses a str that is not ASCII, and the mac is the stranger's.
+        if "@" not in address or not hmac.compare_digest(
+            mac.encode(), self._mac(message_id, address).encode()
+        ):
             return None
         return message_id, address
 
