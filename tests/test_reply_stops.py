@@ -91,6 +91,35 @@ def test_a_reply_stops_the_agent_mailing_the_company_but_not_a_free_mail_domain(
     ]
 
 
+def test_a_reply_while_the_stop_is_in_force_extends_it_without_walking_the_queue(
+    daemon: Daemon, client_for: Callable[..., Api], redis_url: str
+) -> None:
+    """The stop refuses the company's new messages, so the first reply's recall left none waiting:
+    a later one (another recipient there, or the same one again) only extends the stop. Each
+    walked the whole queue, 0.25 s at 10,000 waiting messages, and a recipient can answer every
+    message it got; the walk is counted here by Redis itself."""
+    agent, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
+    to_bob, to_bea = (agent.send(to)["id"] for to in ("bob@co.example", "bea@co.example"))
+    agent.wait_status(to_bob, "sent")
+    agent.wait_status(to_bea, "sent")
+    for n in range(3):  # waiting for others, which a walk would read
+        agent.send(f"lead{n}@elsewhere.example", send_at=_later())
+    server = redis.Redis.from_url(redis_url)
+
+    def walks() -> int:
+        return int(server.info("commandstats").get("cmdstat_zscan", {}).get("calls", 0))
+
+    before = walks()
+    _reply(admin, to_bob)
+    assert walks() > before  # the stop began: what waited for the company was recalled
+    before = walks()
+    _reply(admin, to_bea)
+    assert walks() == before
+    refused = agent.send("erin@co.example")
+    assert (refused["status"], _codes(refused)) == ("rejected", ["company_replied"])
+    server.close()
+
+
 def test_an_out_of_office_reply_with_a_return_date_moves_the_follow_up(
     daemon: Daemon, client_for: Callable[..., Api], due_ms: Callable[[str], float | None]
 ) -> None:

@@ -68,16 +68,23 @@ class ReplyStops:
             return 0
         cooldown_ms = int(self._rules.now.file.reply_stops.cooldown * 1000)
         key = self._keys.company_replied(record.agent)
+        now = _now_ms()
         async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, domain, _now_ms() + cooldown_ms)
+            pipe.hget(key, domain)
+            pipe.hset(key, domain, now + cooldown_ms)
             pipe.pexpire(key, cooldown_ms)  # every entry ends within the latest cooldown
-            await pipe.execute()
-        counts = await self._store.recall(
-            {"agent": record.agent, "to_domain": domain},
-            f"someone at {domain} replied to {record.agent}",
-            cause=COMPANY_REPLIED,
-        )
-        cancelled = sum(counts.values())
+            stopped_until, *_ = await pipe.execute()
+        cancelled = 0
+        # A stop already in force has refused the company's new messages since it began, which
+        # recalled those waiting then: a later reply only extends it. Recalling walks the whole
+        # queue, and one recipient could reply to each of its messages.
+        if stopped_until is None or int(stopped_until) <= now:
+            counts = await self._store.recall(
+                {"agent": record.agent, "to_domain": domain},
+                f"someone at {domain} replied to {record.agent}",
+                cause=COMPANY_REPLIED,
+            )
+            cancelled = sum(counts.values())
         await self._audit.append(
             "reply_stop.company",
             source,
