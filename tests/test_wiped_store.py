@@ -9,6 +9,7 @@ runs on it (state/marker.py, README "When the store is wiped").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from sendguard.state.embedded_redis import DataDir
 from sendguard.state.keys import Keys
 from sendguard.state.marker import StoreMarker, last_anchored_seq
 from sendguard.state.store import NoWork, Store
-from tests.conftest import Api, Daemon, LoopThread, message, sendguard_command, wait_until
+from tests.conftest import Api, Daemon, LoopThread, RedisServer, message, sendguard_command, wait_until
 from tests.peers import SmtpSink
 
 RULES = """
@@ -135,6 +136,39 @@ def test_a_wiped_store_stops_every_claim_and_says_so_and_the_anchor_never_goes_b
         assert not list(store.scan_iter(keys.instance("*"))), "the wiped daemon still heartbeats"
     with pytest.raises(StoreWiped, match="saw this store's marker gone"):
         make_daemon(RULES, data_dir=tmp_path / "new")
+
+
+def test_a_store_rolled_back_to_an_older_snapshot_stops_every_claim_and_says_so(
+    own_redis: RedisServer, make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink
+) -> None:
+    """A Redis restored from an older snapshot keeps the marker but has lost what was written since:
+    the probe's kill switch and suppression were gone, /readyz said 200, and the daemon sent to the
+    suppressed address. The store's clock, moved on at every look, reads below what it saw."""
+    own_redis.options = ("--appendonly", "no")  # snapshots alone, as Redis' own default keeps them
+    own_redis.stop()
+    own_redis.start()
+    daemon = make_daemon(RULES, redis_url=own_redis.url)
+    agent, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
+    agent.wait_status(agent.send("first@customer.example")["id"], "sent")
+    with redis.Redis.from_url(own_redis.url) as store:
+        store.save()
+    assert admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill"}).status_code == 201
+    assert admin.client.post("/v1/suppressions", json={"entries": ["gone@customer.example"]}).is_success
+    assert daemon.http.get("/readyz").status_code == 200  # a look at the store after the snapshot
+
+    with redis.Redis.from_url(own_redis.url) as store, contextlib.suppress(redis.exceptions.ConnectionError):
+        store.shutdown(nosave=True)  # it comes back from the snapshot
+    assert own_redis.process is not None
+    own_redis.process.wait(10)
+    own_redis.start()
+
+    ready = wait_until(lambda: (r := daemon.http.get("/readyz")).status_code == 503 and r, what="a 503")
+    print("readyz after the rollback:", ready.text)
+    assert ready.json()["store"] == "wiped" and "went back in time" in ready.json()["detail"]
+    again = agent.client.post("/v1/messages", json=message("gone@customer.example"))
+    assert again.status_code == 503 and again.json()["error"] == "store_wiped", again.text
+    assert daemon.metric("sendguard_store_wiped") == 1
+    assert [tuple(r.rcpt_tos) for r in smtp.snapshot()] == [("first@customer.example",)]
 
 
 def test_a_daemon_refuses_to_start_on_a_wiped_store_until_a_person_accepts_it(

@@ -90,6 +90,9 @@ SCHEMA: dict[str, str] = {
     # finds it gone or changed knows the store was wiped or replaced (state/marker.py)
     "store_marker": "store:marker",
     "store_wiped": "store:wiped",  # string: which daemon saw the marker gone, and when
+    # string: a count every daemon's maintenance tick moves on by one; lower than a daemon last
+    # saw, the store went back in time (restored from an older snapshot, a lagging replica)
+    "store_clock": "store:clock",
     "rules_reloads": "rules:reloads",  # string: rules reloads; daemons that see it grow reload too
     # hash: a console session, by sha256 of its cookie: token id, csrf, expiry; never the token
     "console_session": "ui:session:{digest}",
@@ -306,6 +309,10 @@ class Keys:
     @property
     def store_wiped(self) -> str:
         return self._key("store_wiped")
+
+    @property
+    def store_clock(self) -> str:
+        return self._key("store_clock")
 
     @property
     def rules_reloads(self) -> str:

@@ -12,6 +12,11 @@ it started on:
   started on: it claims nothing, `/readyz` answers 503, `sendguard_store_wiped` is 1 and the
   error is logged once. The daemon never writes the marker again itself: only a person ends it,
   by restarting the daemons;
+- a store restored from an older snapshot, or a replica that lagged promoted, keeps the marker
+  but has lost what was written since (a kill switch, a suppression), so each tick also moves the
+  store's clock (`store:clock`) on by one: found below what the daemon last saw there, the store
+  went back in time, and the daemon stops as for a wiped one. It sees a rollback to any moment
+  before its last tick; one to within a tick of it looks like no rollback;
 - at start, a daemon whose data directory says this store was used before refuses to start over
   a store that does not show it (`establish`): its `store.marker` file names another marker, or
   none is stored, or its audit anchor file names entries the store's trail does not reach. A
@@ -36,6 +41,7 @@ import redis.asyncio as aioredis
 
 from sendguard.errors import ConfigError, StoreWiped
 from sendguard.model import now_ms
+from sendguard.state import scripts
 from sendguard.state.keys import Keys
 from sendguard.state.redis_connection import translated
 
@@ -63,6 +69,10 @@ class StoreMarker:
     gauge: _Gauge | None = None
     value: str = ""  # the marker found or made at start; "" before `establish`
     lost: str = field(default="")  # why the store is not the one we started on; sticky until restart
+    clock: int = 0  # the store's clock as this daemon's last tick left it
+
+    def __post_init__(self) -> None:
+        self._check = scripts.register(self.client, self.keys, "store_check")
 
     async def stored(self) -> str | None:
         async with translated():
@@ -144,12 +154,24 @@ class StoreMarker:
         return ""
 
     async def check(self) -> bool:
-        """Whether the store still has the marker this daemon started on; a StoreError if Redis
-        does not answer. Once it has not, it stays lost for this daemon (see `gone`)."""
+        """Whether the store is still the one this daemon started on (its marker) and has not gone
+        back in time (its clock), moving the clock on; a StoreError if Redis does not answer. Once
+        it is not, it stays lost for this daemon (see `gone`)."""
         if not self.lost:
-            found = await self.stored()
+            async with translated():
+                found, before = await self._check(keys=[], args=[self.value])
             if found != self.value:
-                self.gone("is gone" if found is None else "was replaced by another")
+                self.gone(f"the store's marker {'is gone' if not found else 'was replaced by another'}")
+            elif int(before) < self.clock:
+                self.gone(
+                    f"the store went back in time (its clock reads {before}, this daemon's last look "
+                    f"left it at {self.clock}): it was restored from an older snapshot, or a replica "
+                    "that lagged was promoted, since this daemon last looked, and what was written "
+                    "since then (trips, suppressions) is lost",
+                    wiped=False,
+                )
+            else:
+                self.clock = int(before) + 1
         return not self.lost
 
     async def leave_tombstone(self, instance: str) -> None:
@@ -162,17 +184,19 @@ class StoreMarker:
             if found is None:  # a store given another marker is another deployment's: not ours to mark
                 await self.client.set(self.keys.store_wiped, f"seen by {instance} at {now_ms()} ms")
 
-    def gone(self, what: str) -> None:
-        """Record that the store's marker `what` (seen here or by a claim); logged once."""
+    def gone(self, what: str, *, wiped: bool = True) -> None:
+        """Record that the store is not the one this daemon started on, `what` says how (seen here
+        or by a claim; `wiped`: its marker says so); logged once."""
         if self.lost:
             return
-        self.lost = f"the store's marker {what}: the store was wiped or replaced since this daemon started"
+        self.lost = f"{what}: the store was wiped or replaced since this daemon started" if wiped else what
         if self.gauge is not None:
             self.gauge.set(1)
         log.error(
-            "%s. Its safe-mode trips, suppressions, queue and signing secret are gone, so this daemon "
-            "claims nothing and /readyz answers 503 until a person acts: restore the store, or check "
-            "what was lost, stop every daemon and start one with `sendguard run --accept-empty-store`",
+            "%s. So this daemon claims nothing and /readyz answers 503 until a person acts: restore "
+            "the store, or check what was lost (safe-mode trips, suppressions, the queue, tokens, the "
+            "signing secret), stop every daemon and start them again (one with `sendguard run "
+            "--accept-empty-store` where the store is refused)",
             self.lost,
         )
 

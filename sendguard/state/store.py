@@ -348,7 +348,7 @@ class Store:
             result = await self._claim(keys=[k.due, k.inflight], args=[owner, self.marker.value, *tokens])
         now = int(result[0])
         if result[1] == "wiped":
-            self.marker.gone("is gone or changed (found by a claim)")
+            self.marker.gone("the store's marker is gone or changed (found by a claim)")
             return NoWork(None, now)
         if len(result) == 2:
             return NoWork(int(float(result[1])) if result[1] else None, now)
