@@ -246,6 +246,10 @@ class Settings(BaseSettings):
     # 2 MiB: a 1 MiB text (the API's limit) with an html alternative, both encoded, fits.
     submission_max_bytes: int = Field(default=2_097_152, ge=1024, le=64 << 20)
     submission_sessions: int = Field(default=20, ge=1, le=1000)
+    # Of them, not yet signed in from one client IP (a signed-in agent's are not capped per address),
+    # and the seconds a session has to sign in: what a stranger holds, it holds this long and this many.
+    submission_client_sessions: int = Field(default=5, ge=1, le=1000)
+    submission_auth_timeout: float = Field(default=30.0, gt=0, le=600)
     submission_recipients: int = Field(default=50, ge=1, le=1000)
     submission_hostname: HostName | None = None
     submission_tls_cert: Path | None = None

@@ -33,7 +33,7 @@ INBOUND_LIMITS = (
     "recipients",
     "queue",
 )
-SUBMISSION_LIMITS = (*SMTP_SESSION_LIMITS, "auth", "recipients")
+SUBMISSION_LIMITS = (*SMTP_SESSION_LIMITS, "client_sessions", "auth_timeout", "auth", "recipients")
 
 
 class Metrics:
@@ -200,8 +200,10 @@ class Metrics:
         )
         self.submission_refused = counter(
             "sendguard_submission_refused_total",
-            "SMTP submission refused by a budget: sessions, size, idle, line (too long), commands (too "
-            "many of one), bad_commands (unknown ones), auth (a failed AUTH), recipients (too many).",
+            "SMTP submission refused by a budget: sessions, client_sessions (too many not signed in "
+            "from one client), size, idle, line (too long), commands (too many of one), bad_commands "
+            "(unknown ones), auth_timeout (not signed in in time), auth (a failed AUTH), recipients "
+            "(too many).",
             ["limit"],
         )
         self.inbound_restarts = counter(

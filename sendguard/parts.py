@@ -300,6 +300,8 @@ def _submission_config(settings: Settings) -> SubmissionConfig:
         hostname=settings.submission_hostname or socket.getfqdn(),
         max_bytes=settings.submission_max_bytes,
         max_sessions=settings.submission_sessions,
+        max_client_sessions=settings.submission_client_sessions,
+        auth_timeout=settings.submission_auth_timeout,
         max_recipients=settings.submission_recipients,
         tls_cert=settings.submission_tls_cert,
         tls_key=settings.submission_tls_key,

@@ -7,15 +7,14 @@ the form people type, the API returns and Redis stores.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from sendguard.errors import InvalidValue
-from sendguard.model import canonical_address
-from sendguard.rules import AgentEntry, ScopeKind
+from sendguard.model import Address, canonical_address, normal_address
+from sendguard.rules import AgentEntry, Rules, ScopeKind
 
 GLOBAL = "global"
-_CASE_INSENSITIVE = {ScopeKind.RECIPIENT_DOMAIN, ScopeKind.SENDER_DOMAIN, ScopeKind.INBOX}
 
 
 class Scoped(Protocol):
@@ -91,7 +90,17 @@ def message_scopes(
 
 
 def parse_scope(text: str) -> str:
-    """Normalise a scope a person typed; InvalidValue (a ValueError) says what a scope looks like."""
+    """A scope a person typed, in the form its messages' scopes take (`scope_values`), so that a
+    trip or a lookup by any spelling of a scope is the trip or lookup of that scope: an agent's name
+    in lower case (as the register spells every name), an inbox as its mailbox (`canonical_address`),
+    a sender domain in the Unicode form of a sender's address and a recipient domain in its IDNA
+    form, either without a trailing dot. A segment or campaign is an agent's own label, matched as
+    the agent wrote it (`segment:Q4` and `segment:q4` are two), so it is only trimmed.
+
+    InvalidValue (a ValueError) says what a scope looks like. Whether an agent is in the register is
+    `check_agent`'s to say: a trip of an agent that is not holds nothing, a resume of one removed
+    since it was tripped must still be possible.
+    """
     text = text.strip()
     if text == GLOBAL:
         return GLOBAL
@@ -105,8 +114,42 @@ def parse_scope(text: str) -> str:
         raise InvalidValue(
             "scope", f"scope {text!r} must be 'global' or '<kind>:<value>' with kind one of {kinds}"
         )
-    value = value.strip()
-    return scope_name(kind, value.lower() if kind in _CASE_INSENSITIVE else value)
+    return scope_name(kind, _canonical_value(kind, value.strip()))
+
+
+def _canonical_value(kind: ScopeKind, value: str) -> str:
+    if kind is ScopeKind.AGENT:
+        return value.lower()
+    if kind is ScopeKind.INBOX:
+        local, at, domain = value.rpartition("@")
+        typed = f"{local}{at}{domain.rstrip('.')}" if at else value
+        return canonical_address(_normal(typed, lambda normal: normal.address) or typed)
+    if kind in (ScopeKind.SENDER_DOMAIN, ScopeKind.RECIPIENT_DOMAIN):
+        domain = value.rstrip(".").lower() or value.lower()
+        # A sender domain as a sender's address has it (Unicode), a recipient's as the checks do (IDNA).
+        if kind is ScopeKind.SENDER_DOMAIN:
+            return _normal(f"a@{domain}", lambda normal: normal.domain) or domain
+        return _normal(f"a@{domain}", lambda normal: normal.ascii_domain) or domain
+    return value
+
+
+def _normal(address: str, form: Callable[[Address], str]) -> str | None:
+    """`form` of the address as sendguard stores it, or None when it is not one (kept as typed)."""
+    try:
+        return form(normal_address(address))
+    except ValueError:
+        return None
+
+
+def check_agent(scope: str, rules: Rules) -> str:
+    """The scope, if it is no `agent:` scope or names an agent in the register; else InvalidValue
+    naming the agent, since a trip of it would answer "tripped" and hold nothing."""
+    kind, _, value = scope.partition(":")
+    if kind == ScopeKind.AGENT and rules.agent(value) is None:
+        raise InvalidValue(
+            "scope", f"no agent {value!r} in the rules' register: a trip of {scope} would hold nothing"
+        )
+    return scope
 
 
 def split_scope(scope: str) -> tuple[str, str]:

@@ -111,7 +111,8 @@ class Sessions:
     """The sessions open at once, held to `limit`, and to `per_client` from one client address when
     set; `none_open` is set while there are none. `lifetime`, when set, is how long a session may
     last whatever it sends: the idle timeout restarts at each command, so without it a client that
-    sends a NOOP a minute keeps its sessions for as long as it likes."""
+    sends a NOOP a minute keeps its sessions for as long as it likes. A session `vouched` for (the
+    submission listener's, once it authenticated) no longer counts toward its client's `per_client`."""
 
     def __init__(
         self, limit: int, hostname: str, count: Count, *, per_client: int = 0, lifetime: float = 0.0
@@ -122,7 +123,8 @@ class Sessions:
         self.per_client = per_client
         self.lifetime = lifetime
         self.open: dict[SMTP, str] = {}  # each session, and the address of its client
-        self._of_client: Counter[str] = Counter()
+        self._of_client: Counter[str] = Counter()  # the sessions counted toward per_client
+        self._vouched: set[SMTP] = set()
         self.none_open = asyncio.Event()
         self.none_open.set()
 
@@ -149,14 +151,26 @@ class Sessions:
         self._of_client[client] += 1
         self.none_open.clear()
 
+    def vouched(self, session: SMTP) -> None:
+        """The session's client proved who it is: the session stops counting toward `per_client`,
+        so a relay or a mailer that opens many sessions from one address is not held to it."""
+        client = self.open.get(session)
+        if client is not None and session not in self._vouched:
+            self._vouched.add(session)
+            self._release(client)
+
     def closed(self, session: SMTP) -> None:
         client = self.open.pop(session, None)
-        if client is not None:
-            self._of_client[client] -= 1
-            if not self._of_client[client]:
-                del self._of_client[client]
+        if client is not None and session not in self._vouched:
+            self._release(client)
+        self._vouched.discard(session)
         if not self.open:
             self.none_open.set()
+
+    def _release(self, client: str) -> None:
+        self._of_client[client] -= 1
+        if not self._of_client[client]:
+            del self._of_client[client]
 
     async def close(self, grace: float) -> None:
         """Give the open sessions `grace` seconds to end, then cut them off (their client sends again)."""

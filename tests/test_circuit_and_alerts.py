@@ -297,6 +297,18 @@ def test_alerts_without_a_usable_scope_are_ignored_with_the_reason(admin: Api) -
     assert _trips(admin) == []
 
 
+def test_an_alert_for_an_agent_not_in_the_register_is_ignored_and_the_others_trip(admin: Api) -> None:
+    out = _alerts_out(
+        admin,
+        _alert("firing", sendguard_scope="agent:ghost-bot"),
+        _alert("firing", sendguard_scope="agent:SDR-Bot"),
+    )
+    assert out["tripped"] == ["agent:sdr-bot"] and out["already"] == []
+    [ignored] = out["ignored"]
+    assert ignored.startswith(f"{ALERT_NAME}: no agent 'ghost-bot' in the rules' register"), ignored
+    assert [t["scope"] for t in _trips(admin)] == ["agent:sdr-bot"]
+
+
 def test_an_ignored_alert_is_logged_and_counted_by_reason(
     make_daemon: MakeDaemon, client_for: ClientFor, caplog: pytest.LogCaptureFixture
 ) -> None:

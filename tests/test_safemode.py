@@ -165,6 +165,51 @@ def test_a_scope_that_is_not_one_is_refused_naming_the_field(
     assert admin.client.get("/v1/safe-mode").json() == []
 
 
+@pytest.mark.parametrize(
+    ("typed", "scope"),
+    [
+        ("agent:SDR-Bot", "agent:sdr-bot"),
+        ("inbox:Alice+Q4@Acme.example.", "inbox:alice@acme.example"),
+        ("sender_domain: ACME.example.", "sender_domain:acme.example"),
+        ("recipient_domain:Customer.Example.", "recipient_domain:customer.example"),
+        ("segment: cfo-na-q4 ", "segment:cfo-na-q4"),
+    ],
+)
+def test_a_trip_spelled_otherwise_trips_the_scope_its_messages_are_in(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], typed: str, scope: str
+) -> None:
+    """An on-call types a scope the way people write it: the trip is of the scope the agent's
+    messages are in, and holds the next one, as the canonical spelling does."""
+    daemon = make_daemon("")
+    agent = client_for(daemon, "agent", "sdr-bot")
+    operator = client_for(daemon, "operator", "omar")
+    tripped = operator.client.post("/v1/safe-mode", json={"scope": typed, "reason": "3am: stop it"})
+    assert tripped.status_code == 201, tripped.text
+    assert tripped.json()["scope"] == scope
+    sent = agent.send("dana@customer.example", segment="cfo-na-q4", **{"from": "Alice+q4@acme.example"})
+    assert sent["status"] == "held", sent
+    again = operator.client.post("/v1/safe-mode", json={"scope": scope, "reason": "the canonical spelling"})
+    assert again.status_code == 200, again.text  # one trip, not two
+    admin = client_for(daemon, "admin", "sam")
+    resumed = admin.client.delete(f"/v1/safe-mode/{typed}", params={"reason": "ok"})
+    assert resumed.status_code == 200 and resumed.json()["scope"] == scope, resumed.text
+
+
+def test_a_trip_of_an_agent_not_in_the_register_is_refused_naming_it(
+    make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api]
+) -> None:
+    """`agent:sdr_bot` is no agent: "tripped" would hold nothing while sdr-bot sends on."""
+    daemon = make_daemon("")
+    operator = client_for(daemon, "operator", "omar")
+    refused = operator.client.post("/v1/safe-mode", json={"scope": "agent:sdr_bot", "reason": "stop it"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"].startswith("scope: no agent 'sdr_bot' in the rules' register")
+    result = daemon.cli_result("safe-mode", "trip", "agent:SDR_Bot", "--reason", "x", token=operator.token)
+    assert result.returncode == 1 and "no agent 'sdr_bot' in the rules' register" in result.stderr, result
+    assert "tripped" not in result.stdout
+    assert operator.client.get("/v1/safe-mode").json() == []
+
+
 def test_a_hijacked_agent_trips_on_its_refusals(
     make_daemon: Callable[..., Daemon], client_for: Callable[[Daemon, str, str], Api], smtp: SmtpSink
 ) -> None:

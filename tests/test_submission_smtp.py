@@ -9,11 +9,13 @@ clients here trust by its file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.policy
 import logging
 import os
 import shutil
 import smtplib
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -313,6 +315,74 @@ def test_a_message_over_the_size_limit_is_refused_and_counted(make_daemon: MakeD
 
     assert (code, reply) == (552, "5.3.4 message larger than the 2048-byte limit")
     _refused(daemon, "size", 1)
+
+
+STRANGER = "127.0.0.2"  # another client address on the loopback network, as a stranger's would be
+
+
+def _silent(port: int) -> socket.socket:
+    """A stranger's connection from another address: it reads the greeting and says nothing."""
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(STRANGER, 0))
+
+
+def _greeting(sock: socket.socket) -> str:
+    return sock.recv(512).decode()
+
+
+def _closing(sock: socket.socket) -> str:
+    """What the listener writes before it closes the connection (the stranger sends nothing)."""
+    said = b""
+    while chunk := sock.recv(512):
+        said += chunk
+    return said.decode()
+
+
+def test_a_stranger_holds_a_few_sessions_for_a_short_time_and_agents_sign_in(
+    make_daemon: MakeDaemon, mint: Mint
+) -> None:
+    """Sessions not signed in are what a stranger can hold: a few from one address, for a few
+    seconds. A signed-in agent's are not capped per address (a relay opens many) nor timed."""
+    daemon, port = _listener(make_daemon, submission_client_sessions="3", submission_auth_timeout="2")
+    token = mint("agent", AGENT)
+    with contextlib.ExitStack() as opened:
+        held = [opened.enter_context(_silent(port)) for _ in range(3)]
+        greetings = [_greeting(sock) for sock in held]
+        with _silent(port) as fourth:
+            over = _greeting(fourth)
+        agents = []  # from 127.0.0.1, more than 3, each signed in as a mailer signs in
+        for _ in range(5):
+            agents.append(opened.enter_context(_connect(daemon, port)))
+            agents[-1].login(AGENT, token)
+        with _connect(daemon, port) as waiting:  # through STARTTLS, never AUTH: timed from its connection
+            told = [_closing(sock) for sock in held]
+            waited = waiting.getreply()  # unasked: the listener's last words, over TLS
+        still = [client.noop()[0] for client in agents]  # past the time to sign in, signed in
+        code, reply = _send(agents[0], _mail("dana@customer.example"), ["dana@customer.example"])
+
+    assert all(greeting.startswith(f"220 {HOST}") for greeting in greetings), greetings
+    assert over == f"421 4.7.0 {HOST} too many connections from {STRANGER} (limit 3); try again later\r\n"
+    assert told == [f"421 4.7.0 {HOST} not signed in in time; closing\r\n"] * 3
+    assert waited == (421, f"4.7.0 {HOST} not signed in in time; closing".encode())
+    assert still == [250] * 5 and code == 250, reply
+    _refused(daemon, "client_sessions", 1)
+    _refused(daemon, "auth_timeout", 4)
+
+
+def test_twenty_silent_connections_from_one_stranger_leave_the_agents_their_slots(
+    make_daemon: MakeDaemon, mint: Mint
+) -> None:
+    """The probe's attack with the default budgets: 20 silent connections from one address once
+    took every slot (`421 too many connections (limit 20)` for the agents)."""
+    daemon, port = _listener(make_daemon)
+    with contextlib.ExitStack() as opened:
+        greetings = [_greeting(opened.enter_context(_silent(port))) for _ in range(20)]
+        with _connect(daemon, port) as agent:
+            signed_in = agent.login(AGENT, mint("agent", AGENT))[0]
+
+    assert sum(greeting.startswith("220 ") for greeting in greetings) == 5
+    assert sum(greeting.startswith("421 4.7.0") and "(limit 5)" in greeting for greeting in greetings) == 15
+    assert signed_in == 235
+    _refused(daemon, "client_sessions", 15)
 
 
 def test_swaks_sends_one_message(make_daemon: MakeDaemon, mint: Mint, smtp: SmtpSink) -> None:

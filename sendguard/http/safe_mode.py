@@ -12,7 +12,7 @@ from sendguard.http.access import Admin, Operator, Reader, RuntimeDep
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.model import iso_ms
-from sendguard.scopes import parse_scope
+from sendguard.scopes import check_agent, parse_scope
 
 log = logging.getLogger("sendguard.http.safe_mode")
 router = APIRouter(tags=[Tag.SAFE_MODE])
@@ -122,8 +122,11 @@ async def list_trips(runtime: RuntimeDep, who: Reader) -> list[TripOut]:
 )
 async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JSONResponse:
     """Trip a scope by hand: its messages are held until a person resumes it. `global` stops
-    everything (the kill switch)."""
-    active, created = await runtime.safe_mode.trip(parse_scope(body.scope), "manual", who.actor, body.reason)
+    everything (the kill switch). Any spelling of a scope trips that scope (`agent:SDR-Bot` is
+    `agent:sdr-bot`, `inbox:Alice+q4@acme.example` is `inbox:alice@acme.example`); an agent that is
+    not in the rules' register is refused (422), as its trip would hold nothing."""
+    scope = check_agent(parse_scope(body.scope), runtime.rules)
+    active, created = await runtime.safe_mode.trip(scope, "manual", who.actor, body.reason)
     if not created:
         return JSONResponse(_trip_out(active).model_dump(), status_code=200)
     return _trip_out(active)
@@ -164,7 +167,8 @@ async def resume(
 )
 async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> AlertsOut:
     """A firing alert labelled `sendguard_scope` trips that scope; one without a usable label is
-    answered in `ignored`. A resolved alert does not resume: a person does.
+    answered in `ignored`, as is one naming an agent not in the rules' register (its trip would hold
+    nothing; the other alerts of the post still act). A resolved alert does not resume: a person does.
     """
     out = AlertsOut(tripped=[], already=[], ignored=[])
     ignored = runtime.metrics.alerts_ignored
@@ -182,7 +186,7 @@ async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> Al
             out.ignored.append(f"{name}: no sendguard_scope label")
             continue
         try:
-            scope = parse_scope(raw_scope)
+            scope = check_agent(parse_scope(raw_scope), runtime.rules)
         except ValueError as exc:
             ignored.labels("bad_scope").inc()
             log.warning("alert %r ignored: %s", name, exc)

@@ -22,7 +22,12 @@ The dialogue:
 
 Budgets, each refusal counted in `sendguard_submission_refused_total{limit}`: those every
 listener has (`smtp_server.py`), `auth` (a failed AUTH; after `_AUTH_ATTEMPTS` the session is
-closed) and `recipients` (more than SENDGUARD_SUBMISSION_RECIPIENTS in one message: 452).
+closed) and `recipients` (more than SENDGUARD_SUBMISSION_RECIPIENTS in one message: 452). What a
+stranger can hold is a session that never signs in, so those are bounded: `client_sessions` (more
+than SENDGUARD_SUBMISSION_CLIENT_SESSIONS not signed in from one client address: 421 at the
+greeting) and `auth_timeout` (not signed in SENDGUARD_SUBMISSION_AUTH_TIMEOUT seconds after
+connecting: 421 and closed). A signed-in session is not capped per address: a Postfix relayhost or
+an agent's host opens many from one address.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
@@ -85,6 +90,8 @@ class SubmissionConfig:
     hostname: str
     max_bytes: int
     max_sessions: int
+    max_client_sessions: int  # of them, not signed in, from one client address
+    auth_timeout: float  # seconds a session has to sign in
     max_recipients: int
     tls_cert: Path | None
     tls_key: Path | None
@@ -110,7 +117,9 @@ class SubmissionListener:
         self.current = rules
         self._metrics = metrics
         metrics.start_at_zero(metrics.submission_refused, SUBMISSION_LIMITS)
-        self.sessions = Sessions(config.max_sessions, config.hostname, self.count)
+        self.sessions = Sessions(
+            config.max_sessions, config.hostname, self.count, per_client=config.max_client_sessions
+        )
         self._handler = _Handler(self)
         self._server: asyncio.Server | None = None
 
@@ -197,6 +206,29 @@ class _SubmissionSession(BudgetedSession):
             command_call_limit=_CALL_LIMITS,
         )
         self._listener = listener
+        self._auth_by: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Once a session: after STARTTLS aiosmtpd makes the connection again, and the time to sign
+        # in runs from the first connection.
+        if self._auth_by is None:
+            self._auth_by = self.loop.call_later(self._listener.config.auth_timeout, self._auth_too_late)
+
+    def _auth_too_late(self) -> None:
+        if self.session is not None and self.session.authenticated:
+            return
+        self._listener.count("auth_timeout")
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).write(
+                f"421 4.7.0 {self._listener.config.hostname} not signed in in time; closing\r\n".encode()
+            )
+            self.transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._auth_by is not None:
+            self._auth_by.cancel()
+        super().connection_lost(error)
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._checked(await super().auth_PLAIN(_, args))
@@ -208,7 +240,12 @@ class _SubmissionSession(BudgetedSession):
         if not isinstance(parsed.auth_data, LoginPassword):  # malformed, already answered
             return parsed
         assert self.session is not None
-        return await self._listener.authenticate(parsed.auth_data, client_of(self.session))
+        result = await self._listener.authenticate(parsed.auth_data, client_of(self.session))
+        if result.success:  # an agent: no longer a stranger's session, timed and capped per address
+            if self._auth_by is not None:
+                self._auth_by.cancel()
+            self._listener.sessions.vouched(self)
+        return result
 
 
 def _principal(session: Session) -> Principal | None:
