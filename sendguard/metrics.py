@@ -189,7 +189,8 @@ class Metrics:
         self.inbound_trimmed = counter(
             "sendguard_inbound_trimmed_total",
             "Inbound mail of which more was cut than the daemon checks (feedback/parse.py budgets), by "
-            "what: message_ids, bounce_addresses, recipients (DSN per-recipient groups).",
+            "what: message_ids, bounce_addresses, recipients (DSN per-recipient groups), addresses (an "
+            "address header read only in part).",
             ["what"],
         )
         self.inbound_refused = counter(

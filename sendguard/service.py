@@ -96,6 +96,7 @@ class Service:
                 refusing = False
                 anchor_missing.set(0)
                 if await audit.try_lead(instance, self._ttl_ms):
+                    await audit.take_up()  # a trail the command line began, before any daemon chained
                     while await audit.chain() and not stopping.is_set():
                         pass
             except AnchorMissing as exc:

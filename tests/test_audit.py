@@ -131,7 +131,9 @@ async def test_append_and_chain_give_seq_1_to_n_with_valid_links(
 async def test_an_empty_trail_has_the_genesis_head_and_verifies(audit: AuditLog, anchor: Path) -> None:
     assert await audit.head() == (0, "0" * 64)
     assert await audit.chain() == 0
-    assert await audit.verify(anchor) == Verification(ok=True, checked=0, first_broken=None, problem="")
+    assert await audit.verify() == Verification(ok=True, checked=0, first_broken=None, problem="")
+    unanchored = await audit.verify(anchor)  # no anchor line: nothing vouches that the trail was empty
+    assert (unanchored.ok, unanchored.unanchored) == (False, True)
     assert not await asyncio.to_thread(anchor.exists)
 
 
@@ -499,8 +501,8 @@ async def test_a_missing_or_garbled_anchor_file_is_a_problem(audit: AuditLog, an
     await fill(audit, 3)
     await asyncio.to_thread(anchor.unlink)
     missing = await audit.verify(anchor)
-    assert (missing.ok, missing.first_broken) == (False, None)
-    assert f"the anchor file {anchor} does not exist" in missing.problem
+    assert (missing.ok, missing.first_broken, missing.unanchored) == (False, None, True)
+    assert f"the anchor file {anchor} does not exist or holds no line" in missing.problem
 
     await asyncio.to_thread(anchor.write_text, "3 " + "a" * 64 + " 1700000000000\nthree lines\n")
     garbled = await audit.verify(anchor)
@@ -801,8 +803,9 @@ async def test_a_trail_the_command_line_began_is_anchored_by_the_first_daemon_an
     command_line = AuditLog(client, keys)
     await command_line.append("token.created", "cli:dana", {"token_id": "t1", "role": "admin"})
     assert await command_line.chain() == 1
-    before = await command_line.verify(anchor)  # no file, and none was ever written: nothing is missing
-    assert (before.ok, before.checked, before.anchored) == (True, 1, 0), before
+    before = await command_line.verify(anchor)  # no anchor line: verify cannot vouch for it yet
+    assert (before.ok, before.unanchored) == (False, True), before
+    assert (await command_line.verify()).ok  # the chain alone, when asked for
     daemon = AuditLog(client, keys, anchor)
     assert await daemon.may_chain()
     await daemon.append("rules.reloaded", "admin:dana", {"version": "v1"})
@@ -811,8 +814,71 @@ async def test_a_trail_the_command_line_began_is_anchored_by_the_first_daemon_an
     assert (await daemon.verify(anchor)).ok
     await asyncio.to_thread(anchor.unlink)  # deleted: the tail it held could now be cut off unseen
     assert "does not exist" in (await daemon.verify(anchor)).problem
+    assert not await daemon.take_up()  # anchored once: a lost anchor is not taken up afresh
     restarted = AuditLog(client, keys, anchor)
     assert not await restarted.may_chain()
     await restarted.append("safe_mode.resumed", "admin:dana", {"scope": "global"})
     with pytest.raises(AnchorMissing):
         await restarted.chain()
+
+
+async def test_the_first_daemon_anchors_a_trail_the_command_line_began_at_its_head(
+    client: aioredis.Redis, keys: Keys, anchor: Path
+) -> None:
+    # `sendguard run`, then `sendguard token create`: the daemon has nothing of its own to chain,
+    # and `sendguard audit verify` in its data directory must find an anchor line all the same.
+    command_line = AuditLog(client, keys)
+    daemon = AuditLog(client, keys, anchor)
+    assert not await daemon.take_up()  # an empty trail: nothing to anchor
+    await command_line.append("token.created", "cli:dana", {"token_id": "t1", "role": "agent"})
+    assert await command_line.chain() == 1
+    assert await daemon.take_up()
+    assert (await asyncio.to_thread(anchor.read_text)).split()[:2] == ["1", (await daemon.head())[1]]
+    found = await daemon.verify(anchor)
+    assert (found.ok, found.checked, found.anchored) == (True, 1, 1), found
+    assert not await daemon.take_up()  # once
+    await command_line.append("token.created", "cli:dana", {"token_id": "t2", "role": "agent"})
+    assert await command_line.chain() == 1
+    assert (await daemon.verify(anchor)).ok  # the anchor lags the trail, as it may
+    # Another daemon, its own anchor file empty, does not take up the trail this one anchored.
+    other = AuditLog(client, keys, anchor.with_name("other.anchor"))
+    await asyncio.to_thread(other.anchor.write_text, "")  # type: ignore[union-attr]
+    assert not await other.take_up()
+
+
+@pytest.mark.parametrize("anchor_file", ["absent", "empty", "torn"])
+async def test_a_rewritten_trail_with_its_anchored_flag_deleted_never_verifies_without_an_anchor_line(
+    audit: AuditLog, client: aioredis.Redis, keys: Keys, tmp_path: Path, anchor_file: str
+) -> None:
+    # Whoever can write to Redis rewrites who tripped global, recomputes every hash to the head and
+    # deletes `audit:anchored`. Verified where the daemon's anchor file is not (an auditor's shell
+    # with a data directory of its own), or against an empty one, it must not pass.
+    await audit.append("safe_mode.tripped", "admin:dana", {"scope": "global", "reason": "incident 1"})
+    await audit.append("safe_mode.resumed", "admin:dana", {"scope": "global"})
+    assert await audit.chain() == 2
+    forged, prev = [], "0" * 64
+    for raw in await client.lrange(keys.audit_chain, 0, -1):
+        item = json.loads(raw)
+        if item["kind"] == "safe_mode.tripped":
+            item["actor"] = "operator:someone-else"
+        item = rehashed(item | {"prev": prev})
+        forged.append(encode(item))
+        prev = item["hash"]
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(keys.audit_chain).rpush(keys.audit_chain, *forged)
+        pipe.hset(keys.audit_head, mapping={"seq": len(forged), "hash": prev}).delete(keys.audit_anchored)
+        await pipe.execute()
+    assert not (await audit.verify(audit.anchor)).ok  # the daemon's own anchor catches it
+
+    auditors = tmp_path / "auditor" / "audit.anchor"
+    await asyncio.to_thread(auditors.parent.mkdir)
+    if anchor_file == "empty":
+        await asyncio.to_thread(auditors.write_text, "")
+        await client.set(keys.audit_anchored, "1")
+    elif anchor_file == "torn":
+        await asyncio.to_thread(auditors.write_text, "2 ab")  # a crash's half line claims nothing
+    found = await audit.verify(auditors)
+    assert (found.ok, found.unanchored, found.checked) == (False, True, 0), found
+    assert "the chain alone cannot tell a trail rewritten with recomputed hashes" in found.problem
+    assert "--no-anchor" in found.problem and "SENDGUARD_DATA_DIR" in found.problem
+    assert (await audit.verify()).ok  # what `--no-anchor` checks: only the chain's consistency

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import Api, Daemon, run_cli, wait_until
+from tests.conftest import Api, Daemon, run_cli, sendguard_command, wait_until
 
 ClientFor = Callable[..., Api]
 LATER = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
@@ -294,3 +294,35 @@ def test_what_the_cli_writes_is_chained_before_it_exits(redis_url: str, prefix: 
     finally:
         client.close()
     assert [(entry["kind"], entry["fields"]["name"]) for entry in chained] == [("token.created", "sam")]
+
+
+def test_verify_vouches_for_a_trail_only_against_an_anchor_line(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # As the README goes: `sendguard run`, then `sendguard token create`, then `sendguard audit
+    # verify` in the daemon's directory. The daemon chained nothing of its own, so it anchors the
+    # trail the command line began, and verify checks against that line.
+    daemon = make_daemon("")
+    anchor = Path(daemon.env["SENDGUARD_DATA_DIR"]) / "audit.anchor"
+    assert daemon.cli("token", "create", "--agent", "sdr-bot").startswith("sg_")
+    wait_until(lambda: anchor.is_file() and anchor.stat().st_size > 0, what="the trail to be taken up")
+    out = daemon.cli("audit", "verify")
+    assert out.startswith("audit trail ok: 1 entries, checked against") and str(anchor) in out, out
+
+    # From an auditor's shell with a data directory of its own there is no anchor to check against:
+    # the chain alone would pass a trail rewritten with recomputed hashes, so verify does not pass.
+    elsewhere = tmp_path / "auditor"
+    elsewhere.mkdir()
+    env = daemon.cli_env() | {"SENDGUARD_DATA_DIR": str(elsewhere)}
+    refused = sendguard_command(env, "audit", "verify", cwd=str(elsewhere))
+    assert refused.returncode == 1, refused
+    assert refused.stderr.startswith("sendguard: audit trail NOT VERIFIED: the anchor file ")
+    assert "cannot tell a trail rewritten with recomputed hashes from the original" in refused.stderr
+    assert "SENDGUARD_DATA_DIR" in refused.stderr and "--anchor" in refused.stderr
+    (elsewhere / "audit.anchor").write_text("")  # an empty anchor is a missing one
+    assert sendguard_command(env, "audit", "verify", cwd=str(elsewhere)).returncode == 1
+    chain_only = sendguard_command(env, "audit", "verify", "--no-anchor", cwd=str(elsewhere))
+    assert chain_only.returncode == 0, chain_only
+    assert "ONLY the chain's consistency was checked" in chain_only.stdout
+    pointed = sendguard_command(env, "audit", "verify", "--anchor", str(anchor), cwd=str(elsewhere))
+    assert pointed.returncode == 0 and "checked against" in pointed.stdout, pointed

@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from sendguard.feedback import parse as parse_module
 from sendguard.feedback.events import BounceType, EventType, Sentiment
 from sendguard.feedback.parse import (
+    MAX_ADDRESS_BYTES,
+    MAX_ADDRESSES,
     MAX_EVENTS,
     MAX_MESSAGE_IDS,
     MAX_PARSED_BYTES,
@@ -416,7 +419,53 @@ def test_junk_bounce_addresses_in_one_place_do_not_crowd_out_the_genuine_one_in_
         Reference(ID_1D, "returned Message-ID"),
     )
     assert len(inbound.events) == MAX_EVENTS
-    assert inbound.trimmed == ("bounce_addresses", "recipients")
+    assert inbound.trimmed == ("bounce_addresses", "recipients", "addresses")  # To: read in part
+
+
+def test_a_header_listing_130000_addresses_is_read_only_in_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The probe's mail: a 1 MiB reply whose folded To: lists ~130,000 addresses, which took the one
+    # inbound parser 1.3 s (so a few clients sending it over and over held up genuine reports).
+    # Only the first MAX_ADDRESS_BYTES of an address header are parsed as addresses.
+    flood = b"From: a@b.example\r\nIn-Reply-To: <x@y>\r\nTo: " + b"a@b,\r\n " * (MAX_PARSED_BYTES // 8 - 10)
+    raw = flood + b"x@y\r\n\r\nhi\r\n"
+    read: list[int] = []
+    real_getaddresses = parse_module.getaddresses
+
+    def counted(values: list[str]) -> list[tuple[str, str]]:
+        read.append(sum(len(value) for value in values))
+        return real_getaddresses(values)
+
+    monkeypatch.setattr(parse_module, "getaddresses", counted)
+    inbound = parse(raw)
+
+    assert max(read) <= MAX_ADDRESS_BYTES, f"{max(read)} bytes of one header parsed as addresses"
+    assert sum(read) <= 8 * MAX_ADDRESS_BYTES  # one budget for each header read, not for the mail
+    assert (inbound.kind, inbound.summary) == (InboundKind.REPLY, "reply from a@b.example")
+    assert inbound.trimmed == ("addresses",)
+
+
+def test_only_the_first_addresses_of_a_header_are_read_and_a_genuine_one_elsewhere_still_is() -> None:
+    junk = ",\n ".join(f"someone{n}@partner.example" for n in range(MAX_ADDRESSES))
+    genuine = f"bounces+{ID_1D}.{MAC}@{BOUNCE_DOMAIN}"
+    raw = reply(f"From: dana@customer.example\nTo: {junk},\n {genuine}\nDelivered-To: {genuine}")
+
+    inbound = parse(raw)
+
+    assert inbound.references == (signed(ID_1D, "Delivered-To"),)  # the 11th address in To: unread
+    assert inbound.trimmed == ("addresses",)
+    # As many as a genuine header holds are read whole, and nothing is counted as cut.
+    headers = f"From: dana@customer.example\nTo: {genuine}, sam@acme.example\nDelivered-To: {genuine}"
+    fits = parse(reply(headers))
+    assert fits.references == (signed(ID_1D, "To"),)  # kept once, where first seen
+    assert fits.trimmed == ()
+
+
+def test_an_address_cut_short_by_the_byte_budget_is_not_read_as_a_shorter_one() -> None:
+    # `Name <bob@example.com.evil>` cut after `bob@example.com` must not name bob@example.com.
+    padding = "x" * (MAX_ADDRESS_BYTES - len("Bob <bob@example.com"))
+    raw = reply(f"From: {padding} Bob <bob@example.com.evil>\nIn-Reply-To: <{ID_1D}.sg@acme.example>")
+    with pytest.raises(UnparsableMail, match="no From address"):
+        parse(raw)
 
 
 def test_a_bare_id_is_not_a_message_id() -> None:

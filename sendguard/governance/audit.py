@@ -228,6 +228,26 @@ class AuditLog:
         await self._mark_anchored()
         return seq, digest
 
+    async def take_up(self) -> bool:
+        """Anchor at its head a trail that no daemon has anchored yet (what `sendguard token create`
+        chained on a new deployment); whether a line was written.
+
+        Without it such a trail stays unanchored until something else is recorded, and `verify`
+        against this daemon's data directory fails, as it must without an anchor line. Only over
+        a trail `_may_anchor` allows: never over one another anchor file holds.
+        """
+        if self.anchor is None or await asyncio.to_thread(has_lines, self.anchor):
+            return False
+        seq, digest = await self.head()
+        if not seq:
+            return False
+        async with translated():
+            if await self.redis.exists(self.keys.audit_anchored):
+                return False
+        await asyncio.to_thread(_write_anchor, self.anchor, seq, digest, now_ms())
+        await self._mark_anchored()
+        return True
+
     async def may_chain(self) -> bool:
         """False while this log's anchor file is gone and the trail has entries, or the file is
         ahead of the trail (see `chain`)."""

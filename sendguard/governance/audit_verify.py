@@ -56,10 +56,16 @@ class Verification:
     problem: str
     anchored: int = 0  # the last anchored seq whose hash matched the chain (0: none checked)
     anchored_hash: str = ""
+    unanchored: bool = False  # an anchor file was asked for and is missing or empty: nothing checked
 
 
 def _read_anchor(path: Path) -> dict[int, str] | str | None:
-    """seq -> hash from an anchor file; None if there is no file; a problem text if it is bad.
+    """seq -> hash from an anchor file; None if there is no file or no line in it; a problem text if
+    it is bad.
+
+    An empty file is a missing one, as for the daemon (`has_lines`): it vouches for nothing, and
+    taking it for "not anchored yet" would let a rewritten trail verify. So is a file holding only
+    a line cut short by a crash, which claims nothing either.
 
     Each line carries a link over the line before it (see `anchor_line`), so a line taken
     out of the middle or edited is caught; a cut-off end is not, which the chain itself and the
@@ -98,7 +104,7 @@ def _read_anchor(path: Path) -> dict[int, str] | str | None:
         return None
     except OSError as exc:
         return f"cannot read anchor file {path}: {exc}"
-    return anchors
+    return anchors or None
 
 
 def _name(position: int, seq: int) -> str:
@@ -114,29 +120,36 @@ async def verify(log: AuditLog, anchor: Path | None = None) -> Verification:
 
     Every entry's hash must match its content, seqs must run 1, 2, 3, ... and every `prev`
     must be the hash of the entry before. With `anchor`, every anchored seq must be in the
-    chain with exactly the anchored hash, which is what catches a truncated tail.
+    chain with exactly the anchored hash, which is what catches a truncated tail and a trail
+    rewritten with recomputed hashes (the hashes are unkeyed: whoever can write to Redis can
+    recompute them). An `anchor` that is missing or empty fails, whatever Redis says: whether the
+    trail was ever anchored is known only from the store being verified. Only `anchor=None`
+    checks the chain alone, for callers that ask for just that (`--no-anchor`, `restart-anchor`).
     """
     # Read the anchor file before the chain: it only ever lags Redis, so every line must be in it.
     read = await asyncio.to_thread(_read_anchor, anchor) if anchor is not None else {}
     if isinstance(read, str):
         return _broken(0, None, read)
-    anchors = read or {}
+    if read is None:
+        return replace(
+            _broken(
+                0,
+                None,
+                f"the anchor file {anchor} does not exist or holds no line: the chain alone cannot tell "
+                "a trail rewritten with recomputed hashes from the original. Verify against the anchor "
+                "file of the daemon that chains this trail: run where its data directory is "
+                "(SENDGUARD_DATA_DIR), or pass --anchor <its data directory>/audit.anchor; "
+                "--no-anchor checks only the chain's consistency",
+            ),
+            unanchored=True,
+        )
+    anchors = read
     k = log.keys
     async with translated(), log.redis.pipeline(transaction=True) as pipe:
         pipe.hgetall(k.audit_head)
         pipe.llen(k.audit_chain)
-        pipe.exists(k.audit_anchored)
-        raw_head, length, anchored_anywhere = await pipe.execute()
+        raw_head, length = await pipe.execute()
     head = decoded_record(raw_head)
-    # Before any daemon anchored the trail (what `sendguard token create` chained on a new
-    # deployment), there is no anchor file to miss; the chain is checked on its own.
-    if read is None and length and anchored_anywhere:
-        return _broken(
-            0,
-            None,
-            f"the anchor file {anchor} does not exist (deleted? or this daemon never chained: "
-            "verify against the anchor file of the daemon that did)",
-        )
 
     last_seq, last_hash, checked, good_anchor = 0, GENESIS, 0, 0
     for start in range(0, length, CHUNK):
