@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sendguard.rules import WEEKDAYS
 from sendguard.state.keys import Keys
 from tests.conftest import Api, Daemon, max_in_any_window, message, wait_until
-from tests.peers import SmtpSink
+from tests.peers import DnsServer, SmtpSink
 
 ClientFor = Callable[..., Api]
 THRESHOLD = 6
@@ -229,6 +229,29 @@ def test_messages_released_together_reach_the_relay_under_the_line_unless_a_tier
     store, keys = redis.Redis.from_url(redis_url, decode_responses=True), Keys(prefix)
     released_by = [store.hget(keys.msg(message_id), "released_by") for message_id in released]
     assert released_by == [None] * 2 * THRESHOLD + [approval] * THRESHOLD
+
+
+def test_a_batch_retry_counts_the_recipients_its_first_attempt_refused(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, dns_server: DnsServer
+) -> None:
+    """A retry (the same request, so the same derived key) decides its recipients again, and those
+    refused the first time (a domain that did not resolve yet) may be accepted now. The probe: they
+    were admitted under the first attempt's route, counted by nobody, shown to no approver: 60
+    queued at tier 0, or released by an approval's headroom that showed 6."""
+    dns_server.SOA_MINIMUM = 1  # type: ignore[misc]  # the first attempt's NXDOMAIN is kept a second
+    rogue = client_for(make_daemon(RULES), "agent", "rogue-0")
+    body = {name: value for name, value in message("").items() if name != "to"}
+    body["recipients"] = [{"to": f"p{n}@later.example"} for n in range(10 * THRESHOLD)]
+    first = rogue.client.post("/v1/batches", json=body).json()
+    assert (len(first["accepted"]), first["approval"]) == (0, None)
+    dns_server.add_mx_domain("later.example")
+    time.sleep(2.5)  # past the negative answer's lifetime
+
+    retry = rogue.client.post("/v1/batches", json=body).json()
+
+    assert retry["id"] == first["id"]  # a retry, answered from the first attempt's claim
+    assert {row["status"] for row in retry["accepted"]} == {"pending_approval"}
+    assert (retry["approval"]["tier"], len(retry["accepted"])) == (2, 10 * THRESHOLD)
 
 
 @pytest.mark.parametrize("kind", ["single", "batch"])

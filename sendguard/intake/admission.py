@@ -421,10 +421,17 @@ class Admissions:
         rules: Rules,
         requester: Principal,
     ) -> Route:
-        """The request the accepted recipients wait for; a batch's retry keeps its first attempt's."""
+        """The request the accepted recipients wait for. A batch's retry keeps its first attempt's,
+        unless it accepts recipients that attempt did not admit (refused then, accepted now: a
+        domain that resolves since, a reply stop that ended): those are counted and routed anew, as
+        that route was counted for, and shown to its approvers with, the first attempt's alone."""
+        accepted = [one for one in decided if one.status is not Status.REJECTED]
         if claim.route is not None:
-            return claim.route
-        dues = Counter(one.due_ms for one in decided if one.status is not Status.REJECTED)
+            answered = await self._store.answered(agent.name, [one.idempotency.key for one in accepted])
+            accepted = [one for one, known in zip(accepted, answered, strict=True) if not known]
+            if not accepted:
+                return claim.route
+        dues = Counter(one.due_ms for one in accepted)
         route = Route(None)
         if dues:
             route = await self._approvals.route(agent, submission, dues, rules, requester, batch=claim.id)

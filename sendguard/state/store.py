@@ -282,6 +282,18 @@ class Store:
         [record] = await self.records([str(message_id)], ("approval",))
         return None if record is None else record.approval
 
+    async def answered(self, agent: str, idempotency_keys: Sequence[str]) -> list[bool]:
+        """For each of `agent`'s idempotency keys, whether a message answers it already: the
+        recipients of a batch's retry that its first attempt admitted."""
+        found: list[bool] = []
+        for start in range(0, len(idempotency_keys), _SCAN_STEP):
+            chunk = [
+                self.keys.idempotency(agent, key) for key in idempotency_keys[start : start + _SCAN_STEP]
+            ]
+            async with translated():
+                found += [value is not None for value in await self.redis.mget(chunk)]
+        return found
+
     def _admit_args(self, candidates: Sequence[Candidate]) -> list[Any]:
         """The admission script's arguments for `candidates`: one JSON list of their arguments."""
         return [_ARGUMENTS.encode([self._arguments(candidate) for candidate in candidates])]
