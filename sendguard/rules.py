@@ -303,6 +303,9 @@ class ApprovalRules(_Table):
     mass_send_threshold: int = Field(default=25, ge=2)
     mass_send_window: Duration = Field(default=3600.0, gt=0)
     ttl: Duration = Field(default=86400.0, gt=0)
+    # The most requests (tier 1 and 2) one agent may have pending at once; past it its submissions
+    # that need a new one are refused (too_many_approval_requests) until people decide some.
+    max_pending_requests: int = Field(default=10, ge=1)
     shared_inboxes: list[str] = []
 
     @field_validator("shared_inboxes")

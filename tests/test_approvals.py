@@ -167,7 +167,9 @@ def test_a_request_nobody_decides_expires_with_its_messages(
 def test_a_rogue_agent_gets_nothing_out_beyond_tier_zero(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, smtp: SmtpSink
 ) -> None:
-    daemon = make_daemon(RULES.replace("mass_send_threshold = 3", "mass_send_threshold = 25"))
+    # (its 15 requests past the default cap of pending ones: see the flood tests below for that)
+    rules = RULES.replace("mass_send_threshold = 3", "mass_send_threshold = 25\nmax_pending_requests = 20")
+    daemon = make_daemon(rules)
     agent = client_for(daemon, "agent", "sdr-bot")
     operator = client_for(daemon, "operator", "omar")
 
@@ -332,3 +334,151 @@ def _request_of(reader: Api, message_id: str) -> str:
     history = reader.status(message_id)["history"]
     detail = next(h["detail"] for h in history if h["cause"] == "approval_required")
     return str(detail.rpartition(" ")[2])
+
+
+# A hijacked agent flooding the approvers: past the threshold every one-recipient batch asks for a
+# request of its own. Capped per agent (`max_pending_requests`), so other agents' requests stay in
+# the approvers' queue, and each agent lists its own from its own index, whatever else is pending.
+FLOOD_THRESHOLD = 3
+FLOOD_RULES = f"""
+[ingress]
+recipient_cooldown = "0s"
+
+[safe_mode]
+max_denials = 1000000
+
+[approvals]
+mass_send_threshold = {FLOOD_THRESHOLD}
+max_pending_requests = 10
+
+[[agent]]
+name = "rogue"
+owner = "sales"
+inboxes = ["*@acme.example"]
+"""
+
+
+def _batch(agent: Api, addresses: list[str]) -> Any:
+    body = {k: v for k, v in message("").items() if k != "to"}
+    body["recipients"] = [{"to": address} for address in addresses]
+    return agent.client.post("/v1/batches", json=body)
+
+
+def _flood(rogue: Api, batches: int) -> list[Any]:
+    """One-recipient batches, as the probe sent them: each past the threshold asks for a request."""
+    return [_batch(rogue, [f"r{i}@customer.example"]) for i in range(batches)]
+
+
+def _mass_counted(redis_url: str, prefix: str, agent: str) -> int:
+    """The recipients the agent's mass-send count holds (keys.py `mass_sends`)."""
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        members = client.zrange(Keys(prefix).mass_sends(agent), 0, -1)
+    return sum(int(member.split(":")[1]) for member in members)
+
+
+def test_a_flood_of_requests_is_refused_past_the_cap_and_hides_no_other_agents_request(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    daemon = make_daemon(FLOOD_RULES)
+    rogue = client_for(daemon, "agent", "rogue")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    answers = _flood(rogue, 200 + FLOOD_THRESHOLD)
+    codes = [answer.status_code for answer in answers]
+    admitted = FLOOD_THRESHOLD - 1 + 10  # under the threshold, then one request each up to the cap
+    print(f"{len(answers)} one-recipient batches: {codes.count(201)} admitted, {codes.count(403)} refused")
+    assert codes == [201] * admitted + [403] * (len(answers) - admitted)
+    refused = answers[-1].json()
+    assert refused["reasons"][0]["code"] == "too_many_approval_requests"
+    assert "max_pending_requests" in refused["detail"] and "decide the waiting ones" in refused["detail"]
+    assert "10 approval requests pending" in refused["detail"]
+    mine = [r for r in _pending(dana) if r["agent"] == "rogue"]
+    assert len(mine) == 10
+    assert _mass_counted(redis_url, prefix, "rogue") == admitted  # a refused batch counts nothing
+    # Counted like other refusals: in the audit trail, by its reason code.
+    admin = client_for(daemon, "admin", "omar")
+
+    def refusals() -> list[list[str]]:
+        found = admin.audit(kind="submission.refused", agent="rogue", limit="1000")
+        return [entry["fields"]["reasons"] for entry in found]
+
+    wait_until(lambda: len(refusals()) == len(answers) - admitted, what="the refusals in the audit trail")
+    assert {tuple(reasons) for reasons in refusals()} == {("too_many_approval_requests",)}
+
+    victim = client_for(daemon, "agent", "sdr-bot")  # another agent's genuine mass send
+    request = _batch(victim, [f"v{i}@other.example" for i in range(2 * FLOOD_THRESHOLD)]).json()["approval"]
+    listed = [r["id"] for r in _pending(dana)]
+    status = victim.client.get("/v1/sending-status").json()
+    print(
+        f"victim's request listed for approvers: {request['id'] in listed}; "
+        f"in its sending-status: {[r['id'] for r in status['approvals']]}"
+    )
+    assert request["id"] in listed
+    assert [r["id"] for r in status["approvals"]] == [request["id"]]
+    assert len(rogue.client.get("/v1/sending-status").json()["approvals"]) == 10
+
+    # Deciding one of the rogue's makes room for exactly one more.
+    finn = client_for(daemon, "approver", "finn", "--group", "sales")
+    assert _decide(dana, mine[0]["id"], "deny").json()["status"] == "denied"
+    assert _batch(rogue, ["again@customer.example"]).status_code == 201
+    assert _batch(rogue, ["more@customer.example"]).status_code == 403
+    assert _decide(dana, mine[1]["id"], "approve").status_code == 200
+    assert _decide(finn, mine[1]["id"], "approve").json()["status"] == "approved"
+    assert _batch(rogue, ["after@customer.example"]).status_code == 201
+
+
+def test_an_agent_lists_its_own_requests_however_many_others_are_pending(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """With the cap raised past the approvers' listing (200), an agent's sending-status still
+    shows its own pending requests: it reads them from its own index, not from a global page."""
+    daemon = make_daemon(FLOOD_RULES.replace("max_pending_requests = 10", "max_pending_requests = 1000"))
+    rogue = client_for(daemon, "agent", "rogue")
+    assert {answer.status_code for answer in _flood(rogue, 200 + FLOOD_THRESHOLD)} == {201}
+    victim = client_for(daemon, "agent", "sdr-bot")
+    request = _batch(victim, [f"v{i}@other.example" for i in range(2 * FLOOD_THRESHOLD)]).json()["approval"]
+    status = victim.client.get("/v1/sending-status").json()
+    print(f"victim's sending-status approvals: {[r['id'] for r in status['approvals']]}")
+    assert [r["id"] for r in status["approvals"]] == [request["id"]]
+
+
+def test_a_single_message_past_the_cap_is_refused_and_leaves_no_trace(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    """Singles of a tier-0 agent are counted and routed by their admission script: a run request
+    takes `threshold` joiners, then a new one opens; past the cap the message is refused whole, its
+    recipient's cooldown not taken."""
+    rules = FLOOD_RULES.replace('recipient_cooldown = "0s"', 'recipient_cooldown = "1h"')
+    daemon = make_daemon(rules.replace("max_pending_requests = 10", "max_pending_requests = 2"))
+    rogue = client_for(daemon, "agent", "rogue")
+    dana = client_for(daemon, "approver", "dana", "--group", "ops")
+    sent = [rogue.send(f"s{i}@customer.example") for i in range(2 + 2 * (1 + FLOOD_THRESHOLD))]
+    assert [s["status"] for s in sent] == ["queued"] * 2 + ["pending_approval"] * 8
+    refused = rogue.client.post("/v1/messages", json=message("late@customer.example"))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reasons"][0]["code"] == "too_many_approval_requests"
+    assert _mass_counted(redis_url, prefix, "rogue") == 10
+    mine = [r for r in _pending(dana) if r["agent"] == "rogue"]
+    assert len(mine) == 2
+    assert _decide(dana, mine[0]["id"], "deny").json()["status"] == "denied"
+    again = rogue.send("late@customer.example")  # no cooldown was left behind by the refusal
+    assert again["status"] == "pending_approval"
+
+
+def test_tier_one_requests_count_towards_the_cap_until_decided_or_expired(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    rules = FLOOD_RULES.replace("mass_send_threshold = 3", "mass_send_threshold = 100")
+    rules = rules.replace("max_pending_requests = 10", 'max_pending_requests = 2\nttl = "2s"')
+    daemon = make_daemon(
+        rules + '\n[[agent]]\nname = "new-bot"\nowner = "sales"\ninboxes = ["*@acme.example"]\ntier = 1\n'
+    )
+    agent = client_for(daemon, "agent", "new-bot")
+    first = [agent.send(f"t{i}@customer.example") for i in range(2)]
+    assert {f["status"] for f in first} == {"pending_approval"}
+    refused = agent.client.post("/v1/messages", json=message("t2@customer.example"))
+    assert refused.status_code == 403 and refused.json()["reasons"][0]["code"] == "too_many_approval_requests"
+    assert len(agent.client.get("/v1/sending-status").json()["approvals"]) == 2
+    for decision in first:
+        agent.wait_status(decision["id"], "expired")
+    assert agent.client.get("/v1/sending-status").json()["approvals"] == []
+    assert agent.send("t2@customer.example")["status"] == "pending_approval"

@@ -14,6 +14,9 @@ one Redis script with its effects and audit entry, so two approvers deciding at 
 be "the second", and a message admitted after its request was decided is settled by the decision.
 A new request is announced to the approvers' webhook at once, and again from Redis by the
 maintenance sweep until the webhook has taken it (a reply Redis lost, a daemon that died first).
+An agent may have at most `max_pending_requests` requests (tier 1 and 2) pending at once: a
+submission that would open one more is refused whole (TooManyRequests), checked in the script that
+opens it, so one agent (a hijacked one) cannot bury other agents' requests in the approvers' queue.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from sendguard.errors import SendguardError, StoreError
 from sendguard.governance.audit import AuditLog
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.tokens import Principal
-from sendguard.model import Status, iso_ms, now_ms
+from sendguard.model import Reason, Status, iso_ms, now_ms
 from sendguard.notify import Notifier
 from sendguard.record import MessageRecord
 from sendguard.rules import AgentEntry, Rules
@@ -53,6 +56,20 @@ _TIERS_KEPT = 10_000  # settled requests whose tier is remembered
 
 class ApprovalRefused(SendguardError):
     """A decision the rules do not allow; the message says which rule."""
+
+
+class TooManyRequests(SendguardError):
+    """A submission that would open one more request than its agent may have pending: nothing of
+    it was admitted or counted; admission refuses it with `reason` (403)."""
+
+    def __init__(self, agent: str, most: int) -> None:
+        self.reason = Reason(
+            "too_many_approval_requests",
+            f"agent {agent} already has {most} approval requests pending, the most "
+            f"[approvals] max_pending_requests allows: people must decide the waiting ones "
+            f"(GET /v1/sending-status lists them) before it may open another",
+        )
+        super().__init__(self.reason.detail)
 
 
 @dataclass(frozen=True)
@@ -179,6 +196,7 @@ class Approvals:
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
         self._claim_announcements = scripts.register(client, keys, "approval_announce")
+        self._open = scripts.register(client, keys, "approval_open")
         # Whether a request is an approved tier-2 one, for those read: a tier never changes, and a
         # request a message was released by stays approved.
         self._tier_two: dict[str, bool] = {}
@@ -219,7 +237,7 @@ class Approvals:
         Waiting for none is tier 0. The mass-send count comes first: a tier-2 request settles
         everything it holds. Past it (under the threshold, or in an approved request's headroom)
         tier 1 is judged on its own, so no tier-2 approval lets a tier-1 agent or a shared inbox
-        through.
+        through. Raises TooManyRequests when it would open a request past the agent's cap.
         """
         settings = rules.file.approvals
         mass, released_by = await self._mass(agent, dues, rules, requester, batch)
@@ -279,12 +297,18 @@ class Approvals:
                 requester.actor,
                 {"approval_id": approval_id, "tier": 2, "why": why},
             ),
+            settings.max_pending_requests,
         ]
         return MassCount(args, opening.label, why)
 
-    def routed(self, count: MassCount, state: str, found: str, requester: Principal) -> Routing | None:
+    def routed(
+        self, count: MassCount, state: str, found: str, requester: Principal, agent: AgentEntry, rules: Rules
+    ) -> Routing | None:
         """The tier-2 request a mass-send count answered (None: under the threshold, covered by an
-        approved request's headroom, or not counted); a new one is announced to the approvers."""
+        approved request's headroom, or not counted); a new one is announced to the approvers.
+        Raises TooManyRequests when the count needed a new request past the agent's cap."""
+        if state == "capped":
+            raise TooManyRequests(agent.name, rules.file.approvals.max_pending_requests)
         if state not in ("joined", "new"):
             return None
         if state == "new":
@@ -308,7 +332,7 @@ class Approvals:
                 keys=[k.mass_sends(agent.name), k.mass_request(agent.name)], args=counted.args
             )
         released_by = str(found) if state == "covered" else ""
-        return self.routed(counted, str(state), str(found), requester), released_by
+        return self.routed(counted, str(state), str(found), requester, agent, rules), released_by
 
     def _announce(self, approval_id: str, tier: int, label: str, why: str, requested_by: str) -> None:
         """Tell the approvers a request is waiting, with a link to its page in the console; its
@@ -357,23 +381,26 @@ class Approvals:
         return len(claimed)
 
     async def open(self, opening: Opening, requester: Principal, rules: Rules) -> str:
-        """Open a tier-1 request; messages join it through admission."""
+        """Open a tier-1 request; messages join it through admission. Raises TooManyRequests when
+        its agent has `max_pending_requests` pending already (nothing opened)."""
         approval_id = secrets.token_hex(8)
-        fields = self._fields(approval_id, opening, requester, rules)
-        created = now_ms()
-        fields |= {"created": str(created), "expires": str(created + int(rules.file.approvals.ttl * 1000))}
-        k = self._keys
-        async with translated(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.approval(approval_id), items=[part for pair in fields.items() for part in pair])
-            pipe.zadd(k.approvals, {approval_id: created})
-            pipe.zadd(k.approvals_pending, {approval_id: int(fields["expires"])})
-            self._audit.stage(
-                pipe,
-                "approval.requested",
-                requester.actor,
-                {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
-            )
-            await pipe.execute()
+        settings = rules.file.approvals
+        trail = audit_entry(
+            "approval.requested",
+            requester.actor,
+            {"approval_id": approval_id, "tier": opening.tier, "why": opening.why},
+        )
+        args: list[str | int] = [
+            approval_id,
+            json.dumps(self._fields(approval_id, opening, requester, rules)),
+            int(settings.ttl * 1000),
+            settings.max_pending_requests,
+            trail,
+        ]
+        async with translated():
+            opened = await self._open(keys=[], args=args)
+        if not int(opened):
+            raise TooManyRequests(opening.agent, settings.max_pending_requests)
         return approval_id
 
     @staticmethod
@@ -447,6 +474,15 @@ class Approvals:
     async def get(self, approval_id: str) -> Request | None:
         found = await self._requests([approval_id])
         return found[0] if found else None
+
+    async def pending_of(self, agent: str) -> list[Request]:
+        """The agent's own pending requests, soonest to expire first, from its own index (at most
+        `max_pending_requests`, and any past their time the sweep has not expired yet): however
+        many other agents have pending, none of its own is left out."""
+        async with translated():
+            ids = await self._redis.zrange(self._keys.agent_approvals(agent), 0, -1)
+        found = await self._requests([str(approval_id) for approval_id in ids])
+        return [r for r in found if r.status == "pending"]
 
     async def list(self, status: str | None, limit: int = 200) -> list[Request]:
         k = self._keys

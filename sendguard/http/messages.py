@@ -330,7 +330,7 @@ async def sending_status(runtime: Runtime, who: Principal) -> SendingStatus:
     line = MassSendLine.of(agent.name, rules.file.approvals)
     windows = await runtime.throttles.headroom(rules.file.throttle, agent, line)
     ramps = await runtime.throttles.ramp_limits(rules.file.ramp, [agent])
-    pending = [r for r in await runtime.approvals.list("pending") if r.agent == agent.name]
+    pending = await runtime.approvals.pending_of(agent.name)
     trips = await runtime.safe_mode.active()
     return SendingStatus(
         agent=agent.name,

@@ -29,7 +29,7 @@ from sendguard.errors import StoreFull, StoreWiped, Unauthenticated
 from sendguard.feedback.counters import Signal
 from sendguard.feedback.reply_stops import ReplyStops, company_refusal
 from sendguard.feedback.safe_mode import SafeMode
-from sendguard.governance.approvals import Approvals, MassCount, Route, Routing
+from sendguard.governance.approvals import Approvals, MassCount, Route, Routing, TooManyRequests
 from sendguard.governance.audit import AuditLog, content_hash
 from sendguard.governance.audit import entry as audit_entry
 from sendguard.governance.register import rejection_counted
@@ -198,7 +198,10 @@ class Admissions:
             # script: the request it waits for is looked up, not opened (and announced) again.
             first = await self._store.answered_approval(agent.name, key.key) if single else None
             if first is None:
-                route = await self._route(agent, submission, claim, decided, rules, requester)
+                try:
+                    route = await self._route(agent, submission, claim, decided, rules, requester)
+                except TooManyRequests as capped:
+                    raise await self._capped(requester, submission, rules, capped) from None
             else:
                 route = Route(await self._approvals.waited_for(first) if first else None)
             routing = route.waits
@@ -241,7 +244,12 @@ class Admissions:
             if admission.existing:  # a retry: answered with its first decision, counted once
                 routing = await self._approvals.waited_for(admission.approval) if admission.approval else None
             else:
-                routing = self._approvals.routed(counted, admission.route, admission.approval, requester)
+                try:
+                    routing = self._approvals.routed(
+                        counted, admission.route, admission.approval, requester, agent, rules
+                    )
+                except TooManyRequests as capped:
+                    raise await self._capped(requester, submission, rules, capped) from None
             admissions = self._settled([admission], [candidate])
         await self._count_refusal(agent, admissions)
         outcomes = [
@@ -302,14 +310,16 @@ class Admissions:
         try:
             return _authorize(requester.name, payload, rules)
         except Forbidden as refused:
-            about = {
-                "agent_version": payload.agent_version,
-                "run_id": payload.run_id,
-                "from": payload.sender.address,
-                "segment": payload.segment,
-            }
-            await self._refused(requester, [refused.reason], rules, about)
+            await self._refused(requester, [refused.reason], rules, _about(payload))
             raise
+
+    async def _capped(
+        self, requester: Principal, payload: Content, rules: Rules, capped: TooManyRequests
+    ) -> Forbidden:
+        """A submission that would open an approval request past its agent's cap, refused as a
+        forbidden one is (counted and recorded; nothing of it was admitted): the 403 to raise."""
+        await self._refused(requester, [capped.reason], rules, _about(payload))
+        return Forbidden(capped.reason)
 
     async def _checked(self, requester: Principal) -> None:
         """Raise Unauthenticated if `requester` was recalled from memory (tokens.py `recall`) and
@@ -620,6 +630,16 @@ class Admissions:
         if soonest is not None:
             self._wake(soonest)
         return settled
+
+
+def _about(payload: Content) -> dict[str, str | None]:
+    """What a refused submission's audit entry says about it."""
+    return {
+        "agent_version": payload.agent_version,
+        "run_id": payload.run_id,
+        "from": payload.sender.address,
+        "segment": payload.segment,
+    }
 
 
 def _due_in(candidate: Candidate) -> float:

@@ -75,6 +75,10 @@ SCHEMA: dict[str, str] = {
     "approval_messages": "appr:{id}:msgs",  # set: ids of the messages waiting for it
     "approvals": "approvals",  # zset: approval request ids, score = creation time (ms)
     "approvals_pending": "approvals:pending",  # zset: pending request ids, score = expiry (ms)
+    # zset: one agent's pending request ids (tier 1 and 2), score = expiry (ms): joined where a
+    # request opens (shared/approval.lua `open_request`), left where it is decided or expires, so
+    # its size is what `[approvals] max_pending_requests` caps and its members what the agent lists
+    "agent_approvals": "agent-appr:{agent}",
     # zset: an agent's accepted recipients per slot of due time, member `<slot>:<recipients>`, score = slot
     "mass_sends": "mass:{agent}",
     "mass_request": "mass:{agent}:request",  # string: the agent's latest tier-2 request
@@ -271,6 +275,9 @@ class Keys:
     @property
     def approvals_pending(self) -> str:
         return self._key("approvals_pending")
+
+    def agent_approvals(self, agent: str) -> str:
+        return self._key("agent_approvals", agent)
 
     def mass_sends(self, agent: str) -> str:
         return self._key("mass_sends", agent)

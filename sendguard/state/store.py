@@ -260,6 +260,9 @@ class Store:
             elif result[0] == "revoked":
                 record = candidate.record
                 admissions.append(Admission(record.id, record.status, (), False, revoked=True))
+            elif result[0] == "capped":  # nothing written: it needs a request past its agent's cap
+                record = candidate.record
+                admissions.append(Admission(record.id, record.status, (), False, route="capped"))
             elif result[0] == "replied":
                 record, stopped = candidate.record, int(result[1])
                 admissions.append(Admission(record.id, record.status, (), False, replied_until=stopped))

@@ -2,7 +2,9 @@
 -- approval and safe mode are settled here, atomically with the write; for a single message of a
 -- tier-0 agent, also the company's reply stop and the agent's mass-send count. Its argument is a JSON
 -- list with one argument list a submission (below); the answer is a list with one answer each:
--- {'revoked'} when the token it was given to check is gone (nothing written); {'existing', id} for
+-- {'revoked'} when the token it was given to check is gone (nothing written); {'capped'} when it
+-- needs a new tier-2 request and its agent has the most pending already (nothing written, nor
+-- counted: see mass_route); {'existing', id} for
 -- a known idempotency key; {'replied', until (ms)} when a reply stop covers the recipient's company
 -- (nothing written: the caller decides it again with that reason); else {'new', status, reasons
 -- (JSON), held_by, the mass-send count's answer ('' when not counted here), the approval request}.
@@ -108,6 +110,12 @@ local function admit(args)
   if #mass > 0 and status ~= 'rejected' then
     entries_appended()  -- a new request's entry comes after those of the submissions before
     route, found_request = mass_route(sends_key, request_key, mass, now)
+    if route == 'capped' then
+      -- Refused whole (the caller says why): its agent has the most requests pending already. The
+      -- cooldown it took above is given back; nothing else of it was written.
+      if tonumber(cooldown_ms) > 0 then redis.call('DEL', cooldown_key) end
+      return {'capped'}
+    end
     if route == 'joined' or route == 'new' then approval = found_request end
   end
   local encoded = '[]'

@@ -45,6 +45,7 @@ if status ~= 'pending' then
   local settled = status .. ' by ' .. name .. ' (' .. group .. '): ' .. comment
   redis.call('HSET', request_key, 'status', status, 'decided', now, 'settled', settled)
   redis.call('ZREM', pending_key, id)
+  redis.call('ZREM', key_agent_approvals(r[8]), id)
   for _, message in ipairs(redis.call('SMEMBERS', messages_key)) do
     settle_waiting(message, status, settled, now, retention_ms)
   end

@@ -7,7 +7,9 @@ local audit_entry = ARGV[3]         -- approval.expired
 local now = clock_ms()
 
 redis.call('ZREM', pending_key, id)
-if redis.call('HGET', request_key, 'status') ~= 'pending' then return 0 end
+local r = redis.call('HMGET', request_key, 'status', 'agent')
+if r[2] then redis.call('ZREM', key_agent_approvals(r[2]), id) end
+if r[1] ~= 'pending' then return 0 end
 local settled = 'no decision within the approval ttl'
 redis.call('HSET', request_key, 'status', 'expired', 'decided', now, 'settled', settled)
 for _, message in ipairs(redis.call('SMEMBERS', messages_key)) do

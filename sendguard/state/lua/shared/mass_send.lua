@@ -8,8 +8,10 @@
 -- tier-2 request opened here with its audit entry. `args` as approvals.py gives them: new request
 -- id, count, dues ('due:n,due:n': how many are due at each time, ms, 0 for now), window (ms),
 -- threshold, headroom, joins ('1': a single message, which may join a pending run request), ttl
--- (ms), the new request's fields (JSON) and its approval.requested entry. Returns 'free' |
--- 'covered' | 'joined' | 'new', and the request's id.
+-- (ms), the new request's fields (JSON), its approval.requested entry and the most requests the
+-- agent may have pending (open_request). Returns 'free' | 'covered' | 'joined' | 'new', and the
+-- request's id; or 'capped' when it needs a new request and its agent has the most pending
+-- already, and then nothing is counted or written: people decide the waiting ones first.
 local function mass_route(sends_key, request_key, args, now)
   local new_id = args[1]
   local count = tonumber(args[2])
@@ -18,6 +20,7 @@ local function mass_route(sends_key, request_key, args, now)
   local headroom = tonumber(args[6])  -- what approving a new request lets through after it
   local joins = args[7] == '1'
   local ttl_ms = tonumber(args[8])    -- a new request's time to be decided
+  local most = tonumber(args[11])     -- the most requests the agent may have pending
 
   -- Counted in slots of a sixtieth of the window (member `slot:messages`, score = slot), so a due
   -- time reads at most 121 of them whatever the traffic. Every slot touching the window either
@@ -45,16 +48,22 @@ local function mass_route(sends_key, request_key, args, now)
       end
     end
   end
-  for slot, n in pairs(adds) do
-    local mine = 0
-    if stored[slot] then
-      redis.call('ZREM', sends_key, stored[slot])
-      mine = tonumber(stored[slot]:match(':(%d+)$'))
+  -- The count is written only once the submission is let through (a refused one counts nothing).
+  local function count_it()
+    for slot, n in pairs(adds) do
+      local mine = 0
+      if stored[slot] then
+        redis.call('ZREM', sends_key, stored[slot])
+        mine = tonumber(stored[slot]:match(':(%d+)$'))
+      end
+      redis.call('ZADD', sends_key, slot, slot .. ':' .. (mine + n))
     end
-    redis.call('ZADD', sends_key, slot, slot .. ':' .. (mine + n))
+    redis.call('PEXPIRE', sends_key, math.max(redis.call('PTTL', sends_key), last_due + window_ms + slot_ms - now))
   end
-  redis.call('PEXPIRE', sends_key, math.max(redis.call('PTTL', sends_key), last_due + window_ms + slot_ms - now))
-  if counted < threshold then return 'free', '' end
+  if counted < threshold then
+    count_it()
+    return 'free', ''
+  end
 
   local cur = redis.call('GET', request_key)
   if cur then
@@ -63,6 +72,7 @@ local function mass_route(sends_key, request_key, args, now)
     if tonumber(r[3] or '0') >= count then
       if r[1] == 'approved' and now < tonumber(r[4] or '0') then
         redis.call('HINCRBY', key, 'headroom', -count)
+        count_it()
         return 'covered', cur
       end
       if r[1] == 'pending' and r[2] == 'run' and joins then
@@ -70,17 +80,15 @@ local function mass_route(sends_key, request_key, args, now)
         -- request never lets through more than it showed at any moment.
         redis.call('HINCRBY', key, 'headroom', -count)
         redis.call('HINCRBY', key, 'messages', count)
+        count_it()
         return 'joined', cur
       end
     end
   end
-  local key = key_approval(new_id)
-  for name, value in pairs(cjson.decode(args[9])) do redis.call('HSET', key, name, value) end
-  redis.call('HSET', key, 'created', now, 'expires', now + ttl_ms, 'messages', count, 'headroom', headroom,
-    'headroom_for', window_ms)
-  redis.call('ZADD', key_approvals(), now, new_id)
-  redis.call('ZADD', key_approvals_pending(), now + ttl_ms, new_id)
+  local fields = cjson.decode(args[9])
+  fields.messages, fields.headroom, fields.headroom_for = count, headroom, window_ms
+  if not open_request(new_id, fields, now, ttl_ms, most, args[10]) then return 'capped', '' end
+  count_it()
   redis.call('SET', request_key, new_id, 'PX', ttl_ms + window_ms)
-  redis.call('RPUSH', key_audit_pending(), args[10])
   return 'new', new_id
 end
