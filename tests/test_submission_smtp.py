@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sendguard.intake.mime import MAX_ENCODED_WORDS, MAX_HEADER_BYTES
+from sendguard.intake.mime import MAX_ADDRESS_HEADER, MAX_ENCODED_WORDS, MAX_HEADER_BYTES
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -592,6 +592,10 @@ def test_headers_too_costly_to_read_are_refused_before_parsing_and_the_daemon_st
         552,
         f"5.3.4 the message holds 501 encoded words (=?...?=), over the {MAX_ENCODED_WORDS} sendguard takes",
     )
+    groups = "\r\n ".join(["g: a@acme.example;"] * 200)  # 4 KB of address groups: slow to read
+    to = ["dana@customer.example"]
+    code, reply = _send(client, _header("Reply-To", groups)(_mail(to[0])), to)
+    assert code == 552 and f"Reply-To header is 4,197 characters, over the {MAX_ADDRESS_HEADER:,}" in reply
     assert client.noop()[0] == 250  # the session goes on
     longest = _mail("dana@customer.example")
     longest.replace_header("Subject", "中" * 998)  # encoded by the email package, ~4 KiB on the wire
