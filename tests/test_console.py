@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Browser
 
+from sendguard.http.console.diff import MAX_WORDS
 from tests.browser import Offline
 from tests.conftest import Api, Daemon, wait_until
 from tests.peers import SmtpSink, Webhook
@@ -238,3 +240,88 @@ def test_a_new_request_notifies_the_webhook_with_a_link_that_opens_its_page(
     dana.sign_in(client_for(daemon, "approver", "dana", "--group", "ops").token, event["url"][len(base) :])
     assert dana.page.url == event["url"] and "0 of 2 approvals" in dana.page.inner_text("main")
     dana.close()
+
+
+def _hidden(step: int, words: int) -> str:
+    hidden = " ".join(f"w{(i * step) % 50}" for i in range(words))
+    return f'<p>Hi, a quick note about our Q4 offer.</p><div style="display:none">{hidden} the-end</div>'
+
+
+def test_an_agents_long_repetitive_html_does_not_hold_the_daemon_while_its_diff_is_shown(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor
+) -> None:
+    """The diff is built on the event loop, on text the agent chose (hidden in HTML, approvers see it
+    rendered). Words repeated in a different order cost difflib's matcher seconds (1,500 words a side
+    held /healthz for 9 s); the bit-parallel alignment of at most MAX_WORDS words a side costs
+    milliseconds, and what lies beyond that is shown unmarked."""
+    daemon = make_daemon(LONG_DIFF_RULES)
+    agent = client_for(daemon, "agent", "sdr-bot")
+    approvers = [
+        client_for(daemon, "approver", n, "--group", g) for n, g in (("erin", "ops"), ("finn", "legal"))
+    ]
+    first = _hidden_batch(agent, "a", _hidden(1, 1500))
+    for approver in approvers:
+        assert (
+            approver.client.post(f"/v1/approvals/{first}/approve", json={"comment": "ok"}).status_code == 200
+        )
+    second = _hidden_batch(agent, "b", _hidden(7, MAX_WORDS + 500))
+    token = client_for(daemon, "approver", "gina", "--group", "risk").token
+    gaps: list[float] = []
+    done = threading.Event()
+    with daemon.client() as browser:
+        signed = browser.post(
+            "/ui/sign-in", data={"token": token, "next": "/ui/"}, headers={"Origin": daemon.base}
+        )
+        assert signed.status_code in (200, 303), signed.text[:300]
+
+        def ping() -> None:
+            with daemon.client() as probe:
+                while not done.is_set():
+                    asked = time.perf_counter()
+                    assert probe.get("/healthz", timeout=120).status_code == 200
+                    gaps.append(time.perf_counter() - asked)
+                    time.sleep(0.01)
+
+        pinger = threading.Thread(target=ping)
+        pinger.start()
+        started = time.perf_counter()
+        try:
+            page = browser.get(f"/ui/approvals/{second}", timeout=120)
+        finally:
+            took = time.perf_counter() - started
+            done.set()
+            pinger.join()
+    print(
+        f"approval page {took:.2f} s; /healthz answered {len(gaps)} times, the slowest in {max(gaps):.3f} s"
+    )
+    assert page.status_code == 200, page.text[:300]
+    assert took < 1 and max(gaps) < 0.5, (took, sorted(gaps)[-3:])
+    shown = page.text.split('<div class="diff">')[1]
+    assert f"only the first {MAX_WORDS:,} words of each version are compared" in shown
+    assert "the rest of this one follows, unmarked" in shown and "the-end" in shown  # the agent's last word
+
+
+LONG_DIFF_RULES = """
+[ingress]
+recipient_cooldown = "0s"
+
+[approvals]
+mass_send_threshold = 6
+"""
+
+
+def _hidden_batch(agent: Api, tag: str, html: str) -> str:
+    body = {
+        "from": "Alice <alice@acme.example>",
+        "subject": "Q4 offer",
+        "text": "Hi, a quick note about our Q4 offer.",
+        "html": html,
+        "campaign": "q4",
+        "agent_version": "test-1",
+        "recipients": [{"to": f"{tag}{i}@customer.example"} for i in range(12)],
+    }
+    answer = agent.client.post("/v1/batches", json=body)
+    assert answer.status_code == 201, answer.text
+    approval: dict[str, Any] = answer.json()["approval"]
+    assert approval is not None
+    return str(approval["id"])

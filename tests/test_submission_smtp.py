@@ -19,6 +19,8 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.utils import parseaddr
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from sendguard.intake.mime import MAX_ADDRESS_HEADER, MAX_ENCODED_WORDS, MAX_HEADER_BYTES
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -540,3 +543,62 @@ def test_postfix_relays_through_sendguard_with_sasl(
         sent = received.message
         assert "Bcc" not in sent and "X-Sendguard-Campaign" not in sent and "Received" not in sent
         assert sent["From"] == "Alice <alice@acme.example>"
+
+
+def test_headers_too_costly_to_read_are_refused_before_parsing_and_the_daemon_stays_responsive(
+    session: tuple[Daemon, smtplib.SMTP], smtp: SmtpSink
+) -> None:
+    """The stdlib parser reads headers on the daemon's loop, and RFC 2047 encoded words cost it more
+    than linearly: a Subject of 30,000 of them (411 KB) held /healthz for 7.4 s. Such a message is
+    refused, by a count of its encoded words and the size of its header section, before parsing;
+    the longest Subject the API takes, 998 non-ASCII characters, still goes."""
+    daemon, client = session
+    words = ["=?utf-8?q?a?="] * 30_000
+    subject = "\r\n ".join(" ".join(words[i : i + 50]) for i in range(0, len(words), 50))
+    raw = f"From: alice@acme.example\r\nTo: dana@customer.example\r\nSubject: {subject}\r\n\r\nhello\r\n"
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def ping() -> None:
+        with daemon.client() as probe:
+            while not done.is_set():
+                asked = time.perf_counter()
+                assert probe.get("/healthz", timeout=120).status_code == 200
+                gaps.append(time.perf_counter() - asked)
+                time.sleep(0.01)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    started = time.perf_counter()
+    try:
+        client.sock.settimeout(120)  # type: ignore[union-attr]
+        code, reply = _send(client, raw.encode(), ["dana@customer.example"])
+    finally:
+        took = time.perf_counter() - started
+        time.sleep(0.1)
+        done.set()
+        pinger.join()
+    print(f"DATA answered in {took:.2f} s ({code} {reply[:60]}); slowest /healthz {max(gaps):.3f} s")
+    assert took < 1 and max(gaps) < 0.5, (took, sorted(gaps)[-3:])
+    assert (
+        code == 552 and f"headers are 421,259 bytes, over the {MAX_HEADER_BYTES:,} sendguard takes" in reply
+    )
+    over = words[: MAX_ENCODED_WORDS + 1]  # 7 KB: within the size, over the count
+    few = "\r\n ".join(" ".join(over[i : i + 50]) for i in range(0, len(over), 50))
+    code, reply = _send(
+        client, _header("X-Note", few)(_mail("dana@customer.example")), ["dana@customer.example"]
+    )
+    assert (code, reply) == (
+        552,
+        f"5.3.4 the message holds 501 encoded words (=?...?=), over the {MAX_ENCODED_WORDS} sendguard takes",
+    )
+    groups = "\r\n ".join(["g: a@acme.example;"] * 200)  # 4 KB of address groups: slow to read
+    to = ["dana@customer.example"]
+    code, reply = _send(client, _header("Reply-To", groups)(_mail(to[0])), to)
+    assert code == 552 and f"Reply-To header is 4,197 characters, over the {MAX_ADDRESS_HEADER:,}" in reply
+    assert client.noop()[0] == 250  # the session goes on
+    longest = _mail("dana@customer.example")
+    longest.replace_header("Subject", "中" * 998)  # encoded by the email package, ~4 KiB on the wire
+    code, reply = _send(client, longest, ["dana@customer.example"])
+    assert code == 250, reply
+    wait_until(lambda: len(smtp.snapshot()) == 1, what="the 998-character subject to be delivered")

@@ -35,6 +35,22 @@ LABEL_HEADERS = {
 # The version a message is recorded under when its mailer names none (`X-Sendguard-Agent-Version`).
 DEFAULT_AGENT_VERSION = "smtp"
 _TEXT_TYPES = {"text/plain": "text", "text/html": "html"}
+# The stdlib parser reads headers on the daemon's loop at about 2 ms a KiB of plain words, and
+# more than linearly in the encoded words (RFC 2047) of one header: 30,000 of them in a 411 KB
+# Subject took 7.5 s. What a mail needs is far less: Subject and From are at most 998 characters
+# (as in the API), about 10 KiB when each character is Q-encoded CJK, in some 150 encoded words; a
+# relay adds Received, DKIM and the like, a few KiB. Within both bounds words and encoded words
+# cost at most about 50 ms to read. Not bounded here: the parameters of a Content-Type (the
+# parser is quadratic in them: 1,000 cost 0.28 s) and the number of MIME parts, in the top-level
+# headers or in a part's; only parsing off the loop (the inbound listener's process) bounds those.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_ENCODED_WORDS = 500
+# Addresses are read slower still (groups and quoted strings: 26 KiB of From took 254 ms); the
+# API's From is at most 998 characters, a display name encoded as sent fits in 2 KiB.
+MAX_ADDRESS_HEADER = 2048
+_ADDRESS_HEADERS = frozenset(
+    {"from", "sender", "reply-to"} | {f"resent-{n}" for n in ("from", "sender", "to", "cc", "bcc")}
+)
 
 
 class Unacceptable(Exception):
@@ -56,18 +72,25 @@ def read_message(raw: bytes, envelope_sender: str) -> dict[str, Any]:
 
     The From header is the sender, as in the API; a message without one is from the envelope sender.
     """
+    _check_header_section(raw)
     message = BytesParser(policy=email.policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)  # what policy.default parses into
     fields: dict[str, Any] = {"from": envelope_sender, "subject": "", "headers": {}}
     fields["agent_version"] = DEFAULT_AGENT_VERSION
     seen: set[str] = set()
-    for name, value in message.items():
+    for name, unparsed in message.raw_items():  # dropped headers are never parsed
         lowered = name.lower()
         if lowered in TRANSPORT_HEADERS or lowered.startswith("content-"):
             continue
         if lowered in seen:
             raise Unacceptable(f"554 5.6.0 the message has more than one {name} header")
         seen.add(lowered)
+        if lowered in _ADDRESS_HEADERS and len(unparsed) > MAX_ADDRESS_HEADER:
+            raise Unacceptable(
+                f"552 5.3.4 the {name} header is {len(unparsed):,} characters, over the "
+                f"{MAX_ADDRESS_HEADER:,} sendguard takes for an address header"
+            )
+        value = message.policy.header_fetch_parse(name, unparsed)
         if lowered in ("from", "subject"):
             fields[lowered] = str(value)
         elif lowered in LABEL_HEADERS:
@@ -79,6 +102,25 @@ def read_message(raw: bytes, envelope_sender: str) -> dict[str, Any]:
             fields["headers"][name] = str(value)
     fields |= _bodies(message)
     return fields
+
+
+def _check_header_section(raw: bytes) -> None:
+    """Unacceptable when the headers (all before the first empty line), or the encoded words anywhere,
+    are over what is read on the loop."""
+    ends = [found for found in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if found >= 0]
+    section = raw[: min(ends)] if ends else raw
+    if len(section) > MAX_HEADER_BYTES:
+        raise Unacceptable(
+            f"552 5.3.4 the message's headers are {len(section):,} bytes, over the {MAX_HEADER_BYTES:,} "
+            "sendguard takes (Subject and From are at most 998 characters each)"
+        )
+    # Counted in the whole message: a part's own headers (its name, its filename) are read too. A
+    # body holds none: quoted-printable writes "=" as "=3D", base64 pads only at a line's end.
+    if (encoded := raw.count(b"=?")) > MAX_ENCODED_WORDS:
+        raise Unacceptable(
+            f"552 5.3.4 the message holds {encoded:,} encoded words (=?...?=), over the "
+            f"{MAX_ENCODED_WORDS} sendguard takes"
+        )
 
 
 def _bodies(message: EmailMessage) -> dict[str, str]:

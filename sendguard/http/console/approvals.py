@@ -19,7 +19,7 @@ from sendguard.governance.roles import Role
 from sendguard.governance.sessions import Session
 from sendguard.governance.tokens import normal_name
 from sendguard.http.access import RuntimeDep
-from sendguard.http.console.diff import word_diff
+from sendguard.http.console.diff import MAX_WORDS, word_diff
 from sendguard.http.console.pages import SAMPLE_POLICY, Form, PageError, acting, allowed, page, section_router
 from sendguard.parts import Runtime
 
@@ -59,6 +59,7 @@ async def _comparison(runtime: Runtime, request: ApprovalRequest) -> dict[str, A
         "text": word_diff(message.text, first.text),
         "html": word_diff(message.html, first.html),
         "rules": (previous.rules_version, request.rules_version),
+        "max_words": f"{MAX_WORDS:,}",
     }
 
 
