@@ -222,26 +222,37 @@ class BudgetedSession(SMTP):
             **options,
         )
         self._sessions = sessions
-        self._ends: asyncio.TimerHandle | None = None
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}  # by the budget each one ends
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # Once a session: aiosmtpd makes the connection again over TLS after STARTTLS, and a second
-        # timer would hold the session (and its buffers) until it fired, long after it closed.
-        if self._sessions.lifetime and self._ends is None:
-            self._ends = self.loop.call_later(self._sessions.lifetime, self._lifetime_over)
+        if self._sessions.lifetime:
+            self.end_after("lifetime", self._sessions.lifetime, "4.4.2", "session too long")
 
-    def _lifetime_over(self) -> None:
-        self._sessions.count("lifetime")
+    def end_after(self, limit: str, seconds: float, code: str, why: str) -> None:
+        """End the session `seconds` from now, counted as `limit`, with a 421 saying `why`, unless
+        `keep(limit)` is called first. Once a session: aiosmtpd makes the connection again over
+        TLS after STARTTLS, and a second timer would hold the session (and its buffers) until it
+        fired, long after it closed."""
+        if limit not in self._deadlines:
+            self._deadlines[limit] = self.loop.call_later(seconds, self._end, limit, code, why)
+
+    def keep(self, limit: str) -> None:
+        """The deadline of `limit` no longer applies to this session."""
+        if deadline := self._deadlines.get(limit):
+            deadline.cancel()
+
+    def _end(self, limit: str, code: str, why: str) -> None:
+        self._sessions.count(limit)
         if self.transport is not None:
             cast(asyncio.Transport, self.transport).write(
-                f"421 4.4.2 {self._sessions.hostname} session too long; closing\r\n".encode()
+                f"421 {code} {self._sessions.hostname} {why}; closing\r\n".encode()
             )
             self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._ends is not None:
-            self._ends.cancel()
+        for deadline in self._deadlines.values():
+            deadline.cancel()
         self._sessions.closed(self)
         super().connection_lost(error)
 

@@ -37,7 +37,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
@@ -206,29 +206,11 @@ class _SubmissionSession(BudgetedSession):
             command_call_limit=_CALL_LIMITS,
         )
         self._listener = listener
-        self._auth_by: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        # Once a session: after STARTTLS aiosmtpd makes the connection again, and the time to sign
-        # in runs from the first connection.
-        if self._auth_by is None:
-            self._auth_by = self.loop.call_later(self._listener.config.auth_timeout, self._auth_too_late)
-
-    def _auth_too_late(self) -> None:
-        if self.session is not None and self.session.authenticated:
-            return
-        self._listener.count("auth_timeout")
-        if self.transport is not None:
-            cast(asyncio.Transport, self.transport).write(
-                f"421 4.7.0 {self._listener.config.hostname} not signed in in time; closing\r\n".encode()
-            )
-            self.transport.close()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._auth_by is not None:
-            self._auth_by.cancel()
-        super().connection_lost(error)
+        # From the first connection: after STARTTLS the time to sign in runs on.
+        self.end_after("auth_timeout", self._listener.config.auth_timeout, "4.7.0", "not signed in in time")
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         return await self._checked(await super().auth_PLAIN(_, args))
@@ -242,8 +224,7 @@ class _SubmissionSession(BudgetedSession):
         assert self.session is not None
         result = await self._listener.authenticate(parsed.auth_data, client_of(self.session))
         if result.success:  # an agent: no longer a stranger's session, timed and capped per address
-            if self._auth_by is not None:
-                self._auth_by.cancel()
+            self.keep("auth_timeout")
             self._listener.sessions.vouched(self)
         return result
 
