@@ -124,6 +124,38 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
         time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def healthz_latencies(daemon: Daemon) -> Iterator[list[float]]:
+    """While the block runs, GET /healthz from a thread every 10 ms: how long each answer took, so
+    the longest is at least how long the daemon's loop was held (a failed answer fails the test)."""
+    latencies: list[float] = []
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def ping() -> None:
+        with daemon.client() as probe:
+            while not done.is_set():
+                asked = time.perf_counter()
+                try:
+                    assert probe.get("/healthz", timeout=120).status_code == 200
+                except BaseException as exc:
+                    failed.append(exc)
+                    return
+                latencies.append(time.perf_counter() - asked)
+                time.sleep(0.01)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        yield latencies
+    finally:
+        time.sleep(0.05)  # an answer the block's last moment held comes back
+        done.set()
+        pinger.join()
+    if failed:
+        raise failed[0]
+
+
 def max_in_any_window(times: list[float], per: float) -> int:
     """The most deliveries any closed interval of length `per` holds."""
     times = sorted(times)

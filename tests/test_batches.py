@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from sendguard.governance.audit import content_hash
 from sendguard.intake.batches import MAX_BATCH_CONTENT
 from sendguard.templates import Template
-from tests.conftest import Api, Daemon, wait_until
+from tests.conftest import Api, Daemon, healthz_latencies, wait_until
 from tests.peers import DnsServer, SmtpSink
 
 ClientFor = Callable[..., Api]
@@ -331,24 +330,9 @@ def test_a_large_batch_lets_other_requests_through_while_its_content_is_checked(
         + '<p>Our <b>offer</b>, see <a href="https://x.example/a">it</a>.</p>' * 3000
     )
     people = [{"to": f"h{i}@customer.example", "vars": {"first_name": f"H{i}"}} for i in range(150)]
-    gaps: list[float] = []
-    done = threading.Event()
-
-    def ping() -> None:
-        with daemon.client() as probe:
-            while not done.is_set():
-                asked = time.perf_counter()
-                assert probe.get("/healthz").status_code == 200
-                gaps.append(time.perf_counter() - asked)
-
-    pinger = threading.Thread(target=ping)
-    pinger.start()
     started = time.perf_counter()
-    try:
+    with healthz_latencies(daemon) as gaps:
         post(agent, batch(people, html=html))
-    finally:
         took = time.perf_counter() - started
-        done.set()
-        pinger.join()
     print(f"batch {took:.2f} s; /healthz answered {len(gaps)} times, the slowest in {max(gaps):.3f} s")
     assert max(gaps) < took / 4, (took, sorted(gaps)[-5:])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -13,7 +12,7 @@ from playwright.sync_api import Browser
 
 from sendguard.http.console.diff import MAX_WORDS
 from tests.browser import Offline
-from tests.conftest import Api, Daemon, wait_until
+from tests.conftest import Api, Daemon, healthz_latencies, wait_until
 from tests.peers import SmtpSink, Webhook
 
 ClientFor = Callable[..., Api]
@@ -266,31 +265,16 @@ def test_an_agents_long_repetitive_html_does_not_hold_the_daemon_while_its_diff_
         )
     second = _hidden_batch(agent, "b", _hidden(7, MAX_WORDS + 500))
     token = client_for(daemon, "approver", "gina", "--group", "risk").token
-    gaps: list[float] = []
-    done = threading.Event()
     with daemon.client() as browser:
         signed = browser.post(
             "/ui/sign-in", data={"token": token, "next": "/ui/"}, headers={"Origin": daemon.base}
         )
         assert signed.status_code in (200, 303), signed.text[:300]
 
-        def ping() -> None:
-            with daemon.client() as probe:
-                while not done.is_set():
-                    asked = time.perf_counter()
-                    assert probe.get("/healthz", timeout=120).status_code == 200
-                    gaps.append(time.perf_counter() - asked)
-                    time.sleep(0.01)
-
-        pinger = threading.Thread(target=ping)
-        pinger.start()
         started = time.perf_counter()
-        try:
+        with healthz_latencies(daemon) as gaps:
             page = browser.get(f"/ui/approvals/{second}", timeout=120)
-        finally:
             took = time.perf_counter() - started
-            done.set()
-            pinger.join()
     print(
         f"approval page {took:.2f} s; /healthz answered {len(gaps)} times, the slowest in {max(gaps):.3f} s"
     )
