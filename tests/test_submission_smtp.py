@@ -550,6 +550,26 @@ def test_postfix_relays_through_sendguard_with_sasl(
         assert sent["From"] == "Alice <alice@acme.example>"
 
 
+def test_a_refusal_that_ends_when_people_decide_is_a_temporary_one(
+    make_daemon: MakeDaemon, mint: Mint
+) -> None:
+    """An agent with as many approval requests waiting as it may have is refused another until
+    people decide one: over SMTP a 451, so its mailer tries again later instead of bouncing it."""
+    rules = '[ingress]\nmx_check = "off"\n\n[approvals]\nmass_send_threshold = 2\nmax_pending_requests = 1\n'
+    daemon, port = _listener(make_daemon, rules)
+    with _connect(daemon, port) as client:
+        client.login(AGENT, mint("agent", AGENT))
+        # The second opens the one request allowed and the next two join it (its headroom); the fifth
+        # would open another.
+        codes = [
+            _send(client, _mail(f"lead{n}@customer.example"), [f"lead{n}@customer.example"]) for n in range(5)
+        ]
+    assert [code for code, _ in codes] == [250, 250, 250, 250, 451], codes
+    assert codes[-1][1].startswith(
+        "4.7.1 too_many_approval_requests: agent sdr-bot already has 1 approval request"
+    )
+
+
 def test_headers_too_costly_to_read_are_refused_before_parsing_and_the_daemon_stays_responsive(
     session: tuple[Daemon, smtplib.SMTP], smtp: SmtpSink
 ) -> None:

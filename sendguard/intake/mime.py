@@ -167,7 +167,14 @@ def _bodies(message: EmailMessage) -> dict[str, str]:
     return read
 
 
-def refusal_reply(reasons: list[Reason] | tuple[Reason, ...], code: str = "550 5.7.1") -> str:
-    """An SMTP reply naming each reason's code and detail, within the 512 characters a reply line takes."""
+# Refusals that end without the agent changing anything (people decide the requests waiting): a
+# mailer is told to try again later, not to give the message up.
+LATER = frozenset({"too_many_approval_requests"})
+
+
+def refusal_reply(reasons: list[Reason] | tuple[Reason, ...], code: str = "") -> str:
+    """An SMTP reply naming each reason's code and detail, within the 512 characters a reply line
+    takes: `code`, else 451 when every reason is one that ends by itself (LATER), else 550."""
     text = "; ".join(f"{reason.code}: {reason.detail}" for reason in reasons)
+    code = code or ("451 4.7.1" if reasons and all(r.code in LATER for r in reasons) else "550 5.7.1")
     return f"{code} {text}"[:500]

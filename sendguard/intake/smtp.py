@@ -14,7 +14,8 @@ The dialogue:
 - MAIL FROM: an inbox the agent may use (`Admissions.check_sender`, as `submit` checks the From);
   a token revoked since AUTH ends the session here.
 - RCPT TO: the ingress verdict at once (`Ingress.check`, as `submit` runs it): a rejection is
-  `550 5.7.1 <code>: <detail>`, counted and recorded as the API's is; a DNS failure `451 4.4.3`.
+  `550 5.7.1 <code>: <detail>`, counted and recorded as the API's is (`451 4.7.1` for one that ends
+  when people decide, too many approval requests waiting); a DNS failure `451 4.4.3`.
 - DATA: read into a `MessageIn` for each recipient (`mime.py`), each admitted by `submit` as its own
   message. Suppression, cooldown and the content checks are decided there, atomically with the
   admission; the reply names each message's id, and the status of any that is not plainly
