@@ -622,6 +622,11 @@ def test_headers_too_costly_to_read_are_refused_before_parsing_and_the_daemon_st
         code == 552
         and f"has 101 lines beginning with '--' (MIME part delimiters), over the {MAX_DELIMITERS}" in reply
     )
+    # Under 2 KiB, so read, and the stdlib recursed past its limit (451 and an error logged).
+    nested = "\r\n ".join(["(" * 250] * 4) + "x" + "\r\n ".join([")" * 250] * 4) + " <alice@acme.example>"
+    raw = f"From: {nested}\r\nTo: {to[0]}\r\nSubject: x\r\n\r\nhi\r\n".encode()
+    code, reply = _send(client, raw, to)
+    assert (code, reply) == (554, "5.6.0 the From header nests its parts too deep to read")
     assert client.noop()[0] == 250  # the session goes on
     longest = _mail("dana@customer.example")
     longest.replace_header("Subject", "中" * 998)  # encoded by the email package, ~4 KiB on the wire

@@ -96,7 +96,10 @@ def read_message(raw: bytes, envelope_sender: str) -> dict[str, Any]:
                 f"552 5.3.4 the {name} header is {len(unparsed):,} characters, over the "
                 f"{MAX_ADDRESS_HEADER:,} sendguard takes for an address header"
             )
-        value = message.policy.header_fetch_parse(name, unparsed)
+        try:
+            value = message.policy.header_fetch_parse(name, unparsed)
+        except RecursionError:  # the stdlib's address parser recurses once per nested comment
+            raise Unacceptable(f"554 5.6.0 the {name} header nests its parts too deep to read") from None
         if lowered in ("from", "subject"):
             fields[lowered] = str(value)
         elif lowered in LABEL_HEADERS:
