@@ -43,6 +43,8 @@ class Service:
         for warning in await runtime.memory.warnings():
             log.warning(warning)
         await runtime.follow_reloads()
+        if indexed := await runtime.approvals.index_pending():
+            log.info("indexed %d pending approval requests under their agents", indexed)
         await runtime.inbound.start(runtime.inbox.answer)
         if runtime.submission is not None:
             try:

@@ -376,6 +376,25 @@ def _mass_counted(redis_url: str, prefix: str, agent: str) -> int:
     return sum(int(member.split(":")[1]) for member in members)
 
 
+def test_requests_opened_before_the_per_agent_index_are_indexed_when_a_daemon_starts(
+    make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
+) -> None:
+    """A version before the index opened requests nobody indexed: they counted toward no agent's
+    cap and showed in no sending status. A daemon starting on the store indexes the pending ones."""
+    rules = FLOOD_RULES.replace("max_pending_requests = 10", "max_pending_requests = 2")
+    rogue = client_for(make_daemon(rules), "agent", "rogue")
+    opened = [_batch(rogue, [f"o{n}x{i}@customer.example" for i in range(FLOOD_THRESHOLD)]) for n in range(2)]
+    ids = [answer.json()["approval"]["id"] for answer in opened]
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.delete(Keys(prefix).agent_approvals("rogue")) == 1  # as before the index
+
+    rogue = client_for(make_daemon(rules), "agent", "rogue")  # a daemon of this version starts
+
+    assert sorted(r["id"] for r in rogue.client.get("/v1/sending-status").json()["approvals"]) == sorted(ids)
+    third = _batch(rogue, [f"t{i}@customer.example" for i in range(FLOOD_THRESHOLD)])
+    assert third.status_code == 403 and third.json()["reasons"][0]["code"] == "too_many_approval_requests"
+
+
 def test_a_flood_of_requests_is_refused_past_the_cap_and_hides_no_other_agents_request(
     make_daemon: Callable[..., Daemon], client_for: ClientFor, redis_url: str, prefix: str
 ) -> None:

@@ -52,6 +52,7 @@ _ANNOUNCE_MARGIN = 5.0
 # Requests announced again by one sweep at most (approval_announce.lua): the rest wait a sweep.
 _ANNOUNCE_BATCH = 20
 _TIERS_KEPT = 10_000  # settled requests whose tier is remembered
+_INDEXED = 500  # pending requests indexed a script (index_pending)
 
 
 class ApprovalRefused(SendguardError):
@@ -196,6 +197,7 @@ class Approvals:
         self._decide = scripts.register(client, keys, "approval_decide")
         self._expire = scripts.register(client, keys, "approval_expire")
         self._claim_announcements = scripts.register(client, keys, "approval_announce")
+        self._index = scripts.register(client, keys, "approval_index")
         self._open = scripts.register(client, keys, "approval_open")
         # Whether a request is an approved tier-2 one, for those read: a tier never changes, and a
         # request a message was released by stays approved.
@@ -474,6 +476,20 @@ class Approvals:
     async def get(self, approval_id: str) -> Request | None:
         found = await self._requests([approval_id])
         return found[0] if found else None
+
+    async def index_pending(self) -> int:
+        """Index every pending request under its agent, as opening one does; how many were not yet.
+        For requests a version before the per-agent index opened: unindexed, they counted toward no
+        agent's `max_pending_requests` and showed in no sending status. Run at a daemon's start."""
+        added, start = 0, 0
+        while True:
+            async with translated():
+                ids = await self._redis.zrange(self._keys.approvals_pending, start, start + _INDEXED - 1)
+                if ids:
+                    added += int(await self._index(keys=[], args=[str(approval_id) for approval_id in ids]))
+            if len(ids) < _INDEXED:
+                return added
+            start += _INDEXED
 
     async def pending_of(self, agent: str) -> list[Request]:
         """The agent's own pending requests, soonest to expire first, from its own index (at most
