@@ -1,4 +1,4 @@
--- Index the pending requests among ARGV (ids) under their agents (key_agent_approvals), as opening
+-- Index the pending requests among the ids given under their agents (key_agent_approvals), as opening
 -- one does, unless they are there already: requests opened by a version before the index, taken up
 -- at a daemon's start. A request is read and indexed in one step, so one decided meanwhile is not.
 -- Returns how many were added.
