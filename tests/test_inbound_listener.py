@@ -250,11 +250,17 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 def test_starttls_with_the_configured_certificate(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
+    # Long enough for the session below even on a busy machine (a second once ended it mid-way).
+    lifetime = 5.0
     daemon, port = _listener(
-        make_daemon, inbound_tls_cert=str(cert), inbound_tls_key=str(key), inbound_session_lifetime="1"
+        make_daemon,
+        inbound_tls_cert=str(cert),
+        inbound_tls_key=str(key),
+        inbound_session_lifetime=f"{lifetime:g}",
     )
     trusting = ssl.create_default_context(cafile=str(cert))  # verifies the chain and the name
 
+    connected = time.monotonic()
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo("mta.example")
         assert client.has_extn("starttls")
@@ -271,10 +277,10 @@ def test_starttls_with_the_configured_certificate(make_daemon: MakeDaemon, tmp_p
     wait_until(
         lambda: daemon.metric("sendguard_inbound_messages_total", kind="unparsed") == 1, what="the mail"
     )
-    # The session ended well within its lifetime: no timer of it is left to fire. aiosmtpd makes
-    # the connection again after STARTTLS, and a second timer held every such session (300 held
-    # 83 MB) until it fired, counting a `lifetime` refusal of a session long gone.
-    time.sleep(2.5)
+    # The session ended within its lifetime: no timer of it is left to fire. aiosmtpd makes the
+    # connection again after STARTTLS, and a second timer held every such session (300 held 83 MB)
+    # until it fired, counting a `lifetime` refusal of a session long gone.
+    time.sleep(max(0.0, connected + lifetime + 0.5 - time.monotonic()))
     assert daemon.metric("sendguard_inbound_refused_total", limit="lifetime") == 0
 
 
