@@ -150,6 +150,10 @@ def test_messages_are_found_by_recipient_and_held_scope_and_a_timeline_shows_the
     assert "held in segment:seg-h" in found
     omar.page.goto("/ui/messages?status=nothing")
     assert "Status must be one of" in omar.page.inner_text("[role=alert]")
+    omar.page.goto("/ui/messages?waiting_for=nothing")  # a scope kind, send_window or mass_send
+    assert "send_window, mass_send); 'nothing' is not" in omar.page.inner_text("[role=alert]")
+    omar.page.goto("/ui/messages?waiting_for=mass_send")
+    assert omar.page.locator("[role=alert]").count() == 0
 
     def timeline_with_its_delivery() -> list[str]:
         """The timeline's rows, once the trail has chained the delivery's entry (empty before)."""

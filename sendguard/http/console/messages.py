@@ -35,7 +35,7 @@ from sendguard.governance.sessions import Session
 from sendguard.http.access import RuntimeDep
 from sendguard.http.console.pages import PageError, allowed, page, recent_audit, section_router
 from sendguard.model import Status, canonical_address
-from sendguard.record import MessageRecord
+from sendguard.record import MessageRecord, Wait
 from sendguard.rules import ScopeKind
 from sendguard.scopes import parse_scope
 from sendguard.state.store import IdSource, Store
@@ -46,6 +46,7 @@ Looking = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN))]
 EXAMINED = 20_000  # candidates (or, for a SCAN, keys) a search reads at most
 SHOWN = 100  # matches listed, newest first
 _BATCH = 500  # records read per round trip
+_WAITS = [kind.value for kind in ScopeKind] + [wait.value for wait in Wait]  # what a message may wait for
 # The fields a search matches on and lists; never the bodies.
 _FIELDS = [
     "created",
@@ -86,10 +87,12 @@ class Query:
         if query.status and query.status not in {one.value for one in Status}:
             known = ", ".join(status.value for status in Status)
             raise PageError(422, f"Status must be one of {known}; {query.status!r} is not.")
-        if query.waiting_for and query.waiting_for not in {kind.value for kind in ScopeKind}:
-            known = ", ".join(kind.value for kind in ScopeKind)
+        if query.waiting_for and query.waiting_for not in _WAITS:
+            known = ", ".join(_WAITS)
             raise PageError(
-                422, f"A throttle is one of the scope kinds {known}; {query.waiting_for!r} is not."
+                422,
+                f"Waiting for is a throttle's scope kind, a send window or the mass-send line ({known}); "
+                f"{query.waiting_for!r} is not.",
             )
         if query.held_in:
             try:
@@ -181,7 +184,7 @@ def _search_page(
         found=found,
         problem=problem,
         statuses=[one.value for one in Status],
-        kinds=[kind.value for kind in ScopeKind],
+        kinds=_WAITS,
     )
 
 
