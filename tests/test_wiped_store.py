@@ -150,11 +150,17 @@ def test_a_store_rolled_back_to_an_older_snapshot_stops_every_claim_and_says_so(
     daemon = make_daemon(RULES, redis_url=own_redis.url)
     agent, admin = client_for(daemon, "agent", "sdr-bot"), client_for(daemon, "admin", "dana")
     agent.wait_status(agent.send("first@customer.example")["id"], "sent")
+    clock = Keys(daemon.settings().redis_prefix).store_clock
     with redis.Redis.from_url(own_redis.url) as store:
         store.save()
-    assert admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill"}).status_code == 201
-    assert admin.client.post("/v1/suppressions", json={"entries": ["gone@customer.example"]}).is_success
-    assert daemon.http.get("/readyz").status_code == 200  # a look at the store after the snapshot
+        saved = int(store.get(clock) or 0)
+        assert (
+            admin.client.post("/v1/safe-mode", json={"scope": "global", "reason": "kill"}).status_code == 201
+        )
+        assert admin.client.post("/v1/suppressions", json={"entries": ["gone@customer.example"]}).is_success
+        # A maintenance tick's look at the store after the snapshot, which moves its clock on.
+        wait_until(lambda: int(store.get(clock) or 0) > saved, what="a look at the store after the snapshot")
+    assert daemon.http.get("/readyz").status_code == 200
 
     with redis.Redis.from_url(own_redis.url) as store, contextlib.suppress(redis.exceptions.ConnectionError):
         store.shutdown(nosave=True)  # it comes back from the snapshot

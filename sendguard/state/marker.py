@@ -153,25 +153,33 @@ class StoreMarker:
                 )
         return ""
 
-    async def check(self) -> bool:
+    async def check(self, *, move: bool = True) -> bool:
         """Whether the store is still the one this daemon started on (its marker) and has not gone
-        back in time (its clock), moving the clock on; a StoreError if Redis does not answer. Once
-        it is not, it stays lost for this daemon (see `gone`)."""
-        if not self.lost:
+        back in time (its clock); a StoreError if Redis does not answer. Once it is not, it stays
+        lost for this daemon (see `gone`). `move`: the maintenance tick's look, which moves the
+        clock on; without, a read alone (`/readyz`, which anyone may ask: it writes nothing)."""
+        if self.lost:
+            return False
+        if move:
             async with translated():
                 found, before = await self._check(keys=[], args=[self.value])
-            if found != self.value:
-                self.gone(f"the store's marker {'is gone' if not found else 'was replaced by another'}")
-            elif int(before) < self.clock:
-                self.gone(
-                    f"the store went back in time (its clock reads {before}, this daemon's last look "
-                    f"left it at {self.clock}): it was restored from an older snapshot, or a replica "
-                    "that lagged was promoted, since this daemon last looked, and what was written "
-                    "since then (trips, suppressions) is lost",
-                    wiped=False,
-                )
-            else:
-                self.clock = int(before) + 1
+        else:
+            async with translated(), self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.keys.store_marker)
+                pipe.get(self.keys.store_clock)
+                found, before = await pipe.execute()
+        if found != self.value:
+            self.gone(f"the store's marker {'is gone' if not found else 'was replaced by another'}")
+        elif int(before or 0) < self.clock:
+            self.gone(
+                f"the store went back in time (its clock reads {before}, this daemon's last look "
+                f"left it at {self.clock}): it was restored from an older snapshot, or a replica "
+                "that lagged was promoted, since this daemon last looked, and what was written "
+                "since then (trips, suppressions) is lost",
+                wiped=False,
+            )
+        else:
+            self.clock = int(before or 0) + (1 if move else 0)
         return not self.lost
 
     async def leave_tombstone(self, instance: str) -> None:
