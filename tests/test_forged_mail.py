@@ -469,6 +469,24 @@ def test_a_signed_bounce_address_still_counts_on_the_shared_scopes(
     wait_until(lambda: scene.victim.status(scene.waiting)["status"] == "held", what="the neighbour held")
 
 
+def test_a_signed_report_replayed_under_other_recipient_names_is_recorded_once(
+    make_daemon: Callable[..., Daemon], client_for: Callable[..., Api], smtp: SmtpSink
+) -> None:
+    """The recipient has the signed bounce address (the Return-Path of what it received). The name
+    a report gives its recipient changes nothing it does (raw mail acts on the message's own), so it
+    is no part of what the event is: each replay naming another wrote one more audit entry."""
+    scene = _neighbours(make_daemon, client_for, smtp, TOUCHY)
+    signed = scene.mine.envelope_sender
+    for n in range(4):
+        code, text = _by_mx(scene.port, signed, dsn([f"someone{n}@customer.example"]))
+        assert code == 250 and not text.startswith("2.0.0 kept"), text
+    # An entry written after them all, once chained, has every one of theirs chained before it.
+    marking = scene.admin.client.post("/v1/safe-mode", json={"scope": "segment:after", "reason": "mark"})
+    assert marking.status_code == 201, marking.text
+    wait_until(lambda: scene.admin.audit(kind="safe_mode.tripped"), what="the marking entry to be chained")
+    assert len(scene.admin.audit(kind="event.bounce", message_id=scene.mine.id)) == 1
+
+
 # --- what it costs the daemon -----------------------------------------------------------------------------
 
 # CPU seconds of the test process (where the in-process daemon runs; the parse is the inbound mail

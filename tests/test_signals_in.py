@@ -8,6 +8,7 @@ Mail that does not prove which message it is about is tried in tests/test_forged
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import secrets
@@ -19,7 +20,11 @@ from typing import Any, NamedTuple
 import aiosmtplib
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from sendguard.governance.audit import entry as audit_entry
+from sendguard.state.keys import Keys
+from sendguard.state.store import Store
 from tests.conftest import Api, Daemon, free_port, wait_until
 from tests.peers import SmtpSink
 
@@ -600,3 +605,26 @@ def test_with_a_bounce_domain_mail_leaves_with_a_signed_envelope_sender(start: S
         assert (domain, len(local) <= 64) == (BOUNCE_DOMAIN, True)
         macs.append(local.rpartition(".")[2])
     assert macs[0] != macs[1]
+
+
+async def test_copies_of_one_event_recorded_at_once_write_one_history_line_and_one_entry(
+    redis_url: str, prefix: str
+) -> None:
+    """Copies that all passed the early look for a recorded event (they came in together) are
+    settled by the recording script itself: one writes the history line and the audit entry, the
+    others nothing, and each is told which it was."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    try:
+        await client.hset(keys.msg("m1"), mapping={"status": "sent"})
+        entry = audit_entry("event.bounce", "mx", {"message_id": "m1"})
+        written = await asyncio.gather(
+            *(
+                Store(client, keys).record_event("m1", "bounce:hard_bounce", "bounce", "hard", entry)
+                for _ in range(5)
+            )
+        )
+        assert sorted(written) == [False, False, False, False, True]
+        assert (await client.llen(keys.hist("m1")), await client.llen(keys.audit_pending)) == (1, 1)
+    finally:
+        await client.aclose()

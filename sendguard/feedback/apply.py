@@ -264,7 +264,7 @@ class Feedback:
         applied = Applied(event.type, message_id)
         judged = _judge(event)
         applied.sentiment, applied.unsubscribe = judged.sentiment, judged.unsubscribe
-        effect = _effect(event, judged, reporter, narrow) if message_id and record else ""
+        effect = _effect(event, judged, reporter, named=named, narrow=narrow) if message_id and record else ""
         if effect and message_id and await self._store.event_recorded(message_id, effect):
             applied.repeated = True
             return applied
@@ -327,7 +327,10 @@ class Feedback:
         if effect and message_id:
             note = f"{judged.note} (via {reporter.source})"
             entry = audit_entry(kind, reporter.source, fields)
-            await self._store.record_event(message_id, effect, event.type.value, note, entry)
+            # A copy that came in at once and recorded first: this one wrote nothing.
+            applied.repeated = not await self._store.record_event(
+                message_id, effect, event.type.value, note, entry
+            )
         else:
             await self._audit.append(kind, reporter.source, fields)
         log.info(
@@ -467,15 +470,18 @@ def _judge(event: EventIn) -> _Judged:
     return _Judged([], "", f"delivered {detail}".strip(), suppress=False)
 
 
-def _effect(event: EventIn, judged: _Judged, reporter: Reporter, narrow: bool) -> str:
+def _effect(event: EventIn, judged: _Judged, reporter: Reporter, *, named: bool, narrow: bool) -> str:
     """What an event tied to a message means, and how well it is proved: two events alike in this
     are one, so a replay (of a report, a reply, a DSN) does nothing again and writes nothing, while
     a later event that means more (a reply that asks to unsubscribe) or is better proved (a signed
-    DSN after the agent's own report) still acts."""
+    DSN after the agent's own report) still acts. The recipient it names counts only where it acts
+    (a trusted reporter's forwarding target, `_apply`): elsewhere a new name in each replay of one
+    signed report would make each a new event, and grow the trail as before."""
     proof = "agent" if reporter.agent is not None else "narrow" if narrow else "wide"
     sentiment = judged.sentiment.value if judged.sentiment else ""
     unsubscribe = "unsubscribe" if judged.unsubscribe else ""
-    return ":".join((event.type.value, judged.once, sentiment, unsubscribe, proof, event.recipient or ""))
+    recipient = event.recipient or "" if named and reporter.agent is None else ""
+    return ":".join((event.type.value, judged.once, sentiment, unsubscribe, proof, recipient))
 
 
 def _count(metrics: Metrics, event: EventIn, judged: _Judged) -> None:

@@ -7,7 +7,7 @@ local retention_ms = ARGV[2]
 local cause, detail = ARGV[3], ARGV[4]  -- for the history
 local entry = ARGV[5]                   -- the audit entry, complete
 
-redis.call('SADD', events_key, effect)
+if redis.call('SADD', events_key, effect) == 0 then return 0 end
 redis.call('PEXPIRE', events_key, retention_ms)
 local status = redis.call('HGET', msg_key, 'status')
 if status then history(hist_key, clock_ms(), status, cause, detail) end
