@@ -160,6 +160,9 @@ class StoreMarker:
         clock on; without, a read alone (`/readyz`, which anyone may ask: it writes nothing)."""
         if self.lost:
             return False
+        # What the clock was known to be before this look was sent: a look made meanwhile (a tick
+        # and a /readyz at once) may have raised it past what this one reads.
+        seen = self.clock
         if move:
             async with translated():
                 found, before = await self._check(keys=[], args=[self.value])
@@ -170,16 +173,16 @@ class StoreMarker:
                 found, before = await pipe.execute()
         if found != self.value:
             self.gone(f"the store's marker {'is gone' if not found else 'was replaced by another'}")
-        elif int(before or 0) < self.clock:
+        elif int(before or 0) < seen:
             self.gone(
                 f"the store went back in time (its clock reads {before}, this daemon's last look "
-                f"left it at {self.clock}): it was restored from an older snapshot, or a replica "
+                f"left it at {seen}): it was restored from an older snapshot, or a replica "
                 "that lagged was promoted, since this daemon last looked, and what was written "
                 "since then (trips, suppressions) is lost",
                 wiped=False,
             )
         else:
-            self.clock = int(before or 0) + (1 if move else 0)
+            self.clock = max(self.clock, int(before or 0) + (1 if move else 0))
         return not self.lost
 
     async def leave_tombstone(self, instance: str) -> None:
