@@ -123,7 +123,7 @@ def _canonical_value(kind: ScopeKind, value: str) -> str:
     if kind is ScopeKind.INBOX:
         local, at, domain = value.rpartition("@")
         typed = f"{local}{at}{domain.rstrip('.')}" if at else value
-        return canonical_address(_normal(typed, lambda normal: normal.address) or typed)
+        return _normal(typed, lambda normal: normal.canonical) or canonical_address(typed)
     if kind in (ScopeKind.SENDER_DOMAIN, ScopeKind.RECIPIENT_DOMAIN):
         domain = value.rstrip(".").lower() or value.lower()
         # A sender domain as a sender's address has it (Unicode), a recipient's as the checks do (IDNA).

@@ -543,12 +543,11 @@ class Admissions:
         accepted = status is not Status.REJECTED
         delay_ms = self._retry_base_ms if status is Status.DEFERRED else 0
         waiting_for: Wait | None = None
-        if accepted:
+        window_wait = decided.due_ms - now_ms()  # how long after now it may first go
+        if accepted and window_wait > 0:
             # Due at its send windows' next opening from when it may go, so nothing polls meanwhile.
-            window_wait = decided.due_ms - now_ms()
-            if window_wait > 0:
-                waiting_for = Wait.SEND_WINDOW
-                delay_ms = max(delay_ms, window_wait)
+            waiting_for = Wait.SEND_WINDOW
+            delay_ms = max(delay_ms, window_wait)
         enrichment = message.enrichment
         record = new_record(
             id=message_id,
@@ -590,7 +589,7 @@ class Admissions:
         # cooldown after, so a message due in 71 h does not let another go in the 72nd.
         cooldown_ms = int(rules.file.ingress.recipient_cooldown * 1000)
         if cooldown_ms and accepted:
-            cooldown_ms += max(0, decided.due_ms - now_ms())
+            cooldown_ms += max(0, window_wait)
         return Candidate(
             record=record,
             cooldown_ms=cooldown_ms,

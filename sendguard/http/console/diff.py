@@ -37,10 +37,6 @@ class WordDiff:
     cut: bool  # one side had more than MAX_WORDS words; the rest is not compared
     rest: str = ""  # the new version beyond its first MAX_WORDS words, shown unmarked
 
-    @property
-    def changed(self) -> bool:
-        return any(piece.kind != "same" for piece in self.pieces) or bool(self.rest)
-
 
 def word_diff(old: str, new: str) -> WordDiff:
     (before, old_rest), (after, rest) = _words(old), _words(new)
