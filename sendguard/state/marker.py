@@ -129,8 +129,7 @@ class StoreMarker:
             async with translated():
                 tombstone = await self.client.get(self.keys.store_wiped)
             if tombstone is not None:
-                seen = tombstone.decode() if isinstance(tombstone, bytes) else str(tombstone)
-                return f"a daemon saw this store's marker gone ({seen}): the store was wiped"
+                return f"a daemon saw this store's marker gone ({tombstone}): the store was wiped"
         known = await asyncio.to_thread(_read, evidence.marker_file) if evidence.marker_file else ""
         if known and found is None:
             return (
@@ -193,7 +192,8 @@ class StoreMarker:
         async with translated():
             found = await self.stored()
             if found is None:  # a store given another marker is another deployment's: not ours to mark
-                await self.client.set(self.keys.store_wiped, f"seen by {instance} at {now_ms()} ms")
+                # NX: the first sighting stays, rather than one rewrite a tick.
+                await self.client.set(self.keys.store_wiped, f"seen by {instance} at {now_ms()} ms", nx=True)
 
     def gone(self, what: str, *, wiped: bool = True) -> None:
         """Record that the store is not the one this daemon started on, `what` says how (seen here
