@@ -129,7 +129,8 @@ class StoreMarker:
             async with translated():
                 tombstone = await self.client.get(self.keys.store_wiped)
             if tombstone is not None:
-                return f"a daemon saw this store's marker gone ({tombstone}): the store was wiped"
+                seen = str(tombstone)  # the client decodes: the text the daemon wrote
+                return f"a daemon saw this store's marker gone ({seen}): the store was wiped"
         known = await asyncio.to_thread(_read, evidence.marker_file) if evidence.marker_file else ""
         if known and found is None:
             return (
