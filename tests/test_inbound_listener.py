@@ -120,16 +120,21 @@ def test_an_ipv6_client_is_its_slash_64_for_the_per_client_budgets() -> None:
     assert budget_client("192.0.2.7") == budget_client("::ffff:192.0.2.7") == "192.0.2.7"
 
 
+def _turned_away(port: int, why: str) -> None:
+    """A new session from 127.0.0.1 is refused at the greeting: 421, saying `why`."""
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", port, timeout=10)
+    assert (refused.value.smtp_code, refused.value.smtp_error) == (
+        421,
+        f"4.7.0 {HOST} {why}; try again later".encode(),
+    )
+
+
 def test_sessions_over_the_limit_are_turned_away_at_the_greeting(make_daemon: MakeDaemon) -> None:
     daemon, port = _listener(make_daemon, inbound_sessions="2")
     first, second = (smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(2))
     try:
-        with pytest.raises(smtplib.SMTPConnectError) as third:
-            smtplib.SMTP("127.0.0.1", port, timeout=10)
-        assert (third.value.smtp_code, third.value.smtp_error) == (
-            421,
-            f"4.7.0 {HOST} too many connections (limit 2); try again later".encode(),
-        )
+        _turned_away(port, "too many connections (limit 2)")
         _refused(daemon, "sessions", 1)
     finally:
         first.quit()
@@ -146,12 +151,7 @@ def test_one_client_gets_a_share_of_the_sessions_and_none_lasts_for_ever(make_da
     )
     held = [smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(2)]
     try:
-        with pytest.raises(smtplib.SMTPConnectError) as third:
-            smtplib.SMTP("127.0.0.1", port, timeout=10)
-        assert (third.value.smtp_code, third.value.smtp_error) == (
-            421,
-            f"4.7.0 {HOST} too many connections from 127.0.0.1 (limit 2); try again later".encode(),
-        )
+        _turned_away(port, "too many connections from 127.0.0.1 (limit 2)")
         _refused(daemon, "client_sessions", 1)
         with smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)) as other:
             assert other.noop()[0] == 250  # another client still gets in
