@@ -98,7 +98,7 @@ def parse_scope(text: str) -> str:
     the agent wrote it (`segment:Q4` and `segment:q4` are two), so it is only trimmed.
 
     InvalidValue (a ValueError) says what a scope looks like. Whether an agent is in the register is
-    `check_agent`'s to say: a trip of an agent that is not holds nothing, a resume of one removed
+    `trip_scope`'s to say: a trip of an agent that is not holds nothing, a resume of one removed
     since it was tripped must still be possible.
     """
     text = text.strip()
@@ -141,9 +141,11 @@ def _normal(address: str, form: Callable[[Address], str]) -> str | None:
         return None
 
 
-def check_agent(scope: str, rules: Rules) -> str:
-    """The scope, if it is no `agent:` scope or names an agent in the register; else InvalidValue
-    naming the agent, since a trip of it would answer "tripped" and hold nothing."""
+def trip_scope(text: str, rules: Rules) -> str:
+    """A scope to trip, as `parse_scope` reads it, if it is no `agent:` scope or names an agent in
+    the register; else InvalidValue naming the agent, since its trip would answer "tripped" and
+    hold nothing."""
+    scope = parse_scope(text)
     kind, _, value = scope.partition(":")
     if kind == ScopeKind.AGENT and rules.agent(value) is None:
         raise InvalidValue(

@@ -12,7 +12,7 @@ from sendguard.http.access import Admin, Operator, Reader, RuntimeDep
 from sendguard.http.docs import Tag
 from sendguard.http.errors import SIGNED_IN, error_responses
 from sendguard.model import iso_ms
-from sendguard.scopes import check_agent, parse_scope
+from sendguard.scopes import parse_scope, trip_scope
 
 log = logging.getLogger("sendguard.http.safe_mode")
 router = APIRouter(tags=[Tag.SAFE_MODE])
@@ -125,7 +125,7 @@ async def trip(body: TripIn, runtime: RuntimeDep, who: Operator) -> TripOut | JS
     everything (the kill switch). Any spelling of a scope trips that scope (`agent:SDR-Bot` is
     `agent:sdr-bot`, `inbox:Alice+q4@acme.example` is `inbox:alice@acme.example`); an agent that is
     not in the rules' register is refused (422), as its trip would hold nothing."""
-    scope = check_agent(parse_scope(body.scope), runtime.rules)
+    scope = trip_scope(body.scope, runtime.rules)
     active, created = await runtime.safe_mode.trip(scope, "manual", who.actor, body.reason)
     if not created:
         return JSONResponse(_trip_out(active).model_dump(), status_code=200)
@@ -186,7 +186,7 @@ async def alerts(body: AlertmanagerIn, runtime: RuntimeDep, who: Operator) -> Al
             out.ignored.append(f"{name}: no sendguard_scope label")
             continue
         try:
-            scope = check_agent(parse_scope(raw_scope), runtime.rules)
+            scope = trip_scope(raw_scope, runtime.rules)
         except ValueError as exc:
             ignored.labels("bad_scope").inc()
             log.warning("alert %r ignored: %s", name, exc)

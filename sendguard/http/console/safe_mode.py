@@ -20,7 +20,8 @@ from sendguard.http.console.messages import Query, search
 from sendguard.http.console.pages import Form, PageError, acting, allowed, page, recent_audit, section_router
 from sendguard.model import Status
 from sendguard.parts import Runtime
-from sendguard.scopes import GLOBAL, check_agent, parse_scope
+from sendguard.rules import Rules
+from sendguard.scopes import GLOBAL, parse_scope, trip_scope
 
 router = section_router()
 Watching = Annotated[Session, Depends(allowed(Role.OPERATOR, Role.ADMIN))]
@@ -56,14 +57,13 @@ async def overview(request: Request, runtime: RuntimeDep, session: Watching) -> 
     return await _overview(request, runtime, session)
 
 
-def _asked(form: dict[str, str], runtime: Runtime | None = None) -> tuple[str, str]:
-    """The scope and the reason of a form; PageError saying which one is wrong. With the runtime (a
-    trip), an agent scope must name an agent in its rules' register."""
+def _asked(form: dict[str, str], rules: Rules | None = None) -> tuple[str, str]:
+    """The scope and the reason of a form; PageError saying which one is wrong. With the rules (a
+    trip), an agent scope must name an agent in their register."""
     reason = form.get("reason", "").strip()
+    text = form.get("scope", "")
     try:
-        scope = parse_scope(form.get("scope", ""))
-        if runtime is not None:
-            check_agent(scope, runtime.rules)
+        scope = parse_scope(text) if rules is None else trip_scope(text, rules)
     except ValueError as exc:
         raise PageError(422, f"The scope is not one: {exc}.") from exc
     if not 1 <= len(reason) <= 500:
@@ -76,7 +76,7 @@ async def confirm(request: Request, runtime: RuntimeDep, signed: Tripping) -> Re
     """The step before a trip: what it would hold, and the form that trips."""
     session, form = signed
     try:
-        scope, reason = _asked(form, runtime)
+        scope, reason = _asked(form, runtime.rules)
     except PageError as refused:
         return await _overview(request, runtime, session, refused.status, refused.message)
     active = next((trip for trip in await runtime.safe_mode.active() if trip.scope == scope), None)
@@ -102,7 +102,7 @@ async def confirm(request: Request, runtime: RuntimeDep, signed: Tripping) -> Re
 async def trip(request: Request, runtime: RuntimeDep, signed: Tripping) -> Response:
     session, form = signed
     try:
-        scope, reason = _asked(form, runtime)
+        scope, reason = _asked(form, runtime.rules)
     except PageError as refused:
         return await _overview(request, runtime, session, refused.status, refused.message)
     await runtime.safe_mode.trip(scope, "manual", session.actor, reason)
